@@ -1,0 +1,248 @@
+//! `haloflow demo`: the whole product on one machine. Starts two Halo emulators (the Halo that
+//! sends webhooks and a partner Halo) and the server on SQLite with the example flows, sends the
+//! sample webhooks, and shows the finished runs.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::Value;
+
+use super::{CommandError, render};
+use crate::config::{Config, HaloConnectionConfig};
+use crate::emulator::halo::{HaloEmulator, HaloEmulatorConfig};
+use crate::engine::Engine;
+use crate::flow::TriggerAuth;
+use crate::secrets::SecretStore;
+use crate::storage::SqliteStorage;
+
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub flows: PathBuf,
+    pub examples: PathBuf,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Exit after showing the runs instead of serving until Ctrl-C.
+    pub once: bool,
+}
+
+/// Connections the example flows use, each backed by its own emulator.
+const DEMO_CONNECTIONS: &[&str] = &["halo", "partner_halo"];
+
+fn random_secret() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+pub async fn demo(options: &DemoOptions, out: &mut dyn Write) -> Result<(), CommandError> {
+    let mut config = Config::default();
+    config.server.listen = options.listen;
+    let mut secrets = SecretStore::from_values(Vec::<(String, String)>::new());
+    let mut emulators = Vec::new();
+    for name in DEMO_CONNECTIONS {
+        let client_secret = random_secret();
+        let emulator = HaloEmulator::new(HaloEmulatorConfig {
+            client_id: format!("haloflow-demo-{name}"),
+            client_secret: client_secret.clone(),
+            tenant: None,
+            token_lifetime_secs: 3600,
+        });
+        let running = emulator.start().await?;
+        let secret_name = format!("DEMO_{}_CLIENT_SECRET", name.to_uppercase());
+        secrets.insert(&secret_name, client_secret);
+        config.halo.insert(
+            (*name).to_owned(),
+            HaloConnectionConfig {
+                base_url: running.base_url(),
+                auth_url: None,
+                tenant: None,
+                client_id: format!("haloflow-demo-{name}"),
+                client_secret_name: secret_name,
+                scope: "all".into(),
+                timeout_secs: 10,
+            },
+        );
+        writeln!(out, "Halo emulator `{name}` on {}", running.base_url())?;
+        emulators.push((name, emulator, running));
+    }
+    let samples = [
+        (
+            "escalate-to-partner",
+            "halo-new-ticket.json",
+            vec!["epearson", "Antares Team"],
+        ),
+        (
+            "new-ticket-routing",
+            "halo-new-ticket-unassigned.json",
+            vec!["triage on-call"],
+        ),
+    ];
+    // The webhooks talk about tickets that exist in the sending Halo.
+    let source = &emulators[0].1;
+    for (_, file, _) in &samples {
+        let payload = read_json(&options.examples.join(file))?;
+        if let Some(ticket) = payload.get("ticket") {
+            source.insert_ticket(ticket.clone());
+        }
+    }
+
+    // Every trigger secret the flows name gets a fresh value for this demo.
+    let registry = crate::step::StepRegistry::with_builtins();
+    let (flows, problems) = crate::flow::FlowValidator::new(&registry)
+        .with_config(&config)
+        .validate_files(&crate::flow::flow_files(&options.flows)?);
+    if !problems.is_empty() {
+        return Err(crate::engine::EngineError::Flows(problems).into());
+    }
+    for flow in &flows {
+        if let Some(name) = flow.document.trigger.auth.secret_name() {
+            secrets.insert(name, random_secret());
+        }
+    }
+    let storage = Arc::new(SqliteStorage::open_dir(&options.data_dir).await?);
+    let mut builder = Engine::builder()
+        .config(config.clone())
+        .secrets(secrets.clone())
+        .registry(registry)
+        .storage(storage);
+    for flow in flows {
+        builder = builder.flow(flow);
+    }
+    let engine = builder.build()?;
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|e| {
+            CommandError::Failed(format!(
+                "cannot listen on {}: {e}; pick a free address with --listen 127.0.0.1:0",
+                options.listen
+            ))
+        })?;
+    let addr = listener.local_addr()?;
+    let base = format!("http://{addr}");
+    let server = tokio::spawn(crate::server::serve(
+        engine.clone(),
+        listener,
+        super::shutdown_signal(),
+    ));
+    writeln!(
+        out,
+        "haloflow serving on {base}, run history in {}\n",
+        options
+            .data_dir
+            .join(crate::storage::DATABASE_FILE)
+            .display()
+    )?;
+
+    let client = reqwest::Client::new();
+    let mut curl_lines = Vec::new();
+    for (flow_id, file, recipients) in &samples {
+        let Some(loaded) = engine.flow(flow_id) else {
+            writeln!(
+                out,
+                "(flow `{flow_id}` is not in {}; skipping its sample)",
+                options.flows.display()
+            )?;
+            continue;
+        };
+        let auth = &loaded.flow.document.trigger.auth;
+        let key = auth.secret_name().and_then(|n| secrets.get(n));
+        let shown_key = match auth {
+            TriggerAuth::UrlKey { .. } => key.as_ref().map(|k| k.expose().to_owned()),
+            _ => None,
+        };
+        let url = render::with_recipients(
+            &render::trigger_url(&base, &loaded.flow, shown_key.as_deref()),
+            recipients,
+        );
+        let sample_path = options.examples.join(file);
+        let body = std::fs::read_to_string(&sample_path)?;
+        let mut request = client
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .body(body);
+        let mut curl = format!(
+            "curl -sS -X POST '{url}' -H 'Content-Type: application/json' --data @{}",
+            sample_path.display()
+        );
+        match (auth, &key) {
+            (TriggerAuth::Basic { username, .. }, Some(password)) => {
+                let token = base64::engine::general_purpose::STANDARD
+                    .encode(format!("{username}:{}", password.expose()));
+                request = request.header("Authorization", format!("Basic {token}"));
+                curl.push_str(&format!(" -u '{username}:{}'", password.expose()));
+            }
+            (TriggerAuth::Header { header, .. }, Some(value)) => {
+                request = request.header(header.as_str(), value.expose());
+                curl.push_str(&format!(" -H '{header}: {}'", value.expose()));
+            }
+            _ => {}
+        }
+        writeln!(out, "Trigger URL of `{flow_id}`: {url}")?;
+        writeln!(out, "Sending {} ...", sample_path.display())?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| CommandError::Failed(format!("sending the sample webhook failed: {e}")))?;
+        let status = response.status();
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        writeln!(out, "Answer: {status} {answer}")?;
+        for run_id in answer["run_ids"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
+            let detail = tokio::time::timeout(Duration::from_secs(30), engine.wait_for_run(run_id))
+                .await
+                .map_err(|_| {
+                    CommandError::Failed(format!("run {run_id} did not finish within 30 s"))
+                })??;
+            render::run(&detail, out)?;
+        }
+        writeln!(out)?;
+        curl_lines.push(curl);
+    }
+    for (name, emulator, _) in &emulators {
+        writeln!(
+            out,
+            "Halo `{name}` now holds {} ticket(s) and {} action(s).",
+            emulator.tickets().len(),
+            emulator.actions().len()
+        )?;
+    }
+    writeln!(
+        out,
+        "\nTry it yourself (these keys exist only for this demo):"
+    )?;
+    for line in &curl_lines {
+        writeln!(out, "  {line}")?;
+    }
+    writeln!(
+        out,
+        "Then: haloflow runs list --data {}",
+        options.data_dir.display()
+    )?;
+    if options.once {
+        server.abort();
+        return Ok(());
+    }
+    writeln!(out, "Serving until Ctrl-C.")?;
+    out.flush()?;
+    server
+        .await
+        .map_err(|e| CommandError::Failed(e.to_string()))??;
+    Ok(())
+}
+
+fn read_json(path: &std::path::Path) -> Result<Value, CommandError> {
+    let text = std::fs::read_to_string(path).map_err(|e| CommandError::Input {
+        path: path.to_owned(),
+        message: format!("cannot read: {e}"),
+    })?;
+    serde_json::from_str(&text).map_err(|e| CommandError::Input {
+        path: path.to_owned(),
+        message: format!("not valid JSON: {e}"),
+    })
+}

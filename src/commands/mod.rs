@@ -1,0 +1,300 @@
+//! The `haloflow` commands, as library functions that write to any output. `main.rs` parses
+//! arguments and calls these.
+
+mod demo;
+mod history;
+mod render;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use demo::{DemoOptions, demo};
+pub use history::{requests_list, runs_list, runs_show};
+
+use crate::config::Config;
+use crate::engine::{Engine, EngineError};
+use crate::flow::{self, FlowValidator};
+use crate::step::StepRegistry;
+use crate::storage::{SqliteStorage, StorageError};
+use crate::trigger::TriggerQuery;
+
+/// A command that could not do its job. The text says what and how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("{0}")]
+    Storage(#[from] StorageError),
+    #[error("{path}: {message}")]
+    Input { path: PathBuf, message: String },
+    #[error("{0}")]
+    Failed(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Loads the config file, or the defaults when none is given.
+pub fn load_config(path: Option<&Path>) -> Result<Config, CommandError> {
+    Ok(match path {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    })
+}
+
+/// `haloflow validate`: every problem of every flow, then a summary line per valid flow.
+/// Returns whether all flows are valid.
+pub fn validate(
+    paths: &[PathBuf],
+    config: Option<&Path>,
+    out: &mut dyn Write,
+) -> Result<bool, CommandError> {
+    let config = config.map(Config::load).transpose()?;
+    let registry = StepRegistry::with_builtins();
+    let mut validator = FlowValidator::new(&registry);
+    if let Some(config) = &config {
+        validator = validator.with_config(config);
+    }
+    let mut files = Vec::new();
+    for path in paths {
+        files.extend(flow::flow_files(path).map_err(|e| CommandError::Input {
+            path: path.clone(),
+            message: format!("cannot read: {e}"),
+        })?);
+    }
+    if files.is_empty() {
+        return Err(CommandError::Failed(format!(
+            "no flow files (*.json) found in {}",
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let (flows, problems) = validator.validate_files(&files);
+    for problem in &problems {
+        writeln!(out, "{problem}")?;
+    }
+    for flow in &flows {
+        let file = flow
+            .source
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        writeln!(out, "{file}: ok: {}", flow.summary())?;
+    }
+    if !problems.is_empty() {
+        writeln!(
+            out,
+            "{} problem(s) found in {} file(s)",
+            problems.len(),
+            files.len()
+        )?;
+    }
+    Ok(problems.is_empty())
+}
+
+/// Options of `haloflow run`.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub flow: PathBuf,
+    pub payload: PathBuf,
+    /// The trigger URL's query, e.g. `recipients=a,b`.
+    pub query: Option<String>,
+    pub dry_run: bool,
+    pub config: Option<PathBuf>,
+    pub data_dir: PathBuf,
+    pub json: bool,
+}
+
+/// `haloflow run`: one payload through one flow, recorded in the run history; with `dry_run`,
+/// the rendered inputs and the requests that would be sent, and nothing is sent or stored.
+/// Returns whether every run succeeded.
+pub async fn run(options: &RunOptions, out: &mut dyn Write) -> Result<bool, CommandError> {
+    let config = load_config(options.config.as_deref())?;
+    let text = std::fs::read_to_string(&options.payload).map_err(|e| CommandError::Input {
+        path: options.payload.clone(),
+        message: format!("cannot read the payload: {e}"),
+    })?;
+    let payload: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| CommandError::Input {
+            path: options.payload.clone(),
+            message: format!("not valid JSON: {e}"),
+        })?;
+    let registry = StepRegistry::with_builtins();
+    let flow = {
+        let validator = FlowValidator::new(&registry).with_config(&config);
+        validator
+            .validate_file(&options.flow)
+            .map_err(EngineError::Flows)?
+    };
+    let flow_id = flow.id().to_owned();
+    let query = TriggerQuery::parse(options.query.as_deref(), None);
+    if options.dry_run {
+        // A dry run stores nothing; a throwaway in-memory database keeps the engine whole.
+        let storage = SqliteStorage::in_memory().await?;
+        let engine = engine_for(config, registry, flow, Arc::new(storage), true)?;
+        let reports = engine
+            .dry_run(&flow_id, &query, payload)
+            .await
+            .map_err(|e| CommandError::Failed(e.to_string()))?;
+        if options.json {
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&reports).expect("reports serialize")
+            )?;
+        } else {
+            for report in &reports {
+                render::dry_run(report, out)?;
+            }
+        }
+        return Ok(reports
+            .iter()
+            .all(|r| r.steps.iter().all(|s| s.error.is_none())));
+    }
+    let storage = Arc::new(SqliteStorage::open_dir(&options.data_dir).await?);
+    let engine = engine_for(config, registry, flow, storage, false)?;
+    let loaded = engine
+        .flow(&flow_id)
+        .cloned()
+        .expect("the flow was just loaded");
+    let accepted = engine
+        .accept(&loaded, &query, &text, payload)
+        .await
+        .map_err(|e| CommandError::Failed(format!("{}: {e}", options.payload.display())))?;
+    let mut all_ok = true;
+    let mut details = Vec::new();
+    for run_id in &accepted.run_ids {
+        let detail = engine.wait_for_run(run_id).await?;
+        all_ok &= detail.summary.status == crate::storage::RunStatus::Succeeded;
+        details.push(detail);
+    }
+    if options.json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&details).expect("runs serialize")
+        )?;
+    } else {
+        for detail in &details {
+            render::run(detail, out)?;
+        }
+    }
+    Ok(all_ok)
+}
+
+/// An engine for one flow; the trigger's own secret is not needed when the CLI feeds the payload.
+fn engine_for(
+    config: Config,
+    registry: StepRegistry,
+    mut flow: flow::ValidatedFlow,
+    storage: Arc<dyn crate::storage::Storage>,
+    dry_run: bool,
+) -> Result<Engine, CommandError> {
+    flow.document.trigger.auth = flow::TriggerAuth::None;
+    let mut secrets = crate::secrets::SecretStore::from_environment(config.secrets.clone());
+    if dry_run {
+        // A dry run sends nothing: connections whose secret is unset still preview (masked).
+        for settings in config.halo.values() {
+            if secrets.get(&settings.client_secret_name).is_none() {
+                secrets.insert(settings.client_secret_name.clone(), "unset");
+            }
+        }
+    }
+    Ok(Engine::builder()
+        .config(config)
+        .secrets(secrets)
+        .registry(registry)
+        .flow(flow)
+        .storage(storage)
+        .build()?)
+}
+
+/// Options of `haloflow serve`.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub flows: PathBuf,
+    pub data_dir: PathBuf,
+    pub config: Option<PathBuf>,
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+/// `haloflow serve`: serves trigger URLs and the API until Ctrl-C.
+pub async fn serve(options: &ServeOptions, out: &mut dyn Write) -> Result<(), CommandError> {
+    let mut config = load_config(options.config.as_deref())?;
+    if let Some(listen) = options.listen {
+        config.server.listen = listen;
+    }
+    let storage = Arc::new(SqliteStorage::open_dir(&options.data_dir).await?);
+    let engine = Engine::builder()
+        .config(config.clone())
+        .flows_from(&options.flows)
+        .storage(storage)
+        .build()?;
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|e| {
+            CommandError::Failed(format!(
+                "cannot listen on {}: {e}; choose another address with --listen",
+                config.server.listen
+            ))
+        })?;
+    let addr = listener.local_addr()?;
+    let base = config
+        .server
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    writeln!(
+        out,
+        "haloflow listening on http://{addr} (database {})",
+        options
+            .data_dir
+            .join(crate::storage::DATABASE_FILE)
+            .display()
+    )?;
+    for loaded in engine.flows() {
+        writeln!(
+            out,
+            "  {}  {}",
+            render::trigger_url(&base, &loaded.flow, None),
+            loaded.flow.document.name
+        )?;
+    }
+    let resumed = engine.start_queued_runs().await?;
+    if resumed > 0 {
+        writeln!(
+            out,
+            "started {resumed} run(s) accepted before the last stop"
+        )?;
+    }
+    out.flush()?;
+    crate::server::serve(engine, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Completes on Ctrl-C (and SIGTERM on Unix).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

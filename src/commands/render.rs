@@ -1,0 +1,233 @@
+//! Human-readable output of runs, dry runs and trigger URLs.
+
+use std::io::{self, Write};
+
+use serde_json::Value;
+
+use crate::engine::DryRunReport;
+use crate::flow::{TriggerAuth, ValidatedFlow};
+use crate::storage::{RunDetail, format_ms};
+
+/// The trigger URL to paste into Halo. With a URL key the key rides in the query and
+/// recipients follow with `&`; otherwise recipients start the query with `?`. `key` is the
+/// key's value when it may be shown, else a placeholder naming its secret.
+pub fn trigger_url(base: &str, flow: &ValidatedFlow, key: Option<&str>) -> String {
+    let mut url = format!("{}/triggers/{}", base.trim_end_matches('/'), flow.id());
+    if let TriggerAuth::UrlKey { param, secret_name } = &flow.document.trigger.auth {
+        let value = key
+            .map(encode)
+            .unwrap_or_else(|| format!("<{secret_name}>"));
+        url.push_str(&format!("?{}={value}", encode(param)));
+    }
+    url
+}
+
+/// Appends `recipients=a,b` to a trigger URL, each name URL-encoded.
+pub fn with_recipients(url: &str, recipients: &[&str]) -> String {
+    if recipients.is_empty() {
+        return url.to_owned();
+    }
+    let joined = recipients
+        .iter()
+        .map(|r| encode(r))
+        .collect::<Vec<_>>()
+        .join(",");
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}recipients={joined}")
+}
+
+/// Everything but RFC 3986's unreserved characters is encoded.
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+fn encode(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, QUERY_VALUE).to_string()
+}
+
+fn indented_json(value: &Value, indent: &str) -> String {
+    serde_json::to_string_pretty(value)
+        .unwrap_or_default()
+        .lines()
+        .collect::<Vec<_>>()
+        .join(&format!("\n{indent}"))
+}
+
+fn duration(start: Option<i64>, end: Option<i64>) -> String {
+    match (start, end) {
+        (Some(s), Some(e)) => format!("{} ms", e - s),
+        _ => "unfinished".to_owned(),
+    }
+}
+
+/// A finished (or unfinished) run: each step with its inputs, outputs, requests and error.
+pub fn run(detail: &RunDetail, out: &mut dyn Write) -> io::Result<()> {
+    let run = &detail.summary;
+    writeln!(
+        out,
+        "run {}  flow {}  {}",
+        run.id,
+        run.flow_id,
+        run.status.as_str().to_uppercase()
+    )?;
+    writeln!(
+        out,
+        "  request {} (event {}), created {}, took {}",
+        run.request_id.as_deref().unwrap_or("-"),
+        run.event_index,
+        format_ms(run.created_at_ms),
+        duration(run.started_at_ms, run.finished_at_ms)
+    )?;
+    let t = &detail.trigger;
+    writeln!(
+        out,
+        "  trigger: event={} ticket_id={} agent_assigned={} recipients={}",
+        t["event"], t["ticket_id"], t["agent_assigned"], t["recipients"]
+    )?;
+    if let Some(error) = &run.error {
+        writeln!(out, "  error: {error}")?;
+    }
+    for step in &detail.steps {
+        writeln!(
+            out,
+            "  {}. {} ({})  {}  {}",
+            step.position + 1,
+            step.step_id,
+            step.step_type,
+            step.status.as_str(),
+            duration(Some(step.started_at_ms), step.finished_at_ms)
+        )?;
+        if let Some(inputs) = &step.inputs {
+            writeln!(
+                out,
+                "     inputs:  {}",
+                indented_json(inputs, "              ")
+            )?;
+        }
+        if let Some(outputs) = &step.outputs {
+            writeln!(
+                out,
+                "     outputs: {}",
+                indented_json(outputs, "              ")
+            )?;
+        }
+        for x in &step.exchanges {
+            let status = x
+                .status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "no answer".into());
+            writeln!(
+                out,
+                "     request: {} {} -> {} ({} ms){}",
+                x.method,
+                x.url,
+                status,
+                x.duration_ms,
+                x.error
+                    .as_ref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            )?;
+        }
+        if let Some(error) = &step.error {
+            writeln!(
+                out,
+                "     error [{}]: {error}",
+                step.error_code.as_deref().unwrap_or("error")
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// A dry run: rendered inputs and the exact requests, secrets masked.
+pub fn dry_run(report: &DryRunReport, out: &mut dyn Write) -> io::Result<()> {
+    let t = &report.trigger;
+    writeln!(
+        out,
+        "DRY RUN of flow {} (nothing is sent or stored)",
+        report.flow_id
+    )?;
+    writeln!(
+        out,
+        "  trigger: event={} ticket_id={} agent_assigned={} recipients={}",
+        t["event"], t["ticket_id"], t["agent_assigned"], t["recipients"]
+    )?;
+    for (i, step) in report.steps.iter().enumerate() {
+        writeln!(out, "  {}. {} ({})", i + 1, step.id, step.step_type)?;
+        if let Some(inputs) = &step.inputs {
+            writeln!(
+                out,
+                "     inputs: {}",
+                indented_json(inputs, "             ")
+            )?;
+        }
+        for request in &step.requests {
+            writeln!(out, "     would send: {} {}", request.method, request.url)?;
+            for (name, value) in &request.headers {
+                writeln!(out, "       {name}: {value}")?;
+            }
+            if let Some(body) = &request.body {
+                let text = match body {
+                    Value::String(s) => s.clone(),
+                    other => indented_json(other, "       "),
+                };
+                writeln!(out, "       {text}")?;
+            }
+        }
+        if let Some(outputs) = &step.outputs {
+            writeln!(
+                out,
+                "     outputs (filled in by a real run): {}",
+                indented_json(outputs, "       ")
+            )?;
+        }
+        if let Some(error) = &step.error {
+            writeln!(out, "     error: {error}")?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::FlowValidator;
+    use crate::step::StepRegistry;
+
+    fn flow(auth: serde_json::Value) -> ValidatedFlow {
+        let doc = serde_json::json!({
+            "id": "f", "name": "n", "trigger": {"type": "halo.incidents", "auth": auth},
+            "steps": [{"id": "a", "type": "halo.create_ticket", "inputs": {"summary": "s"}}]
+        });
+        FlowValidator::new(&StepRegistry::with_builtins())
+            .validate_str(&doc.to_string(), None)
+            .unwrap()
+    }
+
+    #[test]
+    fn recipients_follow_the_key_with_an_ampersand_and_are_encoded() {
+        let keyed = flow(serde_json::json!({"type": "url_key", "secret_name": "K"}));
+        let url = with_recipients(
+            &trigger_url("https://h/", &keyed, Some("k/1")),
+            &["epearson", "Antares Team", "a,b"],
+        );
+        assert_eq!(
+            url,
+            "https://h/triggers/f?apiKey=k%2F1&recipients=epearson,Antares%20Team,a%2Cb"
+        );
+        assert_eq!(
+            trigger_url("https://h", &keyed, None),
+            "https://h/triggers/f?apiKey=<K>"
+        );
+        let basic = flow(
+            serde_json::json!({"type": "basic", "username": "u", "password_secret_name": "P"}),
+        );
+        assert_eq!(
+            with_recipients(&trigger_url("https://h", &basic, None), &["bgull"]),
+            "https://h/triggers/f?recipients=bgull"
+        );
+    }
+}

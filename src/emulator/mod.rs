@@ -1,0 +1,138 @@
+//! HTTP emulators of the Halo and ServiceNow APIs, for tests and the demo. They check method,
+//! path, authentication and body shape as `../shared/reference/` describes, keep every request
+//! they receive, and answer like the real APIs.
+
+pub mod halo;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::Request;
+use serde::Serialize;
+
+/// One request an emulator received, as it arrived.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordedRequest {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    /// Lower-case header names.
+    pub headers: BTreeMap<String, String>,
+    pub body: String,
+    /// What the emulator answered.
+    pub status: u16,
+}
+
+impl RecordedRequest {
+    pub fn json(&self) -> Option<serde_json::Value> {
+        serde_json::from_str(&self.body).ok()
+    }
+
+    pub(crate) async fn read(request: Request<Body>) -> RecordedRequest {
+        let (parts, body) = request.into_parts();
+        let body = axum::body::to_bytes(body, 16 * 1024 * 1024)
+            .await
+            .unwrap_or_default();
+        RecordedRequest {
+            method: parts.method.to_string(),
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().map(str::to_owned),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_owned(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+            body: String::from_utf8_lossy(&body).into_owned(),
+            status: 0,
+        }
+    }
+
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+
+    /// Query parameters, decoded.
+    pub(crate) fn query_pairs(&self) -> Vec<(String, String)> {
+        form_pairs(self.query.as_deref().unwrap_or_default())
+    }
+}
+
+/// Decodes `a=b&c=d` (form encoding: `+` is a space).
+pub(crate) fn form_pairs(text: &str) -> Vec<(String, String)> {
+    text.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(&s.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+/// A failure to answer instead of the normal handling (`fail_next`).
+#[derive(Debug, Clone)]
+pub(crate) struct InjectedFailure {
+    pub method: String,
+    pub path_prefix: String,
+    pub status: u16,
+    pub remaining: usize,
+    pub retry_after: Option<u64>,
+}
+
+impl InjectedFailure {
+    /// Takes one failure matching the request, if any is left.
+    pub(crate) fn take(
+        failures: &mut [InjectedFailure],
+        method: &str,
+        path: &str,
+    ) -> Option<(u16, Option<u64>)> {
+        let failure = failures.iter_mut().find(|f| {
+            f.remaining > 0
+                && f.method.eq_ignore_ascii_case(method)
+                && path
+                    .to_ascii_lowercase()
+                    .starts_with(&f.path_prefix.to_ascii_lowercase())
+        })?;
+        failure.remaining -= 1;
+        Some((failure.status, failure.retry_after))
+    }
+}
+
+/// A running emulator on a real TCP port; it stops when dropped.
+#[derive(Debug)]
+pub struct RunningEmulator {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningEmulator {
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub(crate) async fn serve(router: Router) -> std::io::Result<RunningEmulator> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        Ok(RunningEmulator { addr, task })
+    }
+}
+
+impl Drop for RunningEmulator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,147 @@
+//! Building an engine: validate every flow, resolve secrets, connect the storage.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+
+use super::{Engine, Inner, LoadedFlow};
+use crate::config::Config;
+use crate::connections::{Connections, MissingSecret};
+use crate::flow::{self, FlowValidator, Problem, ProblemCode, ValidatedFlow};
+use crate::secrets::SecretStore;
+use crate::step::StepRegistry;
+use crate::storage::Storage;
+use crate::trigger::TriggerAuthenticator;
+
+/// Why an engine could not be built. Every problem is listed, not only the first.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{} problem(s) in the flows:\n{}", .0.len(), join_lines(.0))]
+    Flows(Vec<Problem>),
+    #[error("{}", join_lines(.0))]
+    MissingSecrets(Vec<MissingSecret>),
+    #[error("cannot read flows from {path}: {source}")]
+    FlowDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no storage configured; call EngineBuilder::storage")]
+    NoStorage,
+    #[error("cannot build the HTTP client: {0}")]
+    HttpClient(String),
+}
+
+fn join_lines<T: std::fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(|i| format!("  {i}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[derive(Debug, Default)]
+pub struct EngineBuilder {
+    config: Config,
+    secrets: Option<SecretStore>,
+    registry: Option<StepRegistry>,
+    flow_paths: Vec<PathBuf>,
+    flows: Vec<ValidatedFlow>,
+    storage: Option<Arc<dyn Storage>>,
+}
+
+impl EngineBuilder {
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Where named secrets come from; defaults to the environment plus the config's `[secrets]`.
+    pub fn secrets(mut self, secrets: SecretStore) -> Self {
+        self.secrets = Some(secrets);
+        self
+    }
+
+    /// The step registry; defaults to the built-in steps.
+    pub fn registry(mut self, registry: StepRegistry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Loads flows from a `*.json` file or every `*.json` file of a directory.
+    pub fn flows_from(mut self, path: impl Into<PathBuf>) -> Self {
+        self.flow_paths.push(path.into());
+        self
+    }
+
+    /// Adds a flow validated elsewhere (with the same registry).
+    pub fn flow(mut self, flow: ValidatedFlow) -> Self {
+        self.flows.push(flow);
+        self
+    }
+
+    pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    pub fn build(self) -> Result<Engine, EngineError> {
+        let registry = self.registry.unwrap_or_else(StepRegistry::with_builtins);
+        let secrets = self
+            .secrets
+            .unwrap_or_else(|| SecretStore::from_environment(self.config.secrets.clone()));
+        let validator = FlowValidator::new(&registry).with_config(&self.config);
+        let mut files = Vec::new();
+        for path in &self.flow_paths {
+            files.extend(
+                flow::flow_files(path).map_err(|source| EngineError::FlowDir {
+                    path: path.clone(),
+                    source,
+                })?,
+            );
+        }
+        let (mut flows, mut problems) = validator.validate_files(&files);
+        flows.extend(self.flows);
+        let mut loaded = HashMap::new();
+        for flow in flows {
+            match TriggerAuthenticator::resolve(&flow.document.trigger.auth, &secrets) {
+                Ok(auth) => {
+                    loaded.insert(flow.id().to_owned(), Arc::new(LoadedFlow { flow, auth }));
+                }
+                Err(name) => problems.push(Problem {
+                    file: flow.source.clone(),
+                    ..Problem::new(
+                        "/trigger/auth",
+                        ProblemCode::MissingSecret,
+                        format!("the trigger's secret `{name}` is not set"),
+                        format!("set the environment variable {name} or add it under [secrets] in the config file"),
+                    )
+                }),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(EngineError::Flows(problems));
+        }
+        let connections = Connections::from_config(&self.config, &secrets)
+            .map_err(EngineError::MissingSecrets)?;
+        let storage = self.storage.ok_or(EngineError::NoStorage)?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("haloflow/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| EngineError::HttpClient(e.to_string()))?;
+        let (finished, _) = broadcast::channel(1024);
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                flows: loaded,
+                connections: Arc::new(connections),
+                storage,
+                http,
+                server: self.config.server.clone(),
+                finished,
+            }),
+        })
+    }
+}

@@ -1,0 +1,77 @@
+//! Flows: the document model and the validate-then-build pipeline. Raw JSON is checked against
+//! `schemas/flow.schema.json`, then semantically (step ids, step types, step inputs, template
+//! references); only a [`ValidatedFlow`] can run.
+
+mod model;
+mod problem;
+mod validate;
+
+use std::path::{Path, PathBuf};
+
+pub use model::{FlowDocument, StepDef, TriggerAuth, TriggerDef, TriggerKind};
+pub use problem::{Problem, ProblemCode};
+pub use validate::FlowValidator;
+
+use crate::step::RegisteredStep;
+use crate::template::{CompiledValue, Reference, TemplateSet};
+
+/// The flow schema, as shipped in `schemas/flow.schema.json`.
+pub const FLOW_SCHEMA: &str = include_str!("../../schemas/flow.schema.json");
+
+/// A flow that passed every check, with its templates compiled and its steps resolved.
+#[derive(Debug, Clone)]
+pub struct ValidatedFlow {
+    pub document: FlowDocument,
+    pub source: Option<PathBuf>,
+    pub steps: Vec<ValidatedStep>,
+    pub(crate) templates: TemplateSet,
+}
+
+impl ValidatedFlow {
+    pub fn id(&self) -> &str {
+        &self.document.id
+    }
+
+    /// One line for listings: `id (name): trigger, N steps: a -> b`.
+    pub fn summary(&self) -> String {
+        let steps: Vec<String> = self
+            .steps
+            .iter()
+            .map(|s| format!("{} ({})", s.id, s.step.step.type_name()))
+            .collect();
+        format!(
+            "flow `{}` ({}): halo.incidents trigger at /triggers/{}, {} step{}: {}",
+            self.document.id,
+            self.document.name,
+            self.document.id,
+            steps.len(),
+            if steps.len() == 1 { "" } else { "s" },
+            steps.join(" -> ")
+        )
+    }
+}
+
+/// A step ready to run.
+#[derive(Debug, Clone)]
+pub struct ValidatedStep {
+    pub id: String,
+    pub name: Option<String>,
+    pub connection: Option<String>,
+    pub step: RegisteredStep,
+    pub(crate) inputs: CompiledValue,
+    /// The data paths the inputs read, found at validation.
+    pub(crate) references: Vec<Reference>,
+}
+
+/// Every `*.json` file in `path` (sorted), or `path` itself when it is a file.
+pub fn flow_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    if path.is_file() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    Ok(files)
+}

@@ -1,0 +1,536 @@
+//! The validation pipeline. Every check runs, even after others failed, so an author sees all
+//! problems of a file at once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+
+use jsonschema::error::ValidationErrorKind;
+use serde_json::Value;
+
+use super::{FLOW_SCHEMA, FlowDocument, Problem, ProblemCode, ValidatedFlow, ValidatedStep};
+use crate::config::Config;
+use crate::step::{ConnectionKind, RegisteredStep, StepRegistry};
+use crate::template::{CompiledValue, Reference, TemplateProblem, TemplateSet, escape_pointer};
+use crate::trigger::TRIGGER_OUTPUTS;
+
+static FLOW_SCHEMA_VALIDATOR: LazyLock<jsonschema::Validator> = LazyLock::new(|| {
+    let schema: Value = serde_json::from_str(FLOW_SCHEMA).expect("the flow schema is JSON");
+    jsonschema::draft202012::new(&schema).expect("the flow schema is a valid JSON Schema")
+});
+
+/// Default connection name for steps that need one and name none.
+pub const DEFAULT_CONNECTION: &str = "halo";
+
+/// Validates flow documents against the step registry (and, when given, the config's
+/// connections).
+#[derive(Debug, Clone, Copy)]
+pub struct FlowValidator<'a> {
+    registry: &'a StepRegistry,
+    config: Option<&'a Config>,
+}
+
+impl<'a> FlowValidator<'a> {
+    pub fn new(registry: &'a StepRegistry) -> Self {
+        FlowValidator {
+            registry,
+            config: None,
+        }
+    }
+
+    /// Also check that every step's connection exists in `config`.
+    pub fn with_config(mut self, config: &'a Config) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// Validates every file; flows come back with the problems of all files (including flow
+    /// ids used twice), each problem carrying its file.
+    pub fn validate_files(&self, files: &[PathBuf]) -> (Vec<ValidatedFlow>, Vec<Problem>) {
+        let mut flows: Vec<ValidatedFlow> = Vec::new();
+        let mut problems = Vec::new();
+        let mut seen: HashMap<String, PathBuf> = HashMap::new();
+        for file in files {
+            match self.validate_file(file) {
+                Ok(flow) => {
+                    if let Some(first) = seen.get(flow.id()) {
+                        problems.push(Problem {
+                            file: Some(file.clone()),
+                            ..Problem::new(
+                                "/id",
+                                ProblemCode::DuplicateFlowId,
+                                format!(
+                                    "flow id `{}` is also used by {}",
+                                    flow.id(),
+                                    first.display()
+                                ),
+                                "give each flow its own id; the trigger URL is /triggers/<id>",
+                            )
+                        });
+                    } else {
+                        seen.insert(flow.id().to_owned(), file.clone());
+                        flows.push(flow);
+                    }
+                }
+                Err(mut found) => problems.append(&mut found),
+            }
+        }
+        (flows, problems)
+    }
+
+    pub fn validate_file(&self, path: &Path) -> Result<ValidatedFlow, Vec<Problem>> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            vec![Problem {
+                file: Some(path.to_owned()),
+                ..Problem::new(
+                    "",
+                    ProblemCode::UnreadableFile,
+                    format!("cannot read the file: {e}"),
+                    "check the path and its permissions",
+                )
+            }]
+        })?;
+        self.validate_str(&text, Some(path))
+    }
+
+    /// Runs the whole pipeline on one document.
+    pub fn validate_str(
+        &self,
+        text: &str,
+        file: Option<&Path>,
+    ) -> Result<ValidatedFlow, Vec<Problem>> {
+        let located = |mut problems: Vec<Problem>| {
+            for p in &mut problems {
+                p.file = file.map(Path::to_owned);
+            }
+            problems
+        };
+        let value: Value = serde_json::from_str(text).map_err(|e| {
+            located(vec![Problem::new(
+                "",
+                ProblemCode::InvalidJson,
+                format!("not valid JSON: {e}"),
+                "fix the JSON syntax at that line and column",
+            )])
+        })?;
+        let mut problems = Vec::new();
+        for error in FLOW_SCHEMA_VALIDATOR.iter_errors(&value) {
+            schema_problems(&error, "", &mut problems, &|code| code);
+        }
+        let mut templates = TemplateSet::new();
+        let compiled = self.check_steps(&value, &mut templates, &mut problems);
+        if !problems.is_empty() {
+            return Err(located(problems));
+        }
+        let document: FlowDocument = serde_json::from_value(value).map_err(|e| {
+            located(vec![Problem::new(
+                "",
+                ProblemCode::SchemaViolation,
+                e.to_string(),
+                "compare the flow with schemas/flow.schema.json",
+            )])
+        })?;
+        let steps = document
+            .steps
+            .iter()
+            .zip(compiled)
+            .map(|(def, (step, inputs, references))| ValidatedStep {
+                id: def.id.clone(),
+                name: def.name.clone(),
+                connection: step.step.connection_kind().map(|_| {
+                    def.connection
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_CONNECTION.to_owned())
+                }),
+                step,
+                inputs,
+                references,
+            })
+            .collect();
+        Ok(ValidatedFlow {
+            document,
+            source: file.map(Path::to_owned),
+            steps,
+            templates,
+        })
+    }
+
+    /// Semantic checks on the raw document, tolerant of parts the schema already rejected.
+    /// Returns each step's implementation and compiled inputs (meaningful only without problems).
+    fn check_steps(
+        &self,
+        flow: &Value,
+        templates: &mut TemplateSet,
+        problems: &mut Vec<Problem>,
+    ) -> Vec<(RegisteredStep, CompiledValue, Vec<Reference>)> {
+        let Some(steps) = flow.get("steps").and_then(Value::as_array) else {
+            return Vec::new();
+        };
+        let constants = flow.get("constants").and_then(Value::as_object);
+        // Every step's id, position and type, to check references in any direction.
+        let mut positions: BTreeMap<&str, (usize, Option<&RegisteredStep>)> = BTreeMap::new();
+        for (i, step) in steps.iter().enumerate() {
+            let Some(id) = step.get("id").and_then(Value::as_str) else {
+                continue;
+            };
+            let registered = step
+                .get("type")
+                .and_then(Value::as_str)
+                .and_then(|t| self.registry.get(t));
+            if positions.contains_key(id) {
+                problems.push(Problem::new(
+                    format!("/steps/{i}/id"),
+                    ProblemCode::DuplicateStepId,
+                    format!("step id `{id}` is used by an earlier step too"),
+                    "step ids must be unique within a flow; rename one of them",
+                ));
+            } else {
+                positions.insert(id, (i, registered));
+            }
+        }
+        let mut compiled = Vec::new();
+        for (i, step) in steps.iter().enumerate() {
+            let pointer = format!("/steps/{i}");
+            let step_type = step.get("type").and_then(Value::as_str);
+            let registered = step_type.and_then(|t| self.registry.get(t));
+            if let (Some(step_type), None) = (step_type, registered) {
+                problems.push(Problem::new(
+                    format!("{pointer}/type"),
+                    ProblemCode::UnknownStepType,
+                    format!("unknown step type `{step_type}`"),
+                    format!(
+                        "use one of: {}",
+                        self.registry.type_names().collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+            if let Some(registered) = registered {
+                self.check_connection(step, &pointer, registered, problems);
+            }
+            let empty = Value::Object(Default::default());
+            let inputs = step.get("inputs").unwrap_or(&empty);
+            if !inputs.is_object() {
+                continue; // the schema reported it
+            }
+            let inputs_pointer = format!("{pointer}/inputs");
+            if let Some(registered) = registered {
+                let mut found = Vec::new();
+                for error in registered.relaxed_schema.iter_errors(inputs) {
+                    schema_problems(&error, &inputs_pointer, &mut found, &|code| code);
+                }
+                let schema = registered.step.input_schema();
+                for mut p in found {
+                    p.hint = match p.code {
+                        ProblemCode::MissingField | ProblemCode::UnknownField => {
+                            input_hint(registered)
+                        }
+                        _ => input_description(&schema, &p.pointer[inputs_pointer.len()..]),
+                    };
+                    p.code = ProblemCode::InvalidStepInput;
+                    problems.push(p);
+                }
+            }
+            let mut references = Vec::new();
+            let mut template_problems = Vec::new();
+            let inputs_compiled = templates.compile(
+                inputs,
+                &inputs_pointer,
+                &mut references,
+                &mut template_problems,
+            );
+            problems.extend(template_problems.into_iter().map(template_problem));
+            for reference in &references {
+                if let Some(problem) = check_reference(reference, i, &positions, constants) {
+                    problems.push(problem);
+                }
+            }
+            if let Some(registered) = registered {
+                compiled.push((registered.clone(), inputs_compiled, references));
+            }
+        }
+        compiled
+    }
+
+    fn check_connection(
+        &self,
+        step: &Value,
+        pointer: &str,
+        registered: &RegisteredStep,
+        problems: &mut Vec<Problem>,
+    ) {
+        let named = step.get("connection").and_then(Value::as_str);
+        let step_type = registered.step.type_name();
+        match registered.step.connection_kind() {
+            None => {
+                if named.is_some() {
+                    problems.push(Problem::new(
+                        format!("{pointer}/connection"),
+                        ProblemCode::ConnectionNotAllowed,
+                        format!("step type `{step_type}` takes no connection"),
+                        "remove \"connection\"",
+                    ));
+                }
+            }
+            Some(kind) => {
+                let Some(config) = self.config else { return };
+                let name = named.unwrap_or(DEFAULT_CONNECTION);
+                let known: Vec<&String> = match kind {
+                    ConnectionKind::Halo => config.halo.keys().collect(),
+                };
+                if !known.iter().any(|k| *k == name) {
+                    let table = kind.config_table();
+                    let at = if named.is_some() {
+                        format!("{pointer}/connection")
+                    } else {
+                        pointer.to_owned()
+                    };
+                    let others = if known.is_empty() {
+                        "none is configured".to_owned()
+                    } else {
+                        format!(
+                            "configured: {}",
+                            known
+                                .iter()
+                                .map(|k| k.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    };
+                    problems.push(Problem::new(
+                        at,
+                        ProblemCode::UnknownConnection,
+                        format!("no {table} connection named `{name}` in the config file ({others})"),
+                        format!("add a [{table}.{name}] table to the config file or set \"connection\" to a configured one"),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn input_hint(registered: &RegisteredStep) -> String {
+    let schema = registered.step.input_schema();
+    let names: Vec<String> = schema
+        .get("properties")
+        .and_then(Value::as_object)
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default();
+    format!(
+        "`{}` takes: {}",
+        registered.step.type_name(),
+        names.join(", ")
+    )
+}
+
+/// The schema's description of the input at `pointer` (relative to `inputs`).
+fn input_description(schema: &Value, pointer: &str) -> String {
+    let name = pointer
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    schema["properties"][name]["description"]
+        .as_str()
+        .map(|d| format!("`{name}`: {d}"))
+        .unwrap_or_default()
+}
+
+fn template_problem(problem: TemplateProblem) -> Problem {
+    match problem {
+        TemplateProblem::Syntax { pointer, message } => Problem::new(
+            pointer,
+            ProblemCode::TemplateSyntax,
+            format!("template does not parse: {message}"),
+            "check that every {{ has a matching }} and every {{#block}} its {{/block}}",
+        ),
+        TemplateProblem::UnknownHelper { pointer, name } => Problem::new(
+            pointer,
+            ProblemCode::UnknownHelper,
+            format!("unknown template helper `{name}`"),
+            "helpers: default, json, join, lower, upper, date, eq, ne, gt, lt, and, or, not, if, unless, each, with",
+        ),
+    }
+}
+
+fn check_reference(
+    reference: &Reference,
+    step_index: usize,
+    positions: &BTreeMap<&str, (usize, Option<&RegisteredStep>)>,
+    constants: Option<&serde_json::Map<String, Value>>,
+) -> Option<Problem> {
+    let dotted = reference.dotted();
+    let problem = |code, message: String, hint: String| {
+        Some(Problem::new(reference.pointer.clone(), code, message, hint))
+    };
+    let second = reference.path.get(1).map(String::as_str);
+    match reference.path[0].as_str() {
+        "trigger" => match second {
+            Some(output) if !TRIGGER_OUTPUTS.iter().any(|o| o.name == output) => problem(
+                ProblemCode::UnknownTriggerOutput,
+                format!("`{dotted}`: the trigger has no output `{output}`"),
+                format!(
+                    "trigger outputs: {}",
+                    TRIGGER_OUTPUTS
+                        .iter()
+                        .map(|o| o.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
+            _ => None,
+        },
+        "constants" => match second {
+            Some(name) if !constants.is_some_and(|c| c.contains_key(name)) => problem(
+                ProblemCode::UnknownConstant,
+                format!("`{dotted}`: there is no constant `{name}`"),
+                format!("add \"{name}\" under \"constants\""),
+            ),
+            _ => None,
+        },
+        "steps" => {
+            let earlier = || {
+                let names: Vec<&str> = positions
+                    .iter()
+                    .filter(|(_, (i, _))| *i < step_index)
+                    .map(|(id, _)| *id)
+                    .collect();
+                if names.is_empty() {
+                    "no step runs before this one".to_owned()
+                } else {
+                    format!("steps before this one: {}", names.join(", "))
+                }
+            };
+            let Some(id) = second else {
+                return problem(
+                    ProblemCode::UnknownStep,
+                    format!("`{dotted}` names no step"),
+                    format!("write steps.<id>.<output>; {}", earlier()),
+                );
+            };
+            match positions.get(id) {
+                None => problem(
+                    ProblemCode::UnknownStep,
+                    format!("`{dotted}`: there is no step `{id}`"),
+                    earlier(),
+                ),
+                Some((at, _)) if *at >= step_index => problem(
+                    ProblemCode::LaterStepReference,
+                    format!("`{dotted}`: step `{id}` does not run before this step"),
+                    format!(
+                        "a step can only use outputs of earlier steps; move `{id}` before this step or use another value ({})",
+                        earlier()
+                    ),
+                ),
+                Some((_, Some(registered))) => match reference.path.get(2) {
+                    Some(output) if !registered.step.outputs().iter().any(|o| o.name == output) => {
+                        problem(
+                            ProblemCode::UnknownStepOutput,
+                            format!(
+                                "`{dotted}`: step `{id}` ({}) has no output `{output}`",
+                                registered.step.type_name()
+                            ),
+                            format!(
+                                "its outputs: {}",
+                                registered
+                                    .step
+                                    .outputs()
+                                    .iter()
+                                    .map(|o| o.name)
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        )
+                    }
+                    _ => None,
+                },
+                Some(_) => None,
+            }
+        }
+        root => problem(
+            ProblemCode::UnknownReference,
+            format!("`{dotted}` does not start with trigger, steps or constants"),
+            format!(
+                "write {{{{trigger.{dotted}}}}}, {{{{steps.<id>.{dotted}}}}} or {{{{constants.{root}}}}}"
+            ),
+        ),
+    }
+}
+
+/// Turns one schema error into problems; `code_for` can override the code (step inputs).
+fn schema_problems(
+    error: &jsonschema::ValidationError<'_>,
+    prefix: &str,
+    problems: &mut Vec<Problem>,
+    code_for: &dyn Fn(ProblemCode) -> ProblemCode,
+) {
+    let at = format!("{prefix}{}", error.instance_path());
+    let what = if prefix.ends_with("/inputs") {
+        "input"
+    } else {
+        "field"
+    };
+    match error.kind() {
+        ValidationErrorKind::Required { property } => {
+            let name = property.as_str().unwrap_or_default();
+            problems.push(Problem::new(
+                at,
+                code_for(ProblemCode::MissingField),
+                format!("missing required {what} `{name}`"),
+                if prefix.is_empty() {
+                    format!("add \"{name}\"")
+                } else {
+                    String::new()
+                },
+            ));
+        }
+        ValidationErrorKind::AdditionalProperties { unexpected } => {
+            for name in unexpected {
+                problems.push(Problem::new(
+                    format!("{at}/{}", escape_pointer(name)),
+                    code_for(ProblemCode::UnknownField),
+                    format!("unknown {what} `{name}`"),
+                    if prefix.is_empty() {
+                        "remove it or fix its spelling (see schemas/flow.schema.json)".to_owned()
+                    } else {
+                        String::new()
+                    },
+                ));
+            }
+        }
+        // Relaxed step schemas wrap values in anyOf [original, template]; the first branch
+        // explains the real expectation.
+        ValidationErrorKind::AnyOf { context } if context.len() == 2 && !context[0].is_empty() => {
+            for inner in &context[0] {
+                schema_problems(inner, prefix, problems, code_for);
+            }
+        }
+        kind => {
+            let code = match kind {
+                ValidationErrorKind::Type { .. } => ProblemCode::InvalidType,
+                ValidationErrorKind::Enum { .. }
+                | ValidationErrorKind::Constant { .. }
+                | ValidationErrorKind::Pattern { .. }
+                | ValidationErrorKind::MinLength { .. }
+                | ValidationErrorKind::Minimum { .. } => ProblemCode::InvalidValue,
+                _ => ProblemCode::SchemaViolation,
+            };
+            let message = match kind {
+                // The id pattern of the Halo steps: say what it means.
+                ValidationErrorKind::Pattern { pattern } if pattern.starts_with("^[0-9]+") => {
+                    "must be a whole number (an id) or a template".to_owned()
+                }
+                _ => error.masked().to_string(),
+            };
+            problems.push(Problem::new(
+                at,
+                code_for(code),
+                message,
+                if prefix.is_empty() {
+                    "see the field's description in schemas/flow.schema.json".to_owned()
+                } else {
+                    String::new()
+                },
+            ));
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! A Halo instance reached through its REST API (`../shared/reference/halo-api.md`): OAuth
+//! client credentials, a cached token refreshed shortly before it expires and once on a 401,
+//! and JSON array bodies for creates and updates.
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use crate::config::HaloConnectionConfig;
+use crate::outbound::{Field, Outbound, OutboundRequest, OutboundResponse};
+use crate::secrets::Secret;
+use crate::step::StepError;
+
+/// Refresh this long before the token's own expiry (dotMARC does the same; §1).
+const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
+
+#[derive(Debug)]
+pub struct HaloConnection {
+    name: String,
+    config: HaloConnectionConfig,
+    client_secret: Secret,
+    token: Mutex<Option<CachedToken>>,
+}
+
+#[derive(Debug, Clone)]
+struct CachedToken {
+    access_token: Secret,
+    token_type: String,
+    refresh_at: Instant,
+}
+
+impl HaloConnection {
+    pub fn new(name: String, config: HaloConnectionConfig, client_secret: Secret) -> Self {
+        HaloConnection {
+            name,
+            config,
+            client_secret,
+            token: Mutex::new(None),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(self.config.timeout_secs)
+    }
+
+    /// `GET /api/{path}`.
+    pub async fn get(&self, http: &Outbound, path: &str) -> Result<Value, StepError> {
+        self.call(http, Method::GET, path, None).await
+    }
+
+    /// `POST /api/{path}` with `[object]`, Halo's shape for creates and updates (§2, §3);
+    /// a one-element array answers the single object.
+    pub async fn post_one(
+        &self,
+        http: &Outbound,
+        path: &str,
+        object: Value,
+    ) -> Result<Value, StepError> {
+        let answer = self
+            .call(http, Method::POST, path, Some(Value::Array(vec![object])))
+            .await?;
+        match answer {
+            Value::Array(mut items) if items.len() == 1 => Ok(items.remove(0)),
+            other => Ok(other),
+        }
+    }
+
+    async fn call(
+        &self,
+        http: &Outbound,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, StepError> {
+        let url = self.config.api_url(path);
+        let mut refreshed = false;
+        loop {
+            let token = self.token(http, refreshed).await?;
+            let mut request = OutboundRequest::new(method.clone(), url.clone())
+                .header(Field::secret(
+                    "Authorization",
+                    format!("{} {}", token.token_type, token.access_token.expose()),
+                ))
+                .header(Field::plain("Accept", "application/json"))
+                .timeout(self.timeout());
+            if let Some(body) = &body {
+                request = request.json(body.clone());
+            }
+            let response = http.send(request).await?;
+            // One refresh on 401: the token may have been revoked before its expiry.
+            if response.status == 401 && !refreshed {
+                refreshed = true;
+                continue;
+            }
+            return parse_answer(&method, &url, response);
+        }
+    }
+
+    /// A valid token, from the cache unless `force_refresh`.
+    async fn token(&self, http: &Outbound, force_refresh: bool) -> Result<CachedToken, StepError> {
+        if let Some(recorder) = http.dry_run_recorder() {
+            // A dry run shows the token request once, and sends nothing.
+            if recorder.first_token_request(&self.name) {
+                http.preview_only(&self.token_request());
+            }
+            return Ok(CachedToken {
+                access_token: Secret::new("dry-run"),
+                token_type: "Bearer".into(),
+                refresh_at: Instant::now(),
+            });
+        }
+        let mut cached = self.token.lock().await;
+        if !force_refresh
+            && let Some(token) = cached.as_ref()
+            && Instant::now() < token.refresh_at
+        {
+            return Ok(token.clone());
+        }
+        let request = self.token_request();
+        let url = request.url.clone();
+        let response = http.send(request).await?;
+        let body = parse_answer(&Method::POST, &url, response).map_err(|e| match e {
+            StepError::Status { status, message, retry_after, method, url } if status == 400 || status == 401 => {
+                StepError::Status {
+                    method,
+                    url,
+                    status,
+                    message: format!(
+                        "{message}. Check client_id and the secret `{}` of [halo.{}] (the Client ID changes when the Halo application is saved)",
+                        self.config.client_secret_name, self.name
+                    ),
+                    retry_after,
+                }
+            }
+            other => other,
+        })?;
+        let access_token = body
+            .get("access_token")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                StepError::Response(format!("token answer from {url} has no access_token"))
+            })?;
+        let expires_in = body
+            .get("expires_in")
+            .and_then(Value::as_u64)
+            .unwrap_or(3600);
+        let token = CachedToken {
+            access_token: Secret::new(access_token),
+            // Halo issues bearer tokens only (§1); HaloAPI builds "{token_type} {token}".
+            token_type: "Bearer".to_owned(),
+            refresh_at: Instant::now()
+                + Duration::from_secs(expires_in).saturating_sub(EXPIRY_MARGIN),
+        };
+        *cached = Some(token.clone());
+        Ok(token)
+    }
+
+    fn token_request(&self) -> OutboundRequest {
+        let mut url = self.config.token_url();
+        if let Some(tenant) = &self.config.tenant {
+            url = format!(
+                "{url}?tenant={}",
+                percent_encoding::utf8_percent_encode(tenant, percent_encoding::NON_ALPHANUMERIC)
+            );
+        }
+        OutboundRequest::new(Method::POST, url)
+            .header(Field::plain("Accept", "application/json"))
+            .form(vec![
+                Field::plain("grant_type", "client_credentials"),
+                Field::plain("client_id", &self.config.client_id),
+                Field::secret("client_secret", self.client_secret.expose()),
+                Field::plain("scope", &self.config.scope),
+            ])
+            .timeout(self.timeout())
+    }
+}
+
+/// 2xx with a JSON body (or none) is success; anything else becomes a [`StepError::Status`]
+/// carrying Halo's own message from any of its error shapes (§6).
+fn parse_answer(
+    method: &Method,
+    url: &str,
+    response: OutboundResponse,
+) -> Result<Value, StepError> {
+    if response.is_success() {
+        if response.body.is_empty() {
+            return Ok(Value::Null);
+        }
+        return response.json().ok_or_else(|| {
+            StepError::Response(format!(
+                "{method} {url} answered {} with a body that is not JSON",
+                response.status
+            ))
+        });
+    }
+    Err(StepError::Status {
+        method: method.to_string(),
+        url: url.to_owned(),
+        status: response.status,
+        message: halo_error_message(&response),
+        retry_after: response.retry_after,
+    })
+}
+
+fn halo_error_message(response: &OutboundResponse) -> String {
+    let text = response.text();
+    let Some(body) = response.json() else {
+        return truncate(text.trim());
+    };
+    let field = |key: &str| body.get(key).and_then(Value::as_str).map(str::to_owned);
+    let message = field("error_description")
+        .or_else(|| field("errorMessage"))
+        .or_else(|| field("Message"))
+        .or_else(|| field("message"))
+        .or_else(|| field("error"))
+        .or_else(|| body.as_str().map(str::to_owned))
+        .unwrap_or_else(|| body.to_string());
+    truncate(&message)
+}
+
+fn truncate(text: &str) -> String {
+    const LIMIT: usize = 500;
+    if text.len() <= LIMIT {
+        return text.to_owned();
+    }
+    let mut end = LIMIT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}

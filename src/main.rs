@@ -1,0 +1,269 @@
+//! The `haloflow` command line: parses arguments, sets up logging, calls the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use haloflow::commands;
+use haloflow::storage::{RunFilter, RunStatus};
+
+#[derive(Parser)]
+#[command(
+    name = "haloflow",
+    version,
+    about = "Flow automation for HaloITSM and ServiceNow"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start local Halo emulators and the server with the example flows, send the sample webhooks
+    /// and show the runs.
+    Demo {
+        #[arg(long, default_value = "flows")]
+        flows: PathBuf,
+        #[arg(long, default_value = "examples")]
+        examples: PathBuf,
+        #[arg(long, default_value = "data")]
+        data: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Exit after showing the runs.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Check flow files and print every problem.
+    Validate {
+        /// Flow files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Also check connections against this config file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run one payload through a flow.
+    Run {
+        flow: PathBuf,
+        #[arg(long)]
+        payload: PathBuf,
+        /// The trigger URL's query, e.g. "recipients=epearson,antares".
+        #[arg(long)]
+        query: Option<String>,
+        /// Show rendered inputs and the exact requests without sending anything.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, default_value = "data")]
+        data: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve trigger URLs and the API.
+    Serve {
+        #[arg(long, default_value = "flows")]
+        flows: PathBuf,
+        #[arg(long, default_value = "data")]
+        data: PathBuf,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Overrides server.listen from the config.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Read the run history.
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
+    },
+    /// Read the trigger requests received.
+    Requests {
+        #[command(subcommand)]
+        command: RequestsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RunsCommand {
+    /// Recent runs, newest first.
+    List {
+        #[arg(long, default_value = "data")]
+        data: PathBuf,
+        #[arg(long)]
+        flow: Option<String>,
+        /// queued, running, succeeded or failed.
+        #[arg(long, value_parser = parse_status)]
+        status: Option<RunStatus>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One run with its steps, inputs, outputs and requests.
+    Show {
+        run_id: String,
+        #[arg(long, default_value = "data")]
+        data: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RequestsCommand {
+    /// Recent trigger requests, accepted and rejected.
+    List {
+        #[arg(long, default_value = "data")]
+        data: PathBuf,
+        #[arg(long)]
+        flow: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_status(text: &str) -> Result<RunStatus, String> {
+    RunStatus::parse(text)
+        .ok_or_else(|| format!("`{text}` is not one of queued, running, succeeded, failed"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HALOFLOW_LOG")
+                .unwrap_or_else(|_| "haloflow=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("haloflow: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("haloflow: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs the command; `Ok(false)` means it ran and found problems (exit code 1).
+async fn dispatch(command: Command) -> Result<bool> {
+    let stdout = std::io::stdout();
+    let out = &mut stdout.lock();
+    Ok(match command {
+        Command::Demo {
+            flows,
+            examples,
+            data,
+            listen,
+            once,
+        } => {
+            commands::demo(
+                &commands::DemoOptions {
+                    flows,
+                    examples,
+                    data_dir: data,
+                    listen,
+                    once,
+                },
+                out,
+            )
+            .await?;
+            true
+        }
+        Command::Validate { paths, config } => commands::validate(&paths, config.as_deref(), out)?,
+        Command::Run {
+            flow,
+            payload,
+            query,
+            dry_run,
+            config,
+            data,
+            json,
+        } => {
+            let options = commands::RunOptions {
+                flow,
+                payload,
+                query,
+                dry_run,
+                config,
+                data_dir: data,
+                json,
+            };
+            commands::run(&options, out).await?
+        }
+        Command::Serve {
+            flows,
+            data,
+            config,
+            listen,
+        } => {
+            commands::serve(
+                &commands::ServeOptions {
+                    flows,
+                    data_dir: data,
+                    config,
+                    listen,
+                },
+                out,
+            )
+            .await?;
+            true
+        }
+        Command::Runs {
+            command:
+                RunsCommand::List {
+                    data,
+                    flow,
+                    status,
+                    limit,
+                    json,
+                },
+        } => {
+            commands::runs_list(
+                &data,
+                &RunFilter {
+                    flow_id: flow,
+                    status,
+                    limit: Some(limit),
+                },
+                json,
+                out,
+            )
+            .await?;
+            true
+        }
+        Command::Runs {
+            command: RunsCommand::Show { run_id, data, json },
+        } => {
+            commands::runs_show(&data, &run_id, json, out).await?;
+            true
+        }
+        Command::Requests {
+            command:
+                RequestsCommand::List {
+                    data,
+                    flow,
+                    limit,
+                    json,
+                },
+        } => {
+            commands::requests_list(&data, flow.as_deref(), limit, json, out).await?;
+            true
+        }
+    })
+}

@@ -1,0 +1,393 @@
+//! Every HTTP request a step sends goes through [`Outbound`]: it applies timeouts, records each
+//! exchange for the run history, and in a dry run records a masked preview instead of sending.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::step::StepError;
+
+/// A request about to be sent. Values marked sensitive are masked in every record.
+#[derive(Debug, Clone)]
+pub struct OutboundRequest {
+    pub method: reqwest::Method,
+    pub url: String,
+    pub headers: Vec<Field>,
+    pub body: OutboundBody,
+    pub timeout: Duration,
+}
+
+/// A header or form field; `sensitive` ones are shown as `***`.
+#[derive(Debug, Clone)]
+pub struct Field {
+    pub name: String,
+    pub value: String,
+    pub sensitive: bool,
+}
+
+impl Field {
+    pub fn plain(name: impl Into<String>, value: impl Into<String>) -> Self {
+        Field {
+            name: name.into(),
+            value: value.into(),
+            sensitive: false,
+        }
+    }
+
+    pub fn secret(name: impl Into<String>, value: impl Into<String>) -> Self {
+        Field {
+            name: name.into(),
+            value: value.into(),
+            sensitive: true,
+        }
+    }
+
+    fn masked_value(&self) -> String {
+        if !self.sensitive {
+            return self.value.clone();
+        }
+        // Keep the scheme of an Authorization header readable: `Bearer ***`.
+        match self.value.split_once(' ') {
+            Some((scheme, _)) if self.name.eq_ignore_ascii_case("authorization") => {
+                format!("{scheme} ***")
+            }
+            _ => "***".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum OutboundBody {
+    None,
+    Json(Value),
+    Form(Vec<Field>),
+}
+
+impl OutboundRequest {
+    pub fn new(method: reqwest::Method, url: impl Into<String>) -> Self {
+        OutboundRequest {
+            method,
+            url: url.into(),
+            headers: Vec::new(),
+            body: OutboundBody::None,
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    pub fn header(mut self, field: Field) -> Self {
+        self.headers.push(field);
+        self
+    }
+
+    pub fn json(mut self, body: Value) -> Self {
+        self.body = OutboundBody::Json(body);
+        self
+    }
+
+    pub fn form(mut self, fields: Vec<Field>) -> Self {
+        self.body = OutboundBody::Form(fields);
+        self
+    }
+
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The request as shown to people: secrets masked, body as JSON.
+    pub fn preview(&self) -> RequestPreview {
+        let mut headers: Vec<(String, String)> = self
+            .headers
+            .iter()
+            .map(|h| (h.name.clone(), h.masked_value()))
+            .collect();
+        let body = match &self.body {
+            OutboundBody::None => None,
+            OutboundBody::Json(v) => {
+                headers.push(("Content-Type".into(), "application/json".into()));
+                Some(v.clone())
+            }
+            OutboundBody::Form(fields) => {
+                headers.push((
+                    "Content-Type".into(),
+                    "application/x-www-form-urlencoded".into(),
+                ));
+                Some(Value::String(
+                    fields
+                        .iter()
+                        .map(|f| format!("{}={}", f.name, f.masked_value()))
+                        .collect::<Vec<_>>()
+                        .join("&"),
+                ))
+            }
+        };
+        RequestPreview {
+            method: self.method.to_string(),
+            url: redact_url(&self.url),
+            headers,
+            body,
+        }
+    }
+}
+
+/// What a dry run shows for one request.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RequestPreview {
+    pub method: String,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<Value>,
+}
+
+/// One exchange as kept in the run history: never headers or secrets.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ExchangeRecord {
+    pub method: String,
+    pub url: String,
+    pub status: Option<u16>,
+    pub duration_ms: u64,
+    pub error: Option<String>,
+}
+
+/// A response with its body read.
+#[derive(Debug, Clone)]
+pub struct OutboundResponse {
+    pub status: u16,
+    pub retry_after: Option<Duration>,
+    pub body: Vec<u8>,
+}
+
+impl OutboundResponse {
+    pub fn json(&self) -> Option<Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+/// Sends requests for one step run and keeps its exchange log.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    client: reqwest::Client,
+    mode: Mode,
+    log: Arc<Mutex<Vec<ExchangeRecord>>>,
+}
+
+#[derive(Debug, Clone)]
+enum Mode {
+    Live,
+    DryRun(DryRunRecorder),
+}
+
+/// Collects the requests a dry run would have sent.
+#[derive(Debug, Clone, Default)]
+pub struct DryRunRecorder {
+    previews: Arc<Mutex<Vec<RequestPreview>>>,
+    announced_tokens: Arc<Mutex<Vec<String>>>,
+}
+
+impl DryRunRecorder {
+    pub fn take(&self) -> Vec<RequestPreview> {
+        std::mem::take(&mut *self.previews.lock().expect("preview lock"))
+    }
+
+    fn record(&self, preview: RequestPreview) {
+        self.previews.lock().expect("preview lock").push(preview);
+    }
+
+    /// True the first time a token request for `connection` is shown in this dry run.
+    pub fn first_token_request(&self, connection: &str) -> bool {
+        let mut seen = self.announced_tokens.lock().expect("token lock");
+        if seen.iter().any(|c| c == connection) {
+            return false;
+        }
+        seen.push(connection.to_owned());
+        true
+    }
+}
+
+impl Outbound {
+    pub fn live(client: reqwest::Client) -> Self {
+        Outbound {
+            client,
+            mode: Mode::Live,
+            log: Arc::default(),
+        }
+    }
+
+    pub fn dry_run(client: reqwest::Client, recorder: DryRunRecorder) -> Self {
+        Outbound {
+            client,
+            mode: Mode::DryRun(recorder),
+            log: Arc::default(),
+        }
+    }
+
+    /// The recorder when this is a dry run.
+    pub fn dry_run_recorder(&self) -> Option<&DryRunRecorder> {
+        match &self.mode {
+            Mode::DryRun(r) => Some(r),
+            Mode::Live => None,
+        }
+    }
+
+    /// Shows `request` in a dry run (without sending); does nothing live.
+    pub fn preview_only(&self, request: &OutboundRequest) {
+        if let Mode::DryRun(recorder) = &self.mode {
+            recorder.record(request.preview());
+        }
+    }
+
+    /// The exchanges sent so far.
+    pub fn exchanges(&self) -> Vec<ExchangeRecord> {
+        self.log.lock().expect("exchange log lock").clone()
+    }
+
+    /// Sends the request; any HTTP status is a response, not an error. In a dry run the request
+    /// is recorded and [`StepError::DryRun`] stops the step.
+    pub async fn send(&self, request: OutboundRequest) -> Result<OutboundResponse, StepError> {
+        if let Mode::DryRun(recorder) = &self.mode {
+            recorder.record(request.preview());
+            return Err(StepError::DryRun);
+        }
+        let url = redact_url(&request.url);
+        let method = request.method.to_string();
+        let mut builder = self
+            .client
+            .request(request.method.clone(), &request.url)
+            .timeout(request.timeout);
+        for h in &request.headers {
+            builder = builder.header(&h.name, &h.value);
+        }
+        builder = match &request.body {
+            OutboundBody::None => builder,
+            OutboundBody::Json(v) => builder.json(v),
+            OutboundBody::Form(fields) => builder.form(
+                &fields
+                    .iter()
+                    .map(|f| (f.name.as_str(), f.value.as_str()))
+                    .collect::<Vec<_>>(),
+            ),
+        };
+        let started = Instant::now();
+        let result = async {
+            let response = builder.send().await?;
+            let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let body = response.bytes().await?.to_vec();
+            Ok::<_, reqwest::Error>(OutboundResponse {
+                status,
+                retry_after,
+                body,
+            })
+        }
+        .await;
+        let duration_ms = started.elapsed().as_millis() as u64;
+        let (record, outcome) = match result {
+            Ok(response) => (
+                ExchangeRecord {
+                    method: method.clone(),
+                    url: url.clone(),
+                    status: Some(response.status),
+                    duration_ms,
+                    error: None,
+                },
+                Ok(response),
+            ),
+            Err(e) => {
+                let retryable = e.is_timeout() || e.is_connect() || e.is_request();
+                let message = describe_reqwest_error(&e);
+                (
+                    ExchangeRecord {
+                        method: method.clone(),
+                        url: url.clone(),
+                        status: None,
+                        duration_ms,
+                        error: Some(message.clone()),
+                    },
+                    Err(StepError::Transport {
+                        method,
+                        url,
+                        message,
+                        retryable,
+                    }),
+                )
+            }
+        };
+        self.log.lock().expect("exchange log lock").push(record);
+        outcome
+    }
+}
+
+/// reqwest's error text can include the URL; ours is already in the record, so keep the cause.
+fn describe_reqwest_error(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else if e.is_body() || e.is_decode() {
+        "failed reading the response"
+    } else {
+        "request failed"
+    };
+    let mut source = std::error::Error::source(e);
+    let mut cause = String::new();
+    while let Some(s) = source {
+        cause = s.to_string();
+        source = s.source();
+    }
+    if cause.is_empty() {
+        kind.to_owned()
+    } else {
+        format!("{kind}: {cause}")
+    }
+}
+
+/// Drops credentials embedded in a URL (`https://user:pass@host`).
+pub fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((userinfo, host)) if !userinfo.contains('/') => format!("{scheme}://***@{host}"),
+            _ => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn previews_mask_sensitive_values() {
+        let request = OutboundRequest::new(reqwest::Method::POST, "https://u:p@h/auth/token")
+            .header(Field::secret("Authorization", "Bearer abc"))
+            .form(vec![
+                Field::plain("client_id", "id"),
+                Field::secret("client_secret", "s3cr3t"),
+            ]);
+        let preview = request.preview();
+        assert_eq!(preview.url, "https://***@h/auth/token");
+        assert_eq!(
+            preview.headers[0],
+            ("Authorization".into(), "Bearer ***".into())
+        );
+        assert_eq!(
+            preview.body,
+            Some(Value::String("client_id=id&client_secret=***".into()))
+        );
+    }
+}

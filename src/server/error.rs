@@ -1,0 +1,84 @@
+//! The one table of HTTP errors: code, status, and a message that names the problem and the
+//! fix. Bodies are `{"error": {"code", "message"}}`; internal error text is logged, never sent.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    UnknownFlow,
+    InvalidAuth,
+    UnsupportedMediaType,
+    PayloadTooLarge,
+    InvalidJson,
+    InvalidPayload,
+    InvalidQuery,
+    NotFound,
+    StorageUnavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        self.row().0
+    }
+
+    pub fn status(self) -> StatusCode {
+        self.row().1
+    }
+
+    fn row(self) -> (&'static str, StatusCode) {
+        match self {
+            ErrorCode::UnknownFlow => ("unknown_flow", StatusCode::NOT_FOUND),
+            ErrorCode::InvalidAuth => ("invalid_auth", StatusCode::UNAUTHORIZED),
+            ErrorCode::UnsupportedMediaType => {
+                ("unsupported_media_type", StatusCode::UNSUPPORTED_MEDIA_TYPE)
+            }
+            ErrorCode::PayloadTooLarge => ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE),
+            ErrorCode::InvalidJson => ("invalid_json", StatusCode::BAD_REQUEST),
+            ErrorCode::InvalidPayload => ("invalid_payload", StatusCode::BAD_REQUEST),
+            ErrorCode::InvalidQuery => ("invalid_query", StatusCode::BAD_REQUEST),
+            ErrorCode::NotFound => ("not_found", StatusCode::NOT_FOUND),
+            ErrorCode::StorageUnavailable => {
+                ("storage_unavailable", StatusCode::SERVICE_UNAVAILABLE)
+            }
+            ErrorCode::Internal => ("internal", StatusCode::INTERNAL_SERVER_ERROR),
+        }
+    }
+}
+
+/// An error answer.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// Extra header, e.g. `WWW-Authenticate` on a 401 for Basic.
+    pub www_authenticate: Option<&'static str>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+            www_authenticate: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code.as_str(), "message": self.message}});
+        let mut response = (self.code.status(), Json(body)).into_response();
+        if let Some(challenge) = self.www_authenticate {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
+        response
+    }
+}

@@ -1,0 +1,38 @@
+//! The HTTP surface: trigger URLs, the run history API and health. [`router`] returns an axum
+//! `Router` that tests drive directly and embedders mount under their own prefix.
+
+mod api;
+mod error;
+mod trigger;
+
+use std::future::Future;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+pub use error::{ApiError, ErrorCode};
+
+use crate::engine::Engine;
+
+pub fn router(engine: Engine) -> Router {
+    Router::new()
+        .route("/triggers/{flow_id}", post(trigger::receive))
+        .route("/health", get(api::health))
+        .route("/api/flows", get(api::flows))
+        .route("/api/runs", get(api::runs))
+        .route("/api/runs/{run_id}", get(api::run))
+        .route("/api/requests", get(api::requests))
+        .fallback(api::not_found)
+        .with_state(engine)
+}
+
+/// Serves the router on `listener` until `shutdown` completes, then finishes open requests.
+pub async fn serve(
+    engine: Engine,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(engine))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

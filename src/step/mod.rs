@@ -1,0 +1,187 @@
+//! The step contract. Every step, built-in or an embedder's, implements [`Step`] and is
+//! registered by type name in a [`StepRegistry`]; flows name steps by that type.
+
+mod registry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+pub use registry::{RegisteredStep, RegistryError, StepRegistry};
+
+use crate::connections::Connections;
+use crate::halo::HaloConnection;
+use crate::outbound::Outbound;
+
+/// A named output a step produces; templates reach it as `steps.<id>.<name>`.
+#[derive(Debug, Clone, Copy)]
+pub struct OutputSpec {
+    pub name: &'static str,
+    pub description: &'static str,
+}
+
+/// What kind of connection a step needs from the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectionKind {
+    Halo,
+}
+
+impl ConnectionKind {
+    pub fn config_table(self) -> &'static str {
+        match self {
+            ConnectionKind::Halo => "halo",
+        }
+    }
+}
+
+/// One operation a flow can run. Object-safe: the registry holds `Arc<dyn Step>`.
+#[async_trait]
+pub trait Step: Send + Sync + 'static {
+    /// The name flows use in `"type"`, e.g. `halo.create_ticket`.
+    fn type_name(&self) -> &'static str;
+    /// One line for listings and error hints.
+    fn description(&self) -> &'static str;
+    /// JSON Schema (2020-12) of the rendered inputs; checked at load (templates allowed in
+    /// place of any value) and again on the rendered inputs before each run.
+    fn input_schema(&self) -> Value;
+    /// The outputs `execute` returns as a JSON object.
+    fn outputs(&self) -> &'static [OutputSpec];
+    /// The connection kind the step needs, if any.
+    fn connection_kind(&self) -> Option<ConnectionKind> {
+        None
+    }
+    /// Runs the step with rendered, schema-checked inputs; returns an object with the outputs.
+    async fn execute(&self, ctx: &StepContext, inputs: Value) -> Result<Value, StepError>;
+}
+
+/// What a step may use while it runs.
+#[derive(Debug, Clone)]
+pub struct StepContext {
+    pub flow_id: String,
+    pub run_id: String,
+    pub step_id: String,
+    /// The connection named on the step (or the default), for steps that take one.
+    pub connection: Option<String>,
+    pub(crate) connections: Arc<Connections>,
+    pub(crate) http: Outbound,
+}
+
+impl StepContext {
+    /// Sends HTTP requests; recorded in the run history, previewed in a dry run.
+    pub fn http(&self) -> &Outbound {
+        &self.http
+    }
+
+    /// True in a dry run, where outputs of earlier steps are placeholders such as
+    /// `{{steps.create.ticket_id}}` (see [`is_placeholder`]).
+    pub fn is_dry_run(&self) -> bool {
+        self.http.dry_run_recorder().is_some()
+    }
+
+    /// The Halo connection this step is configured with.
+    pub fn halo(&self) -> Result<Arc<HaloConnection>, StepError> {
+        let name = self
+            .connection
+            .as_deref()
+            .ok_or_else(|| StepError::Connection("this step has no Halo connection".into()))?;
+        self.connections.halo(name)
+    }
+}
+
+/// True for a dry-run placeholder standing for an earlier step's output.
+pub fn is_placeholder(value: &Value) -> bool {
+    value
+        .as_str()
+        .is_some_and(|s| s.starts_with("{{steps.") && s.ends_with("}}"))
+}
+
+/// Why a step failed. Steps say whether trying again could help.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StepError {
+    /// The rendered inputs are wrong; `pointer` is relative to the step's `inputs`.
+    #[error("input {pointer}: {message}")]
+    Input { pointer: String, message: String },
+    /// A connection is missing or misconfigured (config file, secrets).
+    #[error("{0}")]
+    Connection(String),
+    /// The request did not complete (connect error, timeout, broken body).
+    #[error("{method} {url}: {message}")]
+    Transport {
+        method: String,
+        url: String,
+        message: String,
+        retryable: bool,
+    },
+    /// The remote system answered with an error status.
+    #[error("{method} {url} answered {status}: {message}")]
+    Status {
+        method: String,
+        url: String,
+        status: u16,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// The remote system answered 2xx with something we cannot use.
+    #[error("{0}")]
+    Response(String),
+    /// A dry run stopped the step before its first request was sent.
+    #[error("dry run: the request was not sent")]
+    DryRun,
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl StepError {
+    /// Connection failures, timeouts, 408, 429 and 5xx other than 501 may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StepError::Transport { retryable, .. } => *retryable,
+            StepError::Status { status, .. } => {
+                matches!(status, 408 | 429) || (*status >= 500 && *status != 501)
+            }
+            _ => false,
+        }
+    }
+
+    /// The stable code recorded with a failed step.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StepError::Input { .. } => "invalid_input",
+            StepError::Connection(_) => "connection_error",
+            StepError::Transport { .. } => "transport_error",
+            StepError::Status { .. } => "http_status",
+            StepError::Response(_) => "bad_response",
+            StepError::DryRun => "dry_run",
+            StepError::Failed(_) => "step_failed",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(status: u16) -> StepError {
+        StepError::Status {
+            method: "POST".into(),
+            url: "u".into(),
+            status,
+            message: String::new(),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn retryable_statuses() {
+        for s in [408, 429, 500, 502, 503] {
+            assert!(status(s).is_retryable(), "{s}");
+        }
+        for s in [400, 401, 404, 409, 422, 501] {
+            assert!(!status(s).is_retryable(), "{s}");
+        }
+    }
+}

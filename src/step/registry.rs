@@ -1,0 +1,182 @@
+//! The explicit step registry: built-ins are registered the same way an embedder's steps are.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::Step;
+
+/// A registered step with its input schema compiled twice: as written (for rendered inputs)
+/// and relaxed so that a template string may stand in for any value (for load-time checks).
+#[derive(Clone)]
+pub struct RegisteredStep {
+    pub step: Arc<dyn Step>,
+    pub(crate) schema: Arc<jsonschema::Validator>,
+    pub(crate) relaxed_schema: Arc<jsonschema::Validator>,
+}
+
+impl std::fmt::Debug for RegisteredStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisteredStep")
+            .field("type", &self.step.type_name())
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("step type `{0}` is registered twice; type names must be unique")]
+    Duplicate(String),
+    #[error("step type `{name}` has an invalid input schema: {message}")]
+    InvalidSchema { name: String, message: String },
+}
+
+/// Step implementations by type name.
+#[derive(Debug, Clone, Default)]
+pub struct StepRegistry {
+    steps: BTreeMap<&'static str, RegisteredStep>,
+}
+
+impl StepRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        StepRegistry::default()
+    }
+
+    /// A registry with every built-in step.
+    pub fn with_builtins() -> Self {
+        let mut registry = StepRegistry::new();
+        for step in crate::steps::builtins() {
+            registry
+                .register_arc(step)
+                .expect("built-in steps have unique names and valid schemas");
+        }
+        registry
+    }
+
+    /// Registers a step under its type name.
+    pub fn register<S: Step>(&mut self, step: S) -> Result<(), RegistryError> {
+        self.register_arc(Arc::new(step))
+    }
+
+    pub fn register_arc(&mut self, step: Arc<dyn Step>) -> Result<(), RegistryError> {
+        let name = step.type_name();
+        if self.steps.contains_key(name) {
+            return Err(RegistryError::Duplicate(name.to_owned()));
+        }
+        let schema = step.input_schema();
+        let compile = |schema: &Value| {
+            jsonschema::draft202012::new(schema).map_err(|e| RegistryError::InvalidSchema {
+                name: name.to_owned(),
+                message: e.to_string(),
+            })
+        };
+        let strict = compile(&schema)?;
+        let relaxed = compile(&relax_root(&schema))?;
+        self.steps.insert(
+            name,
+            RegisteredStep {
+                step,
+                schema: Arc::new(strict),
+                relaxed_schema: Arc::new(relaxed),
+            },
+        );
+        Ok(())
+    }
+
+    pub fn get(&self, type_name: &str) -> Option<&RegisteredStep> {
+        self.steps.get(type_name)
+    }
+
+    pub fn type_names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.steps.keys().copied()
+    }
+}
+
+/// Relaxes every subschema below the root; the root (the `inputs` object) stays strict so
+/// that unknown and missing inputs are reported at their own pointers.
+fn relax_root(schema: &Value) -> Value {
+    relax(schema, false)
+}
+
+fn relax_for_templates(schema: &Value) -> Value {
+    relax(schema, true)
+}
+
+/// Rewrites a schema so that any subschema also accepts a string holding a template
+/// (`{{...}}`): at load time a template's value is not known yet.
+fn relax(schema: &Value, wrap: bool) -> Value {
+    match schema {
+        Value::Object(map) => {
+            let mut relaxed = serde_json::Map::new();
+            for (key, value) in map {
+                let value = match key.as_str() {
+                    "properties" | "patternProperties" | "$defs" | "definitions" => match value {
+                        Value::Object(props) => Value::Object(
+                            props
+                                .iter()
+                                .map(|(k, v)| (k.clone(), relax_for_templates(v)))
+                                .collect(),
+                        ),
+                        other => other.clone(),
+                    },
+                    "items" | "additionalProperties" | "not" | "contains" => {
+                        relax_for_templates(value)
+                    }
+                    "anyOf" | "oneOf" | "allOf" | "prefixItems" => match value {
+                        Value::Array(items) => {
+                            Value::Array(items.iter().map(relax_for_templates).collect())
+                        }
+                        other => other.clone(),
+                    },
+                    _ => value.clone(),
+                };
+                relaxed.insert(key.clone(), value);
+            }
+            if wrap
+                && (map.contains_key("type")
+                    || map.contains_key("enum")
+                    || map.contains_key("const"))
+            {
+                serde_json::json!({
+                    "anyOf": [Value::Object(relaxed), {"type": "string", "pattern": "\\{\\{"}]
+                })
+            } else {
+                Value::Object(relaxed)
+            }
+        }
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn relaxed_schema_accepts_templates_in_place_of_values() {
+        let schema = json!({
+            "type": "object",
+            "required": ["id"],
+            "additionalProperties": false,
+            "properties": {"id": {"type": "integer"}, "tags": {"type": "array", "items": {"type": "integer"}}}
+        });
+        let relaxed = jsonschema::draft202012::new(&relax_root(&schema)).unwrap();
+        assert!(
+            !relaxed.is_valid(&json!("{{x}}")),
+            "the root stays an object"
+        );
+        assert!(relaxed.is_valid(&json!({"id": "{{trigger.ticket_id}}", "tags": [1, "{{x}}"]})));
+        assert!(!relaxed.is_valid(&json!({"id": "twelve"})));
+        assert!(
+            !relaxed.is_valid(&json!({"tags": []})),
+            "required still applies"
+        );
+        assert!(
+            !relaxed.is_valid(&json!({"id": 1, "other": 2})),
+            "unknown keys still rejected"
+        );
+    }
+}

@@ -1,0 +1,19 @@
+//! The built-in steps. They use the same [`Step`](crate::step::Step) trait and registry an
+//! embedder's steps do.
+
+mod halo;
+
+use std::sync::Arc;
+
+use crate::step::Step;
+
+pub use halo::{AddAction, CreateTicket, UpdateTicket};
+
+/// Every built-in step, for [`StepRegistry::with_builtins`](crate::step::StepRegistry::with_builtins).
+pub fn builtins() -> Vec<Arc<dyn Step>> {
+    vec![
+        Arc::new(CreateTicket),
+        Arc::new(UpdateTicket),
+        Arc::new(AddAction),
+    ]
+}

@@ -1,0 +1,248 @@
+//! Persistence of trigger requests, runs and step runs behind one trait. SQLite is the embedded
+//! default; each backend has its own implementation and its own migrations folder.
+
+mod sqlite;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use sqlite::{DATABASE_FILE, SqliteStorage};
+
+use crate::outbound::ExchangeRecord;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("stored {what} is not valid JSON: {source}")]
+    Corrupt {
+        what: &'static str,
+        source: serde_json::Error,
+    },
+}
+
+impl StorageError {
+    /// Busy databases and dropped connections can succeed on a later try.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            StorageError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_))
+        )
+    }
+}
+
+/// A trigger request as written when it arrives.
+#[derive(Debug, Clone)]
+pub struct NewRequest {
+    pub id: String,
+    pub flow_id: String,
+    pub received_at_ms: i64,
+    pub http_status: u16,
+    /// `None` for an accepted request.
+    pub error: Option<(String, String)>,
+    pub query: Option<Value>,
+    pub body: Option<String>,
+    pub event_count: usize,
+}
+
+/// A run created with its request.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub id: String,
+    pub flow_id: String,
+    pub event_index: usize,
+    pub trigger: Value,
+    pub created_at_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Queued => "queued",
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RunStatus> {
+        [
+            RunStatus::Queued,
+            RunStatus::Running,
+            RunStatus::Succeeded,
+            RunStatus::Failed,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+
+    pub fn is_finished(self) -> bool {
+        matches!(self, RunStatus::Succeeded | RunStatus::Failed)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl StepStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Running => "running",
+            StepStatus::Succeeded => "succeeded",
+            StepStatus::Failed => "failed",
+        }
+    }
+}
+
+/// How a step run ended.
+#[derive(Debug, Clone)]
+pub struct StepOutcome {
+    pub status: StepStatus,
+    pub outputs: Option<Value>,
+    pub error: Option<(String, String)>,
+    pub exchanges: Vec<ExchangeRecord>,
+    pub finished_at_ms: i64,
+}
+
+/// A run as listed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub id: String,
+    pub flow_id: String,
+    pub request_id: Option<String>,
+    pub event_index: i64,
+    pub status: RunStatus,
+    pub error: Option<String>,
+    pub failed_step: Option<String>,
+    pub created_at_ms: i64,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+}
+
+/// One step of a run as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRunRecord {
+    pub step_id: String,
+    pub position: i64,
+    pub step_type: String,
+    pub status: StepStatus,
+    pub inputs: Option<Value>,
+    pub outputs: Option<Value>,
+    pub error_code: Option<String>,
+    pub error: Option<String>,
+    pub exchanges: Vec<ExchangeRecord>,
+    pub started_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+}
+
+/// A run with its trigger outputs and steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunDetail {
+    #[serde(flatten)]
+    pub summary: RunSummary,
+    pub trigger: Value,
+    pub steps: Vec<StepRunRecord>,
+}
+
+/// A trigger request as listed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    pub id: String,
+    pub flow_id: String,
+    pub received_at_ms: i64,
+    pub status: String,
+    pub http_status: i64,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub query: Option<Value>,
+    pub event_count: i64,
+    pub run_ids: Vec<String>,
+}
+
+/// Which runs to list, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub flow_id: Option<String>,
+    pub status: Option<RunStatus>,
+    pub limit: Option<u32>,
+}
+
+/// Where runs live. One implementation per database.
+#[async_trait]
+pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
+    /// Writes an accepted request and its runs in one transaction; when this returns, they
+    /// survive a crash.
+    async fn accept_request(
+        &self,
+        request: &NewRequest,
+        runs: &[NewRun],
+    ) -> Result<(), StorageError>;
+    /// Writes a rejected request (its 4xx answer and why).
+    async fn record_rejected(&self, request: &NewRequest) -> Result<(), StorageError>;
+    async fn start_run(&self, run_id: &str, at_ms: i64) -> Result<(), StorageError>;
+    async fn finish_run(
+        &self,
+        run_id: &str,
+        status: RunStatus,
+        failure: Option<(&str, &str)>,
+        at_ms: i64,
+    ) -> Result<(), StorageError>;
+    async fn start_step(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        position: usize,
+        step_type: &str,
+        inputs: &Value,
+        at_ms: i64,
+    ) -> Result<(), StorageError>;
+    async fn finish_step(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        outcome: &StepOutcome,
+    ) -> Result<(), StorageError>;
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StorageError>;
+    async fn get_run(&self, run_id: &str) -> Result<Option<RunDetail>, StorageError>;
+    async fn list_requests(
+        &self,
+        flow_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<RequestRecord>, StorageError>;
+    /// Runs accepted but not started (to start after a restart), oldest first.
+    async fn queued_runs(&self) -> Result<Vec<(String, String)>, StorageError>;
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// RFC 3339 text for a millisecond timestamp.
+pub fn format_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}

@@ -1,0 +1,367 @@
+//! The SQLite backend: one file, WAL journal, a busy timeout, migrations in `migrations/sqlite`.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use sqlx::Row;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+
+use super::{
+    NewRequest, NewRun, RequestRecord, RunDetail, RunFilter, RunStatus, RunSummary, StepOutcome,
+    StepRunRecord, StepStatus, Storage, StorageError,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// The file name inside the data directory.
+pub const DATABASE_FILE: &str = "haloflow.db";
+
+#[derive(Debug, Clone)]
+pub struct SqliteStorage {
+    pool: SqlitePool,
+}
+
+impl SqliteStorage {
+    /// Opens (creating if needed) `haloflow.db` in `data_dir` and applies migrations.
+    pub async fn open_dir(data_dir: &Path) -> Result<Self, StorageError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StorageError::DataDir {
+            path: data_dir.display().to_string(),
+            source,
+        })?;
+        SqliteStorage::open_file(&data_dir.join(DATABASE_FILE)).await
+    }
+
+    pub async fn open_file(path: &Path) -> Result<Self, StorageError> {
+        let options = SqliteConnectOptions::new().filename(path);
+        SqliteStorage::open(options).await
+    }
+
+    /// A private in-memory database (one connection, so every query sees the same data); for
+    /// dry runs and tests.
+    pub async fn in_memory() -> Result<Self, StorageError> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(SqliteStorage { pool })
+    }
+
+    /// Opens a `sqlite://` URL.
+    pub async fn open_url(url: &str) -> Result<Self, StorageError> {
+        SqliteStorage::open(SqliteConnectOptions::from_str(url)?).await
+    }
+
+    async fn open(options: SqliteConnectOptions) -> Result<Self, StorageError> {
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a commit is on disk before the webhook is answered.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(SqliteStorage { pool })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+fn to_json_text(value: &Value) -> String {
+    value.to_string()
+}
+
+fn parse_json(text: Option<String>, what: &'static str) -> Result<Option<Value>, StorageError> {
+    text.map(|t| serde_json::from_str(&t).map_err(|source| StorageError::Corrupt { what, source }))
+        .transpose()
+}
+
+fn run_summary(row: &SqliteRow) -> Result<RunSummary, StorageError> {
+    let status: String = row.try_get("status")?;
+    Ok(RunSummary {
+        id: row.try_get("id")?,
+        flow_id: row.try_get("flow_id")?,
+        request_id: row.try_get("request_id")?,
+        event_index: row.try_get("event_index")?,
+        status: RunStatus::parse(&status).unwrap_or(RunStatus::Failed),
+        error: row.try_get("error")?,
+        failed_step: row.try_get("failed_step")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        started_at_ms: row.try_get("started_at_ms")?,
+        finished_at_ms: row.try_get("finished_at_ms")?,
+    })
+}
+
+const RUN_COLUMNS: &str = "id, flow_id, request_id, event_index, status, error, failed_step, created_at_ms, started_at_ms, finished_at_ms";
+
+#[async_trait]
+impl Storage for SqliteStorage {
+    async fn accept_request(
+        &self,
+        request: &NewRequest,
+        runs: &[NewRun],
+    ) -> Result<(), StorageError> {
+        let mut tx = self.pool.begin().await?;
+        insert_request(&mut tx, request, "accepted").await?;
+        for run in runs {
+            sqlx::query(
+                "INSERT INTO runs (id, request_id, flow_id, event_index, status, trigger, created_at_ms)
+                 VALUES ($1, $2, $3, $4, 'queued', $5, $6)",
+            )
+            .bind(&run.id)
+            .bind(&request.id)
+            .bind(&run.flow_id)
+            .bind(run.event_index as i64)
+            .bind(to_json_text(&run.trigger))
+            .bind(run.created_at_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn record_rejected(&self, request: &NewRequest) -> Result<(), StorageError> {
+        let mut conn = self.pool.acquire().await?;
+        insert_request(&mut conn, request, "rejected").await
+    }
+
+    async fn start_run(&self, run_id: &str, at_ms: i64) -> Result<(), StorageError> {
+        sqlx::query("UPDATE runs SET status = 'running', started_at_ms = $2 WHERE id = $1")
+            .bind(run_id)
+            .bind(at_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn finish_run(
+        &self,
+        run_id: &str,
+        status: RunStatus,
+        failure: Option<(&str, &str)>,
+        at_ms: i64,
+    ) -> Result<(), StorageError> {
+        sqlx::query("UPDATE runs SET status = $2, failed_step = $3, error = $4, finished_at_ms = $5 WHERE id = $1")
+            .bind(run_id)
+            .bind(status.as_str())
+            .bind(failure.map(|f| f.0))
+            .bind(failure.map(|f| f.1))
+            .bind(at_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn start_step(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        position: usize,
+        step_type: &str,
+        inputs: &Value,
+        at_ms: i64,
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "INSERT INTO step_runs (run_id, step_id, position, step_type, status, inputs, started_at_ms)
+             VALUES ($1, $2, $3, $4, 'running', $5, $6)
+             ON CONFLICT (run_id, step_id) DO UPDATE SET
+                status = 'running', inputs = excluded.inputs, started_at_ms = excluded.started_at_ms,
+                outputs = NULL, error = NULL, error_code = NULL, finished_at_ms = NULL",
+        )
+        .bind(run_id)
+        .bind(step_id)
+        .bind(position as i64)
+        .bind(step_type)
+        .bind(to_json_text(inputs))
+        .bind(at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn finish_step(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        outcome: &StepOutcome,
+    ) -> Result<(), StorageError> {
+        let exchanges =
+            serde_json::to_string(&outcome.exchanges).expect("exchange records serialize");
+        sqlx::query(
+            "UPDATE step_runs SET status = $3, outputs = $4, error_code = $5, error = $6, exchanges = $7, finished_at_ms = $8
+             WHERE run_id = $1 AND step_id = $2",
+        )
+        .bind(run_id)
+        .bind(step_id)
+        .bind(outcome.status.as_str())
+        .bind(outcome.outputs.as_ref().map(to_json_text))
+        .bind(outcome.error.as_ref().map(|e| e.0.as_str()))
+        .bind(outcome.error.as_ref().map(|e| e.1.as_str()))
+        .bind(exchanges)
+        .bind(outcome.finished_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StorageError> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM runs
+             WHERE ($1 IS NULL OR flow_id = $1) AND ($2 IS NULL OR status = $2)
+             ORDER BY created_at_ms DESC, id DESC LIMIT $3"
+        ));
+        let rows = sqlx::query(sql)
+            .bind(filter.flow_id.as_deref())
+            .bind(filter.status.map(RunStatus::as_str))
+            .bind(i64::from(filter.limit.unwrap_or(50)))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(run_summary).collect()
+    }
+
+    async fn get_run(&self, run_id: &str) -> Result<Option<RunDetail>, StorageError> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS}, trigger FROM runs WHERE id = $1"
+        ));
+        let Some(row) = sqlx::query(sql)
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let summary = run_summary(&row)?;
+        let trigger =
+            parse_json(row.try_get("trigger")?, "trigger outputs")?.unwrap_or(Value::Null);
+        let rows = sqlx::query(
+            "SELECT step_id, position, step_type, status, inputs, outputs, error_code, error, exchanges,
+                    started_at_ms, finished_at_ms
+             FROM step_runs WHERE run_id = $1 ORDER BY position",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut steps = Vec::with_capacity(rows.len());
+        for row in rows {
+            let status: String = row.try_get("status")?;
+            let exchanges = parse_json(row.try_get("exchanges")?, "exchange log")?
+                .map(serde_json::from_value)
+                .transpose()
+                .map_err(|source| StorageError::Corrupt {
+                    what: "exchange log",
+                    source,
+                })?
+                .unwrap_or_default();
+            steps.push(StepRunRecord {
+                step_id: row.try_get("step_id")?,
+                position: row.try_get("position")?,
+                step_type: row.try_get("step_type")?,
+                status: match status.as_str() {
+                    "running" => StepStatus::Running,
+                    "succeeded" => StepStatus::Succeeded,
+                    _ => StepStatus::Failed,
+                },
+                inputs: parse_json(row.try_get("inputs")?, "step inputs")?,
+                outputs: parse_json(row.try_get("outputs")?, "step outputs")?,
+                error_code: row.try_get("error_code")?,
+                error: row.try_get("error")?,
+                exchanges,
+                started_at_ms: row.try_get("started_at_ms")?,
+                finished_at_ms: row.try_get("finished_at_ms")?,
+            });
+        }
+        Ok(Some(RunDetail {
+            summary,
+            trigger,
+            steps,
+        }))
+    }
+
+    async fn list_requests(
+        &self,
+        flow_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<RequestRecord>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT r.id, r.flow_id, r.received_at_ms, r.status, r.http_status, r.error_code, r.error_message,
+                    r.query, r.event_count,
+                    (SELECT group_concat(id, ',') FROM (SELECT id FROM runs WHERE request_id = r.id ORDER BY event_index)) AS run_ids
+             FROM trigger_requests r
+             WHERE ($1 IS NULL OR r.flow_id = $1)
+             ORDER BY r.received_at_ms DESC, r.id DESC LIMIT $2",
+        )
+        .bind(flow_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let run_ids: Option<String> = row.try_get("run_ids")?;
+                Ok(RequestRecord {
+                    id: row.try_get("id")?,
+                    flow_id: row.try_get("flow_id")?,
+                    received_at_ms: row.try_get("received_at_ms")?,
+                    status: row.try_get("status")?,
+                    http_status: row.try_get("http_status")?,
+                    error_code: row.try_get("error_code")?,
+                    error_message: row.try_get("error_message")?,
+                    query: parse_json(row.try_get("query")?, "request query")?,
+                    event_count: row.try_get("event_count")?,
+                    run_ids: run_ids
+                        .map(|ids| ids.split(',').map(str::to_owned).collect())
+                        .unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+
+    async fn queued_runs(&self) -> Result<Vec<(String, String)>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT id, flow_id FROM runs WHERE status = 'queued' ORDER BY created_at_ms, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("id")?, row.try_get("flow_id")?)))
+            .collect()
+    }
+}
+
+async fn insert_request(
+    conn: &mut sqlx::SqliteConnection,
+    request: &NewRequest,
+    status: &str,
+) -> Result<(), StorageError> {
+    sqlx::query(
+        "INSERT INTO trigger_requests
+            (id, flow_id, received_at_ms, status, http_status, error_code, error_message, query, body, event_count)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(&request.id)
+    .bind(&request.flow_id)
+    .bind(request.received_at_ms)
+    .bind(status)
+    .bind(i64::from(request.http_status))
+    .bind(request.error.as_ref().map(|e| e.0.as_str()))
+    .bind(request.error.as_ref().map(|e| e.1.as_str()))
+    .bind(request.query.as_ref().map(to_json_text))
+    .bind(request.body.as_deref())
+    .bind(request.event_count as i64)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! Trigger authentication, resolved once when the engine starts and compared in constant time.
+
+use base64::Engine as _;
+use subtle::ConstantTimeEq;
+
+use crate::flow::TriggerAuth;
+use crate::secrets::{Secret, SecretStore};
+
+/// A flow's trigger authentication with its secret resolved.
+#[derive(Debug, Clone)]
+pub enum TriggerAuthenticator {
+    UrlKey { param: String, key: Secret },
+    Basic { username: String, password: Secret },
+    Header { header: String, key: Secret },
+    None,
+}
+
+/// Why a request was not authenticated; the text is safe to send to the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthFailure(pub String);
+
+impl TriggerAuthenticator {
+    /// Resolves the secret named by `auth`; `Err(name)` when it is not set.
+    pub fn resolve(auth: &TriggerAuth, secrets: &SecretStore) -> Result<Self, String> {
+        let get = |name: &String| secrets.get(name).ok_or_else(|| name.clone());
+        Ok(match auth {
+            TriggerAuth::UrlKey { param, secret_name } => TriggerAuthenticator::UrlKey {
+                param: param.clone(),
+                key: get(secret_name)?,
+            },
+            TriggerAuth::Basic {
+                username,
+                password_secret_name,
+            } => TriggerAuthenticator::Basic {
+                username: username.clone(),
+                password: get(password_secret_name)?,
+            },
+            TriggerAuth::Header {
+                header,
+                secret_name,
+            } => TriggerAuthenticator::Header {
+                header: header.clone(),
+                key: get(secret_name)?,
+            },
+            TriggerAuth::None => TriggerAuthenticator::None,
+        })
+    }
+
+    /// The query parameter that carries the key, which must never be stored.
+    pub fn secret_param(&self) -> Option<&str> {
+        match self {
+            TriggerAuthenticator::UrlKey { param, .. } => Some(param),
+            _ => None,
+        }
+    }
+
+    /// Checks a request: `query_value` is the decoded URL key parameter, `header` looks up a
+    /// request header by name.
+    pub fn check<'a>(
+        &self,
+        query_value: Option<&str>,
+        header: impl Fn(&str) -> Option<&'a str>,
+    ) -> Result<(), AuthFailure> {
+        match self {
+            TriggerAuthenticator::None => Ok(()),
+            TriggerAuthenticator::UrlKey { param, key } => match query_value {
+                Some(given) if equal(given.as_bytes(), key.expose().as_bytes()) => Ok(()),
+                Some(_) => Err(AuthFailure(format!(
+                    "the `{param}` query parameter does not match this trigger's key"
+                ))),
+                None => Err(AuthFailure(format!(
+                    "missing the `{param}` query parameter; use the trigger URL with its key"
+                ))),
+            },
+            TriggerAuthenticator::Header { header: name, key } => match header(name) {
+                Some(given) if equal(given.as_bytes(), key.expose().as_bytes()) => Ok(()),
+                Some(_) => Err(AuthFailure(format!(
+                    "the `{name}` header does not match this trigger's key"
+                ))),
+                None => Err(AuthFailure(format!("missing the `{name}` header"))),
+            },
+            TriggerAuthenticator::Basic { username, password } => {
+                let Some(value) = header("authorization") else {
+                    return Err(AuthFailure(
+                        "missing Basic credentials; set Basic Authentication on the Halo webhook"
+                            .into(),
+                    ));
+                };
+                let decoded = value
+                    .strip_prefix("Basic ")
+                    .or_else(|| value.strip_prefix("basic "))
+                    .and_then(|b| {
+                        base64::engine::general_purpose::STANDARD
+                            .decode(b.trim())
+                            .ok()
+                    });
+                let Some(decoded) = decoded else {
+                    return Err(AuthFailure(
+                        "the Authorization header is not valid Basic credentials".into(),
+                    ));
+                };
+                let expected = format!("{username}:{}", password.expose());
+                if equal(&decoded, expected.as_bytes()) {
+                    Ok(())
+                } else {
+                    Err(AuthFailure("wrong user name or password".into()))
+                }
+            }
+        }
+    }
+}
+
+/// Constant-time for equal lengths; a length mismatch is not a secret worth hiding.
+fn equal(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_and_keys() {
+        let basic = TriggerAuthenticator::Basic {
+            username: "halo".into(),
+            password: Secret::new("pw"),
+        };
+        let good = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("halo:pw")
+        );
+        assert!(basic.check(None, |_| Some(good.as_str())).is_ok());
+        let bad = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("halo:px")
+        );
+        assert!(basic.check(None, |_| Some(bad.as_str())).is_err());
+        assert!(basic.check(None, |_| None).is_err());
+        let key = TriggerAuthenticator::UrlKey {
+            param: "apiKey".into(),
+            key: Secret::new("k"),
+        };
+        assert!(key.check(Some("k"), |_| None).is_ok());
+        assert!(key.check(Some("kk"), |_| None).is_err());
+        let header = TriggerAuthenticator::Header {
+            header: "X-API-Key".into(),
+            key: Secret::new("k"),
+        };
+        assert!(
+            header
+                .check(None, |n| (n == "X-API-Key").then_some("k"))
+                .is_ok()
+        );
+        assert!(header.check(None, |_| None).is_err());
+    }
+}

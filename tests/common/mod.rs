@@ -1,0 +1,201 @@
+//! A real server on a port, two Halo emulators, a SQLite file in a temp dir.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use haloflow::config::{Config, HaloConnectionConfig};
+use haloflow::emulator::RunningEmulator;
+use haloflow::emulator::halo::{HaloEmulator, HaloEmulatorConfig};
+use haloflow::engine::Engine;
+use haloflow::secrets::SecretStore;
+use haloflow::storage::{RunDetail, SqliteStorage};
+use serde_json::Value;
+
+/// Distinctive secret values, so tests can search for them anywhere.
+pub const ESCALATE_KEY: &str = "KEY-escalate-7f3a9c1e";
+pub const ROUTING_PASSWORD: &str = "PW-routing-4b8d2e6f";
+pub const HALO_SECRET: &str = "CS-halo-91c4e2a8";
+pub const PARTNER_SECRET: &str = "CS-partner-5d7f3b19";
+
+pub fn all_secrets() -> [&'static str; 4] {
+    [ESCALATE_KEY, ROUTING_PASSWORD, HALO_SECRET, PARTNER_SECRET]
+}
+
+pub struct Harness {
+    pub base: String,
+    pub engine: Engine,
+    pub halo: HaloEmulator,
+    pub partner: HaloEmulator,
+    pub data_dir: PathBuf,
+    pub client: reqwest::Client,
+    _emulators: Vec<RunningEmulator>,
+    _dir: tempfile::TempDir,
+}
+
+pub struct Options {
+    pub flows: PathBuf,
+    pub max_body_bytes: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            flows: PathBuf::from("flows"),
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+async fn emulator(client_id: &str, secret: &str) -> (HaloEmulator, RunningEmulator) {
+    let emulator = HaloEmulator::new(HaloEmulatorConfig {
+        client_id: client_id.into(),
+        client_secret: secret.into(),
+        tenant: None,
+        token_lifetime_secs: 3600,
+    });
+    let running = emulator.start().await.expect("emulator starts");
+    (emulator, running)
+}
+
+fn connection(
+    running: &RunningEmulator,
+    client_id: &str,
+    secret_name: &str,
+) -> HaloConnectionConfig {
+    HaloConnectionConfig {
+        base_url: running.base_url(),
+        auth_url: None,
+        tenant: None,
+        client_id: client_id.into(),
+        client_secret_name: secret_name.into(),
+        scope: "all".into(),
+        timeout_secs: 5,
+    }
+}
+
+impl Harness {
+    pub async fn start() -> Harness {
+        Harness::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> Harness {
+        let (halo, halo_running) = emulator("source-client", HALO_SECRET).await;
+        let (partner, partner_running) = emulator("partner-client", PARTNER_SECRET).await;
+        for sample in ["halo-new-ticket.json", "halo-new-ticket-unassigned.json"] {
+            halo.insert_ticket(sample_payload(sample)["ticket"].clone());
+        }
+        let mut config = Config::default();
+        config.server.max_body_bytes = options.max_body_bytes;
+        config.halo.insert(
+            "halo".into(),
+            connection(&halo_running, "source-client", "HALO_SECRET"),
+        );
+        config.halo.insert(
+            "partner_halo".into(),
+            connection(&partner_running, "partner-client", "PARTNER_SECRET"),
+        );
+        let secrets = SecretStore::from_values([
+            ("HALOFLOW_ESCALATE_KEY", ESCALATE_KEY),
+            ("HALOFLOW_ROUTING_PASSWORD", ROUTING_PASSWORD),
+            ("HALO_SECRET", HALO_SECRET),
+            ("PARTNER_SECRET", PARTNER_SECRET),
+        ]);
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let storage = Arc::new(SqliteStorage::open_dir(&data_dir).await.unwrap());
+        let engine = Engine::builder()
+            .config(config)
+            .secrets(secrets)
+            .flows_from(&options.flows)
+            .storage(storage)
+            .build()
+            .unwrap_or_else(|e| panic!("engine builds: {e}"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(haloflow::server::serve(
+            engine.clone(),
+            listener,
+            std::future::pending(),
+        ));
+        Harness {
+            base,
+            engine,
+            halo,
+            partner,
+            data_dir,
+            client: reqwest::Client::new(),
+            _emulators: vec![halo_running, partner_running],
+            _dir: dir,
+        }
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join(haloflow::storage::DATABASE_FILE)
+    }
+
+    pub fn escalate_url(&self, recipients: &str) -> String {
+        format!(
+            "{}/triggers/escalate-to-partner?apiKey={ESCALATE_KEY}&recipients={recipients}",
+            self.base
+        )
+    }
+
+    pub fn routing_request(&self, query: &str) -> reqwest::RequestBuilder {
+        self.client
+            .post(format!("{}/triggers/new-ticket-routing?{query}", self.base))
+            .basic_auth("halo", Some(ROUTING_PASSWORD))
+            .header("Content-Type", "application/json")
+    }
+
+    pub async fn post_json(&self, url: &str, body: &Value) -> (u16, Value) {
+        let response = self.client.post(url).json(body).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn wait(&self, run_id: &str) -> RunDetail {
+        tokio::time::timeout(Duration::from_secs(20), self.engine.wait_for_run(run_id))
+            .await
+            .expect("the run finishes within 20 s")
+            .unwrap()
+    }
+
+    /// Every byte of the database files (the main file and the WAL).
+    pub fn database_bytes(&self) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for entry in std::fs::read_dir(&self.data_dir).unwrap() {
+            bytes.extend(std::fs::read(entry.unwrap().path()).unwrap());
+        }
+        bytes
+    }
+}
+
+pub fn sample_payload(name: &str) -> Value {
+    let path = Path::new("examples").join(name);
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+/// The `/api/...` requests an emulator received (token requests left out), as (method, path, body).
+pub fn api_calls(emulator: &HaloEmulator) -> Vec<(String, String, Value)> {
+    emulator
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.to_ascii_lowercase().starts_with("/api/"))
+        .map(|r| {
+            (
+                r.method.clone(),
+                r.path.clone(),
+                r.json().unwrap_or(Value::Null),
+            )
+        })
+        .collect()
+}
+
+pub fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
