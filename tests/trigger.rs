@@ -462,3 +462,137 @@ async fn halo_errors_fail_the_step_with_halos_message() {
     let _ = ROUTING_PASSWORD;
     let _ = ESCALATE_KEY;
 }
+
+#[tokio::test]
+async fn hostile_inputs_get_answers_not_panics() {
+    let h = Harness::start().await;
+    let c = &h.client;
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let url = h.escalate_url("a");
+    let odd_queries = [
+        format!(
+            "{}/triggers/escalate-to-partner?apiKey={ESCALATE_KEY}&recipients=%FF%FE,,%2C&&=&x",
+            h.base
+        ),
+        format!(
+            "{}/triggers/escalate-to-partner?apiKey={ESCALATE_KEY}&recipients",
+            h.base
+        ),
+        format!("{}/triggers/escalate-to-partner?apiKey=%ZZ", h.base),
+        format!("{}/triggers/%F0%9F%92%A5", h.base),
+    ];
+    for body in [
+        deep.as_str(),
+        "{\"ticket\": 5, \"object_id\": 1e400}",
+        "{\"object_id\": \"\\ud800\"}",
+        "null",
+        "",
+        "{\"ticket\": {\"agent_id\": \"x\"}}",
+    ] {
+        let response = c
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_client_error() || response.status() == 202,
+            "{body:.40}: {}",
+            response.status()
+        );
+    }
+    for query in &odd_queries {
+        let response = c
+            .post(query)
+            .json(&json!({"event": "x", "ticket": {"summary": "s"}}))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().as_u16() < 500,
+            "{query}: {}",
+            response.status()
+        );
+    }
+    // The server still answers normally afterwards.
+    let (status, _) = h
+        .post_json(&url, &sample_payload("halo-new-ticket.json"))
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(
+        c.get(format!("{}/health", h.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    expect_error(
+        c.get(format!("{}/api/runs?status=weird", h.base))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "invalid_query",
+    )
+    .await;
+    expect_error(
+        c.get(format!("{}/api/runs/none", h.base))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+    expect_error(
+        c.get(format!("{}/nowhere", h.base)).send().await.unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn runs_accepted_before_a_stop_start_on_the_next_start() {
+    use haloflow::storage::{NewRequest, NewRun};
+    let h = Harness::start().await;
+    // A request and run written as the previous process would have, never started.
+    let trigger = haloflow::trigger::outputs(
+        "req-before-stop",
+        "2026-11-23T00:00:00Z",
+        &haloflow::trigger::TriggerQuery::parse(Some("recipients=a"), None),
+        sample_payload("halo-new-ticket.json")
+            .as_object()
+            .unwrap()
+            .clone(),
+    );
+    let storage = h.engine.storage();
+    let request = NewRequest {
+        id: "req-before-stop".into(),
+        flow_id: "new-ticket-routing".into(),
+        received_at_ms: 1,
+        http_status: 202,
+        error: None,
+        query: None,
+        body: Some("{}".into()),
+        event_count: 1,
+    };
+    let run = NewRun {
+        id: "run-before-stop".into(),
+        flow_id: "new-ticket-routing".into(),
+        event_index: 0,
+        trigger,
+        created_at_ms: 1,
+    };
+    storage.accept_request(&request, &[run]).await.unwrap();
+    assert_eq!(h.engine.start_queued_runs().await.unwrap(), 1);
+    let detail = h.wait("run-before-stop").await;
+    assert_eq!(detail.summary.status, RunStatus::Succeeded);
+    assert_eq!(
+        h.engine.start_queued_runs().await.unwrap(),
+        0,
+        "a finished run is not started again"
+    );
+}

@@ -21,8 +21,11 @@ use crate::trigger::TriggerAuthenticator;
 pub enum EngineError {
     #[error("{} problem(s) in the flows:\n{}", .0.len(), join_lines(.0))]
     Flows(Vec<Problem>),
-    #[error("{}", join_lines(.0))]
-    MissingSecrets(Vec<MissingSecret>),
+    #[error("{}", invalid_text(.problems, .missing_secrets))]
+    Invalid {
+        problems: Vec<Problem>,
+        missing_secrets: Vec<MissingSecret>,
+    },
     #[error("cannot read flows from {path}: {source}")]
     FlowDir {
         path: PathBuf,
@@ -32,6 +35,25 @@ pub enum EngineError {
     NoStorage,
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(String),
+}
+
+fn invalid_text(problems: &[Problem], missing_secrets: &[MissingSecret]) -> String {
+    let mut parts = Vec::new();
+    if !problems.is_empty() {
+        parts.push(format!(
+            "{} problem(s) in the flows:\n{}",
+            problems.len(),
+            join_lines(problems)
+        ));
+    }
+    if !missing_secrets.is_empty() {
+        parts.push(format!(
+            "{} connection secret(s) missing:\n{}",
+            missing_secrets.len(),
+            join_lines(missing_secrets)
+        ));
+    }
+    parts.join("\n")
 }
 
 fn join_lines<T: std::fmt::Display>(items: &[T]) -> String {
@@ -121,11 +143,20 @@ impl EngineBuilder {
                 }),
             }
         }
-        if !problems.is_empty() {
-            return Err(EngineError::Flows(problems));
-        }
-        let connections = Connections::from_config(&self.config, &secrets)
-            .map_err(EngineError::MissingSecrets)?;
+        // Flow problems and missing connection secrets are reported together.
+        let connections = match (
+            problems.is_empty(),
+            Connections::from_config(&self.config, &secrets),
+        ) {
+            (true, Ok(connections)) => connections,
+            (_, connections) => {
+                let missing_secrets = connections.err().unwrap_or_default();
+                return Err(EngineError::Invalid {
+                    problems,
+                    missing_secrets,
+                });
+            }
+        };
         let storage = self.storage.ok_or(EngineError::NoStorage)?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
