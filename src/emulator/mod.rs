@@ -3,6 +3,7 @@
 //! they receive, and answer like the real APIs.
 
 pub mod halo;
+pub mod servicenow;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
