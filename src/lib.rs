@@ -5,6 +5,7 @@ pub mod config;
 pub mod connections;
 pub mod emulator;
 pub mod engine;
+pub mod flood;
 pub mod flow;
 pub mod halo;
 pub mod outbound;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use haloflow::commands;
-use haloflow::storage::{RunFilter, RunStatus};
+use haloflow::storage::{RequestFilter, RunFilter, RunStatus};
 
 #[derive(Parser)]
 #[command(
@@ -122,6 +122,9 @@ enum RequestsCommand {
         data: PathBuf,
         #[arg(long)]
         flow: Option<String>,
+        /// Only requests that flood control suppressed.
+        #[arg(long)]
+        suppressed: bool,
         #[arg(long, default_value_t = 50)]
         limit: u32,
         #[arg(long)]
@@ -258,11 +261,17 @@ async fn dispatch(command: Command) -> Result<bool> {
                 RequestsCommand::List {
                     data,
                     flow,
+                    suppressed,
                     limit,
                     json,
                 },
         } => {
-            commands::requests_list(&data, flow.as_deref(), limit, json, out).await?;
+            let filter = RequestFilter {
+                flow_id: flow,
+                suppressed_only: suppressed,
+                limit: Some(limit),
+            };
+            commands::requests_list(&data, &filter, json, out).await?;
             true
         }
     })

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{ESCALATE_KEY, Harness, Options, ROUTING_PASSWORD, api_calls, sample_payload};
-use haloflow::storage::{RunStatus, StepStatus};
+use haloflow::storage::{RequestFilter, RunStatus, StepStatus};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -170,7 +170,10 @@ async fn a_batched_body_starts_one_run_per_event_and_routes_by_agent() {
     let requests = h
         .engine
         .storage()
-        .list_requests(Some("new-ticket-routing"), 10)
+        .list_requests(&RequestFilter {
+            flow_id: Some("new-ticket-routing".into()),
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert_eq!(requests.len(), 1);
@@ -313,7 +316,15 @@ async fn bad_requests_get_clear_json_errors_and_are_recorded() {
     .await;
 
     // Every rejection except the unknown flow is on record; none started a run.
-    let requests = h.engine.storage().list_requests(None, 100).await.unwrap();
+    let requests = h
+        .engine
+        .storage()
+        .list_requests(&RequestFilter {
+            limit: Some(100),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let codes: Vec<&str> = requests
         .iter()
         .rev()
@@ -358,13 +369,11 @@ async fn the_request_row_is_on_disk_when_the_answer_arrives() {
     let reader = haloflow::storage::SqliteStorage::open_file(&h.db_path())
         .await
         .unwrap();
-    for _ in 0..5 {
-        let (status, answer) = h
-            .post_json(
-                &h.escalate_url("x"),
-                &sample_payload("halo-new-ticket.json"),
-            )
-            .await;
+    for i in 0..5 {
+        // Different tickets, so flood control lets every one run.
+        let mut payload = sample_payload("halo-new-ticket.json");
+        payload["object_id"] = json!(5000 + i);
+        let (status, answer) = h.post_json(&h.escalate_url("x"), &payload).await;
         assert_eq!(status, 202);
         let request_id = answer["request_id"].as_str().unwrap();
         let row: Option<(String, i64)> =
@@ -585,8 +594,9 @@ async fn runs_accepted_before_a_stop_start_on_the_next_start() {
         event_index: 0,
         trigger,
         created_at_ms: 1,
+        correlation_key: None,
     };
-    storage.accept_request(&request, &[run]).await.unwrap();
+    storage.accept_request(&request, &[run], &[]).await.unwrap();
     assert_eq!(h.engine.start_queued_runs().await.unwrap(), 1);
     let detail = h.wait("run-before-stop").await;
     assert_eq!(detail.summary.status, RunStatus::Succeeded);

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::Path;
 
 use super::{CommandError, render};
-use crate::storage::{RunFilter, SqliteStorage, Storage, format_ms};
+use crate::storage::{RequestFilter, RunFilter, SqliteStorage, Storage, format_ms};
 
 async fn open(data_dir: &Path) -> Result<SqliteStorage, CommandError> {
     let file = data_dir.join(crate::storage::DATABASE_FILE);
@@ -81,12 +81,11 @@ pub async fn runs_show(
 
 pub async fn requests_list(
     data_dir: &Path,
-    flow_id: Option<&str>,
-    limit: u32,
+    filter: &RequestFilter,
     json: bool,
     out: &mut dyn Write,
 ) -> Result<(), CommandError> {
-    let requests = open(data_dir).await?.list_requests(flow_id, limit).await?;
+    let requests = open(data_dir).await?.list_requests(filter).await?;
     if json {
         writeln!(
             out,
@@ -99,22 +98,16 @@ pub async fn requests_list(
         writeln!(out, "no trigger requests")?;
     }
     for r in requests {
-        let outcome = match &r.error_code {
-            Some(code) => format!(
-                "{} {code}: {}",
-                r.http_status,
-                r.error_message.as_deref().unwrap_or("")
-            ),
-            None => format!("{} runs: {}", r.http_status, r.run_ids.join(", ")),
+        let outcome = match (&r.error_code, &r.suppressed_under) {
+            (Some(code), _) => format!("{} {code}: {}", r.http_status, r.error_message.as_deref().unwrap_or("")),
+            (None, Some(parent)) if r.run_ids.is_empty() => format!("{} suppressed under {parent}", r.http_status),
+            (None, _) => format!("{} runs: {}", r.http_status, r.run_ids.join(", ")),
         };
-        writeln!(
-            out,
-            "{}  {}  {}  {}",
-            r.id,
-            format_ms(r.received_at_ms),
-            r.flow_id,
-            outcome
-        )?;
+        writeln!(out, "{}  {}  {}  {}", r.id, format_ms(r.received_at_ms), r.flow_id, outcome)?;
+        if r.suppressed_count > 0 {
+            let children = r.suppressed_children.join(", ");
+            writeln!(out, "    {} suppressed under this request: {children}", r.suppressed_count)?;
+        }
     }
     Ok(())
 }

@@ -265,6 +265,13 @@ pub async fn serve(options: &ServeOptions, out: &mut dyn Write) -> Result<(), Co
             loaded.flow.document.name
         )?;
     }
+    let replayed = engine.restore_flood_control().await?;
+    if replayed > 0 {
+        writeln!(
+            out,
+            "flood control: replayed {replayed} run(s) of the last window"
+        )?;
+    }
     let resumed = engine.start_queued_runs().await?;
     if resumed > 0 {
         writeln!(

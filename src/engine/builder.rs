@@ -10,6 +10,7 @@ use tokio::sync::broadcast;
 use super::{Engine, Inner, LoadedFlow};
 use crate::config::Config;
 use crate::connections::{Connections, MissingSecret};
+use crate::flood::{FloodClock, FloodControl, MemoryFloodControl};
 use crate::flow::{self, FlowValidator, Problem, ProblemCode, ValidatedFlow};
 use crate::secrets::SecretStore;
 use crate::step::StepRegistry;
@@ -72,6 +73,8 @@ pub struct EngineBuilder {
     flow_paths: Vec<PathBuf>,
     flows: Vec<ValidatedFlow>,
     storage: Option<Arc<dyn Storage>>,
+    flood_clock: FloodClock,
+    flood_control: Option<Arc<dyn FloodControl>>,
 }
 
 impl EngineBuilder {
@@ -109,6 +112,18 @@ impl EngineBuilder {
         self
     }
 
+    /// The clock of flood control and rate limits; tests pass [`FloodClock::manual`].
+    pub fn flood_clock(mut self, clock: FloodClock) -> Self {
+        self.flood_clock = clock;
+        self
+    }
+
+    /// Replaces the in-memory flood control (e.g. with a database-backed one).
+    pub fn flood_control(mut self, flood_control: Arc<dyn FloodControl>) -> Self {
+        self.flood_control = Some(flood_control);
+        self
+    }
+
     pub fn build(self) -> Result<Engine, EngineError> {
         let registry = self.registry.unwrap_or_else(StepRegistry::with_builtins);
         let secrets = self
@@ -130,7 +145,12 @@ impl EngineBuilder {
         for flow in flows {
             match TriggerAuthenticator::resolve(&flow.document.trigger.auth, &secrets) {
                 Ok(auth) => {
-                    loaded.insert(flow.id().to_owned(), Arc::new(LoadedFlow { flow, auth }));
+                    let rate_limiter = flow.document.trigger.rate_limit.as_ref().map(|limit| {
+                        let quota = crate::flood::quota(limit.requests, Duration::from_secs(limit.per_secs));
+                        governor::RateLimiter::direct_with_clock(quota, self.flood_clock.clone())
+                    });
+                    let loaded_flow = LoadedFlow { flow, auth, rate_limiter, counters: Default::default() };
+                    loaded.insert(loaded_flow.flow.id().to_owned(), Arc::new(loaded_flow));
                 }
                 Err(name) => problems.push(Problem {
                     file: flow.source.clone(),
@@ -164,6 +184,13 @@ impl EngineBuilder {
             .build()
             .map_err(|e| EngineError::HttpClient(e.to_string()))?;
         let (finished, _) = broadcast::channel(1024);
+        let flood = self.flood_control.unwrap_or_else(|| {
+            let settings = loaded
+                .values()
+                .map(|l| (l.flow.id(), &l.flow.document.trigger.flood_control));
+            Arc::new(MemoryFloodControl::new(settings, self.flood_clock.clone()))
+        });
+        spawn_sweeper(&flood);
         Ok(Engine {
             inner: Arc::new(Inner {
                 flows: loaded,
@@ -172,7 +199,30 @@ impl EngineBuilder {
                 http,
                 server: self.config.server.clone(),
                 finished,
+                flood,
             }),
         })
     }
+}
+
+/// How often idle flood-control keys are evicted.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Sweeps idle keys on a schedule while the engine lives (when built inside a Tokio runtime).
+fn spawn_sweeper(flood: &Arc<dyn FloodControl>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let flood = Arc::downgrade(flood);
+    runtime.spawn(async move {
+        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match flood.upgrade() {
+                Some(flood) => flood.sweep(),
+                None => break,
+            }
+        }
+    });
 }

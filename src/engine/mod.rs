@@ -6,6 +6,8 @@ mod run;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -16,9 +18,11 @@ pub use run::{DryRunReport, DryRunStep};
 
 use crate::config::ServerConfig;
 use crate::connections::Connections;
+use crate::flood::{self, Admission, FloodClock, FloodControl};
 use crate::flow::ValidatedFlow;
 use crate::storage::{
-    NewRequest, NewRun, RunDetail, RunStatus, Storage, StorageError, format_ms, now_ms,
+    NewRequest, NewRun, NewSuppressed, RunDetail, RunStatus, Storage, StorageError, format_ms,
+    now_ms,
 };
 use crate::trigger::{self, PayloadProblem, TriggerAuthenticator, TriggerQuery};
 
@@ -27,6 +31,43 @@ use crate::trigger::{self, PayloadProblem, TriggerAuthenticator, TriggerQuery};
 pub struct LoadedFlow {
     pub flow: ValidatedFlow,
     pub auth: TriggerAuthenticator,
+    pub(crate) rate_limiter: Option<RateLimiter>,
+    pub counters: TriggerCounters,
+}
+
+pub(crate) type RateLimiter = governor::RateLimiter<
+    governor::state::NotKeyed,
+    governor::state::InMemoryState,
+    FloodClock,
+    governor::middleware::NoOpMiddleware<governor::nanos::Nanos>,
+>;
+
+impl LoadedFlow {
+    /// `Err(wait)` when the trigger's rate limit is exceeded.
+    pub fn check_rate_limit(&self) -> Result<(), Duration> {
+        use governor::clock::Clock;
+        match &self.rate_limiter {
+            Some(limiter) => limiter
+                .check()
+                .map_err(|not_until| not_until.wait_time_from(limiter.clock().now())),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Requests per outcome since start, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct TriggerCounters {
+    pub accepted: AtomicU64,
+    pub suppressed: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub rejected: AtomicU64,
+}
+
+impl TriggerCounters {
+    pub fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// The runtime. Cheap to clone; clones share everything.
@@ -43,6 +84,7 @@ struct Inner {
     http: reqwest::Client,
     server: ServerConfig,
     finished: broadcast::Sender<(String, RunStatus)>,
+    flood: Arc<dyn FloodControl>,
 }
 
 /// The answer to an accepted trigger request.
@@ -51,6 +93,16 @@ pub struct Accepted {
     pub request_id: String,
     pub flow_id: String,
     pub run_ids: Vec<String>,
+    /// Events flood control suppressed (empty when every event runs).
+    pub suppressed: Vec<SuppressedEvent>,
+}
+
+/// One event that started no run, and the request it is listed under.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SuppressedEvent {
+    pub event_index: usize,
+    pub parent_request_id: String,
+    pub suppressed_count: u64,
 }
 
 /// A trigger request the engine could not accept.
@@ -101,17 +153,53 @@ impl Engine {
         let received_at_ms = now_ms();
         let received_at = format_ms(received_at_ms);
         let events = trigger::events(body).map_err(AcceptError::Payload)?;
-        let runs: Vec<NewRun> = events
-            .into_iter()
-            .enumerate()
-            .map(|(i, event)| NewRun {
-                id: new_id(),
-                flow_id: flow.flow.id().to_owned(),
-                event_index: i,
-                trigger: trigger::outputs(&request_id, &received_at, query, event),
-                created_at_ms: received_at_ms,
-            })
-            .collect();
+        let event_count = events.len();
+        let flood_settings = &flow.flow.document.trigger.flood_control;
+        let mut runs = Vec::with_capacity(events.len());
+        let mut suppressed = Vec::new();
+        let mut stored_suppressed = Vec::new();
+        for (i, event) in events.into_iter().enumerate() {
+            let outputs = trigger::outputs(&request_id, &received_at, query, event);
+            let key = flood_settings
+                .enabled
+                .then(|| flood::correlation_key(flood_settings, &outputs));
+            let admission = match &key {
+                Some(key) => {
+                    self.inner
+                        .flood
+                        .admit(flow.flow.id(), key, &request_id)
+                        .await
+                }
+                None => Admission::Run,
+            };
+            match admission {
+                Admission::Run => runs.push(NewRun {
+                    id: new_id(),
+                    flow_id: flow.flow.id().to_owned(),
+                    event_index: i,
+                    trigger: outputs,
+                    created_at_ms: received_at_ms,
+                    correlation_key: key,
+                }),
+                Admission::Suppress {
+                    parent_request_id,
+                    suppressed_count,
+                } => {
+                    stored_suppressed.push(NewSuppressed {
+                        event_index: i,
+                        flow_id: flow.flow.id().to_owned(),
+                        correlation_key: key.unwrap_or_default(),
+                        parent_request_id: parent_request_id.clone(),
+                        received_at_ms,
+                    });
+                    suppressed.push(SuppressedEvent {
+                        event_index: i,
+                        parent_request_id,
+                        suppressed_count,
+                    });
+                }
+            }
+        }
         let request = NewRequest {
             id: request_id.clone(),
             flow_id: flow.flow.id().to_owned(),
@@ -120,9 +208,18 @@ impl Engine {
             error: None,
             query: Some(query.to_json()),
             body: Some(body_text.to_owned()),
-            event_count: runs.len(),
+            event_count,
         };
-        self.inner.storage.accept_request(&request, &runs).await?;
+        self.inner
+            .storage
+            .accept_request(&request, &runs, &stored_suppressed)
+            .await?;
+        let counter = if runs.is_empty() {
+            &flow.counters.suppressed
+        } else {
+            &flow.counters.accepted
+        };
+        TriggerCounters::count(counter);
         let run_ids = runs.iter().map(|r| r.id.clone()).collect();
         for run in runs {
             self.spawn_run(flow.clone(), run.id, run.trigger);
@@ -131,7 +228,18 @@ impl Engine {
             request_id,
             flow_id: flow.flow.id().to_owned(),
             run_ids,
+            suppressed,
         })
+    }
+
+    /// Rebuilds flood-control state from the runs of the last window (after a restart).
+    pub async fn restore_flood_control(&self) -> Result<usize, StorageError> {
+        self.inner.flood.restore(self.inner.storage.as_ref()).await
+    }
+
+    /// The flood-control implementation (for `/metrics` and sweeping).
+    pub fn flood_control(&self) -> &Arc<dyn FloodControl> {
+        &self.inner.flood
     }
 
     /// Records a request answered with a 4xx.

@@ -8,7 +8,9 @@ mod validate;
 
 use std::path::{Path, PathBuf};
 
-pub use model::{FlowDocument, StepDef, TriggerAuth, TriggerDef, TriggerKind};
+pub use model::{
+    FloodControlDef, FlowDocument, RateLimitDef, StepDef, TriggerAuth, TriggerDef, TriggerKind,
+};
 pub use problem::{Problem, ProblemCode};
 pub use validate::FlowValidator;
 

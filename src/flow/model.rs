@@ -24,6 +24,61 @@ pub struct TriggerDef {
     #[serde(rename = "type")]
     pub kind: TriggerKind,
     pub auth: TriggerAuth,
+    #[serde(default)]
+    pub flood_control: FloodControlDef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitDef>,
+}
+
+/// Flood control (the xMatters semantics): more than `max_requests` correlated requests within
+/// `window_secs` are suppressed: stored, but they start no run.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FloodControlDef {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Trigger outputs (dotted paths allowed, e.g. `ticket.client_id`) whose values correlate.
+    #[serde(default = "default_correlate_on")]
+    pub correlate_on: Vec<String>,
+    #[serde(default = "default_max_requests")]
+    pub max_requests: u32,
+    #[serde(default = "default_window_secs")]
+    pub window_secs: u64,
+}
+
+impl Default for FloodControlDef {
+    fn default() -> Self {
+        FloodControlDef {
+            enabled: true,
+            correlate_on: default_correlate_on(),
+            max_requests: default_max_requests(),
+            window_secs: default_window_secs(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_correlate_on() -> Vec<String> {
+    vec!["ticket_id".to_owned(), "event".to_owned()]
+}
+
+fn default_max_requests() -> u32 {
+    4
+}
+
+fn default_window_secs() -> u64 {
+    60
+}
+
+/// A per-trigger request rate limit: above it, requests are answered 429 with Retry-After.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitDef {
+    pub requests: u32,
+    pub per_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

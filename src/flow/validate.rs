@@ -117,6 +117,7 @@ impl<'a> FlowValidator<'a> {
         for error in FLOW_SCHEMA_VALIDATOR.iter_errors(&value) {
             schema_problems(&error, "", &mut problems, &|code| code);
         }
+        check_correlation(&value, &mut problems);
         let mut templates = TemplateSet::new();
         let compiled = self.check_steps(&value, &mut templates, &mut problems);
         if !problems.is_empty() {
@@ -304,6 +305,35 @@ impl<'a> FlowValidator<'a> {
                     ));
                 }
             }
+        }
+    }
+}
+
+/// Flood control correlates on trigger outputs; each named output must exist.
+fn check_correlation(flow: &Value, problems: &mut Vec<Problem>) {
+    let Some(paths) = flow
+        .pointer("/trigger/flood_control/correlate_on")
+        .and_then(Value::as_array)
+    else {
+        return;
+    };
+    for (i, path) in paths.iter().enumerate() {
+        let Some(path) = path.as_str() else { continue };
+        let output = path.split('.').next().unwrap_or_default();
+        if !TRIGGER_OUTPUTS.iter().any(|o| o.name == output) {
+            problems.push(Problem::new(
+                format!("/trigger/flood_control/correlate_on/{i}"),
+                ProblemCode::UnknownTriggerOutput,
+                format!("`{path}`: the trigger has no output `{output}`"),
+                format!(
+                    "trigger outputs: {}",
+                    TRIGGER_OUTPUTS
+                        .iter()
+                        .map(|o| o.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
         }
     }
 }

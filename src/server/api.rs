@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::error::{ApiError, ErrorCode};
 use crate::engine::Engine;
-use crate::storage::{RunFilter, RunStatus};
+use crate::storage::{RequestFilter, RunFilter, RunStatus};
 
 pub(super) async fn health(State(engine): State<Engine>) -> Response {
     match engine
@@ -119,16 +119,71 @@ pub(super) async fn requests(
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     let result = async {
-        let limit = limit(&params)?;
+        let suppressed_only = match params.get("suppressed").map(String::as_str) {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidQuery,
+                    format!("suppressed: `{other}` is not true or false"),
+                ));
+            }
+        };
+        let filter = RequestFilter {
+            flow_id: params.get("flow").cloned(),
+            suppressed_only,
+            limit: Some(limit(&params)?),
+        };
         let requests = engine
             .storage()
-            .list_requests(params.get("flow").map(String::as_str), limit)
+            .list_requests(&filter)
             .await
             .map_err(internal)?;
         Ok::<_, ApiError>(Json(json!({"requests": requests})))
     }
     .await;
     result.into_response()
+}
+
+/// Prometheus text: trigger requests by outcome, and flood-control keys held, per flow.
+pub(super) async fn metrics(State(engine): State<Engine>) -> Response {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering;
+    let mut text = String::from(
+        "# HELP haloflow_trigger_requests_total Trigger requests by outcome since start.\n\
+         # TYPE haloflow_trigger_requests_total counter\n",
+    );
+    for loaded in engine.flows() {
+        let c = &loaded.counters;
+        for (outcome, counter) in [
+            ("accepted", &c.accepted),
+            ("suppressed", &c.suppressed),
+            ("rate_limited", &c.rate_limited),
+            ("rejected", &c.rejected),
+        ] {
+            let _ = writeln!(
+                text,
+                "haloflow_trigger_requests_total{{flow=\"{}\",outcome=\"{outcome}\"}} {}",
+                loaded.flow.id(),
+                counter.load(Ordering::Relaxed)
+            );
+        }
+    }
+    text.push_str("# HELP haloflow_flood_control_keys Correlation keys held by flood control.\n# TYPE haloflow_flood_control_keys gauge\n");
+    for (flow, keys) in engine.flood_control().tracked_keys() {
+        let _ = writeln!(
+            text,
+            "haloflow_flood_control_keys{{flow=\"{flow}\"}} {keys}"
+        );
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 pub(super) async fn not_found() -> Response {

@@ -16,6 +16,7 @@ pub enum ErrorCode {
     InvalidJson,
     InvalidPayload,
     InvalidQuery,
+    RateLimited,
     NotFound,
     StorageUnavailable,
     Internal,
@@ -41,6 +42,7 @@ impl ErrorCode {
             ErrorCode::InvalidJson => ("invalid_json", StatusCode::BAD_REQUEST),
             ErrorCode::InvalidPayload => ("invalid_payload", StatusCode::BAD_REQUEST),
             ErrorCode::InvalidQuery => ("invalid_query", StatusCode::BAD_REQUEST),
+            ErrorCode::RateLimited => ("rate_limited", StatusCode::TOO_MANY_REQUESTS),
             ErrorCode::NotFound => ("not_found", StatusCode::NOT_FOUND),
             ErrorCode::StorageUnavailable => {
                 ("storage_unavailable", StatusCode::SERVICE_UNAVAILABLE)
@@ -57,6 +59,8 @@ pub struct ApiError {
     pub message: String,
     /// Extra header, e.g. `WWW-Authenticate` on a 401 for Basic.
     pub www_authenticate: Option<&'static str>,
+    /// Seconds for `Retry-After` on a 429.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -65,6 +69,7 @@ impl ApiError {
             code,
             message: message.into(),
             www_authenticate: None,
+            retry_after: None,
         }
     }
 }
@@ -78,6 +83,11 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static(challenge),
             );
+        }
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

@@ -18,6 +18,7 @@ pub fn router(engine: Engine) -> Router {
     Router::new()
         .route("/triggers/{flow_id}", post(trigger::receive))
         .route("/health", get(api::health))
+        .route("/metrics", get(api::metrics))
         .route("/api/flows", get(api::flows))
         .route("/api/runs", get(api::runs))
         .route("/api/runs/{run_id}", get(api::run))

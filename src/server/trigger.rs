@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
 use super::error::{ApiError, ErrorCode};
-use crate::engine::{AcceptError, Engine, LoadedFlow, new_id};
+use crate::engine::{AcceptError, Engine, LoadedFlow, TriggerCounters, new_id};
 use crate::storage::{NewRequest, now_ms};
 use crate::trigger::{TriggerAuthenticator, TriggerQuery};
 
@@ -46,6 +46,20 @@ pub(super) async fn receive(
             error.www_authenticate = Some("Basic realm=\"haloflow\"");
         }
         return rejection.reject(error, None).await;
+    }
+
+    // Over the trigger's rate limit: 429, counted but not stored, so a flood costs no writes.
+    if let Err(wait) = flow.check_rate_limit() {
+        TriggerCounters::count(&flow.counters.rate_limited);
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let mut error = ApiError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "this trigger's rate limit is exceeded; retry in {seconds} s (trigger.rate_limit in the flow)"
+            ),
+        );
+        error.retry_after = Some(seconds.max(1));
+        return error.into_response();
     }
 
     let content_type = headers
@@ -131,8 +145,9 @@ pub(super) async fn receive(
 
     match engine.accept(&flow, &query, text, value).await {
         Ok(accepted) => {
-            tracing::info!(flow_id = %accepted.flow_id, request_id = %accepted.request_id, runs = accepted.run_ids.len(), "Accepted a trigger request.");
-            (StatusCode::ACCEPTED, Json(accepted)).into_response()
+            tracing::info!(flow_id = %accepted.flow_id, request_id = %accepted.request_id, runs = accepted.run_ids.len(), suppressed = accepted.suppressed.len(), "Accepted a trigger request.");
+            // 202 for suppressed requests too, so Halo does not send them again.
+            (StatusCode::ACCEPTED, Json(answer(&accepted))).into_response()
         }
         Err(AcceptError::Payload(problem)) => {
             rejection
@@ -156,6 +171,28 @@ pub(super) async fn receive(
     }
 }
 
+/// The 202 body: request and run ids; for a suppressed request, the request it is listed under
+/// and how many are suppressed there.
+fn answer(accepted: &crate::engine::Accepted) -> serde_json::Value {
+    let mut body = serde_json::json!({
+        "request_id": accepted.request_id,
+        "flow_id": accepted.flow_id,
+        "run_ids": accepted.run_ids,
+        "suppressed": accepted.run_ids.is_empty() && !accepted.suppressed.is_empty(),
+    });
+    match accepted.suppressed.as_slice() {
+        [] => {}
+        [only] if accepted.run_ids.is_empty() => {
+            body["parent_request_id"] = only.parent_request_id.clone().into();
+            body["suppressed_count"] = only.suppressed_count.into();
+        }
+        events => {
+            body["suppressed_events"] = serde_json::to_value(events).expect("events serialize")
+        }
+    }
+    body
+}
+
 /// Answers a 4xx and records it with the request.
 struct Rejection<'a> {
     engine: &'a Engine,
@@ -166,6 +203,7 @@ struct Rejection<'a> {
 impl Rejection<'_> {
     async fn reject(&mut self, error: ApiError, body: Option<&str>) -> Response {
         tracing::info!(flow_id = %self.flow.flow.id(), code = error.code.as_str(), "Rejected a trigger request.");
+        TriggerCounters::count(&self.flow.counters.rejected);
         self.engine
             .record_rejected(NewRequest {
                 id: new_id(),

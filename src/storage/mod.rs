@@ -61,6 +61,37 @@ pub struct NewRun {
     pub event_index: usize,
     pub trigger: Value,
     pub created_at_ms: i64,
+    /// The flood-control key the run was admitted under (none without flood control).
+    pub correlation_key: Option<String>,
+}
+
+/// An event that flood control suppressed: stored with its request, started no run.
+#[derive(Debug, Clone)]
+pub struct NewSuppressed {
+    pub event_index: usize,
+    pub flow_id: String,
+    pub correlation_key: String,
+    pub parent_request_id: String,
+    pub received_at_ms: i64,
+}
+
+/// A run admitted by flood control, as replayed at start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FloodRecord {
+    pub correlation_key: String,
+    pub request_id: String,
+    pub created_at_ms: i64,
+    /// Events suppressed under this request (for this key).
+    pub suppressed_count: u64,
+}
+
+/// Which trigger requests to list, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct RequestFilter {
+    pub flow_id: Option<String>,
+    /// Only requests whose events were suppressed.
+    pub suppressed_only: bool,
+    pub limit: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,6 +210,12 @@ pub struct RequestRecord {
     pub query: Option<Value>,
     pub event_count: i64,
     pub run_ids: Vec<String>,
+    /// Requests suppressed under this one (it was the last to run for their key).
+    pub suppressed_children: Vec<String>,
+    /// How many events were suppressed under this one.
+    pub suppressed_count: i64,
+    /// For a suppressed request: the request it is listed under.
+    pub suppressed_under: Option<String>,
 }
 
 /// Which runs to list, newest first.
@@ -192,12 +229,13 @@ pub struct RunFilter {
 /// Where runs live. One implementation per database.
 #[async_trait]
 pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
-    /// Writes an accepted request and its runs in one transaction; when this returns, they
+    /// Writes an accepted request, its runs and its suppressed events in one transaction; when this returns, they
     /// survive a crash.
     async fn accept_request(
         &self,
         request: &NewRequest,
         runs: &[NewRun],
+        suppressed: &[NewSuppressed],
     ) -> Result<(), StorageError>;
     /// Writes a rejected request (its 4xx answer and why).
     async fn record_rejected(&self, request: &NewRequest) -> Result<(), StorageError>;
@@ -228,9 +266,14 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     async fn get_run(&self, run_id: &str) -> Result<Option<RunDetail>, StorageError>;
     async fn list_requests(
         &self,
-        flow_id: Option<&str>,
-        limit: u32,
+        filter: &RequestFilter,
     ) -> Result<Vec<RequestRecord>, StorageError>;
+    /// Runs of `flow_id` admitted by flood control since `since_ms`, oldest first.
+    async fn flood_history(
+        &self,
+        flow_id: &str,
+        since_ms: i64,
+    ) -> Result<Vec<FloodRecord>, StorageError>;
     /// Runs accepted but not started (to start after a restart), oldest first.
     async fn queued_runs(&self) -> Result<Vec<(String, String)>, StorageError>;
 }

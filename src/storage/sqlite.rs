@@ -13,8 +13,9 @@ use sqlx::sqlite::{
 };
 
 use super::{
-    NewRequest, NewRun, RequestRecord, RunDetail, RunFilter, RunStatus, RunSummary, StepOutcome,
-    StepRunRecord, StepStatus, Storage, StorageError,
+    FloodRecord, NewRequest, NewRun, NewSuppressed, RequestFilter, RequestRecord, RunDetail,
+    RunFilter, RunStatus, RunSummary, StepOutcome, StepRunRecord, StepStatus, Storage,
+    StorageError,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -113,13 +114,14 @@ impl Storage for SqliteStorage {
         &self,
         request: &NewRequest,
         runs: &[NewRun],
+        suppressed: &[NewSuppressed],
     ) -> Result<(), StorageError> {
         let mut tx = self.pool.begin().await?;
         insert_request(&mut tx, request, "accepted").await?;
         for run in runs {
             sqlx::query(
-                "INSERT INTO runs (id, request_id, flow_id, event_index, status, trigger, created_at_ms)
-                 VALUES ($1, $2, $3, $4, 'queued', $5, $6)",
+                "INSERT INTO runs (id, request_id, flow_id, event_index, status, trigger, created_at_ms, correlation_key)
+                 VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7)",
             )
             .bind(&run.id)
             .bind(&request.id)
@@ -127,6 +129,22 @@ impl Storage for SqliteStorage {
             .bind(run.event_index as i64)
             .bind(to_json_text(&run.trigger))
             .bind(run.created_at_ms)
+            .bind(run.correlation_key.as_deref())
+            .execute(&mut *tx)
+            .await?;
+        }
+        for event in suppressed {
+            sqlx::query(
+                "INSERT INTO suppressed_events
+                    (request_id, event_index, flow_id, correlation_key, parent_request_id, received_at_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&request.id)
+            .bind(event.event_index as i64)
+            .bind(&event.flow_id)
+            .bind(&event.correlation_key)
+            .bind(&event.parent_request_id)
+            .bind(event.received_at_ms)
             .execute(&mut *tx)
             .await?;
         }
@@ -293,24 +311,32 @@ impl Storage for SqliteStorage {
 
     async fn list_requests(
         &self,
-        flow_id: Option<&str>,
-        limit: u32,
+        filter: &RequestFilter,
     ) -> Result<Vec<RequestRecord>, StorageError> {
         let rows = sqlx::query(
             "SELECT r.id, r.flow_id, r.received_at_ms, r.status, r.http_status, r.error_code, r.error_message,
                     r.query, r.event_count,
-                    (SELECT group_concat(id, ',') FROM (SELECT id FROM runs WHERE request_id = r.id ORDER BY event_index)) AS run_ids
+                    (SELECT group_concat(id, ',') FROM (SELECT id FROM runs WHERE request_id = r.id ORDER BY event_index)) AS run_ids,
+                    (SELECT group_concat(request_id, ',') FROM (SELECT DISTINCT request_id FROM suppressed_events
+                        WHERE parent_request_id = r.id ORDER BY received_at_ms, request_id)) AS children,
+                    (SELECT count(*) FROM suppressed_events WHERE parent_request_id = r.id) AS suppressed_count,
+                    (SELECT parent_request_id FROM suppressed_events WHERE request_id = r.id ORDER BY event_index LIMIT 1) AS suppressed_under
              FROM trigger_requests r
              WHERE ($1 IS NULL OR r.flow_id = $1)
-             ORDER BY r.received_at_ms DESC, r.id DESC LIMIT $2",
+               AND ($2 = 0 OR EXISTS (SELECT 1 FROM suppressed_events s WHERE s.request_id = r.id))
+             ORDER BY r.received_at_ms DESC, r.id DESC LIMIT $3",
         )
-        .bind(flow_id)
-        .bind(i64::from(limit))
+        .bind(filter.flow_id.as_deref())
+        .bind(filter.suppressed_only)
+        .bind(i64::from(filter.limit.unwrap_or(50)))
         .fetch_all(&self.pool)
         .await?;
+        let split = |ids: Option<String>| -> Vec<String> {
+            ids.map(|ids| ids.split(',').map(str::to_owned).collect())
+                .unwrap_or_default()
+        };
         rows.iter()
             .map(|row| {
-                let run_ids: Option<String> = row.try_get("run_ids")?;
                 Ok(RequestRecord {
                     id: row.try_get("id")?,
                     flow_id: row.try_get("flow_id")?,
@@ -321,9 +347,39 @@ impl Storage for SqliteStorage {
                     error_message: row.try_get("error_message")?,
                     query: parse_json(row.try_get("query")?, "request query")?,
                     event_count: row.try_get("event_count")?,
-                    run_ids: run_ids
-                        .map(|ids| ids.split(',').map(str::to_owned).collect())
-                        .unwrap_or_default(),
+                    run_ids: split(row.try_get("run_ids")?),
+                    suppressed_children: split(row.try_get("children")?),
+                    suppressed_count: row.try_get("suppressed_count")?,
+                    suppressed_under: row.try_get("suppressed_under")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn flood_history(
+        &self,
+        flow_id: &str,
+        since_ms: i64,
+    ) -> Result<Vec<FloodRecord>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT r.correlation_key, r.request_id, r.created_at_ms,
+                    (SELECT count(*) FROM suppressed_events s
+                     WHERE s.parent_request_id = r.request_id AND s.correlation_key = r.correlation_key) AS suppressed
+             FROM runs r
+             WHERE r.flow_id = $1 AND r.created_at_ms >= $2 AND r.correlation_key IS NOT NULL
+             ORDER BY r.created_at_ms, r.id",
+        )
+        .bind(flow_id)
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(FloodRecord {
+                    correlation_key: row.try_get("correlation_key")?,
+                    request_id: row.try_get("request_id")?,
+                    created_at_ms: row.try_get("created_at_ms")?,
+                    suppressed_count: row.try_get::<i64, _>("suppressed")?.max(0) as u64,
                 })
             })
             .collect()

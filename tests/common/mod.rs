@@ -10,6 +10,7 @@ use haloflow::config::{Config, HaloConnectionConfig};
 use haloflow::emulator::RunningEmulator;
 use haloflow::emulator::halo::{HaloEmulator, HaloEmulatorConfig};
 use haloflow::engine::Engine;
+use haloflow::flood::FloodClock;
 use haloflow::secrets::SecretStore;
 use haloflow::storage::{RunDetail, SqliteStorage};
 use serde_json::Value;
@@ -38,6 +39,10 @@ pub struct Harness {
 pub struct Options {
     pub flows: PathBuf,
     pub max_body_bytes: usize,
+    /// The flood-control clock; a manual one lets tests move time.
+    pub clock: FloodClock,
+    /// Reuse a data directory (to restart on the same database).
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -45,6 +50,8 @@ impl Default for Options {
         Options {
             flows: PathBuf::from("flows"),
             max_body_bytes: 1024 * 1024,
+            clock: FloodClock::default(),
+            data_dir: None,
         }
     }
 }
@@ -104,15 +111,20 @@ impl Harness {
             ("PARTNER_SECRET", PARTNER_SECRET),
         ]);
         let dir = tempfile::tempdir().unwrap();
-        let data_dir = dir.path().join("data");
+        let data_dir = options
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("data"));
         let storage = Arc::new(SqliteStorage::open_dir(&data_dir).await.unwrap());
         let engine = Engine::builder()
             .config(config)
             .secrets(secrets)
             .flows_from(&options.flows)
             .storage(storage)
+            .flood_clock(options.clock.clone())
             .build()
             .unwrap_or_else(|e| panic!("engine builds: {e}"));
+        engine.restore_flood_control().await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(haloflow::server::serve(
