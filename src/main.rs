@@ -45,6 +45,12 @@ enum Command {
         /// Also check connections against this config file.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// text (coloured on a terminal) or json.
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        format: String,
+        /// Validate again whenever a flow file changes.
+        #[arg(long)]
+        watch: bool,
     },
     /// Run one payload through a flow.
     Run {
@@ -75,7 +81,43 @@ enum Command {
         /// Overrides server.listen from the config.
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Reload flows when their files change (SIGHUP always reloads).
+        #[arg(long)]
+        watch: bool,
     },
+    /// Print a flow's trigger URL and the Halo webhook settings to enter.
+    TriggerUrl {
+        /// A flow file, or the id of a flow in --flows.
+        flow: String,
+        #[arg(long, default_value = "flows")]
+        flows: PathBuf,
+        /// The address Halo reaches haloflow at (default: server.public_url of --config).
+        #[arg(long)]
+        base_url: Option<String>,
+        /// Names to notify, comma separated (each is URL-encoded).
+        #[arg(long, value_delimiter = ',')]
+        recipients: Vec<String>,
+        /// The agent named in the assigned webhook's event rule.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Print the URL key itself (read from the environment or the config's [secrets]).
+        #[arg(long)]
+        show_key: bool,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Write a new flow from a template into flows/.
+    New {
+        /// The flow's name; its id and file name are made from it.
+        name: String,
+        /// halo-create, halo-update or halo-routing.
+        #[arg(long, default_value = "halo-create")]
+        template: String,
+        #[arg(long, default_value = "flows")]
+        dir: PathBuf,
+    },
+    /// Print the editor-facing flow schema (schemas/flow.schema.json) for the registered steps.
+    Schema,
     /// Read the run history.
     Runs {
         #[command(subcommand)]
@@ -188,7 +230,25 @@ async fn dispatch(command: Command) -> Result<bool> {
             .await?;
             true
         }
-        Command::Validate { paths, config } => commands::validate(&paths, config.as_deref(), out)?,
+        Command::Validate {
+            paths,
+            config,
+            format,
+            watch,
+        } => {
+            use std::io::IsTerminal;
+            let format = match format.as_str() {
+                "json" => commands::OutputFormat::Json,
+                _ => commands::OutputFormat::Text {
+                    color: std::io::stdout().is_terminal()
+                        && std::env::var_os("NO_COLOR").is_none(),
+                },
+            };
+            if watch {
+                commands::validate_watch(&paths, config.as_deref(), format, out)?;
+            }
+            commands::validate(&paths, config.as_deref(), format, out)?
+        }
         Command::Run {
             flow,
             payload,
@@ -214,6 +274,7 @@ async fn dispatch(command: Command) -> Result<bool> {
             data,
             config,
             listen,
+            watch,
         } => {
             commands::serve(
                 &commands::ServeOptions {
@@ -221,10 +282,64 @@ async fn dispatch(command: Command) -> Result<bool> {
                     data_dir: data,
                     config,
                     listen,
+                    watch,
                 },
                 out,
             )
             .await?;
+            true
+        }
+        Command::TriggerUrl {
+            flow,
+            flows,
+            base_url,
+            recipients,
+            agent,
+            show_key,
+            config,
+        } => {
+            let config = commands::load_config(config.as_deref())?;
+            let secrets = haloflow::secrets::SecretStore::from_environment(config.secrets.clone());
+            let base_url = base_url
+                .or(config.server.public_url.clone())
+                .unwrap_or_else(|| format!("http://{}", config.server.listen));
+            let recipients = recipients
+                .into_iter()
+                .map(|r| r.trim().to_owned())
+                .filter(|r| !r.is_empty())
+                .collect();
+            let options = commands::TriggerUrlOptions {
+                flow,
+                flows,
+                base_url,
+                recipients,
+                agent,
+                show_key,
+                secrets,
+            };
+            commands::trigger_url(&options, out)?;
+            true
+        }
+        Command::New {
+            name,
+            template,
+            dir,
+        } => {
+            commands::new_flow(
+                &commands::NewOptions {
+                    name,
+                    template,
+                    dir,
+                },
+                out,
+            )?;
+            true
+        }
+        Command::Schema => {
+            let schema =
+                haloflow::flow::editor_schema(&haloflow::step::StepRegistry::with_builtins());
+            use std::io::Write as _;
+            writeln!(out, "{}", serde_json::to_string_pretty(&schema)?)?;
             true
         }
         Command::Runs {

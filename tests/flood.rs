@@ -97,10 +97,20 @@ async fn six_correlated_requests_give_four_runs_and_two_suppressed_under_the_fou
         String::from_utf8(output.stdout).unwrap()
     };
     let all = list(&[]);
-    assert!(all.contains(&format!("    2 suppressed under this request: {}, {}", children[0], children[1])), "{all}");
+    assert!(
+        all.contains(&format!(
+            "    2 suppressed under this request: {}, {}",
+            children[0], children[1]
+        )),
+        "{all}"
+    );
     let only = list(&["--suppressed"]);
     assert_eq!(only.lines().count(), 2, "{only}");
-    assert!(only.lines().all(|l| l.ends_with(&format!("202 suppressed under {fourth}"))), "{only}");
+    assert!(
+        only.lines()
+            .all(|l| l.ends_with(&format!("202 suppressed under {fourth}"))),
+        "{only}"
+    );
 
     // Other tickets are not correlated with this one.
     for ticket in [1, 2, 3] {

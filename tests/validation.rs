@@ -206,7 +206,7 @@ fn invalid_json_names_line_and_column() {
         .unwrap_err();
     assert_eq!(problems.len(), 1);
     let text = problems[0].to_string();
-    assert!(text.starts_with("f.json: /: [invalid_json]"), "{text}");
+    assert!(text.starts_with("f.json:3:3: /: [invalid_json]"), "{text}");
     assert!(text.contains("line 3 column 3"), "{text}");
 }
 
@@ -250,21 +250,49 @@ fn the_cli_prints_every_problem_and_exits_non_zero() {
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert_eq!(output.status.code(), Some(1), "{stdout}");
     let bad = dir.path().join("bad.json").display().to_string();
-    for line in [
-        format!(
-            "{bad}: /steps/0/inputs/sumary: [invalid_step_input] unknown input `sumary`. `halo.create_ticket` takes: "
+    // `file:line:column: /pointer: [code] message. hint`
+    for (pointer, rest) in [
+        (
+            "/steps/0/inputs/sumary",
+            "[invalid_step_input] unknown input `sumary`. `halo.create_ticket` takes: ",
         ),
-        format!(
-            "{bad}: /steps/1/type: [unknown_step_type] unknown step type `halo.nope`. use one of: "
+        (
+            "/steps/1/type",
+            "[unknown_step_type] unknown step type `halo.nope`. use one of: ",
         ),
-        format!(
-            "{bad}: /steps/0/inputs/summary: [later_step_reference] `steps.b.ticket_id`: step `b` does not run before this step. "
+        (
+            "/steps/0/inputs/summary",
+            "[later_step_reference] `steps.b.ticket_id`: step `b` does not run before this step. ",
         ),
     ] {
+        let found = stdout
+            .lines()
+            .find(|l| l.contains(&format!(": {pointer}: {rest}")));
+        let line = found.unwrap_or_else(|| panic!("no line for {pointer} in:\n{stdout}"));
+        let place = line
+            .strip_prefix(&format!("{bad}:"))
+            .unwrap()
+            .split(": ")
+            .next()
+            .unwrap();
+        let (row, column) = place.split_once(':').unwrap();
         assert!(
-            stdout.lines().any(|l| l.starts_with(&line)),
-            "no line starting with {line:?} in:\n{stdout}"
+            row.parse::<usize>().is_ok() && column.parse::<usize>().is_ok(),
+            "{line}"
         );
     }
+    let json = Command::new(env!("CARGO_BIN_EXE_haloflow"))
+        .args(["validate", "--format", "json"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["problems"].as_array().unwrap().len(), 3);
+    assert_eq!(report["valid"][0]["id"], "good");
+    let first = &report["problems"][0];
+    assert!(
+        first["code"].is_string() && first["pointer"].is_string() && first["position"].is_array(),
+        "{first}"
+    );
     assert!(stdout.contains("good.json: ok: flow `good`"), "{stdout}");
 }

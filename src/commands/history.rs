@@ -99,14 +99,31 @@ pub async fn requests_list(
     }
     for r in requests {
         let outcome = match (&r.error_code, &r.suppressed_under) {
-            (Some(code), _) => format!("{} {code}: {}", r.http_status, r.error_message.as_deref().unwrap_or("")),
-            (None, Some(parent)) if r.run_ids.is_empty() => format!("{} suppressed under {parent}", r.http_status),
+            (Some(code), _) => format!(
+                "{} {code}: {}",
+                r.http_status,
+                r.error_message.as_deref().unwrap_or("")
+            ),
+            (None, Some(parent)) if r.run_ids.is_empty() => {
+                format!("{} suppressed under {parent}", r.http_status)
+            }
             (None, _) => format!("{} runs: {}", r.http_status, r.run_ids.join(", ")),
         };
-        writeln!(out, "{}  {}  {}  {}", r.id, format_ms(r.received_at_ms), r.flow_id, outcome)?;
+        writeln!(
+            out,
+            "{}  {}  {}  {}",
+            r.id,
+            format_ms(r.received_at_ms),
+            r.flow_id,
+            outcome
+        )?;
         if r.suppressed_count > 0 {
             let children = r.suppressed_children.join(", ");
-            writeln!(out, "    {} suppressed under this request: {children}", r.suppressed_count)?;
+            writeln!(
+                out,
+                "    {} suppressed under this request: {children}",
+                r.suppressed_count
+            )?;
         }
     }
     Ok(())

@@ -1,6 +1,7 @@
 //! The `haloflow` commands, as library functions that write to any output. `main.rs` parses
 //! arguments and calls these.
 
+mod authoring;
 mod demo;
 mod history;
 mod render;
@@ -9,6 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use authoring::{NewOptions, TEMPLATES, TriggerUrlOptions, new_flow, slug, trigger_url};
 pub use demo::{DemoOptions, demo};
 pub use history::{requests_list, runs_list, runs_show};
 
@@ -44,11 +46,21 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, CommandError> {
     })
 }
 
+/// How `validate` prints problems.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// Lines like a compiler's; `color` adds ANSI colours (for a terminal).
+    Text { color: bool },
+    /// One JSON document, for tools.
+    Json,
+}
+
 /// `haloflow validate`: every problem of every flow, then a summary line per valid flow.
 /// Returns whether all flows are valid.
 pub fn validate(
     paths: &[PathBuf],
     config: Option<&Path>,
+    format: OutputFormat,
     out: &mut dyn Write,
 ) -> Result<bool, CommandError> {
     let config = config.map(Config::load).transpose()?;
@@ -75,26 +87,130 @@ pub fn validate(
         )));
     }
     let (flows, problems) = validator.validate_files(&files);
-    for problem in &problems {
-        writeln!(out, "{problem}")?;
-    }
-    for flow in &flows {
-        let file = flow
-            .source
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
-        writeln!(out, "{file}: ok: {}", flow.summary())?;
-    }
-    if !problems.is_empty() {
-        writeln!(
-            out,
-            "{} problem(s) found in {} file(s)",
-            problems.len(),
-            files.len()
-        )?;
+    match format {
+        OutputFormat::Json => {
+            let valid: Vec<serde_json::Value> = flows
+                .iter()
+                .map(
+                    |f| serde_json::json!({"file": f.source, "id": f.id(), "summary": f.summary()}),
+                )
+                .collect();
+            let report = serde_json::json!({"valid": valid, "problems": problems});
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&report).expect("report serializes")
+            )?;
+        }
+        OutputFormat::Text { color } => {
+            for problem in &problems {
+                writeln!(out, "{}", render::problem(problem, color))?;
+            }
+            for flow in &flows {
+                let file = flow
+                    .source
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                writeln!(out, "{file}: ok: {}", flow.summary())?;
+            }
+            if !problems.is_empty() {
+                writeln!(
+                    out,
+                    "{} problem(s) found in {} file(s)",
+                    problems.len(),
+                    files.len()
+                )?;
+            }
+        }
     }
     Ok(problems.is_empty())
+}
+
+/// `haloflow validate --watch`: validates, then again whenever a flow file (or the config)
+/// changes, until interrupted. Polls twice a second: no platform file-notification needed.
+pub fn validate_watch(
+    paths: &[PathBuf],
+    config: Option<&Path>,
+    format: OutputFormat,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    let snapshot = || files_snapshot(paths, config);
+    let mut last = None;
+    loop {
+        let current = snapshot();
+        if last.as_ref() != Some(&current) {
+            if last.is_some() {
+                writeln!(out, "--- changed; validating again ---")?;
+            }
+            if let Err(e) = validate(paths, config, format, out) {
+                writeln!(out, "haloflow: {e}")?;
+            }
+            out.flush()?;
+            last = Some(current);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+type Snapshot = Vec<(PathBuf, Option<(u64, Option<std::time::SystemTime>)>)>;
+
+/// Size and modification time of every flow file (and the config): a change shows as a
+/// different snapshot.
+fn files_snapshot(paths: &[PathBuf], config: Option<&Path>) -> Snapshot {
+    let mut files: Vec<PathBuf> = paths
+        .iter()
+        .flat_map(|p| flow::flow_files(p).unwrap_or_default())
+        .collect();
+    files.extend(config.map(Path::to_owned));
+    files
+        .into_iter()
+        .map(|f| {
+            let stamp = std::fs::metadata(&f)
+                .ok()
+                .map(|m| (m.len(), m.modified().ok()));
+            (f, stamp)
+        })
+        .collect()
+}
+
+/// Reloads the engine's flows on SIGHUP and, with `watch`, when a flow file changes. An
+/// invalid new version is rejected with its problems and the running one kept.
+fn spawn_reloader(engine: Engine, flows: PathBuf, watch: bool) {
+    let reload = move |engine: &Engine, why: &str| match engine.reload() {
+        Ok(count) => tracing::warn!(flows = count, "Reloaded the flows ({why})."),
+        Err(e) => {
+            tracing::error!("Kept the running flows: the new version has problems ({why}):\n{e}")
+        }
+    };
+    #[cfg(unix)]
+    {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let Ok(mut hangup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
+            while hangup.recv().await.is_some() {
+                reload(&engine, "SIGHUP");
+            }
+        });
+    }
+    if watch {
+        tokio::spawn(async move {
+            let paths = [flows];
+            let mut last = files_snapshot(&paths, None);
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                let current = files_snapshot(&paths, None);
+                if current != last {
+                    reload(&engine, "a flow file changed");
+                    last = current;
+                }
+            }
+        });
+    }
 }
 
 /// Options of `haloflow run`.
@@ -158,10 +274,7 @@ pub async fn run(options: &RunOptions, out: &mut dyn Write) -> Result<bool, Comm
     }
     let storage = Arc::new(SqliteStorage::open_dir(&options.data_dir).await?);
     let engine = engine_for(config, registry, flow, storage, false)?;
-    let loaded = engine
-        .flow(&flow_id)
-        .cloned()
-        .expect("the flow was just loaded");
+    let loaded = engine.flow(&flow_id).expect("the flow was just loaded");
     let accepted = engine
         .accept(&loaded, &query, &text, payload)
         .await
@@ -221,6 +334,8 @@ pub struct ServeOptions {
     pub data_dir: PathBuf,
     pub config: Option<PathBuf>,
     pub listen: Option<std::net::SocketAddr>,
+    /// Reload flows when their files change (SIGHUP always reloads).
+    pub watch: bool,
 }
 
 /// `haloflow serve`: serves trigger URLs and the API until Ctrl-C.
@@ -272,6 +387,7 @@ pub async fn serve(options: &ServeOptions, out: &mut dyn Write) -> Result<(), Co
             "flood control: replayed {replayed} run(s) of the last window"
         )?;
     }
+    spawn_reloader(engine.clone(), options.flows.clone(), options.watch);
     let resumed = engine.start_queued_runs().await?;
     if resumed > 0 {
         writeln!(

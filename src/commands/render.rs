@@ -5,6 +5,7 @@ use std::io::{self, Write};
 use serde_json::Value;
 
 use crate::engine::DryRunReport;
+use crate::flow::Problem;
 use crate::flow::{TriggerAuth, ValidatedFlow};
 use crate::storage::{RunDetail, format_ms};
 
@@ -60,6 +61,26 @@ fn duration(start: Option<i64>, end: Option<i64>) -> String {
         (Some(s), Some(e)) => format!("{} ms", e - s),
         _ => "unfinished".to_owned(),
     }
+}
+
+/// A problem as a line; with `color`, the place is bold, the code red and the hint cyan.
+pub fn problem(problem: &Problem, color: bool) -> String {
+    if !color {
+        return problem.to_string();
+    }
+    let plain = Problem {
+        hint: String::new(),
+        ..problem.clone()
+    }
+    .to_string();
+    let (place, rest) = plain.split_once(": [").unwrap_or((&plain, ""));
+    let (code, message) = rest.split_once("] ").unwrap_or((rest, ""));
+    let hint = if problem.hint.is_empty() {
+        String::new()
+    } else {
+        format!(". \x1b[36m{}\x1b[0m", problem.hint)
+    };
+    format!("\x1b[1m{place}\x1b[0m: \x1b[31m[{code}]\x1b[0m {message}{hint}")
 }
 
 /// A finished (or unfinished) run: each step with its inputs, outputs, requests and error.

@@ -125,55 +125,26 @@ impl EngineBuilder {
     }
 
     pub fn build(self) -> Result<Engine, EngineError> {
-        let registry = self.registry.unwrap_or_else(StepRegistry::with_builtins);
         let secrets = self
             .secrets
             .unwrap_or_else(|| SecretStore::from_environment(self.config.secrets.clone()));
-        let validator = FlowValidator::new(&registry).with_config(&self.config);
-        let mut files = Vec::new();
-        for path in &self.flow_paths {
-            files.extend(
-                flow::flow_files(path).map_err(|source| EngineError::FlowDir {
-                    path: path.clone(),
-                    source,
-                })?,
-            );
-        }
-        let (mut flows, mut problems) = validator.validate_files(&files);
-        flows.extend(self.flows);
-        let mut loaded = HashMap::new();
-        for flow in flows {
-            match TriggerAuthenticator::resolve(&flow.document.trigger.auth, &secrets) {
-                Ok(auth) => {
-                    let rate_limiter = flow.document.trigger.rate_limit.as_ref().map(|limit| {
-                        let quota = crate::flood::quota(limit.requests, Duration::from_secs(limit.per_secs));
-                        governor::RateLimiter::direct_with_clock(quota, self.flood_clock.clone())
-                    });
-                    let loaded_flow = LoadedFlow { flow, auth, rate_limiter, counters: Default::default() };
-                    loaded.insert(loaded_flow.flow.id().to_owned(), Arc::new(loaded_flow));
-                }
-                Err(name) => problems.push(Problem {
-                    file: flow.source.clone(),
-                    ..Problem::new(
-                        "/trigger/auth",
-                        ProblemCode::MissingSecret,
-                        format!("the trigger's secret `{name}` is not set"),
-                        format!("set the environment variable {name} or add it under [secrets] in the config file"),
-                    )
-                }),
-            }
-        }
+        let source = FlowSource {
+            paths: self.flow_paths,
+            fixed: self.flows,
+            registry: self.registry.unwrap_or_else(StepRegistry::with_builtins),
+            config: self.config.clone(),
+            secrets: secrets.clone(),
+            clock: self.flood_clock.clone(),
+        };
+        let loaded = source.load(None);
         // Flow problems and missing connection secrets are reported together.
-        let connections = match (
-            problems.is_empty(),
-            Connections::from_config(&self.config, &secrets),
-        ) {
-            (true, Ok(connections)) => connections,
-            (_, connections) => {
-                let missing_secrets = connections.err().unwrap_or_default();
+        let (loaded, connections) = match (loaded, Connections::from_config(&self.config, &secrets))
+        {
+            (Ok(loaded), Ok(connections)) => (loaded, connections),
+            (loaded, connections) => {
                 return Err(EngineError::Invalid {
-                    problems,
-                    missing_secrets,
+                    problems: loaded.err().unwrap_or_default(),
+                    missing_secrets: connections.err().unwrap_or_default(),
                 });
             }
         };
@@ -193,7 +164,8 @@ impl EngineBuilder {
         spawn_sweeper(&flood);
         Ok(Engine {
             inner: Arc::new(Inner {
-                flows: loaded,
+                flows: std::sync::RwLock::new(Arc::new(loaded)),
+                source,
                 connections: Arc::new(connections),
                 storage,
                 http,
@@ -225,4 +197,76 @@ fn spawn_sweeper(flood: &Arc<dyn FloodControl>) {
             }
         }
     });
+}
+
+/// The flows in one generation, by id.
+pub(crate) type FlowTable = HashMap<String, Arc<LoadedFlow>>;
+
+/// Where flows come from, kept so that they can be loaded again (reload on SIGHUP).
+#[derive(Debug)]
+pub(crate) struct FlowSource {
+    paths: Vec<PathBuf>,
+    fixed: Vec<ValidatedFlow>,
+    registry: StepRegistry,
+    config: crate::config::Config,
+    secrets: SecretStore,
+    clock: FloodClock,
+}
+
+impl FlowSource {
+    /// Validates every flow and resolves its trigger secret; all problems, or the table.
+    /// Counters carry over from `previous` so metrics keep counting across reloads.
+    pub(crate) fn load(&self, previous: Option<&FlowTable>) -> Result<FlowTable, Vec<Problem>> {
+        let validator = FlowValidator::new(&self.registry).with_config(&self.config);
+        let mut files = Vec::new();
+        let mut problems = Vec::new();
+        for path in &self.paths {
+            match flow::flow_files(path) {
+                Ok(found) => files.extend(found),
+                Err(e) => problems.push(Problem {
+                    file: Some(path.clone()),
+                    ..Problem::new(
+                        "",
+                        ProblemCode::UnreadableFile,
+                        format!("cannot read flows: {e}"),
+                        "check the path",
+                    )
+                }),
+            }
+        }
+        let (mut flows, found) = validator.validate_files(&files);
+        problems.extend(found);
+        flows.extend(self.fixed.iter().cloned());
+        let mut loaded = HashMap::new();
+        for flow in flows {
+            match TriggerAuthenticator::resolve(&flow.document.trigger.auth, &self.secrets) {
+                Ok(auth) => {
+                    let rate_limiter = flow.document.trigger.rate_limit.as_ref().map(|limit| {
+                        let quota = crate::flood::quota(limit.requests, Duration::from_secs(limit.per_secs));
+                        governor::RateLimiter::direct_with_clock(quota, self.clock.clone())
+                    });
+                    let counters = previous
+                        .and_then(|p| p.get(flow.id()))
+                        .map(|old| old.counters.clone())
+                        .unwrap_or_default();
+                    let loaded_flow = LoadedFlow { flow, auth, rate_limiter, counters };
+                    loaded.insert(loaded_flow.flow.id().to_owned(), Arc::new(loaded_flow));
+                }
+                Err(name) => problems.push(Problem {
+                    file: flow.source.clone(),
+                    ..Problem::new(
+                        "/trigger/auth",
+                        ProblemCode::MissingSecret,
+                        format!("the trigger's secret `{name}` is not set"),
+                        format!("set the environment variable {name} or add it under [secrets] in the config file"),
+                    )
+                }),
+            }
+        }
+        if problems.is_empty() {
+            Ok(loaded)
+        } else {
+            Err(problems)
+        }
+    }
 }

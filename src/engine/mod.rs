@@ -4,7 +4,6 @@
 mod builder;
 mod run;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -32,7 +31,7 @@ pub struct LoadedFlow {
     pub flow: ValidatedFlow,
     pub auth: TriggerAuthenticator,
     pub(crate) rate_limiter: Option<RateLimiter>,
-    pub counters: TriggerCounters,
+    pub counters: Arc<TriggerCounters>,
 }
 
 pub(crate) type RateLimiter = governor::RateLimiter<
@@ -78,7 +77,9 @@ pub struct Engine {
 
 #[derive(Debug)]
 struct Inner {
-    flows: HashMap<String, Arc<LoadedFlow>>,
+    /// The current generation of flows; a reload swaps it, requests in flight keep theirs.
+    flows: std::sync::RwLock<Arc<builder::FlowTable>>,
+    source: builder::FlowSource,
     connections: Arc<Connections>,
     storage: Arc<dyn Storage>,
     http: reqwest::Client,
@@ -121,15 +122,50 @@ impl Engine {
         EngineBuilder::default()
     }
 
-    pub fn flow(&self, flow_id: &str) -> Option<&Arc<LoadedFlow>> {
-        self.inner.flows.get(flow_id)
+    fn flow_table(&self) -> Arc<builder::FlowTable> {
+        self.inner
+            .flows
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    pub fn flow(&self, flow_id: &str) -> Option<Arc<LoadedFlow>> {
+        self.flow_table().get(flow_id).cloned()
     }
 
     /// Every loaded flow, sorted by id.
-    pub fn flows(&self) -> Vec<&Arc<LoadedFlow>> {
-        let mut flows: Vec<_> = self.inner.flows.values().collect();
+    pub fn flows(&self) -> Vec<Arc<LoadedFlow>> {
+        let mut flows: Vec<_> = self.flow_table().values().cloned().collect();
         flows.sort_by(|a, b| a.flow.id().cmp(b.flow.id()));
         flows
+    }
+
+    /// Loads the flows again from their files. When any flow has a problem, nothing changes and
+    /// the problems are returned: the old version keeps serving. Requests in flight finish on
+    /// the version they started with.
+    pub fn reload(&self) -> Result<usize, EngineError> {
+        let current = self.flow_table();
+        let table =
+            self.inner
+                .source
+                .load(Some(&current))
+                .map_err(|problems| EngineError::Invalid {
+                    problems,
+                    missing_secrets: Vec::new(),
+                })?;
+        let settings: Vec<(&str, &crate::flow::FloodControlDef)> = table
+            .values()
+            .map(|l| (l.flow.id(), &l.flow.document.trigger.flood_control))
+            .collect();
+        self.inner.flood.configure(&settings);
+        let count = table.len();
+        *self
+            .inner
+            .flows
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(table);
+        Ok(count)
     }
 
     pub fn storage(&self) -> &Arc<dyn Storage> {
@@ -261,7 +297,7 @@ impl Engine {
         let queued = self.inner.storage.queued_runs().await?;
         let mut started = 0;
         for (run_id, flow_id) in queued {
-            let Some(flow) = self.flow(&flow_id).cloned() else {
+            let Some(flow) = self.flow(&flow_id) else {
                 tracing::warn!(%run_id, %flow_id, "Queued run's flow is not loaded; it stays queued.");
                 continue;
             };

@@ -247,7 +247,6 @@ impl Engine {
     ) -> Result<Vec<DryRunReport>, super::AcceptError> {
         let loaded = self
             .flow(flow_id)
-            .cloned()
             .ok_or_else(|| super::AcceptError::UnknownFlow(flow_id.to_owned()))?;
         let flow = &loaded.flow;
         let events = crate::trigger::events(body).map_err(super::AcceptError::Payload)?;

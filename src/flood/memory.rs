@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -29,11 +29,12 @@ type KeyedLimiter =
 pub struct MemoryFloodControl {
     clock: FloodClock,
     hasher: RandomState,
-    flows: HashMap<String, FlowFlood>,
+    flows: RwLock<HashMap<String, FlowFlood>>,
 }
 
 #[derive(Debug)]
 struct FlowFlood {
+    settings: FloodControlDef,
     window: Duration,
     limiter: KeyedLimiter,
     parents: Mutex<HashMap<KeyHash, Parent>>,
@@ -62,31 +63,19 @@ impl MemoryFloodControl {
         flows: impl IntoIterator<Item = (&'a str, &'a FloodControlDef)>,
         clock: FloodClock,
     ) -> Self {
-        let flows = flows
-            .into_iter()
-            .filter(|(_, settings)| settings.enabled)
-            .map(|(flow_id, settings)| {
-                let window = Duration::from_secs(settings.window_secs);
-                let limiter = RateLimiter::new(
-                    quota(settings.max_requests, window),
-                    DashMapStateStore::default(),
-                    clock.clone(),
-                );
-                (
-                    flow_id.to_owned(),
-                    FlowFlood {
-                        window,
-                        limiter,
-                        parents: Mutex::new(HashMap::new()),
-                    },
-                )
-            })
-            .collect();
-        MemoryFloodControl {
+        let flood = MemoryFloodControl {
             clock,
             hasher: RandomState::new(),
-            flows,
-        }
+            flows: RwLock::default(),
+        };
+        flood.configure(&flows.into_iter().collect::<Vec<_>>());
+        flood
+    }
+
+    fn flows(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, FlowFlood>> {
+        self.flows
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -134,7 +123,7 @@ impl FlowFlood {
 #[async_trait]
 impl FloodControl for MemoryFloodControl {
     async fn admit(&self, flow_id: &str, key: &str, request_id: &str) -> Admission {
-        match self.flows.get(flow_id) {
+        match self.flows().get(flow_id) {
             Some(flow) => flow.decide(self.hasher.hash_one(key), request_id, self.clock.now(), 0),
             None => Admission::Run,
         }
@@ -144,10 +133,21 @@ impl FloodControl for MemoryFloodControl {
     /// flood in progress stays suppressed after a restart. A key may be held back up to one
     /// window longer than without the restart, never less.
     async fn restore(&self, storage: &dyn Storage) -> Result<usize, StorageError> {
+        let windows: Vec<(String, Duration)> = self
+            .flows()
+            .iter()
+            .map(|(id, f)| (id.clone(), f.window))
+            .collect();
         let mut replayed = 0;
-        for (flow_id, flow) in &self.flows {
-            let since = now_ms() - flow.window.as_millis() as i64;
-            for record in storage.flood_history(flow_id, since).await? {
+        for (flow_id, window) in windows {
+            let history = storage
+                .flood_history(&flow_id, now_ms() - window.as_millis() as i64)
+                .await?;
+            let flows = self.flows();
+            let Some(flow) = flows.get(&flow_id) else {
+                continue;
+            };
+            for record in history {
                 let key = self.hasher.hash_one(&record.correlation_key);
                 flow.decide(
                     key,
@@ -161,9 +161,38 @@ impl FloodControl for MemoryFloodControl {
         Ok(replayed)
     }
 
+    fn configure(&self, flows: &[(&str, &FloodControlDef)]) {
+        let mut current = self
+            .flows
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut next = HashMap::new();
+        for (flow_id, settings) in flows.iter().filter(|(_, s)| s.enabled) {
+            let flood = match current.remove(*flow_id) {
+                Some(existing) if existing.settings == **settings => existing,
+                _ => {
+                    let window = Duration::from_secs(settings.window_secs);
+                    let limiter = RateLimiter::new(
+                        quota(settings.max_requests, window),
+                        DashMapStateStore::default(),
+                        self.clock.clone(),
+                    );
+                    FlowFlood {
+                        settings: (*settings).clone(),
+                        window,
+                        limiter,
+                        parents: Mutex::new(HashMap::new()),
+                    }
+                }
+            };
+            next.insert((*flow_id).to_owned(), flood);
+        }
+        *current = next;
+    }
+
     fn sweep(&self) {
         let now = self.clock.now();
-        for flow in self.flows.values() {
+        for flow in self.flows().values() {
             flow.limiter.retain_recent();
             flow.limiter.shrink_to_fit();
             let window = Nanos::from(flow.window);
@@ -175,7 +204,7 @@ impl FloodControl for MemoryFloodControl {
 
     fn tracked_keys(&self) -> Vec<(String, usize)> {
         let mut keys: Vec<(String, usize)> = self
-            .flows
+            .flows()
             .iter()
             .map(|(id, f)| (id.clone(), f.limiter.len().max(f.parents().len())))
             .collect();

@@ -44,6 +44,9 @@ pub trait FloodControl: Send + Sync + fmt::Debug + 'static {
     async fn admit(&self, flow_id: &str, key: &str, request_id: &str) -> Admission;
     /// Rebuilds the state after a restart from the runs stored within each flow's window.
     async fn restore(&self, storage: &dyn Storage) -> Result<usize, StorageError>;
+    /// Applies new flood settings after a reload: flows whose settings did not change keep
+    /// their state; new or changed ones start fresh; removed ones are dropped.
+    fn configure(&self, flows: &[(&str, &FloodControlDef)]);
     /// Forgets keys that have been idle for a whole window; bounds memory.
     fn sweep(&self);
     /// Correlation keys currently held, per flow.

@@ -2,12 +2,16 @@
 //! `schemas/flow.schema.json`, then semantically (step ids, step types, step inputs, template
 //! references); only a [`ValidatedFlow`] can run.
 
+mod editor_schema;
+mod locate;
 mod model;
 mod problem;
 mod validate;
 
 use std::path::{Path, PathBuf};
 
+pub use editor_schema::editor_schema;
+pub use locate::locate;
 pub use model::{
     FloodControlDef, FlowDocument, RateLimitDef, StepDef, TriggerAuth, TriggerDef, TriggerKind,
 };

@@ -78,6 +78,8 @@ pub struct Problem {
     pub code: ProblemCode,
     pub message: String,
     pub hint: String,
+    /// Line and column (from 1) of the pointer's value in the file, when known.
+    pub position: Option<(usize, usize)>,
 }
 
 impl Problem {
@@ -93,15 +95,20 @@ impl Problem {
             code,
             message: message.into(),
             hint: hint.into(),
+            position: None,
         }
     }
 }
 
-/// `file: /pointer: [code] message. hint`
+/// `file:line:column: /pointer: [code] message. hint` (the position when known)
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(file) = &self.file {
-            write!(f, "{}: ", file.display())?;
+            write!(f, "{}", file.display())?;
+            if let Some((line, column)) = self.position {
+                write!(f, ":{line}:{column}")?;
+            }
+            write!(f, ": ")?;
         }
         let pointer = if self.pointer.is_empty() {
             "/"

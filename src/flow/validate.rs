@@ -102,19 +102,27 @@ impl<'a> FlowValidator<'a> {
         let located = |mut problems: Vec<Problem>| {
             for p in &mut problems {
                 p.file = file.map(Path::to_owned);
+                p.position = p.position.or_else(|| super::locate(text, &p.pointer));
             }
             problems
         };
         let value: Value = serde_json::from_str(text).map_err(|e| {
-            located(vec![Problem::new(
+            let mut problem = Problem::new(
                 "",
                 ProblemCode::InvalidJson,
                 format!("not valid JSON: {e}"),
                 "fix the JSON syntax at that line and column",
-            )])
+            );
+            problem.position = Some((e.line(), e.column()));
+            located(vec![problem])
         })?;
         let mut problems = Vec::new();
         for error in FLOW_SCHEMA_VALIDATOR.iter_errors(&value) {
+            // Step inputs are checked below against the registry, with better messages (and
+            // for steps an embedder registered, which the file does not know).
+            if is_step_inputs(&error.instance_path().to_string()) {
+                continue;
+            }
             schema_problems(&error, "", &mut problems, &|code| code);
         }
         check_correlation(&value, &mut problems);
@@ -307,6 +315,15 @@ impl<'a> FlowValidator<'a> {
             }
         }
     }
+}
+
+/// `/steps/<n>/inputs` or below.
+fn is_step_inputs(pointer: &str) -> bool {
+    let mut parts = pointer.split('/').skip(1);
+    matches!(
+        (parts.next(), parts.next(), parts.next()),
+        (Some("steps"), Some(_), Some("inputs"))
+    )
 }
 
 /// Flood control correlates on trigger outputs; each named output must exist.

@@ -21,7 +21,7 @@ pub(super) async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let Some(flow) = engine.flow(&flow_id).cloned() else {
+    let Some(flow) = engine.flow(&flow_id) else {
         return ApiError::new(
             ErrorCode::UnknownFlow,
             format!("no flow with id `{flow_id}`; the trigger URL is /triggers/<flow id> of a loaded flow"),

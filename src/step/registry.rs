@@ -16,6 +16,13 @@ pub struct RegisteredStep {
     pub(crate) relaxed_schema: Arc<jsonschema::Validator>,
 }
 
+impl RegisteredStep {
+    /// The input schema as flow files may write it: templates allowed in place of any value.
+    pub fn template_tolerant_schema(&self) -> Value {
+        relax_root(&self.step.input_schema())
+    }
+}
+
 impl std::fmt::Debug for RegisteredStep {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RegisteredStep")
@@ -85,6 +92,11 @@ impl StepRegistry {
         Ok(())
     }
 
+    /// Every registered step, by type name.
+    pub fn steps(&self) -> impl Iterator<Item = &RegisteredStep> + '_ {
+        self.steps.values()
+    }
+
     pub fn get(&self, type_name: &str) -> Option<&RegisteredStep> {
         self.steps.get(type_name)
     }
@@ -139,9 +151,14 @@ fn relax(schema: &Value, wrap: bool) -> Value {
                     || map.contains_key("enum")
                     || map.contains_key("const"))
             {
-                serde_json::json!({
+                let mut wrapper = serde_json::json!({
                     "anyOf": [Value::Object(relaxed), {"type": "string", "pattern": "\\{\\{"}]
-                })
+                });
+                // Editors show the description of the value, not of an anyOf branch.
+                if let Some(description) = map.get("description") {
+                    wrapper["description"] = description.clone();
+                }
+                wrapper
             } else {
                 Value::Object(relaxed)
             }

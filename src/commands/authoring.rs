@@ -1,0 +1,300 @@
+//! Authoring helpers: `haloflow trigger-url` (what to paste into Halo) and `haloflow new`
+//! (a valid flow from a template).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use super::{CommandError, render};
+use crate::flow::{self, FlowValidator, TriggerAuth, ValidatedFlow};
+use crate::secrets::SecretStore;
+use crate::step::StepRegistry;
+
+/// Options of `haloflow trigger-url`.
+#[derive(Debug, Clone)]
+pub struct TriggerUrlOptions {
+    /// A flow file, or the id of a flow in `flows`.
+    pub flow: String,
+    pub flows: PathBuf,
+    pub base_url: String,
+    pub recipients: Vec<String>,
+    /// The agent named in the "assigned" webhook's event rule.
+    pub agent: Option<String>,
+    /// Print the URL key itself (from the environment or config) instead of its secret's name.
+    pub show_key: bool,
+    pub secrets: SecretStore,
+}
+
+fn find_flow(reference: &str, flows: &Path) -> Result<ValidatedFlow, CommandError> {
+    let registry = StepRegistry::with_builtins();
+    let validator = FlowValidator::new(&registry);
+    let path = Path::new(reference);
+    if path.is_file() {
+        return validator
+            .validate_file(path)
+            .map_err(|p| crate::engine::EngineError::Flows(p).into());
+    }
+    let files = flow::flow_files(flows).map_err(|e| CommandError::Input {
+        path: flows.to_owned(),
+        message: format!("cannot read: {e}"),
+    })?;
+    let (found, problems) = validator.validate_files(&files);
+    if let Some(flow) = found.into_iter().find(|f| f.id() == reference) {
+        return Ok(flow);
+    }
+    let hint = if problems.is_empty() {
+        String::new()
+    } else {
+        " (some flows have problems: run `haloflow validate`)".to_owned()
+    };
+    Err(CommandError::Failed(format!(
+        "no flow file `{reference}` and no valid flow with that id in {}{hint}",
+        flows.display()
+    )))
+}
+
+/// `haloflow trigger-url`: the URL with recipients, and the Halo webhook settings step by step
+/// (the seed's assigned/unassigned pair).
+pub fn trigger_url(options: &TriggerUrlOptions, out: &mut dyn Write) -> Result<(), CommandError> {
+    let flow = find_flow(&options.flow, &options.flows)?;
+    let auth = &flow.document.trigger.auth;
+    let key = match (auth, options.show_key) {
+        (TriggerAuth::UrlKey { secret_name, .. }, true) => Some(
+            options
+                .secrets
+                .get(secret_name)
+                .ok_or_else(|| {
+                    CommandError::Failed(format!("--show-key: the secret {secret_name} is not set"))
+                })?
+                .expose()
+                .to_owned(),
+        ),
+        _ => None,
+    };
+    let recipients: Vec<&str> = options.recipients.iter().map(String::as_str).collect();
+    let url = render::with_recipients(
+        &render::trigger_url(&options.base_url, &flow, key.as_deref()),
+        &recipients,
+    );
+    let agent = options.agent.as_deref().unwrap_or("<agent name>");
+    writeln!(
+        out,
+        "Trigger URL of flow `{}` ({}):\n\n  {url}\n",
+        flow.id(),
+        flow.document.name
+    )?;
+    let authentication = match auth {
+        TriggerAuth::UrlKey { param, secret_name } => {
+            if key.is_none() {
+                writeln!(
+                    out,
+                    "Replace <{secret_name}> with the value of the secret {secret_name} (or run with --show-key).\n"
+                )?;
+            }
+            format!("No Authentication (the key rides in the URL as `{param}`)")
+        }
+        TriggerAuth::Basic {
+            username,
+            password_secret_name,
+        } => {
+            format!(
+                "Basic Authentication: user name `{username}`, password: the value of the secret {password_secret_name}"
+            )
+        }
+        TriggerAuth::Header {
+            header,
+            secret_name,
+        } => format!(
+            "add the request header `{header}` with the value of the secret {secret_name} \
+             (if your Halo cannot send custom headers, switch the flow to url_key or basic)"
+        ),
+        TriggerAuth::None => {
+            "No Authentication (anyone who knows the URL can trigger this flow)".to_owned()
+        }
+    };
+    let name = flow.id();
+    writeln!(
+        out,
+        "In Halo, create two webhooks: one for tickets with an agent, one for unassigned tickets."
+    )?;
+    writeln!(
+        out,
+        "  1. Configuration > Integrations > Webhooks, then New (top right)."
+    )?;
+    writeln!(
+        out,
+        "  2. Name: \"haloflow - {name} - Assigned\" (the second one: \"haloflow - {name} - Unassigned\")."
+    )?;
+    writeln!(out, "  3. Payload URL: {url}")?;
+    writeln!(out, "  4. Webhook type: Standard webhook. Method: POST.")?;
+    writeln!(out, "  5. Authentication: {authentication}.")?;
+    writeln!(
+        out,
+        "  6. Enabled: on. \"Use a custom payload\": off (haloflow reads Halo's default payload)."
+    )?;
+    writeln!(
+        out,
+        "  7. Events > Add: Event \"New Ticket Logged\", then Add a criterion:"
+    )?;
+    writeln!(
+        out,
+        "       assigned webhook:   Field \"Agent\", Rule Type \"Is equal to\", Value \"{agent}\""
+    )?;
+    writeln!(
+        out,
+        "       unassigned webhook: Field \"Agent\", Rule Type \"Is equal to\", Value \"Unassigned\""
+    )?;
+    writeln!(
+        out,
+        "  8. Save the event, then Save the webhook. Repeat 1-8 for the unassigned webhook."
+    )?;
+    writeln!(
+        out,
+        "Recipients: add names to the URL as above (`&recipients=` after a URL key, `?recipients=` otherwise);"
+    )?;
+    writeln!(
+        out,
+        "every name is URL-encoded. The flow reads them as trigger.recipients."
+    )?;
+    Ok(())
+}
+
+/// The templates `haloflow new` offers: name and description.
+pub const TEMPLATES: &[(&str, &str)] = &[
+    (
+        "halo-create",
+        "a Halo webhook creates a ticket in another Halo and notes the new id on it",
+    ),
+    (
+        "halo-update",
+        "a Halo webhook updates the incoming ticket and adds an action to it",
+    ),
+    (
+        "halo-routing",
+        "assigned and unassigned tickets routed differently (agent_assigned, recipients)",
+    ),
+];
+
+/// Options of `haloflow new`.
+#[derive(Debug, Clone)]
+pub struct NewOptions {
+    pub name: String,
+    pub template: String,
+    pub dir: PathBuf,
+}
+
+/// Lower-case letters, digits and dashes: a flow id and file name from a human name.
+pub fn slug(name: &str) -> String {
+    let mut slug = String::new();
+    for c in name.trim().chars() {
+        if c.is_ascii_alphanumeric() {
+            slug.push(c.to_ascii_lowercase());
+        } else if !slug.ends_with('-') && !slug.is_empty() {
+            slug.push('-');
+        }
+    }
+    slug.trim_end_matches('-').chars().take(64).collect()
+}
+
+fn template(template: &str, id: &str, name: &str) -> Option<Value> {
+    let secret = format!("HALOFLOW_{}_KEY", id.to_uppercase().replace('-', "_"));
+    let trigger = json!({"type": "halo.incidents", "auth": {"type": "url_key", "param": "apiKey", "secret_name": secret}});
+    let steps = match template {
+        "halo-create" => json!([
+            {"id": "create", "name": "Create the ticket in the other Halo", "type": "halo.create_ticket", "connection": "partner_halo",
+             "inputs": {"summary": "[Halo #{{trigger.ticket_id}}] {{trigger.ticket.summary}}", "details": "{{default trigger.ticket.details \"\"}}",
+                        "impact": "{{default trigger.ticket.impact 3}}", "urgency": "{{default trigger.ticket.urgency 3}}"}},
+            {"id": "note", "name": "Note the source ticket", "type": "halo.add_action", "connection": "partner_halo",
+             "inputs": {"ticket_id": "{{steps.create.ticket_id}}", "outcome": "Note", "private": true,
+                        "note": "Created from Halo ticket {{trigger.ticket_id}} ({{trigger.event}})."}}
+        ]),
+        "halo-update" => json!([
+            {"id": "update", "name": "Update the incoming ticket", "type": "halo.update_ticket",
+             "inputs": {"ticket_id": "{{trigger.ticket_id}}", "status_id": 2}},
+            {"id": "note", "name": "Add an action", "type": "halo.add_action",
+             "inputs": {"ticket_id": "{{steps.update.ticket_id}}", "outcome": "Note", "private": true,
+                        "note": "haloflow saw `{{trigger.event}}`; notified: {{join trigger.recipients \", \"}}"}}
+        ]),
+        "halo-routing" => json!([
+            {"id": "route", "name": "Route by agent", "type": "halo.update_ticket",
+             "inputs": {"ticket_id": "{{trigger.ticket_id}}",
+                        "team": "{{#if trigger.agent_assigned}}{{default trigger.ticket.team \"Service Desk\"}}{{else}}Triage{{/if}}"}},
+            {"id": "announce", "name": "Say who was notified", "type": "halo.add_action",
+             "inputs": {"ticket_id": "{{steps.route.ticket_id}}", "outcome": "Note", "private": true,
+                        "note": "{{#if trigger.agent_assigned}}Assigned{{else}}Unassigned{{/if}}; notified: {{join trigger.recipients \", \"}}"}}
+        ]),
+        _ => return None,
+    };
+    Some(json!({
+        "$schema": "../schemas/flow.schema.json",
+        "id": id,
+        "name": name,
+        "description": TEMPLATES.iter().find(|(t, _)| *t == template).map(|(_, d)| *d).unwrap_or_default(),
+        "trigger": trigger,
+        "steps": steps,
+    }))
+}
+
+/// `haloflow new`: writes `<dir>/<slug>.json` from a template and checks it validates.
+pub fn new_flow(options: &NewOptions, out: &mut dyn Write) -> Result<PathBuf, CommandError> {
+    let id = slug(&options.name);
+    if id.is_empty() {
+        return Err(CommandError::Failed(
+            "the flow name needs at least one letter or digit".into(),
+        ));
+    }
+    let Some(mut document) = template(&options.template, &id, options.name.trim()) else {
+        let known: Vec<String> = TEMPLATES
+            .iter()
+            .map(|(t, d)| format!("  {t}: {d}"))
+            .collect();
+        let later = if options.template == "halo-to-servicenow" {
+            " (the ServiceNow steps are not built yet)"
+        } else {
+            ""
+        };
+        return Err(CommandError::Failed(format!(
+            "no template `{}`{later}; templates:\n{}",
+            options.template,
+            known.join("\n")
+        )));
+    };
+    // Editors find the schema relative to the flow file; elsewhere, by its $id.
+    let schema_path = options.dir.join("../schemas/flow.schema.json");
+    if !schema_path.is_file() {
+        document["$schema"] = json!("https://haloflow.dev/schemas/flow.schema.json");
+    }
+    let path = options.dir.join(format!("{id}.json"));
+    if path.exists() {
+        return Err(CommandError::Failed(format!(
+            "{} exists already; choose another name or delete it",
+            path.display()
+        )));
+    }
+    let text = serde_json::to_string_pretty(&document).expect("JSON serializes") + "\n";
+    let registry = StepRegistry::with_builtins();
+    FlowValidator::new(&registry)
+        .validate_str(&text, Some(&path))
+        .map_err(crate::engine::EngineError::Flows)?;
+    std::fs::create_dir_all(&options.dir)?;
+    std::fs::write(&path, text)?;
+    let secret = document["trigger"]["auth"]["secret_name"]
+        .as_str()
+        .unwrap_or_default();
+    writeln!(
+        out,
+        "wrote {} (template {})",
+        path.display(),
+        options.template
+    )?;
+    writeln!(out, "next: set {secret} to a long random key, then")?;
+    writeln!(out, "  haloflow validate {}", path.display())?;
+    writeln!(
+        out,
+        "  haloflow run {} --payload examples/halo-new-ticket.json --dry-run --config examples/haloflow.toml",
+        path.display()
+    )?;
+    writeln!(out, "  haloflow trigger-url {id} --recipients <names>")?;
+    Ok(path)
+}

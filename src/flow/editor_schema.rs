@@ -1,0 +1,38 @@
+//! The editor-facing flow schema: `schemas/flow.schema.json` plus, for every registered step
+//! type, its inputs wired with `if/then` on `type`, so editors complete and explain inputs.
+//! `haloflow schema` prints it; a test keeps the checked-in file equal to it.
+
+use serde_json::{Value, json};
+
+use super::FLOW_SCHEMA;
+use crate::step::StepRegistry;
+
+pub fn editor_schema(registry: &StepRegistry) -> Value {
+    let mut schema: Value = serde_json::from_str(FLOW_SCHEMA).expect("the flow schema is JSON");
+    let names: Vec<&str> = registry.type_names().collect();
+    let step = &mut schema["$defs"]["step"];
+    step["properties"]["type"]["examples"] = json!(names);
+    let branches: Vec<Value> = registry
+        .steps()
+        .map(|registered| {
+            let mut inputs = registered.template_tolerant_schema();
+            let outputs: Vec<String> = registered
+                .step
+                .outputs()
+                .iter()
+                .map(|o| format!("{} ({})", o.name, o.description.trim_end_matches('.')))
+                .collect();
+            inputs["description"] = json!(format!(
+                "{} Outputs: {}.",
+                registered.step.description(),
+                outputs.join(", ")
+            ));
+            json!({
+                "if": {"required": ["type"], "properties": {"type": {"const": registered.step.type_name()}}},
+                "then": {"properties": {"inputs": inputs}}
+            })
+        })
+        .collect();
+    step["allOf"] = Value::Array(branches);
+    schema
+}

@@ -1,0 +1,270 @@
+//! Authoring: trigger-url, new, the editor schema, reload, and the five-minute tutorial.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Harness, Options, sample_payload};
+use haloflow::step::StepRegistry;
+use serde_json::{Value, json};
+
+fn haloflow(args: &[&str]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_haloflow"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+fn flow_with_auth(dir: &std::path::Path, auth: Value) -> String {
+    let mut flow: Value =
+        serde_json::from_str(&std::fs::read_to_string("flows/new-ticket-routing.json").unwrap())
+            .unwrap();
+    flow["trigger"]["auth"] = auth;
+    let path = dir.join(format!(
+        "{}.json",
+        flow["trigger"]["auth"]["type"].as_str().unwrap()
+    ));
+    std::fs::write(&path, flow.to_string()).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn trigger_url_for_each_auth_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = "https://flows.example.com";
+    let recipients = "Emma Pearson,antares,r&d/ops";
+    let encoded = "recipients=Emma%20Pearson,antares,r%26d%2Fops";
+    let cases = [
+        (
+            json!({"type": "url_key", "param": "apiKey", "secret_name": "KEY"}),
+            format!("{base}/triggers/new-ticket-routing?apiKey=<KEY>&{encoded}"),
+            "No Authentication (the key rides in the URL",
+        ),
+        (
+            json!({"type": "basic", "username": "halo", "password_secret_name": "PW"}),
+            format!("{base}/triggers/new-ticket-routing?{encoded}"),
+            "Basic Authentication: user name `halo`, password: the value of the secret PW",
+        ),
+        (
+            json!({"type": "header", "header": "X-Key", "secret_name": "HK"}),
+            format!("{base}/triggers/new-ticket-routing?{encoded}"),
+            "header `X-Key` with the value of the secret HK",
+        ),
+        (
+            json!({"type": "none"}),
+            format!("{base}/triggers/new-ticket-routing?{encoded}"),
+            "No Authentication (anyone who knows the URL",
+        ),
+    ];
+    for (auth, url, authentication) in cases {
+        let file = flow_with_auth(dir.path(), auth);
+        let (ok, out) = haloflow(&[
+            "trigger-url",
+            &file,
+            "--base-url",
+            base,
+            "--recipients",
+            recipients,
+            "--agent",
+            "Emma Pearson",
+        ]);
+        assert!(ok, "{out}");
+        assert!(
+            out.contains(&format!("\n  {url}\n")),
+            "expected {url} in:\n{out}"
+        );
+        assert!(out.contains(&format!("Payload URL: {url}")), "{out}");
+        assert!(out.contains(authentication), "{out}");
+        for step in [
+            "Configuration > Integrations > Webhooks",
+            "\"Use a custom payload\": off",
+            "Event \"New Ticket Logged\"",
+            "Value \"Emma Pearson\"",
+            "Value \"Unassigned\"",
+            "haloflow - new-ticket-routing - Assigned",
+        ] {
+            assert!(out.contains(step), "missing {step:?} in:\n{out}");
+        }
+    }
+    // By flow id from a directory, with the key shown on request.
+    let output = Command::new(env!("CARGO_BIN_EXE_haloflow"))
+        .args([
+            "trigger-url",
+            "escalate-to-partner",
+            "--base-url",
+            base,
+            "--show-key",
+        ])
+        .env("HALOFLOW_ESCALATE_KEY", "k/1")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&output.stdout).contains(&format!(
+        "{base}/triggers/escalate-to-partner?apiKey=k%2F1\n"
+    )));
+}
+
+#[test]
+fn new_writes_a_valid_flow_for_each_template() {
+    let dir = tempfile::tempdir().unwrap();
+    let flows = dir.path().join("flows");
+    for (template, _) in haloflow::commands::TEMPLATES {
+        let name = format!("My {template} Flow!");
+        let (ok, out) = haloflow(&[
+            "new",
+            &name,
+            "--template",
+            template,
+            "--dir",
+            flows.to_str().unwrap(),
+        ]);
+        assert!(ok, "{out}");
+        let file = flows.join(format!("my-{template}-flow.json"));
+        let flow: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        assert_eq!(flow["name"], name.as_str());
+        assert!(
+            flow["$schema"]
+                .as_str()
+                .unwrap()
+                .ends_with("flow.schema.json")
+        );
+        let (valid, report) = haloflow(&["validate", file.to_str().unwrap()]);
+        assert!(valid, "{report}");
+    }
+    let (ok, out) = haloflow(&[
+        "new",
+        "My halo-create Flow!",
+        "--dir",
+        flows.to_str().unwrap(),
+    ]);
+    assert!(!ok && out.contains("exists already"), "{out}");
+    let (ok, out) = haloflow(&[
+        "new",
+        "x",
+        "--template",
+        "nope",
+        "--dir",
+        flows.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && out.contains("halo-create"),
+        "the error lists the templates: {out}"
+    );
+}
+
+#[test]
+fn the_editor_schema_is_generated_from_the_steps_and_checks_inputs() {
+    let generated = haloflow::flow::editor_schema(&StepRegistry::with_builtins());
+    let shipped: Value =
+        serde_json::from_str(&std::fs::read_to_string("schemas/flow.schema.json").unwrap())
+            .unwrap();
+    assert_eq!(
+        shipped, generated,
+        "schemas/flow.schema.json is stale: run `haloflow schema > schemas/flow.schema.json`"
+    );
+
+    // An editor validating with the schema alone: every shipped flow passes, a misspelt input fails.
+    let editor = jsonschema::draft202012::new(&shipped).unwrap();
+    for file in haloflow::flow::flow_files(std::path::Path::new("flows")).unwrap() {
+        let flow: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        let errors: Vec<String> = editor.iter_errors(&flow).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{}: {errors:?}", file.display());
+    }
+    let mut misspelt: Value =
+        serde_json::from_str(&std::fs::read_to_string("flows/escalate-to-partner.json").unwrap())
+            .unwrap();
+    misspelt["steps"][0]["inputs"]["sumary"] = json!("x");
+    let paths: Vec<String> = editor
+        .iter_errors(&misspelt)
+        .map(|e| e.instance_path().to_string())
+        .collect();
+    assert!(
+        paths.iter().any(|p| p.starts_with("/steps/0/inputs")),
+        "{paths:?}"
+    );
+    let step = &shipped["$defs"]["step"];
+    assert!(
+        step["properties"]["type"]["examples"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("halo.add_action"))
+    );
+    let create = step["allOf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["if"]["properties"]["type"]["const"] == "halo.create_ticket")
+        .unwrap();
+    assert!(
+        create["then"]["properties"]["inputs"]["properties"]["summary"]["description"].is_string(),
+        "hover text for inputs"
+    );
+}
+
+#[tokio::test]
+async fn reload_keeps_the_old_flow_when_the_new_one_is_invalid() {
+    let flows = tempfile::tempdir().unwrap();
+    let file = flows.path().join("routing.json");
+    let original = std::fs::read_to_string("flows/new-ticket-routing.json").unwrap();
+    std::fs::write(&file, &original).unwrap();
+    let h = Harness::start_with(Options {
+        flows: flows.path().to_owned(),
+        ..Options::default()
+    })
+    .await;
+    let send = || {
+        h.routing_request("recipients=a")
+            .json(&sample_payload("halo-new-ticket.json"))
+            .send()
+    };
+    assert_eq!(send().await.unwrap().status(), 202);
+
+    // A broken edit: rejected with its problems; the running version keeps serving.
+    std::fs::write(
+        &file,
+        original.replace("\"halo.add_action\"", "\"halo.add_actoin\""),
+    )
+    .unwrap();
+    let error = h.engine.reload().unwrap_err().to_string();
+    assert!(
+        error.contains("unknown step type `halo.add_actoin`"),
+        "{error}"
+    );
+    assert_eq!(send().await.unwrap().status(), 202);
+    assert_eq!(
+        h.engine.flow("new-ticket-routing").unwrap().flow.steps[1]
+            .step
+            .step
+            .type_name(),
+        "halo.add_action"
+    );
+
+    // A good edit is taken.
+    std::fs::write(
+        &file,
+        original.replace("Route new tickets", "Route tickets (v2)"),
+    )
+    .unwrap();
+    assert_eq!(h.engine.reload().unwrap(), 1);
+    let listed: Value = h
+        .client
+        .get(format!("{}/api/flows", h.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        listed["flows"][0]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("Route tickets (v2)")
+    );
+    assert_eq!(send().await.unwrap().status(), 202);
+}
