@@ -268,3 +268,175 @@ async fn reload_keeps_the_old_flow_when_the_new_one_is_invalid() {
     );
     assert_eq!(send().await.unwrap().status(), 202);
 }
+
+/// The tutorial's `haloflow` lines, exactly as the README shows them.
+fn tutorial_commands() -> Vec<String> {
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let section = readme
+        .split("## Your first flow in five minutes")
+        .nth(1)
+        .expect("the tutorial section");
+    let block = section
+        .split("```sh")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
+    block
+        .lines()
+        .filter(|l| l.starts_with("haloflow "))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.path().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn the_five_minute_tutorial_runs_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    for folder in ["flows", "examples", "schemas"] {
+        copy_dir(std::path::Path::new(folder), &dir.path().join(folder));
+    }
+    let commands = tutorial_commands();
+    assert_eq!(commands.len(), 6, "{commands:?}");
+    let expectations = [
+        "wrote flows/disk-alerts.json",
+        "flows/disk-alerts.json: ok: flow `disk-alerts`",
+        "would send: POST https://acme.haloitsm.com/api/Tickets",
+        "recipients=Emma%20Pearson,ops",
+        "flow disk-alerts  SUCCEEDED",
+        "succeeded",
+    ];
+    for (command, expected) in commands.iter().zip(expectations) {
+        // The README's alias, as a shell function calling the binary under test.
+        let script = format!("haloflow() {{ \"$HALOFLOW_BIN\" \"$@\"; }}\n{command}");
+        let output = Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .current_dir(dir.path())
+            .env("HALOFLOW_BIN", env!("CARGO_BIN_EXE_haloflow"))
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(output.status.success(), "`{command}` failed:\n{text}");
+        assert!(
+            text.contains(expected),
+            "`{command}` did not print {expected:?}:\n{text}"
+        );
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn serve_reloads_on_sighup_and_keeps_serving_an_invalid_edit() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let flows = dir.path().join("flows");
+    std::fs::create_dir_all(&flows).unwrap();
+    let file = flows.join("routing.json");
+    let original = std::fs::read_to_string("flows/new-ticket-routing.json").unwrap();
+    std::fs::write(&file, &original).unwrap();
+    let config = dir.path().join("haloflow.toml");
+    std::fs::write(&config, "[halo.halo]\nbase_url = \"http://127.0.0.1:9\"\nclient_id = \"c\"\nclient_secret_name = \"SIGHUP_HALO_SECRET\"\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_haloflow"))
+        .args([
+            "serve",
+            "--flows",
+            flows.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--config", config.to_str().unwrap()])
+        .env("SIGHUP_HALO_SECRET", "s")
+        .args(["--data", dir.path().join("data").to_str().unwrap()])
+        .env("HALOFLOW_ROUTING_PASSWORD", "pw")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let base = first
+        .split_whitespace()
+        .nth(3)
+        .expect("haloflow listening on <url>")
+        .to_owned();
+    let client = reqwest::Client::new();
+    let name = || async {
+        let flows: Value = client
+            .get(format!("{base}/api/flows"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        flows["flows"][0]["name"].as_str().unwrap().to_owned()
+    };
+    let hangup = || {
+        Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap()
+    };
+    let wait_for = |expected: &'static str| async move {
+        for _ in 0..100 {
+            if name().await.starts_with(expected) {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        false
+    };
+    assert!(wait_for("Route new tickets").await);
+
+    std::fs::write(
+        &file,
+        original.replace("Route new tickets", "Route tickets v2"),
+    )
+    .unwrap();
+    hangup();
+    assert!(
+        wait_for("Route tickets v2").await,
+        "SIGHUP reloads the flows"
+    );
+
+    std::fs::write(
+        &file,
+        original
+            .replace("Route new tickets", "Broken")
+            .replace("\"halo.add_action\"", "\"halo.nope\""),
+    )
+    .unwrap();
+    hangup();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        name().await.starts_with("Route tickets v2"),
+        "an invalid edit is rejected and the old version kept"
+    );
+    let accepted = client
+        .post(format!("{base}/triggers/new-ticket-routing"))
+        .basic_auth("halo", Some("pw"))
+        .json(&sample_payload("halo-new-ticket.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 202);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

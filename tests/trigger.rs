@@ -408,9 +408,15 @@ async fn a_missing_value_fails_the_run_naming_flow_step_input_and_path() {
     assert_eq!(run.summary.status, RunStatus::Failed);
     assert_eq!(run.summary.failed_step.as_deref(), Some("create"));
     let error = run.summary.error.unwrap();
+    // The place in the flow file, then flow, step, input and path.
+    let text = std::fs::read_to_string("flows/escalate-to-partner.json").unwrap();
+    let (line, column) = haloflow::flow::locate(&text, "/steps/0/inputs/summary").unwrap();
     assert_eq!(
         error,
-        "flow `escalate-to-partner`, step `create`, input /summary: `trigger.ticket.summary` is missing from the data"
+        format!(
+            "flows/escalate-to-partner.json:{line}:{column}: flow `escalate-to-partner`, step `create`, \
+             input /summary: `trigger.ticket.summary` is missing from the data"
+        )
     );
     assert_eq!(run.steps[0].error_code.as_deref(), Some("template_error"));
     assert!(api_calls(&h.partner).is_empty(), "nothing was sent");

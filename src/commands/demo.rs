@@ -67,6 +67,7 @@ pub async fn demo(options: &DemoOptions, out: &mut dyn Write) -> Result<(), Comm
         writeln!(out, "Halo emulator `{name}` on {}", running.base_url())?;
         emulators.push((name, emulator, running));
     }
+    // The sample each example flow gets; any other flow gets the first one.
     let samples = [
         (
             "escalate-to-partner",
@@ -137,15 +138,13 @@ pub async fn demo(options: &DemoOptions, out: &mut dyn Write) -> Result<(), Comm
 
     let client = reqwest::Client::new();
     let mut curl_lines = Vec::new();
-    for (flow_id, file, recipients) in &samples {
-        let Some(loaded) = engine.flow(flow_id) else {
-            writeln!(
-                out,
-                "(flow `{flow_id}` is not in {}; skipping its sample)",
-                options.flows.display()
-            )?;
-            continue;
-        };
+    for loaded in engine.flows() {
+        let flow_id = loaded.flow.id();
+        let (file, recipients) = samples
+            .iter()
+            .find(|(id, _, _)| *id == flow_id)
+            .map(|(_, file, recipients)| (*file, recipients.clone()))
+            .unwrap_or(("halo-new-ticket.json", vec!["ops"]));
         let auth = &loaded.flow.document.trigger.auth;
         let key = auth.secret_name().and_then(|n| secrets.get(n));
         let shown_key = match auth {
@@ -154,7 +153,7 @@ pub async fn demo(options: &DemoOptions, out: &mut dyn Write) -> Result<(), Comm
         };
         let url = render::with_recipients(
             &render::trigger_url(&base, &loaded.flow, shown_key.as_deref()),
-            recipients,
+            &recipients,
         );
         let sample_path = options.examples.join(file);
         let body = std::fs::read_to_string(&sample_path)?;

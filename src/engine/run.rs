@@ -43,10 +43,14 @@ fn prepare_inputs(
                 .split_once("/inputs")
                 .map(|(_, rest)| rest)
                 .unwrap_or(&failure.pointer);
+            let place = flow
+                .place(&failure.pointer)
+                .map(|p| format!("{p}: "))
+                .unwrap_or_default();
             StepFailure {
                 code: "template_error",
                 message: format!(
-                    "flow `{}`, step `{}`, input {}: {}",
+                    "{place}flow `{}`, step `{}`, input {}: {}",
                     flow.id(),
                     step.id,
                     if input.is_empty() { "/" } else { input },

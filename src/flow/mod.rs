@@ -31,11 +31,20 @@ pub struct ValidatedFlow {
     pub source: Option<PathBuf>,
     pub steps: Vec<ValidatedStep>,
     pub(crate) templates: TemplateSet,
+    /// Line and column of every template in the file, by JSON pointer, for run-time errors.
+    pub(crate) positions: std::collections::HashMap<String, (usize, usize)>,
 }
 
 impl ValidatedFlow {
     pub fn id(&self) -> &str {
         &self.document.id
+    }
+
+    /// `file:line:column` of the value at `pointer`, when the flow came from a file.
+    pub fn place(&self, pointer: &str) -> Option<String> {
+        let file = self.source.as_ref()?;
+        let (line, column) = self.positions.get(pointer)?;
+        Some(format!("{}:{line}:{column}", file.display()))
     }
 
     /// One line for listings: `id (name): trigger, N steps: a -> b`.

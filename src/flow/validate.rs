@@ -139,7 +139,7 @@ impl<'a> FlowValidator<'a> {
                 "compare the flow with schemas/flow.schema.json",
             )])
         })?;
-        let steps = document
+        let steps: Vec<ValidatedStep> = document
             .steps
             .iter()
             .zip(compiled)
@@ -156,9 +156,18 @@ impl<'a> FlowValidator<'a> {
                 references,
             })
             .collect();
+        let mut positions = std::collections::HashMap::new();
+        for step in &steps {
+            for pointer in template_pointers(&step.inputs) {
+                if let Some(position) = super::locate(text, &pointer) {
+                    positions.insert(pointer, position);
+                }
+            }
+        }
         Ok(ValidatedFlow {
             document,
             source: file.map(Path::to_owned),
+            positions,
             steps,
             templates,
         })
@@ -314,6 +323,21 @@ impl<'a> FlowValidator<'a> {
                 }
             }
         }
+    }
+}
+
+/// The pointers of every template leaf in compiled inputs.
+fn template_pointers(compiled: &CompiledValue) -> Vec<String> {
+    match compiled {
+        CompiledValue::Literal(_) => Vec::new(),
+        CompiledValue::Path { pointer, .. } | CompiledValue::Text { pointer } => {
+            vec![pointer.clone()]
+        }
+        CompiledValue::Object(fields) => fields
+            .iter()
+            .flat_map(|(_, c)| template_pointers(c))
+            .collect(),
+        CompiledValue::Array(items) => items.iter().flat_map(template_pointers).collect(),
     }
 }
 
