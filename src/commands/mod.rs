@@ -183,19 +183,20 @@ fn spawn_reloader(engine: Engine, flows: PathBuf, watch: bool) {
             tracing::error!("Kept the running flows: the new version has problems ({why}):\n{e}")
         }
     };
+    // Registered here, before serving starts, so an early SIGHUP cannot end the process.
     #[cfg(unix)]
-    {
-        let engine = engine.clone();
-        tokio::spawn(async move {
-            let Ok(mut hangup) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            else {
-                return;
-            };
-            while hangup.recv().await.is_some() {
-                reload(&engine, "SIGHUP");
-            }
-        });
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hangup) => {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                while hangup.recv().await.is_some() {
+                    reload(&engine, "SIGHUP");
+                }
+            });
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot listen for SIGHUP; flows reload only with --watch.")
+        }
     }
     if watch {
         tokio::spawn(async move {
@@ -364,38 +365,32 @@ pub async fn serve(options: &ServeOptions, out: &mut dyn Write) -> Result<(), Co
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://{addr}"));
-    writeln!(
-        out,
-        "haloflow listening on http://{addr} (database {})",
+    let mut banner = format!(
+        "haloflow listening on http://{addr} (database {})\n",
         options
             .data_dir
             .join(crate::storage::DATABASE_FILE)
             .display()
-    )?;
+    );
     for loaded in engine.flows() {
-        writeln!(
-            out,
-            "  {}  {}",
-            render::trigger_url(&base, &loaded.flow, None),
-            loaded.flow.document.name
-        )?;
+        let url = render::trigger_url(&base, &loaded.flow, None);
+        banner.push_str(&format!("  {url}  {}\n", loaded.flow.document.name));
     }
     let replayed = engine.restore_flood_control().await?;
     if replayed > 0 {
-        writeln!(
-            out,
-            "flood control: replayed {replayed} run(s) of the last window"
-        )?;
+        banner.push_str(&format!(
+            "flood control: replayed {replayed} run(s) of the last window\n"
+        ));
     }
     spawn_reloader(engine.clone(), options.flows.clone(), options.watch);
     let resumed = engine.start_queued_runs().await?;
     if resumed > 0 {
-        writeln!(
-            out,
-            "started {resumed} run(s) accepted before the last stop"
-        )?;
+        banner.push_str(&format!(
+            "started {resumed} run(s) accepted before the last stop\n"
+        ));
     }
-    out.flush()?;
+    // Best effort: a server keeps serving when nobody reads its standard output.
+    let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
     crate::server::serve(engine, listener, shutdown_signal()).await?;
     Ok(())
 }

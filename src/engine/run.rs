@@ -1,5 +1,7 @@
 //! Executing a run: render each step's inputs, check them, execute the step, record everything.
 
+use std::collections::VecDeque;
+
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
@@ -148,7 +150,12 @@ impl Engine {
         let storage = &self.inner.storage;
         storage.start_run(run_id, now_ms()).await?;
         let mut data = initial_data(flow, trigger);
-        for (position, step) in flow.steps.iter().enumerate() {
+        // Steps still to run, next first; a branching step puts its chosen path in front.
+        let mut queue: VecDeque<&ValidatedStep> = flow.steps.iter().collect();
+        let mut executed = 0;
+        while let Some(step) = queue.pop_front() {
+            let position = executed;
+            executed += 1;
             let type_name = step.step.step.type_name();
             let inputs = match prepare_inputs(flow, step, &data, false) {
                 Ok(inputs) => inputs,
@@ -210,11 +217,15 @@ impl Engine {
             if let Some(message) = failure {
                 return self.fail_run(run_id, &step.id, &message).await;
             }
-            if let (Some(outputs), Some(steps)) = (
-                outcome.outputs,
-                data.get_mut("steps").and_then(Value::as_object_mut),
-            ) {
-                steps.insert(step.id.clone(), outputs);
+            if let Some(outputs) = outcome.outputs {
+                if let Some(path) = step.chosen_path(&outputs) {
+                    for next in path.iter().rev() {
+                        queue.push_front(next);
+                    }
+                }
+                if let Some(steps) = data.get_mut("steps").and_then(Value::as_object_mut) {
+                    steps.insert(step.id.clone(), outputs);
+                }
             }
         }
         storage
@@ -263,7 +274,8 @@ impl Engine {
             let recorder = DryRunRecorder::default();
             let mut steps = Vec::new();
             let mut placeholder_steps: Vec<&str> = Vec::new();
-            for step in &flow.steps {
+            let mut queue: VecDeque<&ValidatedStep> = flow.steps.iter().collect();
+            while let Some(step) = queue.pop_front() {
                 fill_placeholders(&mut data, step, &placeholder_steps);
                 let mut report = DryRunStep {
                     id: step.id.clone(),
@@ -299,11 +311,15 @@ impl Engine {
                 report.requests = recorder.take();
                 report.outputs = outputs.clone();
                 let failed = outputs.is_none();
-                if let (Some(outputs), Some(map)) = (
-                    outputs,
-                    data.get_mut("steps").and_then(Value::as_object_mut),
-                ) {
-                    map.insert(step.id.clone(), outputs);
+                if let Some(outputs) = outputs {
+                    if let Some(path) = step.chosen_path(&outputs) {
+                        for next in path.iter().rev() {
+                            queue.push_front(next);
+                        }
+                    }
+                    if let Some(map) = data.get_mut("steps").and_then(Value::as_object_mut) {
+                        map.insert(step.id.clone(), outputs);
+                    }
                 }
                 steps.push(report);
                 if failed {

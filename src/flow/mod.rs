@@ -76,6 +76,22 @@ pub struct ValidatedStep {
     pub(crate) inputs: CompiledValue,
     /// The data paths the inputs read, found at validation.
     pub(crate) references: Vec<Reference>,
+    /// For a branching step: its paths, by name, in the order the flow lists them.
+    pub paths: Vec<(String, Vec<ValidatedStep>)>,
+}
+
+impl ValidatedStep {
+    /// The path a branching step's outputs select: the one named by `path`, else `default`.
+    pub fn chosen_path(&self, outputs: &serde_json::Value) -> Option<&[ValidatedStep]> {
+        let name = outputs.get("path").and_then(serde_json::Value::as_str)?;
+        let find = |wanted: &str| {
+            self.paths
+                .iter()
+                .find(|(n, _)| n == wanted)
+                .map(|(_, p)| p.as_slice())
+        };
+        find(name).or_else(|| find("default"))
+    }
 }
 
 /// Every `*.json` file in `path` (sorted), or `path` itself when it is a file.

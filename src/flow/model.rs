@@ -144,4 +144,7 @@ pub struct StepDef {
     pub connection: Option<String>,
     #[serde(default)]
     pub inputs: Map<String, Value>,
+    /// For branching steps: the steps of each path, by name.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub paths: std::collections::BTreeMap<String, Vec<StepDef>>,
 }

@@ -31,6 +31,9 @@ pub enum ProblemCode {
     UnknownStep,
     LaterStepReference,
     UnknownStepOutput,
+    MaybeNotRunReference,
+    PathsNotAllowed,
+    UnknownPath,
     MissingSecret,
 }
 
@@ -58,6 +61,9 @@ impl ProblemCode {
             ProblemCode::UnknownStep => "unknown_step",
             ProblemCode::LaterStepReference => "later_step_reference",
             ProblemCode::UnknownStepOutput => "unknown_step_output",
+            ProblemCode::MaybeNotRunReference => "maybe_not_run_reference",
+            ProblemCode::PathsNotAllowed => "paths_not_allowed",
+            ProblemCode::UnknownPath => "unknown_path",
             ProblemCode::MissingSecret => "missing_secret",
         }
     }

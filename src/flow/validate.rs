@@ -1,7 +1,7 @@
 //! The validation pipeline. Every check runs, even after others failed, so an author sees all
 //! problems of a file at once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::{FLOW_SCHEMA, FlowDocument, Problem, ProblemCode, ValidatedFlow, ValidatedStep};
 use crate::config::Config;
-use crate::step::{ConnectionKind, RegisteredStep, StepRegistry};
+use crate::step::{ConnectionKind, PathRule, RegisteredStep, StepRegistry};
 use crate::template::{CompiledValue, Reference, TemplateProblem, TemplateSet, escape_pointer};
 use crate::trigger::TRIGGER_OUTPUTS;
 
@@ -139,29 +139,15 @@ impl<'a> FlowValidator<'a> {
                 "compare the flow with schemas/flow.schema.json",
             )])
         })?;
-        let steps: Vec<ValidatedStep> = document
-            .steps
-            .iter()
-            .zip(compiled)
-            .map(|(def, (step, inputs, references))| ValidatedStep {
-                id: def.id.clone(),
-                name: def.name.clone(),
-                connection: step.step.connection_kind().map(|_| {
-                    def.connection
-                        .clone()
-                        .unwrap_or_else(|| DEFAULT_CONNECTION.to_owned())
-                }),
-                step,
-                inputs,
-                references,
-            })
-            .collect();
+        let steps = build_steps(&document.steps, compiled);
         let mut positions = std::collections::HashMap::new();
-        for step in &steps {
-            for pointer in template_pointers(&step.inputs) {
-                if let Some(position) = super::locate(text, &pointer) {
-                    positions.insert(pointer, position);
-                }
+        let mut pointers = Vec::new();
+        for_each_step(&steps, &mut |step| {
+            pointers.extend(template_pointers(&step.inputs))
+        });
+        for pointer in pointers {
+            if let Some(position) = super::locate(text, &pointer) {
+                positions.insert(pointer, position);
             }
         }
         Ok(ValidatedFlow {
@@ -174,41 +160,91 @@ impl<'a> FlowValidator<'a> {
     }
 
     /// Semantic checks on the raw document, tolerant of parts the schema already rejected.
-    /// Returns each step's implementation and compiled inputs (meaningful only without problems).
+    /// Returns the compiled steps (meaningful only without problems).
     fn check_steps(
         &self,
         flow: &Value,
         templates: &mut TemplateSet,
         problems: &mut Vec<Problem>,
-    ) -> Vec<(RegisteredStep, CompiledValue, Vec<Reference>)> {
+    ) -> Vec<CompiledStep> {
         let Some(steps) = flow.get("steps").and_then(Value::as_array) else {
             return Vec::new();
         };
-        let constants = flow.get("constants").and_then(Value::as_object);
-        // Every step's id, position and type, to check references in any direction.
-        let mut positions: BTreeMap<&str, (usize, Option<&RegisteredStep>)> = BTreeMap::new();
+        let mut index = HashMap::new();
+        self.index_steps(steps, "/steps", &mut index, problems);
+        let mut scope = Scope {
+            index,
+            constants: flow.get("constants").and_then(Value::as_object),
+            seen: HashSet::new(),
+        };
+        self.check_sequence(
+            steps,
+            "/steps",
+            &HashSet::new(),
+            &mut scope,
+            templates,
+            problems,
+        )
+    }
+
+    /// Every step id in the tree (paths included) with its type; ids used twice are problems.
+    fn index_steps<'v>(
+        &self,
+        steps: &'v [Value],
+        prefix: &str,
+        index: &mut HashMap<&'v str, Option<RegisteredStep>>,
+        problems: &mut Vec<Problem>,
+    ) {
         for (i, step) in steps.iter().enumerate() {
-            let Some(id) = step.get("id").and_then(Value::as_str) else {
-                continue;
-            };
-            let registered = step
-                .get("type")
-                .and_then(Value::as_str)
-                .and_then(|t| self.registry.get(t));
-            if positions.contains_key(id) {
-                problems.push(Problem::new(
-                    format!("/steps/{i}/id"),
-                    ProblemCode::DuplicateStepId,
-                    format!("step id `{id}` is used by an earlier step too"),
-                    "step ids must be unique within a flow; rename one of them",
-                ));
-            } else {
-                positions.insert(id, (i, registered));
+            if let Some(id) = step.get("id").and_then(Value::as_str) {
+                let registered = step
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .and_then(|t| self.registry.get(t))
+                    .cloned();
+                if index.contains_key(id) {
+                    problems.push(Problem::new(
+                        format!("{prefix}/{i}/id"),
+                        ProblemCode::DuplicateStepId,
+                        format!("step id `{id}` is used by an earlier step too"),
+                        "step ids must be unique within a flow, paths included; rename one of them",
+                    ));
+                } else {
+                    index.insert(id, registered);
+                }
+            }
+            for (name, path) in step
+                .get("paths")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(path) = path.as_array() {
+                    self.index_steps(
+                        path,
+                        &format!("{prefix}/{i}/paths/{}", escape_pointer(name)),
+                        index,
+                        problems,
+                    );
+                }
             }
         }
+    }
+
+    /// Checks one sequence of steps. `guaranteed` holds the steps that surely ran before it.
+    fn check_sequence(
+        &self,
+        steps: &[Value],
+        prefix: &str,
+        guaranteed: &HashSet<String>,
+        scope: &mut Scope<'_>,
+        templates: &mut TemplateSet,
+        problems: &mut Vec<Problem>,
+    ) -> Vec<CompiledStep> {
+        let mut guaranteed = guaranteed.clone();
         let mut compiled = Vec::new();
         for (i, step) in steps.iter().enumerate() {
-            let pointer = format!("/steps/{i}");
+            let pointer = format!("{prefix}/{i}");
             let step_type = step.get("type").and_then(Value::as_str);
             let registered = step_type.and_then(|t| self.registry.get(t));
             if let (Some(step_type), None) = (step_type, registered) {
@@ -226,10 +262,10 @@ impl<'a> FlowValidator<'a> {
                 self.check_connection(step, &pointer, registered, problems);
             }
             let empty = Value::Object(Default::default());
-            let inputs = step.get("inputs").unwrap_or(&empty);
-            if !inputs.is_object() {
-                continue; // the schema reported it
-            }
+            let inputs = step
+                .get("inputs")
+                .filter(|i| i.is_object())
+                .unwrap_or(&empty);
             let inputs_pointer = format!("{pointer}/inputs");
             if let Some(registered) = registered {
                 let mut found = Vec::new();
@@ -258,12 +294,43 @@ impl<'a> FlowValidator<'a> {
             );
             problems.extend(template_problems.into_iter().map(template_problem));
             for reference in &references {
-                if let Some(problem) = check_reference(reference, i, &positions, constants) {
+                if let Some(problem) = check_reference(reference, &guaranteed, scope) {
                     problems.push(problem);
                 }
             }
+            // The step has run for everything after it, its own paths included.
+            if let Some(id) = step.get("id").and_then(Value::as_str) {
+                scope.seen.insert(id.to_owned());
+                guaranteed.insert(id.to_owned());
+            }
+            let path_defs = step.get("paths").and_then(Value::as_object);
+            if let (Some(registered), Some(path_defs)) = (registered, path_defs) {
+                check_path_names(registered, path_defs, &pointer, problems);
+            }
+            let mut paths = Vec::new();
+            for (name, path) in path_defs.into_iter().flatten() {
+                if let Some(path) = path.as_array() {
+                    let path_prefix = format!("{pointer}/paths/{}", escape_pointer(name));
+                    paths.push((
+                        name.clone(),
+                        self.check_sequence(
+                            path,
+                            &path_prefix,
+                            &guaranteed,
+                            scope,
+                            templates,
+                            problems,
+                        ),
+                    ));
+                }
+            }
             if let Some(registered) = registered {
-                compiled.push((registered.clone(), inputs_compiled, references));
+                compiled.push(CompiledStep {
+                    registered: registered.clone(),
+                    inputs: inputs_compiled,
+                    references,
+                    paths,
+                });
             }
         }
         compiled
@@ -326,11 +393,50 @@ impl<'a> FlowValidator<'a> {
     }
 }
 
+/// Pairs the typed steps with their compiled checks, paths included.
+fn build_steps(defs: &[super::StepDef], compiled: Vec<CompiledStep>) -> Vec<ValidatedStep> {
+    defs.iter()
+        .zip(compiled)
+        .map(|(def, compiled)| ValidatedStep {
+            id: def.id.clone(),
+            name: def.name.clone(),
+            connection: compiled.registered.step.connection_kind().map(|_| {
+                def.connection
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_CONNECTION.to_owned())
+            }),
+            paths: compiled
+                .paths
+                .into_iter()
+                .map(|(name, path)| {
+                    let path_defs = def.paths.get(&name).map(Vec::as_slice).unwrap_or_default();
+                    (name, build_steps(path_defs, path))
+                })
+                .collect(),
+            step: compiled.registered,
+            inputs: compiled.inputs,
+            references: compiled.references,
+        })
+        .collect()
+}
+
+/// Calls `f` on every step, paths included, in document order.
+pub(crate) fn for_each_step<'a>(steps: &'a [ValidatedStep], f: &mut dyn FnMut(&'a ValidatedStep)) {
+    for step in steps {
+        f(step);
+        for (_, path) in &step.paths {
+            for_each_step(path, f);
+        }
+    }
+}
+
 /// The pointers of every template leaf in compiled inputs.
 fn template_pointers(compiled: &CompiledValue) -> Vec<String> {
     match compiled {
         CompiledValue::Literal(_) => Vec::new(),
-        CompiledValue::Path { pointer, .. } | CompiledValue::Text { pointer } => {
+        CompiledValue::Path { pointer, .. }
+        | CompiledValue::Default { pointer, .. }
+        | CompiledValue::Text { pointer } => {
             vec![pointer.clone()]
         }
         CompiledValue::Object(fields) => fields
@@ -423,11 +529,57 @@ fn template_problem(problem: TemplateProblem) -> Problem {
     }
 }
 
+/// What the checks of one flow share while walking its steps.
+struct Scope<'v> {
+    /// Every step id of the flow (paths included) and its type when known.
+    index: HashMap<&'v str, Option<RegisteredStep>>,
+    constants: Option<&'v serde_json::Map<String, Value>>,
+    /// Steps that come before, in document order, whether or not they surely run.
+    seen: HashSet<String>,
+}
+
+/// A step's compiled inputs and paths, for building the validated flow.
+struct CompiledStep {
+    registered: RegisteredStep,
+    inputs: CompiledValue,
+    references: Vec<Reference>,
+    paths: Vec<(String, Vec<CompiledStep>)>,
+}
+
+fn check_path_names(
+    registered: &RegisteredStep,
+    paths: &serde_json::Map<String, Value>,
+    pointer: &str,
+    problems: &mut Vec<Problem>,
+) {
+    let step_type = registered.step.type_name();
+    match registered.step.paths() {
+        PathRule::None if !paths.is_empty() => {
+            problems.push(Problem::new(
+                format!("{pointer}/paths"),
+                ProblemCode::PathsNotAllowed,
+                format!("step type `{step_type}` does not branch, so it has no paths"),
+                "remove \"paths\" or use core.switch or core.condition",
+            ));
+        }
+        PathRule::Named(names) => {
+            for name in paths.keys().filter(|n| !names.contains(&n.as_str())) {
+                problems.push(Problem::new(
+                    format!("{pointer}/paths/{}", escape_pointer(name)),
+                    ProblemCode::UnknownPath,
+                    format!("`{step_type}` has no path `{name}`"),
+                    format!("its paths: {}", names.join(", ")),
+                ));
+            }
+        }
+        _ => {}
+    }
+}
+
 fn check_reference(
     reference: &Reference,
-    step_index: usize,
-    positions: &BTreeMap<&str, (usize, Option<&RegisteredStep>)>,
-    constants: Option<&serde_json::Map<String, Value>>,
+    guaranteed: &HashSet<String>,
+    scope: &Scope<'_>,
 ) -> Option<Problem> {
     let dotted = reference.dotted();
     let problem = |code, message: String, hint: String| {
@@ -451,7 +603,7 @@ fn check_reference(
             _ => None,
         },
         "constants" => match second {
-            Some(name) if !constants.is_some_and(|c| c.contains_key(name)) => problem(
+            Some(name) if !scope.constants.is_some_and(|c| c.contains_key(name)) => problem(
                 ProblemCode::UnknownConstant,
                 format!("`{dotted}`: there is no constant `{name}`"),
                 format!("add \"{name}\" under \"constants\""),
@@ -459,62 +611,78 @@ fn check_reference(
             _ => None,
         },
         "steps" => {
-            let earlier = || {
-                let names: Vec<&str> = positions
-                    .iter()
-                    .filter(|(_, (i, _))| *i < step_index)
-                    .map(|(id, _)| *id)
-                    .collect();
+            let before = || {
+                let mut names: Vec<&String> = guaranteed.iter().collect();
+                names.sort();
                 if names.is_empty() {
-                    "no step runs before this one".to_owned()
+                    "no step surely runs before this one".to_owned()
                 } else {
-                    format!("steps before this one: {}", names.join(", "))
+                    format!(
+                        "steps that surely run before this one: {}",
+                        names
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
                 }
             };
             let Some(id) = second else {
                 return problem(
                     ProblemCode::UnknownStep,
                     format!("`{dotted}` names no step"),
-                    format!("write steps.<id>.<output>; {}", earlier()),
+                    format!("write steps.<id>.<output>; {}", before()),
                 );
             };
-            match positions.get(id) {
-                None => problem(
+            let Some(registered) = scope.index.get(id) else {
+                return problem(
                     ProblemCode::UnknownStep,
                     format!("`{dotted}`: there is no step `{id}`"),
-                    earlier(),
-                ),
-                Some((at, _)) if *at >= step_index => problem(
+                    before(),
+                );
+            };
+            if !scope.seen.contains(id) {
+                return problem(
                     ProblemCode::LaterStepReference,
                     format!("`{dotted}`: step `{id}` does not run before this step"),
                     format!(
                         "a step can only use outputs of earlier steps; move `{id}` before this step or use another value ({})",
-                        earlier()
+                        before()
                     ),
-                ),
-                Some((_, Some(registered))) => match reference.path.get(2) {
-                    Some(output) if !registered.step.outputs().iter().any(|o| o.name == output) => {
-                        problem(
-                            ProblemCode::UnknownStepOutput,
-                            format!(
-                                "`{dotted}`: step `{id}` ({}) has no output `{output}`",
-                                registered.step.type_name()
-                            ),
-                            format!(
-                                "its outputs: {}",
-                                registered
-                                    .step
-                                    .outputs()
-                                    .iter()
-                                    .map(|o| o.name)
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            ),
-                        )
-                    }
-                    _ => None,
-                },
-                Some(_) => None,
+                );
+            }
+            if !guaranteed.contains(id) && !reference.optional {
+                return problem(
+                    ProblemCode::MaybeNotRunReference,
+                    format!("`{dotted}`: step `{id}` is on a path that might not have run"),
+                    format!(
+                        "read it through default, e.g. {{{{default {dotted} \"none\"}}}}, or move the step out of the path"
+                    ),
+                );
+            }
+            match (registered, reference.path.get(2)) {
+                (Some(registered), Some(output))
+                    if !registered.step.outputs().iter().any(|o| o.name == output) =>
+                {
+                    problem(
+                        ProblemCode::UnknownStepOutput,
+                        format!(
+                            "`{dotted}`: step `{id}` ({}) has no output `{output}`",
+                            registered.step.type_name()
+                        ),
+                        format!(
+                            "its outputs: {}",
+                            registered
+                                .step
+                                .outputs()
+                                .iter()
+                                .map(|o| o.name)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    )
+                }
+                _ => None,
             }
         }
         root => problem(

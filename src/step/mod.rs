@@ -37,6 +37,18 @@ impl ConnectionKind {
     }
 }
 
+/// Which `"paths"` a step may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PathRule {
+    /// Not a branching step.
+    None,
+    /// Only these path names.
+    Named(&'static [&'static str]),
+    /// Any names (switch cases), plus `default`.
+    Any,
+}
+
 /// One operation a flow can run. Object-safe: the registry holds `Arc<dyn Step>`.
 #[async_trait]
 pub trait Step: Send + Sync + 'static {
@@ -52,6 +64,11 @@ pub trait Step: Send + Sync + 'static {
     /// The connection kind the step needs, if any.
     fn connection_kind(&self) -> Option<ConnectionKind> {
         None
+    }
+    /// Whether the step branches: a branching step's outputs carry `path`, the name of the path
+    /// (in the flow's `"paths"`) that runs next; a name with no path falls back to `default`.
+    fn paths(&self) -> PathRule {
+        PathRule::None
     }
     /// Runs the step with rendered, schema-checked inputs; returns an object with the outputs.
     async fn execute(&self, ctx: &StepContext, inputs: Value) -> Result<Value, StepError>;

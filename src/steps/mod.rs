@@ -1,12 +1,14 @@
 //! The built-in steps. They use the same [`Step`](crate::step::Step) trait and registry an
 //! embedder's steps do.
 
+mod core;
 mod halo;
 
 use std::sync::Arc;
 
 use crate::step::Step;
 
+pub use self::core::{Condition, Switch};
 pub use halo::{AddAction, CreateTicket, UpdateTicket};
 
 /// Every built-in step, for [`StepRegistry::with_builtins`](crate::step::StepRegistry::with_builtins).
@@ -15,5 +17,7 @@ pub fn builtins() -> Vec<Arc<dyn Step>> {
         Arc::new(CreateTicket),
         Arc::new(UpdateTicket),
         Arc::new(AddAction),
+        Arc::new(Switch),
+        Arc::new(Condition),
     ]
 }

@@ -22,6 +22,13 @@ pub enum CompiledValue {
         pointer: String,
         path: Vec<String>,
     },
+    /// Exactly `{{default a.b fallback}}`: the value at the path (typed), or the literal
+    /// fallback when it is missing, null or empty.
+    Default {
+        pointer: String,
+        path: Vec<String>,
+        fallback: Value,
+    },
     /// Any other template: renders to a string. The registered template's name is `pointer`.
     Text {
         pointer: String,
@@ -35,6 +42,8 @@ pub enum CompiledValue {
 pub struct Reference {
     pub pointer: String,
     pub path: Vec<String>,
+    /// Read through `default`, so it may be missing (a step on a path that did not run).
+    pub optional: bool,
 }
 
 impl Reference {
@@ -158,6 +167,13 @@ impl TemplateSet {
                 path,
             };
         }
+        if let Some((path, fallback)) = whole_value_default(&template) {
+            return CompiledValue::Default {
+                pointer: pointer.to_owned(),
+                path,
+                fallback,
+            };
+        }
         self.hb.register_template(pointer, template);
         CompiledValue::Text {
             pointer: pointer.to_owned(),
@@ -181,6 +197,10 @@ impl TemplateSet {
                     missing_path: Some(dotted.clone()),
                     message: format!("`{dotted}` is missing from the data"),
                 }
+            }),
+            CompiledValue::Default { path, fallback, .. } => Ok(match lookup(data, path) {
+                Some(v) if !v.is_null() && v.as_str() != Some("") => v.clone(),
+                _ => fallback.clone(),
             }),
             CompiledValue::Text { pointer } => self
                 .hb
@@ -241,6 +261,25 @@ fn describe_template_error(e: &TemplateError) -> String {
     match e.pos() {
         Some((line, column)) => format!("{reason} (line {line}, column {column})"),
         None => reason,
+    }
+}
+
+/// `Some((path, fallback))` when the template is exactly `{{default a.b <literal>}}`.
+fn whole_value_default(template: &Template) -> Option<(Vec<String>, Value)> {
+    match template.elements.as_slice() {
+        [TemplateElement::Expression(h)] if h.hash.is_empty() => {
+            match (&h.name, h.params.as_slice()) {
+                (
+                    Parameter::Name(name),
+                    [
+                        Parameter::Path(Path::Relative((segments, _))),
+                        Parameter::Literal(fallback),
+                    ],
+                ) if name == "default" => Some((segment_names(segments), fallback.clone())),
+                _ => None,
+            }
+        }
+        _ => None,
     }
 }
 
@@ -317,7 +356,7 @@ impl Walker<'_> {
         let plain = h.params.is_empty() && h.hash.is_empty() && !block;
         match &h.name {
             Parameter::Name(name) if plain && !helpers::HELPER_NAMES.contains(&name.as_str()) => {
-                self.reference(split_dotted(name), scoped)
+                self.reference(split_dotted(name), scoped, false)
             }
             Parameter::Name(name) => {
                 if !helpers::HELPER_NAMES.contains(&name.as_str()) {
@@ -327,10 +366,15 @@ impl Walker<'_> {
                     });
                 }
             }
-            other => self.parameter(other, scoped),
+            other => self.parameter(other, scoped, false),
         }
-        for p in h.params.iter().chain(h.hash.values()) {
-            self.parameter(p, scoped);
+        // `default`'s first parameter may be missing: that is what `default` is for.
+        let is_default = matches!(&h.name, Parameter::Name(n) if n == "default");
+        for (i, p) in h.params.iter().enumerate() {
+            self.parameter(p, scoped, is_default && i == 0);
+        }
+        for p in h.hash.values() {
+            self.parameter(p, scoped, false);
         }
         let inner_scoped =
             scoped || matches!(&h.name, Parameter::Name(n) if n == "each" || n == "with");
@@ -342,23 +386,24 @@ impl Walker<'_> {
         }
     }
 
-    fn parameter(&mut self, p: &Parameter, scoped: bool) {
+    fn parameter(&mut self, p: &Parameter, scoped: bool, optional: bool) {
         match p {
             Parameter::Path(Path::Relative((segments, _))) => {
-                self.reference(segment_names(segments), scoped)
+                self.reference(segment_names(segments), scoped, optional)
             }
             Parameter::Subexpression(sub) => self.element(&sub.element, scoped),
             _ => {}
         }
     }
 
-    fn reference(&mut self, path: Vec<String>, scoped: bool) {
+    fn reference(&mut self, path: Vec<String>, scoped: bool, optional: bool) {
         if scoped || path.is_empty() || path[0] == "this" {
             return;
         }
         self.references.push(Reference {
             pointer: self.pointer.to_owned(),
             path,
+            optional,
         });
     }
 }
@@ -387,6 +432,17 @@ mod tests {
         let (set, compiled, _, problems) = compile(value);
         assert!(problems.is_empty(), "{problems:?}");
         set.render(&compiled, &data, &TemplateSet::context(&data))
+    }
+
+    #[test]
+    fn a_whole_default_keeps_types_and_falls_back() {
+        let data = json!({"trigger": {"n": 3, "empty": ""}});
+        let out = render(
+            json!({"a": "{{default trigger.n 0}}", "b": "{{default trigger.missing null}}", "c": "{{default trigger.empty 5}}"}),
+            data,
+        )
+        .unwrap();
+        assert_eq!(out, json!({"a": 3, "b": null, "c": 5}));
     }
 
     #[test]

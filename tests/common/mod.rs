@@ -18,11 +18,18 @@ use serde_json::Value;
 /// Distinctive secret values, so tests can search for them anywhere.
 pub const ESCALATE_KEY: &str = "KEY-escalate-7f3a9c1e";
 pub const ROUTING_PASSWORD: &str = "PW-routing-4b8d2e6f";
+pub const TRIAGE_KEY: &str = "KEY-triage-0c5e8a2d";
 pub const HALO_SECRET: &str = "CS-halo-91c4e2a8";
 pub const PARTNER_SECRET: &str = "CS-partner-5d7f3b19";
 
-pub fn all_secrets() -> [&'static str; 4] {
-    [ESCALATE_KEY, ROUTING_PASSWORD, HALO_SECRET, PARTNER_SECRET]
+pub fn all_secrets() -> [&'static str; 5] {
+    [
+        ESCALATE_KEY,
+        ROUTING_PASSWORD,
+        TRIAGE_KEY,
+        HALO_SECRET,
+        PARTNER_SECRET,
+    ]
 }
 
 pub struct Harness {
@@ -107,6 +114,7 @@ impl Harness {
         let secrets = SecretStore::from_values([
             ("HALOFLOW_ESCALATE_KEY", ESCALATE_KEY),
             ("HALOFLOW_ROUTING_PASSWORD", ROUTING_PASSWORD),
+            ("HALOFLOW_TRIAGE_KEY", TRIAGE_KEY),
             ("HALO_SECRET", HALO_SECRET),
             ("PARTNER_SECRET", PARTNER_SECRET),
         ]);
