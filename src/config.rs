@@ -17,6 +17,9 @@ pub struct Config {
     /// Halo connections by name; steps pick one with `"connection": "<name>"`.
     #[serde(default)]
     pub halo: BTreeMap<String, HaloConnectionConfig>,
+    /// Connections of the generic `http.request` step, by name.
+    #[serde(default)]
+    pub http: BTreeMap<String, HttpConnectionConfig>,
     /// Secret values by name, for secrets not set in the environment. Keep this file private.
     #[serde(default)]
     pub secrets: HashMap<String, String>,
@@ -97,6 +100,29 @@ impl HaloConnectionConfig {
     pub fn api_url(&self, path: &str) -> String {
         format!("{}/api/{}", self.base_url.trim_end_matches('/'), path)
     }
+}
+
+/// A base URL and credentials for `http.request` steps. At most one kind of credentials.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConnectionConfig {
+    /// Relative step URLs are joined to this; absolute ones must start with it.
+    pub base_url: String,
+    /// Sends `Authorization: Bearer <secret>`.
+    #[serde(default)]
+    pub bearer_token_secret_name: Option<String>,
+    /// Sends HTTP Basic with this user and the password in `basic_password_secret_name`.
+    #[serde(default)]
+    pub basic_username: Option<String>,
+    #[serde(default)]
+    pub basic_password_secret_name: Option<String>,
+    /// Sends the secret in this header (e.g. `X-API-Key`).
+    #[serde(default)]
+    pub header_name: Option<String>,
+    #[serde(default)]
+    pub header_secret_name: Option<String>,
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
 }
 
 /// A configuration file that could not be read.

@@ -5,13 +5,26 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::halo::HaloConnection;
-use crate::secrets::SecretStore;
+use base64::Engine as _;
+
+use crate::secrets::{Secret, SecretStore};
 use crate::step::StepError;
 
 /// Every configured connection, by kind and name.
 #[derive(Debug, Default)]
 pub struct Connections {
     halo: BTreeMap<String, Arc<HaloConnection>>,
+    http: BTreeMap<String, Arc<HttpConnection>>,
+}
+
+/// A generic HTTP connection with its credentials resolved.
+#[derive(Debug)]
+pub struct HttpConnection {
+    pub name: String,
+    pub base_url: String,
+    pub timeout: std::time::Duration,
+    /// The header that carries the credentials (always sent as a secret).
+    pub auth_header: Option<(String, crate::secrets::Secret)>,
 }
 
 /// A connection whose secret is not set.
@@ -45,8 +58,57 @@ impl Connections {
                 }),
             }
         }
+        let mut http = BTreeMap::new();
+        for (name, settings) in &config.http {
+            let mut secret = |secret_name: &String| match secrets.get(secret_name) {
+                Some(value) => Some(value),
+                None => {
+                    missing.push(MissingSecret {
+                        table: "http",
+                        connection: name.clone(),
+                        secret: secret_name.clone(),
+                    });
+                    None
+                }
+            };
+            let auth_header = if let Some(token) = &settings.bearer_token_secret_name {
+                secret(token).map(|t| {
+                    (
+                        "Authorization".to_owned(),
+                        Secret::new(format!("Bearer {}", t.expose())),
+                    )
+                })
+            } else if let (Some(user), Some(password)) = (
+                &settings.basic_username,
+                &settings.basic_password_secret_name,
+            ) {
+                secret(password).map(|p| {
+                    let encoded = base64::engine::general_purpose::STANDARD
+                        .encode(format!("{user}:{}", p.expose()));
+                    (
+                        "Authorization".to_owned(),
+                        Secret::new(format!("Basic {encoded}")),
+                    )
+                })
+            } else if let (Some(header), Some(value)) =
+                (&settings.header_name, &settings.header_secret_name)
+            {
+                secret(value).map(|v| (header.clone(), v))
+            } else {
+                None
+            };
+            http.insert(
+                name.clone(),
+                Arc::new(HttpConnection {
+                    name: name.clone(),
+                    base_url: settings.base_url.trim_end_matches('/').to_owned(),
+                    timeout: std::time::Duration::from_secs(settings.timeout_secs),
+                    auth_header,
+                }),
+            );
+        }
         if missing.is_empty() {
-            Ok(Connections { halo })
+            Ok(Connections { halo, http })
         } else {
             Err(missing)
         }
@@ -56,6 +118,14 @@ impl Connections {
         self.halo.get(name).cloned().ok_or_else(|| {
             StepError::Connection(format!(
                 "no Halo connection named `{name}`; add a [halo.{name}] table to the config file"
+            ))
+        })
+    }
+
+    pub fn http(&self, name: &str) -> Result<Arc<HttpConnection>, StepError> {
+        self.http.get(name).cloned().ok_or_else(|| {
+            StepError::Connection(format!(
+                "no HTTP connection named `{name}`; add a [http.{name}] table to the config file"
             ))
         })
     }

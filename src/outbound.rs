@@ -63,6 +63,7 @@ pub enum OutboundBody {
     None,
     Json(Value),
     Form(Vec<Field>),
+    Text { content_type: String, text: String },
 }
 
 impl OutboundRequest {
@@ -108,6 +109,10 @@ impl OutboundRequest {
             OutboundBody::Json(v) => {
                 headers.push(("Content-Type".into(), "application/json".into()));
                 Some(v.clone())
+            }
+            OutboundBody::Text { content_type, text } => {
+                headers.push(("Content-Type".into(), content_type.clone()));
+                Some(Value::String(text.clone()))
             }
             OutboundBody::Form(fields) => {
                 headers.push((
@@ -270,6 +275,9 @@ impl Outbound {
         builder = match &request.body {
             OutboundBody::None => builder,
             OutboundBody::Json(v) => builder.json(v),
+            OutboundBody::Text { content_type, text } => builder
+                .header(reqwest::header::CONTENT_TYPE, content_type.as_str())
+                .body(text.clone()),
             OutboundBody::Form(fields) => builder.form(
                 &fields
                     .iter()
@@ -354,6 +362,18 @@ fn describe_reqwest_error(e: &reqwest::Error) -> String {
     } else {
         format!("{kind}: {cause}")
     }
+}
+
+/// Everything but RFC 3986's unreserved characters (`A-Z a-z 0-9 - . _ ~`) is encoded.
+const COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// Percent-encodes a query name or value (or a path segment).
+pub fn encode_component(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, COMPONENT).to_string()
 }
 
 /// Drops credentials embedded in a URL (`https://user:pass@host`).

@@ -5,8 +5,8 @@ use std::io::{self, Write};
 use serde_json::Value;
 
 use crate::engine::DryRunReport;
-use crate::flow::Problem;
-use crate::flow::{TriggerAuth, ValidatedFlow};
+use crate::flow::{Problem, TriggerAuth, ValidatedFlow};
+use crate::outbound::encode_component as encode;
 use crate::storage::{RunDetail, format_ms};
 
 /// The trigger URL to paste into Halo. With a URL key the key rides in the query and
@@ -35,17 +35,6 @@ pub fn with_recipients(url: &str, recipients: &[&str]) -> String {
         .join(",");
     let separator = if url.contains('?') { '&' } else { '?' };
     format!("{url}{separator}recipients={joined}")
-}
-
-/// Everything but RFC 3986's unreserved characters is encoded.
-const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
-
-fn encode(text: &str) -> String {
-    percent_encoding::utf8_percent_encode(text, QUERY_VALUE).to_string()
 }
 
 fn indented_json(value: &Value, indent: &str) -> String {

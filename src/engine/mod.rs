@@ -268,6 +268,76 @@ impl Engine {
         })
     }
 
+    /// Starts runs of `flow_id` for a trigger payload, as a webhook would (without its
+    /// authentication): the request is stored, flood control applies, runs start in the
+    /// background. `query` is the trigger URL's query, e.g. `recipients=a,b`.
+    pub async fn trigger(
+        &self,
+        flow_id: &str,
+        payload: Value,
+        query: &str,
+    ) -> Result<Accepted, AcceptError> {
+        let flow = self
+            .flow(flow_id)
+            .ok_or_else(|| AcceptError::UnknownFlow(flow_id.to_owned()))?;
+        let query = TriggerQuery::parse(Some(query), flow.auth.secret_param());
+        let body_text = payload.to_string();
+        self.accept(&flow, &query, &body_text, payload).await
+    }
+
+    /// Triggers `flow_id` with `payload` and waits for every run it started.
+    pub async fn run_to_completion(
+        &self,
+        flow_id: &str,
+        payload: Value,
+        query: &str,
+    ) -> Result<Vec<RunDetail>, AcceptError> {
+        let accepted = self.trigger(flow_id, payload, query).await?;
+        let mut runs = Vec::with_capacity(accepted.run_ids.len());
+        for run_id in &accepted.run_ids {
+            runs.push(self.wait_for_run(run_id).await?);
+        }
+        Ok(runs)
+    }
+
+    /// Runs one registered step directly, outside any flow, with inputs already rendered.
+    /// `connection` names a connection of the step's kind (the kind's default when `None`).
+    pub async fn run_step(
+        &self,
+        registry: &crate::step::StepRegistry,
+        step_type: &str,
+        connection: Option<&str>,
+        inputs: Value,
+    ) -> Result<Value, crate::step::StepError> {
+        let registered = registry.get(step_type).ok_or_else(|| {
+            crate::step::StepError::Failed(format!("no step type `{step_type}` is registered"))
+        })?;
+        let errors: Vec<String> = registered
+            .schema
+            .iter_errors(&inputs)
+            .map(|e| format!("{}: {}", e.instance_path(), e.masked()))
+            .collect();
+        if !errors.is_empty() {
+            return Err(crate::step::StepError::Input {
+                pointer: String::new(),
+                message: errors.join("; "),
+            });
+        }
+        let context = crate::step::StepContext {
+            flow_id: String::new(),
+            run_id: new_id(),
+            step_id: step_type.to_owned(),
+            connection: registered.step.connection_kind().and_then(|kind| {
+                connection
+                    .map(str::to_owned)
+                    .or(kind.default_name().map(str::to_owned))
+            }),
+            connections: self.inner.connections.clone(),
+            http: crate::outbound::Outbound::live(self.inner.http.clone()),
+        };
+        registered.step.execute(&context, inputs).await
+    }
+
     /// Rebuilds flood-control state from the runs of the last window (after a restart).
     pub async fn restore_flood_control(&self) -> Result<usize, StorageError> {
         self.inner.flood.restore(self.inner.storage.as_ref()).await

@@ -19,9 +19,6 @@ static FLOW_SCHEMA_VALIDATOR: LazyLock<jsonschema::Validator> = LazyLock::new(||
     jsonschema::draft202012::new(&schema).expect("the flow schema is a valid JSON Schema")
 });
 
-/// Default connection name for steps that need one and name none.
-pub const DEFAULT_CONNECTION: &str = "halo";
-
 /// Validates flow documents against the step registry (and, when given, the config's
 /// connections).
 #[derive(Debug, Clone, Copy)]
@@ -358,9 +355,12 @@ impl<'a> FlowValidator<'a> {
             }
             Some(kind) => {
                 let Some(config) = self.config else { return };
-                let name = named.unwrap_or(DEFAULT_CONNECTION);
+                let Some(name) = named.or(kind.default_name()) else {
+                    return;
+                };
                 let known: Vec<&String> = match kind {
                     ConnectionKind::Halo => config.halo.keys().collect(),
+                    ConnectionKind::Http => config.http.keys().collect(),
                 };
                 if !known.iter().any(|k| *k == name) {
                     let table = kind.config_table();
@@ -400,10 +400,10 @@ fn build_steps(defs: &[super::StepDef], compiled: Vec<CompiledStep>) -> Vec<Vali
         .map(|(def, compiled)| ValidatedStep {
             id: def.id.clone(),
             name: def.name.clone(),
-            connection: compiled.registered.step.connection_kind().map(|_| {
+            connection: compiled.registered.step.connection_kind().and_then(|kind| {
                 def.connection
                     .clone()
-                    .unwrap_or_else(|| DEFAULT_CONNECTION.to_owned())
+                    .or(kind.default_name().map(str::to_owned))
             }),
             paths: compiled
                 .paths

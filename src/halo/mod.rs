@@ -164,10 +164,7 @@ impl HaloConnection {
     fn token_request(&self) -> OutboundRequest {
         let mut url = self.config.token_url();
         if let Some(tenant) = &self.config.tenant {
-            url = format!(
-                "{url}?tenant={}",
-                percent_encoding::utf8_percent_encode(tenant, percent_encoding::NON_ALPHANUMERIC)
-            );
+            url = format!("{url}?tenant={}", crate::outbound::encode_component(tenant));
         }
         OutboundRequest::new(Method::POST, url)
             .header(Field::plain("Accept", "application/json"))

@@ -26,13 +26,25 @@ pub struct OutputSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConnectionKind {
+    /// `[halo.<name>]`; steps without `"connection"` use `halo`.
     Halo,
+    /// `[http.<name>]`; optional: without one, a step sends no credentials.
+    Http,
 }
 
 impl ConnectionKind {
     pub fn config_table(self) -> &'static str {
         match self {
             ConnectionKind::Halo => "halo",
+            ConnectionKind::Http => "http",
+        }
+    }
+
+    /// The connection used when a step names none.
+    pub fn default_name(self) -> Option<&'static str> {
+        match self {
+            ConnectionKind::Halo => Some("halo"),
+            ConnectionKind::Http => None,
         }
     }
 }
@@ -96,6 +108,16 @@ impl StepContext {
     /// `{{steps.create.ticket_id}}` (see [`is_placeholder`]).
     pub fn is_dry_run(&self) -> bool {
         self.http.dry_run_recorder().is_some()
+    }
+
+    /// The HTTP connection this step names, if any.
+    pub fn http_connection(
+        &self,
+    ) -> Result<Option<Arc<crate::connections::HttpConnection>>, StepError> {
+        self.connection
+            .as_deref()
+            .map(|name| self.connections.http(name))
+            .transpose()
     }
 
     /// The Halo connection this step is configured with.

@@ -3,6 +3,7 @@
 
 mod core;
 mod halo;
+mod http;
 
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use crate::step::Step;
 
 pub use self::core::{Condition, Switch};
 pub use halo::{AddAction, CreateTicket, UpdateTicket};
+pub use http::HttpRequest;
 
 /// Every built-in step, for [`StepRegistry::with_builtins`](crate::step::StepRegistry::with_builtins).
 pub fn builtins() -> Vec<Arc<dyn Step>> {
@@ -19,5 +21,6 @@ pub fn builtins() -> Vec<Arc<dyn Step>> {
         Arc::new(AddAction),
         Arc::new(Switch),
         Arc::new(Condition),
+        Arc::new(HttpRequest),
     ]
 }

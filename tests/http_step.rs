@@ -1,0 +1,176 @@
+//! The generic HTTP step against the ServiceNow emulator: credentials from a connection,
+//! JSON outputs used by later steps, non-2xx answers.
+
+use std::sync::Arc;
+
+use haloflow::config::Config;
+use haloflow::emulator::servicenow::{ServiceNowEmulator, ServiceNowEmulatorConfig};
+use haloflow::engine::Engine;
+use haloflow::flow::FlowValidator;
+use haloflow::secrets::SecretStore;
+use haloflow::step::StepRegistry;
+use haloflow::storage::{RunStatus, SqliteStorage};
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "PW-snow-71d0c3";
+
+async fn setup(
+    flows: &[Value],
+) -> (
+    Engine,
+    ServiceNowEmulator,
+    haloflow::emulator::RunningEmulator,
+) {
+    let snow = ServiceNowEmulator::new(ServiceNowEmulatorConfig {
+        username: "haloflow".into(),
+        password: PASSWORD.into(),
+        oauth_client_id: None,
+        oauth_client_secret: None,
+        token_lifetime_secs: 1800,
+    });
+    let running = snow.start().await.unwrap();
+    let config = Config::parse(&format!(
+        "[http.snow]\nbase_url = \"{}\"\nbasic_username = \"haloflow\"\nbasic_password_secret_name = \"SNOW_PASSWORD\"\n",
+        running.base_url()
+    ))
+    .unwrap();
+    let registry = StepRegistry::with_builtins();
+    let mut builder = Engine::builder()
+        .config(config.clone())
+        .secrets(SecretStore::from_values([("SNOW_PASSWORD", PASSWORD)]))
+        .storage(Arc::new(SqliteStorage::in_memory().await.unwrap()));
+    for flow in flows {
+        let validated = FlowValidator::new(&registry)
+            .with_config(&config)
+            .validate_str(&flow.to_string(), None)
+            .unwrap();
+        builder = builder.flow(validated);
+    }
+    (builder.build().unwrap(), snow, running)
+}
+
+fn flow(id: &str, steps: Value) -> Value {
+    json!({"id": id, "name": id, "trigger": {"type": "halo.incidents", "auth": {"type": "none"}}, "steps": steps})
+}
+
+#[tokio::test]
+async fn creates_and_reads_a_record_with_the_connection_credentials() {
+    let (engine, snow, _running) = setup(&[flow(
+        "to-snow",
+        json!([
+            {"id": "create", "type": "http.request", "connection": "snow", "inputs": {
+                "method": "POST", "url": "/api/now/table/incident", "headers": {"Accept": "application/json"},
+                "json": {"short_description": "{{trigger.ticket.summary}}", "correlation_id": "halo-{{trigger.ticket_id}}"},
+                "expected_status": [201]}},
+            {"id": "read", "type": "http.request", "connection": "snow", "inputs": {
+                "url": "/api/now/table/incident/{{steps.create.json.result.sys_id}}",
+                "query": {"sysparm_fields": "number,correlation_id"}}}
+        ]),
+    )])
+    .await;
+    let payload = json!({"event": "new ticket logged", "object_id": 7, "ticket": {"summary": "Printer \"jam\""}});
+    let runs = engine
+        .run_to_completion("to-snow", payload, "")
+        .await
+        .unwrap();
+    assert_eq!(
+        runs[0].summary.status,
+        RunStatus::Succeeded,
+        "{:#?}",
+        runs[0]
+    );
+    let records = snow.records("incident");
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["short_description"], "Printer \"jam\"");
+    assert_eq!(records[0]["correlation_id"], "halo-7");
+    assert_eq!(
+        records[0]["sys_created_by"], "haloflow",
+        "sent with the connection's Basic credentials"
+    );
+    let read = runs[0].steps[1].outputs.as_ref().unwrap();
+    assert_eq!(read["status"], 200);
+    assert_eq!(
+        read["json"]["result"],
+        json!({"number": "INC0010001", "correlation_id": "halo-7"})
+    );
+    let requests = snow.requests();
+    assert_eq!(
+        requests[1].query.as_deref(),
+        Some("sysparm_fields=number%2Ccorrelation_id")
+    );
+    let history = serde_json::to_string(&runs).unwrap();
+    assert!(
+        !history.contains(PASSWORD),
+        "the password is not in the run history"
+    );
+}
+
+#[tokio::test]
+async fn a_non_2xx_answer_fails_the_step_unless_expected() {
+    let (engine, _snow, running) = setup(&[
+        flow("missing", json!([{"id": "get", "type": "http.request", "connection": "snow", "inputs": {"url": "/api/now/table/incident/nope"}}])),
+        flow(
+            "expected",
+            json!([{"id": "get", "type": "http.request", "connection": "snow", "inputs": {"url": "/api/now/table/incident/nope", "expected_status": [404]}}]),
+        ),
+    ])
+    .await;
+    let failed = &engine
+        .run_to_completion("missing", json!({}), "")
+        .await
+        .unwrap()[0];
+    assert_eq!(failed.summary.status, RunStatus::Failed);
+    let error = failed.summary.error.as_deref().unwrap();
+    assert!(
+        error.contains(&format!(
+            "GET {}/api/now/table/incident/nope answered 404",
+            running.base_url()
+        )),
+        "{error}"
+    );
+    assert!(
+        error.contains("No Record found"),
+        "the body explains: {error}"
+    );
+    assert_eq!(failed.steps[0].error_code.as_deref(), Some("http_status"));
+    let ok = &engine
+        .run_to_completion("expected", json!({}), "")
+        .await
+        .unwrap()[0];
+    assert_eq!(ok.summary.status, RunStatus::Succeeded);
+    assert_eq!(ok.steps[0].outputs.as_ref().unwrap()["status"], 404);
+}
+
+#[tokio::test]
+async fn urls_must_stay_under_the_connection() {
+    let (engine, snow, _running) = setup(&[flow(
+        "escape",
+        json!([{"id": "get", "type": "http.request", "connection": "snow", "inputs": {"url": "http://169.254.169.254/latest"}}]),
+    )])
+    .await;
+    let run = &engine
+        .run_to_completion("escape", json!({}), "")
+        .await
+        .unwrap()[0];
+    assert_eq!(run.summary.status, RunStatus::Failed);
+    assert!(
+        run.summary
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("is not under the connection's base URL")
+    );
+    assert!(snow.requests().is_empty());
+    // The step can also be run directly, outside a flow.
+    let registry = StepRegistry::with_builtins();
+    let outputs = engine
+        .run_step(
+            &registry,
+            "http.request",
+            Some("snow"),
+            json!({"url": "/api/now/table/incident"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(outputs["json"], json!({"result": []}));
+}
