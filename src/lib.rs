@@ -1,4 +1,32 @@
 //! haloflow: a flow-designer-style automation runtime for HaloITSM and ServiceNow.
+//!
+//! Flows are JSON documents (`flows/*.json`, checked against `schemas/flow.schema.json`): a
+//! HaloITSM Incidents trigger and steps whose inputs are templates over the trigger's outputs
+//! and earlier steps' outputs. The same crate runs as the `haloflow` binary and embeds in your
+//! own program:
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use haloflow::prelude::*;
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let engine = Engine::builder()
+//!     .config(Config::load("haloflow.toml".as_ref())?)
+//!     .flows_from("flows")
+//!     .storage(Arc::new(SqliteStorage::open_dir("data".as_ref()).await?))
+//!     .build()?;
+//! // Mount the trigger URLs and the API next to your own routes.
+//! let app = axum::Router::new().nest("/automation", router(engine.clone()));
+//! // Or start a run in process and wait for it.
+//! let payload = serde_json::json!({"event": "new ticket logged", "object_id": 42, "ticket": {"id": 42}});
+//! let runs = engine.run_to_completion("escalate-to-partner", payload, "recipients=ops").await?;
+//! # let _ = (app, runs);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Steps implement [`step::Step`] and are registered by type name in a [`step::StepRegistry`]
+//! (`examples/custom_step.rs`); the built-in steps are registered the same way.
 
 pub mod commands;
 pub mod config;
@@ -9,6 +37,7 @@ pub mod flood;
 pub mod flow;
 pub mod halo;
 pub mod outbound;
+pub mod prelude;
 pub mod secrets;
 pub mod server;
 pub mod step;

@@ -391,7 +391,8 @@ pub async fn serve(options: &ServeOptions, out: &mut dyn Write) -> Result<(), Co
     }
     // Best effort: a server keeps serving when nobody reads its standard output.
     let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
-    crate::server::serve(engine, listener, shutdown_signal()).await?;
+    crate::server::serve(engine.clone(), listener, shutdown_signal()).await?;
+    engine.shutdown();
     Ok(())
 }
 

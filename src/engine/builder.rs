@@ -171,6 +171,7 @@ impl EngineBuilder {
                 http,
                 server: self.config.server.clone(),
                 finished,
+                shutdown: tokio::sync::watch::Sender::new(false),
                 flood,
             }),
         })

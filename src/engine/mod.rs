@@ -85,6 +85,8 @@ struct Inner {
     http: reqwest::Client,
     server: ServerConfig,
     finished: broadcast::Sender<(String, RunStatus)>,
+    /// Flips to true on [`Engine::shutdown`]; steps watch it through their context.
+    shutdown: tokio::sync::watch::Sender<bool>,
     flood: Arc<dyn FloodControl>,
 }
 
@@ -334,8 +336,14 @@ impl Engine {
             }),
             connections: self.inner.connections.clone(),
             http: crate::outbound::Outbound::live(self.inner.http.clone()),
+            shutdown: self.inner.shutdown.subscribe(),
         };
         registered.step.execute(&context, inputs).await
+    }
+
+    /// Tells running steps to stop early ([`StepContext::cancelled`](crate::step::StepContext::cancelled)).
+    pub fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
     }
 
     /// Rebuilds flood-control state from the runs of the last window (after a restart).

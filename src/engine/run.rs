@@ -125,6 +125,7 @@ impl Engine {
             connection: step.connection.clone(),
             connections: self.inner.connections.clone(),
             http,
+            shutdown: self.inner.shutdown.subscribe(),
         }
     }
 

@@ -96,12 +96,24 @@ pub struct StepContext {
     pub connection: Option<String>,
     pub(crate) connections: Arc<Connections>,
     pub(crate) http: Outbound,
+    pub(crate) shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 impl StepContext {
     /// Sends HTTP requests; recorded in the run history, previewed in a dry run.
     pub fn http(&self) -> &Outbound {
         &self.http
+    }
+
+    /// True once the engine is shutting down; long-running steps should stop early.
+    pub fn is_cancelled(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Completes when the engine starts shutting down (use it in a `tokio::select!`).
+    pub async fn cancelled(&self) {
+        let mut shutdown = self.shutdown.clone();
+        let _ = shutdown.wait_for(|down| *down).await;
     }
 
     /// True in a dry run, where outputs of earlier steps are placeholders such as

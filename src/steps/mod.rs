@@ -1,4 +1,4 @@
-//! The built-in steps. They use the same [`Step`](crate::step::Step) trait and registry an
+//! The built-in steps. They use the same `Step` trait and registry an
 //! embedder's steps do.
 
 mod core;

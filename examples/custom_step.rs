@@ -1,0 +1,174 @@
+//! A step of your own: `cargo run --example custom_step`.
+//!
+//! `chat.post_message` posts to a chat webhook (Slack- or Teams-style incoming webhooks take
+//! `{"text": ...}`). Its URL and credentials come from an `[http.<name>]` connection, so no
+//! secret is written in a flow. It is registered by type name like the built-in steps; flows
+//! then use it, and the validator checks its inputs against its schema. A self-contained
+//! demonstration: a local chat receiver, a flow that routes assigned and unassigned tickets to
+//! different channels, two webhooks, and the messages received. Exits when done.
+
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::routing::post;
+use haloflow::prelude::*;
+use serde_json::{Value, json};
+
+/// Posts `text` to `channel` of a chat webhook connection.
+#[derive(Debug, Clone, Copy)]
+struct ChatMessage;
+
+#[async_trait]
+impl Step for ChatMessage {
+    fn type_name(&self) -> &'static str {
+        "chat.post_message"
+    }
+
+    fn description(&self) -> &'static str {
+        "Post a message to a chat channel through an incoming-webhook connection."
+    }
+
+    fn input_schema(&self) -> Value {
+        json!({
+            "type": "object",
+            "required": ["channel", "text"],
+            "additionalProperties": false,
+            "properties": {
+                "channel": {"type": "string", "pattern": "^[a-z0-9-]+$", "description": "The channel, a path under the connection's URL."},
+                "text": {"type": "string", "minLength": 1, "description": "The message."}
+            }
+        })
+    }
+
+    fn outputs(&self) -> &'static [OutputSpec] {
+        const OUTPUTS: &[OutputSpec] = &[OutputSpec {
+            name: "status",
+            description: "The chat service's answer status.",
+        }];
+        OUTPUTS
+    }
+
+    fn connection_kind(&self) -> Option<ConnectionKind> {
+        Some(ConnectionKind::Http)
+    }
+
+    async fn execute(&self, ctx: &StepContext, inputs: Value) -> Result<Value, StepError> {
+        let connection = ctx
+            .http_connection()?
+            .ok_or_else(|| StepError::Connection("chat.post_message needs a connection".into()))?;
+        let url = format!(
+            "{}/{}",
+            connection.base_url,
+            inputs["channel"].as_str().unwrap_or_default()
+        );
+        let mut request =
+            OutboundRequest::new(reqwest::Method::POST, url).json(json!({"text": inputs["text"]}));
+        if let Some((header, value)) = &connection.auth_header {
+            request = request.header(Field::secret(header, value.expose()));
+        }
+        let response = ctx.http().send(request).await?;
+        if !response.is_success() {
+            return Err(StepError::Failed(format!(
+                "the chat service answered {}: {}",
+                response.status,
+                response.text()
+            )));
+        }
+        Ok(json!({"status": response.status}))
+    }
+}
+
+type Inbox = Arc<Mutex<Vec<(String, Value)>>>;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // A stand-in chat service that keeps what it receives.
+    let inbox: Inbox = Arc::default();
+    let chat = axum::Router::new()
+        .route(
+            "/hooks/{channel}",
+            post(
+                |State(inbox): State<Inbox>,
+                 Path(channel): Path<String>,
+                 Json(body): Json<Value>| async move {
+                    inbox.lock().unwrap().push((channel, body));
+                    "ok"
+                },
+            ),
+        )
+        .with_state(inbox.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let chat_url = format!("http://{}/hooks", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, chat).await });
+
+    // Register the step next to the built-ins.
+    let mut registry = StepRegistry::with_builtins();
+    registry.register(ChatMessage)?;
+    let config = Config::parse(&format!(
+        "[http.chat]\nbase_url = \"{chat_url}\"\nheader_name = \"X-Chat-Token\"\nheader_secret_name = \"CHAT_TOKEN\"\n"
+    ))?;
+
+    // The validator checks the custom step's inputs like any other.
+    let misspelt = json!({
+        "id": "bad", "name": "bad", "trigger": {"type": "halo.incidents", "auth": {"type": "none"}},
+        "steps": [{"id": "say", "type": "chat.post_message", "connection": "chat", "inputs": {"channel": "ops", "txt": "hi"}}]
+    });
+    let problems = FlowValidator::new(&registry)
+        .with_config(&config)
+        .validate_str(&misspelt.to_string(), None)
+        .unwrap_err();
+    for problem in &problems {
+        println!("rejected as expected: {problem}");
+    }
+
+    let flow = json!({
+        "id": "chat-new-tickets",
+        "name": "Tell the right channel about new tickets",
+        "trigger": {"type": "halo.incidents", "auth": {"type": "none"}},
+        "steps": [{
+            "id": "assigned", "type": "core.condition",
+            "inputs": {"conditions": [{"left": "{{trigger.agent_assigned}}", "op": "equals", "right": true}]},
+            "paths": {
+                "true": [{"id": "tell_agent", "type": "chat.post_message", "connection": "chat",
+                          "inputs": {"channel": "agents", "text": "Ticket {{trigger.ticket_id}} is yours, agent {{trigger.ticket.agent_id}}"}}],
+                "false": [{"id": "tell_triage", "type": "chat.post_message", "connection": "chat",
+                           "inputs": {"channel": "triage", "text": "Unassigned ticket {{trigger.ticket_id}}: {{trigger.ticket.summary}}"}}]
+            }
+        }]
+    });
+    let flow = FlowValidator::new(&registry)
+        .with_config(&config)
+        .validate_str(&flow.to_string(), None)
+        .map_err(|problems| {
+            problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        })?;
+    let engine = Engine::builder()
+        .config(config)
+        .secrets(SecretStore::from_values([("CHAT_TOKEN", "chat-token")]))
+        .registry(registry)
+        .flow(flow)
+        .storage(Arc::new(SqliteStorage::in_memory().await?))
+        .build()?;
+
+    for (ticket, agent) in [(4242, 3), (4243, 0)] {
+        let payload = json!({"event": "new ticket logged", "object_id": ticket, "ticket": {"id": ticket, "agent_id": agent, "summary": "Printer jam"}});
+        for run in engine
+            .run_to_completion("chat-new-tickets", payload, "")
+            .await?
+        {
+            println!("run {} {:?}", run.summary.id, run.summary.status);
+            if run.summary.status != RunStatus::Succeeded {
+                return Err(format!("the run did not succeed: {:?}", run.summary.error).into());
+            }
+        }
+    }
+    for (channel, body) in inbox.lock().unwrap().iter() {
+        println!("#{channel} received: {}", body["text"]);
+    }
+    Ok(())
+}
