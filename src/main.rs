@@ -298,16 +298,6 @@ async fn dispatch(command: Command) -> Result<bool> {
             show_key,
             config,
         } => {
-            let config = commands::load_config(config.as_deref())?;
-            let secrets = haloflow::secrets::SecretStore::from_environment(config.secrets.clone());
-            let base_url = base_url
-                .or(config.server.public_url.clone())
-                .unwrap_or_else(|| format!("http://{}", config.server.listen));
-            let recipients = recipients
-                .into_iter()
-                .map(|r| r.trim().to_owned())
-                .filter(|r| !r.is_empty())
-                .collect();
             let options = commands::TriggerUrlOptions {
                 flow,
                 flows,
@@ -315,7 +305,7 @@ async fn dispatch(command: Command) -> Result<bool> {
                 recipients,
                 agent,
                 show_key,
-                secrets,
+                config,
             };
             commands::trigger_url(&options, out)?;
             true

@@ -17,13 +17,14 @@ pub struct TriggerUrlOptions {
     /// A flow file, or the id of a flow in `flows`.
     pub flow: String,
     pub flows: PathBuf,
-    pub base_url: String,
+    /// Where Halo reaches haloflow; default: the config's `server.public_url`, else its `listen`.
+    pub base_url: Option<String>,
     pub recipients: Vec<String>,
     /// The agent named in the "assigned" webhook's event rule.
     pub agent: Option<String>,
     /// Print the URL key itself (from the environment or config) instead of its secret's name.
     pub show_key: bool,
-    pub secrets: SecretStore,
+    pub config: Option<PathBuf>,
 }
 
 fn find_flow(reference: &str, flows: &Path) -> Result<ValidatedFlow, CommandError> {
@@ -58,11 +59,17 @@ fn find_flow(reference: &str, flows: &Path) -> Result<ValidatedFlow, CommandErro
 /// (the seed's assigned/unassigned pair).
 pub fn trigger_url(options: &TriggerUrlOptions, out: &mut dyn Write) -> Result<(), CommandError> {
     let flow = find_flow(&options.flow, &options.flows)?;
+    let config = super::load_config(options.config.as_deref())?;
+    let secrets = SecretStore::from_environment(config.secrets.clone());
+    let base_url = options
+        .base_url
+        .clone()
+        .or(config.server.public_url.clone())
+        .unwrap_or_else(|| format!("http://{}", config.server.listen));
     let auth = &flow.document.trigger.auth;
     let key = match (auth, options.show_key) {
         (TriggerAuth::UrlKey { secret_name, .. }, true) => Some(
-            options
-                .secrets
+            secrets
                 .get(secret_name)
                 .ok_or_else(|| {
                     CommandError::Failed(format!("--show-key: the secret {secret_name} is not set"))
@@ -72,9 +79,14 @@ pub fn trigger_url(options: &TriggerUrlOptions, out: &mut dyn Write) -> Result<(
         ),
         _ => None,
     };
-    let recipients: Vec<&str> = options.recipients.iter().map(String::as_str).collect();
+    let recipients: Vec<&str> = options
+        .recipients
+        .iter()
+        .map(|r| r.trim())
+        .filter(|r| !r.is_empty())
+        .collect();
     let url = render::with_recipients(
-        &render::trigger_url(&options.base_url, &flow, key.as_deref()),
+        &render::trigger_url(&base_url, &flow, key.as_deref()),
         &recipients,
     );
     let agent = options.agent.as_deref().unwrap_or("<agent name>");

@@ -217,10 +217,8 @@ impl HaloState {
                     ("GET", ["actions"]) => {
                         // Without ticket_id Halo lists nothing (§3).
                         let ticket_id = request
-                            .query_pairs()
-                            .into_iter()
-                            .find(|(k, _)| k == "ticket_id")
-                            .and_then(|(_, v)| v.parse::<i64>().ok());
+                            .query_param("ticket_id")
+                            .and_then(|v| v.parse::<i64>().ok());
                         let actions: Vec<Value> = self
                             .actions
                             .iter()
@@ -268,11 +266,7 @@ impl HaloState {
             return (400, json!({"error": "unsupported_grant_type"}));
         }
         if let Some(tenant) = &self.config.tenant {
-            let given = request
-                .query_pairs()
-                .into_iter()
-                .find(|(k, _)| k == "tenant")
-                .map(|(_, v)| v);
+            let given = request.query_param("tenant");
             if given.as_deref() != Some(tenant.as_str()) {
                 return (
                     400,

@@ -63,6 +63,14 @@ impl RecordedRequest {
     pub(crate) fn query_pairs(&self) -> Vec<(String, String)> {
         form_pairs(self.query.as_deref().unwrap_or_default())
     }
+
+    /// The first value of query parameter `name`, decoded.
+    pub(crate) fn query_param(&self, name: &str) -> Option<String> {
+        self.query_pairs()
+            .into_iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
+    }
 }
 
 /// Decodes `a=b&c=d` (form encoding: `+` is a space).

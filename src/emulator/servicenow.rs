@@ -604,12 +604,7 @@ impl SnState {
         default_limit: usize,
     ) -> Answer {
         let params = request.query_pairs();
-        let param = |name: &str| {
-            params
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-        };
+        let param = |name: &str| request.query_param(name);
         let mut query = param("sysparm_query").unwrap_or_default();
         for (k, v) in &params {
             if !k.starts_with("sysparm_") {
@@ -665,13 +660,7 @@ fn body_object(request: &RecordedRequest) -> Result<Map<String, Value>, Answer> 
 
 /// A record as answered: `sysparm_fields` applied, references as `{link, value}` by default.
 fn present(record: &Map<String, Value>, request: &RecordedRequest) -> Value {
-    let params = request.query_pairs();
-    let param = |name: &str| {
-        params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    };
+    let param = |name: &str| request.query_param(name);
     let fields: Option<Vec<String>> =
         param("sysparm_fields").map(|f| f.split(',').map(|s| s.trim().to_owned()).collect());
     let links = param("sysparm_exclude_reference_link").as_deref() != Some("true");

@@ -447,6 +447,17 @@ fn template_pointers(compiled: &CompiledValue) -> Vec<String> {
     }
 }
 
+/// `shown` (a path or reference) names a trigger output that does not exist.
+fn unknown_trigger_output(pointer: String, shown: &str, output: &str) -> Problem {
+    let outputs: Vec<&str> = TRIGGER_OUTPUTS.iter().map(|o| o.name).collect();
+    Problem::new(
+        pointer,
+        ProblemCode::UnknownTriggerOutput,
+        format!("`{shown}`: the trigger has no output `{output}`"),
+        format!("trigger outputs: {}", outputs.join(", ")),
+    )
+}
+
 /// `/steps/<n>/inputs` or below.
 fn is_step_inputs(pointer: &str) -> bool {
     let mut parts = pointer.split('/').skip(1);
@@ -468,18 +479,10 @@ fn check_correlation(flow: &Value, problems: &mut Vec<Problem>) {
         let Some(path) = path.as_str() else { continue };
         let output = path.split('.').next().unwrap_or_default();
         if !TRIGGER_OUTPUTS.iter().any(|o| o.name == output) {
-            problems.push(Problem::new(
+            problems.push(unknown_trigger_output(
                 format!("/trigger/flood_control/correlate_on/{i}"),
-                ProblemCode::UnknownTriggerOutput,
-                format!("`{path}`: the trigger has no output `{output}`"),
-                format!(
-                    "trigger outputs: {}",
-                    TRIGGER_OUTPUTS
-                        .iter()
-                        .map(|o| o.name)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
+                path,
+                output,
             ));
         }
     }
@@ -588,17 +591,8 @@ fn check_reference(
     let second = reference.path.get(1).map(String::as_str);
     match reference.path[0].as_str() {
         "trigger" => match second {
-            Some(output) if !TRIGGER_OUTPUTS.iter().any(|o| o.name == output) => problem(
-                ProblemCode::UnknownTriggerOutput,
-                format!("`{dotted}`: the trigger has no output `{output}`"),
-                format!(
-                    "trigger outputs: {}",
-                    TRIGGER_OUTPUTS
-                        .iter()
-                        .map(|o| o.name)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
+            Some(output) if !TRIGGER_OUTPUTS.iter().any(|o| o.name == output) => Some(
+                unknown_trigger_output(reference.pointer.clone(), &dotted, output),
             ),
             _ => None,
         },
