@@ -23,6 +23,97 @@ pub struct Config {
     /// Secret values by name, for secrets not set in the environment. Keep this file private.
     #[serde(default)]
     pub secrets: HashMap<String, String>,
+    /// How failed steps are retried (a flow's step can override with `"retry"`).
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// How long finished runs are kept.
+    #[serde(default)]
+    pub retention: RetentionConfig,
+}
+
+/// Retry settings; every field is optional and falls back to the level below it: the step's
+/// `"retry"` in the flow, `[retry.by_type."<step type>"]`, `[retry]`, then the built-in policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySettings {
+    /// Attempts in all, the first included (1 means no retries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// The wait before the second attempt; it doubles each time (with jitter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_delay_ms: Option<u64>,
+    /// The longest wait between attempts (a `Retry-After` may ask for longer, up to 5 minutes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_delay_ms: Option<u64>,
+}
+
+impl RetrySettings {
+    /// These settings with unset fields taken from `below`.
+    pub fn or(self, below: RetrySettings) -> RetrySettings {
+        RetrySettings {
+            max_attempts: self.max_attempts.or(below.max_attempts),
+            initial_delay_ms: self.initial_delay_ms.or(below.initial_delay_ms),
+            max_delay_ms: self.max_delay_ms.or(below.max_delay_ms),
+        }
+    }
+}
+
+/// `[retry]`: defaults for every step, and per step type under `by_type`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    #[serde(default)]
+    pub initial_delay_ms: Option<u64>,
+    #[serde(default)]
+    pub max_delay_ms: Option<u64>,
+    #[serde(default)]
+    pub by_type: BTreeMap<String, RetrySettings>,
+}
+
+impl RetryConfig {
+    /// The settings for one step type (not yet merged with a step's own).
+    pub fn for_type(&self, step_type: &str) -> RetrySettings {
+        let defaults = RetrySettings {
+            max_attempts: self.max_attempts,
+            initial_delay_ms: self.initial_delay_ms,
+            max_delay_ms: self.max_delay_ms,
+        };
+        self.by_type
+            .get(step_type)
+            .copied()
+            .unwrap_or_default()
+            .or(defaults)
+    }
+}
+
+/// `[retention]`: finished runs older than `max_age_days` are deleted in the background.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// 0 keeps everything.
+    #[serde(default = "default_max_age_days")]
+    pub max_age_days: u64,
+    #[serde(default = "default_sweep_interval_secs")]
+    pub sweep_interval_secs: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            max_age_days: default_max_age_days(),
+            sweep_interval_secs: default_sweep_interval_secs(),
+        }
+    }
+}
+
+fn default_max_age_days() -> u64 {
+    30
+}
+
+fn default_sweep_interval_secs() -> u64 {
+    3600
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -37,6 +128,10 @@ pub struct ServerConfig {
     /// The URL Halo reaches this server at, used when printing trigger URLs.
     #[serde(default)]
     pub public_url: Option<String>,
+    /// On SIGTERM or Ctrl-C, how long steps already sending may take to finish; the rest of
+    /// their runs resume on the next start.
+    #[serde(default = "default_shutdown_timeout_secs")]
+    pub shutdown_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -45,8 +140,13 @@ impl Default for ServerConfig {
             listen: default_listen(),
             max_body_bytes: default_max_body_bytes(),
             public_url: None,
+            shutdown_timeout_secs: default_shutdown_timeout_secs(),
         }
     }
+}
+
+fn default_shutdown_timeout_secs() -> u64 {
+    10
 }
 
 fn default_listen() -> SocketAddr {
@@ -78,6 +178,37 @@ pub struct HaloConnectionConfig {
     /// Per-request timeout in seconds.
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
+    /// Halo's rate limit counts requests per tenant over a rolling window (300 to 700 per 5
+    /// minutes depending on the plan, halo-api.md §6). Requests are paced to stay under it, so
+    /// a burst of runs waits instead of collecting 429s. 0 turns pacing off.
+    #[serde(default = "default_rate_limit_requests")]
+    pub rate_limit_requests: u32,
+    #[serde(default = "default_rate_limit_window_secs")]
+    pub rate_limit_window_secs: u64,
+    /// Where Create Ticket writes its idempotency key so a create whose answer was lost is
+    /// found instead of sent twice: `third_party_id`, `customfield:<id>`, or `none`.
+    #[serde(default = "default_idempotency_field")]
+    pub idempotency_field: String,
+}
+
+fn default_rate_limit_requests() -> u32 {
+    300
+}
+
+fn default_rate_limit_window_secs() -> u64 {
+    300
+}
+
+fn default_idempotency_field() -> String {
+    "third_party_id".to_owned()
+}
+
+/// Where a Halo create carries its idempotency key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdempotencyField {
+    ThirdPartyId,
+    CustomField(i64),
+    None,
 }
 
 fn default_scope() -> String {
@@ -89,6 +220,26 @@ fn default_timeout_secs() -> u64 {
 }
 
 impl HaloConnectionConfig {
+    /// A connection with every optional setting at its default.
+    pub fn new(
+        base_url: impl Into<String>,
+        client_id: impl Into<String>,
+        client_secret_name: impl Into<String>,
+    ) -> Self {
+        HaloConnectionConfig {
+            base_url: base_url.into(),
+            auth_url: None,
+            tenant: None,
+            client_id: client_id.into(),
+            client_secret_name: client_secret_name.into(),
+            scope: default_scope(),
+            timeout_secs: default_timeout_secs(),
+            rate_limit_requests: default_rate_limit_requests(),
+            rate_limit_window_secs: default_rate_limit_window_secs(),
+            idempotency_field: default_idempotency_field(),
+        }
+    }
+
     pub fn token_url(&self) -> String {
         let auth = match &self.auth_url {
             Some(url) => url.trim_end_matches('/').to_owned(),
@@ -99,6 +250,22 @@ impl HaloConnectionConfig {
 
     pub fn api_url(&self, path: &str) -> String {
         format!("{}/api/{}", self.base_url.trim_end_matches('/'), path)
+    }
+
+    pub fn idempotency(&self) -> Result<IdempotencyField, String> {
+        match self.idempotency_field.as_str() {
+            "third_party_id" => Ok(IdempotencyField::ThirdPartyId),
+            "none" => Ok(IdempotencyField::None),
+            other => other
+                .strip_prefix("customfield:")
+                .and_then(|id| id.trim().parse::<i64>().ok())
+                .map(IdempotencyField::CustomField)
+                .ok_or_else(|| {
+                    format!(
+                        "idempotency_field: `{other}` is not third_party_id, customfield:<id> or none"
+                    )
+                }),
+        }
     }
 }
 
@@ -150,7 +317,13 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " "))
+        let config: Config =
+            toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " "))?;
+        for (name, halo) in &config.halo {
+            halo.idempotency()
+                .map_err(|e| format!("[halo.{name}] {e}"))?;
+        }
+        Ok(config)
     }
 }
 

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use haloflow::commands;
+use haloflow::engine::ReplayFrom;
 use haloflow::storage::{RequestFilter, RunFilter, RunStatus};
 
 #[derive(Parser)]
@@ -141,8 +142,33 @@ enum RunsCommand {
         /// queued, running, succeeded or failed.
         #[arg(long, value_parser = parse_status)]
         status: Option<RunStatus>,
+        /// Runs created at or after this time (RFC 3339 or unix milliseconds).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<i64>,
+        /// Runs created before this time (RFC 3339 or unix milliseconds).
+        #[arg(long, value_parser = parse_time)]
+        until: Option<i64>,
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a new run from a finished one, linked to it, and wait for it. Without a flag, a
+    /// failed run replays from its failed step, reusing the outputs of the steps before it.
+    Replay {
+        run_id: String,
+        /// Run this step and those after it again; earlier outputs are reused.
+        #[arg(long, conflicts_with = "from_trigger")]
+        from_step: Option<String>,
+        /// Run every step again.
+        #[arg(long)]
+        from_trigger: bool,
+        #[arg(long, default_value = "flows")]
+        flows: PathBuf,
+        #[arg(long, default_value = "data")]
+        data: PathBuf,
+        #[arg(long)]
+        config: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -177,6 +203,12 @@ enum RequestsCommand {
 fn parse_status(text: &str) -> Result<RunStatus, String> {
     RunStatus::parse(text)
         .ok_or_else(|| format!("`{text}` is not one of queued, running, succeeded, failed"))
+}
+
+fn parse_time(text: &str) -> Result<i64, String> {
+    haloflow::storage::parse_time(text).ok_or_else(|| {
+        format!("`{text}` is not a time; use RFC 3339 (2026-11-23T10:00:00Z) or unix milliseconds")
+    })
 }
 
 fn main() -> ExitCode {
@@ -338,6 +370,8 @@ async fn dispatch(command: Command) -> Result<bool> {
                     data,
                     flow,
                     status,
+                    since,
+                    until,
                     limit,
                     json,
                 },
@@ -347,6 +381,8 @@ async fn dispatch(command: Command) -> Result<bool> {
                 &RunFilter {
                     flow_id: flow,
                     status,
+                    since_ms: since,
+                    until_ms: until,
                     limit: Some(limit),
                 },
                 json,
@@ -360,6 +396,33 @@ async fn dispatch(command: Command) -> Result<bool> {
         } => {
             commands::runs_show(&data, &run_id, json, out).await?;
             true
+        }
+        Command::Runs {
+            command:
+                RunsCommand::Replay {
+                    run_id,
+                    from_step,
+                    from_trigger,
+                    flows,
+                    data,
+                    config,
+                    json,
+                },
+        } => {
+            let from = match (from_step, from_trigger) {
+                (Some(step), _) => ReplayFrom::Step(step),
+                (None, true) => ReplayFrom::Trigger,
+                (None, false) => ReplayFrom::Failure,
+            };
+            let options = commands::ReplayOptions {
+                run_id,
+                from,
+                flows,
+                data_dir: data,
+                config,
+                json,
+            };
+            commands::runs_replay(&options, out).await?
         }
         Command::Requests {
             command:

@@ -293,8 +293,7 @@ impl Outbound {
                 .headers()
                 .get(reqwest::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+                .and_then(|v| parse_retry_after(v.trim()));
             let body = response.bytes().await?.to_vec();
             Ok::<_, reqwest::Error>(OutboundResponse {
                 status,
@@ -316,7 +315,9 @@ impl Outbound {
                 Ok(response),
             ),
             Err(e) => {
-                let retryable = e.is_timeout() || e.is_connect() || e.is_request();
+                let retryable = e.is_timeout() || e.is_connect() || e.is_request() || e.is_body();
+                // A connect failure never reached the server; anything later may have.
+                let sent = !e.is_connect();
                 let message = describe_reqwest_error(&e);
                 (
                     ExchangeRecord {
@@ -331,6 +332,7 @@ impl Outbound {
                         url,
                         message,
                         retryable,
+                        sent,
                     }),
                 )
             }
@@ -338,6 +340,16 @@ impl Outbound {
         self.log.lock().expect("exchange log lock").push(record);
         outcome
     }
+}
+
+/// `Retry-After` as seconds or as an HTTP date.
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let when = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    let wait = when.timestamp_millis() - chrono::Utc::now().timestamp_millis();
+    Some(Duration::from_millis(wait.max(0) as u64))
 }
 
 /// reqwest's error text can include the URL; ours is already in the record, so keep the cause.

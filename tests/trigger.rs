@@ -42,7 +42,9 @@ async fn a_webhook_runs_the_flow_and_halo_receives_the_mapped_values() {
             "impact": 2,
             "urgency": 2,
             "category_1": "Hardware",
-            "customfields": [{"id": 200, "value": 4242}]
+            "customfields": [{"id": 200, "value": 4242}],
+            // The idempotency key: a create whose answer is lost is found, not sent twice.
+            "third_party_id": format!("haloflow:{}:create", run.summary.id)
         }])
     );
     let new_id = run.steps[0].outputs.as_ref().unwrap()["ticket_id"]
@@ -601,13 +603,14 @@ async fn runs_accepted_before_a_stop_start_on_the_next_start() {
         trigger,
         created_at_ms: 1,
         correlation_key: None,
+        delivery_id: None,
     };
     storage.accept_request(&request, &[run], &[]).await.unwrap();
-    assert_eq!(h.engine.start_queued_runs().await.unwrap(), 1);
+    assert_eq!(h.engine.resume_unfinished_runs().await.unwrap(), 1);
     let detail = h.wait("run-before-stop").await;
     assert_eq!(detail.summary.status, RunStatus::Succeeded);
     assert_eq!(
-        h.engine.start_queued_runs().await.unwrap(),
+        h.engine.resume_unfinished_runs().await.unwrap(),
         0,
         "a finished run is not started again"
     );

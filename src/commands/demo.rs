@@ -55,13 +55,14 @@ pub async fn demo(options: &DemoOptions, out: &mut dyn Write) -> Result<(), Comm
         config.halo.insert(
             (*name).to_owned(),
             HaloConnectionConfig {
-                base_url: running.base_url(),
-                auth_url: None,
-                tenant: None,
-                client_id: format!("haloflow-demo-{name}"),
-                client_secret_name: secret_name,
-                scope: "all".into(),
                 timeout_secs: 10,
+                // The emulators have no rate limit to stay under.
+                rate_limit_requests: 0,
+                ..HaloConnectionConfig::new(
+                    running.base_url(),
+                    format!("haloflow-demo-{name}"),
+                    secret_name,
+                )
             },
         );
         writeln!(out, "Halo emulator `{name}` on {}", running.base_url())?;

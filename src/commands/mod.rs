@@ -328,6 +328,47 @@ fn engine_for(
         .build()?)
 }
 
+/// Options of `haloflow runs replay`.
+#[derive(Debug, Clone)]
+pub struct ReplayOptions {
+    pub run_id: String,
+    pub from: crate::engine::ReplayFrom,
+    pub flows: PathBuf,
+    pub data_dir: PathBuf,
+    pub config: Option<PathBuf>,
+    pub json: bool,
+}
+
+/// `haloflow runs replay`: starts the replay in this process and prints it when it ends.
+/// Returns whether the new run succeeded.
+pub async fn runs_replay(
+    options: &ReplayOptions,
+    out: &mut dyn Write,
+) -> Result<bool, CommandError> {
+    let config = load_config(options.config.as_deref())?;
+    let storage = Arc::new(SqliteStorage::open_dir(&options.data_dir).await?);
+    let engine = Engine::builder()
+        .config(config)
+        .flows_from(&options.flows)
+        .storage(storage)
+        .build()?;
+    let run_id = engine
+        .replay(&options.run_id, options.from.clone())
+        .await
+        .map_err(|e| CommandError::Failed(e.to_string()))?;
+    let detail = engine.wait_for_run(&run_id).await?;
+    if options.json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&detail).expect("run serializes")
+        )?;
+    } else {
+        render::run(&detail, out)?;
+    }
+    Ok(detail.summary.status == crate::storage::RunStatus::Succeeded)
+}
+
 /// Options of `haloflow serve`.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -383,16 +424,28 @@ pub async fn serve(options: &ServeOptions, out: &mut dyn Write) -> Result<(), Co
         ));
     }
     spawn_reloader(engine.clone(), options.flows.clone(), options.watch);
-    let resumed = engine.start_queued_runs().await?;
+    let resumed = engine.resume_unfinished_runs().await?;
     if resumed > 0 {
         banner.push_str(&format!(
-            "started {resumed} run(s) accepted before the last stop\n"
+            "resumed {resumed} unfinished run(s) from before the last stop\n"
         ));
     }
     // Best effort: a server keeps serving when nobody reads its standard output.
     let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
     crate::server::serve(engine.clone(), listener, shutdown_signal()).await?;
+    // New requests are refused from here; steps already sending may finish, then stop.
     engine.shutdown();
+    let timeout = std::time::Duration::from_secs(config.server.shutdown_timeout_secs);
+    let left = engine.drain(timeout).await;
+    let message = if left == 0 {
+        "haloflow stopped; every run is finished or resumes on the next start\n".to_owned()
+    } else {
+        format!(
+            "haloflow stopped after {}s with {left} run(s) still sending; they resume on the next start\n",
+            timeout.as_secs()
+        )
+    };
+    let _ = out.write_all(message.as_bytes()).and_then(|()| out.flush());
     Ok(())
 }
 

@@ -7,6 +7,7 @@ use serde_json::Value;
 use crate::engine::DryRunReport;
 use crate::flow::{Problem, TriggerAuth, ValidatedFlow};
 use crate::outbound::encode_component as encode;
+use crate::storage::AttemptOutcome;
 use crate::storage::{RunDetail, format_ms};
 
 /// The trigger URL to paste into Halo. With a URL key the key rides in the query and
@@ -96,19 +97,51 @@ pub fn run(detail: &RunDetail, out: &mut dyn Write) -> io::Result<()> {
         "  trigger: event={} ticket_id={} agent_assigned={} recipients={}",
         t["event"], t["ticket_id"], t["agent_assigned"], t["recipients"]
     )?;
+    if let Some(original) = &run.replay_of {
+        writeln!(out, "  replay of run {original}")?;
+    }
     if let Some(error) = &run.error {
         writeln!(out, "  error: {error}")?;
     }
     for step in &detail.steps {
+        let how = match (&step.reused_from, step.attempts) {
+            (Some(from), _) => format!("  outputs reused from run {from}"),
+            (None, n) if n > 1 => format!("  {n} attempts"),
+            _ => String::new(),
+        };
         writeln!(
             out,
-            "  {}. {} ({})  {}  {}",
+            "  {}. {} ({})  {}  {}{how}",
             step.position + 1,
             step.step_id,
             step.step_type,
             step.status.as_str(),
             duration(Some(step.started_at_ms), step.finished_at_ms)
         )?;
+        if step.attempt_log.len() > 1
+            || step
+                .attempt_log
+                .iter()
+                .any(|a| a.outcome == AttemptOutcome::Adopted)
+        {
+            for a in &step.attempt_log {
+                let wait = a
+                    .retry_in_ms
+                    .map(|ms| format!(", next in {ms} ms"))
+                    .unwrap_or_default();
+                let error = a
+                    .error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default();
+                let outcome = match a.outcome {
+                    AttemptOutcome::Succeeded => "succeeded",
+                    AttemptOutcome::Failed => "failed",
+                    AttemptOutcome::Adopted => "adopted what an earlier attempt created",
+                };
+                writeln!(out, "     attempt {}: {outcome}{wait}{error}", a.number)?;
+            }
+        }
         if let Some(inputs) = &step.inputs {
             writeln!(
                 out,

@@ -12,7 +12,10 @@ use axum::http::{Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
-use super::{InjectedFailure, RecordedRequest, RunningEmulator, form_pairs};
+use super::{
+    Fault, InjectedFailure, RecordedRequest, RunningEmulator, ScheduledFault, broken_body,
+    form_pairs,
+};
 
 #[derive(Debug, Clone)]
 pub struct HaloEmulatorConfig {
@@ -39,6 +42,7 @@ struct HaloState {
     actions: Vec<Value>,
     requests: Vec<RecordedRequest>,
     failures: Vec<InjectedFailure>,
+    faults: Vec<ScheduledFault>,
 }
 
 /// An answer: status and JSON body.
@@ -61,6 +65,7 @@ impl HaloEmulator {
                 actions: Vec::new(),
                 requests: Vec::new(),
                 failures: Vec::new(),
+                faults: Vec::new(),
             })),
         }
     }
@@ -140,8 +145,50 @@ impl HaloEmulator {
     }
 }
 
+impl HaloEmulator {
+    /// The next `times` requests matching method and path prefix meet `fault`.
+    pub fn inject(&self, method: &str, path_prefix: &str, fault: Fault, times: usize) {
+        self.lock().faults.push(ScheduledFault {
+            method: method.to_owned(),
+            path_prefix: path_prefix.to_owned(),
+            fault,
+            remaining: times,
+        });
+    }
+}
+
 async fn handle(State(emulator): State<HaloEmulator>, request: Request<Body>) -> Response {
-    let mut recorded = RecordedRequest::read(request).await;
+    let recorded = RecordedRequest::read(request).await;
+    let fault = {
+        let mut state = emulator.lock();
+        ScheduledFault::take(&mut state.faults, &recorded.method, &recorded.path)
+    };
+    match fault {
+        None => answer(&emulator, recorded),
+        Some(Fault::Delay(wait)) => {
+            tokio::time::sleep(wait).await;
+            answer(&emulator, recorded)
+        }
+        Some(Fault::HoldBeforeProcessing(hold)) => {
+            hold.hold().await;
+            answer(&emulator, recorded)
+        }
+        Some(Fault::HoldAfterProcessing(hold)) => {
+            let response = answer(&emulator, recorded);
+            hold.hold().await;
+            response
+        }
+        Some(Fault::ResetAfterProcessing) => {
+            let (parts, _) = answer(&emulator, recorded).into_parts();
+            let mut response = Response::from_parts(parts, broken_body());
+            response.headers_mut().remove(header::CONTENT_LENGTH);
+            response
+        }
+    }
+}
+
+/// Handles a request normally (or with an injected error status) and records it.
+fn answer(emulator: &HaloEmulator, mut recorded: RecordedRequest) -> Response {
     let mut state = emulator.lock();
     let injected = InjectedFailure::take(&mut state.failures, &recorded.method, &recorded.path);
     let (status, body, retry_after) = match injected {
@@ -193,7 +240,19 @@ impl HaloState {
                 match (request.method.as_str(), &segments[1..]) {
                     ("POST", ["tickets"]) => self.post_tickets(request),
                     ("GET", ["tickets"]) => {
-                        let tickets: Vec<Value> = self.tickets.values().cloned().collect();
+                        // `search` matches text fields and custom field values; `count` caps.
+                        let search = request.query_param("search").map(|s| s.to_lowercase());
+                        let count = request
+                            .query_param("count")
+                            .and_then(|c| c.parse::<usize>().ok())
+                            .unwrap_or(usize::MAX);
+                        let tickets: Vec<Value> = self
+                            .tickets
+                            .values()
+                            .filter(|t| search.as_deref().is_none_or(|s| ticket_matches(t, s)))
+                            .take(count)
+                            .cloned()
+                            .collect();
                         (
                             200,
                             json!({"record_count": tickets.len(), "tickets": tickets}),
@@ -425,6 +484,21 @@ impl HaloState {
             (201, Value::Array(answers))
         }
     }
+}
+
+/// Halo's ticket search, approximated: summary, details, third_party_id and custom field values.
+fn ticket_matches(ticket: &Value, search: &str) -> bool {
+    let contains = |v: Option<&Value>| {
+        v.and_then(Value::as_str)
+            .is_some_and(|text| text.to_lowercase().contains(search))
+    };
+    ["summary", "details", "third_party_id"]
+        .iter()
+        .any(|key| contains(ticket.get(*key)))
+        || ticket
+            .get("customfields")
+            .and_then(Value::as_array)
+            .is_some_and(|fields| fields.iter().any(|f| contains(f.get("value"))))
 }
 
 fn is_json(content_type: Option<&str>) -> bool {

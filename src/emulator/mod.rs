@@ -118,6 +118,104 @@ impl InjectedFailure {
     }
 }
 
+/// A misbehaviour other than an error status, for tests of retries and crash recovery.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Fault {
+    /// Wait this long before handling the request (the client's timeout fires first).
+    Delay(std::time::Duration),
+    /// Handle the request, then break the connection in the middle of the answer: the work is
+    /// done but the client never learns it.
+    ResetAfterProcessing,
+    /// Wait until [`Hold::release`] before handling the request.
+    HoldBeforeProcessing(std::sync::Arc<Hold>),
+    /// Handle the request, then wait until [`Hold::release`] before answering.
+    HoldAfterProcessing(std::sync::Arc<Hold>),
+}
+
+/// A request held by the emulator until the test lets it go (or kills the client).
+#[derive(Debug)]
+pub struct Hold {
+    arrived: tokio::sync::watch::Sender<bool>,
+    release: tokio::sync::Semaphore,
+}
+
+impl Hold {
+    pub fn new() -> std::sync::Arc<Hold> {
+        std::sync::Arc::new(Hold {
+            arrived: tokio::sync::watch::Sender::new(false),
+            release: tokio::sync::Semaphore::new(0),
+        })
+    }
+
+    /// Completes once a held request has arrived.
+    pub async fn arrived(&self) {
+        let mut arrived = self.arrived.subscribe();
+        let _ = arrived.wait_for(|a| *a).await;
+    }
+
+    /// Lets held requests continue.
+    pub fn release(&self) {
+        self.release.add_permits(1_000_000);
+    }
+
+    pub(crate) async fn hold(&self) {
+        self.arrived.send_replace(true);
+        if let Ok(permit) = self.release.acquire().await {
+            permit.forget();
+        }
+    }
+}
+
+/// A fault for the next `remaining` requests matching method and path prefix.
+#[derive(Debug, Clone)]
+pub(crate) struct ScheduledFault {
+    pub method: String,
+    pub path_prefix: String,
+    pub fault: Fault,
+    pub remaining: usize,
+}
+
+impl ScheduledFault {
+    pub(crate) fn take(faults: &mut [ScheduledFault], method: &str, path: &str) -> Option<Fault> {
+        let found = faults.iter_mut().find(|f| {
+            f.remaining > 0
+                && f.method.eq_ignore_ascii_case(method)
+                && path
+                    .to_ascii_lowercase()
+                    .starts_with(&f.path_prefix.to_ascii_lowercase())
+        })?;
+        found.remaining -= 1;
+        Some(found.fault.clone())
+    }
+}
+
+/// A body that sends a few bytes and then fails, so the connection breaks mid-answer.
+pub(crate) fn broken_body() -> Body {
+    let chunks: Vec<Result<&'static [u8], std::io::Error>> = vec![
+        Ok(b"{\"id\":"),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "emulated connection reset",
+        )),
+    ];
+    Body::from_stream(Chunks(chunks.into_iter()))
+}
+
+/// A stream over ready chunks.
+struct Chunks(std::vec::IntoIter<Result<&'static [u8], std::io::Error>>);
+
+impl futures_core::Stream for Chunks {
+    type Item = Result<&'static [u8], std::io::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::task::Poll::Ready(self.0.next())
+    }
+}
+
 /// A running emulator on a real TCP port; it stops when dropped.
 #[derive(Debug)]
 pub struct RunningEmulator {

@@ -162,7 +162,7 @@ impl EngineBuilder {
             Arc::new(MemoryFloodControl::new(settings, self.flood_clock.clone()))
         });
         spawn_sweeper(&flood);
-        Ok(Engine {
+        let engine = Engine {
             inner: Arc::new(Inner {
                 flows: std::sync::RwLock::new(Arc::new(loaded)),
                 source,
@@ -173,9 +173,45 @@ impl EngineBuilder {
                 finished,
                 shutdown: tokio::sync::watch::Sender::new(false),
                 flood,
+                retry: self.config.retry.clone(),
+                retention: self.config.retention.clone(),
+                metrics: Default::default(),
+                active_runs: tokio::sync::watch::Sender::new(0),
+                running: Default::default(),
             }),
-        })
+        };
+        spawn_pruner(&engine);
+        Ok(engine)
     }
+}
+
+/// Deletes finished runs past their retention on a schedule while the engine lives (when
+/// built inside a Tokio runtime).
+fn spawn_pruner(engine: &Engine) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let retention = &engine.inner.retention;
+    if retention.max_age_days == 0 {
+        return;
+    }
+    let interval = Duration::from_secs(retention.sweep_interval_secs.max(1));
+    let inner = Arc::downgrade(&engine.inner);
+    runtime.spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tick.tick().await;
+            let Some(inner) = inner.upgrade() else { break };
+            let engine = Engine { inner };
+            match engine.prune_finished_runs().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(runs = n, "Deleted finished runs past their retention."),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Could not delete old runs; trying again later.")
+                }
+            }
+        }
+    });
 }
 
 /// How often idle flood-control keys are evicted.

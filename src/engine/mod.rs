@@ -2,6 +2,7 @@
 //! running flows off the request path.
 
 mod builder;
+mod metrics;
 mod run;
 
 use std::sync::Arc;
@@ -13,15 +14,16 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 pub use builder::{EngineBuilder, EngineError};
-pub use run::{DryRunReport, DryRunStep};
+pub use metrics::{EngineMetrics, Histogram, LATENCY_BUCKETS, MetricsState};
+pub use run::{DryRunReport, DryRunStep, RetryPolicy};
 
-use crate::config::ServerConfig;
+use crate::config::{RetentionConfig, RetryConfig, ServerConfig};
 use crate::connections::Connections;
 use crate::flood::{self, Admission, FloodClock, FloodControl};
 use crate::flow::ValidatedFlow;
 use crate::storage::{
-    NewRequest, NewRun, NewSuppressed, RunDetail, RunStatus, Storage, StorageError, format_ms,
-    now_ms,
+    NewRequest, NewRun, NewSuppressed, RunDetail, RunStatus, StepStatus, Storage, StorageError,
+    format_ms, now_ms,
 };
 use crate::trigger::{self, PayloadProblem, TriggerAuthenticator, TriggerQuery};
 
@@ -61,6 +63,8 @@ pub struct TriggerCounters {
     pub suppressed: AtomicU64,
     pub rate_limited: AtomicU64,
     pub rejected: AtomicU64,
+    /// Deliveries received before, answered 200 without a run.
+    pub duplicate: AtomicU64,
 }
 
 impl TriggerCounters {
@@ -88,6 +92,13 @@ struct Inner {
     /// Flips to true on [`Engine::shutdown`]; steps watch it through their context.
     shutdown: tokio::sync::watch::Sender<bool>,
     flood: Arc<dyn FloodControl>,
+    retry: RetryConfig,
+    retention: RetentionConfig,
+    metrics: EngineMetrics,
+    /// Runs executing in this process, for a graceful shutdown.
+    active_runs: tokio::sync::watch::Sender<usize>,
+    /// Runs executing in this process by id, so a run is never executed twice at once here.
+    running: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// The answer to an accepted trigger request.
@@ -98,6 +109,53 @@ pub struct Accepted {
     pub run_ids: Vec<String>,
     /// Events flood control suppressed (empty when every event runs).
     pub suppressed: Vec<SuppressedEvent>,
+    /// Events whose Halo delivery id was received before: they start no second run.
+    pub duplicates: Vec<DuplicateEvent>,
+}
+
+/// An event Halo delivered before (the same delivery GUID), and the request that carried it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DuplicateEvent {
+    pub event_index: usize,
+    pub delivery_id: String,
+    pub first_request_id: String,
+}
+
+/// Where a replay starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReplayFrom {
+    /// The failed step of a failed run (earlier steps' outputs reused), else the trigger.
+    Failure,
+    /// Every step runs again.
+    Trigger,
+    /// This step and those after it run again; earlier steps' outputs are reused.
+    Step(String),
+}
+
+/// A run that cannot be replayed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplayError {
+    #[error("no run with id `{0}`")]
+    NotFound(String),
+    #[error("run `{run_id}` is {status}; only a finished run can be replayed")]
+    NotFinished {
+        run_id: String,
+        status: &'static str,
+    },
+    #[error("run `{run_id}` belongs to flow `{flow_id}`, which is not loaded")]
+    UnknownFlow { run_id: String, flow_id: String },
+    #[error(
+        "step `{step_id}` did not run in run `{run_id}`; replay from one of its steps ({steps}) or from the trigger"
+    )]
+    StepNotInRun {
+        run_id: String,
+        step_id: String,
+        steps: String,
+    },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 /// One event that started no run, and the request it is listed under.
@@ -187,16 +245,62 @@ impl Engine {
         body_text: &str,
         body: Value,
     ) -> Result<Accepted, AcceptError> {
+        let events = trigger::events(body).map_err(AcceptError::Payload)?;
+        match self
+            .accept_events(flow, query, body_text, events.clone())
+            .await
+        {
+            // The same delivery arrived twice at once: the other copy won; look again.
+            Err(AcceptError::Storage(StorageError::Conflict)) => {
+                self.accept_events(flow, query, body_text, events).await
+            }
+            other => other,
+        }
+    }
+
+    async fn accept_events(
+        &self,
+        flow: &Arc<LoadedFlow>,
+        query: &TriggerQuery,
+        body_text: &str,
+        events: Vec<serde_json::Map<String, Value>>,
+    ) -> Result<Accepted, AcceptError> {
         let request_id = new_id();
         let received_at_ms = now_ms();
         let received_at = format_ms(received_at_ms);
-        let events = trigger::events(body).map_err(AcceptError::Payload)?;
         let event_count = events.len();
         let flood_settings = &flow.flow.document.trigger.flood_control;
         let mut runs = Vec::with_capacity(events.len());
         let mut suppressed = Vec::new();
         let mut stored_suppressed = Vec::new();
-        for (i, event) in events.into_iter().enumerate() {
+        let delivery_ids: Vec<Option<String>> = events.iter().map(trigger::delivery_id).collect();
+        let mut seen: std::collections::HashMap<String, String> = self
+            .inner
+            .storage
+            .find_deliveries(
+                flow.flow.id(),
+                &delivery_ids.iter().flatten().cloned().collect::<Vec<_>>(),
+            )
+            .await?
+            .into_iter()
+            .collect();
+        let mut duplicates = Vec::new();
+        for (i, (event, delivery_id)) in events.into_iter().zip(delivery_ids).enumerate() {
+            if let Some(id) = &delivery_id {
+                match seen.get(id) {
+                    Some(first) => {
+                        duplicates.push(DuplicateEvent {
+                            event_index: i,
+                            delivery_id: id.clone(),
+                            first_request_id: first.clone(),
+                        });
+                        continue;
+                    }
+                    None => {
+                        seen.insert(id.clone(), request_id.clone());
+                    }
+                }
+            }
             let outputs = trigger::outputs(&request_id, &received_at, query, event);
             let key = flood_settings
                 .enabled
@@ -218,6 +322,7 @@ impl Engine {
                     trigger: outputs,
                     created_at_ms: received_at_ms,
                     correlation_key: key,
+                    delivery_id,
                 }),
                 Admission::Suppress {
                     parent_request_id,
@@ -229,6 +334,7 @@ impl Engine {
                         correlation_key: key.unwrap_or_default(),
                         parent_request_id: parent_request_id.clone(),
                         received_at_ms,
+                        delivery_id,
                     });
                     suppressed.push(SuppressedEvent {
                         event_index: i,
@@ -238,11 +344,13 @@ impl Engine {
                 }
             }
         }
+        let only_duplicates =
+            runs.is_empty() && stored_suppressed.is_empty() && !duplicates.is_empty();
         let request = NewRequest {
             id: request_id.clone(),
             flow_id: flow.flow.id().to_owned(),
             received_at_ms,
-            http_status: 202,
+            http_status: if only_duplicates { 200 } else { 202 },
             error: None,
             query: Some(query.to_json()),
             body: Some(body_text.to_owned()),
@@ -252,7 +360,9 @@ impl Engine {
             .storage
             .accept_request(&request, &runs, &stored_suppressed)
             .await?;
-        let counter = if runs.is_empty() {
+        let counter = if only_duplicates {
+            &flow.counters.duplicate
+        } else if runs.is_empty() {
             &flow.counters.suppressed
         } else {
             &flow.counters.accepted
@@ -267,6 +377,7 @@ impl Engine {
             flow_id: flow.flow.id().to_owned(),
             run_ids,
             suppressed,
+            duplicates,
         })
     }
 
@@ -341,7 +452,9 @@ impl Engine {
         registered.step.execute(&context, inputs).await
     }
 
-    /// Tells running steps to stop early ([`StepContext::cancelled`](crate::step::StepContext::cancelled)).
+    /// Starts a graceful shutdown: steps already sending finish, no further step starts, runs
+    /// waiting to retry stop waiting; [`Engine::drain`] waits for them. Steps that watch
+    /// [`StepContext::cancelled`](crate::step::StepContext::cancelled) may stop early.
     pub fn shutdown(&self) {
         self.inner.shutdown.send_replace(true);
     }
@@ -363,29 +476,143 @@ impl Engine {
         }
     }
 
-    fn spawn_run(&self, flow: Arc<LoadedFlow>, run_id: String, trigger: Value) {
+    /// Executes a run in the background, unless this process is already executing it.
+    fn spawn_run(&self, flow: Arc<LoadedFlow>, run_id: String, trigger: Value) -> bool {
+        if !self
+            .inner
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(run_id.clone())
+        {
+            return false;
+        }
+        self.inner.active_runs.send_modify(|n| *n += 1);
         let engine = self.clone();
         tokio::spawn(async move {
             engine.execute_run(&flow, &run_id, trigger).await;
+            engine
+                .inner
+                .running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&run_id);
+            engine.inner.active_runs.send_modify(|n| *n -= 1);
         });
+        true
     }
 
-    /// Starts the runs a previous process accepted but never started.
-    pub async fn start_queued_runs(&self) -> Result<usize, StorageError> {
-        let queued = self.inner.storage.queued_runs().await?;
-        let mut started = 0;
-        for (run_id, flow_id) in queued {
+    /// Continues every run a previous process accepted and did not finish: queued runs start,
+    /// interrupted ones resume after their last finished step. Returns how many.
+    pub async fn resume_unfinished_runs(&self) -> Result<usize, StorageError> {
+        let unfinished = self.inner.storage.unfinished_runs().await?;
+        let mut resumed = 0;
+        for (run_id, flow_id) in unfinished {
             let Some(flow) = self.flow(&flow_id) else {
-                tracing::warn!(%run_id, %flow_id, "Queued run's flow is not loaded; it stays queued.");
+                tracing::warn!(%run_id, %flow_id, "An unfinished run's flow is not loaded; it waits until the flow is back.");
                 continue;
             };
             let Some(detail) = self.inner.storage.get_run(&run_id).await? else {
                 continue;
             };
-            self.spawn_run(flow, run_id, detail.trigger);
-            started += 1;
+            if self.spawn_run(flow, run_id, detail.trigger) {
+                resumed += 1;
+            }
         }
-        Ok(started)
+        Ok(resumed)
+    }
+
+    /// Waits until no run executes in this process, or `timeout` passes; call after
+    /// [`Engine::shutdown`]. Returns how many runs were still executing (they resume on the
+    /// next start, from their last finished step).
+    pub async fn drain(&self, timeout: Duration) -> usize {
+        let mut active = self.inner.active_runs.subscribe();
+        let _ = tokio::time::timeout(timeout, active.wait_for(|n| *n == 0)).await;
+        *active.borrow()
+    }
+
+    /// Starts a new run of the same flow and trigger outputs as `run_id`, linked to it.
+    /// Steps before the starting point are not run again: their outputs are copied.
+    pub async fn replay(&self, run_id: &str, from: ReplayFrom) -> Result<String, ReplayError> {
+        let storage = &self.inner.storage;
+        let old = storage
+            .get_run(run_id)
+            .await?
+            .ok_or_else(|| ReplayError::NotFound(run_id.to_owned()))?;
+        if !old.summary.status.is_finished() {
+            return Err(ReplayError::NotFinished {
+                run_id: run_id.to_owned(),
+                status: old.summary.status.as_str(),
+            });
+        }
+        let flow = self
+            .flow(&old.summary.flow_id)
+            .ok_or_else(|| ReplayError::UnknownFlow {
+                run_id: run_id.to_owned(),
+                flow_id: old.summary.flow_id.clone(),
+            })?;
+        let start_step = match from {
+            ReplayFrom::Trigger => None,
+            ReplayFrom::Failure => old
+                .summary
+                .failed_step
+                .clone()
+                .filter(|_| old.summary.status == RunStatus::Failed),
+            ReplayFrom::Step(step_id) => Some(step_id),
+        };
+        let reused = match &start_step {
+            None => Vec::new(),
+            Some(step_id) => {
+                let Some(start) = old.steps.iter().find(|s| &s.step_id == step_id) else {
+                    return Err(ReplayError::StepNotInRun {
+                        run_id: run_id.to_owned(),
+                        step_id: step_id.clone(),
+                        steps: old
+                            .steps
+                            .iter()
+                            .map(|s| s.step_id.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    });
+                };
+                old.steps
+                    .iter()
+                    .filter(|s| s.position < start.position && s.status == StepStatus::Succeeded)
+                    .cloned()
+                    .collect()
+            }
+        };
+        let run = NewRun {
+            id: new_id(),
+            flow_id: old.summary.flow_id.clone(),
+            event_index: old.summary.event_index.max(0) as usize,
+            trigger: old.trigger.clone(),
+            created_at_ms: now_ms(),
+            correlation_key: None,
+            delivery_id: None,
+        };
+        storage
+            .create_replay(&run, old.summary.request_id.as_deref(), run_id, &reused)
+            .await?;
+        self.spawn_run(flow, run.id.clone(), run.trigger);
+        Ok(run.id)
+    }
+
+    /// Deletes finished runs older than the configured retention; returns how many.
+    pub async fn prune_finished_runs(&self) -> Result<u64, StorageError> {
+        let days = self.inner.retention.max_age_days;
+        if days == 0 {
+            return Ok(0);
+        }
+        let cutoff = now_ms() - (days as i64) * 24 * 3600 * 1000;
+        let pruned = self.inner.storage.prune_finished(cutoff).await?;
+        self.inner.metrics.count_pruned(pruned);
+        Ok(pruned)
+    }
+
+    /// The in-memory counters and histograms, for `/metrics`.
+    pub fn metrics(&self) -> MetricsState {
+        self.inner.metrics.snapshot()
     }
 
     /// Waits until the run has finished and returns it.

@@ -1,16 +1,95 @@
 //! Executing a run: render each step's inputs, check them, execute the step, record everything.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use super::{Engine, LoadedFlow};
+use crate::config::RetrySettings;
 use crate::flow::{ValidatedFlow, ValidatedStep};
 use crate::outbound::{DryRunRecorder, Outbound, RequestPreview};
-use crate::step::{StepContext, StepError};
-use crate::storage::{RunStatus, StepOutcome, StepStatus, StorageError, now_ms};
+use crate::step::{Resend, StepContext, StepError};
+use crate::storage::{
+    AttemptOutcome, AttemptRecord, RunStatus, StepOutcome, StepRunRecord, StepStatus, StorageError,
+    now_ms,
+};
 use crate::template::TemplateSet;
+
+/// How a run's execution ended in this process.
+pub(super) enum RunEnd {
+    Finished(RunStatus),
+    /// The engine is shutting down; the run resumes on the next start.
+    Interrupted,
+}
+
+enum StepEnd {
+    Succeeded(Value),
+    Failed(String),
+    Interrupted,
+}
+
+/// Attempts and backoff of one step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub initial_delay: Duration,
+    pub max_delay: Duration,
+}
+
+/// The longest `Retry-After` honoured: Halo's rate-limit window (halo-api.md §6).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+impl RetryPolicy {
+    /// Five attempts, 1 s doubling up to 60 s.
+    pub const BUILT_IN: RetrySettings = RetrySettings {
+        max_attempts: Some(5),
+        initial_delay_ms: Some(1000),
+        max_delay_ms: Some(60_000),
+    };
+
+    pub fn from_settings(settings: RetrySettings) -> RetryPolicy {
+        let built_in = Self::BUILT_IN;
+        RetryPolicy {
+            max_attempts: settings
+                .max_attempts
+                .or(built_in.max_attempts)
+                .unwrap_or(1)
+                .max(1),
+            initial_delay: Duration::from_millis(
+                settings
+                    .initial_delay_ms
+                    .or(built_in.initial_delay_ms)
+                    .unwrap_or(0),
+            ),
+            max_delay: Duration::from_millis(
+                settings.max_delay_ms.or(built_in.max_delay_ms).unwrap_or(0),
+            ),
+        }
+    }
+
+    /// The wait after failed attempt `attempt` (1-based): exponential with "equal jitter"
+    /// (half fixed, half random), capped; a longer `Retry-After` wins, up to 5 minutes.
+    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        let exponent = attempt.saturating_sub(1).min(30);
+        let base = self
+            .initial_delay
+            .saturating_mul(1u32 << exponent)
+            .min(self.max_delay);
+        let jittered = base / 2 + base.mul_f64(random_fraction() / 2.0);
+        match retry_after {
+            Some(wanted) => jittered.max(wanted.min(MAX_RETRY_AFTER)),
+            None => jittered,
+        }
+    }
+}
+
+/// A number in [0, 1) from the random bits of a v4 UUID (no extra dependency).
+fn random_fraction() -> f64 {
+    let bits = uuid::Uuid::new_v4().as_u128() as u64 >> 11;
+    bits as f64 / (1u64 << 53) as f64
+}
 
 /// Why a step could not start or finish, as recorded.
 struct StepFailure {
@@ -129,17 +208,22 @@ impl Engine {
         }
     }
 
-    /// Runs a stored run to its end, recording each step as it finishes.
+    /// Runs a stored run to its end, recording each step as it finishes. A run interrupted
+    /// earlier continues: steps that succeeded are not run again, their outputs are reused.
     pub(super) async fn execute_run(&self, loaded: &LoadedFlow, run_id: &str, trigger: Value) {
-        let status = match self.try_execute_run(&loaded.flow, run_id, trigger).await {
-            Ok(status) => status,
-            Err(e) => {
-                // The run stays `running` in the database; the resume issue picks these up.
-                tracing::error!(%run_id, error = %e, "Storage failed during a run; the run was interrupted.");
-                return;
+        match self.try_execute_run(&loaded.flow, run_id, trigger).await {
+            Ok(RunEnd::Finished(status)) => {
+                let _ = self.inner.finished.send((run_id.to_owned(), status));
             }
-        };
-        let _ = self.inner.finished.send((run_id.to_owned(), status));
+            Ok(RunEnd::Interrupted) => {
+                self.inner.metrics.count_interrupted();
+                tracing::info!(%run_id, "Shutting down: the run stops here and resumes on the next start.");
+            }
+            Err(e) => {
+                // The run stays unfinished in the database and resumes on the next start.
+                tracing::error!(%run_id, error = %e, "Storage failed during a run; the run was interrupted.");
+            }
+        }
     }
 
     async fn try_execute_run(
@@ -147,92 +231,241 @@ impl Engine {
         flow: &ValidatedFlow,
         run_id: &str,
         trigger: Value,
-    ) -> Result<RunStatus, StorageError> {
+    ) -> Result<RunEnd, StorageError> {
         let storage = &self.inner.storage;
+        let earlier: HashMap<String, StepRunRecord> = storage
+            .get_run(run_id)
+            .await?
+            .map(|detail| {
+                detail
+                    .steps
+                    .into_iter()
+                    .map(|s| (s.step_id.clone(), s))
+                    .collect()
+            })
+            .unwrap_or_default();
         storage.start_run(run_id, now_ms()).await?;
         let mut data = initial_data(flow, trigger);
         // Steps still to run, next first; a branching step puts its chosen path in front.
         let mut queue: VecDeque<&ValidatedStep> = flow.steps.iter().collect();
-        let mut executed = 0;
+        let mut position = 0;
         while let Some(step) = queue.pop_front() {
-            let position = executed;
-            executed += 1;
-            let type_name = step.step.step.type_name();
-            let inputs = match prepare_inputs(flow, step, &data, false) {
-                Ok(inputs) => inputs,
-                Err(failure) => {
-                    storage
-                        .start_step(
-                            run_id,
-                            &step.id,
-                            position,
-                            type_name,
-                            &Value::Null,
-                            now_ms(),
-                        )
-                        .await?;
-                    let outcome = StepOutcome {
-                        status: StepStatus::Failed,
-                        outputs: None,
-                        error: Some((failure.code.to_owned(), failure.message.clone())),
-                        exchanges: Vec::new(),
-                        finished_at_ms: now_ms(),
-                    };
-                    storage.finish_step(run_id, &step.id, &outcome).await?;
-                    return self.fail_run(run_id, &step.id, &failure.message).await;
-                }
-            };
-            storage
-                .start_step(run_id, &step.id, position, type_name, &inputs, now_ms())
-                .await?;
-            let http = Outbound::live(self.inner.http.clone());
-            let context = self.step_context(flow, run_id, step, http.clone());
-            let result = step.step.step.execute(&context, inputs).await;
-            let (outcome, failure) = match result {
-                Ok(outputs) => (
-                    StepOutcome {
-                        status: StepStatus::Succeeded,
-                        outputs: Some(outputs),
-                        error: None,
-                        exchanges: http.exchanges(),
-                        finished_at_ms: now_ms(),
-                    },
-                    None,
-                ),
-                Err(error) => {
-                    let message = format!("flow `{}`, step `{}`: {error}", flow.id(), step.id);
-                    tracing::warn!(%run_id, step = %step.id, code = error.code(), retryable = error.is_retryable(), "{message}");
-                    (
-                        StepOutcome {
-                            status: StepStatus::Failed,
-                            outputs: None,
-                            error: Some((error.code().to_owned(), message.clone())),
-                            exchanges: http.exchanges(),
-                            finished_at_ms: now_ms(),
-                        },
-                        Some(message),
-                    )
-                }
-            };
-            storage.finish_step(run_id, &step.id, &outcome).await?;
-            if let Some(message) = failure {
-                return self.fail_run(run_id, &step.id, &message).await;
-            }
-            if let Some(outputs) = outcome.outputs {
-                if let Some(path) = step.chosen_path(&outputs) {
-                    for next in path.iter().rev() {
-                        queue.push_front(next);
+            let before = earlier.get(&step.id);
+            let outputs = match before.filter(|s| s.status == StepStatus::Succeeded) {
+                Some(done) => done.outputs.clone().unwrap_or(Value::Null),
+                None => {
+                    if self.is_shutting_down() {
+                        return Ok(RunEnd::Interrupted);
+                    }
+                    match self
+                        .execute_step(flow, run_id, step, position, &data, before)
+                        .await?
+                    {
+                        StepEnd::Succeeded(outputs) => outputs,
+                        StepEnd::Failed(message) => {
+                            return self
+                                .fail_run(run_id, &step.id, &message)
+                                .await
+                                .map(RunEnd::Finished);
+                        }
+                        StepEnd::Interrupted => return Ok(RunEnd::Interrupted),
                     }
                 }
-                if let Some(steps) = data.get_mut("steps").and_then(Value::as_object_mut) {
-                    steps.insert(step.id.clone(), outputs);
+            };
+            position += 1;
+            if let Some(path) = step.chosen_path(&outputs) {
+                for next in path.iter().rev() {
+                    queue.push_front(next);
                 }
+            }
+            if let Some(steps) = data.get_mut("steps").and_then(Value::as_object_mut) {
+                steps.insert(step.id.clone(), outputs);
             }
         }
         storage
             .finish_run(run_id, RunStatus::Succeeded, None, now_ms())
             .await?;
-        Ok(RunStatus::Succeeded)
+        Ok(RunEnd::Finished(RunStatus::Succeeded))
+    }
+
+    /// The retry policy of one step: the flow's settings, then the config's, then built-in.
+    pub(super) fn retry_policy(&self, step: &ValidatedStep) -> RetryPolicy {
+        let type_name = step.step.step.type_name();
+        RetryPolicy::from_settings(
+            step.retry
+                .or(self.inner.retry.for_type(type_name))
+                .or(RetryPolicy::BUILT_IN),
+        )
+    }
+
+    /// Runs one step's attempts until it succeeds, fails for good, or the engine shuts down.
+    /// Every attempt is recorded before it sends (the intent) and after it ends.
+    async fn execute_step(
+        &self,
+        flow: &ValidatedFlow,
+        run_id: &str,
+        step: &ValidatedStep,
+        position: usize,
+        data: &Value,
+        before: Option<&StepRunRecord>,
+    ) -> Result<StepEnd, StorageError> {
+        let storage = &self.inner.storage;
+        let type_name = step.step.step.type_name();
+        let inputs = match prepare_inputs(flow, step, data, false) {
+            Ok(inputs) => inputs,
+            Err(failure) => {
+                storage
+                    .start_step(
+                        run_id,
+                        &step.id,
+                        position,
+                        type_name,
+                        &Value::Null,
+                        1,
+                        now_ms(),
+                    )
+                    .await?;
+                let outcome = StepOutcome {
+                    status: StepStatus::Failed,
+                    outputs: None,
+                    error: Some((failure.code.to_owned(), failure.message.clone())),
+                    exchanges: Vec::new(),
+                    finished_at_ms: now_ms(),
+                };
+                storage.finish_step(run_id, &step.id, &outcome).await?;
+                return Ok(StepEnd::Failed(failure.message));
+            }
+        };
+        let policy = self.retry_policy(step);
+        let resend = step.step.step.resend(&inputs);
+        let mut attempt = before.map_or(0, |s| s.attempts);
+        // An attempt that started but never recorded its end (a crash) may have taken effect,
+        // as may one that ended with a lost answer.
+        let mut uncertain = before.is_some_and(|s| {
+            s.attempts as usize > s.attempt_log.len()
+                || s.attempt_log.last().is_some_and(|a| a.outcome_unknown)
+        });
+        let mut exchanges = before.map(|s| s.exchanges.clone()).unwrap_or_default();
+        loop {
+            attempt += 1;
+            let started_at_ms = now_ms();
+            let clock = Instant::now();
+            storage
+                .start_step(
+                    run_id,
+                    &step.id,
+                    position,
+                    type_name,
+                    &inputs,
+                    attempt,
+                    started_at_ms,
+                )
+                .await?;
+            let http = Outbound::live(self.inner.http.clone());
+            let context = self.step_context(flow, run_id, step, http.clone());
+            let mut adopted = false;
+            let mut lookup_failed = false;
+            let result = if !uncertain || resend == Resend::Safe {
+                step.step.step.execute(&context, inputs.clone()).await
+            } else if resend == Resend::LookUpFirst {
+                match step.step.step.find_previous(&context, &inputs).await {
+                    Ok(Some(outputs)) => {
+                        adopted = true;
+                        Ok(outputs)
+                    }
+                    Ok(None) => step.step.step.execute(&context, inputs.clone()).await,
+                    Err(e) => {
+                        lookup_failed = true;
+                        Err(e)
+                    }
+                }
+            } else {
+                Err(StepError::OutcomeUnknown(
+                    "an earlier attempt may have taken effect (its answer was lost) and this step cannot look it up, so it was not sent again. Check the target system, then replay the run from this step if nothing was done".to_owned(),
+                ))
+            };
+            let sent = http.exchanges();
+            exchanges.extend(sent.iter().cloned());
+            self.inner
+                .metrics
+                .observe_attempt(type_name, result.is_ok(), clock.elapsed());
+            let mut record = AttemptRecord {
+                number: attempt,
+                started_at_ms,
+                finished_at_ms: now_ms(),
+                outcome: AttemptOutcome::Succeeded,
+                error_code: None,
+                error: None,
+                retry_in_ms: None,
+                outcome_unknown: false,
+                exchanges: sent,
+            };
+            match result {
+                Ok(outputs) => {
+                    if adopted {
+                        record.outcome = AttemptOutcome::Adopted;
+                        self.inner.metrics.count_adopted(type_name);
+                        tracing::info!(%run_id, step = %step.id, "Found what an earlier attempt created; adopted it instead of sending again.");
+                    }
+                    storage.record_attempt(run_id, &step.id, &record).await?;
+                    let outcome = StepOutcome {
+                        status: StepStatus::Succeeded,
+                        outputs: Some(outputs.clone()),
+                        error: None,
+                        exchanges,
+                        finished_at_ms: record.finished_at_ms,
+                    };
+                    storage.finish_step(run_id, &step.id, &outcome).await?;
+                    return Ok(StepEnd::Succeeded(outputs));
+                }
+                Err(error) => {
+                    // A failed lookup leaves the earlier outcome as unknown as it was.
+                    uncertain = lookup_failed || error.outcome_unknown();
+                    let message = format!("flow `{}`, step `{}`: {error}", flow.id(), step.id);
+                    let retry = error.is_retryable() && attempt < policy.max_attempts;
+                    let delay = retry.then(|| policy.delay(attempt, error.retry_after()));
+                    record.outcome = AttemptOutcome::Failed;
+                    record.error_code = Some(error.code().to_owned());
+                    record.error = Some(message.clone());
+                    record.retry_in_ms = delay.map(|d| d.as_millis() as u64);
+                    record.outcome_unknown = uncertain;
+                    storage.record_attempt(run_id, &step.id, &record).await?;
+                    let Some(delay) = delay else {
+                        let message = if attempt > 1 {
+                            format!("{message} (attempt {attempt} of {})", policy.max_attempts)
+                        } else {
+                            message
+                        };
+                        tracing::warn!(%run_id, step = %step.id, code = error.code(), "{message}");
+                        let outcome = StepOutcome {
+                            status: StepStatus::Failed,
+                            outputs: None,
+                            error: Some((error.code().to_owned(), message.clone())),
+                            exchanges,
+                            finished_at_ms: now_ms(),
+                        };
+                        storage.finish_step(run_id, &step.id, &outcome).await?;
+                        return Ok(StepEnd::Failed(message));
+                    };
+                    self.inner.metrics.count_retry(type_name);
+                    tracing::info!(%run_id, step = %step.id, attempt, delay_ms = delay.as_millis() as u64, "{message}; trying again");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = self.shutting_down() => return Ok(StepEnd::Interrupted),
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_shutting_down(&self) -> bool {
+        *self.inner.shutdown.borrow()
+    }
+
+    /// Completes once [`Engine::shutdown`] was called.
+    pub(super) async fn shutting_down(&self) {
+        let mut shutdown = self.inner.shutdown.subscribe();
+        let _ = shutdown.wait_for(|down| *down).await;
     }
 
     async fn fail_run(
@@ -377,4 +610,51 @@ fn placeholders(step: &ValidatedStep) -> Value {
             })
             .collect(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_caps_and_honours_retry_after() {
+        let policy = RetryPolicy {
+            max_attempts: 5,
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(1000),
+        };
+        for _ in 0..100 {
+            let first = policy.delay(1, None);
+            assert!((50..=100).contains(&first.as_millis()), "{first:?}");
+            let third = policy.delay(3, None);
+            assert!((200..=400).contains(&third.as_millis()), "{third:?}");
+            let capped = policy.delay(10, None);
+            assert!((500..=1000).contains(&capped.as_millis()), "{capped:?}");
+        }
+        assert_eq!(
+            policy.delay(1, Some(Duration::from_secs(7))),
+            Duration::from_secs(7)
+        );
+        assert_eq!(
+            policy.delay(1, Some(Duration::from_secs(3600))),
+            MAX_RETRY_AFTER
+        );
+    }
+
+    #[test]
+    fn step_settings_win_over_config_and_built_in() {
+        let step = RetrySettings {
+            max_attempts: Some(2),
+            ..RetrySettings::default()
+        };
+        let config = RetrySettings {
+            max_attempts: Some(9),
+            initial_delay_ms: Some(5),
+            max_delay_ms: None,
+        };
+        let policy = RetryPolicy::from_settings(step.or(config).or(RetryPolicy::BUILT_IN));
+        assert_eq!(policy.max_attempts, 2);
+        assert_eq!(policy.initial_delay, Duration::from_millis(5));
+        assert_eq!(policy.max_delay, Duration::from_secs(60));
+    }
 }

@@ -72,6 +72,8 @@ pub struct ValidatedStep {
     pub id: String,
     pub name: Option<String>,
     pub connection: Option<String>,
+    /// The step's own retry settings from the flow (unset fields: config, then built-in).
+    pub retry: crate::config::RetrySettings,
     pub step: RegisteredStep,
     pub(crate) inputs: CompiledValue,
     /// The data paths the inputs read, found at validation.

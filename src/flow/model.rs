@@ -144,6 +144,9 @@ pub struct StepDef {
     pub connection: Option<String>,
     #[serde(default)]
     pub inputs: Map<String, Value>,
+    /// How this step is retried; unset fields come from the config file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<crate::config::RetrySettings>,
     /// For branching steps: the steps of each path, by name.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub paths: std::collections::BTreeMap<String, Vec<StepDef>>,

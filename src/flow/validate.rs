@@ -405,6 +405,7 @@ fn build_steps(defs: &[super::StepDef], compiled: Vec<CompiledStep>) -> Vec<Vali
                     .clone()
                     .or(kind.default_name().map(str::to_owned))
             }),
+            retry: def.retry.unwrap_or_default(),
             paths: compiled
                 .paths
                 .into_iter()

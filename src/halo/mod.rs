@@ -8,7 +8,7 @@ use reqwest::Method;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use crate::config::HaloConnectionConfig;
+use crate::config::{HaloConnectionConfig, IdempotencyField};
 use crate::outbound::{Field, Outbound, OutboundRequest, OutboundResponse};
 use crate::secrets::Secret;
 use crate::step::StepError;
@@ -22,6 +22,19 @@ pub struct HaloConnection {
     config: HaloConnectionConfig,
     client_secret: Secret,
     token: Mutex<Option<CachedToken>>,
+    /// Paces requests under the tenant's rolling-window limit; `None` when turned off.
+    pacer: Option<Pacer>,
+}
+
+type Pacer = governor::DefaultDirectRateLimiter;
+
+/// `requests` per `window` as a GCRA: a burst of `requests`, then one every `window / requests`,
+/// which never exceeds `requests` in any window of that length.
+fn pacer(requests: u32, window: Duration) -> Option<Pacer> {
+    let burst = std::num::NonZeroU32::new(requests)?;
+    let period = window.checked_div(requests)?.max(Duration::from_micros(1));
+    let quota = governor::Quota::with_period(period)?.allow_burst(burst);
+    Some(governor::RateLimiter::direct(quota))
 }
 
 #[derive(Debug, Clone)]
@@ -33,16 +46,37 @@ struct CachedToken {
 
 impl HaloConnection {
     pub fn new(name: String, config: HaloConnectionConfig, client_secret: Secret) -> Self {
+        let pacer = pacer(
+            config.rate_limit_requests,
+            Duration::from_secs(config.rate_limit_window_secs),
+        );
         HaloConnection {
             name,
             config,
             client_secret,
             token: Mutex::new(None),
+            pacer,
         }
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Where creates carry their idempotency key (checked when the config loads).
+    pub fn idempotency_field(&self) -> IdempotencyField {
+        self.config
+            .idempotency()
+            .unwrap_or(IdempotencyField::ThirdPartyId)
+    }
+
+    /// Waits for a slot under the rate limit (nothing in a dry run).
+    async fn pace(&self, http: &Outbound) {
+        if http.dry_run_recorder().is_none()
+            && let Some(pacer) = &self.pacer
+        {
+            pacer.until_ready().await;
+        }
     }
 
     fn timeout(&self) -> Duration {
@@ -82,6 +116,7 @@ impl HaloConnection {
         let mut refreshed = false;
         loop {
             let token = self.token(http, refreshed).await?;
+            self.pace(http).await;
             let mut request = OutboundRequest::new(method.clone(), url.clone())
                 .header(Field::secret(
                     "Authorization",
@@ -124,6 +159,7 @@ impl HaloConnection {
         }
         let request = self.token_request();
         let url = request.url.clone();
+        self.pace(http).await;
         let response = http.send(request).await?;
         let body = parse_answer(&Method::POST, &url, response).map_err(|e| match e {
             StepError::Status { status, message, retry_after, method, url } if status == 400 || status == 401 => {

@@ -8,18 +8,11 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::error::{ApiError, ErrorCode};
-use crate::engine::Engine;
+use crate::engine::{Engine, LATENCY_BUCKETS, ReplayError, ReplayFrom};
 use crate::storage::{RequestFilter, RunFilter, RunStatus};
 
 pub(super) async fn health(State(engine): State<Engine>) -> Response {
-    match engine
-        .storage()
-        .list_runs(&RunFilter {
-            limit: Some(1),
-            ..RunFilter::default()
-        })
-        .await
-    {
+    match engine.storage().ping().await {
         Ok(_) => Json(json!({"status": "ok", "database": "ok", "flows": engine.flows().len()}))
             .into_response(),
         Err(e) => {
@@ -66,6 +59,19 @@ fn limit(params: &HashMap<String, String>) -> Result<u32, ApiError> {
     }
 }
 
+/// A time filter: RFC 3339 (`2026-11-23T10:00:00Z`) or unix milliseconds.
+fn time_param(params: &HashMap<String, String>, name: &str) -> Result<Option<i64>, ApiError> {
+    let Some(text) = params.get(name) else {
+        return Ok(None);
+    };
+    crate::storage::parse_time(text).map(Some).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::InvalidQuery,
+            format!("{name}: `{text}` is not a time; use RFC 3339 (2026-11-23T10:00:00Z) or unix milliseconds"),
+        )
+    })
+}
+
 fn internal(e: impl std::fmt::Display) -> ApiError {
     tracing::error!(error = %e, "Run history query failed.");
     ApiError::new(
@@ -91,6 +97,8 @@ pub(super) async fn runs(
         let filter = RunFilter {
             flow_id: params.get("flow").cloned(),
             status,
+            since_ms: time_param(&params, "since")?,
+            until_ms: time_param(&params, "until")?,
             limit: Some(limit(&params)?),
         };
         let runs = engine
@@ -111,6 +119,56 @@ pub(super) async fn run(State(engine): State<Engine>, Path(run_id): Path<String>
             ApiError::new(ErrorCode::NotFound, format!("no run with id `{run_id}`")).into_response()
         }
         Err(e) => internal(e).into_response(),
+    }
+}
+
+/// `POST /api/runs/{id}/replay` with an optional body `{"from_step": "<id>"}` or
+/// `{"from": "trigger"}`; without one, a failed run replays from its failed step.
+pub(super) async fn replay(
+    State(engine): State<Engine>,
+    Path(run_id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let from = match replay_from(&body) {
+        Ok(from) => from,
+        Err(error) => return error.into_response(),
+    };
+    match engine.replay(&run_id, from).await {
+        Ok(new_run_id) => (
+            axum::http::StatusCode::ACCEPTED,
+            Json(json!({"run_id": new_run_id, "replay_of": run_id})),
+        )
+            .into_response(),
+        Err(ReplayError::NotFound(_)) => {
+            ApiError::new(ErrorCode::NotFound, format!("no run with id `{run_id}`")).into_response()
+        }
+        Err(ReplayError::Storage(e)) => internal(e).into_response(),
+        Err(e) => ApiError::new(ErrorCode::InvalidReplay, e.to_string()).into_response(),
+    }
+}
+
+fn replay_from(body: &[u8]) -> Result<ReplayFrom, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(ReplayFrom::Failure);
+    }
+    let bad = |message: String| ApiError::new(ErrorCode::InvalidReplay, message);
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        bad(format!(
+            "body: not JSON ({e}); send {{\"from_step\": \"<id>\"}} or {{\"from\": \"trigger\"}}"
+        ))
+    })?;
+    match (
+        value.get("from_step").and_then(serde_json::Value::as_str),
+        value.get("from").and_then(serde_json::Value::as_str),
+    ) {
+        (Some(step), None) => Ok(ReplayFrom::Step(step.to_owned())),
+        (None, Some("trigger")) => Ok(ReplayFrom::Trigger),
+        (None, Some("failure")) | (None, None) if value.as_object().is_some_and(|o| o.len() <= 1) => {
+            Ok(ReplayFrom::Failure)
+        }
+        _ => Err(bad(
+            "body: send {\"from_step\": \"<id>\"}, {\"from\": \"trigger\"} or nothing (from the failed step)".to_owned(),
+        )),
     }
 }
 
@@ -145,13 +203,20 @@ pub(super) async fn requests(
     result.into_response()
 }
 
-/// Prometheus text: trigger requests by outcome, and flood-control keys held, per flow.
+/// Prometheus text (format 0.0.4): trigger requests by outcome, runs by status, step latency,
+/// retries, flood-control keys.
 pub(super) async fn metrics(State(engine): State<Engine>) -> Response {
     use std::fmt::Write;
     use std::sync::atomic::Ordering;
-    let mut text = String::from(
-        "# HELP haloflow_trigger_requests_total Trigger requests by outcome since start.\n\
-         # TYPE haloflow_trigger_requests_total counter\n",
+    let mut text = String::new();
+    let family = |text: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    family(
+        &mut text,
+        "haloflow_trigger_requests_total",
+        "counter",
+        "Trigger requests by outcome since start.",
     );
     for loaded in engine.flows() {
         let c = &loaded.counters;
@@ -160,20 +225,114 @@ pub(super) async fn metrics(State(engine): State<Engine>) -> Response {
             ("suppressed", &c.suppressed),
             ("rate_limited", &c.rate_limited),
             ("rejected", &c.rejected),
+            ("duplicate", &c.duplicate),
         ] {
             let _ = writeln!(
                 text,
                 "haloflow_trigger_requests_total{{flow=\"{}\",outcome=\"{outcome}\"}} {}",
-                loaded.flow.id(),
+                label(loaded.flow.id()),
                 counter.load(Ordering::Relaxed)
             );
         }
     }
-    text.push_str("# HELP haloflow_flood_control_keys Correlation keys held by flood control.\n# TYPE haloflow_flood_control_keys gauge\n");
+    family(
+        &mut text,
+        "haloflow_runs",
+        "gauge",
+        "Runs in the database by flow and status.",
+    );
+    match engine.storage().run_counts().await {
+        Ok(counts) => {
+            for c in counts {
+                let _ = writeln!(
+                    text,
+                    "haloflow_runs{{flow=\"{}\",status=\"{}\"}} {}",
+                    label(&c.flow_id),
+                    c.status.as_str(),
+                    c.count
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "Metrics: could not count runs."),
+    }
+    let state = engine.metrics();
+    family(
+        &mut text,
+        "haloflow_step_attempt_duration_seconds",
+        "histogram",
+        "Duration of step attempts by step type and outcome, since start.",
+    );
+    for ((step_type, outcome), h) in &state.step_latency {
+        let labels = format!("step_type=\"{}\",outcome=\"{outcome}\"", label(step_type));
+        for (count, bound) in h.buckets.iter().zip(LATENCY_BUCKETS) {
+            let _ = writeln!(
+                text,
+                "haloflow_step_attempt_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {count}"
+            );
+        }
+        let _ = writeln!(
+            text,
+            "haloflow_step_attempt_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}\n\
+             haloflow_step_attempt_duration_seconds_sum{{{labels}}} {}\n\
+             haloflow_step_attempt_duration_seconds_count{{{labels}}} {}",
+            h.count, h.sum_secs, h.count
+        );
+    }
+    family(
+        &mut text,
+        "haloflow_step_retries_total",
+        "counter",
+        "Step attempts after the first, by step type, since start.",
+    );
+    for (step_type, n) in &state.retries {
+        let _ = writeln!(
+            text,
+            "haloflow_step_retries_total{{step_type=\"{}\"}} {n}",
+            label(step_type)
+        );
+    }
+    family(
+        &mut text,
+        "haloflow_step_adopted_total",
+        "counter",
+        "Creates whose earlier attempt was found and adopted instead of sent again, since start.",
+    );
+    for (step_type, n) in &state.adopted {
+        let _ = writeln!(
+            text,
+            "haloflow_step_adopted_total{{step_type=\"{}\"}} {n}",
+            label(step_type)
+        );
+    }
+    family(
+        &mut text,
+        "haloflow_runs_interrupted_total",
+        "counter",
+        "Runs stopped by a shutdown and left to resume, since start.",
+    );
+    let _ = writeln!(
+        text,
+        "haloflow_runs_interrupted_total {}",
+        state.interrupted_runs
+    );
+    family(
+        &mut text,
+        "haloflow_runs_pruned_total",
+        "counter",
+        "Finished runs deleted by retention, since start.",
+    );
+    let _ = writeln!(text, "haloflow_runs_pruned_total {}", state.pruned_runs);
+    family(
+        &mut text,
+        "haloflow_flood_control_keys",
+        "gauge",
+        "Correlation keys held by flood control.",
+    );
     for (flow, keys) in engine.flood_control().tracked_keys() {
         let _ = writeln!(
             text,
-            "haloflow_flood_control_keys{{flow=\"{flow}\"}} {keys}"
+            "haloflow_flood_control_keys{{flow=\"{}\"}} {keys}",
+            label(&flow)
         );
     }
     (
@@ -184,6 +343,14 @@ pub(super) async fn metrics(State(engine): State<Engine>) -> Response {
         text,
     )
         .into_response()
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 pub(super) async fn not_found() -> Response {

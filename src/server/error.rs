@@ -16,6 +16,8 @@ pub enum ErrorCode {
     InvalidJson,
     InvalidPayload,
     InvalidQuery,
+    /// A replay that cannot start (run not finished, step not in the run, flow not loaded).
+    InvalidReplay,
     RateLimited,
     NotFound,
     StorageUnavailable,
@@ -42,6 +44,7 @@ impl ErrorCode {
             ErrorCode::InvalidJson => ("invalid_json", StatusCode::BAD_REQUEST),
             ErrorCode::InvalidPayload => ("invalid_payload", StatusCode::BAD_REQUEST),
             ErrorCode::InvalidQuery => ("invalid_query", StatusCode::BAD_REQUEST),
+            ErrorCode::InvalidReplay => ("invalid_replay", StatusCode::CONFLICT),
             ErrorCode::RateLimited => ("rate_limited", StatusCode::TOO_MANY_REQUESTS),
             ErrorCode::NotFound => ("not_found", StatusCode::NOT_FOUND),
             ErrorCode::StorageUnavailable => {

@@ -22,6 +22,7 @@ pub fn router(engine: Engine) -> Router {
         .route("/api/flows", get(api::flows))
         .route("/api/runs", get(api::runs))
         .route("/api/runs/{run_id}", get(api::run))
+        .route("/api/runs/{run_id}/replay", post(api::replay))
         .route("/api/requests", get(api::requests))
         .fallback(api::not_found)
         .with_state(engine)

@@ -147,7 +147,16 @@ pub(super) async fn receive(
         Ok(accepted) => {
             tracing::info!(flow_id = %accepted.flow_id, request_id = %accepted.request_id, runs = accepted.run_ids.len(), suppressed = accepted.suppressed.len(), "Accepted a trigger request.");
             // 202 for suppressed requests too, so Halo does not send them again.
-            (StatusCode::ACCEPTED, Json(answer(&accepted))).into_response()
+            // A delivery Halo sent before started no run: 200 names the first request.
+            let status = if accepted.run_ids.is_empty()
+                && accepted.suppressed.is_empty()
+                && !accepted.duplicates.is_empty()
+            {
+                StatusCode::OK
+            } else {
+                StatusCode::ACCEPTED
+            };
+            (status, Json(answer(&accepted))).into_response()
         }
         Err(AcceptError::Payload(problem)) => {
             rejection
@@ -188,6 +197,19 @@ fn answer(accepted: &crate::engine::Accepted) -> serde_json::Value {
         }
         events => {
             body["suppressed_events"] = serde_json::to_value(events).expect("events serialize")
+        }
+    }
+    match accepted.duplicates.as_slice() {
+        [] => {}
+        [only] if accepted.run_ids.is_empty() && accepted.suppressed.is_empty() => {
+            body["duplicate"] = true.into();
+            body["first_request_id"] = only.first_request_id.clone().into();
+            body["delivery_id"] = only.delivery_id.clone().into();
+        }
+        events => {
+            body["duplicate"] =
+                (accepted.run_ids.is_empty() && accepted.suppressed.is_empty()).into();
+            body["duplicate_events"] = serde_json::to_value(events).expect("events serialize")
         }
     }
     body

@@ -61,6 +61,21 @@ pub enum PathRule {
     Any,
 }
 
+/// Whether a step may be sent again after an attempt whose outcome is unknown (a timeout, a
+/// reset connection, a 5xx, or a crash between sending and recording).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Resend {
+    /// Sending again changes nothing (reads, updates that set fields).
+    Safe,
+    /// Sending again could create a duplicate: [`Step::find_previous`] looks for the earlier
+    /// attempt's effect first, and the step is sent again only when nothing is found.
+    LookUpFirst,
+    /// Sending again could duplicate and nothing can be looked up: the step fails with
+    /// `outcome_unknown` instead (retried only after failures that certainly changed nothing).
+    Never,
+}
+
 /// One operation a flow can run. Object-safe: the registry holds `Arc<dyn Step>`.
 #[async_trait]
 pub trait Step: Send + Sync + 'static {
@@ -84,6 +99,19 @@ pub trait Step: Send + Sync + 'static {
     }
     /// Runs the step with rendered, schema-checked inputs; returns an object with the outputs.
     async fn execute(&self, ctx: &StepContext, inputs: Value) -> Result<Value, StepError>;
+    /// Whether these inputs may be sent again after an attempt with an unknown outcome.
+    fn resend(&self, _inputs: &Value) -> Resend {
+        Resend::Safe
+    }
+    /// For [`Resend::LookUpFirst`]: finds what an earlier attempt of this step run created
+    /// (by [`StepContext::idempotency_key`]) and returns the outputs `execute` would have.
+    async fn find_previous(
+        &self,
+        _ctx: &StepContext,
+        _inputs: &Value,
+    ) -> Result<Option<Value>, StepError> {
+        Ok(None)
+    }
 }
 
 /// What a step may use while it runs.
@@ -103,6 +131,12 @@ impl StepContext {
     /// Sends HTTP requests; recorded in the run history, previewed in a dry run.
     pub fn http(&self) -> &Outbound {
         &self.http
+    }
+
+    /// A key unique to this step of this run, the same on every attempt and after a restart:
+    /// write it into what the step creates so [`Step::find_previous`] can find it again.
+    pub fn idempotency_key(&self) -> String {
+        format!("haloflow:{}:{}", self.run_id, self.step_id)
     }
 
     /// True once the engine is shutting down; long-running steps should stop early.
@@ -166,6 +200,8 @@ pub enum StepError {
         url: String,
         message: String,
         retryable: bool,
+        /// The request may have reached the remote system (not a connect failure).
+        sent: bool,
     },
     /// The remote system answered with an error status.
     #[error("{method} {url} answered {status}: {message}")]
@@ -179,6 +215,10 @@ pub enum StepError {
     /// The remote system answered 2xx with something we cannot use.
     #[error("{0}")]
     Response(String),
+    /// An earlier attempt may have taken effect and the step cannot look it up, so it is not
+    /// sent again.
+    #[error("{0}")]
+    OutcomeUnknown(String),
     /// A dry run stopped the step before its first request was sent.
     #[error("dry run: the request was not sent")]
     DryRun,
@@ -187,14 +227,33 @@ pub enum StepError {
 }
 
 impl StepError {
-    /// Connection failures, timeouts, 408, 429 and 5xx other than 501 may succeed later.
+    /// Connection failures, timeouts, 408, 409, 429 and 5xx other than 501 may succeed later;
+    /// other 4xx will not.
     pub fn is_retryable(&self) -> bool {
         match self {
             StepError::Transport { retryable, .. } => *retryable,
             StepError::Status { status, .. } => {
-                matches!(status, 408 | 429) || (*status >= 500 && *status != 501)
+                matches!(status, 408 | 409 | 429) || (*status >= 500 && *status != 501)
             }
             _ => false,
+        }
+    }
+
+    /// True when the remote system may have acted on the request: the answer was lost (timeout,
+    /// reset) or it failed after starting (500, 502, 504). 408, 429 and 503 mean it did not.
+    pub fn outcome_unknown(&self) -> bool {
+        match self {
+            StepError::Transport { sent, .. } => *sent,
+            StepError::Status { status, .. } => matches!(status, 500 | 502 | 504),
+            _ => false,
+        }
+    }
+
+    /// How long the remote system asked us to wait (`Retry-After`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            StepError::Status { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 
@@ -206,6 +265,7 @@ impl StepError {
             StepError::Transport { .. } => "transport_error",
             StepError::Status { .. } => "http_status",
             StepError::Response(_) => "bad_response",
+            StepError::OutcomeUnknown(_) => "outcome_unknown",
             StepError::DryRun => "dry_run",
             StepError::Failed(_) => "step_failed",
         }
@@ -228,10 +288,10 @@ mod tests {
 
     #[test]
     fn retryable_statuses() {
-        for s in [408, 429, 500, 502, 503] {
+        for s in [408, 409, 429, 500, 502, 503] {
             assert!(status(s).is_retryable(), "{s}");
         }
-        for s in [400, 401, 404, 409, 422, 501] {
+        for s in [400, 401, 404, 422, 501] {
             assert!(!status(s).is_retryable(), "{s}");
         }
     }

@@ -4,7 +4,11 @@
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
-use crate::step::{ConnectionKind, OutputSpec, Step, StepContext, StepError, is_placeholder};
+use crate::config::IdempotencyField;
+use crate::outbound::encode_component;
+use crate::step::{
+    ConnectionKind, OutputSpec, Resend, Step, StepContext, StepError, is_placeholder,
+};
 
 /// Ticket inputs and the Halo field each one is written to. Ids are numbers or numeric strings
 /// (Halo itself sends both, §2), normalised to integers before sending.
@@ -236,12 +240,98 @@ impl Step for CreateTicket {
     }
 
     async fn execute(&self, ctx: &StepContext, inputs: Value) -> Result<Value, StepError> {
-        let body = ticket_body(&inputs, ctx.is_dry_run())?;
+        let mut body = ticket_body(&inputs, ctx.is_dry_run())?;
         let halo = ctx.halo()?;
+        stamp_idempotency_key(&mut body, halo.idempotency_field(), &ctx.idempotency_key());
         let ticket = halo
             .post_one(ctx.http(), "Tickets", Value::Object(body))
             .await?;
         ticket_outputs(ticket)
+    }
+
+    fn resend(&self, inputs: &Value) -> Resend {
+        // The flow sets third_party_id itself: the key has no place to go, nothing to look up.
+        if inputs
+            .get("fields")
+            .and_then(|f| f.get("third_party_id"))
+            .is_some()
+        {
+            return Resend::Never;
+        }
+        Resend::LookUpFirst
+    }
+
+    /// Lists tickets matching the key with Halo's `search` and takes the one that carries it
+    /// exactly in the idempotency field.
+    async fn find_previous(
+        &self,
+        ctx: &StepContext,
+        _inputs: &Value,
+    ) -> Result<Option<Value>, StepError> {
+        let halo = ctx.halo()?;
+        let field = halo.idempotency_field();
+        if field == IdempotencyField::None {
+            return Err(StepError::OutcomeUnknown(format!(
+                "an earlier attempt may have created the ticket and [halo.{}] has idempotency_field = \"none\", so it cannot be looked up; check Halo before replaying",
+                halo.name()
+            )));
+        }
+        let key = ctx.idempotency_key();
+        let answer = halo
+            .get(
+                ctx.http(),
+                &format!("Tickets?search={}&count=10", encode_component(&key)),
+            )
+            .await?;
+        let tickets = answer
+            .get("tickets")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let found = tickets
+            .into_iter()
+            .find(|ticket| carries_key(ticket, field, &key));
+        found.map(ticket_outputs).transpose()
+    }
+}
+
+/// Writes the idempotency key where the connection keeps it, unless the flow set that field.
+fn stamp_idempotency_key(body: &mut Map<String, Value>, field: IdempotencyField, key: &str) {
+    match field {
+        IdempotencyField::ThirdPartyId => {
+            body.entry("third_party_id").or_insert_with(|| json!(key));
+        }
+        IdempotencyField::CustomField(id) => {
+            let fields = body
+                .entry("customfields")
+                .or_insert_with(|| Value::Array(Vec::new()));
+            if let Value::Array(fields) = fields
+                && !fields
+                    .iter()
+                    .any(|f| f.get("id").and_then(to_id) == Some(id))
+            {
+                fields.push(json!({"id": id, "value": key}));
+            }
+        }
+        IdempotencyField::None => {}
+    }
+}
+
+fn carries_key(ticket: &Value, field: IdempotencyField, key: &str) -> bool {
+    match field {
+        IdempotencyField::ThirdPartyId => {
+            ticket.get("third_party_id").and_then(Value::as_str) == Some(key)
+        }
+        IdempotencyField::CustomField(id) => ticket
+            .get("customfields")
+            .and_then(Value::as_array)
+            .is_some_and(|fields| {
+                fields.iter().any(|f| {
+                    f.get("id").and_then(to_id) == Some(id)
+                        && f.get("value").and_then(Value::as_str) == Some(key)
+                })
+            }),
+        IdempotencyField::None => false,
     }
 }
 
@@ -397,9 +487,49 @@ impl Step for AddAction {
         let action = halo
             .post_one(ctx.http(), "Actions", Value::Object(body))
             .await?;
-        let action_id = action.get("id").and_then(to_id);
-        Ok(json!({"action_id": action_id, "ticket_id": ticket_id, "action": action}))
+        Ok(action_outputs(ticket_id, action))
     }
+
+    fn resend(&self, _inputs: &Value) -> Resend {
+        Resend::LookUpFirst
+    }
+
+    /// Halo actions carry no key of ours: an action on the same ticket with the same outcome,
+    /// note and visibility is taken as the one an earlier attempt added.
+    async fn find_previous(
+        &self,
+        ctx: &StepContext,
+        inputs: &Value,
+    ) -> Result<Option<Value>, StepError> {
+        let ticket_id = required_id(inputs, "ticket_id", false)?;
+        let halo = ctx.halo()?;
+        let answer = halo
+            .get(ctx.http(), &format!("Actions?ticket_id={ticket_id}"))
+            .await?;
+        let private = inputs
+            .get("private")
+            .and_then(Value::as_bool)
+            .unwrap_or(true);
+        let same = |action: &&Value| {
+            let text = |key: &str| action.get(key).and_then(Value::as_str);
+            text("note") == inputs.get("note").and_then(Value::as_str)
+                && text("note_html") == inputs.get("note_html").and_then(Value::as_str)
+                && text("outcome") == inputs.get("outcome").and_then(Value::as_str)
+                && action.get("outcome_id").and_then(to_id)
+                    == inputs.get("outcome_id").and_then(to_id)
+                && action.get("hiddenfromuser").and_then(Value::as_bool) == Some(private)
+        };
+        let found = answer
+            .get("actions")
+            .and_then(Value::as_array)
+            .and_then(|actions| actions.iter().rev().find(same).cloned());
+        Ok(found.map(|action| action_outputs(ticket_id, action)))
+    }
+}
+
+fn action_outputs(ticket_id: Value, action: Value) -> Value {
+    let action_id = action.get("id").and_then(to_id);
+    json!({"action_id": action_id, "ticket_id": ticket_id, "action": action})
 }
 
 #[cfg(test)]

@@ -22,6 +22,9 @@ pub enum StorageError {
         path: String,
         source: std::io::Error,
     },
+    /// A unique key was taken by a concurrent writer (e.g. the same Halo delivery twice).
+    #[error("a concurrent write took the same key")]
+    Conflict,
     #[error("stored {what} is not valid JSON: {source}")]
     Corrupt {
         what: &'static str,
@@ -34,7 +37,8 @@ impl StorageError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            StorageError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_))
+            StorageError::Conflict
+                | StorageError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_))
         )
     }
 }
@@ -63,6 +67,8 @@ pub struct NewRun {
     pub created_at_ms: i64,
     /// The flood-control key the run was admitted under (none without flood control).
     pub correlation_key: Option<String>,
+    /// Halo's delivery GUID: a second request with the same one starts no run.
+    pub delivery_id: Option<String>,
 }
 
 /// An event that flood control suppressed: stored with its request, started no run.
@@ -73,6 +79,7 @@ pub struct NewSuppressed {
     pub correlation_key: String,
     pub parent_request_id: String,
     pub received_at_ms: i64,
+    pub delivery_id: Option<String>,
 }
 
 /// A run admitted by flood control, as replayed at start.
@@ -170,6 +177,8 @@ pub struct RunSummary {
     pub created_at_ms: i64,
     pub started_at_ms: Option<i64>,
     pub finished_at_ms: Option<i64>,
+    /// The run this one replays.
+    pub replay_of: Option<String>,
 }
 
 /// One step of a run as stored.
@@ -186,6 +195,11 @@ pub struct StepRunRecord {
     pub exchanges: Vec<ExchangeRecord>,
     pub started_at_ms: i64,
     pub finished_at_ms: Option<i64>,
+    /// Attempts made so far (0 for outputs reused from a replayed run).
+    pub attempts: u32,
+    pub attempt_log: Vec<AttemptRecord>,
+    /// The run whose outputs this step reused (a replay from a later step).
+    pub reused_from: Option<String>,
 }
 
 /// A run with its trigger outputs and steps.
@@ -223,7 +237,46 @@ pub struct RequestRecord {
 pub struct RunFilter {
     pub flow_id: Option<String>,
     pub status: Option<RunStatus>,
+    /// Created at or after (unix ms).
+    pub since_ms: Option<i64>,
+    /// Created before (unix ms).
+    pub until_ms: Option<i64>,
     pub limit: Option<u32>,
+}
+
+/// How one attempt of a step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    Succeeded,
+    Failed,
+    /// An earlier attempt's effect was found and taken over instead of sending again.
+    Adopted,
+}
+
+/// One attempt of a step, as kept in the run history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    pub number: u32,
+    pub started_at_ms: i64,
+    pub finished_at_ms: i64,
+    pub outcome: AttemptOutcome,
+    pub error_code: Option<String>,
+    pub error: Option<String>,
+    /// The wait before the next attempt, when there is one.
+    pub retry_in_ms: Option<u64>,
+    /// The attempt may have taken effect although it failed (its answer was lost).
+    #[serde(default)]
+    pub outcome_unknown: bool,
+    pub exchanges: Vec<ExchangeRecord>,
+}
+
+/// A run's status count, for `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunCount {
+    pub flow_id: String,
+    pub status: RunStatus,
+    pub count: i64,
 }
 
 /// Where runs live. One implementation per database.
@@ -247,6 +300,9 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
         failure: Option<(&str, &str)>,
         at_ms: i64,
     ) -> Result<(), StorageError>;
+    /// Records that attempt `attempt` of a step is about to send: the intent, before any
+    /// request leaves. Earlier attempts stay in the attempt log.
+    #[allow(clippy::too_many_arguments)]
     async fn start_step(
         &self,
         run_id: &str,
@@ -254,7 +310,15 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
         position: usize,
         step_type: &str,
         inputs: &Value,
+        attempt: u32,
         at_ms: i64,
+    ) -> Result<(), StorageError>;
+    /// Appends a finished attempt to the step's attempt log.
+    async fn record_attempt(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        attempt: &AttemptRecord,
     ) -> Result<(), StorageError>;
     async fn finish_step(
         &self,
@@ -274,13 +338,47 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
         flow_id: &str,
         since_ms: i64,
     ) -> Result<Vec<FloodRecord>, StorageError>;
-    /// Runs accepted but not started (to start after a restart), oldest first.
-    async fn queued_runs(&self) -> Result<Vec<(String, String)>, StorageError>;
+    /// Runs accepted and not finished (queued, or interrupted while running), oldest first, as
+    /// (run id, flow id).
+    async fn unfinished_runs(&self) -> Result<Vec<(String, String)>, StorageError>;
+    /// The requests that already carried these delivery ids for `flow_id`, as
+    /// (delivery id, request id).
+    async fn find_deliveries(
+        &self,
+        flow_id: &str,
+        delivery_ids: &[String],
+    ) -> Result<Vec<(String, String)>, StorageError>;
+    /// Creates a run that replays `replay_of`, with the given steps' outputs copied from it.
+    async fn create_replay(
+        &self,
+        run: &NewRun,
+        request_id: Option<&str>,
+        replay_of: &str,
+        reused: &[StepRunRecord],
+    ) -> Result<(), StorageError>;
+    /// Deletes runs finished before `before_ms` (with their steps), and trigger requests
+    /// received before it that no longer have runs. Returns the number of runs deleted.
+    async fn prune_finished(&self, before_ms: i64) -> Result<u64, StorageError>;
+    /// Runs per flow and status.
+    async fn run_counts(&self) -> Result<Vec<RunCount>, StorageError>;
+    /// A cheap query that proves the database answers.
+    async fn ping(&self) -> Result<(), StorageError>;
 }
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+/// Reads RFC 3339 text or unix milliseconds.
+pub fn parse_time(text: &str) -> Option<i64> {
+    let text = text.trim();
+    if let Ok(ms) = text.parse::<i64>() {
+        return Some(ms);
+    }
+    chrono::DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.timestamp_millis())
 }
 
 /// RFC 3339 text for a millisecond timestamp.

@@ -13,9 +13,9 @@ use sqlx::sqlite::{
 };
 
 use super::{
-    FloodRecord, NewRequest, NewRun, NewSuppressed, RequestFilter, RequestRecord, RunDetail,
-    RunFilter, RunStatus, RunSummary, StepOutcome, StepRunRecord, StepStatus, Storage,
-    StorageError,
+    AttemptRecord, FloodRecord, NewRequest, NewRun, NewSuppressed, RequestFilter, RequestRecord,
+    RunCount, RunDetail, RunFilter, RunStatus, RunSummary, StepOutcome, StepRunRecord, StepStatus,
+    Storage, StorageError,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -103,10 +103,44 @@ fn run_summary(row: &SqliteRow) -> Result<RunSummary, StorageError> {
         created_at_ms: row.try_get("created_at_ms")?,
         started_at_ms: row.try_get("started_at_ms")?,
         finished_at_ms: row.try_get("finished_at_ms")?,
+        replay_of: row.try_get("replay_of")?,
     })
 }
 
-const RUN_COLUMNS: &str = "id, flow_id, request_id, event_index, status, error, failed_step, created_at_ms, started_at_ms, finished_at_ms";
+const RUN_COLUMNS: &str = "id, flow_id, request_id, event_index, status, error, failed_step, created_at_ms, started_at_ms, finished_at_ms, replay_of";
+
+/// A unique-index violation becomes [`StorageError::Conflict`].
+fn conflict_or(e: sqlx::Error) -> StorageError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StorageError::Conflict,
+        _ => StorageError::Database(e),
+    }
+}
+
+async fn insert_run(
+    conn: &mut sqlx::SqliteConnection,
+    run: &NewRun,
+    request_id: Option<&str>,
+    replay_of: Option<&str>,
+) -> Result<(), StorageError> {
+    sqlx::query(
+        "INSERT INTO runs (id, request_id, flow_id, event_index, status, trigger, created_at_ms, correlation_key, delivery_id, replay_of)
+         VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9)",
+    )
+    .bind(&run.id)
+    .bind(request_id)
+    .bind(&run.flow_id)
+    .bind(run.event_index as i64)
+    .bind(to_json_text(&run.trigger))
+    .bind(run.created_at_ms)
+    .bind(run.correlation_key.as_deref())
+    .bind(run.delivery_id.as_deref())
+    .bind(replay_of)
+    .execute(conn)
+    .await
+    .map_err(conflict_or)?;
+    Ok(())
+}
 
 #[async_trait]
 impl Storage for SqliteStorage {
@@ -119,25 +153,13 @@ impl Storage for SqliteStorage {
         let mut tx = self.pool.begin().await?;
         insert_request(&mut tx, request, "accepted").await?;
         for run in runs {
-            sqlx::query(
-                "INSERT INTO runs (id, request_id, flow_id, event_index, status, trigger, created_at_ms, correlation_key)
-                 VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7)",
-            )
-            .bind(&run.id)
-            .bind(&request.id)
-            .bind(&run.flow_id)
-            .bind(run.event_index as i64)
-            .bind(to_json_text(&run.trigger))
-            .bind(run.created_at_ms)
-            .bind(run.correlation_key.as_deref())
-            .execute(&mut *tx)
-            .await?;
+            insert_run(&mut tx, run, Some(&request.id), None).await?;
         }
         for event in suppressed {
             sqlx::query(
                 "INSERT INTO suppressed_events
-                    (request_id, event_index, flow_id, correlation_key, parent_request_id, received_at_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+                    (request_id, event_index, flow_id, correlation_key, parent_request_id, received_at_ms, delivery_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
             .bind(&request.id)
             .bind(event.event_index as i64)
@@ -145,6 +167,7 @@ impl Storage for SqliteStorage {
             .bind(&event.correlation_key)
             .bind(&event.parent_request_id)
             .bind(event.received_at_ms)
+            .bind(event.delivery_id.as_deref())
             .execute(&mut *tx)
             .await?;
         }
@@ -158,7 +181,7 @@ impl Storage for SqliteStorage {
     }
 
     async fn start_run(&self, run_id: &str, at_ms: i64) -> Result<(), StorageError> {
-        sqlx::query("UPDATE runs SET status = 'running', started_at_ms = $2 WHERE id = $1")
+        sqlx::query("UPDATE runs SET status = 'running', started_at_ms = coalesce(started_at_ms, $2) WHERE id = $1")
             .bind(run_id)
             .bind(at_ms)
             .execute(&self.pool)
@@ -191,13 +214,15 @@ impl Storage for SqliteStorage {
         position: usize,
         step_type: &str,
         inputs: &Value,
+        attempt: u32,
         at_ms: i64,
     ) -> Result<(), StorageError> {
+        // The first attempt's start time stays; later attempts only bump the count.
         sqlx::query(
-            "INSERT INTO step_runs (run_id, step_id, position, step_type, status, inputs, started_at_ms)
-             VALUES ($1, $2, $3, $4, 'running', $5, $6)
+            "INSERT INTO step_runs (run_id, step_id, position, step_type, status, inputs, started_at_ms, attempts)
+             VALUES ($1, $2, $3, $4, 'running', $5, $6, $7)
              ON CONFLICT (run_id, step_id) DO UPDATE SET
-                status = 'running', inputs = excluded.inputs, started_at_ms = excluded.started_at_ms,
+                status = 'running', inputs = excluded.inputs, attempts = excluded.attempts,
                 outputs = NULL, error = NULL, error_code = NULL, finished_at_ms = NULL",
         )
         .bind(run_id)
@@ -206,6 +231,26 @@ impl Storage for SqliteStorage {
         .bind(step_type)
         .bind(to_json_text(inputs))
         .bind(at_ms)
+        .bind(i64::from(attempt))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn record_attempt(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        attempt: &AttemptRecord,
+    ) -> Result<(), StorageError> {
+        let record = serde_json::to_string(attempt).expect("attempt records serialize");
+        sqlx::query(
+            "UPDATE step_runs SET attempt_log = json_insert(coalesce(attempt_log, '[]'), '$[#]', json($3))
+             WHERE run_id = $1 AND step_id = $2",
+        )
+        .bind(run_id)
+        .bind(step_id)
+        .bind(record)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -240,12 +285,15 @@ impl Storage for SqliteStorage {
         let sql = sqlx::AssertSqlSafe(format!(
             "SELECT {RUN_COLUMNS} FROM runs
              WHERE ($1 IS NULL OR flow_id = $1) AND ($2 IS NULL OR status = $2)
+               AND ($4 IS NULL OR created_at_ms >= $4) AND ($5 IS NULL OR created_at_ms < $5)
              ORDER BY created_at_ms DESC, id DESC LIMIT $3"
         ));
         let rows = sqlx::query(sql)
             .bind(filter.flow_id.as_deref())
             .bind(filter.status.map(RunStatus::as_str))
             .bind(i64::from(filter.limit.unwrap_or(50)))
+            .bind(filter.since_ms)
+            .bind(filter.until_ms)
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(run_summary).collect()
@@ -267,7 +315,7 @@ impl Storage for SqliteStorage {
             parse_json(row.try_get("trigger")?, "trigger outputs")?.unwrap_or(Value::Null);
         let rows = sqlx::query(
             "SELECT step_id, position, step_type, status, inputs, outputs, error_code, error, exchanges,
-                    started_at_ms, finished_at_ms
+                    started_at_ms, finished_at_ms, attempts, attempt_log, reused_from
              FROM step_runs WHERE run_id = $1 ORDER BY position",
         )
         .bind(run_id)
@@ -281,6 +329,14 @@ impl Storage for SqliteStorage {
                 .transpose()
                 .map_err(|source| StorageError::Corrupt {
                     what: "exchange log",
+                    source,
+                })?
+                .unwrap_or_default();
+            let attempt_log = parse_json(row.try_get("attempt_log")?, "attempt log")?
+                .map(serde_json::from_value)
+                .transpose()
+                .map_err(|source| StorageError::Corrupt {
+                    what: "attempt log",
                     source,
                 })?
                 .unwrap_or_default();
@@ -300,6 +356,9 @@ impl Storage for SqliteStorage {
                 exchanges,
                 started_at_ms: row.try_get("started_at_ms")?,
                 finished_at_ms: row.try_get("finished_at_ms")?,
+                attempts: row.try_get::<i64, _>("attempts")?.max(0) as u32,
+                attempt_log,
+                reused_from: row.try_get("reused_from")?,
             });
         }
         Ok(Some(RunDetail {
@@ -385,15 +444,130 @@ impl Storage for SqliteStorage {
             .collect()
     }
 
-    async fn queued_runs(&self) -> Result<Vec<(String, String)>, StorageError> {
+    async fn unfinished_runs(&self) -> Result<Vec<(String, String)>, StorageError> {
         let rows = sqlx::query(
-            "SELECT id, flow_id FROM runs WHERE status = 'queued' ORDER BY created_at_ms, id",
+            "SELECT id, flow_id FROM runs WHERE status IN ('queued', 'running') ORDER BY created_at_ms, id",
         )
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
             .map(|row| Ok((row.try_get("id")?, row.try_get("flow_id")?)))
             .collect()
+    }
+
+    async fn find_deliveries(
+        &self,
+        flow_id: &str,
+        delivery_ids: &[String],
+    ) -> Result<Vec<(String, String)>, StorageError> {
+        let mut found = Vec::new();
+        for id in delivery_ids {
+            let row = sqlx::query(
+                "SELECT request_id FROM runs WHERE flow_id = $1 AND delivery_id = $2 AND request_id IS NOT NULL
+                 UNION ALL
+                 SELECT request_id FROM suppressed_events WHERE flow_id = $1 AND delivery_id = $2
+                 LIMIT 1",
+            )
+            .bind(flow_id)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+            if let Some(row) = row {
+                found.push((id.clone(), row.try_get("request_id")?));
+            }
+        }
+        Ok(found)
+    }
+
+    async fn create_replay(
+        &self,
+        run: &NewRun,
+        request_id: Option<&str>,
+        replay_of: &str,
+        reused: &[StepRunRecord],
+    ) -> Result<(), StorageError> {
+        let mut tx = self.pool.begin().await?;
+        insert_run(&mut tx, run, request_id, Some(replay_of)).await?;
+        for step in reused {
+            sqlx::query(
+                "INSERT INTO step_runs (run_id, step_id, position, step_type, status, inputs, outputs,
+                                        exchanges, started_at_ms, finished_at_ms, attempts, reused_from)
+                 VALUES ($1, $2, $3, $4, 'succeeded', $5, $6, '[]', $7, $7, 0, $8)",
+            )
+            .bind(&run.id)
+            .bind(&step.step_id)
+            .bind(step.position)
+            .bind(&step.step_type)
+            .bind(step.inputs.as_ref().map(to_json_text))
+            .bind(step.outputs.as_ref().map(to_json_text))
+            .bind(run.created_at_ms)
+            .bind(replay_of)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn prune_finished(&self, before_ms: i64) -> Result<u64, StorageError> {
+        let mut tx = self.pool.begin().await?;
+        // Replays keep their history readable: a run another run replays is kept until that
+        // one goes too.
+        let doomed = "SELECT id FROM runs r WHERE r.finished_at_ms < $1
+                        AND NOT EXISTS (SELECT 1 FROM runs x WHERE x.replay_of = r.id)";
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM step_runs WHERE run_id IN ({doomed})"
+        )))
+        .bind(before_ms)
+        .execute(&mut *tx)
+        .await?;
+        let runs = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM runs WHERE id IN ({doomed})"
+        )))
+        .bind(before_ms)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query(
+            "DELETE FROM suppressed_events WHERE received_at_ms < $1
+               AND NOT EXISTS (SELECT 1 FROM runs WHERE runs.request_id = suppressed_events.parent_request_id)",
+        )
+        .bind(before_ms)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM trigger_requests WHERE received_at_ms < $1
+               AND NOT EXISTS (SELECT 1 FROM runs WHERE runs.request_id = trigger_requests.id)
+               AND NOT EXISTS (SELECT 1 FROM suppressed_events s WHERE s.request_id = trigger_requests.id)",
+        )
+        .bind(before_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(runs)
+    }
+
+    async fn run_counts(&self) -> Result<Vec<RunCount>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT flow_id, status, count(*) AS n FROM runs GROUP BY flow_id, status ORDER BY flow_id, status",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let status: String = row.try_get("status")?;
+                Ok(RunCount {
+                    flow_id: row.try_get("flow_id")?,
+                    status: RunStatus::parse(&status).unwrap_or(RunStatus::Failed),
+                    count: row.try_get("n")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn ping(&self) -> Result<(), StorageError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
     }
 }
 

@@ -168,7 +168,7 @@ pub fn outputs(
     let text = |key: &str| event.get(key).and_then(Value::as_str).map(str::to_owned);
     json!({
         "request_id": request_id,
-        "delivery_id": text("id"),
+        "delivery_id": delivery_id(&event),
         "event": text("event").map(|e| e.to_lowercase()),
         "ticket_id": ticket_id,
         "ticket": ticket,
@@ -179,6 +179,20 @@ pub fn outputs(
         "message": text("message"),
         "body": Value::Object(event),
     })
+}
+
+/// Halo's delivery GUID: `id` of a default webhook body (one with `event` or `object_id`).
+/// A re-send from Halo's Deliveries tab or a retry carries the same one.
+pub fn delivery_id(event: &Map<String, Value>) -> Option<String> {
+    if !event.contains_key("event") && !event.contains_key("object_id") {
+        return None;
+    }
+    event
+        .get("id")
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
+        .map(str::to_owned)
 }
 
 /// Halo ids arrive as numbers, `3.0` or strings (§2 pitfalls).

@@ -80,13 +80,9 @@ fn connection(
     secret_name: &str,
 ) -> HaloConnectionConfig {
     HaloConnectionConfig {
-        base_url: running.base_url(),
-        auth_url: None,
-        tenant: None,
-        client_id: client_id.into(),
-        client_secret_name: secret_name.into(),
-        scope: "all".into(),
         timeout_secs: 5,
+        rate_limit_requests: 0,
+        ..HaloConnectionConfig::new(running.base_url(), client_id, secret_name)
     }
 }
 
@@ -193,9 +189,16 @@ impl Harness {
     }
 }
 
+/// A sample webhook from `examples/`, with a fresh delivery GUID (`id`) as each real delivery
+/// has: the same GUID twice is a re-send and starts no second run.
 pub fn sample_payload(name: &str) -> Value {
     let path = Path::new("examples").join(name);
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+    let mut payload: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    if let Some(id) = payload.get_mut("id") {
+        *id = Value::String(uuid::Uuid::new_v4().to_string());
+    }
+    payload
 }
 
 /// The `/api/...` requests an emulator received (token requests left out), as (method, path, body).
