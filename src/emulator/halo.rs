@@ -43,6 +43,8 @@ struct HaloState {
     requests: Vec<RecordedRequest>,
     failures: Vec<InjectedFailure>,
     faults: Vec<ScheduledFault>,
+    /// Halo's rolling-window rate limit (§6), when set: (requests, window, recent arrivals).
+    rate_limit: Option<(usize, Duration, std::collections::VecDeque<Instant>)>,
 }
 
 /// An answer: status and JSON body.
@@ -66,6 +68,7 @@ impl HaloEmulator {
                 requests: Vec::new(),
                 failures: Vec::new(),
                 faults: Vec::new(),
+                rate_limit: None,
             })),
         }
     }
@@ -146,6 +149,11 @@ impl HaloEmulator {
 }
 
 impl HaloEmulator {
+    /// Answers 429 like Halo once more than `requests` arrive within any rolling `window`.
+    pub fn limit_rate(&self, requests: usize, window: Duration) {
+        self.lock().rate_limit = Some((requests, window, Default::default()));
+    }
+
     /// The next `times` requests matching method and path prefix meet `fault`.
     pub fn inject(&self, method: &str, path_prefix: &str, fault: Fault, times: usize) {
         self.lock().faults.push(ScheduledFault {
@@ -161,30 +169,42 @@ async fn handle(State(emulator): State<HaloEmulator>, request: Request<Body>) ->
     let recorded = RecordedRequest::read(request).await;
     let fault = {
         let mut state = emulator.lock();
-        ScheduledFault::take(&mut state.faults, &recorded.method, &recorded.path)
+        if InjectedFailure::pending(&state.failures, &recorded.method, &recorded.path) {
+            None
+        } else {
+            ScheduledFault::take(&mut state.faults, &recorded.method, &recorded.path)
+        }
     };
-    match fault {
-        None => answer(&emulator, recorded),
-        Some(Fault::Delay(wait)) => {
-            tokio::time::sleep(wait).await;
-            answer(&emulator, recorded)
+    let Some(fault) = fault else {
+        return answer(&emulator, recorded);
+    };
+    // Like a real server, the emulator finishes its work even when the client has gone
+    // (timed out or killed): the work runs in its own task.
+    let work = tokio::spawn(async move {
+        match fault {
+            Fault::Delay(wait) => {
+                tokio::time::sleep(wait).await;
+                answer(&emulator, recorded)
+            }
+            Fault::HoldBeforeProcessing(hold) => {
+                hold.hold().await;
+                answer(&emulator, recorded)
+            }
+            Fault::HoldAfterProcessing(hold) => {
+                let response = answer(&emulator, recorded);
+                hold.hold().await;
+                response
+            }
+            Fault::ResetAfterProcessing => {
+                let (parts, _) = answer(&emulator, recorded).into_parts();
+                let mut response = Response::from_parts(parts, broken_body());
+                response.headers_mut().remove(header::CONTENT_LENGTH);
+                response
+            }
         }
-        Some(Fault::HoldBeforeProcessing(hold)) => {
-            hold.hold().await;
-            answer(&emulator, recorded)
-        }
-        Some(Fault::HoldAfterProcessing(hold)) => {
-            let response = answer(&emulator, recorded);
-            hold.hold().await;
-            response
-        }
-        Some(Fault::ResetAfterProcessing) => {
-            let (parts, _) = answer(&emulator, recorded).into_parts();
-            let mut response = Response::from_parts(parts, broken_body());
-            response.headers_mut().remove(header::CONTENT_LENGTH);
-            response
-        }
-    }
+    });
+    work.await
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
 /// Handles a request normally (or with an injected error status) and records it.
@@ -196,10 +216,13 @@ fn answer(emulator: &HaloEmulator, mut recorded: RecordedRequest) -> Response {
             let (status, body) = halo_error(status, "injected failure");
             (status, body, retry_after)
         }
-        None => {
-            let (status, body) = state.answer(&recorded);
-            (status, body, None)
-        }
+        None => match state.over_rate_limit() {
+            Some(message) => (429, json!({ "Message": message }), None),
+            None => {
+                let (status, body) = state.answer(&recorded);
+                (status, body, None)
+            }
+        },
     };
     recorded.status = status;
     state.requests.push(recorded);
@@ -218,6 +241,26 @@ fn answer(emulator: &HaloEmulator, mut recorded: RecordedRequest) -> Response {
 }
 
 impl HaloState {
+    /// Counts a request against the rate limit; the 429 message when it is over.
+    fn over_rate_limit(&mut self) -> Option<String> {
+        let (limit, window, recent) = self.rate_limit.as_mut()?;
+        let now = Instant::now();
+        while recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= *window)
+        {
+            recent.pop_front();
+        }
+        if recent.len() >= *limit {
+            return Some(format!(
+                "Rate Limit Reached - {limit} Requests per rolling {} second window",
+                window.as_secs_f64()
+            ));
+        }
+        recent.push_back(now);
+        None
+    }
+
     fn answer(&mut self, request: &RecordedRequest) -> Answer {
         let path = request.path.to_ascii_lowercase();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();

@@ -100,6 +100,17 @@ pub(crate) struct InjectedFailure {
 }
 
 impl InjectedFailure {
+    /// True when an error status is scheduled for this request (it goes before other faults).
+    pub(crate) fn pending(failures: &[InjectedFailure], method: &str, path: &str) -> bool {
+        failures.iter().any(|f| {
+            f.remaining > 0
+                && f.method.eq_ignore_ascii_case(method)
+                && path
+                    .to_ascii_lowercase()
+                    .starts_with(&f.path_prefix.to_ascii_lowercase())
+        })
+    }
+
     /// Takes one failure matching the request, if any is left.
     pub(crate) fn take(
         failures: &mut [InjectedFailure],

@@ -423,7 +423,16 @@ impl Engine {
                     uncertain = lookup_failed || error.outcome_unknown();
                     let message = format!("flow `{}`, step `{}`: {error}", flow.id(), step.id);
                     let retry = error.is_retryable() && attempt < policy.max_attempts;
-                    let delay = retry.then(|| policy.delay(attempt, error.retry_after()));
+                    let delay = retry.then(|| {
+                        let delay = policy.delay(attempt, error.retry_after());
+                        // A lost answer: give a slow server as long again as we waited for
+                        // it, so the lookup before the next send sees what it finished.
+                        if uncertain {
+                            delay.max(clock.elapsed())
+                        } else {
+                            delay
+                        }
+                    });
                     record.outcome = AttemptOutcome::Failed;
                     record.error_code = Some(error.code().to_owned());
                     record.error = Some(message.clone());

@@ -26,17 +26,6 @@ pub struct HaloConnection {
     pacer: Option<Pacer>,
 }
 
-type Pacer = governor::DefaultDirectRateLimiter;
-
-/// `requests` per `window` as a GCRA: a burst of `requests`, then one every `window / requests`,
-/// which never exceeds `requests` in any window of that length.
-fn pacer(requests: u32, window: Duration) -> Option<Pacer> {
-    let burst = std::num::NonZeroU32::new(requests)?;
-    let period = window.checked_div(requests)?.max(Duration::from_micros(1));
-    let quota = governor::Quota::with_period(period)?.allow_burst(burst);
-    Some(governor::RateLimiter::direct(quota))
-}
-
 #[derive(Debug, Clone)]
 struct CachedToken {
     access_token: Secret,
@@ -44,9 +33,51 @@ struct CachedToken {
     refresh_at: Instant,
 }
 
+/// Paces requests to at most `limit` in any rolling `window`, Halo's own rule (§6). A sliding
+/// log of send times, exact where a token bucket would let up to twice the limit through a
+/// window that straddles a burst.
+#[derive(Debug)]
+struct Pacer {
+    limit: usize,
+    window: Duration,
+    sent: std::sync::Mutex<std::collections::VecDeque<Instant>>,
+}
+
+impl Pacer {
+    fn new(limit: u32, window: Duration) -> Option<Pacer> {
+        (limit > 0 && !window.is_zero()).then(|| Pacer {
+            limit: limit as usize,
+            window,
+            sent: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(limit as usize)),
+        })
+    }
+
+    /// Waits until one more request fits in the window, and counts it.
+    async fn acquire(&self) {
+        loop {
+            let wait = {
+                let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+                let now = Instant::now();
+                while sent
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) >= self.window)
+                {
+                    sent.pop_front();
+                }
+                if sent.len() < self.limit {
+                    sent.push_back(now);
+                    return;
+                }
+                self.window - now.duration_since(*sent.front().expect("the window is full"))
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
 impl HaloConnection {
     pub fn new(name: String, config: HaloConnectionConfig, client_secret: Secret) -> Self {
-        let pacer = pacer(
+        let pacer = Pacer::new(
             config.rate_limit_requests,
             Duration::from_secs(config.rate_limit_window_secs),
         );
@@ -75,7 +106,7 @@ impl HaloConnection {
         if http.dry_run_recorder().is_none()
             && let Some(pacer) = &self.pacer
         {
-            pacer.until_ready().await;
+            pacer.acquire().await;
         }
     }
 

@@ -50,6 +50,8 @@ pub struct Options {
     pub clock: FloodClock,
     /// Reuse a data directory (to restart on the same database).
     pub data_dir: Option<PathBuf>,
+    /// Changes to the configuration before the engine is built.
+    pub configure: fn(&mut Config),
 }
 
 impl Default for Options {
@@ -59,6 +61,7 @@ impl Default for Options {
             max_body_bytes: 1024 * 1024,
             clock: FloodClock::default(),
             data_dir: None,
+            configure: |_| {},
         }
     }
 }
@@ -107,6 +110,7 @@ impl Harness {
             "partner_halo".into(),
             connection(&partner_running, "partner-client", "PARTNER_SECRET"),
         );
+        (options.configure)(&mut config);
         let secrets = SecretStore::from_values([
             ("HALOFLOW_ESCALATE_KEY", ESCALATE_KEY),
             ("HALOFLOW_ROUTING_PASSWORD", ROUTING_PASSWORD),
