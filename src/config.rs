@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -29,6 +29,22 @@ pub struct Config {
     /// How long finished runs are kept.
     #[serde(default)]
     pub retention: RetentionConfig,
+}
+
+/// Shows secret names, never their values.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut secret_names: Vec<&String> = self.secrets.keys().collect();
+        secret_names.sort();
+        f.debug_struct("Config")
+            .field("server", &self.server)
+            .field("halo", &self.halo)
+            .field("http", &self.http)
+            .field("secrets", &secret_names)
+            .field("retry", &self.retry)
+            .field("retention", &self.retention)
+            .finish()
+    }
 }
 
 /// Retry settings; every field is optional and falls back to the level below it: the step's
@@ -317,8 +333,20 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config, String> {
-        let config: Config =
-            toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " "))?;
+        // toml's own text quotes the offending line, which may hold a secret: keep only the
+        // message and where it is.
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let place = e
+                .span()
+                .map(|span| {
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                    format!("line {line}, column {column}: ")
+                })
+                .unwrap_or_default();
+            format!("{place}{}", e.message().trim_end().replace('\n', " "))
+        })?;
         for (name, halo) in &config.halo {
             halo.idempotency()
                 .map_err(|e| format!("[halo.{name}] {e}"))?;
@@ -350,6 +378,19 @@ mod tests {
         );
         assert_eq!(main.scope, "all");
         assert_eq!(config.server.max_body_bytes, 1024 * 1024);
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output_and_parse_errors() {
+        let config = Config::parse("[secrets]\nHALO = \"s3cr3t-value\"\n").unwrap();
+        let shown = format!("{config:?}");
+        assert!(
+            shown.contains("HALO") && !shown.contains("s3cr3t-value"),
+            "{shown}"
+        );
+        let err = Config::parse("[secrets]\nHALO = \"s3cr3t-value\" x\n").unwrap_err();
+        assert!(!err.contains("s3cr3t"), "{err}");
+        assert!(err.starts_with("line 2, column "), "{err}");
     }
 
     #[test]

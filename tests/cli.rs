@@ -52,6 +52,10 @@ fn the_demo_sends_a_sample_to_every_flow_and_shows_the_runs() {
         "{out}"
     );
     assert!(out.contains("curl -sS -X POST"), "{out}");
+    assert!(
+        out.contains("ServiceNow emulator on http://127.0.0.1:"),
+        "{out}"
+    );
     // The runs are in the history the other commands read.
     let list = haloflow(&["runs", "list", "--data", data_dir])
         .output()

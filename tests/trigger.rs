@@ -425,6 +425,27 @@ async fn a_missing_value_fails_the_run_naming_flow_step_input_and_path() {
 }
 
 #[tokio::test]
+async fn a_rendered_input_that_breaks_the_step_schema_names_its_place() {
+    let h = Harness::start().await;
+    let mut payload = sample_payload("halo-new-ticket.json");
+    payload["ticket"]["impact"] = json!("high");
+    let (_, answer) = h.post_json(&h.escalate_url("x"), &payload).await;
+    let run = h.wait(answer["run_ids"][0].as_str().unwrap()).await;
+    assert_eq!(run.steps[0].error_code.as_deref(), Some("invalid_input"));
+    let error = run.summary.error.unwrap();
+    let text = std::fs::read_to_string("flows/escalate-to-partner.json").unwrap();
+    let (line, column) = haloflow::flow::locate(&text, "/steps/0/inputs/impact").unwrap();
+    assert!(
+        error.starts_with(&format!(
+            "flows/escalate-to-partner.json:{line}:{column}: flow `escalate-to-partner`, step `create`: input /impact:"
+        )),
+        "{error}"
+    );
+    assert!(error.contains("--dry-run"), "{error}");
+    assert!(api_calls(&h.partner).is_empty(), "nothing was sent");
+}
+
+#[tokio::test]
 async fn a_revoked_token_is_refreshed_once() {
     let h = Harness::start().await;
     let send = || {
@@ -497,6 +518,7 @@ async fn hostile_inputs_get_answers_not_panics() {
         ),
         format!("{}/triggers/escalate-to-partner?apiKey=%ZZ", h.base),
         format!("{}/triggers/%F0%9F%92%A5", h.base),
+        format!("{}/triggers/%FF", h.base),
     ];
     for body in [
         deep.as_str(),
@@ -531,7 +553,24 @@ async fn hostile_inputs_get_answers_not_panics() {
             "{query}: {}",
             response.status()
         );
+        let answer: Value = response.json().await.expect("every answer is JSON");
+        assert!(answer["error"]["code"].is_string() || answer["request_id"].is_string());
     }
+    // Wrong method: a JSON 405 that says what to do.
+    let response = c
+        .get(format!("{}/triggers/escalate-to-partner", h.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], "method_not_allowed");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("take POST")
+    );
     // The server still answers normally afterwards.
     let (status, _) = h
         .post_json(&url, &sample_payload("halo-new-ticket.json"))

@@ -14,6 +14,7 @@ use serde_json::Value;
 use super::{CommandError, render};
 use crate::config::{Config, HaloConnectionConfig};
 use crate::emulator::halo::{HaloEmulator, HaloEmulatorConfig};
+use crate::emulator::servicenow::{ServiceNowEmulator, ServiceNowEmulatorConfig};
 use crate::engine::Engine;
 use crate::flow::TriggerAuth;
 use crate::secrets::SecretStore;
@@ -68,6 +69,21 @@ pub async fn demo(options: &DemoOptions, out: &mut dyn Write) -> Result<(), Comm
         writeln!(out, "Halo emulator `{name}` on {}", running.base_url())?;
         emulators.push((name, emulator, running));
     }
+    // The ServiceNow side (Table and Attachment APIs, Basic auth) for flows that reach it with
+    // http.request steps; it lives as long as the demo.
+    let servicenow = ServiceNowEmulator::new(ServiceNowEmulatorConfig {
+        username: "haloflow.demo".into(),
+        password: random_secret(),
+        oauth_client_id: None,
+        oauth_client_secret: None,
+        token_lifetime_secs: 1800,
+    });
+    let _servicenow_running = servicenow.start().await?;
+    writeln!(
+        out,
+        "ServiceNow emulator on {} (Table API at /api/now/table/<table>)",
+        _servicenow_running.base_url()
+    )?;
     // The sample each example flow gets; any other flow gets the first one.
     let samples = [
         (

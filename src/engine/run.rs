@@ -15,7 +15,7 @@ use crate::storage::{
     AttemptOutcome, AttemptRecord, RunStatus, StepOutcome, StepRunRecord, StepStatus, StorageError,
     now_ms,
 };
-use crate::template::TemplateSet;
+use crate::template::{CompiledValue, TemplateSet};
 
 /// How a run's execution ended in this process.
 pub(super) enum RunEnd {
@@ -144,10 +144,15 @@ fn prepare_inputs(
     } else {
         &step.step.schema
     };
+    let mut place = None;
     let errors: Vec<String> = schema
         .iter_errors(&inputs)
         .map(|e| {
             let at = e.instance_path().to_string();
+            if place.is_none() {
+                place = inputs_pointer(&step.inputs)
+                    .and_then(|base| nearest_place(flow, &format!("{base}{at}")));
+            }
             format!(
                 "input {}: {}",
                 if at.is_empty() { "/" } else { &at },
@@ -159,7 +164,8 @@ fn prepare_inputs(
         return Err(StepFailure {
             code: "invalid_input",
             message: format!(
-                "flow `{}`, step `{}`: {}",
+                "{}flow `{}`, step `{}`: {}. The rendered value does not fit the step's input; check what the template reads (`haloflow run --dry-run` shows it)",
+                place.map(|p| format!("{p}: ")).unwrap_or_default(),
                 flow.id(),
                 step.id,
                 errors.join("; ")
@@ -167,6 +173,31 @@ fn prepare_inputs(
         });
     }
     Ok(inputs)
+}
+
+/// The JSON pointer of a step's `inputs` object, from any compiled template in it.
+fn inputs_pointer(value: &CompiledValue) -> Option<String> {
+    match value {
+        CompiledValue::Path { pointer, .. }
+        | CompiledValue::Default { pointer, .. }
+        | CompiledValue::Text { pointer } => pointer
+            .rfind("/inputs")
+            .map(|end| pointer[..end + "/inputs".len()].to_owned()),
+        CompiledValue::Object(fields) => fields.iter().find_map(|(_, v)| inputs_pointer(v)),
+        CompiledValue::Array(items) => items.iter().find_map(inputs_pointer),
+        CompiledValue::Literal(_) => None,
+    }
+}
+
+/// `file:line:column` of `pointer`, or of its nearest ancestor that has one.
+fn nearest_place(flow: &ValidatedFlow, pointer: &str) -> Option<String> {
+    let mut pointer = pointer;
+    loop {
+        if let Some(place) = flow.place(pointer) {
+            return Some(place);
+        }
+        pointer = &pointer[..pointer.rfind('/')?];
+    }
 }
 
 /// One step of a dry run.

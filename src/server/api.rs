@@ -353,6 +353,22 @@ fn label(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
+pub(super) async fn method_not_allowed(
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+) -> Response {
+    let hint = if uri.path().starts_with("/triggers/") {
+        "trigger URLs take POST with a JSON body; in Halo, set the webhook's method to POST"
+    } else {
+        "see schemas/openapi.json for the methods each endpoint takes"
+    };
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!("{method} {}: method not allowed; {hint}", uri.path()),
+    )
+    .into_response()
+}
+
 pub(super) async fn not_found() -> Response {
     ApiError::new(
         ErrorCode::NotFound,

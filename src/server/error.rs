@@ -20,6 +20,7 @@ pub enum ErrorCode {
     InvalidReplay,
     RateLimited,
     NotFound,
+    MethodNotAllowed,
     StorageUnavailable,
     Internal,
 }
@@ -47,6 +48,7 @@ impl ErrorCode {
             ErrorCode::InvalidReplay => ("invalid_replay", StatusCode::CONFLICT),
             ErrorCode::RateLimited => ("rate_limited", StatusCode::TOO_MANY_REQUESTS),
             ErrorCode::NotFound => ("not_found", StatusCode::NOT_FOUND),
+            ErrorCode::MethodNotAllowed => ("method_not_allowed", StatusCode::METHOD_NOT_ALLOWED),
             ErrorCode::StorageUnavailable => {
                 ("storage_unavailable", StatusCode::SERVICE_UNAVAILABLE)
             }

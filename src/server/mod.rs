@@ -25,6 +25,7 @@ pub fn router(engine: Engine) -> Router {
         .route("/api/runs/{run_id}/replay", post(api::replay))
         .route("/api/requests", get(api::requests))
         .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
         .with_state(engine)
 }
 

@@ -2,6 +2,7 @@
 
 use axum::Json;
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -16,11 +17,18 @@ const REJECTED_BODY_PREVIEW: usize = 4096;
 
 pub(super) async fn receive(
     State(engine): State<Engine>,
-    Path(flow_id): Path<String>,
+    flow_id: Result<Path<String>, PathRejection>,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let Ok(Path(flow_id)) = flow_id else {
+        return ApiError::new(
+            ErrorCode::UnknownFlow,
+            "the flow id in the trigger URL is not valid UTF-8 once decoded; use /triggers/<flow id>",
+        )
+        .into_response();
+    };
     let Some(flow) = engine.flow(&flow_id) else {
         return ApiError::new(
             ErrorCode::UnknownFlow,

@@ -12,7 +12,7 @@ use haloflow::emulator::halo::{HaloEmulator, HaloEmulatorConfig};
 use haloflow::engine::Engine;
 use haloflow::flood::FloodClock;
 use haloflow::secrets::SecretStore;
-use haloflow::storage::{RunDetail, SqliteStorage};
+use haloflow::storage::{RunDetail, SqliteStorage, Storage};
 use serde_json::Value;
 
 /// Distinctive secret values, so tests can search for them anywhere.
@@ -43,6 +43,8 @@ pub struct Harness {
     _dir: tempfile::TempDir,
 }
 
+pub type WrapStorage = Box<dyn FnOnce(Arc<SqliteStorage>) -> Arc<dyn Storage>>;
+
 pub struct Options {
     pub flows: PathBuf,
     pub max_body_bytes: usize,
@@ -52,6 +54,8 @@ pub struct Options {
     pub data_dir: Option<PathBuf>,
     /// Changes to the configuration before the engine is built.
     pub configure: fn(&mut Config),
+    /// Wraps the SQLite storage (to make it fail or wait).
+    pub wrap_storage: Option<WrapStorage>,
 }
 
 impl Default for Options {
@@ -62,6 +66,7 @@ impl Default for Options {
             clock: FloodClock::default(),
             data_dir: None,
             configure: |_| {},
+            wrap_storage: None,
         }
     }
 }
@@ -123,7 +128,11 @@ impl Harness {
             .data_dir
             .clone()
             .unwrap_or_else(|| dir.path().join("data"));
-        let storage = Arc::new(SqliteStorage::open_dir(&data_dir).await.unwrap());
+        let sqlite = Arc::new(SqliteStorage::open_dir(&data_dir).await.unwrap());
+        let storage: Arc<dyn Storage> = match options.wrap_storage {
+            Some(wrap) => wrap(sqlite),
+            None => sqlite,
+        };
         let engine = Engine::builder()
             .config(config)
             .secrets(secrets)

@@ -1,0 +1,205 @@
+//! "Accepted" means stored: the answer waits for the database, and a request the database
+//! cannot take is refused with 503 (Halo sends it again) rather than half accepted.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::{Harness, Options, sample_payload};
+use haloflow::storage::{
+    AttemptRecord, FloodRecord, NewRequest, NewRun, NewSuppressed, RequestFilter, RequestRecord,
+    RunCount, RunDetail, RunFilter, RunStatus, RunSummary, SqliteStorage, StepOutcome,
+    StepRunRecord, Storage, StorageError,
+};
+use serde_json::Value;
+use tokio::sync::Semaphore;
+
+/// SQLite with a gate in front of `accept_request`: it waits for a permit, or fails.
+#[derive(Debug)]
+struct Gated {
+    inner: Arc<SqliteStorage>,
+    gate: Arc<Semaphore>,
+    fail: bool,
+}
+
+#[async_trait]
+impl Storage for Gated {
+    async fn accept_request(
+        &self,
+        request: &NewRequest,
+        runs: &[NewRun],
+        suppressed: &[NewSuppressed],
+    ) -> Result<(), StorageError> {
+        if self.fail {
+            return Err(StorageError::Database(sqlx::Error::PoolTimedOut));
+        }
+        self.gate.acquire().await.unwrap().forget();
+        self.inner.accept_request(request, runs, suppressed).await
+    }
+    async fn record_rejected(&self, request: &NewRequest) -> Result<(), StorageError> {
+        self.inner.record_rejected(request).await
+    }
+    async fn start_run(&self, run_id: &str, at_ms: i64) -> Result<(), StorageError> {
+        self.inner.start_run(run_id, at_ms).await
+    }
+    async fn finish_run(
+        &self,
+        run_id: &str,
+        status: RunStatus,
+        failure: Option<(&str, &str)>,
+        at_ms: i64,
+    ) -> Result<(), StorageError> {
+        self.inner.finish_run(run_id, status, failure, at_ms).await
+    }
+    async fn start_step(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        position: usize,
+        step_type: &str,
+        inputs: &Value,
+        attempt: u32,
+        at_ms: i64,
+    ) -> Result<(), StorageError> {
+        self.inner
+            .start_step(run_id, step_id, position, step_type, inputs, attempt, at_ms)
+            .await
+    }
+    async fn record_attempt(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        attempt: &AttemptRecord,
+    ) -> Result<(), StorageError> {
+        self.inner.record_attempt(run_id, step_id, attempt).await
+    }
+    async fn finish_step(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        outcome: &StepOutcome,
+    ) -> Result<(), StorageError> {
+        self.inner.finish_step(run_id, step_id, outcome).await
+    }
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StorageError> {
+        self.inner.list_runs(filter).await
+    }
+    async fn get_run(&self, run_id: &str) -> Result<Option<RunDetail>, StorageError> {
+        self.inner.get_run(run_id).await
+    }
+    async fn list_requests(
+        &self,
+        filter: &RequestFilter,
+    ) -> Result<Vec<RequestRecord>, StorageError> {
+        self.inner.list_requests(filter).await
+    }
+    async fn flood_history(
+        &self,
+        flow_id: &str,
+        since_ms: i64,
+    ) -> Result<Vec<FloodRecord>, StorageError> {
+        self.inner.flood_history(flow_id, since_ms).await
+    }
+    async fn unfinished_runs(&self) -> Result<Vec<(String, String)>, StorageError> {
+        self.inner.unfinished_runs().await
+    }
+    async fn find_deliveries(
+        &self,
+        flow_id: &str,
+        delivery_ids: &[String],
+    ) -> Result<Vec<(String, String)>, StorageError> {
+        self.inner.find_deliveries(flow_id, delivery_ids).await
+    }
+    async fn create_replay(
+        &self,
+        run: &NewRun,
+        request_id: Option<&str>,
+        replay_of: &str,
+        reused: &[StepRunRecord],
+    ) -> Result<(), StorageError> {
+        self.inner
+            .create_replay(run, request_id, replay_of, reused)
+            .await
+    }
+    async fn prune_finished(&self, before_ms: i64) -> Result<u64, StorageError> {
+        self.inner.prune_finished(before_ms).await
+    }
+    async fn run_counts(&self) -> Result<Vec<RunCount>, StorageError> {
+        self.inner.run_counts().await
+    }
+    async fn ping(&self) -> Result<(), StorageError> {
+        self.inner.ping().await
+    }
+}
+
+fn gated(gate: Arc<Semaphore>, fail: bool) -> Options {
+    Options {
+        wrap_storage: Some(Box::new(move |inner| {
+            Arc::new(Gated { inner, gate, fail }) as Arc<dyn Storage>
+        })),
+        ..Options::default()
+    }
+}
+
+#[tokio::test]
+async fn the_answer_waits_until_the_request_is_stored() {
+    let gate = Arc::new(Semaphore::new(0));
+    let h = Harness::start_with(gated(gate.clone(), false)).await;
+    let url = h.escalate_url("ops");
+    let send = tokio::spawn({
+        let client = h.client.clone();
+        let payload = sample_payload("halo-new-ticket.json");
+        async move { client.post(url).json(&payload).send().await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!send.is_finished(), "no answer while the write is pending");
+    let stored = h
+        .engine
+        .storage()
+        .list_requests(&RequestFilter::default())
+        .await
+        .unwrap();
+    assert!(stored.is_empty());
+    gate.add_permits(1);
+    let response = send.await.unwrap();
+    assert_eq!(response.status(), 202);
+    let answer: Value = response.json().await.unwrap();
+    let stored = h
+        .engine
+        .storage()
+        .list_requests(&RequestFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(stored[0].id, answer["request_id"].as_str().unwrap());
+}
+
+#[tokio::test]
+async fn a_request_the_database_cannot_take_is_refused_with_503() {
+    let h = Harness::start_with(gated(Arc::new(Semaphore::new(0)), true)).await;
+    let (status, answer) = h
+        .post_json(
+            &h.escalate_url("ops"),
+            &sample_payload("halo-new-ticket.json"),
+        )
+        .await;
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(answer["error"]["code"], "storage_unavailable");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("send it again")
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(h.partner.requests().is_empty(), "no run started");
+    assert!(
+        h.engine
+            .storage()
+            .list_runs(&RunFilter::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
