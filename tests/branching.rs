@@ -4,9 +4,10 @@
 mod common;
 
 use common::{Harness, TRIAGE_KEY, api_calls, sample_payload};
+use haloflow::engine::Engine;
 use haloflow::flow::{FlowValidator, ProblemCode};
 use haloflow::step::StepRegistry;
-use haloflow::storage::RunStatus;
+use haloflow::storage::{RunStatus, SqliteStorage};
 use serde_json::{Value, json};
 
 async fn triage(h: &Harness, payload: Value) -> haloflow::storage::RunDetail {
@@ -195,5 +196,75 @@ fn paths_must_fit_the_step() {
             "/steps/0/paths/1/0/id".to_owned(),
             ProblemCode::DuplicateStepId
         )]
+    );
+}
+
+/// A flow whose condition holds when the ticket is urgent OR mentions an outage (`match`
+/// as given); each path runs one marker step, so the run's step ids show the path taken.
+fn outage_flow(id: &str, match_mode: &str) -> Value {
+    json!({
+        "id": id, "name": id,
+        "trigger": {"type": "halo.incidents", "auth": {"type": "none"}},
+        "steps": [
+            {"id": "check", "type": "core.condition", "inputs": {"match": match_mode, "conditions": [
+                {"left": "{{trigger.ticket.priority_id}}", "op": "equals", "right": 1},
+                {"left": "{{trigger.ticket.summary}}", "op": "contains", "right": "outage"}
+            ]}, "paths": {
+                "true": [{"id": "page_on_call", "type": "core.switch", "inputs": {"value": "page"}}],
+                "false": [{"id": "queue", "type": "core.switch", "inputs": {"value": "queue"}}]
+            }}
+        ]
+    })
+}
+
+#[tokio::test]
+async fn a_condition_with_match_any_takes_the_true_path_when_one_comparison_holds() {
+    let registry = StepRegistry::with_builtins();
+    let mut builder = Engine::builder().storage(std::sync::Arc::new(
+        SqliteStorage::in_memory().await.unwrap(),
+    ));
+    for flow in [outage_flow("any", "any"), outage_flow("all", "all")] {
+        builder = builder.flow(
+            FlowValidator::new(&registry)
+                .validate_str(&flow.to_string(), None)
+                .unwrap(),
+        );
+    }
+    let engine = builder.build().unwrap();
+    let run = |flow: &'static str, priority: u64, summary: &'static str| {
+        let engine = engine.clone();
+        async move {
+            let payload = json!({"event": "new ticket logged", "object_id": 7,
+                "ticket": {"priority_id": priority, "summary": summary}});
+            let mut runs = engine.run_to_completion(flow, payload, "").await.unwrap();
+            let run = runs.remove(0);
+            assert_eq!(run.summary.status, RunStatus::Succeeded, "{run:#?}");
+            let result = run.steps[0].outputs.as_ref().unwrap()["result"].clone();
+            let ids: Vec<String> = run.steps.iter().map(|s| s.step_id.clone()).collect();
+            (result, ids)
+        }
+    };
+    // Only the second comparison holds: OR is true, AND (the same comparisons) is false.
+    let (result, ids) = run("any", 3, "Site-wide outage").await;
+    assert_eq!(
+        (result, ids),
+        (json!(true), vec!["check".into(), "page_on_call".into()])
+    );
+    let (result, ids) = run("all", 3, "Site-wide outage").await;
+    assert_eq!(
+        (result, ids),
+        (json!(false), vec!["check".into(), "queue".into()])
+    );
+    // Only the first holds: still the true path.
+    let (result, ids) = run("any", 1, "Printer jam").await;
+    assert_eq!(
+        (result, ids),
+        (json!(true), vec!["check".into(), "page_on_call".into()])
+    );
+    // Neither holds: the false path.
+    let (result, ids) = run("any", 3, "Printer jam").await;
+    assert_eq!(
+        (result, ids),
+        (json!(false), vec!["check".into(), "queue".into()])
     );
 }

@@ -1,5 +1,6 @@
 //! The generic HTTP step against the ServiceNow emulator: credentials from a connection,
-//! JSON outputs used by later steps, non-2xx answers.
+//! JSON outputs used by later steps, non-2xx answers, text bodies, and URLs or headers that
+//! would hand the connection's credentials to someone else.
 
 use std::sync::Arc;
 
@@ -8,8 +9,9 @@ use haloflow::emulator::servicenow::{ServiceNowEmulator, ServiceNowEmulatorConfi
 use haloflow::engine::Engine;
 use haloflow::flow::FlowValidator;
 use haloflow::secrets::SecretStore;
-use haloflow::step::StepRegistry;
+use haloflow::step::{StepError, StepRegistry};
 use haloflow::storage::{RunStatus, SqliteStorage};
+use haloflow::trigger::TriggerQuery;
 use serde_json::{Value, json};
 
 const PASSWORD: &str = "PW-snow-71d0c3";
@@ -30,7 +32,9 @@ async fn setup(
     });
     let running = snow.start().await.unwrap();
     let config = Config::parse(&format!(
-        "[http.snow]\nbase_url = \"{}\"\nbasic_username = \"haloflow\"\nbasic_password_secret_name = \"SNOW_PASSWORD\"\n",
+        "[http.snow]\nbase_url = \"{}\"\nbasic_username = \"haloflow\"\nbasic_password_secret_name = \"SNOW_PASSWORD\"\n\
+         [http.acme]\nbase_url = \"https://acme.example.com\"\nbearer_token_secret_name = \"SNOW_PASSWORD\"\n\
+         [http.acme_api]\nbase_url = \"https://acme.example.com/api\"\nbearer_token_secret_name = \"SNOW_PASSWORD\"\n",
         running.base_url()
     ))
     .unwrap();
@@ -173,4 +177,179 @@ async fn urls_must_stay_under_the_connection() {
         .await
         .unwrap();
     assert_eq!(outputs["json"], json!({"result": []}));
+}
+
+fn snow_config(password: &str) -> ServiceNowEmulatorConfig {
+    ServiceNowEmulatorConfig {
+        username: "haloflow".into(),
+        password: password.into(),
+        oauth_client_id: None,
+        oauth_client_secret: None,
+        token_lifetime_secs: 1800,
+    }
+}
+
+/// The step's input error, or a panic naming what happened instead.
+fn input_error(result: Result<Value, StepError>, url: &str) -> String {
+    match result {
+        Err(error @ StepError::Input { .. }) => error.to_string(),
+        other => panic!("{url}: expected an input error before sending, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn look_alike_urls_do_not_get_the_connection_credentials() {
+    let (engine, snow, running) = setup(&[]).await;
+    let registry = StepRegistry::with_builtins();
+    // Each starts with the connection's base_url as text; none is under it.
+    for (connection, url) in [
+        ("acme", "https://acme.example.com.evil.io/steal"),
+        ("acme", "https://acme.example.com@evil.io/steal"),
+        ("acme_api", "https://acme.example.com/apix"),
+        ("acme_api", "https://acme.example.com/api/../admin"),
+    ] {
+        let error = input_error(
+            engine
+                .run_step(
+                    &registry,
+                    "http.request",
+                    Some(connection),
+                    json!({"url": url}),
+                )
+                .await,
+            url,
+        );
+        assert!(
+            error.contains("is not under the connection's base URL")
+                || error.contains("credentials before the host"),
+            "{url}: {error}"
+        );
+    }
+    // The same with a host that answers: the look-alike never receives a request, so never
+    // the Basic credentials of `snow`.
+    let evil = ServiceNowEmulator::new(snow_config("other"));
+    let evil_running = evil.start().await.unwrap();
+    let evil_host = evil_running.base_url().replace("http://", "");
+    let userinfo = format!("{}@{evil_host}/api/now/table/incident", running.base_url());
+    let error = input_error(
+        engine
+            .run_step(
+                &registry,
+                "http.request",
+                Some("snow"),
+                json!({"url": userinfo}),
+            )
+            .await,
+        &userinfo,
+    );
+    assert!(error.contains("credentials before the host"), "{error}");
+    assert!(evil.requests().is_empty(), "{:?}", evil.requests());
+    // An absolute URL that is under the base URL still works.
+    let outputs = engine
+        .run_step(
+            &registry,
+            "http.request",
+            Some("snow"),
+            json!({"url": format!("{}/api/now/table/incident", running.base_url())}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(outputs["status"], 200);
+    assert_eq!(snow.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn credential_headers_are_refused_before_sending() {
+    let (engine, snow, _running) = setup(&[]).await;
+    let registry = StepRegistry::with_builtins();
+    // Run directly, the step has no load-time check in front of it: it refuses by itself.
+    let error = input_error(
+        engine
+            .run_step(
+                &registry,
+                "http.request",
+                Some("snow"),
+                json!({"url": "/api/now/table/incident", "headers": {"cookie": "session=abc"}}),
+            )
+            .await,
+        "cookie",
+    );
+    assert!(error.contains("input /headers/cookie"), "{error}");
+    assert!(error.contains("[http.<name>] connection"), "{error}");
+    assert!(!error.contains("session=abc"), "{error}");
+    assert!(snow.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_text_body_is_sent_as_written_and_previewed_in_a_dry_run() {
+    let text = "Escalated from Halo #7.\nLine two: 50% done & \"quoted\".";
+    let (engine, snow, _running) = setup(&[flow(
+        "attach",
+        json!([{"id": "upload", "type": "http.request", "connection": "snow", "inputs": {
+            "method": "POST", "url": "/api/now/attachment/file",
+            "query": {"table_name": "incident", "table_sys_id": "{{trigger.ticket.sys_id}}", "file_name": "halo-{{trigger.ticket_id}}.txt"},
+            "text": "{{trigger.ticket.details}}", "content_type": "text/plain; charset=utf-8",
+            "expected_status": [201]}}]),
+    )])
+    .await;
+    let sys_id = snow.insert_record("incident", json!({"short_description": "x"}));
+    let payload = json!({"event": "new ticket logged", "object_id": 7, "ticket": {"sys_id": sys_id, "details": text}});
+
+    // A dry run shows the request, body and content type included, and sends nothing.
+    let reports = engine
+        .dry_run("attach", &TriggerQuery::default(), payload.clone())
+        .await
+        .unwrap();
+    let step = &reports[0].steps[0];
+    assert_eq!(step.error, None, "{step:#?}");
+    let preview = &step.requests[0];
+    assert_eq!(preview.method, "POST");
+    assert!(
+        preview.url.ends_with(&format!(
+            "/api/now/attachment/file?table_name=incident&table_sys_id={sys_id}&file_name=halo-7.txt"
+        )),
+        "{}",
+        preview.url
+    );
+    assert_eq!(preview.body, Some(Value::String(text.into())));
+    assert!(
+        preview
+            .headers
+            .contains(&("Content-Type".into(), "text/plain; charset=utf-8".into())),
+        "{:?}",
+        preview.headers
+    );
+    assert!(
+        preview
+            .headers
+            .contains(&("Authorization".into(), "Basic ***".into())),
+        "the connection's credentials are masked: {:?}",
+        preview.headers
+    );
+    assert!(snow.requests().is_empty(), "a dry run sends nothing");
+
+    // The real run sends exactly that text with that content type.
+    let runs = engine
+        .run_to_completion("attach", payload, "")
+        .await
+        .unwrap();
+    assert_eq!(
+        runs[0].summary.status,
+        RunStatus::Succeeded,
+        "{:#?}",
+        runs[0]
+    );
+    let sent = snow.requests().pop().unwrap();
+    assert_eq!(sent.body, text);
+    assert_eq!(
+        sent.headers.get("content-type").map(String::as_str),
+        Some("text/plain; charset=utf-8")
+    );
+    let attachments = snow.attachments();
+    assert_eq!(attachments.len(), 1);
+    assert_eq!(attachments[0]["file_name"], "halo-7.txt");
+    assert_eq!(attachments[0]["size_bytes"], text.len().to_string());
+    let outputs = runs[0].steps[0].outputs.as_ref().unwrap();
+    assert_eq!(outputs["status"], 201);
+    assert_eq!(outputs["json"]["result"]["table_sys_id"], sys_id);
 }

@@ -296,3 +296,77 @@ fn the_cli_prints_every_problem_and_exits_non_zero() {
     );
     assert!(stdout.contains("good.json: ok: flow `good`"), "{stdout}");
 }
+
+#[test]
+fn a_bad_input_on_a_path_is_reported_once() {
+    // The file-level schema also describes step inputs; its copy of this problem must not be
+    // reported next to the step registry's, at any depth of paths.
+    let flow = base_flow(json!([
+        {"id": "c", "type": "core.condition", "inputs": {"conditions": [{"left": 1, "op": "equals", "right": 1}]},
+         "paths": {"true": [
+            {"id": "s", "type": "core.switch", "inputs": {"value": 1}, "paths": {"inputs": [
+                {"id": "a", "type": "halo.create_ticket", "inputs": {"summary": 5}}
+            ]}}
+         ], "false": [
+            {"id": "b", "type": "halo.add_action", "inputs": {"ticket_id": 1, "outcome": "Note", "note": ["not text"]}}
+         ]}}
+    ]));
+    let problems = validate(flow).unwrap_err();
+    let mut found = codes_at(&problems);
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        found,
+        [
+            (
+                "/steps/0/paths/false/0/inputs/note".to_owned(),
+                ProblemCode::InvalidStepInput
+            ),
+            (
+                "/steps/0/paths/true/0/paths/inputs/0/inputs/summary".to_owned(),
+                ProblemCode::InvalidStepInput
+            ),
+        ],
+        "{problems:#?}"
+    );
+}
+
+#[test]
+fn credential_headers_are_rejected_when_the_flow_loads() {
+    let flow = base_flow(json!([
+        {"id": "call", "type": "http.request", "inputs": {"url": "https://api.example.org/x", "headers": {
+            "Accept": "application/json",
+            "authorization": "Bearer sk-live-123",
+            "X-API-Key": "{{trigger.ticket.summary}}",
+            "Cookie": "session=abc",
+            "Proxy-Authorization": "Basic dTpw"
+        }}}
+    ]));
+    let problems = validate(flow).unwrap_err();
+    let mut found = codes_at(&problems);
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    let expected: Vec<(String, ProblemCode)> = [
+        "Cookie",
+        "Proxy-Authorization",
+        "X-API-Key",
+        "authorization",
+    ]
+    .iter()
+    .map(|h| {
+        (
+            format!("/steps/0/inputs/headers/{h}"),
+            ProblemCode::InvalidStepInput,
+        )
+    })
+    .collect();
+    assert_eq!(found, expected, "{problems:#?}");
+    for problem in &problems {
+        assert!(
+            problem.message.contains("[http.<name>] connection"),
+            "the message points at connections: {problem}"
+        );
+        assert!(
+            !problem.to_string().contains("sk-live-123"),
+            "the value is not repeated: {problem}"
+        );
+    }
+}

@@ -280,6 +280,9 @@ impl<'a> FlowValidator<'a> {
                     p.code = ProblemCode::InvalidStepInput;
                     problems.push(p);
                 }
+                if registered.step.connection_kind() == Some(ConnectionKind::Http) {
+                    check_credential_headers(inputs, &inputs_pointer, problems);
+                }
             }
             let mut references = Vec::new();
             let mut template_problems = Vec::new();
@@ -459,13 +462,46 @@ fn unknown_trigger_output(pointer: String, shown: &str, output: &str) -> Problem
     )
 }
 
-/// `/steps/<n>/inputs` or below.
+/// A step's `inputs` or below, at the top level (`/steps/<n>/inputs`) or on a path at any depth
+/// (`/steps/<n>/paths/<name>/<m>/inputs`). Walks the pointer rather than searching it for
+/// `/inputs`, since a path may itself be named `inputs`.
 fn is_step_inputs(pointer: &str) -> bool {
     let mut parts = pointer.split('/').skip(1);
-    matches!(
-        (parts.next(), parts.next(), parts.next()),
-        (Some("steps"), Some(_), Some("inputs"))
-    )
+    if parts.next() != Some("steps") {
+        return false;
+    }
+    loop {
+        if parts.next().is_none_or(|i| i.parse::<usize>().is_err()) {
+            return false;
+        }
+        match parts.next() {
+            Some("inputs") => return true,
+            // The path's name, then the index of a step on it.
+            Some("paths") if parts.next().is_some() => {}
+            _ => return false,
+        }
+    }
+}
+
+/// Secrets are by reference only: a step that takes an `[http.<name>]` connection gets its
+/// credentials from that connection, so its `headers` input may not name a credential header
+/// (the value would sit in the flow file and, rendered, in the run history unmasked). Header
+/// names are object keys, never templates, so this is known when the flow loads.
+fn check_credential_headers(inputs: &Value, inputs_pointer: &str, problems: &mut Vec<Problem>) {
+    let Some(headers) = inputs.get("headers").and_then(Value::as_object) else {
+        return;
+    };
+    for name in headers
+        .keys()
+        .filter(|n| crate::steps::HttpRequest::is_credential_header(n))
+    {
+        problems.push(Problem::new(
+            format!("{inputs_pointer}/headers/{}", escape_pointer(name)),
+            ProblemCode::InvalidStepInput,
+            crate::steps::HttpRequest::credential_header_message(name),
+            "remove the header and set \"connection\" on the step; the connection adds its credentials to every request",
+        ));
+    }
 }
 
 /// Flood control correlates on trigger outputs; each named output must exist.
