@@ -166,10 +166,8 @@ async fn urls_must_stay_under_the_connection() {
     );
     assert!(snow.requests().is_empty());
     // The step can also be run directly, outside a flow.
-    let registry = StepRegistry::with_builtins();
     let outputs = engine
         .run_step(
-            &registry,
             "http.request",
             Some("snow"),
             json!({"url": "/api/now/table/incident"}),
@@ -200,7 +198,6 @@ fn input_error(result: Result<Value, StepError>, url: &str) -> String {
 #[tokio::test]
 async fn look_alike_urls_do_not_get_the_connection_credentials() {
     let (engine, snow, running) = setup(&[]).await;
-    let registry = StepRegistry::with_builtins();
     // Each starts with the connection's base_url as text; none is under it.
     for (connection, url) in [
         ("acme", "https://acme.example.com.evil.io/steal"),
@@ -210,12 +207,7 @@ async fn look_alike_urls_do_not_get_the_connection_credentials() {
     ] {
         let error = input_error(
             engine
-                .run_step(
-                    &registry,
-                    "http.request",
-                    Some(connection),
-                    json!({"url": url}),
-                )
+                .run_step("http.request", Some(connection), json!({"url": url}))
                 .await,
             url,
         );
@@ -233,12 +225,7 @@ async fn look_alike_urls_do_not_get_the_connection_credentials() {
     let userinfo = format!("{}@{evil_host}/api/now/table/incident", running.base_url());
     let error = input_error(
         engine
-            .run_step(
-                &registry,
-                "http.request",
-                Some("snow"),
-                json!({"url": userinfo}),
-            )
+            .run_step("http.request", Some("snow"), json!({"url": userinfo}))
             .await,
         &userinfo,
     );
@@ -247,7 +234,6 @@ async fn look_alike_urls_do_not_get_the_connection_credentials() {
     // An absolute URL that is under the base URL still works.
     let outputs = engine
         .run_step(
-            &registry,
             "http.request",
             Some("snow"),
             json!({"url": format!("{}/api/now/table/incident", running.base_url())}),
@@ -261,12 +247,10 @@ async fn look_alike_urls_do_not_get_the_connection_credentials() {
 #[tokio::test]
 async fn credential_headers_are_refused_before_sending() {
     let (engine, snow, _running) = setup(&[]).await;
-    let registry = StepRegistry::with_builtins();
     // Run directly, the step has no load-time check in front of it: it refuses by itself.
     let error = input_error(
         engine
             .run_step(
-                &registry,
                 "http.request",
                 Some("snow"),
                 json!({"url": "/api/now/table/incident", "headers": {"cookie": "session=abc"}}),
@@ -352,4 +336,49 @@ async fn a_text_body_is_sent_as_written_and_previewed_in_a_dry_run() {
     let outputs = runs[0].steps[0].outputs.as_ref().unwrap();
     assert_eq!(outputs["status"], 201);
     assert_eq!(outputs["json"]["result"]["table_sys_id"], sys_id);
+}
+
+#[tokio::test]
+async fn a_lost_answer_is_retried_for_a_get_but_not_for_a_post() {
+    let post = json!([{"id": "create", "type": "http.request", "connection": "snow",
+        "retry": {"max_attempts": 3, "initial_delay_ms": 10},
+        "inputs": {"method": "POST", "url": "/api/now/table/incident", "json": {"short_description": "x"}}}]);
+    let get = json!([{"id": "read", "type": "http.request", "connection": "snow",
+        "retry": {"max_attempts": 3, "initial_delay_ms": 10},
+        "inputs": {"url": "/api/now/table/incident"}}]);
+    let (engine, snow, _running) = setup(&[flow("post", post), flow("get", get)]).await;
+    let reset = haloflow::emulator::Fault::ResetAfterProcessing;
+    snow.inject("POST", "/api/now/table/incident", reset.clone(), 1);
+    snow.inject("GET", "/api/now/table/incident", reset, 1);
+
+    let runs = engine
+        .run_to_completion("post", json!({"event": "e"}), "")
+        .await
+        .unwrap();
+    assert_eq!(runs[0].summary.status, RunStatus::Failed);
+    assert_eq!(
+        runs[0].steps[0].error_code.as_deref(),
+        Some("outcome_unknown")
+    );
+    assert_eq!(
+        snow.records("incident").len(),
+        1,
+        "the POST was not sent twice"
+    );
+    assert_eq!(runs[0].steps[0].attempts, 2);
+
+    let runs = engine
+        .run_to_completion("get", json!({"event": "e"}), "")
+        .await
+        .unwrap();
+    assert_eq!(
+        runs[0].summary.status,
+        RunStatus::Succeeded,
+        "{:#?}",
+        runs[0]
+    );
+    assert_eq!(
+        runs[0].steps[0].attempts, 2,
+        "the GET was simply sent again"
+    );
 }

@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use super::{
-    Fault, InjectedFailure, RecordedRequest, RunningEmulator, ScheduledFault, broken_body,
-    form_pairs,
+    Fault, InjectedFailure, RecordedRequest, RunningEmulator, ScheduledFault, form_pairs,
+    with_fault,
 };
 
 #[derive(Debug, Clone)]
@@ -175,36 +175,10 @@ async fn handle(State(emulator): State<HaloEmulator>, request: Request<Body>) ->
             ScheduledFault::take(&mut state.faults, &recorded.method, &recorded.path)
         }
     };
-    let Some(fault) = fault else {
-        return answer(&emulator, recorded);
-    };
-    // Like a real server, the emulator finishes its work even when the client has gone
-    // (timed out or killed): the work runs in its own task.
-    let work = tokio::spawn(async move {
-        match fault {
-            Fault::Delay(wait) => {
-                tokio::time::sleep(wait).await;
-                answer(&emulator, recorded)
-            }
-            Fault::HoldBeforeProcessing(hold) => {
-                hold.hold().await;
-                answer(&emulator, recorded)
-            }
-            Fault::HoldAfterProcessing(hold) => {
-                let response = answer(&emulator, recorded);
-                hold.hold().await;
-                response
-            }
-            Fault::ResetAfterProcessing => {
-                let (parts, _) = answer(&emulator, recorded).into_parts();
-                let mut response = Response::from_parts(parts, broken_body());
-                response.headers_mut().remove(header::CONTENT_LENGTH);
-                response
-            }
-        }
-    });
-    work.await
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    match fault {
+        None => answer(&emulator, recorded),
+        Some(fault) => with_fault(fault, move || answer(&emulator, recorded)).await,
+    }
 }
 
 /// Handles a request normally (or with an injected error status) and records it.

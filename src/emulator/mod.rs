@@ -201,6 +201,42 @@ impl ScheduledFault {
     }
 }
 
+/// Handles a request through `fault`. Like a real server, the emulator finishes its work even
+/// when the client has gone (timed out or killed): the work runs in its own task.
+pub(crate) async fn with_fault(
+    fault: Fault,
+    work: impl FnOnce() -> axum::response::Response + Send + 'static,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let task = tokio::spawn(async move {
+        match fault {
+            Fault::Delay(wait) => {
+                tokio::time::sleep(wait).await;
+                work()
+            }
+            Fault::HoldBeforeProcessing(hold) => {
+                hold.hold().await;
+                work()
+            }
+            Fault::HoldAfterProcessing(hold) => {
+                let response = work();
+                hold.hold().await;
+                response
+            }
+            Fault::ResetAfterProcessing => {
+                let (parts, _) = work().into_parts();
+                let mut response = axum::response::Response::from_parts(parts, broken_body());
+                response
+                    .headers_mut()
+                    .remove(axum::http::header::CONTENT_LENGTH);
+                response
+            }
+        }
+    });
+    task.await
+        .unwrap_or_else(|_| axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
 /// A body that sends a few bytes and then fails, so the connection breaks mid-answer.
 pub(crate) fn broken_body() -> Body {
     let chunks: Vec<Result<&'static [u8], std::io::Error>> = vec![

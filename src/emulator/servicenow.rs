@@ -14,7 +14,10 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
-use super::{InjectedFailure, RecordedRequest, RunningEmulator, form_pairs};
+use super::{
+    Fault, InjectedFailure, RecordedRequest, RunningEmulator, ScheduledFault, form_pairs,
+    with_fault,
+};
 
 #[derive(Debug, Clone)]
 pub struct ServiceNowEmulatorConfig {
@@ -42,6 +45,7 @@ struct SnState {
     sequence: u64,
     requests: Vec<RecordedRequest>,
     failures: Vec<InjectedFailure>,
+    faults: Vec<ScheduledFault>,
 }
 
 /// Reference fields answered as `{"link", "value"}` (§1.2 `sysparm_exclude_reference_link`).
@@ -137,6 +141,7 @@ impl ServiceNowEmulator {
                 sequence: 0,
                 requests: Vec::new(),
                 failures: Vec::new(),
+                faults: Vec::new(),
             })),
         }
     }
@@ -216,8 +221,36 @@ impl ServiceNowEmulator {
     }
 }
 
+impl ServiceNowEmulator {
+    /// The next `times` requests matching method and path prefix meet `fault`.
+    pub fn inject(&self, method: &str, path_prefix: &str, fault: Fault, times: usize) {
+        self.lock().faults.push(ScheduledFault {
+            method: method.to_owned(),
+            path_prefix: path_prefix.to_owned(),
+            fault,
+            remaining: times,
+        });
+    }
+}
+
 async fn handle(State(emulator): State<ServiceNowEmulator>, request: Request<Body>) -> Response {
-    let mut recorded = RecordedRequest::read(request).await;
+    let recorded = RecordedRequest::read(request).await;
+    let fault = {
+        let mut state = emulator.lock();
+        if InjectedFailure::pending(&state.failures, &recorded.method, &recorded.path) {
+            None
+        } else {
+            ScheduledFault::take(&mut state.faults, &recorded.method, &recorded.path)
+        }
+    };
+    match fault {
+        None => answer(&emulator, recorded),
+        Some(fault) => with_fault(fault, move || answer(&emulator, recorded)).await,
+    }
+}
+
+/// Handles a request normally (or with an injected error status) and records it.
+fn answer(emulator: &ServiceNowEmulator, mut recorded: RecordedRequest) -> Response {
     let mut state = emulator.lock();
     let (answer, retry_after) =
         match InjectedFailure::take(&mut state.failures, &recorded.method, &recorded.path) {

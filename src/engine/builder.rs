@@ -244,7 +244,7 @@ pub(crate) type FlowTable = HashMap<String, Arc<LoadedFlow>>;
 pub(crate) struct FlowSource {
     paths: Vec<PathBuf>,
     fixed: Vec<ValidatedFlow>,
-    registry: StepRegistry,
+    pub(super) registry: StepRegistry,
     config: crate::config::Config,
     secrets: SecretStore,
     clock: FloodClock,

@@ -413,15 +413,16 @@ impl Engine {
         Ok(runs)
     }
 
-    /// Runs one registered step directly, outside any flow, with inputs already rendered.
-    /// `connection` names a connection of the step's kind (the kind's default when `None`).
+    /// Runs one step of the engine's registry directly, outside any flow, with inputs already
+    /// rendered. `connection` names a connection of the step's kind (the kind's default when
+    /// `None`).
     pub async fn run_step(
         &self,
-        registry: &crate::step::StepRegistry,
         step_type: &str,
         connection: Option<&str>,
         inputs: Value,
     ) -> Result<Value, crate::step::StepError> {
+        let registry = &self.inner.source.registry;
         let registered = registry.get(step_type).ok_or_else(|| {
             crate::step::StepError::Failed(format!("no step type `{step_type}` is registered"))
         })?;

@@ -6,7 +6,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::outbound::{Field, OutboundBody, OutboundRequest};
-use crate::step::{ConnectionKind, OutputSpec, Step, StepContext, StepError};
+use crate::step::{ConnectionKind, OutputSpec, Resend, Step, StepContext, StepError};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HttpRequest;
@@ -86,6 +86,19 @@ impl Step for HttpRequest {
 
     fn connection_kind(&self) -> Option<ConnectionKind> {
         Some(ConnectionKind::Http)
+    }
+
+    /// GET, PUT and DELETE mean the same when sent twice; a POST or PATCH whose answer was lost
+    /// is not sent again (the run fails with `outcome_unknown` for someone to check).
+    fn resend(&self, inputs: &Value) -> Resend {
+        match inputs
+            .get("method")
+            .and_then(Value::as_str)
+            .unwrap_or("GET")
+        {
+            "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" => Resend::Safe,
+            _ => Resend::Never,
+        }
     }
 
     async fn execute(&self, ctx: &StepContext, inputs: Value) -> Result<Value, StepError> {
