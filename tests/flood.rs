@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::{Harness, Options, api_calls, sample_payload};
 use haloflow::flood::{Admission, FloodClock, FloodControl, MemoryFloodControl};
 use haloflow::flow::FloodControlDef;
-use haloflow::storage::RequestFilter;
+use haloflow::storage::{NewRequest, NewRun, NewSuppressed, RequestFilter, SqliteStorage, Storage};
 use serde_json::{Value, json};
 
 async fn send(h: &Harness, ticket_id: i64) -> (u16, Value) {
@@ -325,4 +325,220 @@ async fn a_million_distinct_keys_are_evicted_once_idle() {
         [("f".to_owned(), 0)],
         "idle keys are evicted"
     );
+}
+
+#[tokio::test]
+async fn sustained_flood_stays_suppressed() {
+    let clock = FloodClock::manual();
+    let h = Harness::start_with(Options {
+        clock: clock.clone(),
+        ..Options::default()
+    })
+    .await;
+    // One request every 5 s for two minutes: three times the default threshold (4 per 60 s).
+    let mut answers = Vec::new();
+    for i in 0..24 {
+        if i > 0 {
+            clock.advance(Duration::from_secs(5));
+        }
+        answers.push(send(&h, 4242).await.1);
+    }
+    let ran: Vec<usize> = (0..answers.len())
+        .filter(|&i| answers[i]["suppressed"] == false)
+        .collect();
+    assert_eq!(ran, [0, 1, 2, 3], "only the first four run: {answers:#?}");
+    let fourth = answers[3]["request_id"].as_str().unwrap().to_owned();
+    for (i, answer) in answers[4..].iter().enumerate() {
+        assert_eq!(answer["suppressed"], true, "{answer}");
+        assert_eq!(answer["parent_request_id"], fourth.as_str(), "{answer}");
+        assert_eq!(answer["suppressed_count"], i as u64 + 1, "{answer}");
+    }
+    for answer in &answers[..4] {
+        h.wait(answer["run_ids"][0].as_str().unwrap()).await;
+    }
+    let created = api_calls(&h.partner)
+        .into_iter()
+        .filter(|(_, path, _)| path == "/api/Tickets")
+        .count();
+    assert_eq!(created, 4, "the flood started four runs in two minutes");
+
+    // The flood stops. Half a window later the last window still holds six requests.
+    clock.advance(Duration::from_secs(30));
+    let (_, late) = send(&h, 4242).await;
+    assert_eq!(late["suppressed"], true, "{late}");
+    assert_eq!(late["parent_request_id"], fourth.as_str());
+    assert_eq!(late["suppressed_count"], 21);
+    // After a full window without requests, the next one runs and leads a new group.
+    clock.advance(Duration::from_secs(60));
+    let (_, again) = send(&h, 4242).await;
+    assert_eq!(again["suppressed"], false, "{again}");
+    assert_eq!(again["run_ids"].as_array().unwrap().len(), 1);
+    let requests = h
+        .engine
+        .storage()
+        .list_requests(&RequestFilter {
+            limit: Some(100),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let parent = requests.iter().find(|r| r.id == fourth).unwrap();
+    assert_eq!(parent.suppressed_count, 21);
+}
+
+/// Writes one accepted request to `storage` as the trigger would have, `ago` before now.
+async fn record(storage: &SqliteStorage, key: &str, ago: Duration, parent: Option<&str>) -> String {
+    let id = uuid::Uuid::now_v7().to_string();
+    let at = haloflow::storage::now_ms() - ago.as_millis() as i64;
+    let request = NewRequest {
+        id: id.clone(),
+        flow_id: "f".into(),
+        received_at_ms: at,
+        http_status: 202,
+        error: None,
+        query: None,
+        body: Some("{}".into()),
+        event_count: 1,
+    };
+    let (runs, suppressed) = match parent {
+        None => (
+            vec![NewRun {
+                id: uuid::Uuid::now_v7().to_string(),
+                flow_id: "f".into(),
+                event_index: 0,
+                trigger: json!({}),
+                created_at_ms: at,
+                correlation_key: Some(key.into()),
+                delivery_id: None,
+            }],
+            vec![],
+        ),
+        Some(parent) => (
+            vec![],
+            vec![NewSuppressed {
+                event_index: 0,
+                flow_id: "f".into(),
+                correlation_key: key.into(),
+                parent_request_id: parent.into(),
+                received_at_ms: at,
+                delivery_id: None,
+            }],
+        ),
+    };
+    storage
+        .accept_request(&request, &runs, &suppressed)
+        .await
+        .unwrap();
+    id
+}
+
+#[tokio::test]
+async fn a_restart_during_a_flood_longer_than_the_window_keeps_suppressing() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = SqliteStorage::open_dir(dir.path()).await.unwrap();
+    let secs = Duration::from_secs;
+    // Key "a": four runs 150 s ago, then one request every 5 s until 5 s ago, all suppressed.
+    let mut parent_a = String::new();
+    for _ in 0..4 {
+        parent_a = record(&storage, "a", secs(150), None).await;
+    }
+    for ago in (1..=29).rev() {
+        record(&storage, "a", secs(5 * ago), Some(&parent_a)).await;
+    }
+    // Key "b": a flood that ended two minutes ago.
+    let mut parent_b = String::new();
+    for _ in 0..4 {
+        parent_b = record(&storage, "b", secs(300), None).await;
+    }
+    for ago in [290, 200, 120] {
+        record(&storage, "b", secs(ago), Some(&parent_b)).await;
+    }
+    // Key "c": three runs within the window.
+    for _ in 0..3 {
+        record(&storage, "c", secs(10), None).await;
+    }
+
+    let settings = FloodControlDef::default();
+    let flood = MemoryFloodControl::new([("f", &settings)], FloodClock::manual());
+    flood.restore(&storage).await.unwrap();
+    assert_eq!(
+        flood.admit("f", "a", "new-a").await,
+        Admission::Suppress {
+            parent_request_id: parent_a.clone(),
+            suppressed_count: 30
+        },
+        "the flood in progress stays suppressed under its parent, and the count continues"
+    );
+    assert_eq!(
+        flood.admit("f", "b", "new-b").await,
+        Admission::Run,
+        "a flood that ended more than a window ago is over"
+    );
+    assert_eq!(flood.admit("f", "c", "c4").await, Admission::Run);
+    assert!(matches!(
+        flood.admit("f", "c", "c5").await,
+        Admission::Suppress { .. }
+    ));
+}
+
+#[test]
+fn concurrent_correlated_requests_share_one_parent() {
+    const THREADS: usize = 4;
+    const PER_THREAD: usize = 3;
+    const ROUNDS: usize = 10_000;
+    let settings = FloodControlDef::default();
+    let flood = MemoryFloodControl::new([("f", &settings)], FloodClock::manual());
+    let barrier = std::sync::Barrier::new(THREADS);
+    let per_thread: Vec<Vec<(usize, String, Admission)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (flood, barrier) = (&flood, &barrier);
+                scope.spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .unwrap();
+                    let mut verdicts = Vec::new();
+                    for round in 0..ROUNDS {
+                        barrier.wait();
+                        for i in 0..PER_THREAD {
+                            let id = format!("r{round}-{t}-{i}");
+                            let key = format!("k{round}");
+                            let verdict = runtime.block_on(flood.admit("f", &key, &id));
+                            verdicts.push((round, id, verdict));
+                        }
+                    }
+                    verdicts
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    // The clock stands still, so each round is one burst of twelve correlated requests: exactly
+    // four run, and the other eight are suppressed under the same run, counted 1 to 8.
+    let mut rounds = vec![Vec::new(); ROUNDS];
+    for (round, id, verdict) in per_thread.into_iter().flatten() {
+        rounds[round].push((id, verdict));
+    }
+    for (round, verdicts) in rounds.iter().enumerate() {
+        let mut runs = Vec::new();
+        let mut parents = std::collections::BTreeSet::new();
+        let mut counts = Vec::new();
+        for (id, verdict) in verdicts {
+            match verdict {
+                Admission::Run => runs.push(id.clone()),
+                Admission::Suppress {
+                    parent_request_id,
+                    suppressed_count,
+                } => {
+                    parents.insert(parent_request_id.clone());
+                    counts.push(*suppressed_count);
+                }
+            }
+        }
+        counts.sort();
+        assert_eq!(runs.len(), 4, "round {round}: {runs:?}");
+        assert_eq!(parents.len(), 1, "round {round}: {parents:?}");
+        assert!(runs.contains(parents.first().unwrap()), "round {round}");
+        assert_eq!(counts, (1..=8).collect::<Vec<u64>>(), "round {round}");
+    }
 }

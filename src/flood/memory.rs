@@ -1,29 +1,28 @@
-//! Flood control in this process's memory: one keyed governor limiter per flow, plus the last
-//! request that ran for each key. Idle keys are swept, so memory follows the number of keys
-//! active within one window, not the number ever seen.
+//! Flood control in this process's memory. Per flow, each correlation key holds the arrival times
+//! of its last `max_requests` correlated requests (run or suppressed) and the last request that ran
+//! for it; one lock covers the decision and the parent update. Idle keys are swept, so memory
+//! follows the number of keys active within one window, not the number ever seen.
 
-use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
-use std::num::NonZeroU32;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use governor::clock::Clock;
-use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
-use governor::state::keyed::DashMapStateStore;
-use governor::{Quota, RateLimiter};
 
 use super::{Admission, FloodClock, FloodControl};
 use crate::flow::FloodControlDef;
-use crate::storage::{Storage, StorageError, now_ms};
+use crate::storage::{FloodRecord, RequestFilter, Storage, StorageError, now_ms};
 
 /// Keys are held as 64-bit hashes (SipHash with this process's random keys): a fraction of the
 /// memory of the key text, and collisions cannot be precomputed by whoever sends webhooks.
 type KeyHash = u64;
-type KeyedLimiter =
-    RateLimiter<KeyHash, DashMapStateStore<KeyHash>, FloodClock, NoOpMiddleware<Nanos>>;
+
+/// Each flow's keys are spread over this many maps, each with its own lock.
+const SHARDS: usize = 16;
 
 #[derive(Debug)]
 pub struct MemoryFloodControl {
@@ -36,25 +35,51 @@ pub struct MemoryFloodControl {
 struct FlowFlood {
     settings: FloodControlDef,
     window: Duration,
-    limiter: KeyedLimiter,
-    parents: Mutex<HashMap<KeyHash, Parent>>,
+    max_requests: usize,
+    shards: Box<[Mutex<HashMap<KeyHash, KeyState>>]>,
 }
 
-/// The last request that ran for a key, and how many were suppressed under it.
+/// What flood control remembers of one correlation key.
 #[derive(Debug)]
-struct Parent {
-    request_id: String,
+struct KeyState {
+    /// When the correlated requests (run or suppressed) of the last window arrived, oldest first;
+    /// at most `max_requests` of them.
+    arrivals: VecDeque<Nanos>,
+    /// The last request that ran for this key.
+    parent: RequestId,
+    /// Events suppressed under `parent`.
     suppressed: u64,
-    last_seen: Nanos,
 }
 
-/// `max_requests` per `window`: a burst of `max_requests`, one more every `window / max_requests`.
-pub fn quota(max_requests: u32, window: Duration) -> Quota {
-    let burst = NonZeroU32::new(max_requests.max(1)).expect("at least one");
-    let period = (window / burst.get()).max(Duration::from_nanos(1));
-    Quota::with_period(period)
-        .expect("a non-zero period")
-        .allow_burst(burst)
+/// A request id, held in 16 bytes when it is a UUID (as the engine's ids are).
+#[derive(Debug)]
+enum RequestId {
+    Uuid(uuid::Uuid),
+    Text(Box<str>),
+}
+
+impl RequestId {
+    fn new(id: &str) -> Self {
+        match uuid::Uuid::try_parse(id) {
+            // Only when it prints back the same, so the id answered is the id stored.
+            Ok(uuid)
+                if uuid
+                    .hyphenated()
+                    .encode_lower(&mut uuid::Uuid::encode_buffer())
+                    == id =>
+            {
+                RequestId::Uuid(uuid)
+            }
+            _ => RequestId::Text(id.into()),
+        }
+    }
+
+    fn to_text(&self) -> String {
+        match self {
+            RequestId::Uuid(uuid) => uuid.hyphenated().to_string(),
+            RequestId::Text(text) => text.to_string(),
+        }
+    }
 }
 
 impl MemoryFloodControl {
@@ -80,43 +105,141 @@ impl MemoryFloodControl {
 }
 
 impl FlowFlood {
-    fn parents(&self) -> std::sync::MutexGuard<'_, HashMap<KeyHash, Parent>> {
-        self.parents
+    fn new(settings: &FloodControlDef) -> Self {
+        FlowFlood {
+            settings: settings.clone(),
+            window: Duration::from_secs(settings.window_secs),
+            max_requests: settings.max_requests.max(1) as usize,
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    fn shard(&self, key: KeyHash) -> MutexGuard<'_, HashMap<KeyHash, KeyState>> {
+        self.shards[key as usize % SHARDS]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn decide(
+    /// Decides for one request and records it, under the key's lock: a request is suppressed
+    /// when `max_requests` correlated requests (run or suppressed) arrived within the window
+    /// before it; otherwise it runs and becomes the key's parent.
+    fn decide(&self, key: KeyHash, request_id: &str, clock: &FloodClock) -> Admission {
+        let mut shard = self.shard(key);
+        // Read under the lock, so each key's arrivals are in order.
+        let now = clock.now();
+        let state = match shard.entry(key) {
+            Entry::Vacant(vacant) => {
+                let mut arrivals = VecDeque::with_capacity(self.max_requests.min(4));
+                arrivals.push_back(now);
+                vacant.insert(KeyState {
+                    arrivals,
+                    parent: RequestId::new(request_id),
+                    suppressed: 0,
+                });
+                return Admission::Run;
+            }
+            Entry::Occupied(occupied) => occupied.into_mut(),
+        };
+        // Arrivals that left the window no longer count; what remains is at most `max_requests`.
+        let window = Nanos::from(self.window);
+        while state
+            .arrivals
+            .front()
+            .is_some_and(|&t| now.saturating_sub(t) >= window)
+        {
+            state.arrivals.pop_front();
+        }
+        let flooded = state.arrivals.len() >= self.max_requests;
+        if flooded {
+            state.arrivals.pop_front();
+        }
+        state.arrivals.push_back(now);
+        if flooded {
+            state.suppressed += 1;
+            Admission::Suppress {
+                parent_request_id: state.parent.to_text(),
+                suppressed_count: state.suppressed,
+            }
+        } else {
+            state.parent = RequestId::new(request_id);
+            state.suppressed = 0;
+            Admission::Run
+        }
+    }
+
+    /// Restores a key as if `arrivals` requests had just arrived, the last to run being
+    /// `parent`. A key that requests reached meanwhile keeps its state.
+    fn restore_key(
         &self,
         key: KeyHash,
-        request_id: &str,
-        now: Nanos,
-        suppressed_so_far: u64,
-    ) -> Admission {
-        let allowed = self.limiter.check_key(&key).is_ok();
-        let mut parents = self.parents();
-        match (allowed, parents.get_mut(&key)) {
-            (false, Some(parent)) => {
-                parent.suppressed += 1;
-                parent.last_seen = now;
-                Admission::Suppress {
-                    parent_request_id: parent.request_id.clone(),
-                    suppressed_count: parent.suppressed,
-                }
-            }
-            // Over the limit with no request to link to (swept meanwhile): let it run and lead.
-            _ => {
-                parents.insert(
-                    key,
-                    Parent {
-                        request_id: request_id.to_owned(),
-                        suppressed: suppressed_so_far,
-                        last_seen: now,
-                    },
-                );
-                Admission::Run
-            }
+        parent: &str,
+        suppressed: u64,
+        arrivals: usize,
+        clock: &FloodClock,
+    ) {
+        let mut shard = self.shard(key);
+        let now = clock.now();
+        shard.entry(key).or_insert_with(|| KeyState {
+            arrivals: std::iter::repeat_n(now, arrivals).collect(),
+            parent: RequestId::new(parent),
+            suppressed,
+        });
+    }
+
+    fn len(&self) -> usize {
+        (0..SHARDS).map(|i| self.shard(i as KeyHash).len()).sum()
+    }
+}
+
+/// The parents of this flow's requests suppressed since `since_ms` (for a request with several
+/// suppressed events, the parent of the first). Reads newest first, widening until it passes
+/// `since_ms` or the end.
+async fn suppressed_parents(
+    storage: &dyn Storage,
+    flow_id: &str,
+    since_ms: i64,
+) -> Result<HashSet<String>, StorageError> {
+    let mut limit: u32 = 1_000;
+    loop {
+        let requests = storage
+            .list_requests(&RequestFilter {
+                flow_id: Some(flow_id.to_owned()),
+                suppressed_only: true,
+                limit: Some(limit),
+            })
+            .await?;
+        let complete = requests.len() < limit as usize
+            || requests.last().is_some_and(|r| r.received_at_ms < since_ms)
+            || limit == u32::MAX;
+        if complete {
+            return Ok(requests
+                .into_iter()
+                .filter(|r| r.received_at_ms >= since_ms)
+                .filter_map(|r| r.suppressed_under)
+                .collect());
         }
+        limit = limit.saturating_mul(4);
+    }
+}
+
+/// The flow's runs admitted by flood control since `since_ms`, reaching further back (doubling)
+/// until the runs of all `parents` are included or the whole history is read.
+async fn history_with(
+    storage: &dyn Storage,
+    flow_id: &str,
+    since_ms: i64,
+    parents: &HashSet<String>,
+) -> Result<Vec<FloodRecord>, StorageError> {
+    let now = now_ms();
+    let mut lookback = (now - since_ms).max(1);
+    loop {
+        let from = now.saturating_sub(lookback).max(0);
+        let history = storage.flood_history(flow_id, from).await?;
+        let found: HashSet<&str> = history.iter().map(|r| r.request_id.as_str()).collect();
+        if from == 0 || parents.iter().all(|p| found.contains(p.as_str())) {
+            return Ok(history);
+        }
+        lookback = lookback.saturating_mul(2);
     }
 }
 
@@ -124,14 +247,16 @@ impl FlowFlood {
 impl FloodControl for MemoryFloodControl {
     async fn admit(&self, flow_id: &str, key: &str, request_id: &str) -> Admission {
         match self.flows().get(flow_id) {
-            Some(flow) => flow.decide(self.hasher.hash_one(key), request_id, self.clock.now(), 0),
+            Some(flow) => flow.decide(self.hasher.hash_one(key), request_id, &self.clock),
             None => Admission::Run,
         }
     }
 
-    /// Replays each flow's runs of the last window as if they had just arrived, in order, so a
-    /// flood in progress stays suppressed after a restart. A key may be held back up to one
-    /// window longer than without the restart, never less.
+    /// For each key, counts the runs of the last window and finds whether requests were
+    /// suppressed within it; the key is restored as if those requests had just arrived (a key
+    /// suppressed within the window as if `max_requests` had), under its last run with its
+    /// stored count. A flood in progress thus stays suppressed, however long ago its last run
+    /// was; a key may be held back up to one window longer than without the restart, never less.
     async fn restore(&self, storage: &dyn Storage) -> Result<usize, StorageError> {
         let windows: Vec<(String, Duration)> = self
             .flows()
@@ -140,22 +265,41 @@ impl FloodControl for MemoryFloodControl {
             .collect();
         let mut replayed = 0;
         for (flow_id, window) in windows {
-            let history = storage
-                .flood_history(&flow_id, now_ms() - window.as_millis() as i64)
-                .await?;
+            let since_ms = now_ms() - window.as_millis() as i64;
+            let parents = suppressed_parents(storage, &flow_id, since_ms).await?;
+            let history = history_with(storage, &flow_id, since_ms, &parents).await?;
+            // Per key: its last run, and how many of its runs fall within the window.
+            let mut keys: HashMap<KeyHash, (&FloodRecord, usize)> = HashMap::new();
+            for record in &history {
+                let recent = usize::from(record.created_at_ms >= since_ms);
+                replayed += recent;
+                keys.entry(self.hasher.hash_one(&record.correlation_key))
+                    .and_modify(|(last, count)| {
+                        *last = record;
+                        *count += recent;
+                    })
+                    .or_insert((record, recent));
+            }
             let flows = self.flows();
             let Some(flow) = flows.get(&flow_id) else {
                 continue;
             };
-            for record in history {
-                let key = self.hasher.hash_one(&record.correlation_key);
-                flow.decide(
-                    key,
-                    &record.request_id,
-                    self.clock.now(),
-                    record.suppressed_count,
-                );
-                replayed += 1;
+            for (key, (last, recent)) in keys {
+                let flooding = last.suppressed_count > 0 && parents.contains(&last.request_id);
+                let arrivals = if flooding {
+                    flow.max_requests
+                } else {
+                    recent.min(flow.max_requests)
+                };
+                if arrivals > 0 {
+                    flow.restore_key(
+                        key,
+                        &last.request_id,
+                        last.suppressed_count,
+                        arrivals,
+                        &self.clock,
+                    );
+                }
             }
         }
         Ok(replayed)
@@ -170,20 +314,7 @@ impl FloodControl for MemoryFloodControl {
         for (flow_id, settings) in flows.iter().filter(|(_, s)| s.enabled) {
             let flood = match current.remove(*flow_id) {
                 Some(existing) if existing.settings == **settings => existing,
-                _ => {
-                    let window = Duration::from_secs(settings.window_secs);
-                    let limiter = RateLimiter::new(
-                        quota(settings.max_requests, window),
-                        DashMapStateStore::default(),
-                        self.clock.clone(),
-                    );
-                    FlowFlood {
-                        settings: (*settings).clone(),
-                        window,
-                        limiter,
-                        parents: Mutex::new(HashMap::new()),
-                    }
-                }
+                _ => FlowFlood::new(settings),
             };
             next.insert((*flow_id).to_owned(), flood);
         }
@@ -191,14 +322,19 @@ impl FloodControl for MemoryFloodControl {
     }
 
     fn sweep(&self) {
-        let now = self.clock.now();
         for flow in self.flows().values() {
-            flow.limiter.retain_recent();
-            flow.limiter.shrink_to_fit();
             let window = Nanos::from(flow.window);
-            let mut parents = flow.parents();
-            parents.retain(|_, p| now.saturating_sub(p.last_seen) < window);
-            parents.shrink_to_fit();
+            for i in 0..SHARDS {
+                let mut shard = flow.shard(i as KeyHash);
+                let now = self.clock.now();
+                shard.retain(|_, state| {
+                    state
+                        .arrivals
+                        .back()
+                        .is_some_and(|&last| now.saturating_sub(last) < window)
+                });
+                shard.shrink_to_fit();
+            }
         }
     }
 
@@ -206,7 +342,7 @@ impl FloodControl for MemoryFloodControl {
         let mut keys: Vec<(String, usize)> = self
             .flows()
             .iter()
-            .map(|(id, f)| (id.clone(), f.limiter.len().max(f.parents().len())))
+            .map(|(id, f)| (id.clone(), f.len()))
             .collect();
         keys.sort();
         keys
@@ -262,18 +398,67 @@ mod tests {
             Admission::Run,
             "flows without flood control always run"
         );
-        clock.advance(Duration::from_secs(61));
+        clock.advance(Duration::from_secs(60));
         assert_eq!(
             flood.admit("f", "k", "r7").await,
             Admission::Run,
-            "after the window, requests run again"
+            "after a window without requests, requests run again"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_window_slides_over_every_correlated_request() {
+        let (flood, clock) = flood(2, 10);
+        let at = |secs| Duration::from_secs(secs);
+        assert_eq!(flood.admit("f", "k", "a").await, Admission::Run); // t = 0
+        clock.advance(at(6));
+        assert_eq!(flood.admit("f", "k", "b").await, Admission::Run); // t = 6
+        clock.advance(at(3));
+        assert!(matches!(
+            flood.admit("f", "k", "c").await,
+            Admission::Suppress { .. }
+        )); // t = 9
+        clock.advance(at(1));
+        // t = 10: `a` left the window, but `b` and the suppressed `c` are in it.
+        assert!(matches!(
+            flood.admit("f", "k", "d").await,
+            Admission::Suppress { .. }
+        ));
+        clock.advance(at(9));
+        // t = 19: only `d` (t = 10) is within the last 10 s.
+        assert_eq!(flood.admit("f", "k", "e").await, Admission::Run);
+    }
+
+    #[tokio::test]
+    async fn a_key_holds_only_the_arrivals_of_the_last_window() {
+        let (flood, clock) = flood(100, 10);
+        for i in 0..1000 {
+            assert_eq!(
+                flood.admit("f", "k", &format!("r{i}")).await,
+                Admission::Run
+            );
+            clock.advance(Duration::from_secs(4));
+        }
+        let flows = flood.flows();
+        let held: usize = (0..SHARDS as KeyHash)
+            .map(|i| {
+                let shard = flows["f"].shard(i);
+                shard.values().map(|s| s.arrivals.len()).sum::<usize>()
+            })
+            .sum();
+        assert_eq!(
+            held, 3,
+            "one request every 4 s leaves three in a 10 s window"
         );
     }
 
     #[test]
-    fn quota_spreads_the_window() {
-        let q = quota(4, Duration::from_secs(60));
-        assert_eq!(q.burst_size().get(), 4);
-        assert_eq!(q.replenish_interval(), Duration::from_secs(15));
+    fn uuid_ids_are_held_compactly_and_given_back_unchanged() {
+        let id = uuid::Uuid::now_v7().to_string();
+        assert!(matches!(RequestId::new(&id), RequestId::Uuid(_)));
+        assert_eq!(RequestId::new(&id).to_text(), id);
+        let upper = id.to_uppercase();
+        assert_eq!(RequestId::new(&upper).to_text(), upper);
+        assert_eq!(RequestId::new("r1").to_text(), "r1");
     }
 }

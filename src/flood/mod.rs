@@ -1,25 +1,33 @@
-//! Flood control and request rate limiting for triggers, built on governor.
+//! Flood control and request rate limiting for triggers.
 //!
 //! Flood control follows xMatters' semantics: requests correlate when the chosen trigger outputs
-//! have the same values; per correlation key a GCRA limiter allows `max_requests` within
-//! `window_secs` (a burst of that size, refilling one every `window / max_requests`). Requests
-//! over it are *suppressed*: stored with their payload, linked to the last request that ran for
+//! have the same values, and a request is *suppressed* when `max_requests` correlated requests,
+//! run or suppressed, arrived within the `window_secs` before it (so more than `max_requests` in
+//! any window never all run, and a flood stays suppressed for as long as it keeps that rate).
+//! Suppressed requests are stored with their payload, linked to the last request that ran for
 //! that key (the parent) with a running count, and they start no run. The decision sits behind
 //! [`FloodControl`] so that a database-backed implementation can replace the in-memory one when
 //! several nodes share PostgreSQL.
+//!
+//! The rate limit is a governor limiter ([`quota`]); flood control reads governor's clock, whose
+//! fake variant lets tests move time. Flood control itself is a sliding window, not governor's
+//! GCRA: GCRA spreads the window (a burst of 4, then one every 15 s), so a steady request every
+//! 5 s would get a fifth run 20 s into the flood and one every 15 s after that.
 
 mod memory;
 
 use std::fmt;
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use governor::Quota;
 use governor::clock::{Clock, FakeRelativeClock};
 use governor::nanos::Nanos;
 use serde::Serialize;
 use serde_json::Value;
 
-pub use memory::{MemoryFloodControl, quota};
+pub use memory::MemoryFloodControl;
 
 use crate::flow::FloodControlDef;
 use crate::storage::{Storage, StorageError};
@@ -37,12 +45,17 @@ pub enum Admission {
     },
 }
 
-/// Decides which correlated events run. Implementations must be safe to call concurrently.
+/// Decides which correlated events run. Implementations must be safe to call concurrently, and
+/// each admission must be atomic per key: the verdict, the recorded arrival and the parent it
+/// names are decided together, so concurrent requests cannot be linked to a stale parent.
 #[async_trait]
 pub trait FloodControl: Send + Sync + fmt::Debug + 'static {
-    /// Decides for one event of `request_id` whose correlation key is `key`.
+    /// Decides for one event of `request_id` whose correlation key is `key`, and counts it
+    /// (suppressed events count toward the rate too).
     async fn admit(&self, flow_id: &str, key: &str, request_id: &str) -> Admission;
-    /// Rebuilds the state after a restart from the runs stored within each flow's window.
+    /// Rebuilds the state at start, before requests arrive, from the stored runs and suppressed
+    /// requests, so a flood in progress stays suppressed. Returns how many runs of the last
+    /// window were replayed.
     async fn restore(&self, storage: &dyn Storage) -> Result<usize, StorageError>;
     /// Applies new flood settings after a reload: flows whose settings did not change keep
     /// their state; new or changed ones start fresh; removed ones are dropped.
@@ -51,6 +64,16 @@ pub trait FloodControl: Send + Sync + fmt::Debug + 'static {
     fn sweep(&self);
     /// Correlation keys currently held, per flow.
     fn tracked_keys(&self) -> Vec<(String, usize)>;
+}
+
+/// `max_requests` per `window` for the rate limit: a burst of `max_requests`, one more every
+/// `window / max_requests`.
+pub fn quota(max_requests: u32, window: Duration) -> Quota {
+    let burst = NonZeroU32::new(max_requests.max(1)).expect("at least one");
+    let period = (window / burst.get()).max(Duration::from_nanos(1));
+    Quota::with_period(period)
+        .expect("a non-zero period")
+        .allow_burst(burst)
 }
 
 /// The correlation key of a trigger's outputs: the JSON array of the values at `correlate_on`
@@ -126,5 +149,12 @@ mod tests {
             ..settings
         };
         assert_eq!(correlation_key(&custom, &outputs), "[7,null]");
+    }
+
+    #[test]
+    fn quota_spreads_the_window() {
+        let q = quota(4, Duration::from_secs(60));
+        assert_eq!(q.burst_size().get(), 4);
+        assert_eq!(q.replenish_interval(), Duration::from_secs(15));
     }
 }
