@@ -29,6 +29,196 @@ pub struct Config {
     /// How long finished runs are kept.
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// ServiceNow instances of customers and suppliers.
+    #[serde(default)]
+    pub servicenow: ServiceNowConfig,
+}
+
+/// `[servicenow]`: global switches, and one connection per Halo customer (keyed by the Halo
+/// client id) and per supplier (keyed by the Halo supplier id).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceNowConfig {
+    /// Send public Halo attachments with the record (a connection can override).
+    #[serde(default)]
+    pub sync_attachments: bool,
+    /// Appended to every note haloflow writes, so the sync back can tell our notes from the
+    /// instance's own.
+    #[serde(default = "default_note_marker")]
+    pub note_marker: String,
+    #[serde(default)]
+    pub customers: BTreeMap<String, ServiceNowConnectionConfig>,
+    #[serde(default)]
+    pub suppliers: BTreeMap<String, ServiceNowConnectionConfig>,
+}
+
+impl Default for ServiceNowConfig {
+    fn default() -> Self {
+        ServiceNowConfig {
+            sync_attachments: false,
+            note_marker: default_note_marker(),
+            customers: BTreeMap::new(),
+            suppliers: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_note_marker() -> String {
+    "Sent from Halo by haloflow".to_owned()
+}
+
+/// How a connection authenticates (`../shared/reference/servicenow-api.md` §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceNowAuthKind {
+    Basic,
+    /// OAuth 2.0 client credentials against `/oauth_token.do`.
+    Oauth,
+}
+
+/// One customer's or supplier's ServiceNow instance, its mappings and switches.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceNowConnectionConfig {
+    /// A label for listings (the customer's or supplier's name).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// e.g. `https://acme.service-now.com`.
+    pub instance_url: String,
+    pub auth: ServiceNowAuthKind,
+    /// Basic: the integration user and the secret holding its password.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password_secret_name: Option<String>,
+    /// OAuth: the application registry's client id and the secret holding its secret.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub client_secret_name: Option<String>,
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+    /// The caller (sys_user sys_id) when the ticket's end user matches no ServiceNow user.
+    #[serde(default)]
+    pub default_caller: Option<String>,
+    /// The group (sys_user_group sys_id) when the ticket's team matches no mapping.
+    #[serde(default)]
+    pub default_assignment_group: Option<String>,
+    /// Overrides `[servicenow] sync_attachments` for this connection.
+    #[serde(default)]
+    pub sync_attachments: Option<bool>,
+    /// Send a problem's child tickets with it.
+    #[serde(default)]
+    pub sync_child_tickets: bool,
+    /// The record types the integrator imports from this instance.
+    #[serde(default = "default_imported_types")]
+    pub imported_types: Vec<String>,
+    /// The record type (table) per Halo ticket type id, e.g. `{ "3" = "sc_task" }`.
+    #[serde(default)]
+    pub record_types: BTreeMap<String, String>,
+    /// Halo status id ↔ ServiceNow state.
+    #[serde(default)]
+    pub status: Vec<ValueMapping>,
+    /// Halo category (category_1) → ServiceNow category and subcategory; incidents only.
+    #[serde(default)]
+    pub category: Vec<CategoryMapping>,
+    #[serde(default)]
+    pub priority: Vec<ValueMapping>,
+    #[serde(default)]
+    pub impact: Vec<ValueMapping>,
+    #[serde(default)]
+    pub urgency: Vec<ValueMapping>,
+    /// Halo team name → assignment group sys_id.
+    #[serde(default)]
+    pub assignment_group: Vec<ValueMapping>,
+    #[serde(default)]
+    pub custom_fields: Vec<CustomFieldMapping>,
+    /// Halo service id → ServiceNow service, for service requests.
+    #[serde(default)]
+    pub services: Vec<ServiceMapping>,
+}
+
+fn default_imported_types() -> Vec<String> {
+    vec!["incident".to_owned()]
+}
+
+/// One value of Halo paired with one of ServiceNow, optionally for one record type only:
+/// `table = "incident"`, `"task"` (every table but incident) or an exact table name.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValueMapping {
+    pub halo: toml::Value,
+    pub servicenow: String,
+    #[serde(default)]
+    pub table: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CategoryMapping {
+    pub halo: String,
+    pub category: String,
+    #[serde(default)]
+    pub subcategory: Option<String>,
+    #[serde(default)]
+    pub table: Option<String>,
+}
+
+/// A Halo custom field written to a ServiceNow field; `values` maps the options of a
+/// single-select field (unmapped values are sent as they are).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomFieldMapping {
+    pub halo_field_id: i64,
+    pub servicenow_field: String,
+    #[serde(default)]
+    pub values: BTreeMap<String, String>,
+    #[serde(default)]
+    pub table: Option<String>,
+}
+
+/// A Halo service (the ticket's `service_id`) sent as `business_service`, with fields of its own.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceMapping {
+    pub halo_service_id: i64,
+    pub servicenow_service: String,
+    #[serde(default)]
+    pub custom_fields: Vec<CustomFieldMapping>,
+}
+
+impl ServiceNowConnectionConfig {
+    /// Problems with the settings, each naming the key.
+    pub fn check(&self) -> Result<(), String> {
+        match self.auth {
+            ServiceNowAuthKind::Basic
+                if self.username.is_none() || self.password_secret_name.is_none() =>
+            {
+                return Err("auth = \"basic\" needs username and password_secret_name".into());
+            }
+            ServiceNowAuthKind::Oauth
+                if self.client_id.is_none() || self.client_secret_name.is_none() =>
+            {
+                return Err("auth = \"oauth\" needs client_id and client_secret_name".into());
+            }
+            _ => {}
+        }
+        if !self.instance_url.starts_with("http://") && !self.instance_url.starts_with("https://") {
+            return Err(format!(
+                "instance_url: `{}` is not a URL; write https://<instance>.service-now.com",
+                self.instance_url
+            ));
+        }
+        Ok(())
+    }
+
+    /// The secret name this connection needs.
+    pub fn secret_name(&self) -> Option<&str> {
+        match self.auth {
+            ServiceNowAuthKind::Basic => self.password_secret_name.as_deref(),
+            ServiceNowAuthKind::Oauth => self.client_secret_name.as_deref(),
+        }
+    }
 }
 
 /// Shows secret names, never their values.
@@ -43,6 +233,7 @@ impl std::fmt::Debug for Config {
             .field("secrets", &secret_names)
             .field("retry", &self.retry)
             .field("retention", &self.retention)
+            .field("servicenow", &self.servicenow)
             .finish()
     }
 }

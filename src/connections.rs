@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::halo::HaloConnection;
+use crate::servicenow::{ServiceNowConnection, Side};
 use base64::Engine as _;
 
 use crate::secrets::{Secret, SecretStore};
@@ -15,6 +16,8 @@ use crate::step::StepError;
 pub struct Connections {
     halo: BTreeMap<String, Arc<HaloConnection>>,
     http: BTreeMap<String, Arc<HttpConnection>>,
+    /// ServiceNow instances by side and Halo client or supplier id.
+    servicenow: BTreeMap<(&'static str, String), Arc<ServiceNowConnection>>,
 }
 
 /// A generic HTTP connection with its credentials resolved.
@@ -107,8 +110,48 @@ impl Connections {
                 }),
             );
         }
+        let mut servicenow = BTreeMap::new();
+        for (side, table, settings) in [
+            (
+                Side::Customer,
+                "servicenow.customers",
+                &config.servicenow.customers,
+            ),
+            (
+                Side::Supplier,
+                "servicenow.suppliers",
+                &config.servicenow.suppliers,
+            ),
+        ] {
+            for (id, connection) in settings {
+                let secret_name = connection.secret_name().unwrap_or_default();
+                match secrets.get(secret_name) {
+                    Some(secret) => {
+                        servicenow.insert(
+                            (side.as_str(), id.clone()),
+                            Arc::new(ServiceNowConnection::new(
+                                side,
+                                id.clone(),
+                                connection.clone(),
+                                secret,
+                                &config.servicenow,
+                            )),
+                        );
+                    }
+                    None => missing.push(MissingSecret {
+                        table,
+                        connection: format!("\"{id}\""),
+                        secret: secret_name.to_owned(),
+                    }),
+                }
+            }
+        }
         if missing.is_empty() {
-            Ok(Connections { halo, http })
+            Ok(Connections {
+                halo,
+                http,
+                servicenow,
+            })
         } else {
             Err(missing)
         }
@@ -132,5 +175,22 @@ impl Connections {
 
     pub fn halo_names(&self) -> impl Iterator<Item = &str> {
         self.halo.keys().map(String::as_str)
+    }
+
+    /// The ServiceNow instance of a Halo customer (client id) or supplier (supplier id).
+    pub fn servicenow(&self, side: Side, id: &str) -> Option<Arc<ServiceNowConnection>> {
+        self.servicenow
+            .get(&(side.as_str(), id.to_owned()))
+            .cloned()
+    }
+
+    /// Every ServiceNow connection, customers first.
+    pub fn servicenow_all(&self) -> impl Iterator<Item = &Arc<ServiceNowConnection>> {
+        self.servicenow.values()
+    }
+
+    /// Every Halo connection, by name.
+    pub fn halo_all(&self) -> impl Iterator<Item = &Arc<HaloConnection>> {
+        self.halo.values()
     }
 }

@@ -40,6 +40,7 @@ pub mod outbound;
 pub mod prelude;
 pub mod secrets;
 pub mod server;
+pub mod servicenow;
 pub mod step;
 pub mod steps;
 pub mod storage;

@@ -119,6 +119,11 @@ enum Command {
     },
     /// Print the editor-facing flow schema (schemas/flow.schema.json) for the registered steps.
     Schema,
+    /// Check the connections of the config file.
+    Connections {
+        #[command(subcommand)]
+        command: ConnectionsCommand,
+    },
     /// Read the run history.
     Runs {
         #[command(subcommand)]
@@ -128,6 +133,16 @@ enum Command {
     Requests {
         #[command(subcommand)]
         command: RequestsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConnectionsCommand {
+    /// Prove every Halo and ServiceNow connection's credentials with a cheap authenticated
+    /// request; warn about settings that will fail later (a short OAuth token lifespan).
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -357,6 +372,9 @@ async fn dispatch(command: Command) -> Result<bool> {
             )?;
             true
         }
+        Command::Connections {
+            command: ConnectionsCommand::Check { config },
+        } => commands::connections_check(config.as_deref(), out).await?,
         Command::Schema => {
             let schema =
                 haloflow::flow::editor_schema(&haloflow::step::StepRegistry::with_builtins());

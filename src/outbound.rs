@@ -63,7 +63,15 @@ pub enum OutboundBody {
     None,
     Json(Value),
     Form(Vec<Field>),
-    Text { content_type: String, text: String },
+    Text {
+        content_type: String,
+        text: String,
+    },
+    /// Raw bytes (a file upload); previews show the size, not the content.
+    Bytes {
+        content_type: String,
+        bytes: Vec<u8>,
+    },
 }
 
 impl OutboundRequest {
@@ -113,6 +121,13 @@ impl OutboundRequest {
             OutboundBody::Text { content_type, text } => {
                 headers.push(("Content-Type".into(), content_type.clone()));
                 Some(Value::String(text.clone()))
+            }
+            OutboundBody::Bytes {
+                content_type,
+                bytes,
+            } => {
+                headers.push(("Content-Type".into(), content_type.clone()));
+                Some(Value::String(format!("<{} bytes>", bytes.len())))
             }
             OutboundBody::Form(fields) => {
                 headers.push((
@@ -278,6 +293,12 @@ impl Outbound {
             OutboundBody::Text { content_type, text } => builder
                 .header(reqwest::header::CONTENT_TYPE, content_type.as_str())
                 .body(text.clone()),
+            OutboundBody::Bytes {
+                content_type,
+                bytes,
+            } => builder
+                .header(reqwest::header::CONTENT_TYPE, content_type.as_str())
+                .body(bytes.clone()),
             OutboundBody::Form(fields) => builder.form(
                 &fields
                     .iter()

@@ -9,9 +9,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use common::{Harness, Options, sample_payload};
 use haloflow::storage::{
-    AttemptRecord, FloodRecord, NewRequest, NewRun, NewSuppressed, RequestFilter, RequestRecord,
-    RunCount, RunDetail, RunFilter, RunStatus, RunSummary, SqliteStorage, StepOutcome,
-    StepRunRecord, Storage, StorageError,
+    AttemptRecord, FloodRecord, Link, NewRequest, NewRun, NewSuppressed, RequestFilter,
+    RequestRecord, RunCount, RunDetail, RunFilter, RunStatus, RunSummary, SqliteStorage,
+    StepOutcome, StepRunRecord, Storage, StorageError,
 };
 use serde_json::Value;
 use tokio::sync::Semaphore;
@@ -131,6 +131,25 @@ impl Storage for Gated {
     }
     async fn ping(&self) -> Result<(), StorageError> {
         self.inner.ping().await
+    }
+    async fn save_link(&self, link: &Link) -> Result<Option<Link>, StorageError> {
+        self.inner.save_link(link).await
+    }
+    async fn link_for_ticket(
+        &self,
+        halo_connection: &str,
+        halo_ticket_id: i64,
+    ) -> Result<Option<Link>, StorageError> {
+        self.inner
+            .link_for_ticket(halo_connection, halo_ticket_id)
+            .await
+    }
+    async fn link_for_record(
+        &self,
+        servicenow: &str,
+        sys_id: &str,
+    ) -> Result<Option<Link>, StorageError> {
+        self.inner.link_for_record(servicenow, sys_id).await
     }
 }
 

@@ -69,20 +69,50 @@ pub async fn demo(options: &DemoOptions, out: &mut dyn Write) -> Result<(), Comm
         writeln!(out, "Halo emulator `{name}` on {}", running.base_url())?;
         emulators.push((name, emulator, running));
     }
-    // The ServiceNow side (Table and Attachment APIs, Basic auth) for flows that reach it with
-    // http.request steps; it lives as long as the demo.
+    // The ServiceNow side: the instance of customer 12 (the sample tickets' client, Basic
+    // auth) and of supplier 7 (OAuth), both served by one emulator for the demo.
+    let servicenow_password = random_secret();
+    let servicenow_client_secret = random_secret();
     let servicenow = ServiceNowEmulator::new(ServiceNowEmulatorConfig {
         username: "haloflow.demo".into(),
-        password: random_secret(),
-        oauth_client_id: None,
-        oauth_client_secret: None,
+        password: servicenow_password.clone(),
+        oauth_client_id: Some("haloflow-demo".into()),
+        oauth_client_secret: Some(servicenow_client_secret.clone()),
         token_lifetime_secs: 1800,
     });
-    let _servicenow_running = servicenow.start().await?;
+    let servicenow_running = servicenow.start().await?;
+    servicenow.insert_record(
+        "sys_user",
+        serde_json::json!({"user_name": "jo.bloggs", "email": "jo.bloggs@acme.example", "active": "true"}),
+    );
+    secrets.insert("DEMO_SERVICENOW_PASSWORD", servicenow_password);
+    secrets.insert("DEMO_SERVICENOW_CLIENT_SECRET", servicenow_client_secret);
+    let demo_servicenow = format!(
+        r#"
+        [customers.12]
+        name = "Acme Ltd (demo)"
+        instance_url = "{url}"
+        auth = "basic"
+        username = "haloflow.demo"
+        password_secret_name = "DEMO_SERVICENOW_PASSWORD"
+        category = [{{ halo = "Hardware", category = "hardware" }}]
+        impact = [{{ halo = 2, servicenow = "2" }}]
+        urgency = [{{ halo = 2, servicenow = "2" }}]
+        [suppliers.7]
+        name = "Firewall Vendor Ltd (demo)"
+        instance_url = "{url}"
+        auth = "oauth"
+        client_id = "haloflow-demo"
+        client_secret_name = "DEMO_SERVICENOW_CLIENT_SECRET"
+        "#,
+        url = servicenow_running.base_url()
+    );
+    config.servicenow = toml::from_str(&demo_servicenow)
+        .map_err(|e| CommandError::Failed(format!("the demo's ServiceNow settings: {e}")))?;
     writeln!(
         out,
-        "ServiceNow emulator on {} (Table API at /api/now/table/<table>)",
-        _servicenow_running.base_url()
+        "ServiceNow emulator on {} (customer 12 and supplier 7)",
+        servicenow_running.base_url()
     )?;
     // The sample each example flow gets; any other flow gets the first one.
     let samples = [
@@ -96,9 +126,16 @@ pub async fn demo(options: &DemoOptions, out: &mut dyn Write) -> Result<(), Comm
             "halo-new-ticket-unassigned.json",
             vec!["triage on-call"],
         ),
+        ("log-to-supplier", "halo-supplier-ticket.json", vec!["ops"]),
+        (
+            "sync-note-to-servicenow",
+            "halo-new-action.json",
+            vec!["ops"],
+        ),
     ];
     // The webhooks talk about tickets that exist in the sending Halo.
     let source = &emulators[0].1;
+    source.insert_supplier(serde_json::json!({"id": 7, "name": "Firewall Vendor Ltd", "email": "support@vendor.example"}));
     for (_, file, _) in &samples {
         let payload = read_json(&options.examples.join(file))?;
         if let Some(ticket) = payload.get("ticket") {
@@ -228,6 +265,15 @@ pub async fn demo(options: &DemoOptions, out: &mut dyn Write) -> Result<(), Comm
             emulator.actions().len()
         )?;
     }
+    let records: usize = ["incident", "sc_task", "problem"]
+        .iter()
+        .map(|t| servicenow.records(t).len())
+        .sum();
+    writeln!(
+        out,
+        "ServiceNow now holds {records} record(s) and {} journal entries.",
+        servicenow.records("sys_journal_field").len()
+    )?;
     writeln!(
         out,
         "\nTry it yourself (these keys exist only for this demo):"

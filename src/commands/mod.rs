@@ -2,6 +2,7 @@
 //! arguments and calls these.
 
 mod authoring;
+mod connections;
 mod demo;
 mod history;
 mod render;
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use authoring::{NewOptions, TEMPLATES, TriggerUrlOptions, new_flow, slug, trigger_url};
+pub use connections::connections_check;
 pub use demo::{DemoOptions, demo};
 pub use history::{requests_list, runs_list, runs_show};
 
@@ -313,9 +315,22 @@ fn engine_for(
     let mut secrets = crate::secrets::SecretStore::from_environment(config.secrets.clone());
     if dry_run {
         // A dry run sends nothing: connections whose secret is unset still preview (masked).
-        for settings in config.halo.values() {
-            if secrets.get(&settings.client_secret_name).is_none() {
-                secrets.insert(settings.client_secret_name.clone(), "unset");
+        let servicenow = config
+            .servicenow
+            .customers
+            .values()
+            .chain(config.servicenow.suppliers.values())
+            .filter_map(|c| c.secret_name());
+        let names: Vec<String> = config
+            .halo
+            .values()
+            .map(|c| c.client_secret_name.as_str())
+            .chain(servicenow)
+            .map(str::to_owned)
+            .collect();
+        for name in names {
+            if secrets.get(&name).is_none() {
+                secrets.insert(name, "unset");
             }
         }
     }

@@ -40,6 +40,9 @@ struct HaloState {
     tickets: BTreeMap<i64, Value>,
     next_ticket_id: i64,
     actions: Vec<Value>,
+    suppliers: BTreeMap<i64, Value>,
+    /// Attachment metadata (with `ticket_id`) and file bytes.
+    attachments: Vec<(Value, Vec<u8>)>,
     requests: Vec<RecordedRequest>,
     failures: Vec<InjectedFailure>,
     faults: Vec<ScheduledFault>,
@@ -65,6 +68,8 @@ impl HaloEmulator {
                 tickets: BTreeMap::new(),
                 next_ticket_id: 1000,
                 actions: Vec::new(),
+                suppliers: BTreeMap::new(),
+                attachments: Vec::new(),
                 requests: Vec::new(),
                 failures: Vec::new(),
                 faults: Vec::new(),
@@ -129,6 +134,29 @@ impl HaloEmulator {
         id
     }
 
+    /// Seeds a supplier (`GET /api/Supplier/{id}`).
+    pub fn insert_supplier(&self, supplier: Value) {
+        if let Some(id) = supplier.get("id").and_then(as_id) {
+            self.lock().suppliers.insert(id, supplier);
+        }
+    }
+
+    /// Seeds an attachment of a ticket; `showforusers` says whether users see it (public).
+    pub fn insert_attachment(
+        &self,
+        ticket_id: i64,
+        filename: &str,
+        public: bool,
+        bytes: &[u8],
+    ) -> i64 {
+        let mut state = self.lock();
+        let id = state.attachments.len() as i64 + 1;
+        let meta = json!({"id": id, "ticket_id": ticket_id, "filename": filename,
+                          "filesize": bytes.len(), "showforusers": public});
+        state.attachments.push((meta, bytes.to_vec()));
+        id
+    }
+
     /// The next `times` requests matching method and path prefix answer `status`.
     pub fn fail_next(
         &self,
@@ -184,6 +212,11 @@ async fn handle(State(emulator): State<HaloEmulator>, request: Request<Body>) ->
 /// Handles a request normally (or with an injected error status) and records it.
 fn answer(emulator: &HaloEmulator, mut recorded: RecordedRequest) -> Response {
     let mut state = emulator.lock();
+    if let Some(bytes) = state.attachment_file(&recorded) {
+        recorded.status = 200;
+        state.requests.push(recorded);
+        return ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response();
+    }
     let injected = InjectedFailure::take(&mut state.failures, &recorded.method, &recorded.path);
     let (status, body, retry_after) = match injected {
         Some((status, retry_after)) => {
@@ -215,6 +248,19 @@ fn answer(emulator: &HaloEmulator, mut recorded: RecordedRequest) -> Response {
 }
 
 impl HaloState {
+    /// `GET /api/Attachment/{id}` answers the raw file (§4), for a valid token.
+    fn attachment_file(&self, request: &RecordedRequest) -> Option<Vec<u8>> {
+        let path = request.path.to_ascii_lowercase();
+        let id = path.strip_prefix("/api/attachment/")?.parse::<i64>().ok()?;
+        if request.method != "GET" || self.check_bearer(request).is_err() {
+            return None;
+        }
+        self.attachments
+            .iter()
+            .find(|(meta, _)| meta["id"].as_i64() == Some(id))
+            .map(|(_, bytes)| bytes.clone())
+    }
+
     /// Counts a request against the rate limit; the 429 message when it is over.
     fn over_rate_limit(&mut self) -> Option<String> {
         let (limit, window, recent) = self.rate_limit.as_mut()?;
@@ -259,6 +305,9 @@ impl HaloState {
                     ("GET", ["tickets"]) => {
                         // `search` matches text fields and custom field values; `count` caps.
                         let search = request.query_param("search").map(|s| s.to_lowercase());
+                        let parent = request
+                            .query_param("parent_id")
+                            .and_then(|p| p.parse::<i64>().ok());
                         let count = request
                             .query_param("count")
                             .and_then(|c| c.parse::<usize>().ok())
@@ -267,6 +316,9 @@ impl HaloState {
                             .tickets
                             .values()
                             .filter(|t| search.as_deref().is_none_or(|s| ticket_matches(t, s)))
+                            .filter(|t| {
+                                parent.is_none_or(|p| t.get("parent_id").and_then(as_id) == Some(p))
+                            })
                             .take(count)
                             .cloned()
                             .collect();
@@ -274,6 +326,40 @@ impl HaloState {
                             200,
                             json!({"record_count": tickets.len(), "tickets": tickets}),
                         )
+                    }
+                    ("GET", ["supplier", id]) => {
+                        match id
+                            .parse::<i64>()
+                            .ok()
+                            .and_then(|id| self.suppliers.get(&id))
+                        {
+                            Some(supplier) => (200, supplier.clone()),
+                            None => halo_error(404, format!("Supplier {id} not found")),
+                        }
+                    }
+                    ("GET", ["attachment"]) => {
+                        let ticket_id = request
+                            .query_param("ticket_id")
+                            .and_then(|v| v.parse::<i64>().ok());
+                        let listed: Vec<Value> = self
+                            .attachments
+                            .iter()
+                            .filter(|(meta, _)| {
+                                ticket_id.is_some() && meta["ticket_id"].as_i64() == ticket_id
+                            })
+                            .map(|(meta, _)| meta.clone())
+                            .collect();
+                        (
+                            200,
+                            json!({"record_count": listed.len(), "attachments": listed}),
+                        )
+                    }
+                    ("GET", ["actions", id]) => {
+                        let id = id.parse::<i64>().ok();
+                        match self.actions.iter().find(|a| a["id"].as_i64() == id) {
+                            Some(action) => (200, action.clone()),
+                            None => halo_error(404, "Action not found"),
+                        }
                     }
                     ("GET", ["tickets", id]) => {
                         match id.parse::<i64>().ok().and_then(|id| self.tickets.get(&id)) {

@@ -65,7 +65,7 @@ impl RecordedRequest {
     }
 
     /// The first value of query parameter `name`, decoded.
-    pub(crate) fn query_param(&self, name: &str) -> Option<String> {
+    pub fn query_param(&self, name: &str) -> Option<String> {
         self.query_pairs()
             .into_iter()
             .find(|(k, _)| k == name)

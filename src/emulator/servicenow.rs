@@ -38,6 +38,7 @@ pub struct ServiceNowEmulator {
 struct SnState {
     config: ServiceNowEmulatorConfig,
     tokens: HashMap<String, Instant>,
+    tokens_issued: usize,
     /// Records by table, in insertion order. `sys_journal_field` is a table like the others.
     tables: BTreeMap<String, Vec<Map<String, Value>>>,
     attachments: Vec<(Map<String, Value>, Vec<u8>)>,
@@ -135,6 +136,7 @@ impl ServiceNowEmulator {
             state: Arc::new(Mutex::new(SnState {
                 config,
                 tokens: HashMap::new(),
+                tokens_issued: 0,
                 tables: BTreeMap::new(),
                 attachments: Vec::new(),
                 numbers: HashMap::new(),
@@ -193,6 +195,16 @@ impl ServiceNowEmulator {
             .into_iter()
             .filter(|r| r["element_id"] == sys_id)
             .collect()
+    }
+
+    /// Every issued OAuth token answers 401 from now on (as if it expired).
+    pub fn revoke_tokens(&self) {
+        self.lock().tokens.clear();
+    }
+
+    /// OAuth tokens issued so far.
+    pub fn tokens_issued(&self) -> usize {
+        self.lock().tokens_issued
     }
 
     pub fn attachments(&self) -> Vec<Value> {
@@ -453,6 +465,7 @@ impl SnState {
             );
         }
         let token = uuid::Uuid::new_v4().simple().to_string();
+        self.tokens_issued += 1;
         self.tokens.insert(
             token.clone(),
             Instant::now() + Duration::from_secs(self.config.token_lifetime_secs),

@@ -449,6 +449,7 @@ impl Engine {
             connections: self.inner.connections.clone(),
             http: crate::outbound::Outbound::live(self.inner.http.clone()),
             shutdown: self.inner.shutdown.subscribe(),
+            storage: self.inner.storage.clone(),
         };
         registered.step.execute(&context, inputs).await
     }

@@ -236,6 +236,7 @@ impl Engine {
             connections: self.inner.connections.clone(),
             http,
             shutdown: self.inner.shutdown.subscribe(),
+            storage: self.inner.storage.clone(),
         }
     }
 

@@ -136,6 +136,21 @@ impl HaloConnection {
         }
     }
 
+    /// Proves the credentials: a fresh token and a one-ticket read.
+    pub async fn check(&self, http: &Outbound) -> Result<(), StepError> {
+        self.token(http, true).await?;
+        self.get(http, "Tickets?count=1").await.map(|_| ())
+    }
+
+    /// `GET /api/{path}` answered with raw bytes (an attachment's file, §4).
+    pub async fn get_bytes(&self, http: &Outbound, path: &str) -> Result<Vec<u8>, StepError> {
+        let (url, response) = self.exchange(http, Method::GET, path, None).await?;
+        if response.is_success() {
+            return Ok(response.body);
+        }
+        parse_answer(&Method::GET, &url, response).map(|_| Vec::new())
+    }
+
     async fn call(
         &self,
         http: &Outbound,
@@ -143,6 +158,18 @@ impl HaloConnection {
         path: &str,
         body: Option<Value>,
     ) -> Result<Value, StepError> {
+        let (url, response) = self.exchange(http, method.clone(), path, body).await?;
+        parse_answer(&method, &url, response)
+    }
+
+    /// Sends with a token, refreshing it once on 401; any answer is returned.
+    async fn exchange(
+        &self,
+        http: &Outbound,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(String, OutboundResponse), StepError> {
         let url = self.config.api_url(path);
         let mut refreshed = false;
         loop {
@@ -164,7 +191,7 @@ impl HaloConnection {
                 refreshed = true;
                 continue;
             }
-            return parse_answer(&method, &url, response);
+            return Ok((url, response));
         }
     }
 

@@ -14,6 +14,8 @@ pub use registry::{RegisteredStep, RegistryError, StepRegistry};
 use crate::connections::Connections;
 use crate::halo::HaloConnection;
 use crate::outbound::Outbound;
+use crate::servicenow::{ServiceNowConnection, Side};
+use crate::storage::Link;
 
 /// A named output a step produces; templates reach it as `steps.<id>.<name>`.
 #[derive(Debug, Clone, Copy)]
@@ -125,6 +127,8 @@ pub struct StepContext {
     pub(crate) connections: Arc<Connections>,
     pub(crate) http: Outbound,
     pub(crate) shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Where links between Halo tickets and ServiceNow records live.
+    pub(crate) storage: Arc<dyn crate::storage::Storage>,
 }
 
 impl StepContext {
@@ -164,6 +168,28 @@ impl StepContext {
             .as_deref()
             .map(|name| self.connections.http(name))
             .transpose()
+    }
+
+    /// The ServiceNow instance of a Halo customer (client id) or supplier (supplier id).
+    pub fn servicenow(&self, side: Side, id: &str) -> Option<Arc<ServiceNowConnection>> {
+        self.connections.servicenow(side, id)
+    }
+
+    /// The ServiceNow record a ticket of this step's Halo connection is linked to.
+    pub async fn link_for_ticket(&self, ticket_id: i64) -> Result<Option<Link>, StepError> {
+        let halo = self.connection.as_deref().unwrap_or("halo");
+        self.storage
+            .link_for_ticket(halo, ticket_id)
+            .await
+            .map_err(|e| StepError::Failed(format!("reading the ticket's link failed: {e}")))
+    }
+
+    /// Records a link (replacing the ticket's earlier one, which is returned).
+    pub async fn save_link(&self, link: &Link) -> Result<Option<Link>, StepError> {
+        self.storage
+            .save_link(link)
+            .await
+            .map_err(|e| StepError::Failed(format!("recording the link failed: {e}")))
     }
 
     /// The Halo connection this step is configured with.

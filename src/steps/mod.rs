@@ -4,6 +4,7 @@
 mod core;
 mod halo;
 mod http;
+mod servicenow;
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use crate::step::Step;
 pub use self::core::{Condition, Switch};
 pub use halo::{AddAction, CreateTicket, UpdateTicket};
 pub use http::HttpRequest;
+pub use servicenow::{LogToSupplier, SendTicket, SyncNote};
 
 /// Every built-in step, for [`StepRegistry::with_builtins`](crate::step::StepRegistry::with_builtins).
 pub fn builtins() -> Vec<Arc<dyn Step>> {
@@ -22,5 +24,8 @@ pub fn builtins() -> Vec<Arc<dyn Step>> {
         Arc::new(Switch),
         Arc::new(Condition),
         Arc::new(HttpRequest),
+        Arc::new(SendTicket),
+        Arc::new(LogToSupplier),
+        Arc::new(SyncNote),
     ]
 }

@@ -271,6 +271,39 @@ pub struct AttemptRecord {
     pub exchanges: Vec<ExchangeRecord>,
 }
 
+/// Which side created the linked pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkOrigin {
+    Halo,
+    Servicenow,
+}
+
+impl LinkOrigin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkOrigin::Halo => "halo",
+            LinkOrigin::Servicenow => "servicenow",
+        }
+    }
+}
+
+/// The 1-1 pairing of a Halo ticket with a ServiceNow record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Link {
+    /// The Halo connection the ticket lives in.
+    pub halo_connection: String,
+    pub halo_ticket_id: i64,
+    /// The ServiceNow connection: `customers/<client id>` or `suppliers/<supplier id>`.
+    pub servicenow: String,
+    pub table: String,
+    pub sys_id: String,
+    pub number: Option<String>,
+    pub created_by: LinkOrigin,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
 /// A run's status count, for `/metrics`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunCount {
@@ -363,6 +396,19 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     async fn run_counts(&self) -> Result<Vec<RunCount>, StorageError>;
     /// A cheap query that proves the database answers.
     async fn ping(&self) -> Result<(), StorageError>;
+    /// Records a link; an earlier link of the same ticket, or to the same record, is replaced.
+    /// Returns the ticket's previous link, if any.
+    async fn save_link(&self, link: &Link) -> Result<Option<Link>, StorageError>;
+    async fn link_for_ticket(
+        &self,
+        halo_connection: &str,
+        halo_ticket_id: i64,
+    ) -> Result<Option<Link>, StorageError>;
+    async fn link_for_record(
+        &self,
+        servicenow: &str,
+        sys_id: &str,
+    ) -> Result<Option<Link>, StorageError>;
 }
 
 /// Milliseconds since the Unix epoch, now.

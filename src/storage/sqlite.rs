@@ -13,9 +13,9 @@ use sqlx::sqlite::{
 };
 
 use super::{
-    AttemptRecord, FloodRecord, NewRequest, NewRun, NewSuppressed, RequestFilter, RequestRecord,
-    RunCount, RunDetail, RunFilter, RunStatus, RunSummary, StepOutcome, StepRunRecord, StepStatus,
-    Storage, StorageError,
+    AttemptRecord, FloodRecord, Link, LinkOrigin, NewRequest, NewRun, NewSuppressed, RequestFilter,
+    RequestRecord, RunCount, RunDetail, RunFilter, RunStatus, RunSummary, StepOutcome,
+    StepRunRecord, StepStatus, Storage, StorageError,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -108,6 +108,27 @@ fn run_summary(row: &SqliteRow) -> Result<RunSummary, StorageError> {
 }
 
 const RUN_COLUMNS: &str = "id, flow_id, request_id, event_index, status, error, failed_step, created_at_ms, started_at_ms, finished_at_ms, replay_of";
+
+const LINK_COLUMNS: &str = "halo_connection, halo_ticket_id, servicenow, table_name, sys_id, number, created_by, created_at_ms, updated_at_ms";
+
+fn link_row(row: &SqliteRow) -> Result<Link, StorageError> {
+    let created_by: String = row.try_get("created_by")?;
+    Ok(Link {
+        halo_connection: row.try_get("halo_connection")?,
+        halo_ticket_id: row.try_get("halo_ticket_id")?,
+        servicenow: row.try_get("servicenow")?,
+        table: row.try_get("table_name")?,
+        sys_id: row.try_get("sys_id")?,
+        number: row.try_get("number")?,
+        created_by: if created_by == "servicenow" {
+            LinkOrigin::Servicenow
+        } else {
+            LinkOrigin::Halo
+        },
+        created_at_ms: row.try_get("created_at_ms")?,
+        updated_at_ms: row.try_get("updated_at_ms")?,
+    })
+}
 
 /// A unique-index violation becomes [`StorageError::Conflict`].
 fn conflict_or(e: sqlx::Error) -> StorageError {
@@ -568,6 +589,89 @@ impl Storage for SqliteStorage {
     async fn ping(&self) -> Result<(), StorageError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    async fn save_link(&self, link: &Link) -> Result<Option<Link>, StorageError> {
+        let mut tx = self.pool.begin().await?;
+        let previous = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {LINK_COLUMNS} FROM links WHERE halo_connection = $1 AND halo_ticket_id = $2"
+        )))
+        .bind(&link.halo_connection)
+        .bind(link.halo_ticket_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .as_ref()
+        .map(link_row)
+        .transpose()?;
+        // 1-1: the record loses any other ticket's link.
+        sqlx::query(
+            "DELETE FROM links WHERE servicenow = $1 AND sys_id = $2
+               AND NOT (halo_connection = $3 AND halo_ticket_id = $4)",
+        )
+        .bind(&link.servicenow)
+        .bind(&link.sys_id)
+        .bind(&link.halo_connection)
+        .bind(link.halo_ticket_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO links (halo_connection, halo_ticket_id, servicenow, table_name, sys_id, number,
+                                created_by, created_at_ms, updated_at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (halo_connection, halo_ticket_id) DO UPDATE SET
+                servicenow = excluded.servicenow, table_name = excluded.table_name,
+                sys_id = excluded.sys_id, number = excluded.number, created_by = excluded.created_by,
+                created_at_ms = CASE WHEN links.sys_id = excluded.sys_id THEN links.created_at_ms
+                                     ELSE excluded.created_at_ms END,
+                updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(&link.halo_connection)
+        .bind(link.halo_ticket_id)
+        .bind(&link.servicenow)
+        .bind(&link.table)
+        .bind(&link.sys_id)
+        .bind(link.number.as_deref())
+        .bind(link.created_by.as_str())
+        .bind(link.created_at_ms)
+        .bind(link.updated_at_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(previous)
+    }
+
+    async fn link_for_ticket(
+        &self,
+        halo_connection: &str,
+        halo_ticket_id: i64,
+    ) -> Result<Option<Link>, StorageError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {LINK_COLUMNS} FROM links WHERE halo_connection = $1 AND halo_ticket_id = $2"
+        )))
+        .bind(halo_connection)
+        .bind(halo_ticket_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(link_row)
+        .transpose()
+    }
+
+    async fn link_for_record(
+        &self,
+        servicenow: &str,
+        sys_id: &str,
+    ) -> Result<Option<Link>, StorageError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {LINK_COLUMNS} FROM links WHERE servicenow = $1 AND sys_id = $2"
+        )))
+        .bind(servicenow)
+        .bind(sys_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(link_row)
+        .transpose()
     }
 }
 

@@ -120,6 +120,9 @@ impl Harness {
             ("HALOFLOW_ESCALATE_KEY", ESCALATE_KEY),
             ("HALOFLOW_ROUTING_PASSWORD", ROUTING_PASSWORD),
             ("HALOFLOW_TRIAGE_KEY", TRIAGE_KEY),
+            ("HALOFLOW_SERVICENOW_KEY", "KEY-servicenow-2b7e"),
+            ("HALOFLOW_SUPPLIER_KEY", "KEY-supplier-9d41"),
+            ("HALOFLOW_NOTES_KEY", "KEY-notes-60c3"),
             ("HALO_SECRET", HALO_SECRET),
             ("PARTNER_SECRET", PARTNER_SECRET),
         ]);

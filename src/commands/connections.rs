@@ -1,0 +1,63 @@
+//! `haloflow connections check`: proves each configured connection's credentials with a cheap
+//! authenticated request, and reports what would go wrong before a flow finds out.
+
+use std::io::Write;
+use std::path::Path;
+
+use super::{CommandError, load_config};
+use crate::connections::Connections;
+use crate::outbound::Outbound;
+use crate::secrets::SecretStore;
+
+/// Checks every Halo and ServiceNow connection; returns whether all passed.
+pub async fn connections_check(
+    config: Option<&Path>,
+    out: &mut dyn Write,
+) -> Result<bool, CommandError> {
+    let config = load_config(config)?;
+    let secrets = SecretStore::from_environment(config.secrets.clone());
+    let connections = Connections::from_config(&config, &secrets).map_err(|missing| {
+        CommandError::Failed(
+            missing
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+    })?;
+    let client = reqwest::Client::new();
+    let mut all_ok = true;
+    for halo in connections.halo_all() {
+        let http = Outbound::live(client.clone());
+        match halo.check(&http).await {
+            Ok(()) => writeln!(out, "[halo.{}]: ok", halo.name())?,
+            Err(e) => {
+                all_ok = false;
+                writeln!(out, "[halo.{}]: failed: {e}", halo.name())?;
+            }
+        }
+    }
+    for sn in connections.servicenow_all() {
+        let http = Outbound::live(client.clone());
+        match sn.check(&http).await {
+            Ok(report) => {
+                let lifespan = report
+                    .token_lifespan_secs
+                    .map(|s| format!(" (OAuth token lifespan {s} s)"))
+                    .unwrap_or_default();
+                writeln!(out, "{}: ok{lifespan}", sn.config_table())?;
+                for warning in report.warnings {
+                    writeln!(out, "  warning: {warning}")?;
+                }
+            }
+            Err(e) => {
+                all_ok = false;
+                writeln!(out, "{}: failed: {e}", sn.config_table())?;
+            }
+        }
+    }
+    if connections.halo_all().next().is_none() && connections.servicenow_all().next().is_none() {
+        writeln!(out, "no connections in the config file")?;
+    }
+    Ok(all_ok)
+}

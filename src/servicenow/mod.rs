@@ -1,0 +1,436 @@
+//! A customer's or supplier's ServiceNow instance reached through the Table and Attachment APIs
+//! (`../shared/reference/servicenow-api.md`): Basic or OAuth client credentials (token cached by
+//! `expires_in`, refreshed once on 401), the `{"result": ...}` envelope and its error shape.
+
+pub mod mapping;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use reqwest::Method;
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use crate::config::{ServiceNowAuthKind, ServiceNowConnectionConfig};
+use crate::outbound::{
+    Field, Outbound, OutboundBody, OutboundRequest, OutboundResponse, encode_component,
+};
+use crate::secrets::Secret;
+use crate::step::StepError;
+
+/// Refresh this long before the token's own expiry (PySNC and Ansible do the same, §6.2).
+const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
+
+/// The seed: "a minimum of 1800 seconds should be set for the Access Token Lifespan".
+pub const MIN_TOKEN_LIFESPAN_SECS: u64 = 1800;
+
+/// Whose instance it is: the connection is picked by the ticket's client or supplier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Customer,
+    Supplier,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Customer => "customers",
+            Side::Supplier => "suppliers",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct ServiceNowConnection {
+    side: Side,
+    /// The Halo client or supplier id the connection is keyed by.
+    id: String,
+    pub config: ServiceNowConnectionConfig,
+    secret: Secret,
+    /// The global `[servicenow]` settings this connection falls back to.
+    global_sync_attachments: bool,
+    note_marker: String,
+    token: Mutex<Option<CachedToken>>,
+}
+
+#[derive(Debug, Clone)]
+struct CachedToken {
+    access_token: Secret,
+    refresh_at: Instant,
+}
+
+/// What `haloflow connections check` reports for one connection.
+#[derive(Debug, Clone)]
+pub struct CheckReport {
+    /// The token lifespan the instance granted (OAuth only).
+    pub token_lifespan_secs: Option<u64>,
+    pub warnings: Vec<String>,
+}
+
+impl ServiceNowConnection {
+    pub fn new(
+        side: Side,
+        id: String,
+        config: ServiceNowConnectionConfig,
+        secret: Secret,
+        global: &crate::config::ServiceNowConfig,
+    ) -> Self {
+        ServiceNowConnection {
+            side,
+            id,
+            config,
+            secret,
+            global_sync_attachments: global.sync_attachments,
+            note_marker: global.note_marker.clone(),
+            token: Mutex::new(None),
+        }
+    }
+
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    /// `customers/12` or `suppliers/7`: how links name their instance.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.side.as_str(), self.id)
+    }
+
+    /// `[servicenow.customers."12"]`, for messages.
+    pub fn config_table(&self) -> String {
+        format!("[servicenow.{}.\"{}\"]", self.side.as_str(), self.id)
+    }
+
+    pub fn sync_attachments(&self) -> bool {
+        self.config
+            .sync_attachments
+            .unwrap_or(self.global_sync_attachments)
+    }
+
+    pub fn note_marker(&self) -> &str {
+        &self.note_marker
+    }
+
+    fn base(&self) -> &str {
+        self.config.instance_url.trim_end_matches('/')
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(self.config.timeout_secs)
+    }
+
+    /// `GET /api/now/table/{table}?sysparm_query=...` with raw values and plain sys_ids.
+    pub async fn query(
+        &self,
+        http: &Outbound,
+        table: &str,
+        query: &str,
+        fields: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Value>, StepError> {
+        let mut path = format!(
+            "api/now/table/{}?sysparm_query={}&sysparm_limit={limit}&sysparm_exclude_reference_link=true",
+            encode_component(table),
+            encode_component(query)
+        );
+        if let Some(fields) = fields {
+            path.push_str(&format!("&sysparm_fields={}", encode_component(fields)));
+        }
+        let answer = self.call(http, Method::GET, &path, None).await?;
+        Ok(answer
+            .get("result")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// `POST /api/now/table/{table}`: creates one record and returns it.
+    pub async fn create(
+        &self,
+        http: &Outbound,
+        table: &str,
+        fields: Value,
+    ) -> Result<Value, StepError> {
+        let path = format!(
+            "api/now/table/{}?sysparm_exclude_reference_link=true",
+            encode_component(table)
+        );
+        let answer = self
+            .call(http, Method::POST, &path, Some(OutboundBody::Json(fields)))
+            .await?;
+        result(answer, "create")
+    }
+
+    /// `PATCH /api/now/table/{table}/{sys_id}`: changes only the given fields (journal fields
+    /// append an entry).
+    pub async fn patch(
+        &self,
+        http: &Outbound,
+        table: &str,
+        sys_id: &str,
+        fields: Value,
+    ) -> Result<Value, StepError> {
+        let path = format!(
+            "api/now/table/{}/{}?sysparm_exclude_reference_link=true",
+            encode_component(table),
+            encode_component(sys_id)
+        );
+        let answer = self
+            .call(http, Method::PATCH, &path, Some(OutboundBody::Json(fields)))
+            .await?;
+        result(answer, "update")
+    }
+
+    /// `POST /api/now/attachment/file`: the file's bytes as the body (§5.1).
+    pub async fn upload(
+        &self,
+        http: &Outbound,
+        table: &str,
+        sys_id: &str,
+        file_name: &str,
+        content_type: &str,
+        bytes: Vec<u8>,
+    ) -> Result<Value, StepError> {
+        let path = format!(
+            "api/now/attachment/file?table_name={}&table_sys_id={}&file_name={}",
+            encode_component(table),
+            encode_component(sys_id),
+            encode_component(file_name)
+        );
+        let body = OutboundBody::Bytes {
+            content_type: content_type.to_owned(),
+            bytes,
+        };
+        let answer = self.call(http, Method::POST, &path, Some(body)).await?;
+        result(answer, "attachment upload")
+    }
+
+    /// The attachments of a record (`GET /api/now/attachment`, §5.4).
+    pub async fn attachments(
+        &self,
+        http: &Outbound,
+        table: &str,
+        sys_id: &str,
+    ) -> Result<Vec<Value>, StepError> {
+        let query = format!("table_name={table}^table_sys_id={sys_id}");
+        let path = format!(
+            "api/now/attachment?sysparm_query={}",
+            encode_component(&query)
+        );
+        let answer = self.call(http, Method::GET, &path, None).await?;
+        Ok(answer
+            .get("result")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// Checks the credentials with a cheap authenticated read, and the token lifespan.
+    pub async fn check(&self, http: &Outbound) -> Result<CheckReport, StepError> {
+        let mut report = CheckReport {
+            token_lifespan_secs: None,
+            warnings: Vec::new(),
+        };
+        if self.config.auth == ServiceNowAuthKind::Oauth {
+            let (_, lifespan) = self.fetch_token(http).await?;
+            report.token_lifespan_secs = Some(lifespan);
+            if let Some(warning) = self.lifespan_warning(lifespan) {
+                report.warnings.push(warning);
+            }
+        }
+        self.query(http, "sys_user", "", Some("sys_id"), 1).await?;
+        Ok(report)
+    }
+
+    fn lifespan_warning(&self, lifespan: u64) -> Option<String> {
+        (lifespan < MIN_TOKEN_LIFESPAN_SECS).then(|| {
+            format!(
+                "{}: the instance grants tokens for {lifespan} s; set the application registry's Access Token Lifespan to at least {MIN_TOKEN_LIFESPAN_SECS} s",
+                self.config_table()
+            )
+        })
+    }
+
+    async fn call(
+        &self,
+        http: &Outbound,
+        method: Method,
+        path: &str,
+        body: Option<OutboundBody>,
+    ) -> Result<Value, StepError> {
+        let url = format!("{}/{path}", self.base());
+        let mut refreshed = false;
+        loop {
+            let mut request = OutboundRequest::new(method.clone(), url.clone())
+                .header(self.authorization(http, refreshed).await?)
+                .header(Field::plain("Accept", "application/json"))
+                .timeout(self.timeout());
+            if let Some(body) = &body {
+                request.body = body.clone();
+            }
+            let response = http.send(request).await?;
+            // One refresh on 401: an OAuth token may be revoked before its expiry (§6.2).
+            if response.status == 401 && !refreshed && self.config.auth == ServiceNowAuthKind::Oauth
+            {
+                refreshed = true;
+                continue;
+            }
+            return parse_answer(&method, &url, response);
+        }
+    }
+
+    async fn authorization(&self, http: &Outbound, refresh: bool) -> Result<Field, StepError> {
+        match self.config.auth {
+            ServiceNowAuthKind::Basic => {
+                let user = self.config.username.as_deref().unwrap_or_default();
+                let encoded = base64::engine::general_purpose::STANDARD
+                    .encode(format!("{user}:{}", self.secret.expose()));
+                Ok(Field::secret("Authorization", format!("Basic {encoded}")))
+            }
+            ServiceNowAuthKind::Oauth => {
+                let token = self.token(http, refresh).await?;
+                Ok(Field::secret(
+                    "Authorization",
+                    format!("Bearer {}", token.expose()),
+                ))
+            }
+        }
+    }
+
+    async fn token(&self, http: &Outbound, force_refresh: bool) -> Result<Secret, StepError> {
+        if http.dry_run_recorder().is_some() {
+            http.preview_only(&self.token_request());
+            return Ok(Secret::new("dry-run"));
+        }
+        let mut cached = self.token.lock().await;
+        if !force_refresh
+            && let Some(token) = cached.as_ref()
+            && Instant::now() < token.refresh_at
+        {
+            return Ok(token.access_token.clone());
+        }
+        let (token, lifespan) = self.fetch_token(http).await?;
+        if let Some(warning) = self.lifespan_warning(lifespan) {
+            tracing::warn!("{warning}");
+        }
+        *cached = Some(CachedToken {
+            access_token: token.clone(),
+            refresh_at: Instant::now()
+                + Duration::from_secs(lifespan).saturating_sub(EXPIRY_MARGIN),
+        });
+        Ok(token)
+    }
+
+    fn token_request(&self) -> OutboundRequest {
+        OutboundRequest::new(Method::POST, format!("{}/oauth_token.do", self.base()))
+            .header(Field::plain("Accept", "application/json"))
+            .form(vec![
+                Field::plain("grant_type", "client_credentials"),
+                Field::plain(
+                    "client_id",
+                    self.config.client_id.as_deref().unwrap_or_default(),
+                ),
+                Field::secret("client_secret", self.secret.expose()),
+            ])
+            .timeout(self.timeout())
+    }
+
+    /// A new token and its lifespan in seconds.
+    async fn fetch_token(&self, http: &Outbound) -> Result<(Secret, u64), StepError> {
+        let request = self.token_request();
+        let url = request.url.clone();
+        let response = http.send(request).await?;
+        let body = parse_answer(&Method::POST, &url, response).map_err(|e| match e {
+            StepError::Status {
+                status: status @ (400 | 401),
+                method,
+                url,
+                message,
+                retry_after,
+            } => StepError::Status {
+                method,
+                url,
+                status,
+                message: format!(
+                    "{message}. Check client_id and the secret `{}` of {}, and that the client credentials grant is enabled on the instance",
+                    self.config.client_secret_name.as_deref().unwrap_or_default(),
+                    self.config_table()
+                ),
+                retry_after,
+            },
+            other => other,
+        })?;
+        let token = body
+            .get("access_token")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                StepError::Response(format!("token answer from {url} has no access_token"))
+            })?;
+        let lifespan = body
+            .get("expires_in")
+            .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
+            .unwrap_or(MIN_TOKEN_LIFESPAN_SECS);
+        Ok((Secret::new(token), lifespan))
+    }
+}
+
+/// The record inside `{"result": {...}}`.
+fn result(answer: Value, what: &str) -> Result<Value, StepError> {
+    match answer.get("result") {
+        Some(record @ Value::Object(_)) => Ok(record.clone()),
+        _ => Err(StepError::Response(format!(
+            "ServiceNow answered the {what} without a record in `result`"
+        ))),
+    }
+}
+
+/// 2xx with JSON is success; anything else becomes [`StepError::Status`] with ServiceNow's
+/// `error.message` and `error.detail` (§1.3, §7.2).
+fn parse_answer(
+    method: &Method,
+    url: &str,
+    response: OutboundResponse,
+) -> Result<Value, StepError> {
+    if response.is_success() {
+        if response.body.is_empty() {
+            return Ok(Value::Null);
+        }
+        return response.json().ok_or_else(|| {
+            // A hibernating developer instance answers an HTML page (§7.2).
+            StepError::Transport {
+                method: method.to_string(),
+                url: url.to_owned(),
+                message: format!(
+                    "answered {} with a body that is not JSON (is the instance hibernating?)",
+                    response.status
+                ),
+                retryable: true,
+                sent: true,
+            }
+        });
+    }
+    let message = match response.json() {
+        Some(body) => {
+            let text = |key: &str| {
+                body.pointer(key)
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty())
+            };
+            match (text("/error/message"), text("/error/detail")) {
+                (Some(m), Some(d)) => format!("{m}: {d}"),
+                (Some(m), None) => m.to_owned(),
+                _ => text("/error_description")
+                    .or(text("/error"))
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| body.to_string()),
+            }
+        }
+        None => response.text().chars().take(300).collect(),
+    };
+    Err(StepError::Status {
+        method: method.to_string(),
+        url: url.to_owned(),
+        status: response.status,
+        message,
+        retry_after: response.retry_after,
+    })
+}
