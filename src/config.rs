@@ -339,6 +339,34 @@ pub struct ServerConfig {
     /// their runs resume on the next start.
     #[serde(default = "default_shutdown_timeout_secs")]
     pub shutdown_timeout_secs: u64,
+    /// This node's name in run claims; nodes sharing a database need distinct names, and a
+    /// node restarted under the same name takes its own runs back at once. Default: the
+    /// HOSTNAME environment variable, else `haloflow`.
+    #[serde(default)]
+    pub node_id: Option<String>,
+    /// How long a node's claim on a run holds without renewal; another node takes the run over
+    /// after it expires. Renewed before every step attempt, so keep it above the longest
+    /// request timeout.
+    #[serde(default = "default_run_lease_secs")]
+    pub run_lease_secs: u64,
+    /// The database: `sqlite://<file>` or `postgres://user@host/db`. Default: SQLite in the
+    /// data directory. `--database` and `HALOFLOW_DATABASE_URL` override it.
+    #[serde(default)]
+    pub database_url: Option<String>,
+}
+
+fn default_run_lease_secs() -> u64 {
+    60
+}
+
+impl ServerConfig {
+    /// The node name used in run claims.
+    pub fn node_id(&self) -> String {
+        self.node_id
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+            .unwrap_or_else(|| "haloflow".to_owned())
+    }
 }
 
 impl Default for ServerConfig {
@@ -348,6 +376,9 @@ impl Default for ServerConfig {
             max_body_bytes: default_max_body_bytes(),
             public_url: None,
             shutdown_timeout_secs: default_shutdown_timeout_secs(),
+            node_id: None,
+            run_lease_secs: default_run_lease_secs(),
+            database_url: None,
         }
     }
 }

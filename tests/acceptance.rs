@@ -102,8 +102,49 @@ impl Storage for Gated {
     ) -> Result<Vec<FloodRecord>, StorageError> {
         self.inner.flood_history(flow_id, since_ms).await
     }
-    async fn unfinished_runs(&self) -> Result<Vec<(String, String)>, StorageError> {
-        self.inner.unfinished_runs().await
+    async fn claimable_runs(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>, StorageError> {
+        self.inner.claimable_runs(owner, now_ms, limit).await
+    }
+    async fn claim_run(
+        &self,
+        run_id: &str,
+        owner: &str,
+        lease_until_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StorageError> {
+        self.inner
+            .claim_run(run_id, owner, lease_until_ms, now_ms)
+            .await
+    }
+    async fn renew_run_lease(
+        &self,
+        run_id: &str,
+        owner: &str,
+        lease_until_ms: i64,
+    ) -> Result<bool, StorageError> {
+        self.inner
+            .renew_run_lease(run_id, owner, lease_until_ms)
+            .await
+    }
+    async fn release_run(&self, run_id: &str, owner: &str) -> Result<(), StorageError> {
+        self.inner.release_run(run_id, owner).await
+    }
+    async fn try_lease(
+        &self,
+        name: &str,
+        owner: &str,
+        until_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StorageError> {
+        self.inner.try_lease(name, owner, until_ms, now_ms).await
+    }
+    async fn release_lease(&self, name: &str, owner: &str) -> Result<(), StorageError> {
+        self.inner.release_lease(name, owner).await
     }
     async fn find_deliveries(
         &self,

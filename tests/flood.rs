@@ -410,6 +410,8 @@ async fn record(storage: &SqliteStorage, key: &str, ago: Duration, parent: Optio
                 created_at_ms: at,
                 correlation_key: Some(key.into()),
                 delivery_id: None,
+                owner: None,
+                lease_until_ms: None,
             }],
             vec![],
         ),

@@ -643,6 +643,8 @@ async fn runs_accepted_before_a_stop_start_on_the_next_start() {
         created_at_ms: 1,
         correlation_key: None,
         delivery_id: None,
+        owner: None,
+        lease_until_ms: None,
     };
     storage.accept_request(&request, &[run], &[]).await.unwrap();
     assert_eq!(h.engine.resume_unfinished_runs().await.unwrap(), 1);

@@ -178,6 +178,8 @@ impl EngineBuilder {
                 metrics: Default::default(),
                 active_runs: tokio::sync::watch::Sender::new(0),
                 running: Default::default(),
+                node_id: self.config.server.node_id(),
+                lease: Duration::from_secs(self.config.server.run_lease_secs.max(1)),
             }),
         };
         spawn_pruner(&engine);

@@ -99,6 +99,9 @@ struct Inner {
     active_runs: tokio::sync::watch::Sender<usize>,
     /// Runs executing in this process by id, so a run is never executed twice at once here.
     running: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// This node's name in run claims, and how long a claim holds.
+    node_id: String,
+    lease: Duration,
 }
 
 /// The answer to an accepted trigger request.
@@ -323,6 +326,8 @@ impl Engine {
                     created_at_ms: received_at_ms,
                     correlation_key: key,
                     delivery_id,
+                    owner: Some(self.inner.node_id.clone()),
+                    lease_until_ms: Some(self.lease_until()),
                 }),
                 Admission::Suppress {
                     parent_request_id,
@@ -504,17 +509,29 @@ impl Engine {
         true
     }
 
-    /// Continues every run a previous process accepted and did not finish: queued runs start,
-    /// interrupted ones resume after their last finished step. Returns how many.
+    /// Continues every run no live node holds: runs a previous process (this node before a
+    /// restart, or a node whose claim expired) accepted and did not finish. Queued runs start;
+    /// interrupted ones resume after their last finished step. Returns how many started here.
     pub async fn resume_unfinished_runs(&self) -> Result<usize, StorageError> {
-        let unfinished = self.inner.storage.unfinished_runs().await?;
+        let storage = &self.inner.storage;
+        let node = &self.inner.node_id;
+        let claimable = storage.claimable_runs(node, now_ms(), 1000).await?;
         let mut resumed = 0;
-        for (run_id, flow_id) in unfinished {
+        for (run_id, flow_id) in claimable {
+            if self.is_running_here(&run_id) {
+                continue;
+            }
             let Some(flow) = self.flow(&flow_id) else {
                 tracing::warn!(%run_id, %flow_id, "An unfinished run's flow is not loaded; it waits until the flow is back.");
                 continue;
             };
-            let Some(detail) = self.inner.storage.get_run(&run_id).await? else {
+            if !storage
+                .claim_run(&run_id, node, self.lease_until(), now_ms())
+                .await?
+            {
+                continue; // another node was quicker
+            }
+            let Some(detail) = storage.get_run(&run_id).await? else {
                 continue;
             };
             if self.spawn_run(flow, run_id, detail.trigger) {
@@ -522,6 +539,49 @@ impl Engine {
             }
         }
         Ok(resumed)
+    }
+
+    /// Looks for runs to take over (their node died) every half lease, while the engine lives.
+    pub fn spawn_takeover_loop(&self) {
+        let inner = Arc::downgrade(&self.inner);
+        let every = (self.inner.lease / 2).max(Duration::from_millis(200));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(inner) = inner.upgrade() else { break };
+                let engine = Engine { inner };
+                if engine.is_shutting_down() {
+                    break;
+                }
+                match engine.resume_unfinished_runs().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(runs = n, "Took over unfinished runs."),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Could not look for unfinished runs; trying again.")
+                    }
+                }
+            }
+        });
+    }
+
+    fn is_running_here(&self, run_id: &str) -> bool {
+        self.inner
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(run_id)
+    }
+
+    /// When a claim made now expires.
+    fn lease_until(&self) -> i64 {
+        now_ms() + self.inner.lease.as_millis() as i64
+    }
+
+    /// This node's name in run claims.
+    pub fn node_id(&self) -> &str {
+        &self.inner.node_id
     }
 
     /// Waits until no run executes in this process, or `timeout` passes; call after
@@ -592,6 +652,8 @@ impl Engine {
             created_at_ms: now_ms(),
             correlation_key: None,
             delivery_id: None,
+            owner: Some(self.inner.node_id.clone()),
+            lease_until_ms: Some(self.lease_until()),
         };
         storage
             .create_replay(&run, old.summary.request_id.as_deref(), run_id, &reused)

@@ -22,12 +22,15 @@ pub(super) enum RunEnd {
     Finished(RunStatus),
     /// The engine is shutting down; the run resumes on the next start.
     Interrupted,
+    /// This node's claim expired and another node took the run over.
+    LostClaim,
 }
 
 enum StepEnd {
     Succeeded(Value),
     Failed(String),
     Interrupted,
+    LostClaim,
 }
 
 /// Attempts and backoff of one step.
@@ -249,7 +252,19 @@ impl Engine {
             }
             Ok(RunEnd::Interrupted) => {
                 self.inner.metrics.count_interrupted();
+                // Another node may take it at once; this one resumes it on its next start.
+                if let Err(e) = self
+                    .inner
+                    .storage
+                    .release_run(run_id, &self.inner.node_id)
+                    .await
+                {
+                    tracing::warn!(%run_id, error = %e, "Could not give the run back; it is taken over when its claim expires.");
+                }
                 tracing::info!(%run_id, "Shutting down: the run stops here and resumes on the next start.");
+            }
+            Ok(RunEnd::LostClaim) => {
+                tracing::warn!(%run_id, "This node's claim on the run expired and another node took it over; stopped here.");
             }
             Err(e) => {
                 // The run stays unfinished in the database and resumes on the next start.
@@ -301,6 +316,7 @@ impl Engine {
                                 .map(RunEnd::Finished);
                         }
                         StepEnd::Interrupted => return Ok(RunEnd::Interrupted),
+                        StepEnd::LostClaim => return Ok(RunEnd::LostClaim),
                     }
                 }
             };
@@ -379,6 +395,10 @@ impl Engine {
         });
         let mut exchanges = before.map(|s| s.exchanges.clone()).unwrap_or_default();
         loop {
+            // Fencing: a node whose claim was taken over must not send anything more.
+            if !self.renew_claim(run_id).await? {
+                return Ok(StepEnd::LostClaim);
+            }
             attempt += 1;
             let started_at_ms = now_ms();
             let clock = Instant::now();
@@ -490,16 +510,37 @@ impl Engine {
                     };
                     self.inner.metrics.count_retry(type_name);
                     tracing::info!(%run_id, step = %step.id, attempt, delay_ms = delay.as_millis() as u64, "{message}; trying again");
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = self.shutting_down() => return Ok(StepEnd::Interrupted),
+                    // Long waits keep the claim alive, renewing every half lease.
+                    let deadline = tokio::time::Instant::now() + delay;
+                    loop {
+                        let step = (self.inner.lease / 2)
+                            .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+                        tokio::select! {
+                            () = tokio::time::sleep(step) => {}
+                            () = self.shutting_down() => return Ok(StepEnd::Interrupted),
+                        }
+                        if tokio::time::Instant::now() >= deadline {
+                            break;
+                        }
+                        if !self.renew_claim(run_id).await? {
+                            return Ok(StepEnd::LostClaim);
+                        }
                     }
                 }
             }
         }
     }
 
-    fn is_shutting_down(&self) -> bool {
+    /// Extends this node's claim on the run; false when another node holds it now.
+    async fn renew_claim(&self, run_id: &str) -> Result<bool, StorageError> {
+        let until = now_ms() + self.inner.lease.as_millis() as i64;
+        self.inner
+            .storage
+            .renew_run_lease(run_id, &self.inner.node_id, until)
+            .await
+    }
+
+    pub(super) fn is_shutting_down(&self) -> bool {
         *self.inner.shutdown.borrow()
     }
 

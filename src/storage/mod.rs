@@ -25,6 +25,10 @@ pub enum StorageError {
     /// A unique key was taken by a concurrent writer (e.g. the same Halo delivery twice).
     #[error("a concurrent write took the same key")]
     Conflict,
+    #[error("this database backend does not support {0}")]
+    Unsupported(&'static str),
+    #[error("unsupported database URL `{0}`; use sqlite://<file> or postgres://user@host/db")]
+    UnknownUrl(String),
     #[error("stored {what} is not valid JSON: {source}")]
     Corrupt {
         what: &'static str,
@@ -69,6 +73,10 @@ pub struct NewRun {
     pub correlation_key: Option<String>,
     /// Halo's delivery GUID: a second request with the same one starts no run.
     pub delivery_id: Option<String>,
+    /// The node that will execute it, and until when its claim holds (see
+    /// [`Storage::claim_run`]); the accepting node claims its runs as it stores them.
+    pub owner: Option<String>,
+    pub lease_until_ms: Option<i64>,
 }
 
 /// An event that flood control suppressed: stored with its request, started no run.
@@ -371,9 +379,43 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
         flow_id: &str,
         since_ms: i64,
     ) -> Result<Vec<FloodRecord>, StorageError>;
-    /// Runs accepted and not finished (queued, or interrupted while running), oldest first, as
-    /// (run id, flow id).
-    async fn unfinished_runs(&self) -> Result<Vec<(String, String)>, StorageError>;
+    /// Unfinished runs (queued, or interrupted while running) that `owner` may claim: unowned,
+    /// with an expired lease, or its own. Oldest first, as (run id, flow id).
+    async fn claimable_runs(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>, StorageError>;
+    /// Takes an unfinished run for `owner` until `lease_until_ms`, when it is unowned, its
+    /// lease expired, or it is already `owner`'s. Atomic: two nodes never both get it.
+    async fn claim_run(
+        &self,
+        run_id: &str,
+        owner: &str,
+        lease_until_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StorageError>;
+    /// Extends `owner`'s lease; false when the run is no longer its (taken over, or finished):
+    /// the node must stop working on it.
+    async fn renew_run_lease(
+        &self,
+        run_id: &str,
+        owner: &str,
+        lease_until_ms: i64,
+    ) -> Result<bool, StorageError>;
+    /// Gives a run back (a graceful stop), so another node can take it at once.
+    async fn release_run(&self, run_id: &str, owner: &str) -> Result<(), StorageError>;
+    /// Takes or extends the named lease for `owner` (one node at a time does that work);
+    /// false while another owner's lease is live.
+    async fn try_lease(
+        &self,
+        name: &str,
+        owner: &str,
+        until_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StorageError>;
+    async fn release_lease(&self, name: &str, owner: &str) -> Result<(), StorageError>;
     /// The requests that already carried these delivery ids for `flow_id`, as
     /// (delivery id, request id).
     async fn find_deliveries(
@@ -394,6 +436,28 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     async fn prune_finished(&self, before_ms: i64) -> Result<u64, StorageError>;
     /// Runs per flow and status.
     async fn run_counts(&self) -> Result<Vec<RunCount>, StorageError>;
+    /// Flood control kept in the database, for several nodes: decides one event of
+    /// `request_id` under `key` atomically per key (see [`crate::flood::FloodControl`]).
+    /// Backends without it answer [`StorageError::Unsupported`].
+    async fn flood_admit(
+        &self,
+        _flow_id: &str,
+        _key: &str,
+        _request_id: &str,
+        _now_ms: i64,
+        _window_ms: i64,
+        _max_requests: u32,
+    ) -> Result<crate::flood::Admission, StorageError> {
+        Err(StorageError::Unsupported("flood control in the database"))
+    }
+    /// Forgets flood-control keys idle since before `idle_before_ms`; returns how many.
+    async fn flood_sweep(&self, _idle_before_ms: i64) -> Result<u64, StorageError> {
+        Err(StorageError::Unsupported("flood control in the database"))
+    }
+    /// Flood-control keys held in the database, per flow.
+    async fn flood_keys(&self) -> Result<Vec<(String, usize)>, StorageError> {
+        Err(StorageError::Unsupported("flood control in the database"))
+    }
     /// A cheap query that proves the database answers.
     async fn ping(&self) -> Result<(), StorageError>;
     /// Records a link; an earlier link of the same ticket, or to the same record, is replaced.

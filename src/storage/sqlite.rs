@@ -145,8 +145,9 @@ async fn insert_run(
     replay_of: Option<&str>,
 ) -> Result<(), StorageError> {
     sqlx::query(
-        "INSERT INTO runs (id, request_id, flow_id, event_index, status, trigger, created_at_ms, correlation_key, delivery_id, replay_of)
-         VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9)",
+        "INSERT INTO runs (id, request_id, flow_id, event_index, status, trigger, created_at_ms, correlation_key,
+                           delivery_id, replay_of, owner, lease_until_ms)
+         VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(&run.id)
     .bind(request_id)
@@ -157,6 +158,8 @@ async fn insert_run(
     .bind(run.correlation_key.as_deref())
     .bind(run.delivery_id.as_deref())
     .bind(replay_of)
+    .bind(run.owner.as_deref())
+    .bind(run.lease_until_ms)
     .execute(conn)
     .await
     .map_err(conflict_or)?;
@@ -217,7 +220,7 @@ impl Storage for SqliteStorage {
         failure: Option<(&str, &str)>,
         at_ms: i64,
     ) -> Result<(), StorageError> {
-        sqlx::query("UPDATE runs SET status = $2, failed_step = $3, error = $4, finished_at_ms = $5 WHERE id = $1")
+        sqlx::query("UPDATE runs SET status = $2, failed_step = $3, error = $4, finished_at_ms = $5, owner = NULL, lease_until_ms = NULL WHERE id = $1")
             .bind(run_id)
             .bind(status.as_str())
             .bind(failure.map(|f| f.0))
@@ -465,15 +468,106 @@ impl Storage for SqliteStorage {
             .collect()
     }
 
-    async fn unfinished_runs(&self) -> Result<Vec<(String, String)>, StorageError> {
+    async fn claimable_runs(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>, StorageError> {
         let rows = sqlx::query(
-            "SELECT id, flow_id FROM runs WHERE status IN ('queued', 'running') ORDER BY created_at_ms, id",
+            "SELECT id, flow_id FROM runs
+             WHERE status IN ('queued', 'running')
+               AND (owner IS NULL OR owner = $1 OR lease_until_ms < $2)
+             ORDER BY created_at_ms, id LIMIT $3",
         )
+        .bind(owner)
+        .bind(now_ms)
+        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
             .map(|row| Ok((row.try_get("id")?, row.try_get("flow_id")?)))
             .collect()
+    }
+
+    async fn claim_run(
+        &self,
+        run_id: &str,
+        owner: &str,
+        lease_until_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StorageError> {
+        let done = sqlx::query(
+            "UPDATE runs SET owner = $2, lease_until_ms = $3
+             WHERE id = $1 AND status IN ('queued', 'running')
+               AND (owner IS NULL OR owner = $2 OR lease_until_ms < $4)",
+        )
+        .bind(run_id)
+        .bind(owner)
+        .bind(lease_until_ms)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn renew_run_lease(
+        &self,
+        run_id: &str,
+        owner: &str,
+        lease_until_ms: i64,
+    ) -> Result<bool, StorageError> {
+        let done = sqlx::query(
+            "UPDATE runs SET lease_until_ms = $3
+             WHERE id = $1 AND owner = $2 AND status IN ('queued', 'running')",
+        )
+        .bind(run_id)
+        .bind(owner)
+        .bind(lease_until_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release_run(&self, run_id: &str, owner: &str) -> Result<(), StorageError> {
+        sqlx::query(
+            "UPDATE runs SET owner = NULL, lease_until_ms = NULL WHERE id = $1 AND owner = $2",
+        )
+        .bind(run_id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn try_lease(
+        &self,
+        name: &str,
+        owner: &str,
+        until_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StorageError> {
+        let done = sqlx::query(
+            "INSERT INTO leases (name, owner, until_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until_ms = excluded.until_ms
+             WHERE leases.owner = excluded.owner OR leases.until_ms < $4",
+        )
+        .bind(name)
+        .bind(owner)
+        .bind(until_ms)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release_lease(&self, name: &str, owner: &str) -> Result<(), StorageError> {
+        sqlx::query("DELETE FROM leases WHERE name = $1 AND owner = $2")
+            .bind(name)
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn find_deliveries(
