@@ -418,7 +418,8 @@ pub struct HaloConnectionConfig {
     pub timeout_secs: u64,
     /// Halo's rate limit counts requests per tenant over a rolling window (300 to 700 per 5
     /// minutes depending on the plan, halo-api.md §6). Requests are paced to stay under it, so
-    /// a burst of runs waits instead of collecting 429s. 0 turns pacing off.
+    /// a burst of runs waits instead of collecting 429s; leave a margin below the tenant's
+    /// limit, since Halo counts arrivals, not sends. 0 turns pacing off.
     #[serde(default = "default_rate_limit_requests")]
     pub rate_limit_requests: u32,
     #[serde(default = "default_rate_limit_window_secs")]
@@ -429,8 +430,9 @@ pub struct HaloConnectionConfig {
     pub idempotency_field: String,
 }
 
+/// Under the lowest limit seen (300 per 5 minutes), with a margin for requests in flight.
 fn default_rate_limit_requests() -> u32 {
-    300
+    280
 }
 
 fn default_rate_limit_window_secs() -> u64 {

@@ -85,6 +85,12 @@ enum Command {
         /// Reload flows when their files change (SIGHUP always reloads).
         #[arg(long)]
         watch: bool,
+        /// The database: sqlite://<file> or postgres://user@host/db (default: SQLite in --data).
+        #[arg(long, env = "HALOFLOW_DATABASE_URL")]
+        database: Option<String>,
+        /// This node's name in run claims (several nodes on one database need distinct names).
+        #[arg(long, env = "HALOFLOW_NODE_ID")]
+        node_id: Option<String>,
     },
     /// Print a flow's trigger URL and the Halo webhook settings to enter.
     TriggerUrl {
@@ -152,6 +158,9 @@ enum RunsCommand {
     List {
         #[arg(long, default_value = "data")]
         data: PathBuf,
+        /// The database URL (default: SQLite in --data).
+        #[arg(long, env = "HALOFLOW_DATABASE_URL")]
+        database: Option<String>,
         #[arg(long)]
         flow: Option<String>,
         /// queued, running, succeeded or failed.
@@ -182,6 +191,9 @@ enum RunsCommand {
         flows: PathBuf,
         #[arg(long, default_value = "data")]
         data: PathBuf,
+        /// The database URL (default: SQLite in --data).
+        #[arg(long, env = "HALOFLOW_DATABASE_URL")]
+        database: Option<String>,
         #[arg(long)]
         config: Option<PathBuf>,
         #[arg(long)]
@@ -192,6 +204,9 @@ enum RunsCommand {
         run_id: String,
         #[arg(long, default_value = "data")]
         data: PathBuf,
+        /// The database URL (default: SQLite in --data).
+        #[arg(long, env = "HALOFLOW_DATABASE_URL")]
+        database: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -203,6 +218,9 @@ enum RequestsCommand {
     List {
         #[arg(long, default_value = "data")]
         data: PathBuf,
+        /// The database URL (default: SQLite in --data).
+        #[arg(long, env = "HALOFLOW_DATABASE_URL")]
+        database: Option<String>,
         #[arg(long)]
         flow: Option<String>,
         /// Only requests that flood control suppressed.
@@ -322,6 +340,8 @@ async fn dispatch(command: Command) -> Result<bool> {
             config,
             listen,
             watch,
+            database,
+            node_id,
         } => {
             commands::serve(
                 &commands::ServeOptions {
@@ -330,6 +350,8 @@ async fn dispatch(command: Command) -> Result<bool> {
                     config,
                     listen,
                     watch,
+                    database,
+                    node_id,
                 },
                 out,
             )
@@ -386,6 +408,7 @@ async fn dispatch(command: Command) -> Result<bool> {
             command:
                 RunsCommand::List {
                     data,
+                    database,
                     flow,
                     status,
                     since,
@@ -395,7 +418,7 @@ async fn dispatch(command: Command) -> Result<bool> {
                 },
         } => {
             commands::runs_list(
-                &data,
+                &commands::Store::new(data, database),
                 &RunFilter {
                     flow_id: flow,
                     status,
@@ -410,9 +433,15 @@ async fn dispatch(command: Command) -> Result<bool> {
             true
         }
         Command::Runs {
-            command: RunsCommand::Show { run_id, data, json },
+            command:
+                RunsCommand::Show {
+                    run_id,
+                    data,
+                    database,
+                    json,
+                },
         } => {
-            commands::runs_show(&data, &run_id, json, out).await?;
+            commands::runs_show(&commands::Store::new(data, database), &run_id, json, out).await?;
             true
         }
         Command::Runs {
@@ -423,6 +452,7 @@ async fn dispatch(command: Command) -> Result<bool> {
                     from_trigger,
                     flows,
                     data,
+                    database,
                     config,
                     json,
                 },
@@ -436,7 +466,7 @@ async fn dispatch(command: Command) -> Result<bool> {
                 run_id,
                 from,
                 flows,
-                data_dir: data,
+                store: commands::Store::new(data, database),
                 config,
                 json,
             };
@@ -446,6 +476,7 @@ async fn dispatch(command: Command) -> Result<bool> {
             command:
                 RequestsCommand::List {
                     data,
+                    database,
                     flow,
                     suppressed,
                     limit,
@@ -457,7 +488,8 @@ async fn dispatch(command: Command) -> Result<bool> {
                 suppressed_only: suppressed,
                 limit: Some(limit),
             };
-            commands::requests_list(&data, &filter, json, out).await?;
+            commands::requests_list(&commands::Store::new(data, database), &filter, json, out)
+                .await?;
             true
         }
     })

@@ -490,7 +490,8 @@ async fn retention_deletes_only_old_finished_runs() {
     assert_eq!(fresh.steps[0].status, StepStatus::Succeeded);
 }
 
-/// Six requests per rolling second at the partner's Halo: one more is answered 429.
+/// Six requests per rolling second at the partner's Halo: one more is answered 429. Paced
+/// runs send at most five per second.
 fn tight_partner(config: &mut Config, pacing: u32) {
     config.retry.max_attempts = Some(1);
     let partner = config.halo.get_mut("partner_halo").unwrap();
@@ -501,7 +502,8 @@ fn tight_partner(config: &mut Config, pacing: u32) {
 async fn burst_against_a_rate_limited_halo(pacing: u32) -> (usize, Vec<RunStatus>) {
     let h = Harness::start_with(Options {
         configure: if pacing > 0 {
-            |c| tight_partner(c, 6)
+            // A margin under Halo's 6: send times and arrival times differ by the network.
+            |c| tight_partner(c, 5)
         } else {
             |c| tight_partner(c, 0)
         },

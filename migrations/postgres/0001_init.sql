@@ -8,12 +8,12 @@ CREATE TABLE trigger_requests (
     flow_id        TEXT NOT NULL,
     received_at_ms BIGINT NOT NULL,
     status         TEXT NOT NULL CHECK (status IN ('accepted', 'rejected')),
-    http_status    INTEGER NOT NULL,
+    http_status    BIGINT NOT NULL,
     error_code     TEXT,
     error_message  TEXT,
     query          TEXT,
     body           TEXT,
-    event_count    INTEGER NOT NULL DEFAULT 0
+    event_count    BIGINT NOT NULL DEFAULT 0
 );
 CREATE INDEX trigger_requests_by_flow ON trigger_requests (flow_id, received_at_ms);
 
@@ -21,7 +21,7 @@ CREATE TABLE runs (
     id              TEXT PRIMARY KEY,
     request_id      TEXT REFERENCES trigger_requests (id),
     flow_id         TEXT NOT NULL,
-    event_index     INTEGER NOT NULL DEFAULT 0,
+    event_index     BIGINT NOT NULL DEFAULT 0,
     status          TEXT NOT NULL CHECK (status IN ('queued', 'running', 'succeeded', 'failed')),
     trigger         TEXT NOT NULL,
     error           TEXT,
@@ -46,7 +46,7 @@ CREATE INDEX runs_unfinished ON runs (lease_until_ms) WHERE status IN ('queued',
 CREATE TABLE step_runs (
     run_id         TEXT NOT NULL REFERENCES runs (id),
     step_id        TEXT NOT NULL,
-    position       INTEGER NOT NULL,
+    position       BIGINT NOT NULL,
     step_type      TEXT NOT NULL,
     status         TEXT NOT NULL CHECK (status IN ('running', 'succeeded', 'failed')),
     inputs         TEXT,
@@ -56,7 +56,7 @@ CREATE TABLE step_runs (
     exchanges      TEXT,
     started_at_ms  BIGINT NOT NULL,
     finished_at_ms BIGINT,
-    attempts       INTEGER NOT NULL DEFAULT 0,
+    attempts       BIGINT NOT NULL DEFAULT 0,
     attempt_log    TEXT,
     reused_from    TEXT,
     PRIMARY KEY (run_id, step_id)
@@ -64,7 +64,7 @@ CREATE TABLE step_runs (
 
 CREATE TABLE suppressed_events (
     request_id        TEXT NOT NULL REFERENCES trigger_requests (id),
-    event_index       INTEGER NOT NULL,
+    event_index       BIGINT NOT NULL,
     flow_id           TEXT NOT NULL,
     correlation_key   TEXT NOT NULL,
     parent_request_id TEXT NOT NULL,

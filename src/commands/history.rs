@@ -1,29 +1,59 @@
 //! `haloflow runs list|show` and `haloflow requests list`: read the run history.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::{CommandError, render};
 use crate::storage::{RequestFilter, RunFilter, SqliteStorage, Storage, format_ms};
 
-async fn open(data_dir: &Path) -> Result<SqliteStorage, CommandError> {
-    let file = data_dir.join(crate::storage::DATABASE_FILE);
-    if !file.exists() {
-        return Err(CommandError::Failed(format!(
-            "no run history at {}; runs are stored by `haloflow serve` or `haloflow run` with the same --data",
-            file.display()
-        )));
+/// Where the run history is: a database URL, else SQLite in the data directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub data_dir: PathBuf,
+    pub database: Option<String>,
+}
+
+impl Store {
+    pub fn new(data_dir: PathBuf, database: Option<String>) -> Self {
+        Store { data_dir, database }
     }
-    Ok(SqliteStorage::open_file(&file).await?)
+
+    /// Opens an existing history (never creates an empty SQLite file by mistake).
+    pub async fn open_existing(&self) -> Result<Arc<dyn Storage>, CommandError> {
+        if let Some(url) = &self.database {
+            return Ok(crate::storage::open_url(url).await?);
+        }
+        let file = self.data_dir.join(crate::storage::DATABASE_FILE);
+        if !file.exists() {
+            return Err(CommandError::Failed(format!(
+                "no run history at {}; runs are stored by `haloflow serve` or `haloflow run` with the same --data (or --database)",
+                file.display()
+            )));
+        }
+        Ok(Arc::new(SqliteStorage::open_file(&file).await?))
+    }
+
+    /// Opens the history, creating SQLite's file when needed.
+    pub async fn open(&self) -> Result<Arc<dyn Storage>, CommandError> {
+        match &self.database {
+            Some(url) => Ok(crate::storage::open_url(url).await?),
+            None => Ok(Arc::new(SqliteStorage::open_dir(&self.data_dir).await?)),
+        }
+    }
+}
+
+async fn open(store: &Store) -> Result<Arc<dyn Storage>, CommandError> {
+    store.open_existing().await
 }
 
 pub async fn runs_list(
-    data_dir: &Path,
+    store: &Store,
     filter: &RunFilter,
     json: bool,
     out: &mut dyn Write,
 ) -> Result<(), CommandError> {
-    let runs = open(data_dir).await?.list_runs(filter).await?;
+    let runs = open(store).await?.list_runs(filter).await?;
     if json {
         writeln!(
             out,
@@ -57,12 +87,12 @@ pub async fn runs_list(
 }
 
 pub async fn runs_show(
-    data_dir: &Path,
+    store: &Store,
     run_id: &str,
     json: bool,
     out: &mut dyn Write,
 ) -> Result<(), CommandError> {
-    let Some(detail) = open(data_dir).await?.get_run(run_id).await? else {
+    let Some(detail) = open(store).await?.get_run(run_id).await? else {
         return Err(CommandError::Failed(format!(
             "no run with id `{run_id}`; `haloflow runs list` shows the recent ones"
         )));
@@ -80,12 +110,12 @@ pub async fn runs_show(
 }
 
 pub async fn requests_list(
-    data_dir: &Path,
+    store: &Store,
     filter: &RequestFilter,
     json: bool,
     out: &mut dyn Write,
 ) -> Result<(), CommandError> {
-    let requests = open(data_dir).await?.list_requests(filter).await?;
+    let requests = open(store).await?.list_requests(filter).await?;
     if json {
         writeln!(
             out,

@@ -14,7 +14,7 @@ use std::sync::Arc;
 pub use authoring::{NewOptions, TEMPLATES, TriggerUrlOptions, new_flow, slug, trigger_url};
 pub use connections::connections_check;
 pub use demo::{DemoOptions, demo};
-pub use history::{requests_list, runs_list, runs_show};
+pub use history::{Store, requests_list, runs_list, runs_show};
 
 use crate::config::Config;
 use crate::engine::{Engine, EngineError};
@@ -349,7 +349,7 @@ pub struct ReplayOptions {
     pub run_id: String,
     pub from: crate::engine::ReplayFrom,
     pub flows: PathBuf,
-    pub data_dir: PathBuf,
+    pub store: Store,
     pub config: Option<PathBuf>,
     pub json: bool,
 }
@@ -361,7 +361,7 @@ pub async fn runs_replay(
     out: &mut dyn Write,
 ) -> Result<bool, CommandError> {
     let config = load_config(options.config.as_deref())?;
-    let storage = Arc::new(SqliteStorage::open_dir(&options.data_dir).await?);
+    let storage = options.store.open_existing().await?;
     let engine = Engine::builder()
         .config(config)
         .flows_from(&options.flows)
@@ -393,6 +393,10 @@ pub struct ServeOptions {
     pub listen: Option<std::net::SocketAddr>,
     /// Reload flows when their files change (SIGHUP always reloads).
     pub watch: bool,
+    /// A database URL (overrides `server.database_url`); default SQLite in `data_dir`.
+    pub database: Option<String>,
+    /// Overrides `server.node_id`.
+    pub node_id: Option<String>,
 }
 
 /// `haloflow serve`: serves trigger URLs and the API until Ctrl-C.
@@ -401,7 +405,16 @@ pub async fn serve(options: &ServeOptions, out: &mut dyn Write) -> Result<(), Co
     if let Some(listen) = options.listen {
         config.server.listen = listen;
     }
-    let storage = Arc::new(SqliteStorage::open_dir(&options.data_dir).await?);
+    if let Some(node_id) = &options.node_id {
+        config.server.node_id = Some(node_id.clone());
+    }
+    let database = options
+        .database
+        .clone()
+        .or_else(|| config.server.database_url.clone());
+    let storage = Store::new(options.data_dir.clone(), database.clone())
+        .open()
+        .await?;
     let engine = Engine::builder()
         .config(config.clone())
         .flows_from(&options.flows)
@@ -421,12 +434,17 @@ pub async fn serve(options: &ServeOptions, out: &mut dyn Write) -> Result<(), Co
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://{addr}"));
-    let mut banner = format!(
-        "haloflow listening on http://{addr} (database {})\n",
-        options
+    let shown_database = match &database {
+        Some(url) => crate::outbound::redact_url(url),
+        None => options
             .data_dir
             .join(crate::storage::DATABASE_FILE)
             .display()
+            .to_string(),
+    };
+    let mut banner = format!(
+        "haloflow listening on http://{addr} (database {shown_database}, node {})\n",
+        engine.node_id()
     );
     for loaded in engine.flows() {
         let url = render::trigger_url(&base, &loaded.flow, None);
@@ -440,6 +458,7 @@ pub async fn serve(options: &ServeOptions, out: &mut dyn Write) -> Result<(), Co
     }
     spawn_reloader(engine.clone(), options.flows.clone(), options.watch);
     let resumed = engine.resume_unfinished_runs().await?;
+    engine.spawn_takeover_loop();
     if resumed > 0 {
         banner.push_str(&format!(
             "resumed {resumed} unfinished run(s) from before the last stop\n"

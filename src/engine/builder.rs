@@ -10,7 +10,7 @@ use tokio::sync::broadcast;
 use super::{Engine, Inner, LoadedFlow};
 use crate::config::Config;
 use crate::connections::{Connections, MissingSecret};
-use crate::flood::{FloodClock, FloodControl, MemoryFloodControl};
+use crate::flood::{DatabaseFloodControl, FloodClock, FloodControl, MemoryFloodControl};
 use crate::flow::{self, FlowValidator, Problem, ProblemCode, ValidatedFlow};
 use crate::secrets::SecretStore;
 use crate::step::StepRegistry;
@@ -159,7 +159,11 @@ impl EngineBuilder {
             let settings = loaded
                 .values()
                 .map(|l| (l.flow.id(), &l.flow.document.trigger.flood_control));
-            Arc::new(MemoryFloodControl::new(settings, self.flood_clock.clone()))
+            if storage.is_shared() {
+                Arc::new(DatabaseFloodControl::new(storage.clone(), settings))
+            } else {
+                Arc::new(MemoryFloodControl::new(settings, self.flood_clock.clone()))
+            }
         });
         spawn_sweeper(&flood);
         let engine = Engine {

@@ -14,6 +14,7 @@
 //! GCRA: GCRA spreads the window (a burst of 4, then one every 15 s), so a steady request every
 //! 5 s would get a fifth run 20 s into the flood and one every 15 s after that.
 
+mod database;
 mod memory;
 
 use std::fmt;
@@ -27,6 +28,7 @@ use governor::nanos::Nanos;
 use serde::Serialize;
 use serde_json::Value;
 
+pub use database::DatabaseFloodControl;
 pub use memory::MemoryFloodControl;
 
 use crate::flow::FloodControlDef;

@@ -1,12 +1,15 @@
 //! Persistence of trigger requests, runs and step runs behind one trait. SQLite is the embedded
 //! default; each backend has its own implementation and its own migrations folder.
 
+mod postgres;
+mod rows;
 mod sqlite;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use postgres::PostgresStorage;
 pub use sqlite::{DATABASE_FILE, SqliteStorage};
 
 use crate::outbound::ExchangeRecord;
@@ -460,6 +463,10 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     }
     /// A cheap query that proves the database answers.
     async fn ping(&self) -> Result<(), StorageError>;
+    /// True when several nodes may share this database: flood control then lives in it.
+    fn is_shared(&self) -> bool {
+        false
+    }
     /// Records a link; an earlier link of the same ticket, or to the same record, is replaced.
     /// Returns the ticket's previous link, if any.
     async fn save_link(&self, link: &Link) -> Result<Option<Link>, StorageError>;
@@ -473,6 +480,18 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
         servicenow: &str,
         sys_id: &str,
     ) -> Result<Option<Link>, StorageError>;
+}
+
+/// Opens the storage a database URL names: `sqlite://<file>` (created if missing) or
+/// `postgres://user@host/db`. No `sqlx::Any`: each backend is its own implementation.
+pub async fn open_url(url: &str) -> Result<std::sync::Arc<dyn Storage>, StorageError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(std::sync::Arc::new(PostgresStorage::connect(url).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(std::sync::Arc::new(SqliteStorage::open_url(url).await?))
+    } else {
+        Err(StorageError::UnknownUrl(crate::outbound::redact_url(url)))
+    }
 }
 
 /// Milliseconds since the Unix epoch, now.

@@ -8,14 +8,17 @@ use async_trait::async_trait;
 use serde_json::Value;
 use sqlx::Row;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+use super::rows::{
+    LINK_COLUMNS, RUN_COLUMNS, STEP_COLUMNS, conflict_or, flood_record, link as link_row,
+    parse_json, request_record, run_summary, step_run, to_json_text,
+};
 use super::{
-    AttemptRecord, FloodRecord, Link, LinkOrigin, NewRequest, NewRun, NewSuppressed, RequestFilter,
+    AttemptRecord, FloodRecord, Link, NewRequest, NewRun, NewSuppressed, RequestFilter,
     RequestRecord, RunCount, RunDetail, RunFilter, RunStatus, RunSummary, StepOutcome,
-    StepRunRecord, StepStatus, Storage, StorageError,
+    StepRunRecord, Storage, StorageError,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -78,63 +81,6 @@ impl SqliteStorage {
 
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
-    }
-}
-
-fn to_json_text(value: &Value) -> String {
-    value.to_string()
-}
-
-fn parse_json(text: Option<String>, what: &'static str) -> Result<Option<Value>, StorageError> {
-    text.map(|t| serde_json::from_str(&t).map_err(|source| StorageError::Corrupt { what, source }))
-        .transpose()
-}
-
-fn run_summary(row: &SqliteRow) -> Result<RunSummary, StorageError> {
-    let status: String = row.try_get("status")?;
-    Ok(RunSummary {
-        id: row.try_get("id")?,
-        flow_id: row.try_get("flow_id")?,
-        request_id: row.try_get("request_id")?,
-        event_index: row.try_get("event_index")?,
-        status: RunStatus::parse(&status).unwrap_or(RunStatus::Failed),
-        error: row.try_get("error")?,
-        failed_step: row.try_get("failed_step")?,
-        created_at_ms: row.try_get("created_at_ms")?,
-        started_at_ms: row.try_get("started_at_ms")?,
-        finished_at_ms: row.try_get("finished_at_ms")?,
-        replay_of: row.try_get("replay_of")?,
-    })
-}
-
-const RUN_COLUMNS: &str = "id, flow_id, request_id, event_index, status, error, failed_step, created_at_ms, started_at_ms, finished_at_ms, replay_of";
-
-const LINK_COLUMNS: &str = "halo_connection, halo_ticket_id, servicenow, table_name, sys_id, number, created_by, created_at_ms, updated_at_ms";
-
-fn link_row(row: &SqliteRow) -> Result<Link, StorageError> {
-    let created_by: String = row.try_get("created_by")?;
-    Ok(Link {
-        halo_connection: row.try_get("halo_connection")?,
-        halo_ticket_id: row.try_get("halo_ticket_id")?,
-        servicenow: row.try_get("servicenow")?,
-        table: row.try_get("table_name")?,
-        sys_id: row.try_get("sys_id")?,
-        number: row.try_get("number")?,
-        created_by: if created_by == "servicenow" {
-            LinkOrigin::Servicenow
-        } else {
-            LinkOrigin::Halo
-        },
-        created_at_ms: row.try_get("created_at_ms")?,
-        updated_at_ms: row.try_get("updated_at_ms")?,
-    })
-}
-
-/// A unique-index violation becomes [`StorageError::Conflict`].
-fn conflict_or(e: sqlx::Error) -> StorageError {
-    match &e {
-        sqlx::Error::Database(db) if db.is_unique_violation() => StorageError::Conflict,
-        _ => StorageError::Database(e),
     }
 }
 
@@ -337,54 +283,15 @@ impl Storage for SqliteStorage {
         let summary = run_summary(&row)?;
         let trigger =
             parse_json(row.try_get("trigger")?, "trigger outputs")?.unwrap_or(Value::Null);
-        let rows = sqlx::query(
-            "SELECT step_id, position, step_type, status, inputs, outputs, error_code, error, exchanges,
-                    started_at_ms, finished_at_ms, attempts, attempt_log, reused_from
-             FROM step_runs WHERE run_id = $1 ORDER BY position",
-        )
+        let steps = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {STEP_COLUMNS} FROM step_runs WHERE run_id = $1 ORDER BY position"
+        )))
         .bind(run_id)
         .fetch_all(&self.pool)
-        .await?;
-        let mut steps = Vec::with_capacity(rows.len());
-        for row in rows {
-            let status: String = row.try_get("status")?;
-            let exchanges = parse_json(row.try_get("exchanges")?, "exchange log")?
-                .map(serde_json::from_value)
-                .transpose()
-                .map_err(|source| StorageError::Corrupt {
-                    what: "exchange log",
-                    source,
-                })?
-                .unwrap_or_default();
-            let attempt_log = parse_json(row.try_get("attempt_log")?, "attempt log")?
-                .map(serde_json::from_value)
-                .transpose()
-                .map_err(|source| StorageError::Corrupt {
-                    what: "attempt log",
-                    source,
-                })?
-                .unwrap_or_default();
-            steps.push(StepRunRecord {
-                step_id: row.try_get("step_id")?,
-                position: row.try_get("position")?,
-                step_type: row.try_get("step_type")?,
-                status: match status.as_str() {
-                    "running" => StepStatus::Running,
-                    "succeeded" => StepStatus::Succeeded,
-                    _ => StepStatus::Failed,
-                },
-                inputs: parse_json(row.try_get("inputs")?, "step inputs")?,
-                outputs: parse_json(row.try_get("outputs")?, "step outputs")?,
-                error_code: row.try_get("error_code")?,
-                error: row.try_get("error")?,
-                exchanges,
-                started_at_ms: row.try_get("started_at_ms")?,
-                finished_at_ms: row.try_get("finished_at_ms")?,
-                attempts: row.try_get::<i64, _>("attempts")?.max(0) as u32,
-                attempt_log,
-                reused_from: row.try_get("reused_from")?,
-            });
-        }
+        .await?
+        .iter()
+        .map(step_run)
+        .collect::<Result<Vec<_>, _>>()?;
         Ok(Some(RunDetail {
             summary,
             trigger,
@@ -414,29 +321,7 @@ impl Storage for SqliteStorage {
         .bind(i64::from(filter.limit.unwrap_or(50)))
         .fetch_all(&self.pool)
         .await?;
-        let split = |ids: Option<String>| -> Vec<String> {
-            ids.map(|ids| ids.split(',').map(str::to_owned).collect())
-                .unwrap_or_default()
-        };
-        rows.iter()
-            .map(|row| {
-                Ok(RequestRecord {
-                    id: row.try_get("id")?,
-                    flow_id: row.try_get("flow_id")?,
-                    received_at_ms: row.try_get("received_at_ms")?,
-                    status: row.try_get("status")?,
-                    http_status: row.try_get("http_status")?,
-                    error_code: row.try_get("error_code")?,
-                    error_message: row.try_get("error_message")?,
-                    query: parse_json(row.try_get("query")?, "request query")?,
-                    event_count: row.try_get("event_count")?,
-                    run_ids: split(row.try_get("run_ids")?),
-                    suppressed_children: split(row.try_get("children")?),
-                    suppressed_count: row.try_get("suppressed_count")?,
-                    suppressed_under: row.try_get("suppressed_under")?,
-                })
-            })
-            .collect()
+        rows.iter().map(request_record).collect()
     }
 
     async fn flood_history(
@@ -456,16 +341,7 @@ impl Storage for SqliteStorage {
         .bind(since_ms)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(FloodRecord {
-                    correlation_key: row.try_get("correlation_key")?,
-                    request_id: row.try_get("request_id")?,
-                    created_at_ms: row.try_get("created_at_ms")?,
-                    suppressed_count: row.try_get::<i64, _>("suppressed")?.max(0) as u64,
-                })
-            })
-            .collect()
+        rows.iter().map(flood_record).collect()
     }
 
     async fn claimable_runs(

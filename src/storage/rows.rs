@@ -1,0 +1,172 @@
+//! Reading stored rows into the storage types, once for every backend: each backend's row type
+//! implements [`Columns`], and the mappers below read through it.
+
+use serde_json::Value;
+use sqlx::Row;
+
+use super::{
+    FloodRecord, Link, LinkOrigin, RequestRecord, RunStatus, RunSummary, StepRunRecord, StepStatus,
+    StorageError,
+};
+
+/// Typed column access for a backend's row.
+pub(super) trait Columns {
+    fn text(&self, name: &str) -> Result<String, StorageError>;
+    fn text_opt(&self, name: &str) -> Result<Option<String>, StorageError>;
+    fn int(&self, name: &str) -> Result<i64, StorageError>;
+    fn int_opt(&self, name: &str) -> Result<Option<i64>, StorageError>;
+}
+
+macro_rules! columns_for {
+    ($row:ty) => {
+        impl Columns for $row {
+            fn text(&self, name: &str) -> Result<String, StorageError> {
+                Ok(self.try_get(name)?)
+            }
+            fn text_opt(&self, name: &str) -> Result<Option<String>, StorageError> {
+                Ok(self.try_get(name)?)
+            }
+            fn int(&self, name: &str) -> Result<i64, StorageError> {
+                Ok(self.try_get(name)?)
+            }
+            fn int_opt(&self, name: &str) -> Result<Option<i64>, StorageError> {
+                Ok(self.try_get(name)?)
+            }
+        }
+    };
+}
+
+columns_for!(sqlx::sqlite::SqliteRow);
+columns_for!(sqlx::postgres::PgRow);
+
+/// JSON values are stored as text.
+pub(super) fn to_json_text(value: &Value) -> String {
+    value.to_string()
+}
+
+pub(super) fn parse_json(
+    text: Option<String>,
+    what: &'static str,
+) -> Result<Option<Value>, StorageError> {
+    text.map(|t| serde_json::from_str(&t).map_err(|source| StorageError::Corrupt { what, source }))
+        .transpose()
+}
+
+/// A JSON column holding a list of `T` (empty when null).
+fn parse_list<T: serde::de::DeserializeOwned>(
+    text: Option<String>,
+    what: &'static str,
+) -> Result<Vec<T>, StorageError> {
+    parse_json(text, what)?
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(|source| StorageError::Corrupt { what, source })
+        .map(Option::unwrap_or_default)
+}
+
+/// The columns [`run_summary`] reads, in `SELECT` order.
+pub(super) const RUN_COLUMNS: &str = "id, flow_id, request_id, event_index, status, error, failed_step, created_at_ms, started_at_ms, finished_at_ms, replay_of";
+
+pub(super) fn run_summary(row: &impl Columns) -> Result<RunSummary, StorageError> {
+    Ok(RunSummary {
+        id: row.text("id")?,
+        flow_id: row.text("flow_id")?,
+        request_id: row.text_opt("request_id")?,
+        event_index: row.int("event_index")?,
+        status: RunStatus::parse(&row.text("status")?).unwrap_or(RunStatus::Failed),
+        error: row.text_opt("error")?,
+        failed_step: row.text_opt("failed_step")?,
+        created_at_ms: row.int("created_at_ms")?,
+        started_at_ms: row.int_opt("started_at_ms")?,
+        finished_at_ms: row.int_opt("finished_at_ms")?,
+        replay_of: row.text_opt("replay_of")?,
+    })
+}
+
+/// The columns [`step_run`] reads.
+pub(super) const STEP_COLUMNS: &str = "step_id, position, step_type, status, inputs, outputs, error_code, error, exchanges, started_at_ms, finished_at_ms, attempts, attempt_log, reused_from";
+
+pub(super) fn step_run(row: &impl Columns) -> Result<StepRunRecord, StorageError> {
+    Ok(StepRunRecord {
+        step_id: row.text("step_id")?,
+        position: row.int("position")?,
+        step_type: row.text("step_type")?,
+        status: match row.text("status")?.as_str() {
+            "running" => StepStatus::Running,
+            "succeeded" => StepStatus::Succeeded,
+            _ => StepStatus::Failed,
+        },
+        inputs: parse_json(row.text_opt("inputs")?, "step inputs")?,
+        outputs: parse_json(row.text_opt("outputs")?, "step outputs")?,
+        error_code: row.text_opt("error_code")?,
+        error: row.text_opt("error")?,
+        exchanges: parse_list(row.text_opt("exchanges")?, "exchange log")?,
+        started_at_ms: row.int("started_at_ms")?,
+        finished_at_ms: row.int_opt("finished_at_ms")?,
+        attempts: row.int("attempts")?.max(0) as u32,
+        attempt_log: parse_list(row.text_opt("attempt_log")?, "attempt log")?,
+        reused_from: row.text_opt("reused_from")?,
+    })
+}
+
+/// A request row with `run_ids` and `children` as comma-separated lists.
+pub(super) fn request_record(row: &impl Columns) -> Result<RequestRecord, StorageError> {
+    let split = |ids: Option<String>| -> Vec<String> {
+        ids.filter(|ids| !ids.is_empty())
+            .map(|ids| ids.split(',').map(str::to_owned).collect())
+            .unwrap_or_default()
+    };
+    Ok(RequestRecord {
+        id: row.text("id")?,
+        flow_id: row.text("flow_id")?,
+        received_at_ms: row.int("received_at_ms")?,
+        status: row.text("status")?,
+        http_status: row.int("http_status")?,
+        error_code: row.text_opt("error_code")?,
+        error_message: row.text_opt("error_message")?,
+        query: parse_json(row.text_opt("query")?, "request query")?,
+        event_count: row.int("event_count")?,
+        run_ids: split(row.text_opt("run_ids")?),
+        suppressed_children: split(row.text_opt("children")?),
+        suppressed_count: row.int("suppressed_count")?,
+        suppressed_under: row.text_opt("suppressed_under")?,
+    })
+}
+
+pub(super) fn flood_record(row: &impl Columns) -> Result<FloodRecord, StorageError> {
+    Ok(FloodRecord {
+        correlation_key: row.text("correlation_key")?,
+        request_id: row.text("request_id")?,
+        created_at_ms: row.int("created_at_ms")?,
+        suppressed_count: row.int("suppressed")?.max(0) as u64,
+    })
+}
+
+/// The columns [`link`] reads.
+pub(super) const LINK_COLUMNS: &str = "halo_connection, halo_ticket_id, servicenow, table_name, sys_id, number, created_by, created_at_ms, updated_at_ms";
+
+pub(super) fn link(row: &impl Columns) -> Result<Link, StorageError> {
+    Ok(Link {
+        halo_connection: row.text("halo_connection")?,
+        halo_ticket_id: row.int("halo_ticket_id")?,
+        servicenow: row.text("servicenow")?,
+        table: row.text("table_name")?,
+        sys_id: row.text("sys_id")?,
+        number: row.text_opt("number")?,
+        created_by: if row.text("created_by")? == "servicenow" {
+            LinkOrigin::Servicenow
+        } else {
+            LinkOrigin::Halo
+        },
+        created_at_ms: row.int("created_at_ms")?,
+        updated_at_ms: row.int("updated_at_ms")?,
+    })
+}
+
+/// A unique-index violation becomes [`StorageError::Conflict`].
+pub(super) fn conflict_or(e: sqlx::Error) -> StorageError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StorageError::Conflict,
+        _ => StorageError::Database(e),
+    }
+}
