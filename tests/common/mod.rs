@@ -2,6 +2,9 @@
 
 #![allow(dead_code)]
 
+pub mod backends;
+pub mod processes;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
