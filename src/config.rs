@@ -136,6 +136,145 @@ pub struct ServiceNowConnectionConfig {
     /// Halo service id → ServiceNow service, for service requests.
     #[serde(default)]
     pub services: Vec<ServiceMapping>,
+    /// The Halo connection tickets synced back from this instance live in.
+    #[serde(default = "default_halo_connection")]
+    pub halo_connection: String,
+    /// The outcome of Halo actions made from ServiceNow notes.
+    #[serde(default = "default_note_outcome")]
+    pub note_outcome: String,
+    /// The instance user haloflow writes as (Basic: `username`); with the note marker it
+    /// tells haloflow's own notes from the instance's when syncing back.
+    #[serde(default)]
+    pub integration_user: Option<String>,
+    /// The ServiceNow webhook into haloflow (`POST /servicenow/<customers|suppliers>/<id>/webhook`).
+    #[serde(default)]
+    pub webhook: Option<WebhookConfig>,
+    /// The scheduled poll for changes (the integrator).
+    #[serde(default)]
+    pub integrator: IntegratorConfig,
+}
+
+fn default_note_outcome() -> String {
+    "Note".to_owned()
+}
+
+fn default_halo_connection() -> String {
+    "halo".to_owned()
+}
+
+/// How ServiceNow's webhook authenticates and what its body looks like; what a new record
+/// becomes in Halo.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// A shared secret sent in `header` (or as the Basic password with `basic_username`).
+    #[serde(default)]
+    pub secret_name: Option<String>,
+    #[serde(default = "default_webhook_header")]
+    pub header: String,
+    #[serde(default)]
+    pub basic_username: Option<String>,
+    /// Also require an HMAC-SHA256 of the raw body, base64, in `hmac_header` (as
+    /// GlideCertificateEncryption.generateMac produces it; the key is the secret's bytes).
+    #[serde(default)]
+    pub hmac_secret_name: Option<String>,
+    #[serde(default = "default_hmac_header")]
+    pub hmac_header: String,
+    /// Where the body carries the record: `table` + `sys_id`, or `number`.
+    #[serde(default = "default_table_field")]
+    pub table_field: String,
+    #[serde(default = "default_sys_id_field")]
+    pub sys_id_field: String,
+    #[serde(default = "default_number_field")]
+    pub number_field: String,
+    /// New tickets from this customer's records (suppliers never create tickets).
+    #[serde(default)]
+    pub ticket_type_id: Option<i64>,
+    #[serde(default)]
+    pub user_id: Option<i64>,
+    /// The team new tickets go to (Halo's "Webhook Team").
+    #[serde(default)]
+    pub team: Option<String>,
+}
+
+fn default_webhook_header() -> String {
+    "X-Haloflow-Secret".to_owned()
+}
+
+fn default_hmac_header() -> String {
+    "X-Haloflow-Signature".to_owned()
+}
+
+fn default_table_field() -> String {
+    "table".to_owned()
+}
+
+fn default_sys_id_field() -> String {
+    "sys_id".to_owned()
+}
+
+fn default_number_field() -> String {
+    "number".to_owned()
+}
+
+/// `[servicenow.customers."12".integrator]`: a scan of the imported types on a schedule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntegratorConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// How often: `15m`, `6h`, `1d` (daily by default, as Halo's integrator).
+    #[serde(default = "default_every")]
+    pub every: String,
+    #[serde(default = "default_page_size")]
+    pub page_size: u32,
+}
+
+impl Default for IntegratorConfig {
+    fn default() -> Self {
+        IntegratorConfig {
+            enabled: false,
+            every: default_every(),
+            page_size: default_page_size(),
+        }
+    }
+}
+
+fn default_every() -> String {
+    "1d".to_owned()
+}
+
+fn default_page_size() -> u32 {
+    100
+}
+
+impl IntegratorConfig {
+    /// The interval: a number with `s`, `m`, `h` or `d`.
+    pub fn interval(&self) -> Result<std::time::Duration, String> {
+        let text = self.every.trim();
+        let (number, unit) = text.split_at(
+            text.find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(text.len()),
+        );
+        let n: u64 = number
+            .parse()
+            .map_err(|_| format!("integrator.every: `{text}` is not like 15m, 6h or 1d"))?;
+        let seconds = match unit {
+            "s" => n,
+            "m" => n * 60,
+            "h" => n * 3600,
+            "d" | "" => n * 86_400,
+            _ => {
+                return Err(format!(
+                    "integrator.every: `{text}` is not like 15m, 6h or 1d"
+                ));
+            }
+        };
+        if seconds < 60 {
+            return Err(format!("integrator.every: `{text}` is under a minute"));
+        }
+        Ok(std::time::Duration::from_secs(seconds))
+    }
 }
 
 fn default_imported_types() -> Vec<String> {
@@ -202,6 +341,13 @@ impl ServiceNowConnectionConfig {
                 return Err("auth = \"oauth\" needs client_id and client_secret_name".into());
             }
             _ => {}
+        }
+        self.integrator.interval()?;
+        if let Some(webhook) = &self.webhook
+            && webhook.secret_name.is_none()
+            && webhook.hmac_secret_name.is_none()
+        {
+            return Err("webhook needs secret_name or hmac_secret_name: an unauthenticated webhook could create tickets".into());
         }
         if !self.instance_url.starts_with("http://") && !self.instance_url.starts_with("https://") {
             return Err(format!(

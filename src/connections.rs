@@ -124,6 +124,21 @@ impl Connections {
             ),
         ] {
             for (id, connection) in settings {
+                // The webhook's secrets must exist too, or every webhook would be refused.
+                if let Some(webhook) = &connection.webhook {
+                    for name in [&webhook.secret_name, &webhook.hmac_secret_name]
+                        .into_iter()
+                        .flatten()
+                    {
+                        if secrets.get(name).is_none() {
+                            missing.push(MissingSecret {
+                                table,
+                                connection: format!("\"{id}\".webhook"),
+                                secret: name.clone(),
+                            });
+                        }
+                    }
+                }
                 let secret_name = connection.secret_name().unwrap_or_default();
                 match secrets.get(secret_name) {
                     Some(secret) => {

@@ -125,6 +125,11 @@ enum Command {
     },
     /// Print the editor-facing flow schema (schemas/flow.schema.json) for the registered steps.
     Schema,
+    /// Sync back from ServiceNow on demand.
+    Integrator {
+        #[command(subcommand)]
+        command: IntegratorCommand,
+    },
     /// Check the connections of the config file.
     Connections {
         #[command(subcommand)]
@@ -139,6 +144,22 @@ enum Command {
     Requests {
         #[command(subcommand)]
         command: RequestsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum IntegratorCommand {
+    /// Scan for ServiceNow changes now and print what was synced to Halo.
+    Run {
+        /// One connection, e.g. customers/12 (default: every enabled integrator).
+        #[arg(long)]
+        connection: Option<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, default_value = "data")]
+        data: PathBuf,
+        #[arg(long, env = "HALOFLOW_DATABASE_URL")]
+        database: Option<String>,
     },
 }
 
@@ -397,6 +418,23 @@ async fn dispatch(command: Command) -> Result<bool> {
         Command::Connections {
             command: ConnectionsCommand::Check { config },
         } => commands::connections_check(config.as_deref(), out).await?,
+        Command::Integrator {
+            command:
+                IntegratorCommand::Run {
+                    connection,
+                    config,
+                    data,
+                    database,
+                },
+        } => {
+            commands::integrator_run(
+                config.as_deref(),
+                &commands::Store::new(data, database),
+                connection.as_deref(),
+                out,
+            )
+            .await?
+        }
         Command::Schema => {
             let schema =
                 haloflow::flow::editor_schema(&haloflow::step::StepRegistry::with_builtins());

@@ -173,6 +173,73 @@ impl Storage for Gated {
     async fn ping(&self) -> Result<(), StorageError> {
         self.inner.ping().await
     }
+    async fn claim_sync_event(
+        &self,
+        servicenow: &str,
+        sys_id: &str,
+        version: &str,
+        at_ms: i64,
+    ) -> Result<bool, StorageError> {
+        self.inner
+            .claim_sync_event(servicenow, sys_id, version, at_ms)
+            .await
+    }
+    async fn release_sync_event(
+        &self,
+        servicenow: &str,
+        sys_id: &str,
+        version: &str,
+    ) -> Result<(), StorageError> {
+        self.inner
+            .release_sync_event(servicenow, sys_id, version)
+            .await
+    }
+    async fn claim_note(
+        &self,
+        servicenow: &str,
+        journal_sys_id: &str,
+        at_ms: i64,
+    ) -> Result<bool, StorageError> {
+        self.inner
+            .claim_note(servicenow, journal_sys_id, at_ms)
+            .await
+    }
+    async fn release_note(
+        &self,
+        servicenow: &str,
+        journal_sys_id: &str,
+    ) -> Result<(), StorageError> {
+        self.inner.release_note(servicenow, journal_sys_id).await
+    }
+    async fn watermark(
+        &self,
+        servicenow: &str,
+        table: &str,
+    ) -> Result<Option<String>, StorageError> {
+        self.inner.watermark(servicenow, table).await
+    }
+    async fn set_watermark(
+        &self,
+        servicenow: &str,
+        table: &str,
+        watermark: &str,
+    ) -> Result<(), StorageError> {
+        self.inner.set_watermark(servicenow, table, watermark).await
+    }
+    async fn record_scan(
+        &self,
+        servicenow: &str,
+        started_at_ms: i64,
+        finished_at_ms: i64,
+        result: &Value,
+    ) -> Result<(), StorageError> {
+        self.inner
+            .record_scan(servicenow, started_at_ms, finished_at_ms, result)
+            .await
+    }
+    async fn scans(&self) -> Result<Vec<(String, i64, i64, Value)>, StorageError> {
+        self.inner.scans().await
+    }
     async fn save_link(&self, link: &Link) -> Result<Option<Link>, StorageError> {
         self.inner.save_link(link).await
     }

@@ -399,6 +399,7 @@ async fn record(storage: &SqliteStorage, key: &str, ago: Duration, parent: Optio
         query: None,
         body: Some("{}".into()),
         event_count: 1,
+        outcome: None,
     };
     let (runs, suppressed) = match parent {
         None => (

@@ -531,6 +531,13 @@ async fn a_private_note_is_a_work_note_and_a_public_one_a_comment() {
     .await;
     assert_eq!(w.vendor.journal(sent["sys_id"].as_str().unwrap()).len(), 1);
 
+    // A note that came from ServiceNow is not sent back.
+    let run = w
+        .run("note", 160, json!({"note": "[ServiceNow INC0010001 comment by abel]\nhi", "private": false, "sync": true}))
+        .await;
+    assert_eq!(run.steps[0].outputs.as_ref().unwrap()["skipped"], true);
+    assert_eq!(w.acme.journal(sys_id).len(), 2);
+
     // No link: a clear error.
     w.ticket(162, json!({}));
     let run = w

@@ -21,6 +21,7 @@ fn request(id: &str, at: i64) -> NewRequest {
         query: Some(json!({"recipients": ["a"]})),
         body: Some("{}".into()),
         event_count: 1,
+        outcome: None,
     }
 }
 

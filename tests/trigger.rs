@@ -634,6 +634,7 @@ async fn runs_accepted_before_a_stop_start_on_the_next_start() {
         query: None,
         body: Some("{}".into()),
         event_count: 1,
+        outcome: None,
     };
     let run = NewRun {
         id: "run-before-stop".into(),

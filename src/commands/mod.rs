@@ -384,6 +384,89 @@ pub async fn runs_replay(
     Ok(detail.summary.status == crate::storage::RunStatus::Succeeded)
 }
 
+/// `haloflow integrator run`: one scan now of every enabled integrator (or of `connection`,
+/// e.g. `customers/12`, enabled or not); prints what it did. Returns whether all succeeded.
+pub async fn integrator_run(
+    config: Option<&Path>,
+    store: &Store,
+    connection: Option<&str>,
+    out: &mut dyn Write,
+) -> Result<bool, CommandError> {
+    let config = load_config(config)?;
+    let storage = store.open().await?;
+    let engine = Engine::builder().config(config).storage(storage).build()?;
+    let mut all_ok = true;
+    let mut found = false;
+    for sn in engine.connections().servicenow_all() {
+        let chosen = match connection {
+            Some(wanted) => sn.key() == wanted,
+            None => sn.config.integrator.enabled,
+        };
+        if !chosen {
+            continue;
+        }
+        found = true;
+        let every = sn
+            .config
+            .integrator
+            .interval()
+            .map_err(|e| CommandError::Failed(format!("{}: {e}", sn.config_table())))?;
+        match engine.run_integrator(sn, every).await {
+            Ok(Some(report)) => {
+                writeln!(
+                    out,
+                    "{}: {} record(s): {} ticket(s) created, {} updated, {} note(s), {} unchanged, {} ignored",
+                    report.connection,
+                    report.records,
+                    report.created,
+                    report.updated,
+                    report.notes,
+                    report.unchanged,
+                    report.ignored
+                )?;
+                for outcome in &report.outcomes {
+                    writeln!(
+                        out,
+                        "  {} {} {}: {:?}{}",
+                        outcome.table,
+                        outcome.number.as_deref().unwrap_or(&outcome.sys_id),
+                        outcome
+                            .ticket_id
+                            .map(|t| format!("(Halo #{t})"))
+                            .unwrap_or_default(),
+                        outcome.action,
+                        outcome
+                            .reason
+                            .as_deref()
+                            .map(|r| format!(": {r}"))
+                            .unwrap_or_default()
+                    )?;
+                }
+                for error in &report.errors {
+                    all_ok = false;
+                    writeln!(out, "  error: {error}")?;
+                }
+            }
+            Ok(None) => writeln!(
+                out,
+                "{}: another node is scanning it now (its lease is live)",
+                sn.key()
+            )?,
+            Err(e) => {
+                all_ok = false;
+                writeln!(out, "{}: failed: {e}", sn.key())?;
+            }
+        }
+    }
+    if !found {
+        return Err(CommandError::Failed(match connection {
+            Some(wanted) => format!("no ServiceNow connection `{wanted}`; use customers/<client id> or suppliers/<supplier id>"),
+            None => "no ServiceNow connection has [integrator] enabled = true; name one with --connection".to_owned(),
+        }));
+    }
+    Ok(all_ok)
+}
+
 /// Options of `haloflow serve`.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -459,6 +542,7 @@ pub async fn serve(options: &ServeOptions, out: &mut dyn Write) -> Result<(), Co
     spawn_reloader(engine.clone(), options.flows.clone(), options.watch);
     let resumed = engine.resume_unfinished_runs().await?;
     engine.spawn_takeover_loop();
+    engine.spawn_integrators();
     if resumed > 0 {
         banner.push_str(&format!(
             "resumed {resumed} unfinished run(s) from before the last stop\n"

@@ -189,6 +189,26 @@ impl ServiceNowEmulator {
         self.lock().create(table, fields, "admin")
     }
 
+    /// Creates a record as `user` would in the instance's UI (journal fields become entries).
+    pub fn insert_as(&self, user: &str, table: &str, fields: Value) -> String {
+        let fields = fields.as_object().cloned().unwrap_or_default();
+        self.lock().create(table, fields, user)
+    }
+
+    /// Changes a record as `user` would: fields set, `work_notes`/`comments` appended, the
+    /// update stamp and count moved. False when there is no such record.
+    pub fn update_as(&self, user: &str, table: &str, sys_id: &str, fields: Value) -> bool {
+        let fields = fields.as_object().cloned().unwrap_or_default();
+        let mut state = self.lock();
+        match state.find(table, sys_id) {
+            Some(index) => {
+                state.update(table, index, fields, user);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The `sys_journal_field` rows of a record, oldest first.
     pub fn journal(&self, sys_id: &str) -> Vec<Value> {
         self.records("sys_journal_field")

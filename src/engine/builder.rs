@@ -252,7 +252,7 @@ pub(crate) struct FlowSource {
     fixed: Vec<ValidatedFlow>,
     pub(super) registry: StepRegistry,
     config: crate::config::Config,
-    secrets: SecretStore,
+    pub(super) secrets: SecretStore,
     clock: FloodClock,
 }
 

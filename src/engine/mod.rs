@@ -235,6 +235,25 @@ impl Engine {
         &self.inner.storage
     }
 
+    /// Where named secrets are read (webhook secrets are checked against it).
+    pub(crate) fn secrets(&self) -> &crate::secrets::SecretStore {
+        &self.inner.source.secrets
+    }
+
+    /// The configured connections (Halo, HTTP, ServiceNow).
+    pub fn connections(&self) -> &Arc<Connections> {
+        &self.inner.connections
+    }
+
+    /// Syncing back from ServiceNow, with this engine's storage, connections and HTTP client.
+    pub fn sync_back(&self) -> crate::servicenow::sync::SyncBack {
+        crate::servicenow::sync::SyncBack {
+            storage: self.inner.storage.clone(),
+            connections: self.inner.connections.clone(),
+            client: self.inner.http.clone(),
+        }
+    }
+
     pub fn server_config(&self) -> &ServerConfig {
         &self.inner.server
     }
@@ -360,6 +379,7 @@ impl Engine {
             query: Some(query.to_json()),
             body: Some(body_text.to_owned()),
             event_count,
+            outcome: None,
         };
         self.inner
             .storage
@@ -539,6 +559,71 @@ impl Engine {
             }
         }
         Ok(resumed)
+    }
+
+    /// Runs each enabled integrator on its schedule, on one node at a time (a named lease per
+    /// instance), while the engine lives.
+    pub fn spawn_integrators(&self) {
+        for sn in self.inner.connections.servicenow_all() {
+            if !sn.config.integrator.enabled {
+                continue;
+            }
+            let Ok(every) = sn.config.integrator.interval() else {
+                continue;
+            };
+            let sn = sn.clone();
+            let inner = Arc::downgrade(&self.inner);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    let Some(inner) = inner.upgrade() else { break };
+                    let engine = Engine { inner };
+                    if engine.is_shutting_down() {
+                        break;
+                    }
+                    match engine.run_integrator(&sn, every).await {
+                        Ok(Some(report)) => {
+                            tracing::info!(connection = %report.connection, records = report.records, created = report.created, updated = report.updated, notes = report.notes, "Integrator scan done.")
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(connection = %sn.key(), error = %e, "Integrator scan failed; the next one retries.")
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    /// One integrator scan of `sn`, unless another node holds its lease (`None`). A first scan
+    /// looks `every` back.
+    pub async fn run_integrator(
+        &self,
+        sn: &crate::servicenow::ServiceNowConnection,
+        every: Duration,
+    ) -> Result<Option<crate::servicenow::integrator::ScanReport>, crate::step::StepError> {
+        let name = format!("integrator:{}", sn.key());
+        let now = now_ms();
+        let held = self
+            .inner
+            .storage
+            .try_lease(
+                &name,
+                &self.inner.node_id,
+                now + every.as_millis() as i64,
+                now,
+            )
+            .await
+            .map_err(|e| crate::step::StepError::Failed(format!("the integrator lease: {e}")))?;
+        if !held {
+            return Ok(None);
+        }
+        let report = self
+            .sync_back()
+            .scan(sn, now - every.as_millis() as i64)
+            .await?;
+        Ok(Some(report))
     }
 
     /// Looks for runs to take over (their node died) every half lease, while the engine lives.

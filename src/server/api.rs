@@ -172,6 +172,23 @@ fn replay_from(body: &[u8]) -> Result<ReplayFrom, ApiError> {
     }
 }
 
+/// `GET /api/integrator`: the last scan of each ServiceNow instance.
+pub(super) async fn integrator(State(engine): State<Engine>) -> Response {
+    match engine.storage().scans().await {
+        Ok(scans) => {
+            let scans: Vec<_> = scans
+                .into_iter()
+                .map(|(connection, started, finished, result)| {
+                    json!({"connection": connection, "started_at_ms": started,
+                           "finished_at_ms": finished, "result": result})
+                })
+                .collect();
+            Json(json!({"scans": scans})).into_response()
+        }
+        Err(e) => internal(e).into_response(),
+    }
+}
+
 pub(super) async fn requests(
     State(engine): State<Engine>,
     Query(params): Query<HashMap<String, String>>,
@@ -322,6 +339,45 @@ pub(super) async fn metrics(State(engine): State<Engine>) -> Response {
         "Finished runs deleted by retention, since start.",
     );
     let _ = writeln!(text, "haloflow_runs_pruned_total {}", state.pruned_runs);
+    family(
+        &mut text,
+        "haloflow_integrator_last_scan_timestamp_seconds",
+        "gauge",
+        "When each ServiceNow instance's last integrator scan finished (unix seconds).",
+    );
+    let scans = engine.storage().scans().await.unwrap_or_default();
+    for (connection, _, finished, _) in &scans {
+        let _ = writeln!(
+            text,
+            "haloflow_integrator_last_scan_timestamp_seconds{{connection=\"{}\"}} {}",
+            label(connection),
+            *finished as f64 / 1000.0
+        );
+    }
+    family(
+        &mut text,
+        "haloflow_integrator_last_scan_records",
+        "gauge",
+        "Records the last integrator scan of each instance read, and its errors.",
+    );
+    for (connection, _, _, result) in &scans {
+        for (kind, value) in [
+            ("records", result["records"].as_u64().unwrap_or(0)),
+            ("created", result["created"].as_u64().unwrap_or(0)),
+            ("updated", result["updated"].as_u64().unwrap_or(0)),
+            ("notes", result["notes"].as_u64().unwrap_or(0)),
+            (
+                "errors",
+                result["errors"].as_array().map_or(0, |e| e.len() as u64),
+            ),
+        ] {
+            let _ = writeln!(
+                text,
+                "haloflow_integrator_last_scan_records{{connection=\"{}\",kind=\"{kind}\"}} {value}",
+                label(connection)
+            );
+        }
+    }
     family(
         &mut text,
         "haloflow_flood_control_keys",

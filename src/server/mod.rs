@@ -3,6 +3,7 @@
 
 mod api;
 mod error;
+mod servicenow;
 mod trigger;
 
 use std::future::Future;
@@ -17,6 +18,8 @@ use crate::engine::Engine;
 pub fn router(engine: Engine) -> Router {
     Router::new()
         .route("/triggers/{flow_id}", post(trigger::receive))
+        .route("/servicenow/{side}/{id}/webhook", post(servicenow::receive))
+        .route("/api/integrator", get(api::integrator))
         .route("/health", get(api::health))
         .route("/metrics", get(api::metrics))
         .route("/api/flows", get(api::flows))

@@ -244,6 +244,7 @@ impl Rejection<'_> {
                 query: Some(self.query.to_json()),
                 body: body.map(|b| preview(b).to_owned()),
                 event_count: 0,
+                outcome: None,
             })
             .await;
         error.into_response()

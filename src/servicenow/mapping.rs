@@ -156,6 +156,89 @@ fn apply_custom_fields(
     }
 }
 
+/// A TOML mapping value as JSON (Halo ids stay numbers).
+fn toml_json(value: &toml::Value) -> Value {
+    match value {
+        toml::Value::Integer(i) => json!(i),
+        toml::Value::Float(f) if f.fract() == 0.0 => json!(*f as i64),
+        toml::Value::Float(f) => json!(f),
+        toml::Value::Boolean(b) => json!(b),
+        other => json!(toml_text(other)),
+    }
+}
+
+/// The Halo value a ServiceNow value maps back to, for `table`.
+fn map_back(mappings: &[ValueMapping], servicenow: &str, table: &str) -> Option<Value> {
+    mappings
+        .iter()
+        .find(|m| applies(m.table.as_deref(), table) && m.servicenow == servicenow)
+        .map(|m| toml_json(&m.halo))
+}
+
+/// A record field as plain text (raw values; a reference may come as `{value, link}`).
+fn field_text(record: &Value, field: &str) -> Option<String> {
+    match record.get(field)? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Object(o) => o.get("value").and_then(Value::as_str).map(str::to_owned),
+        _ => None,
+    }
+}
+
+/// The Halo ticket fields a ServiceNow record maps to, the mappings read backwards: status,
+/// priority, impact, urgency, category (incidents), team, custom fields. Values without a
+/// mapping are left out, so Halo keeps its own.
+pub fn halo_fields(
+    config: &ServiceNowConnectionConfig,
+    table: &str,
+    record: &Value,
+) -> Map<String, Value> {
+    let mut fields = Map::new();
+    for (field, mappings, halo) in [
+        ("state", &config.status, "status_id"),
+        ("priority", &config.priority, "priority_id"),
+        ("impact", &config.impact, "impact"),
+        ("urgency", &config.urgency, "urgency"),
+        ("assignment_group", &config.assignment_group, "team"),
+    ] {
+        if let Some(value) = field_text(record, field).and_then(|v| map_back(mappings, &v, table)) {
+            fields.insert(halo.into(), value);
+        }
+    }
+    if table == "incident"
+        && let Some(category) = field_text(record, "category")
+    {
+        let subcategory = field_text(record, "subcategory");
+        let found = config
+            .category
+            .iter()
+            .filter(|m| applies(m.table.as_deref(), table) && m.category == category)
+            .find(|m| m.subcategory.is_none() || m.subcategory == subcategory);
+        if let Some(m) = found {
+            fields.insert("category_1".into(), json!(m.halo));
+        }
+    }
+    let mut custom = Vec::new();
+    for mapping in config
+        .custom_fields
+        .iter()
+        .filter(|m| applies(m.table.as_deref(), table))
+    {
+        if let Some(value) = field_text(record, &mapping.servicenow_field) {
+            let halo = mapping
+                .values
+                .iter()
+                .find(|(_, sn)| **sn == value)
+                .map(|(halo, _)| halo.clone())
+                .unwrap_or(value);
+            custom.push(json!({"id": mapping.halo_field_id, "value": halo}));
+        }
+    }
+    if !custom.is_empty() {
+        fields.insert("customfields".into(), Value::Array(custom));
+    }
+    fields
+}
+
 /// The ServiceNow state for a Halo status id, by the status mapping.
 pub fn state_for_status(
     config: &ServiceNowConnectionConfig,
@@ -242,6 +325,28 @@ mod tests {
             record_fields(&config(), "incident", &ticket)["assignment_group"],
             "grp-default"
         );
+    }
+
+    #[test]
+    fn a_record_maps_back_to_halo_fields() {
+        let record = json!({"state": "2", "priority": "2", "impact": "1", "urgency": "2",
+                            "category": "hardware", "subcategory": "disk",
+                            "assignment_group": {"value": "grp-sd", "link": "x"},
+                            "u_severity": "sev-high", "short_description": "ignored"});
+        let fields = Value::Object(halo_fields(&config(), "incident", &record));
+        assert_eq!(
+            fields,
+            json!({"status_id": 2, "priority_id": 2, "impact": 2, "urgency": "2",
+                   "team": "Service Desk", "category_1": "Hardware",
+                   "customfields": [{"id": 178, "value": "1"}]})
+        );
+        let task = halo_fields(
+            &config(),
+            "sc_task",
+            &json!({"category": "hardware", "state": "3"}),
+        );
+        assert!(!task.contains_key("category_1"));
+        assert_eq!(task["status_id"], 2);
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! (`../shared/reference/servicenow-api.md`): Basic or OAuth client credentials (token cached by
 //! `expires_in`, refreshed once on 401), the `{"result": ...}` envelope and its error shape.
 
+pub mod integrator;
 pub mod mapping;
+pub mod sync;
 
 use std::time::{Duration, Instant};
 
@@ -90,6 +92,20 @@ impl ServiceNowConnection {
         self.side
     }
 
+    /// The Halo client or supplier id this connection is keyed by.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The instance user haloflow writes as: `integration_user`, else the Basic username.
+    pub fn integration_user(&self) -> Option<String> {
+        self.config.integration_user.clone().or_else(|| {
+            (self.config.auth == ServiceNowAuthKind::Basic)
+                .then(|| self.config.username.clone())
+                .flatten()
+        })
+    }
+
     /// `customers/12` or `suppliers/7`: how links name their instance.
     pub fn key(&self) -> String {
         format!("{}/{}", self.side.as_str(), self.id)
@@ -127,8 +143,32 @@ impl ServiceNowConnection {
         fields: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Value>, StepError> {
+        self.list(http, table, query, fields, limit, 0).await
+    }
+
+    /// One page of a query, from `offset` (all fields).
+    pub async fn query_page(
+        &self,
+        http: &Outbound,
+        table: &str,
+        query: &str,
+        limit: usize,
+        offset: usize,
+    ) -> Result<Vec<Value>, StepError> {
+        self.list(http, table, query, None, limit, offset).await
+    }
+
+    async fn list(
+        &self,
+        http: &Outbound,
+        table: &str,
+        query: &str,
+        fields: Option<&str>,
+        limit: usize,
+        offset: usize,
+    ) -> Result<Vec<Value>, StepError> {
         let mut path = format!(
-            "api/now/table/{}?sysparm_query={}&sysparm_limit={limit}&sysparm_exclude_reference_link=true",
+            "api/now/table/{}?sysparm_query={}&sysparm_limit={limit}&sysparm_offset={offset}&sysparm_exclude_reference_link=true",
             encode_component(table),
             encode_component(query)
         );

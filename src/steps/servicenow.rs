@@ -730,6 +730,13 @@ impl SyncNote {
             return Ok(Err(json!({"skipped": true, "reason": "the note is empty",
                                  "sys_id": link.sys_id, "table": link.table, "field": null})));
         }
+        // A note that came from ServiceNow (sync back) is not sent back to it.
+        if text.starts_with(crate::servicenow::sync::FROM_SERVICENOW) {
+            return Ok(Err(
+                json!({"skipped": true, "reason": "the note came from ServiceNow",
+                                 "sys_id": link.sys_id, "table": link.table, "field": null}),
+            ));
+        }
         Ok(Ok(NoteToSync {
             text,
             private,

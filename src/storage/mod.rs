@@ -62,6 +62,8 @@ pub struct NewRequest {
     pub query: Option<Value>,
     pub body: Option<String>,
     pub event_count: usize,
+    /// What was done with it, when it is not runs (a ServiceNow webhook's sync outcome).
+    pub outcome: Option<Value>,
 }
 
 /// A run created with its request.
@@ -241,6 +243,8 @@ pub struct RequestRecord {
     pub suppressed_count: i64,
     /// For a suppressed request: the request it is listed under.
     pub suppressed_under: Option<String>,
+    /// For a ServiceNow webhook: what sync back did.
+    pub outcome: Option<Value>,
 }
 
 /// Which runs to list, newest first.
@@ -463,6 +467,56 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     }
     /// A cheap query that proves the database answers.
     async fn ping(&self) -> Result<(), StorageError>;
+    /// Claims a version of a ServiceNow record (its `sys_updated_on`) for syncing back; false
+    /// when a webhook or the integrator already took it.
+    async fn claim_sync_event(
+        &self,
+        servicenow: &str,
+        sys_id: &str,
+        version: &str,
+        at_ms: i64,
+    ) -> Result<bool, StorageError>;
+    /// Gives a claimed version back when acting on it failed, so a later delivery retries.
+    async fn release_sync_event(
+        &self,
+        servicenow: &str,
+        sys_id: &str,
+        version: &str,
+    ) -> Result<(), StorageError>;
+    /// Claims a journal entry (work note or comment) to become a Halo action; false when it
+    /// already was.
+    async fn claim_note(
+        &self,
+        servicenow: &str,
+        journal_sys_id: &str,
+        at_ms: i64,
+    ) -> Result<bool, StorageError>;
+    async fn release_note(
+        &self,
+        servicenow: &str,
+        journal_sys_id: &str,
+    ) -> Result<(), StorageError>;
+    async fn watermark(
+        &self,
+        servicenow: &str,
+        table: &str,
+    ) -> Result<Option<String>, StorageError>;
+    async fn set_watermark(
+        &self,
+        servicenow: &str,
+        table: &str,
+        watermark: &str,
+    ) -> Result<(), StorageError>;
+    /// Records an integrator scan's times and result (JSON).
+    async fn record_scan(
+        &self,
+        servicenow: &str,
+        started_at_ms: i64,
+        finished_at_ms: i64,
+        result: &Value,
+    ) -> Result<(), StorageError>;
+    /// The last scan of each instance: (instance, started, finished, result).
+    async fn scans(&self) -> Result<Vec<(String, i64, i64, Value)>, StorageError>;
     /// True when several nodes may share this database: flood control then lives in it.
     fn is_shared(&self) -> bool {
         false

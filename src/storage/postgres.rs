@@ -264,7 +264,7 @@ impl Storage for PostgresStorage {
     ) -> Result<Vec<RequestRecord>, StorageError> {
         let rows = sqlx::query(
             "SELECT r.id, r.flow_id, r.received_at_ms, r.status, r.http_status, r.error_code, r.error_message,
-                    r.query, r.event_count,
+                    r.query, r.event_count, r.outcome,
                     (SELECT string_agg(id, ',' ORDER BY event_index) FROM runs WHERE request_id = r.id) AS run_ids,
                     (SELECT string_agg(request_id, ',' ORDER BY first_ms, request_id) FROM (SELECT request_id, min(received_at_ms) AS first_ms FROM suppressed_events
                         WHERE parent_request_id = r.id GROUP BY request_id) AS c) AS children,
@@ -610,6 +610,146 @@ impl Storage for PostgresStorage {
         true
     }
 
+    async fn claim_sync_event(
+        &self,
+        servicenow: &str,
+        sys_id: &str,
+        version: &str,
+        at_ms: i64,
+    ) -> Result<bool, StorageError> {
+        let done = sqlx::query(
+            "INSERT INTO sync_events (servicenow, sys_id, version, received_at_ms) VALUES ($1, $2, $3, $4)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(servicenow)
+        .bind(sys_id)
+        .bind(version)
+        .bind(at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release_sync_event(
+        &self,
+        servicenow: &str,
+        sys_id: &str,
+        version: &str,
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "DELETE FROM sync_events WHERE servicenow = $1 AND sys_id = $2 AND version = $3",
+        )
+        .bind(servicenow)
+        .bind(sys_id)
+        .bind(version)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn claim_note(
+        &self,
+        servicenow: &str,
+        journal_sys_id: &str,
+        at_ms: i64,
+    ) -> Result<bool, StorageError> {
+        let done = sqlx::query(
+            "INSERT INTO synced_notes (servicenow, journal_sys_id, synced_at_ms) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(servicenow)
+        .bind(journal_sys_id)
+        .bind(at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release_note(
+        &self,
+        servicenow: &str,
+        journal_sys_id: &str,
+    ) -> Result<(), StorageError> {
+        sqlx::query("DELETE FROM synced_notes WHERE servicenow = $1 AND journal_sys_id = $2")
+            .bind(servicenow)
+            .bind(journal_sys_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn watermark(
+        &self,
+        servicenow: &str,
+        table: &str,
+    ) -> Result<Option<String>, StorageError> {
+        let row = sqlx::query(
+            "SELECT watermark FROM integrator_watermarks WHERE servicenow = $1 AND table_name = $2",
+        )
+        .bind(servicenow)
+        .bind(table)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.try_get("watermark")).transpose()?)
+    }
+
+    async fn set_watermark(
+        &self,
+        servicenow: &str,
+        table: &str,
+        watermark: &str,
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "INSERT INTO integrator_watermarks (servicenow, table_name, watermark) VALUES ($1, $2, $3)
+             ON CONFLICT (servicenow, table_name) DO UPDATE SET watermark = excluded.watermark",
+        )
+        .bind(servicenow)
+        .bind(table)
+        .bind(watermark)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn record_scan(
+        &self,
+        servicenow: &str,
+        started_at_ms: i64,
+        finished_at_ms: i64,
+        result: &Value,
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "INSERT INTO integrator_scans (servicenow, started_at_ms, finished_at_ms, result) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (servicenow) DO UPDATE SET started_at_ms = excluded.started_at_ms,
+                finished_at_ms = excluded.finished_at_ms, result = excluded.result",
+        )
+        .bind(servicenow)
+        .bind(started_at_ms)
+        .bind(finished_at_ms)
+        .bind(to_json_text(result))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn scans(&self) -> Result<Vec<(String, i64, i64, Value)>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT servicenow, started_at_ms, finished_at_ms, result FROM integrator_scans ORDER BY servicenow",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("servicenow")?,
+                    row.try_get("started_at_ms")?,
+                    row.try_get("finished_at_ms")?,
+                    parse_json(row.try_get("result")?, "scan result")?.unwrap_or(Value::Null),
+                ))
+            })
+            .collect()
+    }
+
     async fn ping(&self) -> Result<(), StorageError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
@@ -706,8 +846,8 @@ async fn insert_request(
 ) -> Result<(), StorageError> {
     sqlx::query(
         "INSERT INTO trigger_requests
-            (id, flow_id, received_at_ms, status, http_status, error_code, error_message, query, body, event_count)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            (id, flow_id, received_at_ms, status, http_status, error_code, error_message, query, body, event_count, outcome)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(&request.id)
     .bind(&request.flow_id)
@@ -719,6 +859,7 @@ async fn insert_request(
     .bind(request.query.as_ref().map(to_json_text))
     .bind(request.body.as_deref())
     .bind(request.event_count as i64)
+    .bind(request.outcome.as_ref().map(to_json_text))
     .execute(conn)
     .await?;
     Ok(())

@@ -130,6 +130,7 @@ pub(super) fn request_record(row: &impl Columns) -> Result<RequestRecord, Storag
         suppressed_children: split(row.text_opt("children")?),
         suppressed_count: row.int("suppressed_count")?,
         suppressed_under: row.text_opt("suppressed_under")?,
+        outcome: parse_json(row.text_opt("outcome")?, "request outcome")?,
     })
 }
 

@@ -82,6 +82,13 @@ impl SqliteStorage {
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
+
+    /// A write transaction that takes the write lock at once (`BEGIN IMMEDIATE`): a deferred
+    /// one that reads first fails with "database is locked" when another connection writes in
+    /// between, which the busy timeout cannot wait out.
+    async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StorageError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
 }
 
 async fn insert_run(
@@ -120,7 +127,7 @@ impl Storage for SqliteStorage {
         runs: &[NewRun],
         suppressed: &[NewSuppressed],
     ) -> Result<(), StorageError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         insert_request(&mut tx, request, "accepted").await?;
         for run in runs {
             insert_run(&mut tx, run, Some(&request.id), None).await?;
@@ -305,7 +312,7 @@ impl Storage for SqliteStorage {
     ) -> Result<Vec<RequestRecord>, StorageError> {
         let rows = sqlx::query(
             "SELECT r.id, r.flow_id, r.received_at_ms, r.status, r.http_status, r.error_code, r.error_message,
-                    r.query, r.event_count,
+                    r.query, r.event_count, r.outcome,
                     (SELECT group_concat(id, ',') FROM (SELECT id FROM runs WHERE request_id = r.id ORDER BY event_index)) AS run_ids,
                     (SELECT group_concat(request_id, ',') FROM (SELECT DISTINCT request_id FROM suppressed_events
                         WHERE parent_request_id = r.id ORDER BY received_at_ms, request_id)) AS children,
@@ -477,7 +484,7 @@ impl Storage for SqliteStorage {
         replay_of: &str,
         reused: &[StepRunRecord],
     ) -> Result<(), StorageError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         insert_run(&mut tx, run, request_id, Some(replay_of)).await?;
         for step in reused {
             sqlx::query(
@@ -501,7 +508,7 @@ impl Storage for SqliteStorage {
     }
 
     async fn prune_finished(&self, before_ms: i64) -> Result<u64, StorageError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         // Replays keep their history readable: a run another run replays is kept until that
         // one goes too.
         let doomed = "SELECT id FROM runs r WHERE r.finished_at_ms < $1
@@ -556,13 +563,153 @@ impl Storage for SqliteStorage {
             .collect()
     }
 
+    async fn claim_sync_event(
+        &self,
+        servicenow: &str,
+        sys_id: &str,
+        version: &str,
+        at_ms: i64,
+    ) -> Result<bool, StorageError> {
+        let done = sqlx::query(
+            "INSERT INTO sync_events (servicenow, sys_id, version, received_at_ms) VALUES ($1, $2, $3, $4)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(servicenow)
+        .bind(sys_id)
+        .bind(version)
+        .bind(at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release_sync_event(
+        &self,
+        servicenow: &str,
+        sys_id: &str,
+        version: &str,
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "DELETE FROM sync_events WHERE servicenow = $1 AND sys_id = $2 AND version = $3",
+        )
+        .bind(servicenow)
+        .bind(sys_id)
+        .bind(version)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn claim_note(
+        &self,
+        servicenow: &str,
+        journal_sys_id: &str,
+        at_ms: i64,
+    ) -> Result<bool, StorageError> {
+        let done = sqlx::query(
+            "INSERT INTO synced_notes (servicenow, journal_sys_id, synced_at_ms) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(servicenow)
+        .bind(journal_sys_id)
+        .bind(at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release_note(
+        &self,
+        servicenow: &str,
+        journal_sys_id: &str,
+    ) -> Result<(), StorageError> {
+        sqlx::query("DELETE FROM synced_notes WHERE servicenow = $1 AND journal_sys_id = $2")
+            .bind(servicenow)
+            .bind(journal_sys_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn watermark(
+        &self,
+        servicenow: &str,
+        table: &str,
+    ) -> Result<Option<String>, StorageError> {
+        let row = sqlx::query(
+            "SELECT watermark FROM integrator_watermarks WHERE servicenow = $1 AND table_name = $2",
+        )
+        .bind(servicenow)
+        .bind(table)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.try_get("watermark")).transpose()?)
+    }
+
+    async fn set_watermark(
+        &self,
+        servicenow: &str,
+        table: &str,
+        watermark: &str,
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "INSERT INTO integrator_watermarks (servicenow, table_name, watermark) VALUES ($1, $2, $3)
+             ON CONFLICT (servicenow, table_name) DO UPDATE SET watermark = excluded.watermark",
+        )
+        .bind(servicenow)
+        .bind(table)
+        .bind(watermark)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn record_scan(
+        &self,
+        servicenow: &str,
+        started_at_ms: i64,
+        finished_at_ms: i64,
+        result: &Value,
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "INSERT INTO integrator_scans (servicenow, started_at_ms, finished_at_ms, result) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (servicenow) DO UPDATE SET started_at_ms = excluded.started_at_ms,
+                finished_at_ms = excluded.finished_at_ms, result = excluded.result",
+        )
+        .bind(servicenow)
+        .bind(started_at_ms)
+        .bind(finished_at_ms)
+        .bind(to_json_text(result))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn scans(&self) -> Result<Vec<(String, i64, i64, Value)>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT servicenow, started_at_ms, finished_at_ms, result FROM integrator_scans ORDER BY servicenow",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("servicenow")?,
+                    row.try_get("started_at_ms")?,
+                    row.try_get("finished_at_ms")?,
+                    parse_json(row.try_get("result")?, "scan result")?.unwrap_or(Value::Null),
+                ))
+            })
+            .collect()
+    }
+
     async fn ping(&self) -> Result<(), StorageError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
 
     async fn save_link(&self, link: &Link) -> Result<Option<Link>, StorageError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let previous = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {LINK_COLUMNS} FROM links WHERE halo_connection = $1 AND halo_ticket_id = $2"
         )))
@@ -652,8 +799,8 @@ async fn insert_request(
 ) -> Result<(), StorageError> {
     sqlx::query(
         "INSERT INTO trigger_requests
-            (id, flow_id, received_at_ms, status, http_status, error_code, error_message, query, body, event_count)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            (id, flow_id, received_at_ms, status, http_status, error_code, error_message, query, body, event_count, outcome)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(&request.id)
     .bind(&request.flow_id)
@@ -665,6 +812,7 @@ async fn insert_request(
     .bind(request.query.as_ref().map(to_json_text))
     .bind(request.body.as_deref())
     .bind(request.event_count as i64)
+    .bind(request.outcome.as_ref().map(to_json_text))
     .execute(conn)
     .await?;
     Ok(())

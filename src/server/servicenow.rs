@@ -1,0 +1,266 @@
+//! `POST /servicenow/{customers|suppliers}/{id}/webhook`: ServiceNow's webhook into haloflow.
+//! Authenticated per connection (a shared secret header or Basic, optionally an HMAC-SHA256 of
+//! the raw body, compared in constant time); the body only names the record, which is read
+//! again before anything is done; the request and what it led to are stored like a trigger
+//! request.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use hmac::{KeyInit, Mac};
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use super::error::{ApiError, ErrorCode};
+use crate::config::WebhookConfig;
+use crate::engine::{Engine, new_id};
+use crate::secrets::SecretStore;
+use crate::servicenow::{ServiceNowConnection, Side};
+use crate::storage::{NewRequest, now_ms};
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+pub(super) async fn receive(
+    State(engine): State<Engine>,
+    Path((side, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let side = match side.as_str() {
+        "customers" => Side::Customer,
+        "suppliers" => Side::Supplier,
+        other => {
+            return ApiError::new(
+                ErrorCode::NotFound,
+                format!("`{other}`: the URL is /servicenow/customers/<client id>/webhook or /servicenow/suppliers/<supplier id>/webhook"),
+            )
+            .into_response();
+        }
+    };
+    let Some(sn) = engine.connections().servicenow(side, &id) else {
+        return ApiError::new(
+            ErrorCode::UnknownFlow,
+            format!(
+                "no ServiceNow connection [servicenow.{}.\"{id}\"]",
+                side.as_str()
+            ),
+        )
+        .into_response();
+    };
+    let Some(webhook) = sn.config.webhook.clone() else {
+        return ApiError::new(
+            ErrorCode::UnknownFlow,
+            format!(
+                "{} has no [webhook] settings; add them to accept its webhooks",
+                sn.config_table()
+            ),
+        )
+        .into_response();
+    };
+    let flow_id = format!("servicenow:{}", sn.key());
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let reject = |error: ApiError, body: Option<String>| {
+        let engine = engine.clone();
+        let flow_id = flow_id.clone();
+        async move {
+            engine
+                .record_rejected(NewRequest {
+                    id: new_id(),
+                    flow_id,
+                    received_at_ms: now_ms(),
+                    http_status: error.code.status().as_u16(),
+                    error: Some((error.code.as_str().to_owned(), error.message.clone())),
+                    query: None,
+                    body,
+                    event_count: 0,
+                    outcome: None,
+                })
+                .await;
+            error.into_response()
+        }
+    };
+    if let Err(message) = authenticate(&webhook, &headers, &body, engine.secrets()) {
+        return reject(ApiError::new(ErrorCode::InvalidAuth, message), None).await;
+    }
+    let payload: Value = match serde_json::from_slice(&body) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => {
+            return reject(
+                ApiError::new(
+                    ErrorCode::InvalidPayload,
+                    "the body must be a JSON object naming the record",
+                ),
+                Some(text),
+            )
+            .await;
+        }
+        Err(e) => {
+            return reject(
+                ApiError::new(
+                    ErrorCode::InvalidJson,
+                    format!(
+                        "the body is not JSON: {e} (line {}, column {})",
+                        e.line(),
+                        e.column()
+                    ),
+                ),
+                Some(text),
+            )
+            .await;
+        }
+    };
+    let field = |name: &str| {
+        payload
+            .get(name)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    let table = field(&webhook.table_field);
+    let sys_id = field(&webhook.sys_id_field);
+    let number = field(&webhook.number_field);
+    if !(table.is_some() && sys_id.is_some()) && number.is_none() {
+        let message = format!(
+            "the body names no record: send `{}` and `{}`, or `{}`",
+            webhook.table_field, webhook.sys_id_field, webhook.number_field
+        );
+        return reject(
+            ApiError::new(ErrorCode::InvalidPayload, message),
+            Some(text),
+        )
+        .await;
+    }
+    let (status, outcome) = process(&engine, &sn, table, sys_id, number).await;
+    let request = NewRequest {
+        id: new_id(),
+        flow_id,
+        received_at_ms: now_ms(),
+        http_status: status.as_u16(),
+        error: (!status.is_success()).then(|| {
+            (
+                "sync_failed".to_owned(),
+                outcome["error"].as_str().unwrap_or_default().to_owned(),
+            )
+        }),
+        query: None,
+        body: Some(text),
+        event_count: 1,
+        outcome: Some(outcome.clone()),
+    };
+    let stored = if status.is_success() {
+        engine.storage().accept_request(&request, &[], &[]).await
+    } else {
+        engine.storage().record_rejected(&request).await
+    };
+    if let Err(e) = stored {
+        tracing::error!(error = %e, "Could not store a ServiceNow webhook.");
+    }
+    let mut answer = outcome;
+    answer["request_id"] = json!(request.id);
+    (status, Json(answer)).into_response()
+}
+
+/// Reads the record again and syncs it; the status and the outcome (or the error) as JSON.
+async fn process(
+    engine: &Engine,
+    sn: &ServiceNowConnection,
+    table: Option<&str>,
+    sys_id: Option<&str>,
+    number: Option<&str>,
+) -> (StatusCode, Value) {
+    let sync = engine.sync_back();
+    let record = match sync.read_record(sn, table, sys_id, number).await {
+        Ok(Some(found)) => found,
+        Ok(None) => {
+            return (
+                StatusCode::OK,
+                json!({"action": "ignored", "reason": "the record was not found (deleted, or hidden from the integration user)"}),
+            );
+        }
+        Err(e) => return failed(e),
+    };
+    match sync.sync_record(sn, &record.0, &record.1).await {
+        Ok(outcome) => (
+            StatusCode::OK,
+            serde_json::to_value(outcome).unwrap_or(Value::Null),
+        ),
+        Err(e) => failed(e),
+    }
+}
+
+/// A failure to act: 502 so ServiceNow may send it again; the integrator catches up otherwise.
+fn failed(e: crate::step::StepError) -> (StatusCode, Value) {
+    tracing::warn!(error = %e, "A ServiceNow webhook could not be synced.");
+    (
+        StatusCode::BAD_GATEWAY,
+        json!({"error": format!("the webhook could not be synced: {e}; it can be sent again, and the integrator catches up")}),
+    )
+}
+
+/// Checks the shared secret (header or Basic) and the HMAC, in constant time.
+fn authenticate(
+    webhook: &WebhookConfig,
+    headers: &HeaderMap,
+    body: &[u8],
+    secrets: &SecretStore,
+) -> Result<(), String> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(name) = &webhook.secret_name {
+        let expected = secrets
+            .get(name)
+            .ok_or_else(|| format!("the webhook secret `{name}` is not set on this server"))?;
+        let given = match &webhook.basic_username {
+            Some(user) => header("authorization")
+                .and_then(|v| v.strip_prefix("Basic "))
+                .and_then(|b| {
+                    base64::engine::general_purpose::STANDARD
+                        .decode(b.trim())
+                        .ok()
+                })
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|pair| {
+                    pair.split_once(':')
+                        .filter(|(u, _)| u == user)
+                        .map(|(_, p)| p.to_owned())
+                }),
+            None => header(&webhook.header).map(str::to_owned),
+        };
+        let ok =
+            given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(expected.expose().as_bytes())));
+        if !ok {
+            return Err(match &webhook.basic_username {
+                Some(_) => "wrong or missing Basic credentials".to_owned(),
+                None => format!("wrong or missing `{}` header", webhook.header),
+            });
+        }
+    }
+    if let Some(name) = &webhook.hmac_secret_name {
+        let key = secrets
+            .get(name)
+            .ok_or_else(|| format!("the webhook HMAC secret `{name}` is not set on this server"))?;
+        let signature = header(&webhook.hmac_header)
+            .and_then(|s| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(s.trim())
+                    .ok()
+            })
+            .ok_or_else(|| {
+                format!(
+                    "missing or malformed `{}` header (base64 HMAC-SHA256 of the body)",
+                    webhook.hmac_header
+                )
+            })?;
+        let mut mac = HmacSha256::new_from_slice(key.expose().as_bytes())
+            .map_err(|_| "the HMAC key is not usable".to_owned())?;
+        mac.update(body);
+        mac.verify_slice(&signature).map_err(|_| {
+            format!(
+                "the `{}` signature does not match the body",
+                webhook.hmac_header
+            )
+        })?;
+    }
+    Ok(())
+}

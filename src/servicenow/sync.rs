@@ -1,0 +1,372 @@
+//! Syncing back from ServiceNow: what a changed record means for Halo. Webhooks (a hint: the
+//! record and its journal are read again here) and the integrator's scan both come through
+//! [`SyncBack::sync_record`], so they are idempotent with each other: each record version is
+//! acted on once, each journal entry becomes one Halo action, a new record one ticket.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use super::mapping;
+use super::{ServiceNowConnection, Side};
+use crate::connections::Connections;
+use crate::outbound::Outbound;
+use crate::step::StepError;
+use crate::storage::{Link, LinkOrigin, Storage, now_ms};
+
+/// What sync back did with one record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncAction {
+    CreatedTicket,
+    UpdatedTicket,
+    /// Linked, but only new notes were synced (no mapped field changed, or the link was not
+    /// created by Halo).
+    Notes,
+    /// This version of the record was already acted on.
+    Duplicate,
+    Ignored,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordOutcome {
+    pub table: String,
+    pub sys_id: String,
+    pub number: Option<String>,
+    pub action: SyncAction,
+    pub ticket_id: Option<i64>,
+    /// The Halo fields written.
+    pub fields: Vec<String>,
+    /// Notes that became Halo actions.
+    pub notes: usize,
+    pub reason: Option<String>,
+}
+
+/// Where sync back reads and writes.
+pub struct SyncBack {
+    pub storage: Arc<dyn Storage>,
+    pub connections: Arc<Connections>,
+    pub client: reqwest::Client,
+}
+
+/// The prefix of Halo actions made from ServiceNow notes; `servicenow.sync_note` does not send
+/// them back.
+pub const FROM_SERVICENOW: &str = "[ServiceNow ";
+
+fn text(record: &Value, field: &str) -> Option<String> {
+    match record.get(field)? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Object(o) => o.get("value").and_then(Value::as_str).map(str::to_owned),
+        _ => None,
+    }
+}
+
+/// The table a task record lives in (`sys_class_name`), for records found through `task`.
+pub fn concrete_table(record: &Value, fallback: &str) -> String {
+    text(record, "sys_class_name").unwrap_or_else(|| fallback.to_owned())
+}
+
+impl SyncBack {
+    /// Reads a record again (the webhook is only a hint): by sys_id in `table`, or by number
+    /// across every task table.
+    pub async fn read_record(
+        &self,
+        sn: &ServiceNowConnection,
+        table: Option<&str>,
+        sys_id: Option<&str>,
+        number: Option<&str>,
+    ) -> Result<Option<(String, Value)>, StepError> {
+        let http = Outbound::live(self.client.clone());
+        let (query_table, query) = match (table, sys_id, number) {
+            (Some(table), Some(sys_id), _) => (table, format!("sys_id={sys_id}")),
+            (table, _, Some(number)) => (table.unwrap_or("task"), format!("number={number}")),
+            _ => return Ok(None),
+        };
+        let found = sn.query(&http, query_table, &query, None, 1).await?;
+        Ok(found
+            .into_iter()
+            .next()
+            .map(|record| (concrete_table(&record, query_table), record)))
+    }
+
+    /// Acts on one version of a record, once. Errors leave the version unclaimed so a later
+    /// delivery or scan tries again.
+    pub async fn sync_record(
+        &self,
+        sn: &ServiceNowConnection,
+        table: &str,
+        record: &Value,
+    ) -> Result<RecordOutcome, StepError> {
+        let sys_id = text(record, "sys_id")
+            .ok_or_else(|| StepError::Response("the record has no sys_id".into()))?;
+        // Updates within one second share `sys_updated_on`; `sys_mod_count` tells them apart.
+        let version = format!(
+            "{}#{}",
+            text(record, "sys_updated_on").unwrap_or_default(),
+            text(record, "sys_mod_count").unwrap_or_default()
+        );
+        let key = sn.key();
+        let storage = &self.storage;
+        let claimed = storage
+            .claim_sync_event(&key, &sys_id, &version, now_ms())
+            .await
+            .map_err(storage_error)?;
+        if !claimed {
+            return Ok(self.outcome(table, &sys_id, record, SyncAction::Duplicate));
+        }
+        match self.apply(sn, table, &sys_id, record).await {
+            Ok(outcome) => Ok(outcome),
+            Err(e) => {
+                let _ = storage.release_sync_event(&key, &sys_id, &version).await;
+                Err(e)
+            }
+        }
+    }
+
+    fn outcome(
+        &self,
+        table: &str,
+        sys_id: &str,
+        record: &Value,
+        action: SyncAction,
+    ) -> RecordOutcome {
+        RecordOutcome {
+            table: table.to_owned(),
+            sys_id: sys_id.to_owned(),
+            number: text(record, "number"),
+            action,
+            ticket_id: None,
+            fields: Vec::new(),
+            notes: 0,
+            reason: None,
+        }
+    }
+
+    async fn apply(
+        &self,
+        sn: &ServiceNowConnection,
+        table: &str,
+        sys_id: &str,
+        record: &Value,
+    ) -> Result<RecordOutcome, StepError> {
+        let key = sn.key();
+        let halo = self.connections.halo(&sn.config.halo_connection)?;
+        let http = Outbound::live(self.client.clone());
+        let mut outcome = self.outcome(table, sys_id, record, SyncAction::Notes);
+        let link = self
+            .storage
+            .link_for_record(&key, sys_id)
+            .await
+            .map_err(storage_error)?;
+        let link = match link {
+            Some(link) => {
+                if link.created_by == LinkOrigin::Halo {
+                    // Field updates come back only for records Halo created (the seed).
+                    let fields = mapping::halo_fields(&sn.config, table, record);
+                    if !fields.is_empty() {
+                        outcome.fields = fields.keys().cloned().collect();
+                        let mut body = fields;
+                        body.insert("id".into(), json!(link.halo_ticket_id));
+                        halo.post_one(&http, "Tickets", Value::Object(body)).await?;
+                        outcome.action = SyncAction::UpdatedTicket;
+                    }
+                }
+                link
+            }
+            None => {
+                if let Some(reason) = self.refuse_new(sn, table, record) {
+                    outcome.action = SyncAction::Ignored;
+                    outcome.reason = Some(reason);
+                    return Ok(outcome);
+                }
+                // One ticket per record, whichever of webhook and integrator gets here first.
+                let first = self
+                    .storage
+                    .claim_sync_event(&key, sys_id, "created", now_ms())
+                    .await
+                    .map_err(storage_error)?;
+                if !first {
+                    outcome.action = SyncAction::Duplicate;
+                    outcome.reason = Some("its ticket is being created".into());
+                    return Ok(outcome);
+                }
+                match self.create_ticket(sn, table, sys_id, record, &http).await {
+                    Ok((link, fields)) => {
+                        outcome.action = SyncAction::CreatedTicket;
+                        outcome.fields = fields;
+                        link
+                    }
+                    Err(e) => {
+                        let _ = self
+                            .storage
+                            .release_sync_event(&key, sys_id, "created")
+                            .await;
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        outcome.ticket_id = Some(link.halo_ticket_id);
+        outcome.notes = self
+            .sync_notes(sn, table, sys_id, record, &link, &http)
+            .await?;
+        Ok(outcome)
+    }
+
+    /// Why a record without a link creates no ticket, if it does not.
+    fn refuse_new(&self, sn: &ServiceNowConnection, table: &str, record: &Value) -> Option<String> {
+        if sn.side() == Side::Supplier {
+            return Some("supplier records only update tickets already linked".into());
+        }
+        let imported =
+            sn.config.imported_types.iter().any(|t| {
+                t == table || (t == "task" && table != "incident" && table.ends_with("task"))
+            });
+        if !imported {
+            return Some(format!(
+                "{table} is not among the connection's imported_types"
+            ));
+        }
+        if text(record, "correlation_id").is_some_and(|c| c.starts_with("HALO-")) {
+            return Some("the record was created from Halo and its link was replaced".into());
+        }
+        None
+    }
+
+    /// Creates the Halo ticket for a new record: the webhook settings' type, user and team,
+    /// and the mapped fields.
+    async fn create_ticket(
+        &self,
+        sn: &ServiceNowConnection,
+        table: &str,
+        sys_id: &str,
+        record: &Value,
+        http: &Outbound,
+    ) -> Result<(Link, Vec<String>), StepError> {
+        let halo = self.connections.halo(&sn.config.halo_connection)?;
+        let mut body: Map<String, Value> = mapping::halo_fields(&sn.config, table, record);
+        let fields: Vec<String> = body.keys().cloned().collect();
+        let number = text(record, "number");
+        body.insert(
+            "summary".into(),
+            json!(
+                text(record, "short_description").unwrap_or_else(|| format!(
+                    "ServiceNow {}",
+                    number.as_deref().unwrap_or(sys_id)
+                ))
+            ),
+        );
+        if let Some(description) = text(record, "description") {
+            body.insert("details".into(), json!(description));
+        }
+        if let Ok(client_id) = sn.id().parse::<i64>() {
+            body.insert("client_id".into(), json!(client_id));
+        }
+        if let Some(webhook) = &sn.config.webhook {
+            if let Some(t) = webhook.ticket_type_id {
+                body.insert("tickettype_id".into(), json!(t));
+            }
+            if let Some(user) = webhook.user_id {
+                body.insert("user_id".into(), json!(user));
+            }
+            if let Some(team) = &webhook.team {
+                body.insert("team".into(), json!(team));
+            }
+        }
+        body.insert(
+            "third_party_id".into(),
+            json!(format!("servicenow:{}:{sys_id}", sn.key())),
+        );
+        let ticket = halo.post_one(http, "Tickets", Value::Object(body)).await?;
+        let ticket_id = ticket
+            .get("id")
+            .and_then(mapping::halo_text)
+            .and_then(|t| t.parse::<i64>().ok())
+            .ok_or_else(|| StepError::Response("Halo's answer has no ticket id".into()))?;
+        let now = now_ms();
+        let link = Link {
+            halo_connection: sn.config.halo_connection.clone(),
+            halo_ticket_id: ticket_id,
+            servicenow: sn.key(),
+            table: table.to_owned(),
+            sys_id: sys_id.to_owned(),
+            number,
+            created_by: LinkOrigin::Servicenow,
+            created_at_ms: now,
+            updated_at_ms: now,
+        };
+        self.storage.save_link(&link).await.map_err(storage_error)?;
+        Ok((link, fields))
+    }
+
+    /// New work notes and comments become Halo actions (work note → private, comment →
+    /// public), once each; haloflow's own notes (its marker, written by the integration user)
+    /// are not sent back.
+    async fn sync_notes(
+        &self,
+        sn: &ServiceNowConnection,
+        table: &str,
+        sys_id: &str,
+        record: &Value,
+        link: &Link,
+        http: &Outbound,
+    ) -> Result<usize, StepError> {
+        let query = format!(
+            "element_id={sys_id}^elementINwork_notes,comments^ORDERBYsys_created_on^ORDERBYsys_id"
+        );
+        let entries = sn
+            .query(
+                http,
+                "sys_journal_field",
+                &query,
+                Some("sys_id,element,value,sys_created_on,sys_created_by"),
+                1000,
+            )
+            .await?;
+        let marker = format!("[{} ", sn.note_marker());
+        let ours = sn.integration_user();
+        let halo = self.connections.halo(&sn.config.halo_connection)?;
+        let key = sn.key();
+        let number = text(record, "number").unwrap_or_else(|| format!("{table} {sys_id}"));
+        let mut synced = 0;
+        for entry in entries {
+            let (Some(entry_id), Some(value)) = (text(&entry, "sys_id"), text(&entry, "value"))
+            else {
+                continue;
+            };
+            let author = text(&entry, "sys_created_by").unwrap_or_default();
+            let echo = value.contains(&marker) && ours.as_deref() == Some(author.as_str());
+            if echo {
+                continue;
+            }
+            if !self
+                .storage
+                .claim_note(&key, &entry_id, now_ms())
+                .await
+                .map_err(storage_error)?
+            {
+                continue;
+            }
+            let work_note = text(&entry, "element").as_deref() == Some("work_notes");
+            let kind = if work_note { "work note" } else { "comment" };
+            let action = json!({
+                "ticket_id": link.halo_ticket_id,
+                "outcome": sn.config.note_outcome,
+                "note": format!("{FROM_SERVICENOW}{number} {kind} by {author}]\n{value}"),
+                "hiddenfromuser": work_note,
+                "sendemail": false,
+            });
+            if let Err(e) = halo.post_one(http, "Actions", action).await {
+                let _ = self.storage.release_note(&key, &entry_id).await;
+                return Err(e);
+            }
+            synced += 1;
+        }
+        Ok(synced)
+    }
+}
+
+fn storage_error(e: crate::storage::StorageError) -> StepError {
+    StepError::Failed(format!("the sync state could not be read or written: {e}"))
+}

@@ -1,0 +1,576 @@
+//! Sync back from ServiceNow: the webhook into haloflow and the integrator, against a Halo
+//! emulator and ServiceNow emulators, through the real router and a real SQLite file.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use haloflow::config::Config;
+use haloflow::emulator::RunningEmulator;
+use haloflow::emulator::halo::{HaloEmulator, HaloEmulatorConfig};
+use haloflow::emulator::servicenow::{ServiceNowEmulator, ServiceNowEmulatorConfig};
+use haloflow::engine::Engine;
+use haloflow::secrets::SecretStore;
+use haloflow::storage::{LinkOrigin, RequestFilter, SqliteStorage, Storage};
+use hmac::{KeyInit, Mac};
+use serde_json::{Value, json};
+
+const HALO_SECRET: &str = "CS-halo-sb-11aa";
+const ACME_PASSWORD: &str = "PW-acme-sb-22bb";
+const VENDOR_PASSWORD: &str = "PW-vendor-sb-33cc";
+const HOOK_SECRET: &str = "HOOK-acme-44dd";
+const HMAC_KEY: &str = "HMAC-acme-55ee";
+const VENDOR_HOOK: &str = "HOOK-vendor-66ff";
+
+struct World {
+    base: String,
+    engine: Engine,
+    storage: Arc<SqliteStorage>,
+    halo: HaloEmulator,
+    acme: ServiceNowEmulator,
+    vendor: ServiceNowEmulator,
+    client: reqwest::Client,
+    _running: Vec<RunningEmulator>,
+    _dir: tempfile::TempDir,
+}
+
+fn servicenow(user: &str, password: &str) -> ServiceNowEmulator {
+    ServiceNowEmulator::new(ServiceNowEmulatorConfig {
+        username: user.into(),
+        password: password.into(),
+        oauth_client_id: None,
+        oauth_client_secret: None,
+        token_lifetime_secs: 1800,
+    })
+}
+
+impl World {
+    async fn new(page_size: u32) -> World {
+        let halo = HaloEmulator::new(HaloEmulatorConfig {
+            client_id: "haloflow".into(),
+            client_secret: HALO_SECRET.into(),
+            tenant: None,
+            token_lifetime_secs: 3600,
+        });
+        let acme = servicenow("acme.integration", ACME_PASSWORD);
+        let vendor = servicenow("vendor.integration", VENDOR_PASSWORD);
+        let running = vec![
+            halo.start().await.unwrap(),
+            acme.start().await.unwrap(),
+            vendor.start().await.unwrap(),
+        ];
+        let config = format!(
+            r#"
+[halo.halo]
+base_url = "{halo}"
+client_id = "haloflow"
+client_secret_name = "HALO_SECRET"
+rate_limit_requests = 0
+
+[servicenow.customers.12]
+instance_url = "{acme}"
+auth = "basic"
+username = "acme.integration"
+password_secret_name = "ACME_PASSWORD"
+imported_types = ["incident", "problem"]
+status = [{{ halo = 1, servicenow = "1" }}, {{ halo = 2, servicenow = "2" }}, {{ halo = 9, servicenow = "6" }}]
+category = [{{ halo = "Hardware", category = "hardware" }}]
+impact = [{{ halo = 3, servicenow = "1" }}]
+urgency = [{{ halo = 3, servicenow = "1" }}]
+assignment_group = [{{ halo = "Service Desk", servicenow = "grp-sd" }}]
+custom_fields = [{{ halo_field_id = 178, servicenow_field = "u_severity", values = {{ "1" = "sev-high" }} }}]
+integrator = {{ enabled = true, every = "1d", page_size = {page_size} }}
+webhook = {{ secret_name = "HOOK_SECRET", hmac_secret_name = "HMAC_KEY", ticket_type_id = 5, user_id = 77, team = "Webhook Team" }}
+
+[servicenow.suppliers.7]
+instance_url = "{vendor}"
+auth = "basic"
+username = "vendor.integration"
+password_secret_name = "VENDOR_PASSWORD"
+webhook = {{ secret_name = "VENDOR_HOOK", header = "X-Vendor-Key", sys_id_field = "id" }}
+"#,
+            halo = running[0].base_url(),
+            acme = running[1].base_url(),
+            vendor = running[2].base_url(),
+        );
+        let config = Config::parse(&config).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(SqliteStorage::open_dir(dir.path()).await.unwrap());
+        let engine = Engine::builder()
+            .config(config)
+            .secrets(SecretStore::from_values([
+                ("HALO_SECRET", HALO_SECRET),
+                ("ACME_PASSWORD", ACME_PASSWORD),
+                ("VENDOR_PASSWORD", VENDOR_PASSWORD),
+                ("HOOK_SECRET", HOOK_SECRET),
+                ("HMAC_KEY", HMAC_KEY),
+                ("VENDOR_HOOK", VENDOR_HOOK),
+            ]))
+            .storage(storage.clone())
+            .build()
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(haloflow::server::serve(
+            engine.clone(),
+            listener,
+            std::future::pending(),
+        ));
+        World {
+            base,
+            engine,
+            storage,
+            halo,
+            acme,
+            vendor,
+            client: reqwest::Client::new(),
+            _running: running,
+            _dir: dir,
+        }
+    }
+
+    /// ServiceNow's webhook for a record of customer 12, signed.
+    async fn acme_hook(&self, body: Value) -> (u16, Value) {
+        let text = body.to_string();
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(HMAC_KEY.as_bytes()).unwrap();
+        mac.update(text.as_bytes());
+        let signature =
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        self.post(
+            "customers/12",
+            text,
+            &[
+                ("X-Haloflow-Secret", HOOK_SECRET),
+                ("X-Haloflow-Signature", &signature),
+            ],
+        )
+        .await
+    }
+
+    async fn post(&self, connection: &str, body: String, headers: &[(&str, &str)]) -> (u16, Value) {
+        let mut request = self
+            .client
+            .post(format!("{}/servicenow/{connection}/webhook", self.base))
+            .header("Content-Type", "application/json")
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn scan(&self) -> haloflow::servicenow::integrator::ScanReport {
+        let acme = self
+            .engine
+            .connections()
+            .servicenow(haloflow::servicenow::Side::Customer, "12")
+            .unwrap();
+        self.engine
+            .sync_back()
+            .scan(&acme, haloflow::storage::now_ms() - 3_600_000)
+            .await
+            .unwrap()
+    }
+
+    fn incident(&self, fields: Value) -> String {
+        let mut record = json!({"short_description": "Printer on fire", "description": "Level 3",
+                                "state": "2", "impact": "1", "urgency": "1", "category": "hardware",
+                                "assignment_group": "grp-sd", "u_severity": "sev-high"});
+        for (k, v) in fields.as_object().unwrap() {
+            record[k] = v.clone();
+        }
+        self.acme.insert_as("abel.tuter", "incident", record)
+    }
+}
+
+#[tokio::test]
+async fn a_new_incident_becomes_one_ticket_with_the_configured_attributes() {
+    let w = World::new(100).await;
+    let sys_id = w.incident(json!({}));
+    let (status, answer) = w
+        .acme_hook(json!({"table": "incident", "sys_id": sys_id}))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["action"], "created_ticket");
+    let tickets = w.halo.tickets();
+    assert_eq!(tickets.len(), 1);
+    let t = &tickets[0];
+    assert_eq!(t["summary"], "Printer on fire");
+    assert_eq!(t["details"], "Level 3");
+    assert_eq!(t["tickettype_id"], 5);
+    assert_eq!(t["user_id"], 77);
+    assert_eq!(t["client_id"], 12);
+    assert_eq!(
+        t["team"], "Webhook Team",
+        "the webhook team wins over the mapped group"
+    );
+    assert_eq!(t["status_id"], 2);
+    assert_eq!(t["impact"], 3);
+    assert_eq!(t["urgency"], 3);
+    assert_eq!(t["category_1"], "Hardware");
+    assert_eq!(t["customfields"][0]["value"], "1");
+    let link = w
+        .storage
+        .link_for_record("customers/12", &sys_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(link.created_by, LinkOrigin::Servicenow);
+    assert_eq!(Some(link.halo_ticket_id), t["id"].as_i64());
+
+    // Delivered twice: still one ticket.
+    let (status, again) = w
+        .acme_hook(json!({"table": "incident", "sys_id": sys_id}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(again["action"], "duplicate");
+    assert_eq!(w.halo.tickets().len(), 1);
+    // Both are in the history with what they did.
+    let requests = w
+        .storage
+        .list_requests(&RequestFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(requests.len(), 2);
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.flow_id == "servicenow:customers/12")
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.outcome.as_ref().unwrap()["action"] == "created_ticket")
+    );
+}
+
+#[tokio::test]
+async fn notes_become_actions_once_and_our_own_echo_is_ignored() {
+    let w = World::new(100).await;
+    let sys_id = w.incident(json!({}));
+    w.acme_hook(json!({"table": "incident", "sys_id": sys_id}))
+        .await;
+    let ticket_id = w.halo.tickets()[0]["id"].as_i64().unwrap();
+    w.acme.update_as(
+        "abel.tuter",
+        "incident",
+        &sys_id,
+        json!({"work_notes": "Checked the cabling"}),
+    );
+    w.acme.update_as(
+        "abel.tuter",
+        "incident",
+        &sys_id,
+        json!({"comments": "We are on our way"}),
+    );
+    // haloflow's own note (its marker, by its integration user) comes back in the journal.
+    w.acme.update_as(
+        "acme.integration",
+        "incident",
+        &sys_id,
+        json!({"work_notes": "From Halo\n\n[Sent from Halo by haloflow 0123456789abcdef]"}),
+    );
+    // The same text by a person is not an echo.
+    w.acme.update_as(
+        "beth.anglin",
+        "incident",
+        &sys_id,
+        json!({"comments": "Pasted: [Sent from Halo by haloflow 0123456789abcdef]"}),
+    );
+    let (_, answer) = w
+        .acme_hook(json!({"number": "x", "table": "incident", "sys_id": sys_id}))
+        .await;
+    assert_eq!(answer["notes"], 3, "{answer}");
+    let actions = w.halo.actions();
+    assert_eq!(actions.len(), 3, "{actions:#?}");
+    assert!(actions.iter().all(|a| a["ticket_id"] == ticket_id));
+    // Entries of one second come in no particular order: find each by its text.
+    let find = |text: &str| {
+        actions
+            .iter()
+            .find(|a| a["note"].as_str().unwrap().ends_with(text))
+            .unwrap_or_else(|| panic!("no action ending {text:?}: {actions:#?}"))
+    };
+    let work_note = find("work note by abel.tuter]\nChecked the cabling");
+    assert_eq!(work_note["hiddenfromuser"], true, "a work note is private");
+    let comment = find("comment by abel.tuter]\nWe are on our way");
+    assert_eq!(comment["hiddenfromuser"], false, "a comment is public");
+    find("comment by beth.anglin]\nPasted: [Sent from Halo by haloflow 0123456789abcdef]");
+    // Once: the integrator and a re-sent webhook add nothing.
+    w.scan().await;
+    let (_, again) = w
+        .acme_hook(json!({"table": "incident", "sys_id": sys_id}))
+        .await;
+    assert_eq!(again["action"], "duplicate");
+    assert_eq!(w.halo.actions().len(), 3);
+}
+
+#[tokio::test]
+async fn supplier_webhooks_never_create_tickets_and_bad_signatures_are_refused() {
+    let w = World::new(100).await;
+    let sys_id = w.vendor.insert_as(
+        "vendor.agent",
+        "incident",
+        json!({"short_description": "x"}),
+    );
+    let (status, answer) = w
+        .post(
+            "suppliers/7",
+            json!({"table": "incident", "id": sys_id}).to_string(),
+            &[("X-Vendor-Key", VENDOR_HOOK)],
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["action"], "ignored");
+    assert!(
+        answer["reason"]
+            .as_str()
+            .unwrap()
+            .contains("only update tickets already linked")
+    );
+    assert!(w.halo.tickets().is_empty());
+    let (status, _) = w
+        .post(
+            "suppliers/7",
+            json!({"table": "incident", "id": sys_id}).to_string(),
+            &[("X-Vendor-Key", "wrong")],
+        )
+        .await;
+    assert_eq!(status, 401);
+
+    // Customer 12: the right secret but a signature over another body.
+    let body = json!({"table": "incident", "sys_id": "abc"}).to_string();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(HMAC_KEY.as_bytes()).unwrap();
+    mac.update(b"{\"table\":\"incident\",\"sys_id\":\"other\"}");
+    let wrong = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    let (status, error) = w
+        .post(
+            "customers/12",
+            body,
+            &[
+                ("X-Haloflow-Secret", HOOK_SECRET),
+                ("X-Haloflow-Signature", &wrong),
+            ],
+        )
+        .await;
+    assert_eq!(status, 401, "{error}");
+    assert_eq!(error["error"]["code"], "invalid_auth");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not match the body")
+    );
+    assert!(
+        w.acme.requests().is_empty(),
+        "nothing was read for a refused webhook"
+    );
+    let (status, _) = w.acme_hook(json!({"table": "incident"})).await;
+    assert_eq!(status, 400, "a body that names no record");
+}
+
+#[tokio::test]
+async fn the_integrator_creates_what_missed_webhooks_should_have_and_then_nothing() {
+    let w = World::new(100).await;
+    let seen = w.incident(json!({"short_description": "Seen by a webhook"}));
+    w.acme_hook(json!({"table": "incident", "sys_id": seen}))
+        .await;
+    let missed = w.incident(json!({"short_description": "Webhook lost"}));
+    w.acme.update_as(
+        "abel.tuter",
+        "incident",
+        &missed,
+        json!({"work_notes": "Lost note"}),
+    );
+    let problem = w.acme.insert_as(
+        "abel.tuter",
+        "problem",
+        json!({"short_description": "Root cause"}),
+    );
+    // Not an imported type: left alone.
+    w.acme.insert_as(
+        "abel.tuter",
+        "change_request",
+        json!({"short_description": "Change"}),
+    );
+
+    let report = w.scan().await;
+    assert_eq!(report.created, 2, "{report:#?}");
+    assert!(report.errors.is_empty(), "{report:#?}");
+    let summaries: Vec<String> = w
+        .halo
+        .tickets()
+        .iter()
+        .map(|t| t["summary"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        summaries,
+        ["Seen by a webhook", "Webhook lost", "Root cause"]
+    );
+    assert_eq!(w.halo.actions().len(), 1, "the lost note too");
+    assert!(
+        w.storage
+            .link_for_record("customers/12", &problem)
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    // A second scan, and webhooks after it, change nothing.
+    let again = w.scan().await;
+    assert_eq!(
+        (again.created, again.updated, again.notes),
+        (0, 0, 0),
+        "{again:#?}"
+    );
+    w.acme_hook(json!({"table": "incident", "sys_id": missed}))
+        .await;
+    assert_eq!(w.halo.tickets().len(), 3);
+    assert_eq!(w.halo.actions().len(), 1);
+    let scans: Value = w
+        .client
+        .get(format!("{}/api/integrator", w.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(scans["scans"][0]["connection"], "customers/12");
+    let metrics = w
+        .client
+        .get(format!("{}/metrics", w.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "haloflow_integrator_last_scan_timestamp_seconds{connection=\"customers/12\"}"
+        )
+    );
+}
+
+#[tokio::test]
+async fn field_changes_come_back_only_for_links_halo_created() {
+    let w = World::new(100).await;
+    // A ticket Halo sent: linked with created_by = halo.
+    let from_halo = w
+        .halo
+        .insert_ticket(json!({"summary": "From Halo", "status_id": 1, "client_id": 12}));
+    let record = w.incident(json!({"state": "1", "correlation_id": "HALO-x"}));
+    w.storage
+        .save_link(&haloflow::storage::Link {
+            halo_connection: "halo".into(),
+            halo_ticket_id: from_halo,
+            servicenow: "customers/12".into(),
+            table: "incident".into(),
+            sys_id: record.clone(),
+            number: None,
+            created_by: LinkOrigin::Halo,
+            created_at_ms: 1,
+            updated_at_ms: 1,
+        })
+        .await
+        .unwrap();
+    // A ticket ServiceNow created (through the webhook).
+    let from_sn = w.incident(json!({"state": "1"}));
+    w.acme_hook(json!({"table": "incident", "sys_id": from_sn}))
+        .await;
+    let sn_ticket = w
+        .storage
+        .link_for_record("customers/12", &from_sn)
+        .await
+        .unwrap()
+        .unwrap()
+        .halo_ticket_id;
+
+    w.acme
+        .update_as("abel.tuter", "incident", &record, json!({"state": "6"}));
+    w.acme
+        .update_as("abel.tuter", "incident", &from_sn, json!({"state": "6"}));
+    let report = w.scan().await;
+    assert_eq!(report.updated, 1, "{report:#?}");
+    assert_eq!(
+        w.halo.ticket(from_halo).unwrap()["status_id"],
+        9,
+        "Resolved maps back to 9"
+    );
+    assert_eq!(
+        w.halo.ticket(sn_ticket).unwrap()["status_id"],
+        1,
+        "not synced back"
+    );
+}
+
+#[tokio::test]
+async fn same_second_updates_across_pages_lose_none() {
+    // Pages of two: five records created within a second or two share their stamps.
+    let w = World::new(2).await;
+    let ids: Vec<String> = (0..5)
+        .map(|i| w.incident(json!({"short_description": format!("Burst {i}")})))
+        .collect();
+    let report = w.scan().await;
+    assert_eq!(report.created, 5, "{report:#?}");
+    assert_eq!(w.halo.tickets().len(), 5);
+    for id in &ids {
+        assert!(
+            w.storage
+                .link_for_record("customers/12", id)
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+    // The watermark kept its second: a record updated in it later is still found.
+    let late = w.incident(json!({"short_description": "Late"}));
+    let report = w.scan().await;
+    assert_eq!(report.created, 1, "{report:#?}");
+    assert!(
+        w.storage
+            .link_for_record("customers/12", &late)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn a_failed_scan_resumes_without_duplicates_and_runs_on_one_node_at_a_time() {
+    let w = World::new(2).await;
+    for i in 0..4 {
+        w.incident(json!({"short_description": format!("Record {i}")}));
+    }
+    // Halo refuses the first ticket: the scan stops there, the watermark before it.
+    w.halo.fail_next("POST", "/api/Tickets", 400, 1, None);
+    let acme = w
+        .engine
+        .connections()
+        .servicenow(haloflow::servicenow::Side::Customer, "12")
+        .unwrap();
+    let first = w.scan().await;
+    assert_eq!(first.created, 0, "{first:#?}");
+    assert_eq!(first.errors.len(), 1, "{first:#?}");
+    let second = w.scan().await;
+    assert_eq!(second.created, 4, "{second:#?}");
+    assert!(second.errors.is_empty());
+    assert_eq!(w.halo.tickets().len(), 4, "no duplicates after the repeat");
+
+    // Another node holds the integrator lease: this one does not scan.
+    let now = haloflow::storage::now_ms();
+    assert!(
+        w.storage
+            .try_lease("integrator:customers/12", "other-node", now + 60_000, now)
+            .await
+            .unwrap()
+    );
+    let skipped = w
+        .engine
+        .run_integrator(&acme, std::time::Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert!(skipped.is_none());
+}
