@@ -320,7 +320,13 @@ fn engine_for(
             .customers
             .values()
             .chain(config.servicenow.suppliers.values())
-            .filter_map(|c| c.secret_name());
+            .flat_map(|c| {
+                let webhook = c
+                    .webhook
+                    .iter()
+                    .flat_map(|w| [w.secret_name.as_deref(), w.hmac_secret_name.as_deref()]);
+                std::iter::once(c.secret_name()).chain(webhook).flatten()
+            });
         let names: Vec<String> = config
             .halo
             .values()
