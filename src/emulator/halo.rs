@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use super::{
-    Fault, InjectedFailure, RecordedRequest, RunningEmulator, ScheduledFault, form_pairs,
-    with_fault,
+    Fault, InjectedFailure, RecordedRequest, RunningEmulator, ScheduledFault, dispatch, form_pairs,
+    next_fault,
 };
 
 #[derive(Debug, Clone)]
@@ -197,16 +197,10 @@ async fn handle(State(emulator): State<HaloEmulator>, request: Request<Body>) ->
     let recorded = RecordedRequest::read(request).await;
     let fault = {
         let mut state = emulator.lock();
-        if InjectedFailure::pending(&state.failures, &recorded.method, &recorded.path) {
-            None
-        } else {
-            ScheduledFault::take(&mut state.faults, &recorded.method, &recorded.path)
-        }
+        let state = &mut *state;
+        next_fault(&state.failures, &mut state.faults, &recorded)
     };
-    match fault {
-        None => answer(&emulator, recorded),
-        Some(fault) => with_fault(fault, move || answer(&emulator, recorded)).await,
-    }
+    dispatch(fault, move || answer(&emulator, recorded)).await
 }
 
 /// Handles a request normally (or with an injected error status) and records it.

@@ -201,9 +201,33 @@ impl ScheduledFault {
     }
 }
 
+/// The fault for this request: none while an error status is scheduled for it (statuses go
+/// first), else the next matching scheduled fault.
+pub(crate) fn next_fault(
+    failures: &[InjectedFailure],
+    faults: &mut [ScheduledFault],
+    request: &RecordedRequest,
+) -> Option<Fault> {
+    if InjectedFailure::pending(failures, &request.method, &request.path) {
+        return None;
+    }
+    ScheduledFault::take(faults, &request.method, &request.path)
+}
+
+/// Handles a request directly, or through its fault.
+pub(crate) async fn dispatch(
+    fault: Option<Fault>,
+    work: impl FnOnce() -> axum::response::Response + Send + 'static,
+) -> axum::response::Response {
+    match fault {
+        None => work(),
+        Some(fault) => with_fault(fault, work).await,
+    }
+}
+
 /// Handles a request through `fault`. Like a real server, the emulator finishes its work even
 /// when the client has gone (timed out or killed): the work runs in its own task.
-pub(crate) async fn with_fault(
+async fn with_fault(
     fault: Fault,
     work: impl FnOnce() -> axum::response::Response + Send + 'static,
 ) -> axum::response::Response {
