@@ -13,7 +13,7 @@ use crate::step::Step;
 pub use self::core::{Condition, Switch};
 pub use halo::{AddAction, CreateTicket, UpdateTicket};
 pub use http::HttpRequest;
-pub use servicenow::{LogToSupplier, SendTicket, SyncNote};
+pub use servicenow::{LOG_TO_SUPPLIER, SEND_TICKET, SendToServiceNow, SyncNote};
 
 /// Every built-in step, for [`StepRegistry::with_builtins`](crate::step::StepRegistry::with_builtins).
 pub fn builtins() -> Vec<Arc<dyn Step>> {
@@ -24,8 +24,8 @@ pub fn builtins() -> Vec<Arc<dyn Step>> {
         Arc::new(Switch),
         Arc::new(Condition),
         Arc::new(HttpRequest),
-        Arc::new(SendTicket),
-        Arc::new(LogToSupplier),
+        Arc::new(SEND_TICKET),
+        Arc::new(LOG_TO_SUPPLIER),
         Arc::new(SyncNote),
     ]
 }

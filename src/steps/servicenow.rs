@@ -475,11 +475,25 @@ fn customer_connection(
     })
 }
 
-/// `servicenow.send_ticket`: creates the Halo ticket in its customer's ServiceNow.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SendTicket;
+/// `servicenow.send_ticket` (the ticket's customer's instance) and
+/// `servicenow.log_to_supplier` (its supplier's; a supplier without one is skipped, so one flow
+/// serves both kinds): one step type per side, the same sending.
+#[derive(Debug, Clone, Copy)]
+pub struct SendToServiceNow {
+    side: Side,
+}
 
-impl SendTicket {
+/// `servicenow.send_ticket`.
+pub const SEND_TICKET: SendToServiceNow = SendToServiceNow {
+    side: Side::Customer,
+};
+
+/// `servicenow.log_to_supplier`.
+pub const LOG_TO_SUPPLIER: SendToServiceNow = SendToServiceNow {
+    side: Side::Supplier,
+};
+
+impl SendToServiceNow {
     async fn run(
         &self,
         ctx: &StepContext,
@@ -489,7 +503,13 @@ impl SendTicket {
         let halo = ctx.halo()?;
         let ticket_id = required_id(inputs, "ticket_id")?;
         let ticket = read_ticket(ctx, &halo, ticket_id).await?;
-        let sn = customer_connection(ctx, &ticket)?;
+        let sn = match self.side {
+            Side::Customer => customer_connection(ctx, &ticket)?,
+            Side::Supplier => match supplier_connection(ctx, &halo, &ticket, ticket_id).await? {
+                Ok(sn) => sn,
+                Err(skipped) => return Ok(Some(skipped)),
+            },
+        };
         let sender = Sender {
             ctx,
             halo,
@@ -504,114 +524,68 @@ impl SendTicket {
     }
 }
 
-#[async_trait]
-impl Step for SendTicket {
-    fn type_name(&self) -> &'static str {
-        "servicenow.send_ticket"
+/// The supplier's instance (`Ok(Err(outputs))`: skipped, the supplier has none). The supplier
+/// must have an email address in Halo.
+async fn supplier_connection(
+    ctx: &StepContext,
+    halo: &HaloConnection,
+    ticket: &Value,
+    ticket_id: i64,
+) -> Result<Result<Arc<ServiceNowConnection>, Value>, StepError> {
+    let Some(supplier_id) = ticket
+        .get("supplier_id")
+        .and_then(to_id)
+        .filter(|id| *id > 0)
+    else {
+        return Err(StepError::Failed(format!(
+            "ticket {ticket_id} has no supplier; set the supplier on the ticket before logging to it"
+        )));
+    };
+    let Some(sn) = ctx.servicenow(Side::Supplier, &supplier_id.to_string()) else {
+        return Ok(Err(skipped(format!(
+            "supplier {supplier_id} has no ServiceNow connection ([servicenow.suppliers.\"{supplier_id}\"])"
+        ))));
+    };
+    let supplier = halo
+        .get(ctx.http(), &format!("Supplier/{supplier_id}"))
+        .await?;
+    let email = ["email", "emailaddress"]
+        .iter()
+        .find_map(|k| supplier.get(*k).and_then(Value::as_str))
+        .filter(|e| !e.trim().is_empty());
+    if email.is_none() {
+        return Err(StepError::Failed(format!(
+            "supplier {supplier_id} has no email address; Log to Supplier needs one: add it to the supplier in Halo"
+        )));
     }
-
-    fn description(&self) -> &'static str {
-        "Create the Halo ticket in its customer's ServiceNow (mapped fields, caller, parent, attachments) and link them."
-    }
-
-    fn input_schema(&self) -> Value {
-        send_schema("The Halo ticket to send.")
-    }
-
-    fn outputs(&self) -> &'static [OutputSpec] {
-        RECORD_OUTPUTS
-    }
-
-    fn connection_kind(&self) -> Option<ConnectionKind> {
-        Some(ConnectionKind::Halo)
-    }
-
-    async fn execute(&self, ctx: &StepContext, inputs: Value) -> Result<Value, StepError> {
-        self.run(ctx, &inputs, false)
-            .await?
-            .ok_or_else(|| StepError::Failed("nothing was created".into()))
-    }
-
-    fn resend(&self, _inputs: &Value) -> Resend {
-        Resend::LookUpFirst
-    }
-
-    async fn find_previous(
-        &self,
-        ctx: &StepContext,
-        inputs: &Value,
-    ) -> Result<Option<Value>, StepError> {
-        self.run(ctx, inputs, true).await
-    }
+    Ok(Ok(sn))
 }
 
-/// `servicenow.log_to_supplier`: creates the ticket in its supplier's ServiceNow; a supplier
-/// without one is skipped, so one flow serves both kinds.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct LogToSupplier;
-
-impl LogToSupplier {
-    async fn run(
-        &self,
-        ctx: &StepContext,
-        inputs: &Value,
-        adopt: bool,
-    ) -> Result<Option<Value>, StepError> {
-        let halo = ctx.halo()?;
-        let ticket_id = required_id(inputs, "ticket_id")?;
-        let ticket = read_ticket(ctx, &halo, ticket_id).await?;
-        let Some(supplier_id) = ticket
-            .get("supplier_id")
-            .and_then(to_id)
-            .filter(|id| *id > 0)
-        else {
-            return Err(StepError::Failed(format!(
-                "ticket {ticket_id} has no supplier; set the supplier on the ticket before logging to it"
-            )));
-        };
-        let Some(sn) = ctx.servicenow(Side::Supplier, &supplier_id.to_string()) else {
-            return Ok(Some(skipped(format!(
-                "supplier {supplier_id} has no ServiceNow connection ([servicenow.suppliers.\"{supplier_id}\"])"
-            ))));
-        };
-        let supplier = halo
-            .get(ctx.http(), &format!("Supplier/{supplier_id}"))
-            .await?;
-        let email = ["email", "emailaddress"]
-            .iter()
-            .find_map(|k| supplier.get(*k).and_then(Value::as_str))
-            .filter(|e| !e.trim().is_empty());
-        if email.is_none() {
-            return Err(StepError::Failed(format!(
-                "supplier {supplier_id} has no email address; Log to Supplier needs one: add it to the supplier in Halo"
-            )));
+#[async_trait]
+impl Step for SendToServiceNow {
+    fn type_name(&self) -> &'static str {
+        match self.side {
+            Side::Customer => "servicenow.send_ticket",
+            Side::Supplier => "servicenow.log_to_supplier",
         }
-        let sender = Sender {
-            ctx,
-            halo,
-            sn,
-            adopt,
-        };
-        let record_type = inputs.get("record_type").and_then(Value::as_str);
-        Ok(sender
-            .send(&ticket, record_type, None)
-            .await?
-            .map(Sent::outputs))
-    }
-}
-
-#[async_trait]
-impl Step for LogToSupplier {
-    fn type_name(&self) -> &'static str {
-        "servicenow.log_to_supplier"
     }
 
     fn description(&self) -> &'static str {
-        "Create the Halo ticket in its supplier's ServiceNow; skipped for a supplier without one."
+        match self.side {
+            Side::Customer => {
+                "Create the Halo ticket in its customer's ServiceNow (mapped fields, caller, parent, attachments) and link them."
+            }
+            Side::Supplier => {
+                "Create the Halo ticket in its supplier's ServiceNow; skipped for a supplier without one."
+            }
+        }
     }
 
     fn input_schema(&self) -> Value {
-        send_schema("The Halo ticket to log to its supplier.")
+        send_schema(match self.side {
+            Side::Customer => "The Halo ticket to send.",
+            Side::Supplier => "The Halo ticket to log to its supplier.",
+        })
     }
 
     fn outputs(&self) -> &'static [OutputSpec] {
