@@ -186,6 +186,10 @@ pub const TEMPLATES: &[(&str, &str)] = &[
         "halo-routing",
         "assigned and unassigned tickets routed differently (agent_assigned, recipients)",
     ),
+    (
+        "halo-to-servicenow",
+        "a Halo webhook sends the ticket to its customer's ServiceNow and notes the record number",
+    ),
 ];
 
 /// Options of `haloflow new`.
@@ -236,6 +240,13 @@ fn template(template: &str, id: &str, name: &str) -> Option<Value> {
              "inputs": {"ticket_id": "{{steps.route.ticket_id}}", "outcome": "Note", "private": true,
                         "note": "{{#if trigger.agent_assigned}}Assigned{{else}}Unassigned{{/if}}; notified: {{join trigger.recipients \", \"}}"}}
         ]),
+        "halo-to-servicenow" => json!([
+            {"id": "send", "name": "Create the record in the customer's ServiceNow", "type": "servicenow.send_ticket",
+             "inputs": {"ticket_id": "{{trigger.ticket_id}}"}},
+            {"id": "note", "name": "Note the record on the ticket", "type": "halo.add_action",
+             "inputs": {"ticket_id": "{{trigger.ticket_id}}", "outcome": "Note", "private": true,
+                        "note": "Sent to ServiceNow as {{steps.send.number}} ({{steps.send.table}})."}}
+        ]),
         _ => return None,
     };
     Some(json!({
@@ -261,21 +272,26 @@ pub fn new_flow(options: &NewOptions, out: &mut dyn Write) -> Result<PathBuf, Co
             .iter()
             .map(|(t, d)| format!("  {t}: {d}"))
             .collect();
-        let later = if options.template == "halo-to-servicenow" {
-            " (the ServiceNow steps are not built yet)"
-        } else {
-            ""
-        };
         return Err(CommandError::Failed(format!(
-            "no template `{}`{later}; templates:\n{}",
+            "no template `{}`; templates:\n{}",
             options.template,
             known.join("\n")
         )));
     };
-    // Editors find the schema relative to the flow file; elsewhere, by its $id.
+    // Editors find the schema relative to the flow file; elsewhere, at the repository's copy
+    // by its absolute path, else the hint below says how to write one.
     let schema_path = options.dir.join("../schemas/flow.schema.json");
+    let mut schema_hint = None;
     if !schema_path.is_file() {
-        document["$schema"] = json!("https://haloflow.dev/schemas/flow.schema.json");
+        match std::fs::canonicalize("schemas/flow.schema.json") {
+            Ok(absolute) => document["$schema"] = json!(absolute.display().to_string()),
+            Err(_) => {
+                schema_hint = Some(format!(
+                    "for completion in editors, write the schema next to the flows: haloflow schema > {}",
+                    schema_path.display()
+                ))
+            }
+        }
     }
     let path = options.dir.join(format!("{id}.json"));
     if path.exists() {
@@ -308,5 +324,8 @@ pub fn new_flow(options: &NewOptions, out: &mut dyn Write) -> Result<PathBuf, Co
         path.display()
     )?;
     writeln!(out, "  haloflow trigger-url {id} --recipients <names>")?;
+    if let Some(hint) = schema_hint {
+        writeln!(out, "{hint}")?;
+    }
     Ok(path)
 }
