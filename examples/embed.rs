@@ -60,6 +60,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .flow(flow)
         .storage(Arc::new(SqliteStorage::in_memory().await?))
         .build()?;
+    // Before taking requests: flood control rebuilt, unfinished runs continued, takeover and
+    // integrators running in the background.
+    engine.start().await?;
 
     // The host application: its own routes, haloflow under /automation.
     let app = axum::Router::new()

@@ -15,6 +15,8 @@
 //!     .flows_from("flows")
 //!     .storage(Arc::new(SqliteStorage::open_dir("data".as_ref()).await?))
 //!     .build()?;
+//! // Resume what a previous process left unfinished, rebuild flood control.
+//! engine.start().await?;
 //! // Mount the trigger URLs and the API next to your own routes.
 //! let app = axum::Router::new().nest("/automation", router(engine.clone()));
 //! // Or start a run in process and wait for it.
@@ -28,6 +30,8 @@
 //! Steps implement [`step::Step`] and are registered by type name in a [`step::StepRegistry`]
 //! (`examples/custom_step.rs`); the built-in steps are registered the same way.
 
+/// The `haloflow` binary's commands (an implementation detail of the CLI).
+#[doc(hidden)]
 pub mod commands;
 pub mod config;
 pub mod connections;

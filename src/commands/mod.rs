@@ -539,16 +539,13 @@ pub async fn serve(options: &ServeOptions, out: &mut dyn Write) -> Result<(), Co
         let url = render::trigger_url(&base, &loaded.flow, None);
         banner.push_str(&format!("  {url}  {}\n", loaded.flow.document.name));
     }
-    let replayed = engine.restore_flood_control().await?;
+    let (replayed, resumed) = engine.start().await?;
     if replayed > 0 {
         banner.push_str(&format!(
             "flood control: replayed {replayed} run(s) of the last window\n"
         ));
     }
     spawn_reloader(engine.clone(), options.flows.clone(), options.watch);
-    let resumed = engine.resume_unfinished_runs().await?;
-    engine.spawn_takeover_loop();
-    engine.spawn_integrators();
     if resumed > 0 {
         banner.push_str(&format!(
             "resumed {resumed} unfinished run(s) from before the last stop\n"

@@ -18,6 +18,7 @@ use crate::storage::Storage;
 use crate::trigger::TriggerAuthenticator;
 
 /// Why an engine could not be built. Every problem is listed, not only the first.
+#[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("{} problem(s) in the flows:\n{}", .0.len(), join_lines(.0))]

@@ -170,6 +170,7 @@ pub struct SuppressedEvent {
 }
 
 /// A trigger request the engine could not accept.
+#[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
 pub enum AcceptError {
     #[error("no flow with id `{0}` is loaded")]
@@ -559,6 +560,18 @@ impl Engine {
             }
         }
         Ok(resumed)
+    }
+
+    /// Starts the background work of a serving engine, after it is built and before it takes
+    /// requests: rebuilds flood control (a flood in progress at a restart stays suppressed),
+    /// continues unfinished runs, then keeps taking over runs of dead nodes and runs the
+    /// enabled integrators. Returns (flood-control runs replayed, runs resumed).
+    pub async fn start(&self) -> Result<(usize, usize), StorageError> {
+        let replayed = self.restore_flood_control().await?;
+        let resumed = self.resume_unfinished_runs().await?;
+        self.spawn_takeover_loop();
+        self.spawn_integrators();
+        Ok((replayed, resumed))
     }
 
     /// Runs each enabled integrator on its schedule, on one node at a time (a named lease per

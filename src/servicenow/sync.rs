@@ -16,6 +16,7 @@ use crate::step::StepError;
 use crate::storage::{Link, LinkOrigin, Storage, now_ms};
 
 /// What sync back did with one record.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SyncAction {

@@ -14,6 +14,7 @@ pub use sqlite::{DATABASE_FILE, SqliteStorage};
 
 use crate::outbound::ExchangeRecord;
 
+#[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("database error: {0}")]
@@ -114,6 +115,7 @@ pub struct RequestFilter {
     pub limit: Option<u32>,
 }
 
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
@@ -149,6 +151,7 @@ impl RunStatus {
     }
 }
 
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
@@ -260,6 +263,7 @@ pub struct RunFilter {
 }
 
 /// How one attempt of a step ended.
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AttemptOutcome {
