@@ -499,6 +499,10 @@ pub struct ServerConfig {
     /// data directory. `--database` and `HALOFLOW_DATABASE_URL` override it.
     #[serde(default)]
     pub database_url: Option<String>,
+    /// SQLite: what an accepted request survives, `process_crash` (default) or `power_loss`
+    /// (every commit synced to disk; slower).
+    #[serde(default)]
+    pub durability: crate::storage::Durability,
 }
 
 fn default_run_lease_secs() -> u64 {
@@ -525,6 +529,7 @@ impl Default for ServerConfig {
             node_id: None,
             run_lease_secs: default_run_lease_secs(),
             database_url: None,
+            durability: Default::default(),
         }
     }
 }

@@ -12,11 +12,17 @@ use crate::storage::{RequestFilter, RunFilter, SqliteStorage, Storage, format_ms
 pub struct Store {
     pub data_dir: PathBuf,
     pub database: Option<String>,
+    /// SQLite's durability when the store creates the database.
+    pub durability: crate::storage::Durability,
 }
 
 impl Store {
     pub fn new(data_dir: PathBuf, database: Option<String>) -> Self {
-        Store { data_dir, database }
+        Store {
+            data_dir,
+            database,
+            durability: Default::default(),
+        }
     }
 
     /// Opens an existing history (never creates an empty SQLite file by mistake).
@@ -38,7 +44,9 @@ impl Store {
     pub async fn open(&self) -> Result<Arc<dyn Storage>, CommandError> {
         match &self.database {
             Some(url) => Ok(crate::storage::open_url(url).await?),
-            None => Ok(Arc::new(SqliteStorage::open_dir(&self.data_dir).await?)),
+            None => Ok(Arc::new(
+                SqliteStorage::open_dir_with(&self.data_dir, self.durability).await?,
+            )),
         }
     }
 }

@@ -501,9 +501,9 @@ pub async fn serve(options: &ServeOptions, out: &mut dyn Write) -> Result<(), Co
         .database
         .clone()
         .or_else(|| config.server.database_url.clone());
-    let storage = Store::new(options.data_dir.clone(), database.clone())
-        .open()
-        .await?;
+    let mut store = Store::new(options.data_dir.clone(), database.clone());
+    store.durability = config.server.durability;
+    let storage = store.open().await?;
     let engine = Engine::builder()
         .config(config.clone())
         .flows_from(&options.flows)

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use postgres::PostgresStorage;
-pub use sqlite::{DATABASE_FILE, SqliteStorage};
+pub use sqlite::{DATABASE_FILE, Durability, SqliteStorage};
 
 use crate::outbound::ExchangeRecord;
 

@@ -31,19 +31,41 @@ pub struct SqliteStorage {
     pool: SqlitePool,
 }
 
+/// What a commit survives before the webhook is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// A crash or kill of the process (WAL with `synchronous=NORMAL`: the commit is in the
+    /// operating system before the answer; only a power loss or kernel crash can undo it).
+    #[default]
+    ProcessCrash,
+    /// A power loss too (`synchronous=FULL`: every commit is synced to the disk; slower).
+    PowerLoss,
+}
+
 impl SqliteStorage {
-    /// Opens (creating if needed) `haloflow.db` in `data_dir` and applies migrations.
+    /// Opens (creating if needed) `haloflow.db` in `data_dir` and applies migrations; commits
+    /// survive a process crash.
     pub async fn open_dir(data_dir: &Path) -> Result<Self, StorageError> {
+        SqliteStorage::open_dir_with(data_dir, Durability::default()).await
+    }
+
+    /// [`SqliteStorage::open_dir`] with a chosen durability.
+    pub async fn open_dir_with(
+        data_dir: &Path,
+        durability: Durability,
+    ) -> Result<Self, StorageError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StorageError::DataDir {
             path: data_dir.display().to_string(),
             source,
         })?;
-        SqliteStorage::open_file(&data_dir.join(DATABASE_FILE)).await
+        let options = SqliteConnectOptions::new().filename(data_dir.join(DATABASE_FILE));
+        SqliteStorage::open(options, durability).await
     }
 
     pub async fn open_file(path: &Path) -> Result<Self, StorageError> {
         let options = SqliteConnectOptions::new().filename(path);
-        SqliteStorage::open(options).await
+        SqliteStorage::open(options, Durability::default()).await
     }
 
     /// A private in-memory database (one connection, so every query sees the same data); for
@@ -60,15 +82,21 @@ impl SqliteStorage {
 
     /// Opens a `sqlite://` URL.
     pub async fn open_url(url: &str) -> Result<Self, StorageError> {
-        SqliteStorage::open(SqliteConnectOptions::from_str(url)?).await
+        SqliteStorage::open(SqliteConnectOptions::from_str(url)?, Durability::default()).await
     }
 
-    async fn open(options: SqliteConnectOptions) -> Result<Self, StorageError> {
+    async fn open(
+        options: SqliteConnectOptions,
+        durability: Durability,
+    ) -> Result<Self, StorageError> {
+        let synchronous = match durability {
+            Durability::ProcessCrash => SqliteSynchronous::Normal,
+            Durability::PowerLoss => SqliteSynchronous::Full,
+        };
         let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            // FULL: a commit is on disk before the webhook is answered.
-            .synchronous(SqliteSynchronous::Full)
+            .synchronous(synchronous)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
