@@ -499,10 +499,18 @@ pub struct ServerConfig {
     /// data directory. `--database` and `HALOFLOW_DATABASE_URL` override it.
     #[serde(default)]
     pub database_url: Option<String>,
+    /// The most runs executing at once in this process; above it the trigger answers 503 with
+    /// Retry-After (nothing is stored), so a burst waits in Halo's retries instead of memory.
+    #[serde(default = "default_max_active_runs")]
+    pub max_active_runs: usize,
     /// SQLite: what an accepted request survives, `process_crash` (default) or `power_loss`
     /// (every commit synced to disk; slower).
     #[serde(default)]
     pub durability: crate::storage::Durability,
+}
+
+fn default_max_active_runs() -> usize {
+    2000
 }
 
 fn default_run_lease_secs() -> u64 {
@@ -529,6 +537,7 @@ impl Default for ServerConfig {
             node_id: None,
             run_lease_secs: default_run_lease_secs(),
             database_url: None,
+            max_active_runs: default_max_active_runs(),
             durability: Default::default(),
         }
     }

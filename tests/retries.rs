@@ -546,3 +546,53 @@ async fn halo_requests_are_paced_under_its_rolling_window() {
     assert!(rejected > 0);
     assert!(statuses.contains(&RunStatus::Failed));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_server_answers_503_with_retry_after_and_stores_nothing() {
+    let h = Harness::start_with(Options {
+        configure: |config| config.server.max_active_runs = 1,
+        ..Options::default()
+    })
+    .await;
+    let hold = haloflow::emulator::Hold::new();
+    h.partner.inject(
+        "POST",
+        "/api/Tickets",
+        Fault::HoldBeforeProcessing(hold.clone()),
+        1,
+    );
+    let first = escalate_ticket(&h, 9100).await;
+    hold.arrived().await;
+    let mut payload = sample_payload("halo-new-ticket.json");
+    payload["object_id"] = json!(9101);
+    let response = h
+        .client
+        .post(h.escalate_url("ops"))
+        .json(&payload)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "overloaded");
+    let stored = h
+        .engine
+        .storage()
+        .list_requests(&haloflow::storage::RequestFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1, "the turned-away request was not stored");
+    hold.release();
+    h.wait(first["run_ids"][0].as_str().unwrap()).await;
+    // Room again: the same webhook sent again (as Retry-After says) is accepted.
+    let mut status = 0;
+    for _ in 0..50 {
+        status = h.post_json(&h.escalate_url("ops"), &payload).await.0;
+        if status != 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 202);
+}

@@ -179,6 +179,9 @@ pub enum AcceptError {
     Payload(PayloadProblem),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// As many runs as `server.max_active_runs` are executing: come back later.
+    #[error("{0} runs are executing, the most this server takes at once; send it again shortly")]
+    Overloaded(usize),
 }
 
 impl Engine {
@@ -268,6 +271,10 @@ impl Engine {
         body_text: &str,
         body: Value,
     ) -> Result<Accepted, AcceptError> {
+        let active = *self.inner.active_runs.borrow();
+        if active >= self.inner.server.max_active_runs {
+            return Err(AcceptError::Overloaded(active));
+        }
         let events = trigger::events(body).map_err(AcceptError::Payload)?;
         match self
             .accept_events(flow, query, body_text, events.clone())
@@ -518,7 +525,7 @@ impl Engine {
         self.inner.active_runs.send_modify(|n| *n += 1);
         let engine = self.clone();
         tokio::spawn(async move {
-            engine.execute_run(&flow, &run_id, trigger).await;
+            let finished = engine.execute_run(&flow, &run_id, trigger).await;
             engine
                 .inner
                 .running
@@ -526,6 +533,10 @@ impl Engine {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&run_id);
             engine.inner.active_runs.send_modify(|n| *n -= 1);
+            // Told last, so whoever waits for the run finds its room freed too.
+            if let Some(status) = finished {
+                let _ = engine.inner.finished.send((run_id, status));
+            }
         });
         true
     }
@@ -536,7 +547,15 @@ impl Engine {
     pub async fn resume_unfinished_runs(&self) -> Result<usize, StorageError> {
         let storage = &self.inner.storage;
         let node = &self.inner.node_id;
-        let claimable = storage.claimable_runs(node, now_ms(), 1000).await?;
+        // Only as many as this node has room for; the rest wait for another tick or node.
+        let room = self
+            .inner
+            .server
+            .max_active_runs
+            .saturating_sub(*self.inner.active_runs.borrow());
+        let claimable = storage
+            .claimable_runs(node, now_ms(), room.min(1000) as u32)
+            .await?;
         let mut resumed = 0;
         for (run_id, flow_id) in claimable {
             if self.is_running_here(&run_id) {

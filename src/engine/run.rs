@@ -245,11 +245,15 @@ impl Engine {
 
     /// Runs a stored run to its end, recording each step as it finishes. A run interrupted
     /// earlier continues: steps that succeeded are not run again, their outputs are reused.
-    pub(super) async fn execute_run(&self, loaded: &LoadedFlow, run_id: &str, trigger: Value) {
+    /// Returns the status when the run finished here.
+    pub(super) async fn execute_run(
+        &self,
+        loaded: &LoadedFlow,
+        run_id: &str,
+        trigger: Value,
+    ) -> Option<RunStatus> {
         match self.try_execute_run(&loaded.flow, run_id, trigger).await {
-            Ok(RunEnd::Finished(status)) => {
-                let _ = self.inner.finished.send((run_id.to_owned(), status));
-            }
+            Ok(RunEnd::Finished(status)) => return Some(status),
             Ok(RunEnd::Interrupted) => {
                 self.inner.metrics.count_interrupted();
                 // Another node may take it at once; this one resumes it on its next start.
@@ -271,6 +275,7 @@ impl Engine {
                 tracing::error!(%run_id, error = %e, "Storage failed during a run; the run was interrupted.");
             }
         }
+        None
     }
 
     async fn try_execute_run(

@@ -22,6 +22,8 @@ pub enum ErrorCode {
     NotFound,
     MethodNotAllowed,
     StorageUnavailable,
+    /// Too many runs executing; 503 with Retry-After.
+    Overloaded,
     Internal,
 }
 
@@ -52,6 +54,7 @@ impl ErrorCode {
             ErrorCode::StorageUnavailable => {
                 ("storage_unavailable", StatusCode::SERVICE_UNAVAILABLE)
             }
+            ErrorCode::Overloaded => ("overloaded", StatusCode::SERVICE_UNAVAILABLE),
             ErrorCode::Internal => ("internal", StatusCode::INTERNAL_SERVER_ERROR),
         }
     }

@@ -177,6 +177,15 @@ pub(super) async fn receive(
         Err(AcceptError::UnknownFlow(id)) => {
             ApiError::new(ErrorCode::UnknownFlow, format!("no flow with id `{id}`")).into_response()
         }
+        Err(AcceptError::Overloaded(active)) => {
+            tracing::warn!(flow_id = %flow_id, active, "Overloaded: a trigger request was turned away.");
+            let mut error = ApiError::new(
+                ErrorCode::Overloaded,
+                "this server is running as many flows as it takes at once (server.max_active_runs); the request was not accepted, send it again",
+            );
+            error.retry_after = Some(1);
+            error.into_response()
+        }
         Err(AcceptError::Storage(e)) => {
             tracing::error!(flow_id = %flow_id, error = %e, "Could not store a trigger request.");
             ApiError::new(
