@@ -188,9 +188,7 @@ async fn steps_keep_every_attempt_and_replays_reuse_outputs() {
         )
         .await
         .unwrap();
-        s.record_attempt("r1", "create", &attempt(2, AttemptOutcome::Adopted))
-            .await
-            .unwrap();
+        // The last attempt is written with the step's end.
         s.finish_step(
             "r1",
             "create",
@@ -200,6 +198,7 @@ async fn steps_keep_every_attempt_and_replays_reuse_outputs() {
                 error: None,
                 exchanges: Vec::new(),
                 finished_at_ms: 1004,
+                attempt: Some(attempt(2, AttemptOutcome::Adopted)),
             },
         )
         .await

@@ -295,6 +295,8 @@ impl Engine {
         body_text: &str,
         events: Vec<serde_json::Map<String, Value>>,
     ) -> Result<Accepted, AcceptError> {
+        // Before any lease below is computed: the claims are no older than this.
+        let claimed = std::time::Instant::now();
         let request_id = new_id();
         let received_at_ms = now_ms();
         let received_at = format_ms(received_at_ms);
@@ -403,7 +405,7 @@ impl Engine {
         TriggerCounters::count(counter);
         let run_ids = runs.iter().map(|r| r.id.clone()).collect();
         for run in runs {
-            self.spawn_run(flow.clone(), run.id, run.trigger);
+            self.spawn_run(flow.clone(), run.id, run.trigger, claimed);
         }
         Ok(Accepted {
             request_id,
@@ -512,7 +514,15 @@ impl Engine {
     }
 
     /// Executes a run in the background, unless this process is already executing it.
-    fn spawn_run(&self, flow: Arc<LoadedFlow>, run_id: String, trigger: Value) -> bool {
+    /// `claimed`: when this node's claim on the run was taken (no later than the moment its
+    /// lease was computed), so the run knows how long the claim holds without renewing it.
+    fn spawn_run(
+        &self,
+        flow: Arc<LoadedFlow>,
+        run_id: String,
+        trigger: Value,
+        claimed: std::time::Instant,
+    ) -> bool {
         if !self
             .inner
             .running
@@ -525,7 +535,7 @@ impl Engine {
         self.inner.active_runs.send_modify(|n| *n += 1);
         let engine = self.clone();
         tokio::spawn(async move {
-            let finished = engine.execute_run(&flow, &run_id, trigger).await;
+            let finished = engine.execute_run(&flow, &run_id, trigger, claimed).await;
             engine
                 .inner
                 .running
@@ -565,6 +575,7 @@ impl Engine {
                 tracing::warn!(%run_id, %flow_id, "An unfinished run's flow is not loaded; it waits until the flow is back.");
                 continue;
             };
+            let claimed = std::time::Instant::now();
             if !storage
                 .claim_run(&run_id, node, self.lease_until(), now_ms())
                 .await?
@@ -574,7 +585,7 @@ impl Engine {
             let Some(detail) = storage.get_run(&run_id).await? else {
                 continue;
             };
-            if self.spawn_run(flow, run_id, detail.trigger) {
+            if self.spawn_run(flow, run_id, detail.trigger, claimed) {
                 resumed += 1;
             }
         }
@@ -761,6 +772,7 @@ impl Engine {
                     .collect()
             }
         };
+        let claimed = std::time::Instant::now();
         let run = NewRun {
             id: new_id(),
             flow_id: old.summary.flow_id.clone(),
@@ -775,7 +787,7 @@ impl Engine {
         storage
             .create_replay(&run, old.summary.request_id.as_deref(), run_id, &reused)
             .await?;
-        self.spawn_run(flow, run.id.clone(), run.trigger);
+        self.spawn_run(flow, run.id.clone(), run.trigger, claimed);
         Ok(run.id)
     }
 

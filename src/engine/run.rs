@@ -251,8 +251,12 @@ impl Engine {
         loaded: &LoadedFlow,
         run_id: &str,
         trigger: Value,
+        claimed: Instant,
     ) -> Option<RunStatus> {
-        match self.try_execute_run(&loaded.flow, run_id, trigger).await {
+        match self
+            .try_execute_run(&loaded.flow, run_id, trigger, claimed)
+            .await
+        {
             Ok(RunEnd::Finished(status)) => return Some(status),
             Ok(RunEnd::Interrupted) => {
                 self.inner.metrics.count_interrupted();
@@ -283,6 +287,7 @@ impl Engine {
         flow: &ValidatedFlow,
         run_id: &str,
         trigger: Value,
+        claimed: Instant,
     ) -> Result<RunEnd, StorageError> {
         let storage = &self.inner.storage;
         let earlier: HashMap<String, StepRunRecord> = storage
@@ -296,6 +301,7 @@ impl Engine {
                     .collect()
             })
             .unwrap_or_default();
+        let mut claim = claimed;
         storage.start_run(run_id, now_ms()).await?;
         let mut data = initial_data(flow, trigger);
         // Steps still to run, next first; a branching step puts its chosen path in front.
@@ -310,7 +316,7 @@ impl Engine {
                         return Ok(RunEnd::Interrupted);
                     }
                     match self
-                        .execute_step(flow, run_id, step, position, &data, before)
+                        .execute_step(flow, run_id, step, position, &data, before, &mut claim)
                         .await?
                     {
                         StepEnd::Succeeded(outputs) => outputs,
@@ -353,6 +359,7 @@ impl Engine {
 
     /// Runs one step's attempts until it succeeds, fails for good, or the engine shuts down.
     /// Every attempt is recorded before it sends (the intent) and after it ends.
+    #[allow(clippy::too_many_arguments)] // the run's state, passed down rather than bundled
     async fn execute_step(
         &self,
         flow: &ValidatedFlow,
@@ -361,6 +368,7 @@ impl Engine {
         position: usize,
         data: &Value,
         before: Option<&StepRunRecord>,
+        claim: &mut Instant,
     ) -> Result<StepEnd, StorageError> {
         let storage = &self.inner.storage;
         let type_name = step.step.step.type_name();
@@ -384,6 +392,7 @@ impl Engine {
                     error: Some((failure.code.to_owned(), failure.message.clone())),
                     exchanges: Vec::new(),
                     finished_at_ms: now_ms(),
+                    attempt: None,
                 };
                 storage.finish_step(run_id, &step.id, &outcome).await?;
                 return Ok(StepEnd::Failed(failure.message));
@@ -401,7 +410,7 @@ impl Engine {
         let mut exchanges = before.map(|s| s.exchanges.clone()).unwrap_or_default();
         loop {
             // Fencing: a node whose claim was taken over must not send anything more.
-            if !self.renew_claim(run_id).await? {
+            if !self.renew_claim(run_id, claim).await? {
                 return Ok(StepEnd::LostClaim);
             }
             attempt += 1;
@@ -464,13 +473,14 @@ impl Engine {
                         self.inner.metrics.count_adopted(type_name);
                         tracing::info!(%run_id, step = %step.id, "Found what an earlier attempt created; adopted it instead of sending again.");
                     }
-                    storage.record_attempt(run_id, &step.id, &record).await?;
+                    // The attempt goes into the log with the step's end: one write.
                     let outcome = StepOutcome {
                         status: StepStatus::Succeeded,
                         outputs: Some(outputs.clone()),
                         error: None,
                         exchanges,
                         finished_at_ms: record.finished_at_ms,
+                        attempt: Some(record),
                     };
                     storage.finish_step(run_id, &step.id, &outcome).await?;
                     return Ok(StepEnd::Succeeded(outputs));
@@ -495,7 +505,6 @@ impl Engine {
                     record.error = Some(message.clone());
                     record.retry_in_ms = delay.map(|d| d.as_millis() as u64);
                     record.outcome_unknown = uncertain;
-                    storage.record_attempt(run_id, &step.id, &record).await?;
                     let Some(delay) = delay else {
                         let message = if attempt > 1 {
                             format!("{message} (attempt {attempt} of {})", policy.max_attempts)
@@ -509,10 +518,12 @@ impl Engine {
                             error: Some((error.code().to_owned(), message.clone())),
                             exchanges,
                             finished_at_ms: now_ms(),
+                            attempt: Some(record),
                         };
                         storage.finish_step(run_id, &step.id, &outcome).await?;
                         return Ok(StepEnd::Failed(message));
                     };
+                    storage.record_attempt(run_id, &step.id, &record).await?;
                     self.inner.metrics.count_retry(type_name);
                     tracing::info!(%run_id, step = %step.id, attempt, delay_ms = delay.as_millis() as u64, "{message}; trying again");
                     // Long waits keep the claim alive, renewing every half lease.
@@ -527,7 +538,7 @@ impl Engine {
                         if tokio::time::Instant::now() >= deadline {
                             break;
                         }
-                        if !self.renew_claim(run_id).await? {
+                        if !self.renew_claim(run_id, claim).await? {
                             return Ok(StepEnd::LostClaim);
                         }
                     }
@@ -536,13 +547,24 @@ impl Engine {
         }
     }
 
-    /// Extends this node's claim on the run; false when another node holds it now.
-    async fn renew_claim(&self, run_id: &str) -> Result<bool, StorageError> {
+    /// Extends this node's claim on the run; false when another node holds it now. A claim
+    /// renewed less than a quarter lease ago (`claimed`) still has three quarters to run, so no
+    /// other node can hold it: that saves a write per step.
+    async fn renew_claim(&self, run_id: &str, claimed: &mut Instant) -> Result<bool, StorageError> {
+        if claimed.elapsed() < self.inner.lease / 4 {
+            return Ok(true);
+        }
+        let renewed_at = Instant::now();
         let until = now_ms() + self.inner.lease.as_millis() as i64;
-        self.inner
+        let held = self
+            .inner
             .storage
             .renew_run_lease(run_id, &self.inner.node_id, until)
-            .await
+            .await?;
+        if held {
+            *claimed = renewed_at;
+        }
+        Ok(held)
     }
 
     pub(super) fn is_shutting_down(&self) -> bool {

@@ -178,6 +178,8 @@ pub struct StepOutcome {
     pub error: Option<(String, String)>,
     pub exchanges: Vec<ExchangeRecord>,
     pub finished_at_ms: i64,
+    /// The attempt that ended the step, appended to its attempt log in the same write.
+    pub attempt: Option<AttemptRecord>,
 }
 
 /// A run as listed.

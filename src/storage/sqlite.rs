@@ -269,8 +269,13 @@ impl Storage for SqliteStorage {
     ) -> Result<(), StorageError> {
         let exchanges =
             serde_json::to_string(&outcome.exchanges).expect("exchange records serialize");
+        let attempt = outcome
+            .attempt
+            .as_ref()
+            .map(|a| serde_json::to_string(a).expect("attempt records serialize"));
         sqlx::query(
-            "UPDATE step_runs SET status = $3, outputs = $4, error_code = $5, error = $6, exchanges = $7, finished_at_ms = $8
+            "UPDATE step_runs SET status = $3, outputs = $4, error_code = $5, error = $6, exchanges = $7, finished_at_ms = $8,
+                    attempt_log = CASE WHEN $9 IS NULL THEN attempt_log ELSE json_insert(coalesce(attempt_log, '[]'), '$[#]', json($9)) END
              WHERE run_id = $1 AND step_id = $2",
         )
         .bind(run_id)
@@ -281,6 +286,7 @@ impl Storage for SqliteStorage {
         .bind(outcome.error.as_ref().map(|e| e.1.as_str()))
         .bind(exchanges)
         .bind(outcome.finished_at_ms)
+        .bind(attempt)
         .execute(&self.pool)
         .await?;
         Ok(())
