@@ -75,6 +75,14 @@ struct Args {
     /// Skip the plain-axum baseline.
     #[arg(long)]
     no_baseline: bool,
+    /// Run on PostgreSQL instead of SQLite: a fresh database is created through this admin
+    /// URL for each measurement (e.g. postgres://postgres@127.0.0.1:5432/test) and dropped after.
+    #[arg(long)]
+    database: Option<String>,
+    /// Serve with this many `haloflow serve` nodes on the one database (PostgreSQL for more
+    /// than one); the connections are spread over them. Figures add the nodes' CPU.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
     /// Give up the drain after this many seconds without a completed run.
     #[arg(long, default_value_t = 30)]
     stall_secs: u64,
@@ -725,7 +733,7 @@ impl PhaseResult {
 /// Drives webhooks at `connections` connections for `duration`. Each webhook's ticket is
 /// created in the Halo emulator first (a fresh id), and carries a fresh delivery id.
 async fn drive(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     emulators: &Emulators,
     connections: usize,
     duration: Duration,
@@ -735,7 +743,8 @@ async fn drive(
     let deadline = started + duration;
     let template = Arc::new(ticket_template());
     let mut tasks = Vec::new();
-    for _ in 0..connections {
+    for i in 0..connections {
+        let addr = addrs[i % addrs.len()];
         let halo = emulators.halo.clone();
         let template = template.clone();
         let sequence = sequence.clone();
@@ -840,7 +849,7 @@ async fn run_baseline(args: &Args, emulators: &Emulators, dir: &Path) -> Figures
     let server = Server::start(command, args.pin, None, &dir.join("baseline.log"));
     let sequence = Arc::new(AtomicU64::new(0));
     drive(
-        server.addr,
+        &[server.addr],
         emulators,
         args.connections,
         Duration::from_secs(args.warmup),
@@ -851,7 +860,7 @@ async fn run_baseline(args: &Args, emulators: &Emulators, dir: &Path) -> Figures
     let cpu0 = cpu_ms(server.pid);
     let self0 = cpu_ms(std::process::id());
     let result = drive(
-        server.addr,
+        &[server.addr],
         emulators,
         args.connections,
         Duration::from_secs(args.duration),
@@ -936,26 +945,48 @@ async fn run_haloflow(args: &Args, emulators: &Emulators, dir: &Path, durability
         .server_bin
         .clone()
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_haloflow")));
-    let mut command = Command::new(bin);
-    command
-        .arg("serve")
-        .arg("--flows")
-        .arg(&flows)
-        .arg("--data")
-        .arg(dir.join("data"))
-        .arg("--config")
-        .arg(&config)
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .env("HALOFLOW_LOG", "haloflow=warn");
-    let log = dir.join("server.log");
-    let server = Server::start(command, args.pin, args.server_wrap.as_deref(), &log);
+    let database = match &args.database {
+        Some(admin) => Some(create_database(admin).await),
+        None => None,
+    };
+    let mut servers = Vec::new();
+    for node in 0..args.nodes.max(1) {
+        let mut command = Command::new(&bin);
+        command
+            .arg("serve")
+            .arg("--flows")
+            .arg(&flows)
+            .arg("--data")
+            .arg(dir.join(format!("data-{node}")))
+            .arg("--config")
+            .arg(&config)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--node-id")
+            .arg(format!("load-{node}"))
+            .env("HALOFLOW_LOG", "haloflow=warn");
+        if let Some((url, _)) = &database {
+            command.arg("--database").arg(url);
+        }
+        let log = dir.join(format!("server-{node}.log"));
+        servers.push(Server::start(
+            command,
+            args.pin,
+            args.server_wrap.as_deref(),
+            &log,
+        ));
+    }
+    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
+    let pids: Vec<u32> = servers.iter().map(|s| s.pid).collect();
+    let server_cpu = |pids: &[u32]| pids.iter().map(|p| cpu_ms(*p)).sum::<f64>();
+    let server = &servers[0];
+    let log = dir.join("server-0.log");
     let counters = &emulators.counters;
     let stall = Duration::from_secs(args.stall_secs);
 
     let sequence = Arc::new(AtomicU64::new(0));
     let warmup = drive(
-        server.addr,
+        &addrs,
         emulators,
         args.connections,
         Duration::from_secs(args.warmup),
@@ -966,7 +997,7 @@ async fn run_haloflow(args: &Args, emulators: &Emulators, dir: &Path, durability
     let before = settle(server.addr, stall).await;
     let rss_after_warmup = status_kb(server.pid, "VmRSS");
     let done_before = counters.incidents.load(Ordering::Relaxed);
-    let cpu0 = cpu_ms(server.pid);
+    let cpu0 = server_cpu(&pids);
     let self0 = cpu_ms(std::process::id());
     let t0_us = emulators.epoch.elapsed().as_micros() as u64;
     let profiler = args.on_measure.as_deref().map(|text| {
@@ -989,7 +1020,7 @@ async fn run_haloflow(args: &Args, emulators: &Emulators, dir: &Path, durability
         })
     };
     let result = drive(
-        server.addr,
+        &addrs,
         emulators,
         args.connections,
         Duration::from_secs(args.duration),
@@ -1003,7 +1034,7 @@ async fn run_haloflow(args: &Args, emulators: &Emulators, dir: &Path, durability
     drain(emulators, warmup.count(202) + result.count(202), stall).await;
     let statuses = settle(server.addr, stall).await;
     let drain_s = drain_started.elapsed().as_secs_f64();
-    let cpu = cpu_ms(server.pid) - cpu0;
+    let cpu = server_cpu(&pids) - cpu0;
     let self_cpu = cpu_ms(std::process::id()) - self0;
     if let Some(mut profiler) = profiler {
         let _ = Command::new("kill")
@@ -1035,7 +1066,11 @@ async fn run_haloflow(args: &Args, emulators: &Emulators, dir: &Path, durability
         p999_ms: result.percentile_ms(99.9),
         max_ms: result.percentile_ms(100.0),
         cpu_ms_per_run: cpu / completed.max(1) as f64,
-        peak_rss_mb: mb(status_kb(server.pid, "VmHWM")),
+        peak_rss_mb: mb(pids
+            .iter()
+            .map(|p| status_kb(*p, "VmHWM"))
+            .max()
+            .unwrap_or(0)),
         rss_after_warmup_mb: mb(rss_after_warmup),
         rss_end_mb: mb(status_kb(server.pid, "VmRSS")),
         rss_load_mb: (
@@ -1050,7 +1085,12 @@ async fn run_haloflow(args: &Args, emulators: &Emulators, dir: &Path, durability
         load_core_share: self_cpu / 1000.0 / (secs + drain_s),
         failed_runs,
     };
-    server.stop().await;
+    for server in servers {
+        server.stop().await;
+    }
+    if let Some((_, drop)) = database {
+        drop.await;
+    }
     let held = emulators.servicenow.records("incident").len() as u64;
     let counted = counters.incidents.load(Ordering::Relaxed);
     if held != counted {
@@ -1065,6 +1105,47 @@ async fn run_haloflow(args: &Args, emulators: &Emulators, dir: &Path, durability
         println!("  server log: {line}");
     }
     figures
+}
+
+/// A fresh PostgreSQL database for one measurement: its URL, and a future that drops it.
+async fn create_database(
+    admin: &str,
+) -> (
+    String,
+    std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
+) {
+    use sqlx::Connection;
+    let name = format!(
+        "haloflow_load_{}",
+        std::process::id() as u64 * 1000 + rand_suffix()
+    );
+    let mut connection = sqlx::PgConnection::connect(admin)
+        .await
+        .unwrap_or_else(|e| panic!("--database {admin}: {e}"));
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut connection)
+        .await
+        .expect("create the benchmark database");
+    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(admin);
+    let url = format!("{base}/{name}");
+    let admin = admin.to_owned();
+    let drop = Box::pin(async move {
+        if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut c)
+            .await;
+        }
+    });
+    (url, drop)
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64 % 1000)
+        .unwrap_or(0)
 }
 
 // ---------------------------------------------------------------------------------------------
