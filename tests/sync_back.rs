@@ -368,6 +368,18 @@ async fn supplier_webhooks_never_create_tickets_and_bad_signatures_are_refused()
     );
     let (status, _) = w.acme_hook(json!({"table": "incident"})).await;
     assert_eq!(status, 400, "a body that names no record");
+    // Values go into an encoded query: anything but a sys_id is refused, not queried.
+    let (status, error) = w
+        .acme_hook(json!({"table": "incident", "sys_id": "x^ORactive=true"}))
+        .await;
+    assert_eq!(status, 400, "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("`sys_id`")
+    );
+    assert!(w.acme.requests().is_empty());
 }
 
 #[tokio::test]
@@ -573,4 +585,42 @@ async fn a_failed_scan_resumes_without_duplicates_and_runs_on_one_node_at_a_time
         .await
         .unwrap();
     assert!(skipped.is_none());
+}
+
+#[tokio::test]
+async fn a_ticket_whose_answer_was_lost_is_adopted_not_created_twice() {
+    let w = World::new(100).await;
+    let sys_id = w.incident(json!({}));
+    w.halo.inject(
+        "POST",
+        "/api/Tickets",
+        haloflow::emulator::Fault::ResetAfterProcessing,
+        1,
+    );
+    let (status, answer) = w
+        .acme_hook(json!({"table": "incident", "sys_id": sys_id}))
+        .await;
+    assert_eq!(status, 502, "{answer}");
+    assert_eq!(
+        w.halo.tickets().len(),
+        1,
+        "Halo made it; the answer was lost"
+    );
+    // ServiceNow sends it again (or the integrator finds it): the ticket is adopted.
+    let (status, answer) = w
+        .acme_hook(json!({"table": "incident", "sys_id": sys_id}))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["action"], "created_ticket");
+    assert_eq!(w.halo.tickets().len(), 1);
+    let link = w
+        .storage
+        .link_for_record("customers/12", &sys_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        Some(link.halo_ticket_id),
+        w.halo.tickets()[0]["id"].as_i64()
+    );
 }

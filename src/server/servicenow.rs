@@ -121,6 +121,42 @@ pub(super) async fn receive(
     let table = field(&webhook.table_field);
     let sys_id = field(&webhook.sys_id_field);
     let number = field(&webhook.number_field);
+    // The values go into an encoded query: only the characters those names have.
+    let plain = |v: &str, hex: bool| {
+        !v.is_empty()
+            && v.len() <= 100
+            && v.chars().all(|c| {
+                if hex {
+                    c.is_ascii_hexdigit()
+                } else {
+                    c.is_ascii_alphanumeric() || c == '_' || c == '-'
+                }
+            })
+    };
+    for (name, value, hex) in [
+        (&webhook.table_field, table, false),
+        (&webhook.sys_id_field, sys_id, true),
+        (&webhook.number_field, number, false),
+    ] {
+        if let Some(value) = value
+            && !plain(value, hex)
+        {
+            let message = format!(
+                "`{name}`: `{}` is not a ServiceNow {}",
+                value.chars().take(40).collect::<String>(),
+                if hex {
+                    "sys_id (32 hex digits)"
+                } else {
+                    "name (letters, digits, _ and -)"
+                }
+            );
+            return reject(
+                ApiError::new(ErrorCode::InvalidPayload, message),
+                Some(text),
+            )
+            .await;
+        }
+    }
     if !(table.is_some() && sys_id.is_some()) && number.is_none() {
         let message = format!(
             "the body names no record: send `{}` and `{}`, or `{}`",

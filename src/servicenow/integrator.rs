@@ -111,6 +111,12 @@ impl SyncBack {
                     .map(str::to_owned)
             };
             let last = page.last().and_then(updated);
+            if last.is_none() && !page.is_empty() {
+                // Without the stamp the watermark cannot move: stop rather than loop.
+                return Err(StepError::Response(format!(
+                    "{table}: a record came back without sys_updated_on; the scan stops here"
+                )));
+            }
             let at_last = page.iter().filter(|r| updated(r) == last).count();
             for record in page {
                 report.records += 1;

@@ -188,9 +188,11 @@ impl SyncBack {
                     .await
                     .map_err(storage_error)?;
                 if !first {
-                    outcome.action = SyncAction::Duplicate;
-                    outcome.reason = Some("its ticket is being created".into());
-                    return Ok(outcome);
+                    // Another delivery is creating its ticket right now: this version is
+                    // released (the caller's error path) and applied by a later delivery or scan.
+                    return Err(StepError::Failed(
+                        "the record's Halo ticket is being created by another delivery; this change is applied on the next one".into(),
+                    ));
                 }
                 match self.create_ticket(sn, table, sys_id, record, &http).await {
                     Ok((link, fields)) => {
@@ -275,11 +277,30 @@ impl SyncBack {
                 body.insert("team".into(), json!(team));
             }
         }
-        body.insert(
-            "third_party_id".into(),
-            json!(format!("servicenow:{}:{sys_id}", sn.key())),
-        );
-        let ticket = halo.post_one(http, "Tickets", Value::Object(body)).await?;
+        let key = format!("servicenow:{}:{sys_id}", sn.key());
+        body.insert("third_party_id".into(), json!(key));
+        // An earlier attempt may have created it and lost the answer: adopt it if so.
+        let earlier = halo
+            .get(
+                http,
+                &format!(
+                    "Tickets?search={}&count=10",
+                    crate::outbound::encode_component(&key)
+                ),
+            )
+            .await?;
+        let found = earlier
+            .get("tickets")
+            .and_then(Value::as_array)
+            .and_then(|t| {
+                t.iter()
+                    .find(|t| t.get("third_party_id").and_then(Value::as_str) == Some(key.as_str()))
+                    .cloned()
+            });
+        let ticket = match found {
+            Some(ticket) => ticket,
+            None => halo.post_one(http, "Tickets", Value::Object(body)).await?,
+        };
         let ticket_id = ticket
             .get("id")
             .and_then(mapping::halo_text)
