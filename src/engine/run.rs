@@ -429,27 +429,48 @@ impl Engine {
                 .await?;
             let http = Outbound::live(self.inner.http.clone());
             let context = self.step_context(flow, run_id, step, http.clone());
-            let mut adopted = false;
-            let mut lookup_failed = false;
-            let result = if !uncertain || resend == Resend::Safe {
-                step.step.step.execute(&context, inputs.clone()).await
-            } else if resend == Resend::LookUpFirst {
-                match step.step.step.find_previous(&context, &inputs).await {
-                    Ok(Some(outputs)) => {
-                        adopted = true;
-                        Ok(outputs)
+            let send_blind = !uncertain || resend == Resend::Safe;
+            let attempt_work = async {
+                if send_blind {
+                    (
+                        step.step.step.execute(&context, inputs.clone()).await,
+                        false,
+                        false,
+                    )
+                } else if resend == Resend::LookUpFirst {
+                    match step.step.step.find_previous(&context, &inputs).await {
+                        Ok(Some(outputs)) => (Ok(outputs), true, false),
+                        Ok(None) => (
+                            step.step.step.execute(&context, inputs.clone()).await,
+                            false,
+                            false,
+                        ),
+                        Err(e) => (Err(e), false, true),
                     }
-                    Ok(None) => step.step.step.execute(&context, inputs.clone()).await,
-                    Err(e) => {
-                        lookup_failed = true;
-                        Err(e)
+                } else {
+                    (
+                        Err(StepError::OutcomeUnknown(
+                            "an earlier attempt may have taken effect (its answer was lost) and this step cannot look it up, so it was not sent again. Check the target system, then replay the run from this step if nothing was done".to_owned(),
+                        )),
+                        false,
+                        false,
+                    )
+                }
+            };
+            // A long attempt keeps the claim alive: renewed every quarter lease while it runs.
+            tokio::pin!(attempt_work);
+            let (result, was_adopted, was_lookup_failure) = loop {
+                tokio::select! {
+                    done = &mut attempt_work => break done,
+                    () = tokio::time::sleep(self.inner.lease / 4) => {
+                        if !self.renew_claim(run_id, claim).await? {
+                            return Ok(StepEnd::LostClaim);
+                        }
                     }
                 }
-            } else {
-                Err(StepError::OutcomeUnknown(
-                    "an earlier attempt may have taken effect (its answer was lost) and this step cannot look it up, so it was not sent again. Check the target system, then replay the run from this step if nothing was done".to_owned(),
-                ))
             };
+            let adopted = was_adopted;
+            let lookup_failed = was_lookup_failure;
             let sent = http.exchanges();
             exchanges.extend(sent.iter().cloned());
             self.inner
