@@ -741,10 +741,11 @@ fn present(record: &Map<String, Value>, request: &RecordedRequest) -> Value {
     Value::Object(out)
 }
 
-/// An encoded query: `a=b^c>=d^ORe=f^ORDERBYx` (§1.2).
+/// An encoded query: `a=b^c>=d^ORe=f^NQg=h^ORDERBYx` (§1.2).
 struct Query {
-    /// Groups of alternatives; a record matches when every group has one matching condition.
-    groups: Vec<Vec<(String, String, String)>>,
+    /// Clauses joined by `^NQ` (a record matches when one clause does); each clause is groups
+    /// of alternatives, and matches when every group has one matching condition.
+    clauses: Vec<Vec<Vec<(String, String, String)>>>,
     order: Vec<(String, bool)>,
 }
 
@@ -765,10 +766,22 @@ const OPERATORS: &[&str] = &[
 
 fn parse_query(text: &str) -> Query {
     let mut query = Query {
-        groups: Vec::new(),
+        clauses: vec![Vec::new()],
         order: Vec::new(),
     };
     for term in text.split('^').filter(|t| !t.is_empty()) {
+        // `^NQ` starts a new clause with the condition that follows it.
+        let term = match term.strip_prefix("NQ") {
+            Some(rest) => {
+                query.clauses.push(Vec::new());
+                if rest.is_empty() {
+                    continue;
+                }
+                rest
+            }
+            None => term,
+        };
+        let groups = query.clauses.last_mut().expect("one clause at least");
         if let Some(field) = term.strip_prefix("ORDERBYDESC") {
             query.order.push((field.to_owned(), true));
             continue;
@@ -778,7 +791,7 @@ fn parse_query(text: &str) -> Query {
             continue;
         }
         let (alternative, term) = match term.strip_prefix("OR") {
-            Some(rest) if !query.groups.is_empty() => (true, rest),
+            Some(rest) if !groups.is_empty() => (true, rest),
             _ => (false, term),
         };
         // Field names are lower case; operators are symbols or upper-case words (LIKE, IN...).
@@ -793,9 +806,9 @@ fn parse_query(text: &str) -> Query {
             .unwrap_or("?");
         let value = rest.get(op.len()..).unwrap_or("").to_owned();
         let condition = (field.to_owned(), op.to_owned(), value);
-        match (alternative, query.groups.last_mut()) {
+        match (alternative, groups.last_mut()) {
             (true, Some(group)) => group.push(condition),
-            _ => query.groups.push(vec![condition]),
+            _ => groups.push(vec![condition]),
         }
     }
     query
@@ -803,7 +816,16 @@ fn parse_query(text: &str) -> Query {
 
 impl Query {
     fn matches(&self, record: &Map<String, Value>) -> bool {
-        self.groups.iter().all(|group| {
+        self.clauses
+            .iter()
+            .any(|groups| Self::clause_matches(groups, record))
+    }
+
+    fn clause_matches(
+        groups: &[Vec<(String, String, String)>],
+        record: &Map<String, Value>,
+    ) -> bool {
+        groups.iter().all(|group| {
             group.iter().any(|(field, op, value)| {
                 let actual = record.get(field).map(as_text).unwrap_or_default();
                 match op.as_str() {

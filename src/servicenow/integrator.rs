@@ -87,38 +87,36 @@ impl SyncBack {
         let key = sn.key();
         let storage_error =
             |e: crate::storage::StorageError| StepError::Failed(format!("the watermark: {e}"));
-        let mut watermark = match self
+        // A scan starts at the watermark's second, inclusive (`>=`: an update later in that
+        // same second is not lost; what was applied is de-duplicated). Within the scan, pages
+        // follow the last record read (time, then sys_id): keyset paging, so a record that
+        // changes mid-scan moves later and is read again instead of shifting an offset.
+        let stored = self
             .storage
             .watermark(&key, table)
             .await
-            .map_err(storage_error)?
-        {
-            Some(w) => w,
-            None => servicenow_time(first_scan_since_ms),
-        };
+            .map_err(storage_error)?;
+        let mut after_time = stored.unwrap_or_else(|| servicenow_time(first_scan_since_ms));
+        let mut after_id: Option<String> = None;
         let page_size = sn.config.integrator.page_size.max(1) as usize;
         let http = Outbound::live(self.client.clone());
-        // Records updated in the watermark's own second that an earlier page already covered.
-        let mut skip = 0usize;
         loop {
-            // `>=` loses no same-second update; ordering by time then sys_id keeps pages stable.
-            let query = format!("sys_updated_on>={watermark}^ORDERBYsys_updated_on^ORDERBYsys_id");
-            let page = sn.query_page(&http, table, &query, page_size, skip).await?;
-            let full = page.len() == page_size;
-            let updated = |r: &Value| {
-                r.get("sys_updated_on")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
+            let query = match &after_id {
+                None => format!("sys_updated_on>={after_time}^ORDERBYsys_updated_on^ORDERBYsys_id"),
+                Some(id) => format!(
+                    "sys_updated_on>{after_time}^NQsys_updated_on={after_time}^sys_id>{id}^ORDERBYsys_updated_on^ORDERBYsys_id"
+                ),
             };
-            let last = page.last().and_then(updated);
-            if last.is_none() && !page.is_empty() {
-                // Without the stamp the watermark cannot move: stop rather than loop.
-                return Err(StepError::Response(format!(
-                    "{table}: a record came back without sys_updated_on; the scan stops here"
-                )));
-            }
-            let at_last = page.iter().filter(|r| updated(r) == last).count();
+            let page = sn.query_page(&http, table, &query, page_size, 0).await?;
+            let full = page.len() == page_size;
             for record in page {
+                let text = |f: &str| record.get(f).and_then(Value::as_str).map(str::to_owned);
+                let (Some(time), Some(id)) = (text("sys_updated_on"), text("sys_id")) else {
+                    // Without them the watermark cannot move: stop rather than loop.
+                    return Err(StepError::Response(format!(
+                        "{table}: a record came back without sys_updated_on or sys_id; the scan stops here"
+                    )));
+                };
                 report.records += 1;
                 match self.sync_record(sn, table, &record).await {
                     Ok(outcome) => {
@@ -140,17 +138,12 @@ impl SyncBack {
                         return Ok(());
                     }
                 }
+                after_time = time;
+                after_id = Some(id);
             }
-            if let Some(last) = last {
-                if last == watermark {
-                    skip += at_last;
-                } else {
-                    // The next query starts at `last` again: skip what this page saw of it.
-                    skip = at_last;
-                    watermark = last;
-                }
+            if after_id.is_some() {
                 self.storage
-                    .set_watermark(&key, table, &watermark)
+                    .set_watermark(&key, table, &after_time)
                     .await
                     .map_err(storage_error)?;
             }
