@@ -405,7 +405,8 @@ impl Engine {
         TriggerCounters::count(counter);
         let run_ids = runs.iter().map(|r| r.id.clone()).collect();
         for run in runs {
-            self.spawn_run(flow.clone(), run.id, run.trigger, claimed);
+            // Just stored: no step has run, nothing to read back.
+            self.spawn_run(flow.clone(), run.id, run.trigger, claimed, true);
         }
         Ok(Accepted {
             request_id,
@@ -516,12 +517,14 @@ impl Engine {
     /// Executes a run in the background, unless this process is already executing it.
     /// `claimed`: when this node's claim on the run was taken (no later than the moment its
     /// lease was computed), so the run knows how long the claim holds without renewing it.
+    /// `fresh`: the run was just accepted, so it has no recorded steps to read back.
     fn spawn_run(
         &self,
         flow: Arc<LoadedFlow>,
         run_id: String,
         trigger: Value,
         claimed: std::time::Instant,
+        fresh: bool,
     ) -> bool {
         if !self
             .inner
@@ -535,7 +538,9 @@ impl Engine {
         self.inner.active_runs.send_modify(|n| *n += 1);
         let engine = self.clone();
         tokio::spawn(async move {
-            let finished = engine.execute_run(&flow, &run_id, trigger, claimed).await;
+            let finished = engine
+                .execute_run(&flow, &run_id, trigger, claimed, fresh)
+                .await;
             engine
                 .inner
                 .running
@@ -585,7 +590,7 @@ impl Engine {
             let Some(detail) = storage.get_run(&run_id).await? else {
                 continue;
             };
-            if self.spawn_run(flow, run_id, detail.trigger, claimed) {
+            if self.spawn_run(flow, run_id, detail.trigger, claimed, false) {
                 resumed += 1;
             }
         }
@@ -787,7 +792,7 @@ impl Engine {
         storage
             .create_replay(&run, old.summary.request_id.as_deref(), run_id, &reused)
             .await?;
-        self.spawn_run(flow, run.id.clone(), run.trigger, claimed);
+        self.spawn_run(flow, run.id.clone(), run.trigger, claimed, false);
         Ok(run.id)
     }
 

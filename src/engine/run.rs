@@ -252,9 +252,10 @@ impl Engine {
         run_id: &str,
         trigger: Value,
         claimed: Instant,
+        fresh: bool,
     ) -> Option<RunStatus> {
         match self
-            .try_execute_run(&loaded.flow, run_id, trigger, claimed)
+            .try_execute_run(&loaded.flow, run_id, trigger, claimed, fresh)
             .await
         {
             Ok(RunEnd::Finished(status)) => return Some(status),
@@ -288,19 +289,25 @@ impl Engine {
         run_id: &str,
         trigger: Value,
         claimed: Instant,
+        fresh: bool,
     ) -> Result<RunEnd, StorageError> {
         let storage = &self.inner.storage;
-        let earlier: HashMap<String, StepRunRecord> = storage
-            .get_run(run_id)
-            .await?
-            .map(|detail| {
-                detail
-                    .steps
-                    .into_iter()
-                    .map(|s| (s.step_id.clone(), s))
-                    .collect()
-            })
-            .unwrap_or_default();
+        // A resumed or replayed run reuses the steps it already finished.
+        let earlier: HashMap<String, StepRunRecord> = if fresh {
+            HashMap::new()
+        } else {
+            storage
+                .get_run(run_id)
+                .await?
+                .map(|detail| {
+                    detail
+                        .steps
+                        .into_iter()
+                        .map(|s| (s.step_id.clone(), s))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
         let mut claim = claimed;
         storage.start_run(run_id, now_ms()).await?;
         let mut data = initial_data(flow, trigger);
