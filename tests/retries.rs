@@ -401,6 +401,13 @@ async fn metrics_parse_as_prometheus_text() {
         assert!(n >= last, "buckets are cumulative");
         last = n;
     }
+    // Every write of the run went through the group-commit writer.
+    let writes = get("haloflow_storage_writes_total");
+    let commits = get("haloflow_storage_commits_total");
+    assert!(
+        writes >= 8.0 && commits >= 1.0 && commits <= writes,
+        "{writes} writes, {commits} commits"
+    );
 }
 
 #[tokio::test]

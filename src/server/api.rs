@@ -272,6 +272,22 @@ pub(super) async fn metrics(State(engine): State<Engine>) -> Response {
         }
         Err(e) => tracing::warn!(error = %e, "Metrics: could not count runs."),
     }
+    if let Some(stats) = engine.storage().write_stats() {
+        family(
+            &mut text,
+            "haloflow_storage_writes_total",
+            "counter",
+            "Database writes since start.",
+        );
+        let _ = writeln!(text, "haloflow_storage_writes_total {}", stats.writes);
+        family(
+            &mut text,
+            "haloflow_storage_commits_total",
+            "counter",
+            "Database transactions the writes were committed in (group commit), since start.",
+        );
+        let _ = writeln!(text, "haloflow_storage_commits_total {}", stats.commits);
+    }
     let state = engine.metrics();
     family(
         &mut text,

@@ -1,6 +1,7 @@
 //! Persistence of trigger requests, runs and step runs behind one trait. SQLite is the embedded
 //! default; each backend has its own implementation and its own migrations folder.
 
+mod group_commit;
 mod postgres;
 mod rows;
 mod sqlite;
@@ -9,6 +10,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use group_commit::WriteStats;
 pub use postgres::PostgresStorage;
 pub use sqlite::{DATABASE_FILE, Durability, SqliteStorage};
 
@@ -33,6 +35,11 @@ pub enum StorageError {
     Unsupported(&'static str),
     #[error("unsupported database URL `{0}`; use sqlite://<file> or postgres://user@host/db")]
     UnknownUrl(String),
+    /// The batch this write was committed in failed (see `group_commit`).
+    #[error("database write failed: {0}")]
+    Batch(std::sync::Arc<sqlx::Error>),
+    #[error("the database writer has stopped")]
+    WriterStopped,
     #[error("stored {what} is not valid JSON: {source}")]
     Corrupt {
         what: &'static str,
@@ -46,6 +53,7 @@ impl StorageError {
         matches!(
             self,
             StorageError::Conflict
+                | StorageError::Batch(_)
                 | StorageError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_))
         )
     }
@@ -523,6 +531,10 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<(), StorageError>;
     /// The last scan of each instance: (instance, started, finished, result).
     async fn scans(&self) -> Result<Vec<(String, i64, i64, Value)>, StorageError>;
+    /// Writes and the commits they took (a backend that groups commits); `None` otherwise.
+    fn write_stats(&self) -> Option<WriteStats> {
+        None
+    }
     /// True when several nodes may share this database: flood control then lives in it.
     fn is_shared(&self) -> bool {
         false

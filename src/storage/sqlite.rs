@@ -11,6 +11,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+use super::group_commit::{GroupCommit, Work};
 use super::rows::{
     LINK_COLUMNS, RUN_COLUMNS, STEP_COLUMNS, conflict_or, flood_record, link as link_row,
     parse_json, request_record, run_summary, step_run, to_json_text,
@@ -26,9 +27,12 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 /// The file name inside the data directory.
 pub const DATABASE_FILE: &str = "haloflow.db";
 
+/// Reads go through `pool`; writes through `writer`, one connection that commits them in
+/// batches (see `group_commit`), or, without it (in memory), one transaction each on `pool`.
 #[derive(Debug, Clone)]
 pub struct SqliteStorage {
     pool: SqlitePool,
+    writer: Option<GroupCommit>,
 }
 
 /// What a commit survives before the webhook is answered.
@@ -77,7 +81,7 @@ impl SqliteStorage {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(SqliteStorage { pool })
+        Ok(SqliteStorage { pool, writer: None })
     }
 
     /// Opens a `sqlite://` URL.
@@ -101,27 +105,77 @@ impl SqliteStorage {
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(SqliteStorage { pool })
+        let writer = GroupCommit::start(
+            <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&options).await?,
+        );
+        Ok(SqliteStorage {
+            pool,
+            writer: Some(writer),
+        })
     }
 
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
 
-    /// A write transaction that takes the write lock at once (`BEGIN IMMEDIATE`): a deferred
-    /// one that reads first fails with "database is locked" when another connection writes in
+    /// Runs `work` in a write transaction and returns once it committed. `atomic`: `work` has
+    /// several statements (they commit together or not at all). Without the group-commit
+    /// writer, the transaction takes the write lock at once (`BEGIN IMMEDIATE`): a deferred one
+    /// that reads first fails with "database is locked" when another connection writes in
     /// between, which the busy timeout cannot wait out.
-    async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StorageError> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    async fn write<T: Send + 'static>(
+        &self,
+        atomic: bool,
+        work: Work<T>,
+    ) -> Result<T, StorageError> {
+        match &self.writer {
+            Some(writer) => writer.write(atomic, work).await,
+            None => {
+                let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+                let value = work(&mut tx).await?;
+                tx.commit().await?;
+                Ok(value)
+            }
+        }
+    }
+}
+
+/// A run's columns, owned, with its trigger outputs as stored text (a write outlives the
+/// caller's borrow).
+struct RunRow {
+    id: String,
+    flow_id: String,
+    event_index: i64,
+    trigger: String,
+    created_at_ms: i64,
+    correlation_key: Option<String>,
+    delivery_id: Option<String>,
+    owner: Option<String>,
+    lease_until_ms: Option<i64>,
+}
+
+impl RunRow {
+    fn of(run: &NewRun) -> RunRow {
+        RunRow {
+            id: run.id.clone(),
+            flow_id: run.flow_id.clone(),
+            event_index: run.event_index as i64,
+            trigger: to_json_text(&run.trigger),
+            created_at_ms: run.created_at_ms,
+            correlation_key: run.correlation_key.clone(),
+            delivery_id: run.delivery_id.clone(),
+            owner: run.owner.clone(),
+            lease_until_ms: run.lease_until_ms,
+        }
     }
 }
 
 async fn insert_run(
     conn: &mut sqlx::SqliteConnection,
-    run: &NewRun,
+    run: &RunRow,
     request_id: Option<&str>,
     replay_of: Option<&str>,
 ) -> Result<(), StorageError> {
@@ -133,8 +187,8 @@ async fn insert_run(
     .bind(&run.id)
     .bind(request_id)
     .bind(&run.flow_id)
-    .bind(run.event_index as i64)
-    .bind(to_json_text(&run.trigger))
+    .bind(run.event_index)
+    .bind(&run.trigger)
     .bind(run.created_at_ms)
     .bind(run.correlation_key.as_deref())
     .bind(run.delivery_id.as_deref())
@@ -155,43 +209,68 @@ impl Storage for SqliteStorage {
         runs: &[NewRun],
         suppressed: &[NewSuppressed],
     ) -> Result<(), StorageError> {
-        let mut tx = self.write().await?;
-        insert_request(&mut tx, request, "accepted").await?;
-        for run in runs {
-            insert_run(&mut tx, run, Some(&request.id), None).await?;
-        }
-        for event in suppressed {
-            sqlx::query(
-                "INSERT INTO suppressed_events
-                    (request_id, event_index, flow_id, correlation_key, parent_request_id, received_at_ms, delivery_id)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(&request.id)
-            .bind(event.event_index as i64)
-            .bind(&event.flow_id)
-            .bind(&event.correlation_key)
-            .bind(&event.parent_request_id)
-            .bind(event.received_at_ms)
-            .bind(event.delivery_id.as_deref())
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let request = request.clone();
+        let runs: Vec<RunRow> = runs.iter().map(RunRow::of).collect();
+        let suppressed = suppressed.to_vec();
+        let atomic = runs.len() + suppressed.len() > 0;
+        self.write(
+            atomic,
+            Box::new(move |conn| {
+                Box::pin(async move {
+                    insert_request(conn, &request, "accepted").await?;
+                    for run in &runs {
+                        insert_run(conn, run, Some(&request.id), None).await?;
+                    }
+                    for event in &suppressed {
+                        sqlx::query(
+                            "INSERT INTO suppressed_events
+                                (request_id, event_index, flow_id, correlation_key, parent_request_id, received_at_ms, delivery_id)
+                             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                        )
+                        .bind(&request.id)
+                        .bind(event.event_index as i64)
+                        .bind(&event.flow_id)
+                        .bind(&event.correlation_key)
+                        .bind(&event.parent_request_id)
+                        .bind(event.received_at_ms)
+                        .bind(event.delivery_id.as_deref())
+                        .execute(&mut *conn)
+                        .await?;
+                    }
+                    Ok(())
+                })
+            }),
+        )
+        .await
     }
 
     async fn record_rejected(&self, request: &NewRequest) -> Result<(), StorageError> {
-        let mut conn = self.pool.acquire().await?;
-        insert_request(&mut conn, request, "rejected").await
+        let request = request.clone();
+        self.write(
+            false,
+            Box::new(move |conn| {
+                Box::pin(async move { insert_request(conn, &request, "rejected").await })
+            }),
+        )
+        .await
     }
 
     async fn start_run(&self, run_id: &str, at_ms: i64) -> Result<(), StorageError> {
-        sqlx::query("UPDATE runs SET status = 'running', started_at_ms = coalesce(started_at_ms, $2) WHERE id = $1")
-            .bind(run_id)
-            .bind(at_ms)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        let run_id = run_id.to_owned();
+        self.write(
+            false,
+            Box::new(move |conn| {
+                Box::pin(async move {
+                    sqlx::query("UPDATE runs SET status = 'running', started_at_ms = coalesce(started_at_ms, $2) WHERE id = $1")
+                        .bind(&run_id)
+                        .bind(at_ms)
+                        .execute(conn)
+                        .await?;
+                    Ok(())
+                })
+            }),
+        )
+        .await
     }
 
     async fn finish_run(
@@ -201,15 +280,25 @@ impl Storage for SqliteStorage {
         failure: Option<(&str, &str)>,
         at_ms: i64,
     ) -> Result<(), StorageError> {
-        sqlx::query("UPDATE runs SET status = $2, failed_step = $3, error = $4, finished_at_ms = $5, owner = NULL, lease_until_ms = NULL WHERE id = $1")
-            .bind(run_id)
-            .bind(status.as_str())
-            .bind(failure.map(|f| f.0))
-            .bind(failure.map(|f| f.1))
-            .bind(at_ms)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        let run_id = run_id.to_owned();
+        let failure = failure.map(|(step, error)| (step.to_owned(), error.to_owned()));
+        self.write(
+            false,
+            Box::new(move |conn| {
+                Box::pin(async move {
+                    sqlx::query("UPDATE runs SET status = $2, failed_step = $3, error = $4, finished_at_ms = $5, owner = NULL, lease_until_ms = NULL WHERE id = $1")
+                        .bind(&run_id)
+                        .bind(status.as_str())
+                        .bind(failure.as_ref().map(|f| f.0.as_str()))
+                        .bind(failure.as_ref().map(|f| f.1.as_str()))
+                        .bind(at_ms)
+                        .execute(conn)
+                        .await?;
+                    Ok(())
+                })
+            }),
+        )
+        .await
     }
 
     async fn start_step(
@@ -222,24 +311,35 @@ impl Storage for SqliteStorage {
         attempt: u32,
         at_ms: i64,
     ) -> Result<(), StorageError> {
-        // The first attempt's start time stays; later attempts only bump the count.
-        sqlx::query(
-            "INSERT INTO step_runs (run_id, step_id, position, step_type, status, inputs, started_at_ms, attempts)
-             VALUES ($1, $2, $3, $4, 'running', $5, $6, $7)
-             ON CONFLICT (run_id, step_id) DO UPDATE SET
-                status = 'running', inputs = excluded.inputs, attempts = excluded.attempts,
-                outputs = NULL, error = NULL, error_code = NULL, finished_at_ms = NULL",
+        let (run_id, step_id, step_type) =
+            (run_id.to_owned(), step_id.to_owned(), step_type.to_owned());
+        let inputs = to_json_text(inputs);
+        self.write(
+            false,
+            Box::new(move |conn| {
+                Box::pin(async move {
+                    // The first attempt's start time stays; later attempts only bump the count.
+                    sqlx::query(
+                        "INSERT INTO step_runs (run_id, step_id, position, step_type, status, inputs, started_at_ms, attempts)
+                         VALUES ($1, $2, $3, $4, 'running', $5, $6, $7)
+                         ON CONFLICT (run_id, step_id) DO UPDATE SET
+                            status = 'running', inputs = excluded.inputs, attempts = excluded.attempts,
+                            outputs = NULL, error = NULL, error_code = NULL, finished_at_ms = NULL",
+                    )
+                    .bind(&run_id)
+                    .bind(&step_id)
+                    .bind(position as i64)
+                    .bind(&step_type)
+                    .bind(&inputs)
+                    .bind(at_ms)
+                    .bind(i64::from(attempt))
+                    .execute(conn)
+                    .await?;
+                    Ok(())
+                })
+            }),
         )
-        .bind(run_id)
-        .bind(step_id)
-        .bind(position as i64)
-        .bind(step_type)
-        .bind(to_json_text(inputs))
-        .bind(at_ms)
-        .bind(i64::from(attempt))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        .await
     }
 
     async fn record_attempt(
@@ -248,17 +348,26 @@ impl Storage for SqliteStorage {
         step_id: &str,
         attempt: &AttemptRecord,
     ) -> Result<(), StorageError> {
+        let (run_id, step_id) = (run_id.to_owned(), step_id.to_owned());
         let record = serde_json::to_string(attempt).expect("attempt records serialize");
-        sqlx::query(
-            "UPDATE step_runs SET attempt_log = json_insert(coalesce(attempt_log, '[]'), '$[#]', json($3))
-             WHERE run_id = $1 AND step_id = $2",
+        self.write(
+            false,
+            Box::new(move |conn| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "UPDATE step_runs SET attempt_log = json_insert(coalesce(attempt_log, '[]'), '$[#]', json($3))
+                         WHERE run_id = $1 AND step_id = $2",
+                    )
+                    .bind(&run_id)
+                    .bind(&step_id)
+                    .bind(&record)
+                    .execute(conn)
+                    .await?;
+                    Ok(())
+                })
+            }),
         )
-        .bind(run_id)
-        .bind(step_id)
-        .bind(record)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        .await
     }
 
     async fn finish_step(
@@ -267,29 +376,42 @@ impl Storage for SqliteStorage {
         step_id: &str,
         outcome: &StepOutcome,
     ) -> Result<(), StorageError> {
+        let (run_id, step_id) = (run_id.to_owned(), step_id.to_owned());
+        let status = outcome.status;
+        let outputs = outcome.outputs.as_ref().map(to_json_text);
+        let error = outcome.error.clone();
+        let finished_at_ms = outcome.finished_at_ms;
         let exchanges =
             serde_json::to_string(&outcome.exchanges).expect("exchange records serialize");
         let attempt = outcome
             .attempt
             .as_ref()
             .map(|a| serde_json::to_string(a).expect("attempt records serialize"));
-        sqlx::query(
-            "UPDATE step_runs SET status = $3, outputs = $4, error_code = $5, error = $6, exchanges = $7, finished_at_ms = $8,
-                    attempt_log = CASE WHEN $9 IS NULL THEN attempt_log ELSE json_insert(coalesce(attempt_log, '[]'), '$[#]', json($9)) END
-             WHERE run_id = $1 AND step_id = $2",
+        self.write(
+            false,
+            Box::new(move |conn| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "UPDATE step_runs SET status = $3, outputs = $4, error_code = $5, error = $6, exchanges = $7, finished_at_ms = $8,
+                                attempt_log = CASE WHEN $9 IS NULL THEN attempt_log ELSE json_insert(coalesce(attempt_log, '[]'), '$[#]', json($9)) END
+                         WHERE run_id = $1 AND step_id = $2",
+                    )
+                    .bind(&run_id)
+                    .bind(&step_id)
+                    .bind(status.as_str())
+                    .bind(outputs.as_deref())
+                    .bind(error.as_ref().map(|e| e.0.as_str()))
+                    .bind(error.as_ref().map(|e| e.1.as_str()))
+                    .bind(&exchanges)
+                    .bind(finished_at_ms)
+                    .bind(attempt.as_deref())
+                    .execute(conn)
+                    .await?;
+                    Ok(())
+                })
+            }),
         )
-        .bind(run_id)
-        .bind(step_id)
-        .bind(outcome.status.as_str())
-        .bind(outcome.outputs.as_ref().map(to_json_text))
-        .bind(outcome.error.as_ref().map(|e| e.0.as_str()))
-        .bind(outcome.error.as_ref().map(|e| e.1.as_str()))
-        .bind(exchanges)
-        .bind(outcome.finished_at_ms)
-        .bind(attempt)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        .await
     }
 
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StorageError> {
@@ -414,18 +536,27 @@ impl Storage for SqliteStorage {
         lease_until_ms: i64,
         now_ms: i64,
     ) -> Result<bool, StorageError> {
-        let done = sqlx::query(
-            "UPDATE runs SET owner = $2, lease_until_ms = $3
-             WHERE id = $1 AND status IN ('queued', 'running')
-               AND (owner IS NULL OR owner = $2 OR lease_until_ms < $4)",
+        let (run_id, owner) = (run_id.to_owned(), owner.to_owned());
+        self.write(
+            false,
+            Box::new(move |conn| {
+                Box::pin(async move {
+                    let done = sqlx::query(
+                        "UPDATE runs SET owner = $2, lease_until_ms = $3
+                         WHERE id = $1 AND status IN ('queued', 'running')
+                           AND (owner IS NULL OR owner = $2 OR lease_until_ms < $4)",
+                    )
+                    .bind(&run_id)
+                    .bind(&owner)
+                    .bind(lease_until_ms)
+                    .bind(now_ms)
+                    .execute(conn)
+                    .await?;
+                    Ok(done.rows_affected() == 1)
+                })
+            }),
         )
-        .bind(run_id)
-        .bind(owner)
-        .bind(lease_until_ms)
-        .bind(now_ms)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        .await
     }
 
     async fn renew_run_lease(
@@ -434,27 +565,45 @@ impl Storage for SqliteStorage {
         owner: &str,
         lease_until_ms: i64,
     ) -> Result<bool, StorageError> {
-        let done = sqlx::query(
-            "UPDATE runs SET lease_until_ms = $3
-             WHERE id = $1 AND owner = $2 AND status IN ('queued', 'running')",
+        let (run_id, owner) = (run_id.to_owned(), owner.to_owned());
+        self.write(
+            false,
+            Box::new(move |conn| {
+                Box::pin(async move {
+                    let done = sqlx::query(
+                        "UPDATE runs SET lease_until_ms = $3
+                         WHERE id = $1 AND owner = $2 AND status IN ('queued', 'running')",
+                    )
+                    .bind(&run_id)
+                    .bind(&owner)
+                    .bind(lease_until_ms)
+                    .execute(conn)
+                    .await?;
+                    Ok(done.rows_affected() == 1)
+                })
+            }),
         )
-        .bind(run_id)
-        .bind(owner)
-        .bind(lease_until_ms)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        .await
     }
 
     async fn release_run(&self, run_id: &str, owner: &str) -> Result<(), StorageError> {
-        sqlx::query(
-            "UPDATE runs SET owner = NULL, lease_until_ms = NULL WHERE id = $1 AND owner = $2",
+        let (run_id, owner) = (run_id.to_owned(), owner.to_owned());
+        self.write(
+            false,
+            Box::new(move |conn| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "UPDATE runs SET owner = NULL, lease_until_ms = NULL WHERE id = $1 AND owner = $2",
+                    )
+                    .bind(&run_id)
+                    .bind(&owner)
+                    .execute(conn)
+                    .await?;
+                    Ok(())
+                })
+            }),
         )
-        .bind(run_id)
-        .bind(owner)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        .await
     }
 
     async fn try_lease(
@@ -464,27 +613,45 @@ impl Storage for SqliteStorage {
         until_ms: i64,
         now_ms: i64,
     ) -> Result<bool, StorageError> {
-        let done = sqlx::query(
-            "INSERT INTO leases (name, owner, until_ms) VALUES ($1, $2, $3)
-             ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until_ms = excluded.until_ms
-             WHERE leases.owner = excluded.owner OR leases.until_ms < $4",
+        let (name, owner) = (name.to_owned(), owner.to_owned());
+        self.write(
+            false,
+            Box::new(move |conn| {
+                Box::pin(async move {
+                    let done = sqlx::query(
+                        "INSERT INTO leases (name, owner, until_ms) VALUES ($1, $2, $3)
+                         ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until_ms = excluded.until_ms
+                         WHERE leases.owner = excluded.owner OR leases.until_ms < $4",
+                    )
+                    .bind(&name)
+                    .bind(&owner)
+                    .bind(until_ms)
+                    .bind(now_ms)
+                    .execute(conn)
+                    .await?;
+                    Ok(done.rows_affected() == 1)
+                })
+            }),
         )
-        .bind(name)
-        .bind(owner)
-        .bind(until_ms)
-        .bind(now_ms)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        .await
     }
 
     async fn release_lease(&self, name: &str, owner: &str) -> Result<(), StorageError> {
-        sqlx::query("DELETE FROM leases WHERE name = $1 AND owner = $2")
-            .bind(name)
-            .bind(owner)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        let (name, owner) = (name.to_owned(), owner.to_owned());
+        self.write(
+            false,
+            Box::new(move |conn| {
+                Box::pin(async move {
+                    sqlx::query("DELETE FROM leases WHERE name = $1 AND owner = $2")
+                        .bind(&name)
+                        .bind(&owner)
+                        .execute(conn)
+                        .await?;
+                    Ok(())
+                })
+            }),
+        )
+        .await
     }
 
     async fn find_deliveries(
@@ -518,65 +685,81 @@ impl Storage for SqliteStorage {
         replay_of: &str,
         reused: &[StepRunRecord],
     ) -> Result<(), StorageError> {
-        let mut tx = self.write().await?;
-        insert_run(&mut tx, run, request_id, Some(replay_of)).await?;
-        for step in reused {
-            sqlx::query(
-                "INSERT INTO step_runs (run_id, step_id, position, step_type, status, inputs, outputs,
-                                        exchanges, started_at_ms, finished_at_ms, attempts, reused_from)
-                 VALUES ($1, $2, $3, $4, 'succeeded', $5, $6, '[]', $7, $7, 0, $8)",
-            )
-            .bind(&run.id)
-            .bind(&step.step_id)
-            .bind(step.position)
-            .bind(&step.step_type)
-            .bind(step.inputs.as_ref().map(to_json_text))
-            .bind(step.outputs.as_ref().map(to_json_text))
-            .bind(run.created_at_ms)
-            .bind(replay_of)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let run = RunRow::of(run);
+        let request_id = request_id.map(str::to_owned);
+        let replay_of = replay_of.to_owned();
+        let reused = reused.to_vec();
+        self.write(
+            true,
+            Box::new(move |conn| {
+                Box::pin(async move {
+                    insert_run(conn, &run, request_id.as_deref(), Some(&replay_of)).await?;
+                    for step in &reused {
+                        sqlx::query(
+                            "INSERT INTO step_runs (run_id, step_id, position, step_type, status, inputs, outputs,
+                                                    exchanges, started_at_ms, finished_at_ms, attempts, reused_from)
+                             VALUES ($1, $2, $3, $4, 'succeeded', $5, $6, '[]', $7, $7, 0, $8)",
+                        )
+                        .bind(&run.id)
+                        .bind(&step.step_id)
+                        .bind(step.position)
+                        .bind(&step.step_type)
+                        .bind(step.inputs.as_ref().map(to_json_text))
+                        .bind(step.outputs.as_ref().map(to_json_text))
+                        .bind(run.created_at_ms)
+                        .bind(&replay_of)
+                        .execute(&mut *conn)
+                        .await?;
+                    }
+                    Ok(())
+                })
+            }),
+        )
+        .await
     }
 
     async fn prune_finished(&self, before_ms: i64) -> Result<u64, StorageError> {
-        let mut tx = self.write().await?;
-        // Replays keep their history readable: a run another run replays is kept until that
-        // one goes too.
-        let doomed = "SELECT id FROM runs r WHERE r.finished_at_ms < $1
-                        AND NOT EXISTS (SELECT 1 FROM runs x WHERE x.replay_of = r.id)";
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DELETE FROM step_runs WHERE run_id IN ({doomed})"
-        )))
-        .bind(before_ms)
-        .execute(&mut *tx)
-        .await?;
-        let runs = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DELETE FROM runs WHERE id IN ({doomed})"
-        )))
-        .bind(before_ms)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        sqlx::query(
-            "DELETE FROM suppressed_events WHERE received_at_ms < $1
-               AND NOT EXISTS (SELECT 1 FROM runs WHERE runs.request_id = suppressed_events.parent_request_id)",
+        self.write(
+            true,
+            Box::new(move |conn| {
+                Box::pin(async move {
+                    // Replays keep their history readable: a run another run replays is kept
+                    // until that one goes too.
+                    let doomed = "SELECT id FROM runs r WHERE r.finished_at_ms < $1
+                                    AND NOT EXISTS (SELECT 1 FROM runs x WHERE x.replay_of = r.id)";
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DELETE FROM step_runs WHERE run_id IN ({doomed})"
+                    )))
+                    .bind(before_ms)
+                    .execute(&mut *conn)
+                    .await?;
+                    let runs = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DELETE FROM runs WHERE id IN ({doomed})"
+                    )))
+                    .bind(before_ms)
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected();
+                    sqlx::query(
+                        "DELETE FROM suppressed_events WHERE received_at_ms < $1
+                           AND NOT EXISTS (SELECT 1 FROM runs WHERE runs.request_id = suppressed_events.parent_request_id)",
+                    )
+                    .bind(before_ms)
+                    .execute(&mut *conn)
+                    .await?;
+                    sqlx::query(
+                        "DELETE FROM trigger_requests WHERE received_at_ms < $1
+                           AND NOT EXISTS (SELECT 1 FROM runs WHERE runs.request_id = trigger_requests.id)
+                           AND NOT EXISTS (SELECT 1 FROM suppressed_events s WHERE s.request_id = trigger_requests.id)",
+                    )
+                    .bind(before_ms)
+                    .execute(&mut *conn)
+                    .await?;
+                    Ok(runs)
+                })
+            }),
         )
-        .bind(before_ms)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "DELETE FROM trigger_requests WHERE received_at_ms < $1
-               AND NOT EXISTS (SELECT 1 FROM runs WHERE runs.request_id = trigger_requests.id)
-               AND NOT EXISTS (SELECT 1 FROM suppressed_events s WHERE s.request_id = trigger_requests.id)",
-        )
-        .bind(before_ms)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(runs)
+        .await
     }
 
     async fn run_counts(&self) -> Result<Vec<RunCount>, StorageError> {
@@ -604,17 +787,27 @@ impl Storage for SqliteStorage {
         version: &str,
         at_ms: i64,
     ) -> Result<bool, StorageError> {
-        let done = sqlx::query(
-            "INSERT INTO sync_events (servicenow, sys_id, version, received_at_ms) VALUES ($1, $2, $3, $4)
-             ON CONFLICT DO NOTHING",
+        let (servicenow, sys_id, version) =
+            (servicenow.to_owned(), sys_id.to_owned(), version.to_owned());
+        self.write(
+            false,
+            Box::new(move |conn| {
+                Box::pin(async move {
+                    let done = sqlx::query(
+                        "INSERT INTO sync_events (servicenow, sys_id, version, received_at_ms) VALUES ($1, $2, $3, $4)
+                         ON CONFLICT DO NOTHING",
+                    )
+                    .bind(&servicenow)
+                    .bind(&sys_id)
+                    .bind(&version)
+                    .bind(at_ms)
+                    .execute(conn)
+                    .await?;
+                    Ok(done.rows_affected() == 1)
+                })
+            }),
         )
-        .bind(servicenow)
-        .bind(sys_id)
-        .bind(version)
-        .bind(at_ms)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        .await
     }
 
     async fn release_sync_event(
@@ -623,15 +816,25 @@ impl Storage for SqliteStorage {
         sys_id: &str,
         version: &str,
     ) -> Result<(), StorageError> {
-        sqlx::query(
-            "DELETE FROM sync_events WHERE servicenow = $1 AND sys_id = $2 AND version = $3",
+        let (servicenow, sys_id, version) =
+            (servicenow.to_owned(), sys_id.to_owned(), version.to_owned());
+        self.write(
+            false,
+            Box::new(move |conn| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "DELETE FROM sync_events WHERE servicenow = $1 AND sys_id = $2 AND version = $3",
+                    )
+                    .bind(&servicenow)
+                    .bind(&sys_id)
+                    .bind(&version)
+                    .execute(conn)
+                    .await?;
+                    Ok(())
+                })
+            }),
         )
-        .bind(servicenow)
-        .bind(sys_id)
-        .bind(version)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        .await
     }
 
     async fn claim_note(
@@ -640,16 +843,25 @@ impl Storage for SqliteStorage {
         journal_sys_id: &str,
         at_ms: i64,
     ) -> Result<bool, StorageError> {
-        let done = sqlx::query(
-            "INSERT INTO synced_notes (servicenow, journal_sys_id, synced_at_ms) VALUES ($1, $2, $3)
-             ON CONFLICT DO NOTHING",
+        let (servicenow, journal_sys_id) = (servicenow.to_owned(), journal_sys_id.to_owned());
+        self.write(
+            false,
+            Box::new(move |conn| {
+                Box::pin(async move {
+                    let done = sqlx::query(
+                        "INSERT INTO synced_notes (servicenow, journal_sys_id, synced_at_ms) VALUES ($1, $2, $3)
+                         ON CONFLICT DO NOTHING",
+                    )
+                    .bind(&servicenow)
+                    .bind(&journal_sys_id)
+                    .bind(at_ms)
+                    .execute(conn)
+                    .await?;
+                    Ok(done.rows_affected() == 1)
+                })
+            }),
         )
-        .bind(servicenow)
-        .bind(journal_sys_id)
-        .bind(at_ms)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        .await
     }
 
     async fn release_note(
@@ -657,12 +869,23 @@ impl Storage for SqliteStorage {
         servicenow: &str,
         journal_sys_id: &str,
     ) -> Result<(), StorageError> {
-        sqlx::query("DELETE FROM synced_notes WHERE servicenow = $1 AND journal_sys_id = $2")
-            .bind(servicenow)
-            .bind(journal_sys_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        let (servicenow, journal_sys_id) = (servicenow.to_owned(), journal_sys_id.to_owned());
+        self.write(
+            false,
+            Box::new(move |conn| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "DELETE FROM synced_notes WHERE servicenow = $1 AND journal_sys_id = $2",
+                    )
+                    .bind(&servicenow)
+                    .bind(&journal_sys_id)
+                    .execute(conn)
+                    .await?;
+                    Ok(())
+                })
+            }),
+        )
+        .await
     }
 
     async fn watermark(
@@ -686,16 +909,29 @@ impl Storage for SqliteStorage {
         table: &str,
         watermark: &str,
     ) -> Result<(), StorageError> {
-        sqlx::query(
-            "INSERT INTO integrator_watermarks (servicenow, table_name, watermark) VALUES ($1, $2, $3)
-             ON CONFLICT (servicenow, table_name) DO UPDATE SET watermark = excluded.watermark",
+        let (servicenow, table, watermark) = (
+            servicenow.to_owned(),
+            table.to_owned(),
+            watermark.to_owned(),
+        );
+        self.write(
+            false,
+            Box::new(move |conn| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "INSERT INTO integrator_watermarks (servicenow, table_name, watermark) VALUES ($1, $2, $3)
+                         ON CONFLICT (servicenow, table_name) DO UPDATE SET watermark = excluded.watermark",
+                    )
+                    .bind(&servicenow)
+                    .bind(&table)
+                    .bind(&watermark)
+                    .execute(conn)
+                    .await?;
+                    Ok(())
+                })
+            }),
         )
-        .bind(servicenow)
-        .bind(table)
-        .bind(watermark)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        .await
     }
 
     async fn record_scan(
@@ -705,18 +941,28 @@ impl Storage for SqliteStorage {
         finished_at_ms: i64,
         result: &Value,
     ) -> Result<(), StorageError> {
-        sqlx::query(
-            "INSERT INTO integrator_scans (servicenow, started_at_ms, finished_at_ms, result) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (servicenow) DO UPDATE SET started_at_ms = excluded.started_at_ms,
-                finished_at_ms = excluded.finished_at_ms, result = excluded.result",
+        let servicenow = servicenow.to_owned();
+        let result = to_json_text(result);
+        self.write(
+            false,
+            Box::new(move |conn| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "INSERT INTO integrator_scans (servicenow, started_at_ms, finished_at_ms, result) VALUES ($1, $2, $3, $4)
+                         ON CONFLICT (servicenow) DO UPDATE SET started_at_ms = excluded.started_at_ms,
+                            finished_at_ms = excluded.finished_at_ms, result = excluded.result",
+                    )
+                    .bind(&servicenow)
+                    .bind(started_at_ms)
+                    .bind(finished_at_ms)
+                    .bind(&result)
+                    .execute(conn)
+                    .await?;
+                    Ok(())
+                })
+            }),
         )
-        .bind(servicenow)
-        .bind(started_at_ms)
-        .bind(finished_at_ms)
-        .bind(to_json_text(result))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        .await
     }
 
     async fn scans(&self) -> Result<Vec<(String, i64, i64, Value)>, StorageError> {
@@ -737,58 +983,69 @@ impl Storage for SqliteStorage {
             .collect()
     }
 
+    fn write_stats(&self) -> Option<super::WriteStats> {
+        self.writer.as_ref().map(GroupCommit::stats)
+    }
+
     async fn ping(&self) -> Result<(), StorageError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
 
     async fn save_link(&self, link: &Link) -> Result<Option<Link>, StorageError> {
-        let mut tx = self.write().await?;
-        let previous = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {LINK_COLUMNS} FROM links WHERE halo_connection = $1 AND halo_ticket_id = $2"
-        )))
-        .bind(&link.halo_connection)
-        .bind(link.halo_ticket_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .as_ref()
-        .map(link_row)
-        .transpose()?;
-        // 1-1: the record loses any other ticket's link.
-        sqlx::query(
-            "DELETE FROM links WHERE servicenow = $1 AND sys_id = $2
-               AND NOT (halo_connection = $3 AND halo_ticket_id = $4)",
+        let link = link.clone();
+        self.write(
+            true,
+            Box::new(move |conn| {
+                Box::pin(async move {
+                    let previous = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "SELECT {LINK_COLUMNS} FROM links WHERE halo_connection = $1 AND halo_ticket_id = $2"
+                    )))
+                    .bind(&link.halo_connection)
+                    .bind(link.halo_ticket_id)
+                    .fetch_optional(&mut *conn)
+                    .await?
+                    .as_ref()
+                    .map(link_row)
+                    .transpose()?;
+                    // 1-1: the record loses any other ticket's link.
+                    sqlx::query(
+                        "DELETE FROM links WHERE servicenow = $1 AND sys_id = $2
+                           AND NOT (halo_connection = $3 AND halo_ticket_id = $4)",
+                    )
+                    .bind(&link.servicenow)
+                    .bind(&link.sys_id)
+                    .bind(&link.halo_connection)
+                    .bind(link.halo_ticket_id)
+                    .execute(&mut *conn)
+                    .await?;
+                    sqlx::query(
+                        "INSERT INTO links (halo_connection, halo_ticket_id, servicenow, table_name, sys_id, number,
+                                            created_by, created_at_ms, updated_at_ms)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                         ON CONFLICT (halo_connection, halo_ticket_id) DO UPDATE SET
+                            servicenow = excluded.servicenow, table_name = excluded.table_name,
+                            sys_id = excluded.sys_id, number = excluded.number, created_by = excluded.created_by,
+                            created_at_ms = CASE WHEN links.sys_id = excluded.sys_id THEN links.created_at_ms
+                                                 ELSE excluded.created_at_ms END,
+                            updated_at_ms = excluded.updated_at_ms",
+                    )
+                    .bind(&link.halo_connection)
+                    .bind(link.halo_ticket_id)
+                    .bind(&link.servicenow)
+                    .bind(&link.table)
+                    .bind(&link.sys_id)
+                    .bind(link.number.as_deref())
+                    .bind(link.created_by.as_str())
+                    .bind(link.created_at_ms)
+                    .bind(link.updated_at_ms)
+                    .execute(&mut *conn)
+                    .await?;
+                    Ok(previous)
+                })
+            }),
         )
-        .bind(&link.servicenow)
-        .bind(&link.sys_id)
-        .bind(&link.halo_connection)
-        .bind(link.halo_ticket_id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO links (halo_connection, halo_ticket_id, servicenow, table_name, sys_id, number,
-                                created_by, created_at_ms, updated_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-             ON CONFLICT (halo_connection, halo_ticket_id) DO UPDATE SET
-                servicenow = excluded.servicenow, table_name = excluded.table_name,
-                sys_id = excluded.sys_id, number = excluded.number, created_by = excluded.created_by,
-                created_at_ms = CASE WHEN links.sys_id = excluded.sys_id THEN links.created_at_ms
-                                     ELSE excluded.created_at_ms END,
-                updated_at_ms = excluded.updated_at_ms",
-        )
-        .bind(&link.halo_connection)
-        .bind(link.halo_ticket_id)
-        .bind(&link.servicenow)
-        .bind(&link.table)
-        .bind(&link.sys_id)
-        .bind(link.number.as_deref())
-        .bind(link.created_by.as_str())
-        .bind(link.created_at_ms)
-        .bind(link.updated_at_ms)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(previous)
+        .await
     }
 
     async fn link_for_ticket(
