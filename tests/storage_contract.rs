@@ -6,8 +6,9 @@ mod common;
 use common::backends::backends;
 use haloflow::flood::Admission;
 use haloflow::storage::{
-    AttemptOutcome, AttemptRecord, Link, LinkOrigin, NewRequest, NewRun, NewSuppressed,
-    RequestFilter, RunFilter, RunStatus, StepOutcome, StepStatus, Storage, StorageError,
+    AttemptOutcome, AttemptRecord, Link, LinkOrigin, NewRequest, NewRun, NewSuppressed, Progress,
+    RequestFilter, RunFilter, RunFinish, RunStatus, StepOutcome, StepStart, StepStatus, Storage,
+    StorageError,
 };
 use serde_json::json;
 
@@ -251,6 +252,98 @@ async fn steps_keep_every_attempt_and_replays_reuse_outputs() {
         assert_eq!(s.prune_finished(10_000).await.unwrap(), 1, "{}", b.name);
         assert!(s.get_run("r1").await.unwrap().is_none());
         s.ping().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn progress_written_at_once_reads_back_like_its_parts() {
+    for b in backends().await {
+        let s = b.storage.as_ref();
+        accept(s, "r1", 1000, None).await;
+        let inputs = json!({"summary": "s"});
+        let start = |step_id, position, at_ms| StepStart {
+            step_id,
+            position,
+            step_type: "halo.create_ticket",
+            inputs: &inputs,
+            attempt: 1,
+            at_ms,
+        };
+        let done = |outputs, at_ms| StepOutcome {
+            status: StepStatus::Succeeded,
+            outputs: Some(outputs),
+            error: None,
+            exchanges: Vec::new(),
+            finished_at_ms: at_ms,
+            attempt: Some(attempt(1, AttemptOutcome::Succeeded)),
+        };
+        // The run starts with its first step's intent.
+        s.record_progress(
+            "r1",
+            &Progress {
+                run_started_at_ms: Some(1001),
+                step_started: Some(start("a", 0, 1002)),
+                ..Progress::default()
+            },
+        )
+        .await
+        .unwrap();
+        let running = s.get_run("r1").await.unwrap().unwrap();
+        assert_eq!(running.summary.status, RunStatus::Running, "{}", b.name);
+        assert_eq!(running.summary.started_at_ms, Some(1001));
+        assert_eq!(running.steps[0].status, StepStatus::Running);
+        // A step's end with the next step's start, then the last step's end with the run's.
+        let first = done(json!({"ticket_id": 7}), 1003);
+        s.record_progress(
+            "r1",
+            &Progress {
+                step_finished: Some(("a", &first)),
+                step_started: Some(start("b", 1, 1004)),
+                ..Progress::default()
+            },
+        )
+        .await
+        .unwrap();
+        let second = done(json!({"ticket_id": 8}), 1005);
+        s.record_progress(
+            "r1",
+            &Progress {
+                step_finished: Some(("b", &second)),
+                run_finished: Some(RunFinish {
+                    status: RunStatus::Succeeded,
+                    failure: None,
+                    at_ms: 1006,
+                }),
+                ..Progress::default()
+            },
+        )
+        .await
+        .unwrap();
+        let detail = s.get_run("r1").await.unwrap().unwrap();
+        assert_eq!(detail.summary.status, RunStatus::Succeeded, "{}", b.name);
+        assert_eq!(detail.summary.finished_at_ms, Some(1006));
+        let steps: Vec<_> = detail
+            .steps
+            .iter()
+            .map(|s| {
+                (
+                    s.step_id.as_str(),
+                    s.status,
+                    s.outputs.clone(),
+                    s.attempt_log.len(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            steps,
+            vec![
+                ("a", StepStatus::Succeeded, Some(json!({"ticket_id": 7})), 1),
+                ("b", StepStatus::Succeeded, Some(json!({"ticket_id": 8})), 1),
+            ],
+            "{}",
+            b.name
+        );
+        assert_eq!(detail.steps[1].started_at_ms, 1004);
     }
 }
 

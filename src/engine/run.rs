@@ -12,8 +12,8 @@ use crate::flow::{ValidatedFlow, ValidatedStep};
 use crate::outbound::{DryRunRecorder, Outbound, RequestPreview};
 use crate::step::{Resend, StepContext, StepError};
 use crate::storage::{
-    AttemptOutcome, AttemptRecord, RunStatus, StepOutcome, StepRunRecord, StepStatus, StorageError,
-    now_ms,
+    AttemptOutcome, AttemptRecord, Progress, RunFinish, RunStatus, StepOutcome, StepRunRecord,
+    StepStart, StepStatus, StorageError, now_ms,
 };
 use crate::template::{CompiledValue, TemplateSet};
 
@@ -92,6 +92,35 @@ impl RetryPolicy {
 fn random_fraction() -> f64 {
     let bits = uuid::Uuid::new_v4().as_u128() as u64 >> 11;
     bits as f64 / (1u64 << 53) as f64
+}
+
+/// What a run did that is not written yet: it goes out with the run's next write (the next
+/// step's intent or the run's end), so a step's end and what follows it cost one write.
+/// Nothing is sent while something is unwritten.
+#[derive(Default)]
+struct Unwritten {
+    run_started_at_ms: Option<i64>,
+    step_finished: Option<(String, StepOutcome)>,
+}
+
+impl Unwritten {
+    /// The progress to write: what is unwritten, then `step_started` and `run_finished`.
+    fn with<'a>(
+        &'a self,
+        step_started: Option<StepStart<'a>>,
+        run_finished: Option<RunFinish<'a>>,
+    ) -> Progress<'a> {
+        Progress {
+            run_started_at_ms: self.run_started_at_ms,
+            step_finished: self.step_finished.as_ref().map(|(id, o)| (id.as_str(), o)),
+            step_started,
+            run_finished,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.run_started_at_ms.is_none() && self.step_finished.is_none()
+    }
 }
 
 /// Why a step could not start or finish, as recorded.
@@ -309,7 +338,10 @@ impl Engine {
                 .unwrap_or_default()
         };
         let mut claim = claimed;
-        storage.start_run(run_id, now_ms()).await?;
+        let mut unwritten = Unwritten {
+            run_started_at_ms: Some(now_ms()),
+            step_finished: None,
+        };
         let mut data = initial_data(flow, trigger);
         // Steps still to run, next first; a branching step puts its chosen path in front.
         let mut queue: VecDeque<&ValidatedStep> = flow.steps.iter().collect();
@@ -320,21 +352,43 @@ impl Engine {
                 Some(done) => done.outputs.clone().unwrap_or(Value::Null),
                 None => {
                     if self.is_shutting_down() {
+                        self.write_unwritten(run_id, &mut unwritten).await?;
                         return Ok(RunEnd::Interrupted);
                     }
-                    match self
-                        .execute_step(flow, run_id, step, position, &data, before, &mut claim)
-                        .await?
-                    {
+                    let end = self
+                        .execute_step(
+                            flow,
+                            run_id,
+                            step,
+                            position,
+                            &data,
+                            before,
+                            &mut claim,
+                            &mut unwritten,
+                        )
+                        .await?;
+                    match end {
                         StepEnd::Succeeded(outputs) => outputs,
                         StepEnd::Failed(message) => {
-                            return self
-                                .fail_run(run_id, &step.id, &message)
-                                .await
-                                .map(RunEnd::Finished);
+                            let end = RunFinish {
+                                status: RunStatus::Failed,
+                                failure: Some((&step.id, &message)),
+                                at_ms: now_ms(),
+                            };
+                            storage
+                                .record_progress(run_id, &unwritten.with(None, Some(end)))
+                                .await?;
+                            return Ok(RunEnd::Finished(RunStatus::Failed));
                         }
-                        StepEnd::Interrupted => return Ok(RunEnd::Interrupted),
-                        StepEnd::LostClaim => return Ok(RunEnd::LostClaim),
+                        StepEnd::Interrupted => {
+                            self.write_unwritten(run_id, &mut unwritten).await?;
+                            return Ok(RunEnd::Interrupted);
+                        }
+                        StepEnd::LostClaim => {
+                            // The step's end is true whoever holds the run now.
+                            self.write_unwritten(run_id, &mut unwritten).await?;
+                            return Ok(RunEnd::LostClaim);
+                        }
                     }
                 }
             };
@@ -348,10 +402,31 @@ impl Engine {
                 steps.insert(step.id.clone(), outputs);
             }
         }
+        let end = RunFinish {
+            status: RunStatus::Succeeded,
+            failure: None,
+            at_ms: now_ms(),
+        };
         storage
-            .finish_run(run_id, RunStatus::Succeeded, None, now_ms())
+            .record_progress(run_id, &unwritten.with(None, Some(end)))
             .await?;
         Ok(RunEnd::Finished(RunStatus::Succeeded))
+    }
+
+    async fn write_unwritten(
+        &self,
+        run_id: &str,
+        unwritten: &mut Unwritten,
+    ) -> Result<(), StorageError> {
+        if !unwritten.is_empty() {
+            let progress = unwritten.with(None, None);
+            self.inner
+                .storage
+                .record_progress(run_id, &progress)
+                .await?;
+            *unwritten = Unwritten::default();
+        }
+        Ok(())
     }
 
     /// The retry policy of one step: the flow's settings, then the config's, then built-in.
@@ -365,7 +440,8 @@ impl Engine {
     }
 
     /// Runs one step's attempts until it succeeds, fails for good, or the engine shuts down.
-    /// Every attempt is recorded before it sends (the intent) and after it ends.
+    /// Every attempt is recorded before it sends (the intent, written with what was
+    /// `unwritten`) and after it ends (the step's end is left in `unwritten` for the next write).
     #[allow(clippy::too_many_arguments)] // the run's state, passed down rather than bundled
     async fn execute_step(
         &self,
@@ -376,22 +452,23 @@ impl Engine {
         data: &Value,
         before: Option<&StepRunRecord>,
         claim: &mut Instant,
+        unwritten: &mut Unwritten,
     ) -> Result<StepEnd, StorageError> {
         let storage = &self.inner.storage;
         let type_name = step.step.step.type_name();
         let inputs = match prepare_inputs(flow, step, data, false) {
             Ok(inputs) => inputs,
             Err(failure) => {
+                let start = StepStart {
+                    step_id: &step.id,
+                    position,
+                    step_type: type_name,
+                    inputs: &Value::Null,
+                    attempt: 1,
+                    at_ms: now_ms(),
+                };
                 storage
-                    .start_step(
-                        run_id,
-                        &step.id,
-                        position,
-                        type_name,
-                        &Value::Null,
-                        1,
-                        now_ms(),
-                    )
+                    .record_progress(run_id, &unwritten.with(Some(start), None))
                     .await?;
                 let outcome = StepOutcome {
                     status: StepStatus::Failed,
@@ -401,7 +478,10 @@ impl Engine {
                     finished_at_ms: now_ms(),
                     attempt: None,
                 };
-                storage.finish_step(run_id, &step.id, &outcome).await?;
+                *unwritten = Unwritten {
+                    run_started_at_ms: None,
+                    step_finished: Some((step.id.clone(), outcome)),
+                };
                 return Ok(StepEnd::Failed(failure.message));
             }
         };
@@ -423,17 +503,18 @@ impl Engine {
             attempt += 1;
             let started_at_ms = now_ms();
             let clock = Instant::now();
+            let start = StepStart {
+                step_id: &step.id,
+                position,
+                step_type: type_name,
+                inputs: &inputs,
+                attempt,
+                at_ms: started_at_ms,
+            };
             storage
-                .start_step(
-                    run_id,
-                    &step.id,
-                    position,
-                    type_name,
-                    &inputs,
-                    attempt,
-                    started_at_ms,
-                )
+                .record_progress(run_id, &unwritten.with(Some(start), None))
                 .await?;
+            *unwritten = Unwritten::default();
             let http = Outbound::live(self.inner.http.clone());
             let context = self.step_context(flow, run_id, step, http.clone());
             let send_blind = !uncertain || resend == Resend::Safe;
@@ -501,7 +582,8 @@ impl Engine {
                         self.inner.metrics.count_adopted(type_name);
                         tracing::info!(%run_id, step = %step.id, "Found what an earlier attempt created; adopted it instead of sending again.");
                     }
-                    // The attempt goes into the log with the step's end: one write.
+                    // The attempt goes into the log with the step's end, which is written
+                    // with whatever the run does next.
                     let outcome = StepOutcome {
                         status: StepStatus::Succeeded,
                         outputs: Some(outputs.clone()),
@@ -510,7 +592,7 @@ impl Engine {
                         finished_at_ms: record.finished_at_ms,
                         attempt: Some(record),
                     };
-                    storage.finish_step(run_id, &step.id, &outcome).await?;
+                    unwritten.step_finished = Some((step.id.clone(), outcome));
                     return Ok(StepEnd::Succeeded(outputs));
                 }
                 Err(error) => {
@@ -548,7 +630,7 @@ impl Engine {
                             finished_at_ms: now_ms(),
                             attempt: Some(record),
                         };
-                        storage.finish_step(run_id, &step.id, &outcome).await?;
+                        unwritten.step_finished = Some((step.id.clone(), outcome));
                         return Ok(StepEnd::Failed(message));
                     };
                     storage.record_attempt(run_id, &step.id, &record).await?;
@@ -603,24 +685,6 @@ impl Engine {
     pub(super) async fn shutting_down(&self) {
         let mut shutdown = self.inner.shutdown.subscribe();
         let _ = shutdown.wait_for(|down| *down).await;
-    }
-
-    async fn fail_run(
-        &self,
-        run_id: &str,
-        step_id: &str,
-        message: &str,
-    ) -> Result<RunStatus, StorageError> {
-        self.inner
-            .storage
-            .finish_run(
-                run_id,
-                RunStatus::Failed,
-                Some((step_id, message)),
-                now_ms(),
-            )
-            .await?;
-        Ok(RunStatus::Failed)
     }
 
     /// Shows what a run of `flow_id` would do with this trigger payload: the rendered inputs

@@ -190,6 +190,37 @@ pub struct StepOutcome {
     pub attempt: Option<AttemptRecord>,
 }
 
+/// What a run did since its last write, written at once, in this order: the run starts, a
+/// step ends, the next step starts (its intent, before it sends anything), the run ends.
+/// Nothing is sent between a step's end and the next step's start, so one write holds both.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Progress<'a> {
+    pub run_started_at_ms: Option<i64>,
+    pub step_finished: Option<(&'a str, &'a StepOutcome)>,
+    pub step_started: Option<StepStart<'a>>,
+    pub run_finished: Option<RunFinish<'a>>,
+}
+
+/// An attempt of a step about to send (see [`Storage::start_step`]).
+#[derive(Debug, Clone, Copy)]
+pub struct StepStart<'a> {
+    pub step_id: &'a str,
+    pub position: usize,
+    pub step_type: &'a str,
+    pub inputs: &'a Value,
+    pub attempt: u32,
+    pub at_ms: i64,
+}
+
+/// How a run ended (see [`Storage::finish_run`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RunFinish<'a> {
+    pub status: RunStatus,
+    /// The failed step and why.
+    pub failure: Option<(&'a str, &'a str)>,
+    pub at_ms: i64,
+}
+
 /// A run as listed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSummary {
@@ -388,6 +419,36 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
         step_id: &str,
         outcome: &StepOutcome,
     ) -> Result<(), StorageError>;
+    /// Writes a run's progress (see [`Progress`]); a backend may do it in one statement batch.
+    async fn record_progress(
+        &self,
+        run_id: &str,
+        progress: &Progress<'_>,
+    ) -> Result<(), StorageError> {
+        if let Some(at_ms) = progress.run_started_at_ms {
+            self.start_run(run_id, at_ms).await?;
+        }
+        if let Some((step_id, outcome)) = progress.step_finished {
+            self.finish_step(run_id, step_id, outcome).await?;
+        }
+        if let Some(s) = progress.step_started {
+            self.start_step(
+                run_id,
+                s.step_id,
+                s.position,
+                s.step_type,
+                s.inputs,
+                s.attempt,
+                s.at_ms,
+            )
+            .await?;
+        }
+        if let Some(end) = progress.run_finished {
+            self.finish_run(run_id, end.status, end.failure, end.at_ms)
+                .await?;
+        }
+        Ok(())
+    }
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StorageError>;
     async fn get_run(&self, run_id: &str) -> Result<Option<RunDetail>, StorageError>;
     async fn list_requests(

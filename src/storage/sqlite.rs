@@ -17,9 +17,9 @@ use super::rows::{
     parse_json, request_record, run_summary, step_run, to_json_text,
 };
 use super::{
-    AttemptRecord, FloodRecord, Link, NewRequest, NewRun, NewSuppressed, RequestFilter,
-    RequestRecord, RunCount, RunDetail, RunFilter, RunStatus, RunSummary, StepOutcome,
-    StepRunRecord, Storage, StorageError,
+    AttemptRecord, FloodRecord, Link, NewRequest, NewRun, NewSuppressed, Progress, RequestFilter,
+    RequestRecord, RunCount, RunDetail, RunFilter, RunFinish, RunStatus, RunSummary, StepOutcome,
+    StepRunRecord, StepStart, Storage, StorageError,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -143,6 +143,154 @@ impl SqliteStorage {
     }
 }
 
+/// A run's progress, owned (it is written after the caller's borrow ended), written as one
+/// multi-statement query: one round trip to SQLite's thread instead of one per statement.
+/// The parameters are anonymous (`?`), so each statement takes the next ones in order.
+struct ProgressRow {
+    run_id: String,
+    run_started_at_ms: Option<i64>,
+    step_finished: Option<FinishedStep>,
+    step_started: Option<StartedStep>,
+    run_finished: Option<FinishedRun>,
+}
+
+struct FinishedRun {
+    status: RunStatus,
+    failure: Option<(String, String)>,
+    at_ms: i64,
+}
+
+struct FinishedStep {
+    step_id: String,
+    status: super::StepStatus,
+    outputs: Option<String>,
+    error: Option<(String, String)>,
+    exchanges: String,
+    finished_at_ms: i64,
+    attempt: Option<String>,
+}
+
+struct StartedStep {
+    step_id: String,
+    position: i64,
+    step_type: String,
+    inputs: String,
+    attempt: i64,
+    at_ms: i64,
+}
+
+impl ProgressRow {
+    fn of(run_id: &str, progress: &Progress<'_>) -> ProgressRow {
+        ProgressRow {
+            run_id: run_id.to_owned(),
+            run_started_at_ms: progress.run_started_at_ms,
+            step_finished: progress
+                .step_finished
+                .map(|(step_id, outcome)| FinishedStep {
+                    step_id: step_id.to_owned(),
+                    status: outcome.status,
+                    outputs: outcome.outputs.as_ref().map(to_json_text),
+                    error: outcome.error.clone(),
+                    exchanges: serde_json::to_string(&outcome.exchanges)
+                        .expect("exchange records serialize"),
+                    finished_at_ms: outcome.finished_at_ms,
+                    attempt: outcome
+                        .attempt
+                        .as_ref()
+                        .map(|a| serde_json::to_string(a).expect("attempt records serialize")),
+                }),
+            step_started: progress.step_started.map(|s| StartedStep {
+                step_id: s.step_id.to_owned(),
+                position: s.position as i64,
+                step_type: s.step_type.to_owned(),
+                inputs: to_json_text(s.inputs),
+                attempt: i64::from(s.attempt),
+                at_ms: s.at_ms,
+            }),
+            run_finished: progress.run_finished.map(|end| FinishedRun {
+                status: end.status,
+                failure: end
+                    .failure
+                    .map(|(step, error)| (step.to_owned(), error.to_owned())),
+                at_ms: end.at_ms,
+            }),
+        }
+    }
+
+    async fn write(&self, conn: &mut sqlx::SqliteConnection) -> Result<(), StorageError> {
+        let mut sql: Vec<&str> = Vec::with_capacity(4);
+        if self.run_started_at_ms.is_some() {
+            sql.push(
+                "UPDATE runs SET status = 'running', started_at_ms = coalesce(started_at_ms, ?) WHERE id = ?",
+            );
+        }
+        if self.step_finished.is_some() {
+            sql.push(
+                "UPDATE step_runs SET status = ?, outputs = ?, error_code = ?, error = ?, exchanges = ?, finished_at_ms = ?,
+                    attempt_log = CASE WHEN ? IS NULL THEN attempt_log ELSE json_insert(coalesce(attempt_log, '[]'), '$[#]', json(?)) END
+                 WHERE run_id = ? AND step_id = ?",
+            );
+        }
+        if self.step_started.is_some() {
+            // The first attempt's start time stays; later attempts only bump the count.
+            sql.push(
+                "INSERT INTO step_runs (run_id, step_id, position, step_type, status, inputs, started_at_ms, attempts)
+                 VALUES (?, ?, ?, ?, 'running', ?, ?, ?)
+                 ON CONFLICT (run_id, step_id) DO UPDATE SET
+                    status = 'running', inputs = excluded.inputs, attempts = excluded.attempts,
+                    outputs = NULL, error = NULL, error_code = NULL, finished_at_ms = NULL",
+            );
+        }
+        if self.run_finished.is_some() {
+            sql.push(
+                "UPDATE runs SET status = ?, failed_step = ?, error = ?, finished_at_ms = ?, owner = NULL, lease_until_ms = NULL WHERE id = ?",
+            );
+        }
+        if sql.is_empty() {
+            return Ok(());
+        }
+        let sql = sql.join(";\n");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let run_id = self.run_id.as_str();
+        if let Some(at_ms) = self.run_started_at_ms {
+            query = query.bind(at_ms).bind(run_id);
+        }
+        if let Some(f) = &self.step_finished {
+            query = query
+                .bind(f.status.as_str())
+                .bind(f.outputs.as_deref())
+                .bind(f.error.as_ref().map(|e| e.0.as_str()))
+                .bind(f.error.as_ref().map(|e| e.1.as_str()))
+                .bind(f.exchanges.as_str())
+                .bind(f.finished_at_ms)
+                .bind(f.attempt.as_deref())
+                .bind(f.attempt.as_deref())
+                .bind(run_id)
+                .bind(f.step_id.as_str());
+        }
+        if let Some(s) = &self.step_started {
+            query = query
+                .bind(run_id)
+                .bind(s.step_id.as_str())
+                .bind(s.position)
+                .bind(s.step_type.as_str())
+                .bind(s.inputs.as_str())
+                .bind(s.at_ms)
+                .bind(s.attempt);
+        }
+        if let Some(end) = &self.run_finished {
+            query = query
+                .bind(end.status.as_str())
+                .bind(end.failure.as_ref().map(|f| f.0.as_str()))
+                .bind(end.failure.as_ref().map(|f| f.1.as_str()))
+                .bind(end.at_ms)
+                .bind(run_id);
+        }
+        query.execute(conn).await?;
+        Ok(())
+    }
+}
+
 /// A run's columns, owned, with its trigger outputs as stored text (a write outlives the
 /// caller's borrow).
 struct RunRow {
@@ -173,32 +321,108 @@ impl RunRow {
     }
 }
 
-async fn insert_run(
+type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
+
+/// Statements with anonymous parameters (`?`), so that several go in one query, each taking
+/// the next parameters in order (see [`ProgressRow`]).
+const INSERT_REQUEST: &str = "INSERT INTO trigger_requests
+    (id, flow_id, received_at_ms, status, http_status, error_code, error_message, query, body, event_count, outcome)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+
+fn bind_request<'q>(query: SqliteQuery<'q>, request: &'q RequestRow) -> SqliteQuery<'q> {
+    let r = &request.request;
+    query
+        .bind(&r.id)
+        .bind(&r.flow_id)
+        .bind(r.received_at_ms)
+        .bind(request.status)
+        .bind(i64::from(r.http_status))
+        .bind(r.error.as_ref().map(|e| e.0.as_str()))
+        .bind(r.error.as_ref().map(|e| e.1.as_str()))
+        .bind(request.query.as_deref())
+        .bind(r.body.as_deref())
+        .bind(r.event_count as i64)
+        .bind(request.outcome.as_deref())
+}
+
+const INSERT_RUN: &str = "INSERT INTO runs
+    (id, request_id, flow_id, event_index, status, trigger, created_at_ms, correlation_key, delivery_id, replay_of, owner, lease_until_ms)
+    VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)";
+
+fn bind_run<'q>(
+    query: SqliteQuery<'q>,
+    run: &'q RunRow,
+    request_id: Option<&'q str>,
+    replay_of: Option<&'q str>,
+) -> SqliteQuery<'q> {
+    query
+        .bind(&run.id)
+        .bind(request_id)
+        .bind(&run.flow_id)
+        .bind(run.event_index)
+        .bind(&run.trigger)
+        .bind(run.created_at_ms)
+        .bind(run.correlation_key.as_deref())
+        .bind(run.delivery_id.as_deref())
+        .bind(replay_of)
+        .bind(run.owner.as_deref())
+        .bind(run.lease_until_ms)
+}
+
+const INSERT_SUPPRESSED: &str = "INSERT INTO suppressed_events
+    (request_id, event_index, flow_id, correlation_key, parent_request_id, received_at_ms, delivery_id)
+    VALUES (?, ?, ?, ?, ?, ?, ?)";
+
+/// A trigger request to insert, owned, with its JSON as text.
+struct RequestRow {
+    request: NewRequest,
+    status: &'static str,
+    query: Option<String>,
+    outcome: Option<String>,
+}
+
+impl RequestRow {
+    fn of(request: &NewRequest, status: &'static str) -> RequestRow {
+        RequestRow {
+            query: request.query.as_ref().map(to_json_text),
+            outcome: request.outcome.as_ref().map(to_json_text),
+            request: NewRequest {
+                query: None,
+                outcome: None,
+                ..request.clone()
+            },
+            status,
+        }
+    }
+}
+
+/// `statements` in one query, inside a savepoint, in one round trip to SQLite's thread: they
+/// take effect together or not at all. Returns the rows they read.
+fn in_savepoint(statements: &[&str]) -> String {
+    let mut sql = String::from("SAVEPOINT write;\n");
+    for statement in statements {
+        sql.push_str(statement);
+        sql.push_str(";\n");
+    }
+    sql.push_str("RELEASE write");
+    sql
+}
+
+/// Runs a query made by [`in_savepoint`]; on an error, undoes what it did.
+async fn fetch_atomic(
     conn: &mut sqlx::SqliteConnection,
-    run: &RunRow,
-    request_id: Option<&str>,
-    replay_of: Option<&str>,
-) -> Result<(), StorageError> {
-    sqlx::query(
-        "INSERT INTO runs (id, request_id, flow_id, event_index, status, trigger, created_at_ms, correlation_key,
-                           delivery_id, replay_of, owner, lease_until_ms)
-         VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, $11)",
-    )
-    .bind(&run.id)
-    .bind(request_id)
-    .bind(&run.flow_id)
-    .bind(run.event_index)
-    .bind(&run.trigger)
-    .bind(run.created_at_ms)
-    .bind(run.correlation_key.as_deref())
-    .bind(run.delivery_id.as_deref())
-    .bind(replay_of)
-    .bind(run.owner.as_deref())
-    .bind(run.lease_until_ms)
-    .execute(conn)
-    .await
-    .map_err(conflict_or)?;
-    Ok(())
+    query: SqliteQuery<'_>,
+) -> Result<Vec<sqlx::sqlite::SqliteRow>, StorageError> {
+    match query.fetch_all(&mut *conn).await {
+        Ok(rows) => Ok(rows),
+        Err(error) => {
+            // Fails harmlessly when the error already ended the transaction.
+            let _ = sqlx::raw_sql("ROLLBACK TO write; RELEASE write")
+                .execute(&mut *conn)
+                .await;
+            Err(conflict_or(error))
+        }
+    }
 }
 
 #[async_trait]
@@ -209,34 +433,33 @@ impl Storage for SqliteStorage {
         runs: &[NewRun],
         suppressed: &[NewSuppressed],
     ) -> Result<(), StorageError> {
-        let request = request.clone();
+        let request = RequestRow::of(request, "accepted");
         let runs: Vec<RunRow> = runs.iter().map(RunRow::of).collect();
         let suppressed = suppressed.to_vec();
-        let atomic = runs.len() + suppressed.len() > 0;
         self.write(
-            atomic,
+            false,
             Box::new(move |conn| {
                 Box::pin(async move {
-                    insert_request(conn, &request, "accepted").await?;
+                    let mut statements = vec![INSERT_REQUEST];
+                    statements.extend(runs.iter().map(|_| INSERT_RUN));
+                    statements.extend(suppressed.iter().map(|_| INSERT_SUPPRESSED));
+                    let sql = in_savepoint(&statements);
+                    let mut query = bind_request(sqlx::query(sqlx::AssertSqlSafe(sql)), &request);
+                    let request_id = request.request.id.as_str();
                     for run in &runs {
-                        insert_run(conn, run, Some(&request.id), None).await?;
+                        query = bind_run(query, run, Some(request_id), None);
                     }
                     for event in &suppressed {
-                        sqlx::query(
-                            "INSERT INTO suppressed_events
-                                (request_id, event_index, flow_id, correlation_key, parent_request_id, received_at_ms, delivery_id)
-                             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                        )
-                        .bind(&request.id)
-                        .bind(event.event_index as i64)
-                        .bind(&event.flow_id)
-                        .bind(&event.correlation_key)
-                        .bind(&event.parent_request_id)
-                        .bind(event.received_at_ms)
-                        .bind(event.delivery_id.as_deref())
-                        .execute(&mut *conn)
-                        .await?;
+                        query = query
+                            .bind(request_id)
+                            .bind(event.event_index as i64)
+                            .bind(&event.flow_id)
+                            .bind(&event.correlation_key)
+                            .bind(&event.parent_request_id)
+                            .bind(event.received_at_ms)
+                            .bind(event.delivery_id.as_deref());
                     }
+                    fetch_atomic(conn, query).await?;
                     Ok(())
                 })
             }),
@@ -245,25 +468,12 @@ impl Storage for SqliteStorage {
     }
 
     async fn record_rejected(&self, request: &NewRequest) -> Result<(), StorageError> {
-        let request = request.clone();
-        self.write(
-            false,
-            Box::new(move |conn| {
-                Box::pin(async move { insert_request(conn, &request, "rejected").await })
-            }),
-        )
-        .await
-    }
-
-    async fn start_run(&self, run_id: &str, at_ms: i64) -> Result<(), StorageError> {
-        let run_id = run_id.to_owned();
+        let request = RequestRow::of(request, "rejected");
         self.write(
             false,
             Box::new(move |conn| {
                 Box::pin(async move {
-                    sqlx::query("UPDATE runs SET status = 'running', started_at_ms = coalesce(started_at_ms, $2) WHERE id = $1")
-                        .bind(&run_id)
-                        .bind(at_ms)
+                    bind_request(sqlx::query(INSERT_REQUEST), &request)
                         .execute(conn)
                         .await?;
                     Ok(())
@@ -271,6 +481,14 @@ impl Storage for SqliteStorage {
             }),
         )
         .await
+    }
+
+    async fn start_run(&self, run_id: &str, at_ms: i64) -> Result<(), StorageError> {
+        let progress = Progress {
+            run_started_at_ms: Some(at_ms),
+            ..Progress::default()
+        };
+        self.record_progress(run_id, &progress).await
     }
 
     async fn finish_run(
@@ -280,25 +498,15 @@ impl Storage for SqliteStorage {
         failure: Option<(&str, &str)>,
         at_ms: i64,
     ) -> Result<(), StorageError> {
-        let run_id = run_id.to_owned();
-        let failure = failure.map(|(step, error)| (step.to_owned(), error.to_owned()));
-        self.write(
-            false,
-            Box::new(move |conn| {
-                Box::pin(async move {
-                    sqlx::query("UPDATE runs SET status = $2, failed_step = $3, error = $4, finished_at_ms = $5, owner = NULL, lease_until_ms = NULL WHERE id = $1")
-                        .bind(&run_id)
-                        .bind(status.as_str())
-                        .bind(failure.as_ref().map(|f| f.0.as_str()))
-                        .bind(failure.as_ref().map(|f| f.1.as_str()))
-                        .bind(at_ms)
-                        .execute(conn)
-                        .await?;
-                    Ok(())
-                })
+        let progress = Progress {
+            run_finished: Some(RunFinish {
+                status,
+                failure,
+                at_ms,
             }),
-        )
-        .await
+            ..Progress::default()
+        };
+        self.record_progress(run_id, &progress).await
     }
 
     async fn start_step(
@@ -311,33 +519,29 @@ impl Storage for SqliteStorage {
         attempt: u32,
         at_ms: i64,
     ) -> Result<(), StorageError> {
-        let (run_id, step_id, step_type) =
-            (run_id.to_owned(), step_id.to_owned(), step_type.to_owned());
-        let inputs = to_json_text(inputs);
+        let progress = Progress {
+            step_started: Some(StepStart {
+                step_id,
+                position,
+                step_type,
+                inputs,
+                attempt,
+                at_ms,
+            }),
+            ..Progress::default()
+        };
+        self.record_progress(run_id, &progress).await
+    }
+
+    async fn record_progress(
+        &self,
+        run_id: &str,
+        progress: &Progress<'_>,
+    ) -> Result<(), StorageError> {
+        let row = ProgressRow::of(run_id, progress);
         self.write(
             false,
-            Box::new(move |conn| {
-                Box::pin(async move {
-                    // The first attempt's start time stays; later attempts only bump the count.
-                    sqlx::query(
-                        "INSERT INTO step_runs (run_id, step_id, position, step_type, status, inputs, started_at_ms, attempts)
-                         VALUES ($1, $2, $3, $4, 'running', $5, $6, $7)
-                         ON CONFLICT (run_id, step_id) DO UPDATE SET
-                            status = 'running', inputs = excluded.inputs, attempts = excluded.attempts,
-                            outputs = NULL, error = NULL, error_code = NULL, finished_at_ms = NULL",
-                    )
-                    .bind(&run_id)
-                    .bind(&step_id)
-                    .bind(position as i64)
-                    .bind(&step_type)
-                    .bind(&inputs)
-                    .bind(at_ms)
-                    .bind(i64::from(attempt))
-                    .execute(conn)
-                    .await?;
-                    Ok(())
-                })
-            }),
+            Box::new(move |conn| Box::pin(async move { row.write(conn).await })),
         )
         .await
     }
@@ -376,42 +580,11 @@ impl Storage for SqliteStorage {
         step_id: &str,
         outcome: &StepOutcome,
     ) -> Result<(), StorageError> {
-        let (run_id, step_id) = (run_id.to_owned(), step_id.to_owned());
-        let status = outcome.status;
-        let outputs = outcome.outputs.as_ref().map(to_json_text);
-        let error = outcome.error.clone();
-        let finished_at_ms = outcome.finished_at_ms;
-        let exchanges =
-            serde_json::to_string(&outcome.exchanges).expect("exchange records serialize");
-        let attempt = outcome
-            .attempt
-            .as_ref()
-            .map(|a| serde_json::to_string(a).expect("attempt records serialize"));
-        self.write(
-            false,
-            Box::new(move |conn| {
-                Box::pin(async move {
-                    sqlx::query(
-                        "UPDATE step_runs SET status = $3, outputs = $4, error_code = $5, error = $6, exchanges = $7, finished_at_ms = $8,
-                                attempt_log = CASE WHEN $9 IS NULL THEN attempt_log ELSE json_insert(coalesce(attempt_log, '[]'), '$[#]', json($9)) END
-                         WHERE run_id = $1 AND step_id = $2",
-                    )
-                    .bind(&run_id)
-                    .bind(&step_id)
-                    .bind(status.as_str())
-                    .bind(outputs.as_deref())
-                    .bind(error.as_ref().map(|e| e.0.as_str()))
-                    .bind(error.as_ref().map(|e| e.1.as_str()))
-                    .bind(&exchanges)
-                    .bind(finished_at_ms)
-                    .bind(attempt.as_deref())
-                    .execute(conn)
-                    .await?;
-                    Ok(())
-                })
-            }),
-        )
-        .await
+        let progress = Progress {
+            step_finished: Some((step_id, outcome)),
+            ..Progress::default()
+        };
+        self.record_progress(run_id, &progress).await
     }
 
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StorageError> {
@@ -688,29 +861,48 @@ impl Storage for SqliteStorage {
         let run = RunRow::of(run);
         let request_id = request_id.map(str::to_owned);
         let replay_of = replay_of.to_owned();
-        let reused = reused.to_vec();
+        let reused: Vec<(String, i64, String, Option<String>, Option<String>)> = reused
+            .iter()
+            .map(|s| {
+                (
+                    s.step_id.clone(),
+                    s.position,
+                    s.step_type.clone(),
+                    s.inputs.as_ref().map(to_json_text),
+                    s.outputs.as_ref().map(to_json_text),
+                )
+            })
+            .collect();
         self.write(
-            true,
+            false,
             Box::new(move |conn| {
                 Box::pin(async move {
-                    insert_run(conn, &run, request_id.as_deref(), Some(&replay_of)).await?;
-                    for step in &reused {
-                        sqlx::query(
-                            "INSERT INTO step_runs (run_id, step_id, position, step_type, status, inputs, outputs,
-                                                    exchanges, started_at_ms, finished_at_ms, attempts, reused_from)
-                             VALUES ($1, $2, $3, $4, 'succeeded', $5, $6, '[]', $7, $7, 0, $8)",
-                        )
-                        .bind(&run.id)
-                        .bind(&step.step_id)
-                        .bind(step.position)
-                        .bind(&step.step_type)
-                        .bind(step.inputs.as_ref().map(to_json_text))
-                        .bind(step.outputs.as_ref().map(to_json_text))
-                        .bind(run.created_at_ms)
-                        .bind(&replay_of)
-                        .execute(&mut *conn)
-                        .await?;
+                    let mut statements = vec![INSERT_RUN];
+                    statements.extend(reused.iter().map(|_| {
+                        "INSERT INTO step_runs (run_id, step_id, position, step_type, status, inputs, outputs,
+                                                exchanges, started_at_ms, finished_at_ms, attempts, reused_from)
+                         VALUES (?, ?, ?, ?, 'succeeded', ?, ?, '[]', ?, ?, 0, ?)"
+                    }));
+                    let sql = in_savepoint(&statements);
+                    let mut query = bind_run(
+                        sqlx::query(sqlx::AssertSqlSafe(sql)),
+                        &run,
+                        request_id.as_deref(),
+                        Some(&replay_of),
+                    );
+                    for (step_id, position, step_type, inputs, outputs) in &reused {
+                        query = query
+                            .bind(&run.id)
+                            .bind(step_id)
+                            .bind(*position)
+                            .bind(step_type)
+                            .bind(inputs.as_deref())
+                            .bind(outputs.as_deref())
+                            .bind(run.created_at_ms)
+                            .bind(run.created_at_ms)
+                            .bind(&replay_of);
                     }
+                    fetch_atomic(conn, query).await?;
                     Ok(())
                 })
             }),
@@ -995,53 +1187,45 @@ impl Storage for SqliteStorage {
     async fn save_link(&self, link: &Link) -> Result<Option<Link>, StorageError> {
         let link = link.clone();
         self.write(
-            true,
+            false,
             Box::new(move |conn| {
                 Box::pin(async move {
-                    let previous = sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "SELECT {LINK_COLUMNS} FROM links WHERE halo_connection = $1 AND halo_ticket_id = $2"
-                    )))
-                    .bind(&link.halo_connection)
-                    .bind(link.halo_ticket_id)
-                    .fetch_optional(&mut *conn)
-                    .await?
-                    .as_ref()
-                    .map(link_row)
-                    .transpose()?;
-                    // 1-1: the record loses any other ticket's link.
-                    sqlx::query(
-                        "DELETE FROM links WHERE servicenow = $1 AND sys_id = $2
-                           AND NOT (halo_connection = $3 AND halo_ticket_id = $4)",
-                    )
-                    .bind(&link.servicenow)
-                    .bind(&link.sys_id)
-                    .bind(&link.halo_connection)
-                    .bind(link.halo_ticket_id)
-                    .execute(&mut *conn)
-                    .await?;
-                    sqlx::query(
+                    let select = format!(
+                        "SELECT {LINK_COLUMNS} FROM links WHERE halo_connection = ? AND halo_ticket_id = ?"
+                    );
+                    let sql = in_savepoint(&[
+                        &select,
+                        // 1-1: the record loses any other ticket's link.
+                        "DELETE FROM links WHERE servicenow = ? AND sys_id = ?
+                           AND NOT (halo_connection = ? AND halo_ticket_id = ?)",
                         "INSERT INTO links (halo_connection, halo_ticket_id, servicenow, table_name, sys_id, number,
                                             created_by, created_at_ms, updated_at_ms)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                          ON CONFLICT (halo_connection, halo_ticket_id) DO UPDATE SET
                             servicenow = excluded.servicenow, table_name = excluded.table_name,
                             sys_id = excluded.sys_id, number = excluded.number, created_by = excluded.created_by,
                             created_at_ms = CASE WHEN links.sys_id = excluded.sys_id THEN links.created_at_ms
                                                  ELSE excluded.created_at_ms END,
                             updated_at_ms = excluded.updated_at_ms",
-                    )
-                    .bind(&link.halo_connection)
-                    .bind(link.halo_ticket_id)
-                    .bind(&link.servicenow)
-                    .bind(&link.table)
-                    .bind(&link.sys_id)
-                    .bind(link.number.as_deref())
-                    .bind(link.created_by.as_str())
-                    .bind(link.created_at_ms)
-                    .bind(link.updated_at_ms)
-                    .execute(&mut *conn)
-                    .await?;
-                    Ok(previous)
+                    ]);
+                    let query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .bind(&link.halo_connection)
+                        .bind(link.halo_ticket_id)
+                        .bind(&link.servicenow)
+                        .bind(&link.sys_id)
+                        .bind(&link.halo_connection)
+                        .bind(link.halo_ticket_id)
+                        .bind(&link.halo_connection)
+                        .bind(link.halo_ticket_id)
+                        .bind(&link.servicenow)
+                        .bind(&link.table)
+                        .bind(&link.sys_id)
+                        .bind(link.number.as_deref())
+                        .bind(link.created_by.as_str())
+                        .bind(link.created_at_ms)
+                        .bind(link.updated_at_ms);
+                    let rows = fetch_atomic(conn, query).await?;
+                    rows.first().map(link_row).transpose()
                 })
             }),
         )
@@ -1081,30 +1265,4 @@ impl Storage for SqliteStorage {
         .map(link_row)
         .transpose()
     }
-}
-
-async fn insert_request(
-    conn: &mut sqlx::SqliteConnection,
-    request: &NewRequest,
-    status: &str,
-) -> Result<(), StorageError> {
-    sqlx::query(
-        "INSERT INTO trigger_requests
-            (id, flow_id, received_at_ms, status, http_status, error_code, error_message, query, body, event_count, outcome)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-    )
-    .bind(&request.id)
-    .bind(&request.flow_id)
-    .bind(request.received_at_ms)
-    .bind(status)
-    .bind(i64::from(request.http_status))
-    .bind(request.error.as_ref().map(|e| e.0.as_str()))
-    .bind(request.error.as_ref().map(|e| e.1.as_str()))
-    .bind(request.query.as_ref().map(to_json_text))
-    .bind(request.body.as_deref())
-    .bind(request.event_count as i64)
-    .bind(request.outcome.as_ref().map(to_json_text))
-    .execute(conn)
-    .await?;
-    Ok(())
 }
