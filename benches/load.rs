@@ -72,6 +72,9 @@ struct Args {
         default_value = "process_crash,power_loss"
     )]
     durability: Vec<String>,
+    /// `server.max_active_runs` for haloflow (default: the server's own default).
+    #[arg(long)]
+    max_active_runs: Option<usize>,
     /// Skip the plain-axum baseline.
     #[arg(long)]
     no_baseline: bool,
@@ -112,6 +115,10 @@ struct Args {
     #[arg(long, hide = true)]
     bench: bool,
 }
+
+/// The load side (generator and emulators) on its own core must keep up with the server.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let args = Args::parse();
@@ -281,11 +288,19 @@ fn flow_document() -> Value {
     })
 }
 
-fn config_text(halo: &str, servicenow: &str, durability: &str) -> String {
-    let durability = match durability {
+fn config_text(
+    halo: &str,
+    servicenow: &str,
+    durability: &str,
+    max_active_runs: Option<usize>,
+) -> String {
+    let mut durability = match durability {
         "default" => String::new(),
         level => format!("durability = \"{level}\"\n"),
     };
+    if let Some(n) = max_active_runs {
+        durability.push_str(&format!("max_active_runs = {n}\n"));
+    }
     format!(
         r#"# Written by benches/load.rs.
 [server]
@@ -938,7 +953,12 @@ async fn run_haloflow(args: &Args, emulators: &Emulators, dir: &Path, durability
     let config = dir.join("haloflow.toml");
     std::fs::write(
         &config,
-        config_text(&emulators.halo_url, &emulators.servicenow_url, durability),
+        config_text(
+            &emulators.halo_url,
+            &emulators.servicenow_url,
+            durability,
+            args.max_active_runs,
+        ),
     )
     .expect("write config");
     let bin = args

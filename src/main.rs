@@ -265,6 +265,11 @@ fn parse_time(text: &str) -> Result<i64, String> {
     })
 }
 
+/// mimalloc: glibc's malloc took about a quarter of the server's CPU under load (profile in
+/// benches/RESULTS.md). The library leaves the allocator to whoever embeds it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
