@@ -40,6 +40,7 @@ pub mod engine;
 pub mod flood;
 pub mod flow;
 pub mod halo;
+pub mod json;
 pub mod outbound;
 pub mod prelude;
 pub mod secrets;

@@ -4,7 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::{Engine, LoadedFlow};
 use crate::config::RetrySettings;
@@ -15,7 +15,8 @@ use crate::storage::{
     AttemptOutcome, AttemptRecord, Progress, RunFinish, RunStatus, StepOutcome, StepRunRecord,
     StepStart, StepStatus, StorageError, now_ms,
 };
-use crate::template::{CompiledValue, TemplateSet};
+use crate::template::CompiledValue;
+use handlebars::Context;
 
 /// How a run's execution ended in this process.
 pub(super) enum RunEnd {
@@ -129,13 +130,25 @@ struct StepFailure {
     message: String,
 }
 
-/// The data templates see: `{trigger, steps, constants}`.
-fn initial_data(flow: &ValidatedFlow, trigger: Value) -> Value {
-    json!({
-        "trigger": trigger,
-        "steps": Map::new(),
-        "constants": Value::Object(flow.document.constants.clone()),
-    })
+/// The data templates see: `{trigger, steps, constants}`, held as the handlebars context
+/// itself, so rendering a step's text templates copies nothing.
+fn initial_data(flow: &ValidatedFlow, trigger: Value) -> Context {
+    Context::from(crate::json::object([
+        ("trigger", trigger),
+        ("steps", Value::Object(Map::new())),
+        ("constants", Value::Object(flow.document.constants.clone())),
+    ]))
+}
+
+/// Makes a step's outputs visible to the steps after it.
+fn add_outputs(data: &mut Context, step_id: &str, outputs: Value) {
+    if let Some(steps) = data
+        .data_mut()
+        .get_mut("steps")
+        .and_then(Value::as_object_mut)
+    {
+        steps.insert(step_id.to_owned(), outputs);
+    }
 }
 
 /// Renders a step's inputs and checks them against the step's schema (the strict one live;
@@ -143,13 +156,12 @@ fn initial_data(flow: &ValidatedFlow, trigger: Value) -> Value {
 fn prepare_inputs(
     flow: &ValidatedFlow,
     step: &ValidatedStep,
-    data: &Value,
+    context: &Context,
     dry_run: bool,
 ) -> Result<Value, StepFailure> {
-    let context = TemplateSet::context(data);
     let inputs = flow
         .templates
-        .render(&step.inputs, data, &context)
+        .render(&step.inputs, context.data(), context)
         .map_err(|failure| {
             let input = failure
                 .pointer
@@ -398,9 +410,7 @@ impl Engine {
                     queue.push_front(next);
                 }
             }
-            if let Some(steps) = data.get_mut("steps").and_then(Value::as_object_mut) {
-                steps.insert(step.id.clone(), outputs);
-            }
+            add_outputs(&mut data, &step.id, outputs);
         }
         let end = RunFinish {
             status: RunStatus::Succeeded,
@@ -449,7 +459,7 @@ impl Engine {
         run_id: &str,
         step: &ValidatedStep,
         position: usize,
-        data: &Value,
+        data: &Context,
         before: Option<&StepRunRecord>,
         claim: &mut Instant,
         unwritten: &mut Unwritten,
@@ -711,7 +721,7 @@ impl Engine {
             let mut placeholder_steps: Vec<&str> = Vec::new();
             let mut queue: VecDeque<&ValidatedStep> = flow.steps.iter().collect();
             while let Some(step) = queue.pop_front() {
-                fill_placeholders(&mut data, step, &placeholder_steps);
+                fill_placeholders(data.data_mut(), step, &placeholder_steps);
                 let mut report = DryRunStep {
                     id: step.id.clone(),
                     step_type: step.step.step.type_name().to_owned(),
@@ -752,9 +762,7 @@ impl Engine {
                             queue.push_front(next);
                         }
                     }
-                    if let Some(map) = data.get_mut("steps").and_then(Value::as_object_mut) {
-                        map.insert(step.id.clone(), outputs);
-                    }
+                    add_outputs(&mut data, &step.id, outputs);
                 }
                 steps.push(report);
                 if failed {

@@ -194,7 +194,10 @@ fn ticket_outputs(ticket: Value) -> Result<Value, StepError> {
         .get("id")
         .and_then(to_id)
         .ok_or_else(|| StepError::Response("Halo's answer has no ticket id".into()))?;
-    Ok(json!({"ticket_id": id, "ticket": ticket}))
+    Ok(crate::json::object([
+        ("ticket_id", Value::from(id)),
+        ("ticket", ticket),
+    ]))
 }
 
 const TICKET_OUTPUTS: &[OutputSpec] = &[
@@ -379,7 +382,7 @@ impl Step for UpdateTicket {
             .await?;
         // Halo answers the updated ticket; keep the id we asked for if it answers nothing.
         if ticket.get("id").is_none() {
-            return Ok(json!({"ticket_id": id, "ticket": ticket}));
+            return Ok(crate::json::object([("ticket_id", id), ("ticket", ticket)]));
         }
         ticket_outputs(ticket)
     }
@@ -529,7 +532,11 @@ impl Step for AddAction {
 
 fn action_outputs(ticket_id: Value, action: Value) -> Value {
     let action_id = action.get("id").and_then(to_id);
-    json!({"action_id": action_id, "ticket_id": ticket_id, "action": action})
+    crate::json::object([
+        ("action_id", action_id.map_or(Value::Null, Value::from)),
+        ("ticket_id", ticket_id),
+        ("action", action),
+    ])
 }
 
 #[cfg(test)]

@@ -181,7 +181,7 @@ impl TemplateSet {
     }
 
     /// Renders compiled inputs against `data` (`{trigger, steps, constants}`); `context` must
-    /// wrap the same data (built once per step by [`TemplateSet::context`]).
+    /// wrap the same data (a run keeps its data as the context, so nothing is copied).
     pub fn render(
         &self,
         compiled: &CompiledValue,

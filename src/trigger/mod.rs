@@ -165,20 +165,33 @@ pub fn outputs(
         .get("agent_id")
         .and_then(as_id)
         .is_some_and(|id| id > 0);
-    let text = |key: &str| event.get(key).and_then(Value::as_str).map(str::to_owned);
-    json!({
-        "request_id": request_id,
-        "delivery_id": delivery_id(&event),
-        "event": text("event").map(|e| e.to_lowercase()),
-        "ticket_id": ticket_id,
-        "ticket": ticket,
-        "agent_assigned": agent_assigned,
-        "recipients": query.recipients,
-        "params": query.params,
-        "received_at": received_at,
-        "message": text("message"),
-        "body": Value::Object(event),
-    })
+    let text = |key: &str| {
+        event
+            .get(key)
+            .and_then(Value::as_str)
+            .map_or(Value::Null, |t| Value::String(t.to_owned()))
+    };
+    let event_name = match text("event") {
+        Value::String(e) => Value::String(e.to_lowercase()),
+        other => other,
+    };
+    let message = text("message");
+    crate::json::object([
+        ("request_id", Value::String(request_id.to_owned())),
+        (
+            "delivery_id",
+            delivery_id(&event).map_or(Value::Null, Value::String),
+        ),
+        ("event", event_name),
+        ("ticket_id", ticket_id.map_or(Value::Null, Value::from)),
+        ("ticket", ticket),
+        ("agent_assigned", Value::Bool(agent_assigned)),
+        ("recipients", json!(query.recipients)),
+        ("params", json!(query.params)),
+        ("received_at", Value::String(received_at.to_owned())),
+        ("message", message),
+        ("body", Value::Object(event)),
+    ])
 }
 
 /// Halo's delivery GUID: `id` of a default webhook body (one with `event` or `object_id`).
