@@ -323,11 +323,13 @@ fn answer(emulator: &ServiceNowEmulator, mut recorded: RecordedRequest) -> Respo
 }
 
 impl SnState {
+    /// Newest first: the record just created or last touched is found at once, however many
+    /// a long load test has created.
     fn find(&self, table: &str, sys_id: &str) -> Option<usize> {
         self.tables
             .get(table)?
             .iter()
-            .position(|r| r.get("sys_id").and_then(Value::as_str) == Some(sys_id))
+            .rposition(|r| r.get("sys_id").and_then(Value::as_str) == Some(sys_id))
     }
 
     fn answer(&mut self, request: &RecordedRequest) -> Answer {
