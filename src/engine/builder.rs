@@ -153,6 +153,10 @@ impl EngineBuilder {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("haloflow/", env!("CARGO_PKG_VERSION")))
+            // APIs answer, they do not redirect: a 3xx is shown as the answer (a base URL
+            // that needs fixing) rather than followed, possibly as a GET. Following also cost
+            // two more URL parses per request.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| EngineError::HttpClient(e.to_string()))?;
         let (finished, _) = broadcast::channel(1024);

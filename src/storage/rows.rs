@@ -41,7 +41,8 @@ columns_for!(sqlx::postgres::PgRow);
 
 /// JSON values are stored as text.
 pub(super) fn to_json_text(value: &Value) -> String {
-    value.to_string()
+    // Into a byte buffer: `to_string` goes through `fmt::Write`, a call per token.
+    serde_json::to_string(value).expect("a JSON value serialises")
 }
 
 pub(super) fn parse_json(
