@@ -72,6 +72,11 @@ struct Args {
         default_value = "process_crash,power_loss"
     )]
     durability: Vec<String>,
+    /// Open loop: send this many webhooks per second in all (spread evenly over the
+    /// connections) instead of each connection sending its next one on the answer. Latency is
+    /// then measured from when a webhook was due, so a server that falls behind is not flattered.
+    #[arg(long)]
+    rate: Option<f64>,
     /// `server.max_active_runs` for haloflow (default: the server's own default).
     #[arg(long)]
     max_active_runs: Option<usize>,
@@ -745,14 +750,16 @@ impl PhaseResult {
     }
 }
 
-/// Drives webhooks at `connections` connections for `duration`. Each webhook's ticket is
-/// created in the Halo emulator first (a fresh id), and carries a fresh delivery id.
+/// Drives webhooks at `connections` connections for `duration`: closed loop, or at `rate`
+/// webhooks per second in all. Each webhook's ticket is created in the Halo emulator first (a
+/// fresh id), and carries a fresh delivery id.
 async fn drive(
     addrs: &[SocketAddr],
     emulators: &Emulators,
     connections: usize,
     duration: Duration,
     sequence: Arc<AtomicU64>,
+    rate: Option<f64>,
 ) -> PhaseResult {
     let started = Instant::now();
     let deadline = started + duration;
@@ -766,13 +773,30 @@ async fn drive(
         tasks.push(tokio::spawn(async move {
             let mut connection = Connection::new(addr);
             let mut result = PhaseResult::default();
+            // Open loop: this connection's k-th webhook is due at (k * connections + i) / rate.
+            let interval = rate.map(|r| Duration::from_secs_f64(connections as f64 / r));
+            let mut due = started
+                + interval.map_or(Duration::ZERO, |d| d.mul_f64(i as f64 / connections as f64));
             while Instant::now() < deadline {
+                if interval.is_some() {
+                    tokio::time::sleep_until(due.into()).await;
+                    if due >= deadline {
+                        break;
+                    }
+                }
                 let seq = sequence.fetch_add(1, Ordering::Relaxed);
                 let mut ticket = (*template).clone();
                 let ticket_id = halo.insert_ticket(ticket.clone());
                 ticket["id"] = json!(ticket_id);
                 let request = post_request(addr, &webhook(&ticket, ticket_id, seq));
-                let sent = Instant::now();
+                let sent = if interval.is_some() {
+                    due
+                } else {
+                    Instant::now()
+                };
+                if let Some(interval) = interval {
+                    due += interval;
+                }
                 match connection.send(&request).await {
                     Ok(status) => {
                         result
@@ -869,6 +893,7 @@ async fn run_baseline(args: &Args, emulators: &Emulators, dir: &Path) -> Figures
         args.connections,
         Duration::from_secs(args.warmup),
         sequence.clone(),
+        args.rate,
     )
     .await;
     let rss_after_warmup = status_kb(server.pid, "VmRSS");
@@ -880,6 +905,7 @@ async fn run_baseline(args: &Args, emulators: &Emulators, dir: &Path) -> Figures
         args.connections,
         Duration::from_secs(args.duration),
         sequence,
+        args.rate,
     )
     .await;
     let cpu = cpu_ms(server.pid) - cpu0;
@@ -1011,6 +1037,7 @@ async fn run_haloflow(args: &Args, emulators: &Emulators, dir: &Path, durability
         args.connections,
         Duration::from_secs(args.warmup),
         sequence.clone(),
+        args.rate,
     )
     .await;
     drain(emulators, warmup.count(202), stall).await;
@@ -1045,6 +1072,7 @@ async fn run_haloflow(args: &Args, emulators: &Emulators, dir: &Path, durability
         args.connections,
         Duration::from_secs(args.duration),
         sequence,
+        args.rate,
     )
     .await;
     sampler.abort();
@@ -1257,8 +1285,12 @@ async fn run(args: Args) {
     println!("haloflow load benchmark (issue 7 reference workload)");
     println!("  machine: {}", machine());
     println!(
-        "  {} connections, {} s warm-up, {} s measured, {} repetition(s), {}; webhook body {} bytes",
+        "  {} connections ({}), {} s warm-up, {} s measured, {} repetition(s), {}; webhook body {} bytes",
         args.connections,
+        match args.rate {
+            Some(rate) => format!("open loop at {rate} webhooks/s"),
+            None => "closed loop".to_owned(),
+        },
         args.warmup,
         args.duration,
         args.repeat,

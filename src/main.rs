@@ -270,7 +270,20 @@ fn parse_time(text: &str) -> Result<i64, String> {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// No transparent huge pages for this process: where the kernel applies them to every
+/// aligned region (`/sys/kernel/mm/transparent_hugepage/enabled` = always), a few touched
+/// kilobytes of the allocator's arenas become 2 MiB resident each, which took the server's
+/// RSS under load from about 45 to about 77 MB on the benchmark machine.
+fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and changes no memory we hold.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
 fn main() -> ExitCode {
+    disable_transparent_huge_pages();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

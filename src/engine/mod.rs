@@ -276,12 +276,14 @@ impl Engine {
             return Err(AcceptError::Overloaded(active));
         }
         let events = trigger::events(body).map_err(AcceptError::Payload)?;
-        match self
-            .accept_events(flow, query, body_text, events.clone())
-            .await
-        {
-            // The same delivery arrived twice at once: the other copy won; look again.
+        match self.accept_events(flow, query, body_text, events).await {
+            // The same delivery arrived twice at once: the other copy won; look again. The
+            // body is parsed again (rare) rather than every payload copied in case.
             Err(AcceptError::Storage(StorageError::Conflict)) => {
+                let events = serde_json::from_str(body_text)
+                    .ok()
+                    .and_then(|body| trigger::events(body).ok())
+                    .ok_or(AcceptError::Storage(StorageError::Conflict))?;
                 self.accept_events(flow, query, body_text, events).await
             }
             other => other,
