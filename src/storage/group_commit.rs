@@ -49,10 +49,19 @@ pub struct WriteStats {
 }
 
 impl GroupCommit {
-    /// Starts the writer task on `connection` (which must not be used elsewhere).
-    pub(super) fn start(connection: SqliteConnection) -> GroupCommit {
+    /// Starts the writer task on `connection` (which must not be used elsewhere). With
+    /// `checkpoints`, a second connection checkpoints the WAL in the background (the writer's
+    /// own automatic checkpoints must then be off): a checkpoint copies pages and syncs the
+    /// file, and done by the writer at a commit it held every write waiting behind it.
+    pub(super) fn start(
+        connection: SqliteConnection,
+        checkpoints: Option<SqliteConnection>,
+    ) -> GroupCommit {
         let (jobs, queue) = mpsc::channel(QUEUE);
         let counters = Arc::new(Counters::default());
+        if let Some(checkpointer) = checkpoints {
+            tokio::spawn(checkpoint(checkpointer, jobs.downgrade()));
+        }
         tokio::spawn(writer(connection, queue, counters.clone()));
         GroupCommit { jobs, counters }
     }
@@ -190,6 +199,27 @@ fn ends_transaction(error: &StorageError) -> bool {
     }
 }
 
+/// How often the background checkpointer copies the WAL into the database.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Checkpoints until the writer is gone. PASSIVE: never waits for readers or the writer; what
+/// it cannot copy now it copies next time. A checkpoint that got everything lets the writer
+/// start the WAL over, so it stays small.
+async fn checkpoint(mut conn: SqliteConnection, writer: mpsc::WeakSender<Box<dyn Job>>) {
+    loop {
+        tokio::time::sleep(CHECKPOINT_EVERY).await;
+        if writer.upgrade().is_none() {
+            return;
+        }
+        if let Err(e) = sqlx::raw_sql("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&mut conn)
+            .await
+        {
+            tracing::warn!(error = %e, "A background WAL checkpoint failed; the next one tries again.");
+        }
+    }
+}
+
 async fn writer(
     mut conn: SqliteConnection,
     mut queue: mpsc::Receiver<Box<dyn Job>>,
@@ -266,7 +296,7 @@ mod tests {
             .await
             .unwrap();
         let conn = SqliteConnection::connect_with(&options).await.unwrap();
-        (GroupCommit::start(conn), pool)
+        (GroupCommit::start(conn, None), pool)
     }
 
     fn insert(k: i64, v: Option<&'static str>) -> Work<()> {

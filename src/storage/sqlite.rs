@@ -111,9 +111,14 @@ impl SqliteStorage {
         // The status columns' CHECK (status IN (<four values>)) makes SQLite build a
         // temporary table on every write that sets a status (a tenth of its work under load);
         // the writer only ever writes `RunStatus`/`StepStatus` text, so it skips the check.
-        let writer_options = options.pragma("ignore_check_constraints", "ON");
+        let writer_options = options
+            .clone()
+            .pragma("ignore_check_constraints", "ON")
+            .pragma("wal_autocheckpoint", "0");
+        let connect = |options| <sqlx::SqliteConnection as sqlx::Connection>::connect_with(options);
         let writer = GroupCommit::start(
-            <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&writer_options).await?,
+            connect(&writer_options).await?,
+            Some(connect(&options).await?),
         );
         Ok(SqliteStorage {
             pool,
@@ -1271,5 +1276,47 @@ impl Storage for SqliteStorage {
         .as_ref()
         .map(link_row)
         .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_wal_is_checkpointed_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = SqliteStorage::open_dir(dir.path()).await.unwrap();
+        let file = dir.path().join(DATABASE_FILE);
+        let before = std::fs::metadata(&file).unwrap().len();
+        let body = "x".repeat(2000);
+        for i in 0..300 {
+            let request = NewRequest {
+                id: format!("req-{i}"),
+                flow_id: "f".into(),
+                received_at_ms: i,
+                http_status: 202,
+                error: None,
+                query: None,
+                body: Some(body.clone()),
+                event_count: 0,
+                outcome: None,
+            };
+            storage.accept_request(&request, &[], &[]).await.unwrap();
+        }
+        // The writer never checkpoints itself; the background checkpointer moves the pages
+        // from the WAL into the database file within a second or so.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = std::fs::metadata(&file).unwrap().len();
+            if now > before + 300 * 2000 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the database file stayed at {now} bytes (from {before}): no checkpoint"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
