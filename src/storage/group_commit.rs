@@ -200,7 +200,7 @@ fn ends_transaction(error: &StorageError) -> bool {
 }
 
 /// How often the background checkpointer copies the WAL into the database.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Checkpoints until the writer is gone. PASSIVE: never waits for readers or the writer; what
 /// it cannot copy now it copies next time. A checkpoint that got everything lets the writer
