@@ -8,7 +8,8 @@ use async_trait::async_trait;
 use serde_json::Value;
 use sqlx::Row;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
 
 use super::group_commit::{GroupCommit, Work};
@@ -26,6 +27,19 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
 /// The file name inside the data directory.
 pub const DATABASE_FILE: &str = "haloflow.db";
+
+/// Owned statement arguments, in order: a write runs after the caller's borrows ended.
+macro_rules! args {
+    ($($value:expr),* $(,)?) => {{
+        let mut args = SqliteArguments::default();
+        (|| {
+            $(sqlx::Arguments::add(&mut args, $value)
+                .map_err(|e| StorageError::Database(sqlx::Error::Encode(e)))?;)*
+            Ok::<_, StorageError>(())
+        })()
+        .map(|()| args)
+    }};
+}
 
 /// Reads go through `pool`; writes through `writer`, one connection that commits them in
 /// batches (see `group_commit`), or, without it (in memory), one transaction each on `pool`.
@@ -128,6 +142,28 @@ impl SqliteStorage {
 
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// One statement as a write, with owned arguments (see [`args!`]); returns the rows it
+    /// changed.
+    async fn execute(
+        &self,
+        sql: &'static str,
+        args: Result<SqliteArguments, StorageError>,
+    ) -> Result<u64, StorageError> {
+        let args = args?;
+        self.write(
+            false,
+            Box::new(move |conn| {
+                Box::pin(async move {
+                    Ok(sqlx::query_with(sql, args)
+                        .execute(conn)
+                        .await?
+                        .rows_affected())
+                })
+            }),
+        )
+        .await
     }
 
     /// Runs `work` in a write transaction and returns once it committed. `atomic`: `work` has
@@ -564,26 +600,14 @@ impl Storage for SqliteStorage {
         step_id: &str,
         attempt: &AttemptRecord,
     ) -> Result<(), StorageError> {
-        let (run_id, step_id) = (run_id.to_owned(), step_id.to_owned());
         let record = serde_json::to_string(attempt).expect("attempt records serialize");
-        self.write(
-            false,
-            Box::new(move |conn| {
-                Box::pin(async move {
-                    sqlx::query(
-                        "UPDATE step_runs SET attempt_log = json_insert(coalesce(attempt_log, '[]'), '$[#]', json($3))
-                         WHERE run_id = $1 AND step_id = $2",
-                    )
-                    .bind(&run_id)
-                    .bind(&step_id)
-                    .bind(&record)
-                    .execute(conn)
-                    .await?;
-                    Ok(())
-                })
-            }),
+        self.execute(
+            "UPDATE step_runs SET attempt_log = json_insert(coalesce(attempt_log, '[]'), '$[#]', json($3))
+             WHERE run_id = $1 AND step_id = $2",
+            args![run_id, step_id, record],
         )
         .await
+        .map(drop)
     }
 
     async fn finish_step(
@@ -721,27 +745,14 @@ impl Storage for SqliteStorage {
         lease_until_ms: i64,
         now_ms: i64,
     ) -> Result<bool, StorageError> {
-        let (run_id, owner) = (run_id.to_owned(), owner.to_owned());
-        self.write(
-            false,
-            Box::new(move |conn| {
-                Box::pin(async move {
-                    let done = sqlx::query(
-                        "UPDATE runs SET owner = $2, lease_until_ms = $3
-                         WHERE id = $1 AND status IN ('queued', 'running')
-                           AND (owner IS NULL OR owner = $2 OR lease_until_ms < $4)",
-                    )
-                    .bind(&run_id)
-                    .bind(&owner)
-                    .bind(lease_until_ms)
-                    .bind(now_ms)
-                    .execute(conn)
-                    .await?;
-                    Ok(done.rows_affected() == 1)
-                })
-            }),
+        self.execute(
+            "UPDATE runs SET owner = $2, lease_until_ms = $3
+             WHERE id = $1 AND status IN ('queued', 'running')
+               AND (owner IS NULL OR owner = $2 OR lease_until_ms < $4)",
+            args![run_id, owner, lease_until_ms, now_ms],
         )
         .await
+        .map(|rows| rows == 1)
     }
 
     async fn renew_run_lease(
@@ -750,45 +761,22 @@ impl Storage for SqliteStorage {
         owner: &str,
         lease_until_ms: i64,
     ) -> Result<bool, StorageError> {
-        let (run_id, owner) = (run_id.to_owned(), owner.to_owned());
-        self.write(
-            false,
-            Box::new(move |conn| {
-                Box::pin(async move {
-                    let done = sqlx::query(
-                        "UPDATE runs SET lease_until_ms = $3
-                         WHERE id = $1 AND owner = $2 AND status IN ('queued', 'running')",
-                    )
-                    .bind(&run_id)
-                    .bind(&owner)
-                    .bind(lease_until_ms)
-                    .execute(conn)
-                    .await?;
-                    Ok(done.rows_affected() == 1)
-                })
-            }),
+        self.execute(
+            "UPDATE runs SET lease_until_ms = $3
+             WHERE id = $1 AND owner = $2 AND status IN ('queued', 'running')",
+            args![run_id, owner, lease_until_ms],
         )
         .await
+        .map(|rows| rows == 1)
     }
 
     async fn release_run(&self, run_id: &str, owner: &str) -> Result<(), StorageError> {
-        let (run_id, owner) = (run_id.to_owned(), owner.to_owned());
-        self.write(
-            false,
-            Box::new(move |conn| {
-                Box::pin(async move {
-                    sqlx::query(
-                        "UPDATE runs SET owner = NULL, lease_until_ms = NULL WHERE id = $1 AND owner = $2",
-                    )
-                    .bind(&run_id)
-                    .bind(&owner)
-                    .execute(conn)
-                    .await?;
-                    Ok(())
-                })
-            }),
+        self.execute(
+            "UPDATE runs SET owner = NULL, lease_until_ms = NULL WHERE id = $1 AND owner = $2",
+            args![run_id, owner],
         )
         .await
+        .map(drop)
     }
 
     async fn try_lease(
@@ -798,45 +786,23 @@ impl Storage for SqliteStorage {
         until_ms: i64,
         now_ms: i64,
     ) -> Result<bool, StorageError> {
-        let (name, owner) = (name.to_owned(), owner.to_owned());
-        self.write(
-            false,
-            Box::new(move |conn| {
-                Box::pin(async move {
-                    let done = sqlx::query(
-                        "INSERT INTO leases (name, owner, until_ms) VALUES ($1, $2, $3)
-                         ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until_ms = excluded.until_ms
-                         WHERE leases.owner = excluded.owner OR leases.until_ms < $4",
-                    )
-                    .bind(&name)
-                    .bind(&owner)
-                    .bind(until_ms)
-                    .bind(now_ms)
-                    .execute(conn)
-                    .await?;
-                    Ok(done.rows_affected() == 1)
-                })
-            }),
+        self.execute(
+            "INSERT INTO leases (name, owner, until_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until_ms = excluded.until_ms
+             WHERE leases.owner = excluded.owner OR leases.until_ms < $4",
+            args![name, owner, until_ms, now_ms],
         )
         .await
+        .map(|rows| rows == 1)
     }
 
     async fn release_lease(&self, name: &str, owner: &str) -> Result<(), StorageError> {
-        let (name, owner) = (name.to_owned(), owner.to_owned());
-        self.write(
-            false,
-            Box::new(move |conn| {
-                Box::pin(async move {
-                    sqlx::query("DELETE FROM leases WHERE name = $1 AND owner = $2")
-                        .bind(&name)
-                        .bind(&owner)
-                        .execute(conn)
-                        .await?;
-                    Ok(())
-                })
-            }),
+        self.execute(
+            "DELETE FROM leases WHERE name = $1 AND owner = $2",
+            args![name, owner],
         )
         .await
+        .map(drop)
     }
 
     async fn find_deliveries(
@@ -991,27 +957,13 @@ impl Storage for SqliteStorage {
         version: &str,
         at_ms: i64,
     ) -> Result<bool, StorageError> {
-        let (servicenow, sys_id, version) =
-            (servicenow.to_owned(), sys_id.to_owned(), version.to_owned());
-        self.write(
-            false,
-            Box::new(move |conn| {
-                Box::pin(async move {
-                    let done = sqlx::query(
-                        "INSERT INTO sync_events (servicenow, sys_id, version, received_at_ms) VALUES ($1, $2, $3, $4)
-                         ON CONFLICT DO NOTHING",
-                    )
-                    .bind(&servicenow)
-                    .bind(&sys_id)
-                    .bind(&version)
-                    .bind(at_ms)
-                    .execute(conn)
-                    .await?;
-                    Ok(done.rows_affected() == 1)
-                })
-            }),
+        self.execute(
+            "INSERT INTO sync_events (servicenow, sys_id, version, received_at_ms) VALUES ($1, $2, $3, $4)
+             ON CONFLICT DO NOTHING",
+            args![servicenow, sys_id, version, at_ms],
         )
         .await
+        .map(|rows| rows == 1)
     }
 
     async fn release_sync_event(
@@ -1020,25 +972,12 @@ impl Storage for SqliteStorage {
         sys_id: &str,
         version: &str,
     ) -> Result<(), StorageError> {
-        let (servicenow, sys_id, version) =
-            (servicenow.to_owned(), sys_id.to_owned(), version.to_owned());
-        self.write(
-            false,
-            Box::new(move |conn| {
-                Box::pin(async move {
-                    sqlx::query(
-                        "DELETE FROM sync_events WHERE servicenow = $1 AND sys_id = $2 AND version = $3",
-                    )
-                    .bind(&servicenow)
-                    .bind(&sys_id)
-                    .bind(&version)
-                    .execute(conn)
-                    .await?;
-                    Ok(())
-                })
-            }),
+        self.execute(
+            "DELETE FROM sync_events WHERE servicenow = $1 AND sys_id = $2 AND version = $3",
+            args![servicenow, sys_id, version],
         )
         .await
+        .map(drop)
     }
 
     async fn claim_note(
@@ -1047,25 +986,13 @@ impl Storage for SqliteStorage {
         journal_sys_id: &str,
         at_ms: i64,
     ) -> Result<bool, StorageError> {
-        let (servicenow, journal_sys_id) = (servicenow.to_owned(), journal_sys_id.to_owned());
-        self.write(
-            false,
-            Box::new(move |conn| {
-                Box::pin(async move {
-                    let done = sqlx::query(
-                        "INSERT INTO synced_notes (servicenow, journal_sys_id, synced_at_ms) VALUES ($1, $2, $3)
-                         ON CONFLICT DO NOTHING",
-                    )
-                    .bind(&servicenow)
-                    .bind(&journal_sys_id)
-                    .bind(at_ms)
-                    .execute(conn)
-                    .await?;
-                    Ok(done.rows_affected() == 1)
-                })
-            }),
+        self.execute(
+            "INSERT INTO synced_notes (servicenow, journal_sys_id, synced_at_ms) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+            args![servicenow, journal_sys_id, at_ms],
         )
         .await
+        .map(|rows| rows == 1)
     }
 
     async fn release_note(
@@ -1073,23 +1000,12 @@ impl Storage for SqliteStorage {
         servicenow: &str,
         journal_sys_id: &str,
     ) -> Result<(), StorageError> {
-        let (servicenow, journal_sys_id) = (servicenow.to_owned(), journal_sys_id.to_owned());
-        self.write(
-            false,
-            Box::new(move |conn| {
-                Box::pin(async move {
-                    sqlx::query(
-                        "DELETE FROM synced_notes WHERE servicenow = $1 AND journal_sys_id = $2",
-                    )
-                    .bind(&servicenow)
-                    .bind(&journal_sys_id)
-                    .execute(conn)
-                    .await?;
-                    Ok(())
-                })
-            }),
+        self.execute(
+            "DELETE FROM synced_notes WHERE servicenow = $1 AND journal_sys_id = $2",
+            args![servicenow, journal_sys_id],
         )
         .await
+        .map(drop)
     }
 
     async fn watermark(
@@ -1113,29 +1029,13 @@ impl Storage for SqliteStorage {
         table: &str,
         watermark: &str,
     ) -> Result<(), StorageError> {
-        let (servicenow, table, watermark) = (
-            servicenow.to_owned(),
-            table.to_owned(),
-            watermark.to_owned(),
-        );
-        self.write(
-            false,
-            Box::new(move |conn| {
-                Box::pin(async move {
-                    sqlx::query(
-                        "INSERT INTO integrator_watermarks (servicenow, table_name, watermark) VALUES ($1, $2, $3)
-                         ON CONFLICT (servicenow, table_name) DO UPDATE SET watermark = excluded.watermark",
-                    )
-                    .bind(&servicenow)
-                    .bind(&table)
-                    .bind(&watermark)
-                    .execute(conn)
-                    .await?;
-                    Ok(())
-                })
-            }),
+        self.execute(
+            "INSERT INTO integrator_watermarks (servicenow, table_name, watermark) VALUES ($1, $2, $3)
+             ON CONFLICT (servicenow, table_name) DO UPDATE SET watermark = excluded.watermark",
+            args![servicenow, table, watermark],
         )
         .await
+        .map(drop)
     }
 
     async fn record_scan(
@@ -1145,28 +1045,14 @@ impl Storage for SqliteStorage {
         finished_at_ms: i64,
         result: &Value,
     ) -> Result<(), StorageError> {
-        let servicenow = servicenow.to_owned();
-        let result = to_json_text(result);
-        self.write(
-            false,
-            Box::new(move |conn| {
-                Box::pin(async move {
-                    sqlx::query(
-                        "INSERT INTO integrator_scans (servicenow, started_at_ms, finished_at_ms, result) VALUES ($1, $2, $3, $4)
-                         ON CONFLICT (servicenow) DO UPDATE SET started_at_ms = excluded.started_at_ms,
-                            finished_at_ms = excluded.finished_at_ms, result = excluded.result",
-                    )
-                    .bind(&servicenow)
-                    .bind(started_at_ms)
-                    .bind(finished_at_ms)
-                    .bind(&result)
-                    .execute(conn)
-                    .await?;
-                    Ok(())
-                })
-            }),
+        self.execute(
+            "INSERT INTO integrator_scans (servicenow, started_at_ms, finished_at_ms, result) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (servicenow) DO UPDATE SET started_at_ms = excluded.started_at_ms,
+                finished_at_ms = excluded.finished_at_ms, result = excluded.result",
+            args![servicenow, started_at_ms, finished_at_ms, to_json_text(result)],
         )
         .await
+        .map(drop)
     }
 
     async fn scans(&self) -> Result<Vec<(String, i64, i64, Value)>, StorageError> {
