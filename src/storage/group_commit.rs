@@ -59,10 +59,11 @@ impl GroupCommit {
     ) -> GroupCommit {
         let (jobs, queue) = mpsc::channel(QUEUE);
         let counters = Arc::new(Counters::default());
+        let background = checkpoints.is_some();
         if let Some(checkpointer) = checkpoints {
             tokio::spawn(checkpoint(checkpointer, jobs.downgrade()));
         }
-        tokio::spawn(writer(connection, queue, counters.clone()));
+        tokio::spawn(writer(connection, queue, counters.clone(), background));
         GroupCommit { jobs, counters }
     }
 
@@ -202,9 +203,14 @@ fn ends_transaction(error: &StorageError) -> bool {
 /// How often the background checkpointer copies the WAL into the database.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// How often the writer finishes a checkpoint itself, between two batches.
+const WRITER_CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Checkpoints until the writer is gone. PASSIVE: never waits for readers or the writer; what
-/// it cannot copy now it copies next time. A checkpoint that got everything lets the writer
-/// start the WAL over, so it stays small.
+/// it cannot copy now it copies next time. Under steady writes it never catches up with the
+/// end of the WAL, though, and SQLite starts the WAL over only after a checkpoint that did
+/// (otherwise the WAL and its index in shared memory grow for ever): so four times a second the
+/// writer, between batches, checkpoints what little the background left.
 async fn checkpoint(mut conn: SqliteConnection, writer: mpsc::WeakSender<Box<dyn Job>>) {
     loop {
         tokio::time::sleep(CHECKPOINT_EVERY).await;
@@ -224,7 +230,9 @@ async fn writer(
     mut conn: SqliteConnection,
     mut queue: mpsc::Receiver<Box<dyn Job>>,
     counters: Arc<Counters>,
+    background_checkpoints: bool,
 ) {
+    let mut last_checkpoint = std::time::Instant::now();
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     let mut answers: Vec<Box<dyn Answer>> = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
@@ -273,6 +281,15 @@ async fn writer(
         };
         for answer in answers.drain(..) {
             answer.send(outcome.as_ref().map(|_| ()));
+        }
+        if background_checkpoints && last_checkpoint.elapsed() >= WRITER_CHECKPOINT_EVERY {
+            last_checkpoint = std::time::Instant::now();
+            if let Err(e) = sqlx::raw_sql("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(&mut conn)
+                .await
+            {
+                tracing::warn!(error = %e, "A WAL checkpoint failed; the next one tries again.");
+            }
         }
     }
 }

@@ -128,7 +128,9 @@ impl SqliteStorage {
         let writer_options = options
             .clone()
             .pragma("ignore_check_constraints", "ON")
-            .pragma("wal_autocheckpoint", "0");
+            .pragma("wal_autocheckpoint", "0")
+            // The WAL file is cut back to this when it starts over (it is reused, not shrunk).
+            .pragma("journal_size_limit", "67108864");
         let connect = |options| <sqlx::SqliteConnection as sqlx::Connection>::connect_with(options);
         let writer = GroupCommit::start(
             connect(&writer_options).await?,
@@ -1169,6 +1171,46 @@ impl Storage for SqliteStorage {
 mod tests {
     use super::*;
 
+    fn request(i: usize, body: &str) -> NewRequest {
+        NewRequest {
+            id: format!("req-{i}"),
+            flow_id: "f".into(),
+            received_at_ms: i as i64,
+            http_status: 202,
+            error: None,
+            query: None,
+            body: Some(body.to_owned()),
+            event_count: 0,
+            outcome: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_wal_starts_over_under_steady_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = SqliteStorage::open_dir(dir.path()).await.unwrap();
+        let body = "y".repeat(3000);
+        let until = std::time::Instant::now() + Duration::from_millis(3500);
+        let mut writes = 0;
+        while std::time::Instant::now() < until {
+            storage
+                .accept_request(&request(writes, &body), &[], &[])
+                .await
+                .unwrap();
+            writes += 1;
+        }
+        // Frames in the WAL now: every write added at least one, so without a checkpoint that
+        // caught up (and the WAL starting over after it) there would be at least `writes`.
+        let (_, frames, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(storage.pool())
+            .await
+            .unwrap();
+        assert!(
+            frames < writes as i64 / 2,
+            "{frames} frames in the WAL after {writes} writes: it never started over"
+        );
+    }
+
     #[tokio::test]
     async fn the_wal_is_checkpointed_in_the_background() {
         let dir = tempfile::tempdir().unwrap();
@@ -1177,18 +1219,10 @@ mod tests {
         let before = std::fs::metadata(&file).unwrap().len();
         let body = "x".repeat(2000);
         for i in 0..300 {
-            let request = NewRequest {
-                id: format!("req-{i}"),
-                flow_id: "f".into(),
-                received_at_ms: i,
-                http_status: 202,
-                error: None,
-                query: None,
-                body: Some(body.clone()),
-                event_count: 0,
-                outcome: None,
-            };
-            storage.accept_request(&request, &[], &[]).await.unwrap();
+            storage
+                .accept_request(&request(i, &body), &[], &[])
+                .await
+                .unwrap();
         }
         // The writer never checkpoints itself; the background checkpointer moves the pages
         // from the WAL into the database file within a second or so.
