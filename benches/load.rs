@@ -425,6 +425,7 @@ async fn start_emulators() -> Emulators {
         oauth_client_id: None,
         oauth_client_secret: None,
         token_lifetime_secs: 86_400,
+        oauth_user: "oauth.app".into(),
     });
     servicenow.insert_record(
         "sys_user",

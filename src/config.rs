@@ -142,10 +142,17 @@ pub struct ServiceNowConnectionConfig {
     /// The outcome of Halo actions made from ServiceNow notes.
     #[serde(default = "default_note_outcome")]
     pub note_outcome: String,
-    /// The instance user haloflow writes as (Basic: `username`); with the note marker it
-    /// tells haloflow's own notes from the instance's when syncing back.
+    /// The instance user haloflow writes as (Basic: `username`; OAuth: the application
+    /// registry's OAuth Application User, whose `user_name` ServiceNow stamps on every write
+    /// made with the token, reference §6.2); with the note marker it tells haloflow's own
+    /// notes from the instance's when syncing back. Required for OAuth with sync back.
     #[serde(default)]
     pub integration_user: Option<String>,
+    /// Where sync back reads work notes and comments: `display_values` (the default; the
+    /// record's own fields, readable with `itil`) or `sys_journal_field` (needs the
+    /// `audit_viewer` role; without it the instance answers no rows).
+    #[serde(default)]
+    pub journal: JournalSource,
     /// The ServiceNow webhook into haloflow (`POST /servicenow/<customers|suppliers>/<id>/webhook`).
     #[serde(default)]
     pub webhook: Option<WebhookConfig>,
@@ -160,6 +167,31 @@ fn default_note_outcome() -> String {
 
 fn default_halo_connection() -> String {
     "halo".to_owned()
+}
+
+/// Where a connection reads journal entries (reference §4.2).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JournalSource {
+    /// `sysparm_display_value=all` on `work_notes` and `comments` (Option B).
+    #[default]
+    DisplayValues,
+    /// `sys_journal_field` rows (Option A; the `audit_viewer` role).
+    SysJournalField,
+}
+
+impl JournalSource {
+    /// What `connections check` reports.
+    pub fn describe(self) -> &'static str {
+        match self {
+            JournalSource::DisplayValues => {
+                "notes are read from the display values of work_notes and comments (no audit_viewer needed)"
+            }
+            JournalSource::SysJournalField => {
+                "notes are read from sys_journal_field (needs the audit_viewer role)"
+            }
+        }
+    }
 }
 
 /// How ServiceNow's webhook authenticates and what its body looks like; what a new record
@@ -343,6 +375,10 @@ impl ServiceNowConnectionConfig {
             _ => {}
         }
         self.integrator.interval()?;
+        let syncs_back = self.webhook.is_some() || self.integrator.enabled;
+        if self.auth == ServiceNowAuthKind::Oauth && syncs_back && self.integration_user.is_none() {
+            return Err("auth = \"oauth\" with sync back (webhook or integrator) needs integration_user: the user_name of the application registry's OAuth Application User, which ServiceNow records as the writer of haloflow's notes; without it haloflow's own notes come back as new ones".into());
+        }
         if let Some(webhook) = &self.webhook
             && webhook.secret_name.is_none()
             && webhook.hmac_secret_name.is_none()

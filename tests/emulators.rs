@@ -210,6 +210,7 @@ async fn servicenow() -> (ServiceNowEmulator, String, reqwest::Client) {
         oauth_client_id: Some("sn-client".into()),
         oauth_client_secret: Some("sn-secret".into()),
         token_lifetime_secs: 1800,
+        oauth_user: "oauth.app".into(),
     });
     let running = emulator.start().await.unwrap();
     let base = running.base_url();
@@ -258,9 +259,9 @@ async fn servicenow_table_api_journal_and_attachments() {
         "values are strings, state New"
     );
     assert_eq!(incident["caller_id"]["value"], caller);
-    assert!(
-        incident.get("work_notes").is_none(),
-        "journal fields are not stored as fields"
+    assert_eq!(
+        incident["work_notes"], "",
+        "journal fields read back empty; their entries are in the journal"
     );
 
     let no_type = basic(client.patch(format!("{base}/api/now/table/incident/{sys_id}")))
@@ -315,7 +316,23 @@ async fn servicenow_table_api_journal_and_attachments() {
     .await
     .unwrap();
     assert_eq!(by_correlation["result"][0]["caller_id"], caller);
-    let notes: Value = basic(client.get(format!("{base}/api/now/table/sys_journal_field?sysparm_query=element_id={sys_id}^element=work_notes^ORelement=comments")))
+    let journal_url = format!(
+        "{base}/api/now/table/sys_journal_field?sysparm_query=element_id={sys_id}^element=work_notes^ORelement=comments"
+    );
+    let notes: Value = basic(client.get(&journal_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        notes["result"],
+        json!([]),
+        "without audit_viewer the read ACL hides every row"
+    );
+    emulator.grant_role("integration", "audit_viewer");
+    let notes: Value = basic(client.get(&journal_url))
         .send()
         .await
         .unwrap()
@@ -410,6 +427,11 @@ async fn servicenow_oauth_and_injected_failures() {
     );
     assert_eq!(create().await.unwrap().status(), 201);
     assert_eq!(emulator.records("incident").len(), 1);
+    assert_eq!(
+        emulator.records("incident")[0]["sys_created_by"],
+        "oauth.app",
+        "a token acts as the OAuth application user"
+    );
     let long = client
         .post(format!("{base}/api/now/table/incident"))
         .bearer_auth(bearer)
@@ -422,4 +444,117 @@ async fn servicenow_oauth_and_injected_failures() {
         400,
         "correlation_id holds at most 100 characters"
     );
+}
+
+#[tokio::test]
+async fn servicenow_acts_like_an_instance() {
+    let (emulator, base, client) = servicenow().await;
+    let basic = |r: reqwest::RequestBuilder| {
+        r.basic_auth("integration", Some("pw"))
+            .header("Accept", "application/json")
+    };
+    // Unknown and system fields are dropped silently, with 201 (§7.2), and noted.
+    let created = basic(client.post(format!("{base}/api/now/table/incident")))
+        .json(
+            &json!({"short_description": "Disk", "u_vendor": "x", "sys_created_by": "me",
+                      "impact": "1", "urgency": "2", "priority": "5"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let incident: Value = created.json().await.unwrap();
+    let incident = &incident["result"];
+    assert!(incident.get("u_vendor").is_none());
+    assert_eq!(incident["sys_created_by"], "integration");
+    assert_eq!(
+        incident["priority"], "2",
+        "calculatePriority: impact 1, urgency 2"
+    );
+    let warnings = emulator.warnings();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings[0].contains("incident.u_vendor") || warnings[1].contains("incident.u_vendor"));
+    // A customer's field, once in the dictionary, is kept.
+    emulator.add_field("incident", "u_vendor");
+    let sys_id = incident["sys_id"].as_str().unwrap();
+    let patched = json_of(
+        basic(client.patch(format!("{base}/api/now/table/incident/{sys_id}")))
+            .json(&json!({"u_vendor": "acme", "urgency": "3"})),
+    )
+    .await;
+    assert_eq!(patched["result"]["u_vendor"], "acme");
+    assert_eq!(patched["result"]["priority"], "3", "recalculated on update");
+    // An invalid part of a query is ignored, the rest applied (§1.2).
+    let task = emulator.insert_record("sc_task", json!({"short_description": "Other"}));
+    let list = |query: &str| {
+        basic(client.get(format!(
+            "{base}/api/now/table/{query}&sysparm_fields=sys_id,sys_class_name"
+        )))
+    };
+    let found = json_of(list(
+        "incident?sysparm_query=short_descripton=nope^short_description=Disk",
+    ))
+    .await;
+    assert_eq!(found["result"].as_array().unwrap().len(), 1, "{found}");
+    // `task` reads return the child tables' records with their class.
+    let tasks = json_of(list("task?sysparm_query=ORDERBYnumber")).await;
+    let classes: Vec<&str> = tasks["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["sys_class_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(classes, ["incident", "sc_task"]);
+    let one = basic(client.get(format!("{base}/api/now/table/task/{task}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(one.status(), 200);
+    // Journal fields as display values (§4.2 Option B), in the user's time zone.
+    emulator.insert_record(
+        "sys_user",
+        json!({"user_name": "abel.tuter", "name": "Abel Tuter"}),
+    );
+    emulator.update_as(
+        "abel.tuter",
+        "incident",
+        sys_id,
+        json!({"work_notes": "First"}),
+    );
+    emulator.update_as(
+        "abel.tuter",
+        "incident",
+        sys_id,
+        json!({"work_notes": "Second"}),
+    );
+    emulator.set_time_zone_offset(60);
+    let shown = json_of(basic(client.get(format!(
+        "{base}/api/now/table/incident/{sys_id}?sysparm_display_value=all&sysparm_fields=work_notes,sys_updated_on"
+    )))).await;
+    let notes = shown["result"]["work_notes"]["display_value"]
+        .as_str()
+        .unwrap();
+    let entries: Vec<&str> = notes.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(entries.len(), 2, "{notes:?}");
+    assert!(
+        entries[0].ends_with(" - Abel Tuter (Work notes)\nSecond"),
+        "{notes:?}"
+    );
+    assert!(
+        entries[1].ends_with("(Work notes)\nFirst"),
+        "newest first: {notes:?}"
+    );
+    assert_eq!(shown["result"]["work_notes"]["value"], "");
+    let updated = &shown["result"]["sys_updated_on"];
+    assert_ne!(updated["value"], updated["display_value"], "an hour apart");
+    // Unknown tables are refused.
+    let unknown = basic(client.get(format!("{base}/api/now/table/u_nothing")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 400);
+}
+
+async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
 }

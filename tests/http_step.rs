@@ -29,6 +29,7 @@ async fn setup(
         oauth_client_id: None,
         oauth_client_secret: None,
         token_lifetime_secs: 1800,
+        oauth_user: "oauth.app".into(),
     });
     let running = snow.start().await.unwrap();
     let config = Config::parse(&format!(
@@ -184,6 +185,7 @@ fn snow_config(password: &str) -> ServiceNowEmulatorConfig {
         oauth_client_id: None,
         oauth_client_secret: None,
         token_lifetime_secs: 1800,
+        oauth_user: "oauth.app".into(),
     }
 }
 

@@ -43,6 +43,7 @@ fn servicenow(user: &str, password: &str, oauth: Option<(&str, &str)>) -> Servic
         oauth_client_id: oauth.map(|o| o.0.to_owned()),
         oauth_client_secret: oauth.map(|o| o.1.to_owned()),
         token_lifetime_secs: 1800,
+        oauth_user: format!("{user}.oauth"),
     })
 }
 
@@ -180,6 +181,8 @@ password_secret_name = "MUTE_PASSWORD"
             builder = builder.flow(validated);
         }
         let engine = builder.build().unwrap();
+        // Acme's own field, on every task table (the custom field mapping writes it).
+        acme.add_field("task", "u_severity");
         let jo = acme.insert_record(
             "sys_user",
             json!({"user_name": "jo.bloggs", "email": "jo.bloggs@acme.example", "active": "true"}),
@@ -315,6 +318,11 @@ async fn every_mapping_is_applied_and_the_caller_is_matched_by_email() {
     assert_eq!(
         users[0].query_param("sysparm_query").as_deref(),
         Some("active=true^email=jo.bloggs@acme.example")
+    );
+    assert_eq!(
+        w.acme.warnings(),
+        Vec::<String>::new(),
+        "no field the instance would drop"
     );
 }
 
@@ -630,6 +638,7 @@ async fn connections_check_reports_each_connection_and_a_short_token_lifespan() 
         oauth_client_id: Some("c".into()),
         oauth_client_secret: Some(GLOBEX_SECRET.into()),
         token_lifetime_secs: 600,
+        oauth_user: "oauth.app".into(),
     });
     let short_running = short.start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -638,10 +647,12 @@ async fn connections_check_reports_each_connection_and_a_short_token_lifespan() 
         &config,
         format!(
             "[halo.halo]\nbase_url = \"{}\"\nclient_id = \"haloflow\"\nclient_secret_name = \"HALO_SECRET\"\n\
-             [secrets]\nHALO_SECRET = \"{HALO_SECRET}\"\nSHORT_SECRET = \"{GLOBEX_SECRET}\"\nWRONG = \"nope\"\n\
+             [secrets]\nHALO_SECRET = \"{HALO_SECRET}\"\nSHORT_SECRET = \"{GLOBEX_SECRET}\"\nWRONG = \"nope\"\nRIGHT = \"p\"\n\
              [servicenow.customers.1]\ninstance_url = \"{}\"\nauth = \"oauth\"\nclient_id = \"c\"\nclient_secret_name = \"SHORT_SECRET\"\n\
-             [servicenow.customers.2]\ninstance_url = \"{}\"\nauth = \"basic\"\nusername = \"u\"\npassword_secret_name = \"WRONG\"\n",
+             [servicenow.customers.2]\ninstance_url = \"{}\"\nauth = \"basic\"\nusername = \"u\"\npassword_secret_name = \"WRONG\"\n\
+             [servicenow.customers.3]\ninstance_url = \"{}\"\nauth = \"basic\"\nusername = \"u\"\npassword_secret_name = \"RIGHT\"\njournal = \"sys_journal_field\"\n",
             halo_running.base_url(),
+            short_running.base_url(),
             short_running.base_url(),
             short_running.base_url()
         ),
@@ -659,6 +670,19 @@ async fn connections_check_reports_each_connection_and_a_short_token_lifespan() 
         "{out}"
     );
     assert!(out.contains("at least 1800 s"), "{out}");
+    // Each connection names its note path; sys_journal_field without audit_viewer is flagged
+    // (the instance hides the rows rather than failing).
+    assert!(
+        out.contains("notes are read from the display values of work_notes and comments"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "[servicenow.customers.\"3\"]: ok\n  notes: notes are read from sys_journal_field"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("without the audit_viewer role"), "{out}");
     assert!(
         out.contains("[servicenow.customers.\"2\"]: failed: GET"),
         "{out}"

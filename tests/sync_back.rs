@@ -40,6 +40,7 @@ fn servicenow(user: &str, password: &str) -> ServiceNowEmulator {
         oauth_client_id: None,
         oauth_client_secret: None,
         token_lifetime_secs: 1800,
+        oauth_user: "oauth.app".into(),
     })
 }
 
@@ -52,6 +53,8 @@ impl World {
             token_lifetime_secs: 3600,
         });
         let acme = servicenow("acme.integration", ACME_PASSWORD);
+        // Acme's own field (the custom field mapping reads it).
+        acme.add_field("task", "u_severity");
         let vendor = servicenow("vendor.integration", VENDOR_PASSWORD);
         let running = vec![
             halo.start().await.unwrap(),
@@ -622,5 +625,68 @@ async fn a_ticket_whose_answer_was_lost_is_adopted_not_created_twice() {
     assert_eq!(
         Some(link.halo_ticket_id),
         w.halo.tickets()[0]["id"].as_i64()
+    );
+}
+
+#[tokio::test]
+async fn a_note_in_the_webhook_body_syncs_once_without_audit_viewer() {
+    let w = World::new(100).await;
+    // The integration user has itil only, and lives two hours east of UTC.
+    w.acme.set_time_zone_offset(120);
+    w.acme.insert_record(
+        "sys_user",
+        json!({"user_name": "abel.tuter", "name": "Abel Tuter"}),
+    );
+    let sys_id = w.incident(json!({}));
+    w.acme_hook(json!({"table": "incident", "sys_id": sys_id}))
+        .await;
+    w.acme.update_as(
+        "abel.tuter",
+        "incident",
+        &sys_id,
+        json!({"work_notes": "Replaced the toner\n\nTested twice"}),
+    );
+    // The business rule on sys_journal_field posts the row (Halo's ServiceNowAction shape).
+    let mut row = w.acme.journal(&sys_id).pop().unwrap();
+    row["sys_tags"] = json!("");
+    let (status, answer) = w.acme_hook(row).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["notes"], 1, "{answer}");
+    let actions = w.halo.actions();
+    assert_eq!(actions.len(), 1, "{actions:#?}");
+    assert!(
+        actions[0]["note"]
+            .as_str()
+            .unwrap()
+            .ends_with("work note by abel.tuter]\nReplaced the toner\n\nTested twice"),
+        "{actions:#?}"
+    );
+    // The scan reads the same note from the display values (in the user's time zone, by
+    // the user's full name): it is the same note, not a new one.
+    let report = w.scan().await;
+    assert!(report.errors.is_empty(), "{report:#?}");
+    assert_eq!(w.halo.actions().len(), 1, "{:#?}", w.halo.actions());
+    // A later note comes back by the display values alone.
+    w.acme.update_as(
+        "abel.tuter",
+        "incident",
+        &sys_id,
+        json!({"comments": "Fixed for good"}),
+    );
+    w.scan().await;
+    let actions = w.halo.actions();
+    assert_eq!(actions.len(), 2);
+    assert!(
+        actions[1]["note"]
+            .as_str()
+            .unwrap()
+            .ends_with("comment by Abel Tuter]\nFixed for good")
+    );
+    assert!(
+        w.acme
+            .requests()
+            .iter()
+            .all(|r| r.path != "/api/now/table/sys_journal_field"),
+        "sys_journal_field is not read without the role"
     );
 }

@@ -46,6 +46,7 @@ pub async fn connections_check(
                     .map(|s| format!(" (OAuth token lifespan {s} s)"))
                     .unwrap_or_default();
                 writeln!(out, "{}: ok{lifespan}", sn.config_table())?;
+                writeln!(out, "  notes: {}", report.notes)?;
                 for warning in report.warnings {
                     writeln!(out, "  warning: {warning}")?;
                 }

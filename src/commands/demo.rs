@@ -79,6 +79,7 @@ pub async fn demo(options: &DemoOptions, out: &mut dyn Write) -> Result<(), Comm
         oauth_client_id: Some("haloflow-demo".into()),
         oauth_client_secret: Some(servicenow_client_secret.clone()),
         token_lifetime_secs: 1800,
+        oauth_user: "haloflow.oauth".into(),
     });
     let servicenow_running = servicenow.start().await?;
     servicenow.insert_record(

@@ -4,6 +4,7 @@
 
 pub mod halo;
 pub mod servicenow;
+mod servicenow_model;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -1,6 +1,20 @@
 //! A ServiceNow emulator (`../shared/reference/servicenow-api.md`): Basic and OAuth client
 //! credentials (§6), the Table API with encoded queries and paging (§1), journal fields (§4),
 //! and the Attachment API (§5). Values are stored and returned as strings, as ServiceNow does.
+//!
+//! It acts like an instance, never more leniently (`servicenow_model`): fields outside a
+//! table's dictionary are dropped silently with 201/200 and noted in [`ServiceNowEmulator::warnings`]
+//! (§7.2); an invalid part of an encoded query is ignored and the rest applied (§1.2);
+//! calculatePriority sets `priority` from impact and urgency (§2.2); `task` reads return the
+//! records of its child tables (§2.1); an OAuth token acts as the OAuth application user (§6.2).
+//!
+//! Roles: the integration user (Basic `username` and the OAuth application user) has `itil`
+//! only, unless a test grants more ([`ServiceNowEmulator::grant_role`]). A table read guarded by
+//! a role the user lacks (`sys_journal_field` needs `audit_viewer`, §4.2) is filtered by
+//! row-level read ACLs, as an instance does: a list answers 200 with `{"result": []}` (the
+//! limit is applied before ACL evaluation, §1.2, so rows vanish rather than the call
+//! failing), and a GET by sys_id answers 404 "No Record found" (§7.2: missing and hidden look
+//! the same).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -14,6 +28,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
+use super::servicenow_model::{self, TASK_TABLES};
 use super::{
     Fault, InjectedFailure, RecordedRequest, RunningEmulator, ScheduledFault, dispatch, form_pairs,
     next_fault,
@@ -26,6 +41,9 @@ pub struct ServiceNowEmulatorConfig {
     pub oauth_client_id: Option<String>,
     pub oauth_client_secret: Option<String>,
     pub token_lifetime_secs: u64,
+    /// The OAuth application user (§6.2): the `user_name` writes made with a token are
+    /// stamped with (`sys_created_by`, `sys_updated_by`, journal entries).
+    pub oauth_user: String,
 }
 
 /// An in-memory ServiceNow instance. Clones share the same state.
@@ -47,6 +65,14 @@ struct SnState {
     requests: Vec<RecordedRequest>,
     failures: Vec<InjectedFailure>,
     faults: Vec<ScheduledFault>,
+    /// Roles by user name, beyond `itil` (which the integration users have).
+    roles: HashMap<String, Vec<String>>,
+    /// Fields a request sent that the instance dropped (§7.2).
+    warnings: Vec<String>,
+    /// Dictionary entries a test added (a customer's `u_` fields), by table.
+    extra_fields: HashMap<String, Vec<String>>,
+    /// The integration user's time zone, minutes east of UTC, for display values (§2.7).
+    time_zone_minutes: i32,
 }
 
 /// Reference fields answered as `{"link", "value"}` (§1.2 `sysparm_exclude_reference_link`).
@@ -109,6 +135,15 @@ fn ok(status: u16, body: Value) -> Answer {
     }
 }
 
+/// A GET, PATCH or DELETE of a record that is missing or hidden by an ACL (§7.2).
+fn no_record() -> Answer {
+    sn_error(
+        404,
+        "No Record found",
+        "Record doesn't exist or ACL restricts the record retrieval",
+    )
+}
+
 /// ServiceNow's error envelope (§1.3).
 fn sn_error(status: u16, message: &str, detail: &str) -> Answer {
     ok(
@@ -144,6 +179,10 @@ impl ServiceNowEmulator {
                 requests: Vec::new(),
                 failures: Vec::new(),
                 faults: Vec::new(),
+                roles: HashMap::new(),
+                warnings: Vec::new(),
+                extra_fields: HashMap::new(),
+                time_zone_minutes: 0,
             })),
         }
     }
@@ -263,6 +302,37 @@ impl ServiceNowEmulator {
             remaining: times,
         });
     }
+
+    /// Gives `user` a role beyond `itil` (e.g. `audit_viewer`, §4.2).
+    pub fn grant_role(&self, user: &str, role: &str) {
+        self.lock()
+            .roles
+            .entry(user.to_owned())
+            .or_default()
+            .push(role.to_owned());
+    }
+
+    /// What the instance dropped silently from creates and updates (unknown or system
+    /// fields, §7.2): a request that sends a field the instance ignores shows up here.
+    pub fn warnings(&self) -> Vec<String> {
+        self.lock().warnings.clone()
+    }
+
+    /// Adds a field to a table's dictionary, as a customer's `u_` field (on `task`, every
+    /// task table has it; a table the emulator does not model becomes known with it).
+    pub fn add_field(&self, table: &str, field: &str) {
+        self.lock()
+            .extra_fields
+            .entry(table.to_owned())
+            .or_default()
+            .push(field.to_owned());
+    }
+
+    /// The integration user's time zone (minutes east of UTC): display values of date-times
+    /// and journal entries are shown in it (§2.7, §4.2).
+    pub fn set_time_zone_offset(&self, minutes: i32) {
+        self.lock().time_zone_minutes = minutes;
+    }
 }
 
 async fn handle(State(emulator): State<ServiceNowEmulator>, request: Request<Body>) -> Response {
@@ -359,7 +429,7 @@ impl SnState {
             ("GET", ["attachment"]) => {
                 let metas: Vec<Map<String, Value>> =
                     self.attachments.iter().map(|(m, _)| m.clone()).collect();
-                self.list(request, metas, 1000)
+                self.list(request, None, metas, 1000, true)
             }
             ("GET", ["attachment", id, "file"]) => {
                 match self.attachments.iter().find(|(m, _)| m["sys_id"] == *id) {
@@ -382,10 +452,12 @@ impl SnState {
             {
                 sn_error(400, "Content-Type must be application/json", "")
             }
-            ("GET", ["table", table]) => {
-                let records = self.tables.get(*table).cloned().unwrap_or_default();
-                self.list(request, records, 10000)
-            }
+            (_, ["table", table, ..]) if !self.known_table(table) => sn_error(
+                400,
+                &format!("Invalid table {table}"),
+                "The table is not in this instance's dictionary",
+            ),
+            ("GET", ["table", table]) => self.list_table(request, table, &user),
             ("POST", ["table", table]) => match body_object(request) {
                 Ok(fields) => {
                     if fields
@@ -400,52 +472,43 @@ impl SnState {
                         );
                     }
                     let sys_id = self.create(table, fields, &user);
-                    let record = self.tables[*table]
-                        [self.find(table, &sys_id).expect("just created")]
-                    .clone();
+                    let record =
+                        &self.tables[*table][self.find(table, &sys_id).expect("just created")];
                     Answer::Json {
                         status: 201,
-                        body: json!({"result": present(&record, request)}),
+                        body: json!({"result": self.present(Some(table), record, request)}),
                         location: Some(format!("/api/now/table/{table}/{sys_id}")),
                         total: None,
                     }
                 }
                 Err(answer) => answer,
             },
-            ("GET", ["table", table, sys_id]) => match self.find(table, sys_id) {
-                Some(i) => ok(
+            ("GET", ["table", table, sys_id]) => match self.locate(table, sys_id) {
+                Some((concrete, i)) if self.may_read(&user, table) => ok(
                     200,
-                    json!({"result": present(&self.tables[*table][i], request)}),
+                    json!({"result": self.present(Some(table), &self.tables[&concrete][i], request)}),
                 ),
-                None => sn_error(
-                    404,
-                    "No Record found",
-                    "Record doesn't exist or ACL restricts the record retrieval",
-                ),
+                _ => no_record(),
             },
             ("PATCH" | "PUT", ["table", table, sys_id]) => {
-                match (self.find(table, sys_id), body_object(request)) {
-                    (None, _) => sn_error(
-                        404,
-                        "No Record found",
-                        "Record doesn't exist or ACL restricts the record retrieval",
-                    ),
+                match (self.locate(table, sys_id), body_object(request)) {
+                    (None, _) => no_record(),
                     (_, Err(answer)) => answer,
-                    (Some(i), Ok(fields)) => {
-                        self.update(table, i, fields, &user);
+                    (Some((concrete, i)), Ok(fields)) => {
+                        self.update(&concrete, i, fields, &user);
                         ok(
                             200,
-                            json!({"result": present(&self.tables[*table][i], request)}),
+                            json!({"result": self.present(Some(table), &self.tables[&concrete][i], request)}),
                         )
                     }
                 }
             }
-            ("DELETE", ["table", table, sys_id]) => match self.find(table, sys_id) {
-                Some(i) => {
-                    self.tables.get_mut(*table).expect("found").remove(i);
+            ("DELETE", ["table", table, sys_id]) => match self.locate(table, sys_id) {
+                Some((concrete, i)) => {
+                    self.tables.get_mut(&concrete).expect("found").remove(i);
                     ok(204, Value::Null)
                 }
-                None => sn_error(404, "No Record found", ""),
+                None => no_record(),
             },
             _ => sn_error(
                 400,
@@ -504,7 +567,7 @@ impl SnState {
         let value = request.header("authorization").ok_or_else(denied)?;
         if let Some(token) = value.strip_prefix("Bearer ") {
             return match self.tokens.get(token) {
-                Some(expiry) if Instant::now() < *expiry => Ok(self.config.username.clone()),
+                Some(expiry) if Instant::now() < *expiry => Ok(self.config.oauth_user.clone()),
                 _ => Err(denied()),
             };
         }
@@ -555,7 +618,8 @@ impl SnState {
         record.insert("sys_updated_by".into(), json!(user));
         record.insert("sys_mod_count".into(), json!("0"));
         record.insert("sys_class_name".into(), json!(table));
-        let journal = self.apply_fields(&mut record, fields);
+        let journal = self.apply_fields(table, &mut record, fields, user);
+        priority_rule(table, &mut record, true);
         self.tables
             .entry(table.to_owned())
             .or_default()
@@ -566,7 +630,9 @@ impl SnState {
 
     fn update(&mut self, table: &str, index: usize, fields: Map<String, Value>, user: &str) {
         let mut record = self.tables[table][index].clone();
-        let journal = self.apply_fields(&mut record, fields);
+        let rates = fields.contains_key("impact") || fields.contains_key("urgency");
+        let journal = self.apply_fields(table, &mut record, fields, user);
+        priority_rule(table, &mut record, rates);
         let count = as_text(&record["sys_mod_count"])
             .parse::<u64>()
             .unwrap_or(0)
@@ -579,17 +645,32 @@ impl SnState {
         self.write_journal(table, &sys_id, journal, user);
     }
 
-    /// Writes fields as strings; `work_notes` and `comments` are journal entries, not fields (§4.1).
+    /// Writes fields as strings; `work_notes` and `comments` are journal entries, not fields
+    /// (§4.1). System fields and fields outside the table's dictionary are dropped silently,
+    /// as an instance does (§1.1, §7.2), and noted in the warnings.
     fn apply_fields(
-        &self,
+        &mut self,
+        table: &str,
         record: &mut Map<String, Value>,
         fields: Map<String, Value>,
+        user: &str,
     ) -> Vec<(String, String)> {
+        let extra = self.extra_fields(table);
         let mut journal = Vec::new();
         for (key, value) in fields {
+            let known = servicenow_model::has_field(table, &key, &extra);
+            if key.starts_with("sys_") || known == Some(false) {
+                let why = if key.starts_with("sys_") {
+                    "is a system field, not writable"
+                } else {
+                    "is not a field of the table"
+                };
+                self.warnings
+                    .push(format!("{table}.{key} {why}: dropped (sent by {user})"));
+                continue;
+            }
             match key.as_str() {
                 "work_notes" | "comments" => journal.push((key, as_text(&value))),
-                k if k.starts_with("sys_") => {} // not writable (§1.1)
                 _ => {
                     record.insert(key, Value::String(as_text(&value)));
                 }
@@ -659,11 +740,15 @@ impl SnState {
     }
 
     /// A list answer: filter by `sysparm_query` or `name=value` pairs, sort, page (§1.2).
+    /// Query parts naming a field `table` does not have are ignored (§1.2). Rows the user may
+    /// not read are filtered out after paging, as read ACLs are (§1.2).
     fn list(
         &self,
         request: &RecordedRequest,
+        table: Option<&str>,
         mut records: Vec<Map<String, Value>>,
         default_limit: usize,
+        readable: bool,
     ) -> Answer {
         let params = request.query_pairs();
         let param = |name: &str| request.query_param(name);
@@ -673,7 +758,14 @@ impl SnState {
                 query.push_str(&format!("^{k}={v}"));
             }
         }
-        let parsed = parse_query(&query);
+        let mut parsed = parse_query(&query);
+        if let Some(table) = table {
+            let extra = self.extra_fields(table);
+            parsed.drop_invalid(|field| {
+                let base = field.split('.').next().unwrap_or(field);
+                servicenow_model::has_field(table, base, &extra) != Some(false)
+            });
+        }
         records.retain(|r| parsed.matches(r));
         for (field, descending) in parsed.order.iter().rev() {
             records.sort_by(|a, b| {
@@ -697,7 +789,8 @@ impl SnState {
             .iter()
             .skip(offset)
             .take(limit)
-            .map(|r| present(r, request))
+            .filter(|_| readable)
+            .map(|r| self.present(table, r, request))
             .collect();
         Answer::Json {
             status: 200,
@@ -705,6 +798,202 @@ impl SnState {
             location: None,
             total: Some(total),
         }
+    }
+
+    /// Whether the API may address `table`: one the emulator models, `task`, or one a test
+    /// added fields to. Anything else is "Invalid table" (§7.2).
+    fn known_table(&self, table: &str) -> bool {
+        table == "task"
+            || servicenow_model::has_field(table, "sys_id", &self.extra_fields(table)).is_some()
+    }
+
+    /// The fields a test added to `table`, and to `task` for its child tables.
+    fn extra_fields(&self, table: &str) -> Vec<String> {
+        let inherited = servicenow_model::is_task_table(table)
+            .then(|| self.extra_fields.get("task"))
+            .flatten();
+        self.extra_fields
+            .get(table)
+            .into_iter()
+            .chain(inherited)
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
+    /// `GET /api/now/table/{table}`; `task` lists the records of its child tables (§2.1).
+    fn list_table(&self, request: &RecordedRequest, table: &str, user: &str) -> Answer {
+        let records: Vec<Map<String, Value>> = if table == "task" {
+            TASK_TABLES
+                .iter()
+                .filter_map(|t| self.tables.get(*t))
+                .flatten()
+                .cloned()
+                .collect()
+        } else {
+            self.tables.get(table).cloned().unwrap_or_default()
+        };
+        self.list(
+            request,
+            Some(table),
+            records,
+            10000,
+            self.may_read(user, table),
+        )
+    }
+
+    /// The table a record is in and its index; through `task`, any child table's record.
+    fn locate(&self, table: &str, sys_id: &str) -> Option<(String, usize)> {
+        if table == "task" {
+            return TASK_TABLES
+                .iter()
+                .find_map(|t| self.find(t, sys_id).map(|i| ((*t).to_owned(), i)));
+        }
+        self.find(table, sys_id).map(|i| (table.to_owned(), i))
+    }
+
+    /// Whether `user` holds the role that guards reading `table` (`admin` holds every role).
+    fn may_read(&self, user: &str, table: &str) -> bool {
+        let Some(role) = servicenow_model::read_role(table) else {
+            return true;
+        };
+        user == "admin"
+            || self
+                .roles
+                .get(user)
+                .is_some_and(|r| r.iter().any(|r| r == role || r == "admin"))
+    }
+
+    /// A record as answered: `sysparm_fields` applied; references as `{link, value}` unless
+    /// excluded; with `sysparm_display_value` `true` or `all`, display values (date-times in
+    /// the user's time zone, journal fields as their entries, §1.2, §4.2).
+    fn present(
+        &self,
+        table: Option<&str>,
+        record: &Map<String, Value>,
+        request: &RecordedRequest,
+    ) -> Value {
+        let param = |name: &str| request.query_param(name);
+        let fields: Option<Vec<String>> =
+            param("sysparm_fields").map(|f| f.split(',').map(|s| s.trim().to_owned()).collect());
+        let links = param("sysparm_exclude_reference_link").as_deref() != Some("true");
+        let display = param("sysparm_display_value").unwrap_or_default();
+        let host = request.header("host").unwrap_or("localhost").to_owned();
+        let mut values: Vec<(String, String)> = record
+            .iter()
+            .map(|(k, v)| (k.clone(), as_text(v)))
+            .collect();
+        let class = record
+            .get("sys_class_name")
+            .map(as_text)
+            .unwrap_or_default();
+        if table.is_some() && servicenow_model::is_task_table(&class) {
+            // Journal fields read back as "" (§4.2); their entries are display values.
+            values.push(("work_notes".into(), String::new()));
+            values.push(("comments".into(), String::new()));
+        }
+        let sys_id = record.get("sys_id").map(as_text).unwrap_or_default();
+        let mut out = Map::new();
+        for (key, text) in values {
+            if fields.as_ref().is_some_and(|f| !f.contains(&key)) {
+                continue;
+            }
+            let link = (links && REFERENCE_FIELDS.contains(&key.as_str()) && !text.is_empty())
+                .then(|| format!("http://{host}/api/now/table/{key}/{text}"));
+            let shown = match display.as_str() {
+                "true" | "all" => {
+                    let mut shown =
+                        json!({"display_value": self.display_value(&sys_id, &key, &text)});
+                    if display == "all" {
+                        shown["value"] = json!(text);
+                    }
+                    match link {
+                        Some(link) => {
+                            shown["link"] = json!(link);
+                            shown
+                        }
+                        None if display == "true" => shown["display_value"].take(),
+                        None => shown,
+                    }
+                }
+                _ => match link {
+                    Some(link) => json!({"link": link, "value": text}),
+                    None => Value::String(text),
+                },
+            };
+            out.insert(key, shown);
+        }
+        Value::Object(out)
+    }
+
+    /// The display value of one field: a journal field's entries, newest first; a date-time
+    /// in the user's time zone; anything else as stored.
+    fn display_value(&self, sys_id: &str, field: &str, raw: &str) -> String {
+        if field == "work_notes" || field == "comments" {
+            return self.journal_display(sys_id, field);
+        }
+        if field.ends_with("_on") || field.ends_with("_at") {
+            return servicenow_model::display_time(raw, self.time_zone_minutes);
+        }
+        raw.to_owned()
+    }
+
+    /// `<date> <time> - <Full Name> (Work notes)\n<text>`, each entry followed by a blank line,
+    /// newest first (§4.2 Option B; `getJournalEntry(-1)`).
+    fn journal_display(&self, sys_id: &str, element: &str) -> String {
+        let rows = self.tables.get("sys_journal_field");
+        let entries = rows.into_iter().flatten().rev().filter(|r| {
+            r.get("element_id").map(as_text).as_deref() == Some(sys_id)
+                && r.get("element").map(as_text).as_deref() == Some(element)
+        });
+        entries
+            .map(|entry| {
+                let text = |f: &str| entry.get(f).map(as_text).unwrap_or_default();
+                format!(
+                    "{} - {} ({})\n{}\n\n",
+                    servicenow_model::display_time(&text("sys_created_on"), self.time_zone_minutes),
+                    self.full_name(&text("sys_created_by")),
+                    servicenow_model::journal_label(element),
+                    text("value")
+                )
+            })
+            .collect()
+    }
+
+    /// A user's display name (`sys_user.name`), else the user name.
+    fn full_name(&self, user_name: &str) -> String {
+        self.tables
+            .get("sys_user")
+            .into_iter()
+            .flatten()
+            .find(|u| u.get("user_name").map(as_text).as_deref() == Some(user_name))
+            .and_then(|u| u.get("name").map(as_text))
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| user_name.to_owned())
+    }
+}
+
+/// calculatePriority (§2.2): on insert, and on an update that writes impact or urgency, a
+/// task's priority follows the matrix; impact and urgency default to 3 (Low). A priority
+/// written directly is overwritten then.
+fn priority_rule(table: &str, record: &mut Map<String, Value>, run: bool) {
+    if !run || !servicenow_model::is_task_table(table) {
+        return;
+    }
+    for field in ["impact", "urgency"] {
+        if record
+            .get(field)
+            .map(as_text)
+            .unwrap_or_default()
+            .is_empty()
+        {
+            record.insert(field.into(), json!("3"));
+        }
+    }
+    let impact = as_text(&record["impact"]);
+    let urgency = as_text(&record["urgency"]);
+    if let Some(priority) = servicenow_model::calculate_priority(&impact, &urgency) {
+        record.insert("priority".into(), json!(priority));
     }
 }
 
@@ -718,29 +1007,6 @@ fn body_object(request: &RecordedRequest) -> Result<Map<String, Value>, Answer> 
             &e.to_string(),
         )),
     }
-}
-
-/// A record as answered: `sysparm_fields` applied, references as `{link, value}` by default.
-fn present(record: &Map<String, Value>, request: &RecordedRequest) -> Value {
-    let param = |name: &str| request.query_param(name);
-    let fields: Option<Vec<String>> =
-        param("sysparm_fields").map(|f| f.split(',').map(|s| s.trim().to_owned()).collect());
-    let links = param("sysparm_exclude_reference_link").as_deref() != Some("true");
-    let host = request.header("host").unwrap_or("localhost").to_owned();
-    let mut out = Map::new();
-    for (key, value) in record {
-        if fields.as_ref().is_some_and(|f| !f.contains(key)) {
-            continue;
-        }
-        let text = as_text(value);
-        let shown = if links && REFERENCE_FIELDS.contains(&key.as_str()) && !text.is_empty() {
-            json!({"link": format!("http://{host}/api/now/table/{key}/{text}"), "value": text})
-        } else {
-            Value::String(text)
-        };
-        out.insert(key.clone(), shown);
-    }
-    Value::Object(out)
 }
 
 /// An encoded query: `a=b^c>=d^ORe=f^NQg=h^ORDERBYx` (§1.2).
@@ -817,6 +1083,18 @@ fn parse_query(text: &str) -> Query {
 }
 
 impl Query {
+    /// Drops the conditions and orderings on fields `valid` rejects, and conditions with an
+    /// unknown operator: an instance ignores invalid parts and applies the rest (§1.2).
+    fn drop_invalid(&mut self, valid: impl Fn(&str) -> bool) {
+        for groups in &mut self.clauses {
+            for group in groups.iter_mut() {
+                group.retain(|(field, op, _)| op != "?" && valid(field));
+            }
+            groups.retain(|group| !group.is_empty());
+        }
+        self.order.retain(|(field, _)| valid(field));
+    }
+
     fn matches(&self, record: &Map<String, Value>) -> bool {
         self.clauses
             .iter()

@@ -2,7 +2,10 @@
 //! Authenticated per connection (a shared secret header or Basic, optionally an HMAC-SHA256 of
 //! the raw body, compared in constant time); the body only names the record, which is read
 //! again before anything is done; the request and what it led to are stored like a trigger
-//! request.
+//! request. A body that is a `sys_journal_field` row (Halo's own ServiceNow design posts one
+//! per note: `element_id`, `name`, `element`, `value`, `sys_created_on`, `sys_created_by`)
+//! names its record by `name` and `element_id`, and its note is synced as it is: no
+//! `audit_viewer` role needed to read it.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -18,6 +21,7 @@ use super::error::{ApiError, ErrorCode};
 use crate::config::WebhookConfig;
 use crate::engine::{Engine, new_id};
 use crate::secrets::SecretStore;
+use crate::servicenow::notes::JournalEntry;
 use crate::servicenow::{ServiceNowConnection, Side};
 use crate::storage::{NewRequest, now_ms};
 
@@ -118,8 +122,18 @@ pub(super) async fn receive(
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
     };
-    let table = field(&webhook.table_field);
-    let sys_id = field(&webhook.sys_id_field);
+    // A journal row names its record by `name` and `element_id`.
+    let journal_row = payload.get("element_id").is_some() && payload.get("element").is_some();
+    let (table_name, sys_id_name) = if journal_row {
+        ("name", "element_id")
+    } else {
+        (webhook.table_field.as_str(), webhook.sys_id_field.as_str())
+    };
+    let note = journal_row
+        .then(|| JournalEntry::from_row(&payload))
+        .flatten();
+    let table = field(table_name);
+    let sys_id = field(sys_id_name);
     let number = field(&webhook.number_field);
     // The values go into an encoded query: only the characters those names have.
     let plain = |v: &str, hex: bool| {
@@ -134,9 +148,9 @@ pub(super) async fn receive(
             })
     };
     for (name, value, hex) in [
-        (&webhook.table_field, table, false),
-        (&webhook.sys_id_field, sys_id, true),
-        (&webhook.number_field, number, false),
+        (table_name, table, false),
+        (sys_id_name, sys_id, true),
+        (webhook.number_field.as_str(), number, false),
     ] {
         if let Some(value) = value
             && !plain(value, hex)
@@ -160,7 +174,7 @@ pub(super) async fn receive(
     if !(table.is_some() && sys_id.is_some()) && number.is_none() {
         let message = format!(
             "the body names no record: send `{}` and `{}`, or `{}`",
-            webhook.table_field, webhook.sys_id_field, webhook.number_field
+            table_name, sys_id_name, webhook.number_field
         );
         return reject(
             ApiError::new(ErrorCode::InvalidPayload, message),
@@ -168,7 +182,7 @@ pub(super) async fn receive(
         )
         .await;
     }
-    let (status, outcome) = process(&engine, &sn, table, sys_id, number).await;
+    let (status, outcome) = process(&engine, &sn, (table, sys_id, number), note).await;
     let request = NewRequest {
         id: new_id(),
         flow_id,
@@ -198,13 +212,13 @@ pub(super) async fn receive(
     (status, Json(answer)).into_response()
 }
 
-/// Reads the record again and syncs it; the status and the outcome (or the error) as JSON.
+/// Reads the record (table, sys_id, number) again and syncs it, with the note the webhook
+/// carried; the status and the outcome (or the error) as JSON.
 async fn process(
     engine: &Engine,
     sn: &ServiceNowConnection,
-    table: Option<&str>,
-    sys_id: Option<&str>,
-    number: Option<&str>,
+    (table, sys_id, number): (Option<&str>, Option<&str>, Option<&str>),
+    note: Option<JournalEntry>,
 ) -> (StatusCode, Value) {
     let sync = engine.sync_back();
     let record = match sync.read_record(sn, table, sys_id, number).await {
@@ -217,7 +231,11 @@ async fn process(
         }
         Err(e) => return failed(e),
     };
-    match sync.sync_record(sn, &record.0, &record.1).await {
+    let given: Vec<JournalEntry> = note.into_iter().collect();
+    match sync
+        .sync_record_with_notes(sn, &record.0, &record.1, &given)
+        .await
+    {
         Ok(outcome) => (
             StatusCode::OK,
             serde_json::to_value(outcome).unwrap_or(Value::Null),

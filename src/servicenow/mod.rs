@@ -4,6 +4,7 @@
 
 pub mod integrator;
 pub mod mapping;
+pub mod notes;
 pub mod sync;
 
 use std::time::{Duration, Instant};
@@ -13,7 +14,7 @@ use reqwest::Method;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use crate::config::{ServiceNowAuthKind, ServiceNowConnectionConfig};
+use crate::config::{JournalSource, ServiceNowAuthKind, ServiceNowConnectionConfig};
 use crate::outbound::{
     Field, Outbound, OutboundBody, OutboundRequest, OutboundResponse, encode_component,
 };
@@ -25,6 +26,16 @@ const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
 
 /// The seed: "a minimum of 1800 seconds should be set for the Access Token Lifespan".
 pub const MIN_TOKEN_LIFESPAN_SECS: u64 = 1800;
+
+/// FNV-1a: a short, stable digest for keys (no extra dependency).
+pub fn digest(text: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
 
 /// Whose instance it is: the connection is picked by the ticket's client or supplier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +64,8 @@ pub struct ServiceNowConnection {
     global_sync_attachments: bool,
     note_marker: String,
     token: Mutex<Option<CachedToken>>,
+    /// The integration user's display name (`sys_user.name`), read once when needed.
+    display_name: tokio::sync::OnceCell<Option<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -66,6 +79,8 @@ struct CachedToken {
 pub struct CheckReport {
     /// The token lifespan the instance granted (OAuth only).
     pub token_lifespan_secs: Option<u64>,
+    /// The path sync back reads notes by (`journal`).
+    pub notes: &'static str,
     pub warnings: Vec<String>,
 }
 
@@ -85,6 +100,7 @@ impl ServiceNowConnection {
             global_sync_attachments: global.sync_attachments,
             note_marker: global.note_marker.clone(),
             token: Mutex::new(None),
+            display_name: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -104,6 +120,39 @@ impl ServiceNowConnection {
                 .then(|| self.config.username.clone())
                 .flatten()
         })
+    }
+
+    /// Whether a journal entry's author is the integration user: its user name (journal
+    /// rows) or its display name (display values show `sys_user.name`, §4.2).
+    pub async fn is_integration_user(
+        &self,
+        http: &Outbound,
+        author: &str,
+    ) -> Result<bool, StepError> {
+        let Some(user) = self.integration_user() else {
+            return Ok(false);
+        };
+        if author == user {
+            return Ok(true);
+        }
+        let name = self
+            .display_name
+            .get_or_try_init(|| async {
+                let query = format!("user_name={user}");
+                let found = self
+                    .query(http, "sys_user", &query, Some("name"), 1)
+                    .await?;
+                Ok::<_, StepError>(
+                    found
+                        .first()
+                        .and_then(|u| u.get("name"))
+                        .and_then(Value::as_str)
+                        .filter(|n| !n.is_empty())
+                        .map(str::to_owned),
+                )
+            })
+            .await?;
+        Ok(name.as_deref() == Some(author))
     }
 
     /// `customers/12` or `suppliers/7`: how links name their instance.
@@ -181,6 +230,28 @@ impl ServiceNowConnection {
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default())
+    }
+
+    /// `GET /api/now/table/{table}/{sys_id}?sysparm_display_value=all`: each field as
+    /// `{display_value, value}` (§1.2); `None` when the record is missing or hidden (404).
+    pub async fn display_values(
+        &self,
+        http: &Outbound,
+        table: &str,
+        sys_id: &str,
+        fields: &str,
+    ) -> Result<Option<Value>, StepError> {
+        let path = format!(
+            "api/now/table/{}/{}?sysparm_display_value=all&sysparm_exclude_reference_link=true&sysparm_fields={}",
+            encode_component(table),
+            encode_component(sys_id),
+            encode_component(fields)
+        );
+        match self.call(http, Method::GET, &path, None).await {
+            Ok(answer) => result(answer, "read").map(Some),
+            Err(StepError::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// `POST /api/now/table/{table}`: creates one record and returns it.
@@ -268,6 +339,7 @@ impl ServiceNowConnection {
     pub async fn check(&self, http: &Outbound) -> Result<CheckReport, StepError> {
         let mut report = CheckReport {
             token_lifespan_secs: None,
+            notes: self.config.journal.describe(),
             warnings: Vec::new(),
         };
         if self.config.auth == ServiceNowAuthKind::Oauth {
@@ -278,6 +350,18 @@ impl ServiceNowConnection {
             }
         }
         self.query(http, "sys_user", "", Some("sys_id"), 1).await?;
+        if self.config.journal == JournalSource::SysJournalField
+            && self
+                .query(http, "sys_journal_field", "", Some("sys_id"), 1)
+                .await?
+                .is_empty()
+        {
+            // Read ACLs hide rows rather than failing the call (§1.2, §4.2).
+            report.warnings.push(format!(
+                "{}: sys_journal_field answered no rows; without the audit_viewer role the instance hides them all. Grant the role or set journal = \"display_values\"",
+                self.config_table()
+            ));
+        }
         Ok(report)
     }
 

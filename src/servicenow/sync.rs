@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use super::mapping;
+use super::notes::{self, JournalEntry};
 use super::{ServiceNowConnection, Side};
 use crate::connections::Connections;
 use crate::outbound::Outbound;
@@ -99,6 +100,18 @@ impl SyncBack {
         table: &str,
         record: &Value,
     ) -> Result<RecordOutcome, StepError> {
+        self.sync_record_with_notes(sn, table, record, &[]).await
+    }
+
+    /// [`Self::sync_record`], with notes a webhook carried (a `sys_journal_field` row):
+    /// synced even when this version of the record was already acted on.
+    pub async fn sync_record_with_notes(
+        &self,
+        sn: &ServiceNowConnection,
+        table: &str,
+        record: &Value,
+        given: &[JournalEntry],
+    ) -> Result<RecordOutcome, StepError> {
         let sys_id = text(record, "sys_id")
             .ok_or_else(|| StepError::Response("the record has no sys_id".into()))?;
         // Updates within one second share `sys_updated_on`; `sys_mod_count` tells them apart.
@@ -114,9 +127,21 @@ impl SyncBack {
             .await
             .map_err(storage_error)?;
         if !claimed {
-            return Ok(self.outcome(table, &sys_id, record, SyncAction::Duplicate));
+            let mut outcome = self.outcome(table, &sys_id, record, SyncAction::Duplicate);
+            let link = storage
+                .link_for_record(&key, &sys_id)
+                .await
+                .map_err(storage_error)?;
+            if let Some(link) = link.filter(|_| !given.is_empty()) {
+                let http = Outbound::live(self.client.clone());
+                outcome.ticket_id = Some(link.halo_ticket_id);
+                outcome.notes = self
+                    .post_notes(sn, (table, &sys_id, record), &link, given.to_vec(), &http)
+                    .await?;
+            }
+            return Ok(outcome);
         }
-        match self.apply(sn, table, &sys_id, record).await {
+        match self.apply(sn, table, &sys_id, record, given).await {
             Ok(outcome) => Ok(outcome),
             Err(e) => {
                 let _ = storage.release_sync_event(&key, &sys_id, &version).await;
@@ -150,6 +175,7 @@ impl SyncBack {
         table: &str,
         sys_id: &str,
         record: &Value,
+        given: &[JournalEntry],
     ) -> Result<RecordOutcome, StepError> {
         let key = sn.key();
         let halo = self.connections.halo(&sn.config.halo_connection)?;
@@ -211,8 +237,11 @@ impl SyncBack {
             }
         };
         outcome.ticket_id = Some(link.halo_ticket_id);
+        // New notes: those the webhook carried, and those read by the connection's path.
+        let mut entries = given.to_vec();
+        entries.extend(notes::read(sn, &http, table, sys_id).await?);
         outcome.notes = self
-            .sync_notes(sn, table, sys_id, record, &link, &http)
+            .post_notes(sn, (table, sys_id, record), &link, entries, &http)
             .await?;
         Ok(outcome)
     }
@@ -322,65 +351,45 @@ impl SyncBack {
         Ok((link, fields))
     }
 
-    /// New work notes and comments become Halo actions (work note → private, comment →
-    /// public), once each; haloflow's own notes (its marker, written by the integration user)
-    /// are not sent back.
-    async fn sync_notes(
+    /// Each entry becomes a Halo action (work note → private, comment → public), once;
+    /// haloflow's own notes (its marker, written by the integration user) are not sent back.
+    async fn post_notes(
         &self,
         sn: &ServiceNowConnection,
-        table: &str,
-        sys_id: &str,
-        record: &Value,
+        (table, sys_id, record): (&str, &str, &Value),
         link: &Link,
+        entries: Vec<JournalEntry>,
         http: &Outbound,
     ) -> Result<usize, StepError> {
-        let query = format!(
-            "element_id={sys_id}^elementINwork_notes,comments^ORDERBYsys_created_on^ORDERBYsys_id"
-        );
-        let entries = sn
-            .query(
-                http,
-                "sys_journal_field",
-                &query,
-                Some("sys_id,element,value,sys_created_on,sys_created_by"),
-                1000,
-            )
-            .await?;
         let marker = format!("[{} ", sn.note_marker());
-        let ours = sn.integration_user();
         let halo = self.connections.halo(&sn.config.halo_connection)?;
         let key = sn.key();
         let number = text(record, "number").unwrap_or_else(|| format!("{table} {sys_id}"));
         let mut synced = 0;
         for entry in entries {
-            let (Some(entry_id), Some(value)) = (text(&entry, "sys_id"), text(&entry, "value"))
-            else {
-                continue;
-            };
-            let author = text(&entry, "sys_created_by").unwrap_or_default();
-            let echo = value.contains(&marker) && ours.as_deref() == Some(author.as_str());
-            if echo {
+            if entry.value.contains(&marker) && sn.is_integration_user(http, &entry.author).await? {
                 continue;
             }
+            let note_key = entry.key(sys_id);
             if !self
                 .storage
-                .claim_note(&key, &entry_id, now_ms())
+                .claim_note(&key, &note_key, now_ms())
                 .await
                 .map_err(storage_error)?
             {
                 continue;
             }
-            let work_note = text(&entry, "element").as_deref() == Some("work_notes");
+            let work_note = entry.element == "work_notes";
             let kind = if work_note { "work note" } else { "comment" };
             let action = json!({
                 "ticket_id": link.halo_ticket_id,
                 "outcome": sn.config.note_outcome,
-                "note": format!("{FROM_SERVICENOW}{number} {kind} by {author}]\n{value}"),
+                "note": format!("{FROM_SERVICENOW}{number} {kind} by {}]\n{}", entry.author, entry.value),
                 "hiddenfromuser": work_note,
                 "sendemail": false,
             });
             if let Err(e) = halo.post_one(http, "Actions", action).await {
-                let _ = self.storage.release_note(&key, &entry_id).await;
+                let _ = self.storage.release_note(&key, &note_key).await;
                 return Err(e);
             }
             synced += 1;

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::halo::HaloConnection;
 use crate::servicenow::mapping::{self, RECORD_TYPES};
-use crate::servicenow::{ServiceNowConnection, Side};
+use crate::servicenow::{ServiceNowConnection, Side, digest, notes};
 use crate::step::{ConnectionKind, OutputSpec, Resend, Step, StepContext, StepError};
 use crate::storage::{Link, LinkOrigin, now_ms};
 
@@ -91,16 +91,6 @@ fn required_id(inputs: &Value, name: &str) -> Result<i64, StepError> {
             pointer: format!("/{name}"),
             message: "not an id (a whole number)".into(),
         })
-}
-
-/// FNV-1a: a short, stable digest for keys (no extra dependency).
-fn digest(text: &str) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in text.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{hash:016x}")
 }
 
 /// `HALO-<ticket id>-<digest of run and step>`: the same on every attempt of a step run,
@@ -830,20 +820,15 @@ impl Step for SyncNote {
         };
         let field = field_for(note.private);
         let marker = Self::marker(ctx, &note.sn);
-        let found = note
-            .sn
-            .query(
-                ctx.http(),
-                "sys_journal_field",
-                &format!(
-                    "element_id={}^element={field}^valueLIKE{}",
-                    note.link.sys_id,
-                    digest(&ctx.idempotency_key())
-                ),
-                Some("sys_id,value"),
-                1,
-            )
-            .await?;
+        // Read by the connection's journal path: `sys_journal_field` hides every row from a
+        // user without audit_viewer, and a retry would write the note twice.
+        let run_digest = digest(&ctx.idempotency_key());
+        let entries =
+            notes::read(&note.sn, ctx.http(), &note.link.table, &note.link.sys_id).await?;
+        let found: Vec<_> = entries
+            .into_iter()
+            .filter(|e| e.element == field && e.value.contains(&run_digest))
+            .collect();
         Ok(found.first().map(|_| {
             let text = format!("{}\n\n{marker}", note.text);
             Self::outputs(&note, field, &text)
