@@ -774,6 +774,16 @@ impl Config {
             halo.idempotency()
                 .map_err(|e| format!("[halo.{name}] {e}"))?;
         }
+        for (side, connections) in [
+            ("customers", &config.servicenow.customers),
+            ("suppliers", &config.servicenow.suppliers),
+        ] {
+            for (id, connection) in connections {
+                connection
+                    .check()
+                    .map_err(|e| format!("[servicenow.{side}.\"{id}\"] {e}"))?;
+            }
+        }
         Ok(config)
     }
 }

@@ -20,6 +20,7 @@ const VENDOR_PASSWORD: &str = "PW-vendor-sb-33cc";
 const HOOK_SECRET: &str = "HOOK-acme-44dd";
 const HMAC_KEY: &str = "HMAC-acme-55ee";
 const VENDOR_HOOK: &str = "HOOK-vendor-66ff";
+const GLOBEX_SECRET: &str = "CS-globex-sb-77aa";
 
 struct World {
     base: String,
@@ -28,6 +29,8 @@ struct World {
     halo: HaloEmulator,
     acme: ServiceNowEmulator,
     vendor: ServiceNowEmulator,
+    /// Customer 13, OAuth: its writes are stamped with the OAuth application user.
+    globex: ServiceNowEmulator,
     client: reqwest::Client,
     _running: Vec<RunningEmulator>,
     _dir: tempfile::TempDir,
@@ -56,10 +59,19 @@ impl World {
         // Acme's own field (the custom field mapping reads it).
         acme.add_field("task", "u_severity");
         let vendor = servicenow("vendor.integration", VENDOR_PASSWORD);
+        let globex = ServiceNowEmulator::new(ServiceNowEmulatorConfig {
+            username: "globex.admin".into(),
+            password: "unused".into(),
+            oauth_client_id: Some("globex-client".into()),
+            oauth_client_secret: Some(GLOBEX_SECRET.into()),
+            token_lifetime_secs: 1800,
+            oauth_user: "globex.oauth".into(),
+        });
         let running = vec![
             halo.start().await.unwrap(),
             acme.start().await.unwrap(),
             vendor.start().await.unwrap(),
+            globex.start().await.unwrap(),
         ];
         let config = format!(
             r#"
@@ -90,10 +102,19 @@ auth = "basic"
 username = "vendor.integration"
 password_secret_name = "VENDOR_PASSWORD"
 webhook = {{ secret_name = "VENDOR_HOOK", header = "X-Vendor-Key", sys_id_field = "id" }}
+
+[servicenow.customers.13]
+instance_url = "{globex}"
+auth = "oauth"
+client_id = "globex-client"
+client_secret_name = "GLOBEX_SECRET"
+integration_user = "globex.oauth"
+webhook = {{ secret_name = "HOOK_SECRET", ticket_type_id = 5 }}
 "#,
             halo = running[0].base_url(),
             acme = running[1].base_url(),
             vendor = running[2].base_url(),
+            globex = running[3].base_url(),
         );
         let config = Config::parse(&config).unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -107,6 +128,7 @@ webhook = {{ secret_name = "VENDOR_HOOK", header = "X-Vendor-Key", sys_id_field 
                 ("HOOK_SECRET", HOOK_SECRET),
                 ("HMAC_KEY", HMAC_KEY),
                 ("VENDOR_HOOK", VENDOR_HOOK),
+                ("GLOBEX_SECRET", GLOBEX_SECRET),
             ]))
             .storage(storage.clone())
             .build()
@@ -125,6 +147,7 @@ webhook = {{ secret_name = "VENDOR_HOOK", header = "X-Vendor-Key", sys_id_field 
             halo,
             acme,
             vendor,
+            globex,
             client: reqwest::Client::new(),
             _running: running,
             _dir: dir,
@@ -689,4 +712,64 @@ async fn a_note_in_the_webhook_body_syncs_once_without_audit_viewer() {
             .all(|r| r.path != "/api/now/table/sys_journal_field"),
         "sys_journal_field is not read without the role"
     );
+}
+
+#[tokio::test]
+async fn our_own_notes_written_with_an_oauth_token_are_not_synced_back() {
+    let w = World::new(100).await;
+    // The application registry's OAuth Application User, as the instance shows it.
+    w.globex.insert_record(
+        "sys_user",
+        json!({"user_name": "globex.oauth", "name": "Globex Integration"}),
+    );
+    let sys_id = w.globex.insert_as(
+        "abel.tuter",
+        "incident",
+        json!({"short_description": "VPN down"}),
+    );
+    let hook = |body: Value| {
+        w.post(
+            "customers/13",
+            body.to_string(),
+            &[("X-Haloflow-Secret", HOOK_SECRET)],
+        )
+    };
+    let (status, answer) = hook(json!({"table": "incident", "sys_id": sys_id})).await;
+    assert_eq!(answer["action"], "created_ticket", "{status} {answer}");
+    // haloflow writes a note through the API with its token (as servicenow.sync_note does).
+    let globex = w
+        .engine
+        .connections()
+        .servicenow(haloflow::servicenow::Side::Customer, "13")
+        .unwrap();
+    let http = haloflow::outbound::Outbound::live(w.client.clone());
+    globex
+        .patch(
+            &http,
+            "incident",
+            &sys_id,
+            json!({"work_notes": "From Halo\n\n[Sent from Halo by haloflow 0123456789abcdef]"}),
+        )
+        .await
+        .unwrap();
+    let journal = w.globex.journal(&sys_id);
+    assert_eq!(journal[0]["sys_created_by"], "globex.oauth");
+    let (_, answer) = hook(json!({"table": "incident", "sys_id": sys_id})).await;
+    assert_eq!(answer["notes"], 0, "our own note is an echo: {answer}");
+    assert!(w.halo.actions().is_empty(), "{:#?}", w.halo.actions());
+}
+
+#[test]
+fn oauth_sync_back_needs_the_oauth_application_user() {
+    let config = |extra: &str| {
+        Config::parse(&format!(
+            "[servicenow.customers.13]\ninstance_url = \"https://globex.service-now.com\"\nauth = \"oauth\"\nclient_id = \"c\"\nclient_secret_name = \"S\"\nwebhook = {{ secret_name = \"H\" }}\n{extra}"
+        ))
+    };
+    let error = config("").unwrap_err();
+    assert!(
+        error.starts_with("[servicenow.customers.\"13\"]") && error.contains("integration_user"),
+        "{error}"
+    );
+    assert!(config("integration_user = \"globex.oauth\"\n").is_ok());
 }
