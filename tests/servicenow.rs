@@ -693,3 +693,47 @@ async fn connections_check_reports_each_connection_and_a_short_token_lifespan() 
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn a_ticket_that_came_from_servicenow_is_not_sent_back_as_a_new_record() {
+    let w = World::new().await;
+    // Sync back created ticket 130 from an Acme incident, and linked them.
+    let sys_id = w.acme.insert_as(
+        "abel.tuter",
+        "incident",
+        json!({"short_description": "From the portal"}),
+    );
+    let id = w.ticket(130, json!({}));
+    w.storage
+        .save_link(&haloflow::storage::Link {
+            halo_connection: "halo".into(),
+            halo_ticket_id: id,
+            servicenow: "customers/12".into(),
+            table: "incident".into(),
+            sys_id: sys_id.clone(),
+            number: Some("INC0010001".into()),
+            created_by: LinkOrigin::Servicenow,
+            created_at_ms: 1,
+            updated_at_ms: 1,
+        })
+        .await
+        .unwrap();
+    let out = w.send("send", id).await;
+    assert_eq!(out["skipped"], true, "{out:#}");
+    assert!(
+        out["reason"]
+            .as_str()
+            .unwrap()
+            .contains("came from ServiceNow"),
+        "{out:#}"
+    );
+    assert_eq!(out["sys_id"], sys_id.as_str());
+    assert_eq!(w.acme.records("incident").len(), 1, "no new record");
+    let link = w
+        .storage
+        .link_for_ticket("halo", id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(link.created_by, LinkOrigin::Servicenow, "the link is kept");
+}

@@ -274,6 +274,12 @@ impl Sender<'_> {
                 })
                 .unwrap_or_default();
             for child_id in child_ids {
+                if from_servicenow(self.ctx, child_id, &self.sn)
+                    .await?
+                    .is_some()
+                {
+                    continue;
+                }
                 let child = read_ticket(self.ctx, &self.halo, child_id).await?;
                 let sent = Box::pin(self.send(&child, None, Some(&problem))).await?;
                 if let Some(sent) = sent {
@@ -447,6 +453,34 @@ impl Sender<'_> {
     }
 }
 
+/// The link of a ticket that sync back created from a record of `sn`'s instance: such a
+/// ticket already has its record there, and sending it would make a second one.
+async fn from_servicenow(
+    ctx: &StepContext,
+    ticket_id: i64,
+    sn: &ServiceNowConnection,
+) -> Result<Option<Link>, StepError> {
+    Ok(ctx
+        .link_for_ticket(ticket_id)
+        .await?
+        .filter(|link| link.created_by == LinkOrigin::Servicenow && link.servicenow == sn.key()))
+}
+
+/// The outputs for a ticket that came from the instance: skipped, naming its record.
+fn came_from(ticket_id: i64, link: &Link) -> Value {
+    let mut outputs = skipped(format!(
+        "ticket {ticket_id} came from ServiceNow ({} {} {}) and is linked to that record; it is not sent again",
+        link.servicenow,
+        link.table,
+        link.number.as_deref().unwrap_or(&link.sys_id)
+    ));
+    outputs["sys_id"] = json!(link.sys_id);
+    outputs["number"] = json!(link.number);
+    outputs["table"] = json!(link.table);
+    outputs["link"] = json!(link);
+    outputs
+}
+
 /// The connection for a customer's ticket: by its client id.
 fn customer_connection(
     ctx: &StepContext,
@@ -500,6 +534,9 @@ impl SendToServiceNow {
                 Err(skipped) => return Ok(Some(skipped)),
             },
         };
+        if let Some(link) = from_servicenow(ctx, ticket_id, &sn).await? {
+            return Ok(Some(came_from(ticket_id, &link)));
+        }
         let sender = Sender {
             ctx,
             halo,
