@@ -122,8 +122,10 @@ pub struct ServiceNowConnectionConfig {
     /// Halo category (category_1) → ServiceNow category and subcategory; incidents only.
     #[serde(default)]
     pub category: Vec<CategoryMapping>,
+    /// Halo priority → impact and urgency (the instance calculates priority from them), or
+    /// → priority itself (`servicenow`), which the instance may recalculate.
     #[serde(default)]
-    pub priority: Vec<ValueMapping>,
+    pub priority: Vec<PriorityMapping>,
     #[serde(default)]
     pub impact: Vec<ValueMapping>,
     #[serde(default)]
@@ -324,6 +326,22 @@ pub struct ValueMapping {
     pub table: Option<String>,
 }
 
+/// A Halo priority as ServiceNow's impact and urgency (reference §2.2: "Map Halo priority to
+/// impact plus urgency, not to priority"), or as a priority named explicitly.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriorityMapping {
+    pub halo: toml::Value,
+    #[serde(default)]
+    pub servicenow: Option<String>,
+    #[serde(default)]
+    pub impact: Option<String>,
+    #[serde(default)]
+    pub urgency: Option<String>,
+    #[serde(default)]
+    pub table: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CategoryMapping {
@@ -375,6 +393,17 @@ impl ServiceNowConnectionConfig {
             _ => {}
         }
         self.integrator.interval()?;
+        if let Some(m) = self.priority.iter().find(|m| {
+            !matches!(
+                (&m.servicenow, &m.impact, &m.urgency),
+                (Some(_), None, None) | (None, Some(_), Some(_))
+            )
+        }) {
+            return Err(format!(
+                "priority: the mapping for Halo {} needs either impact and urgency (recommended: the instance calculates priority from them) or servicenow (a priority written directly, which the instance may recalculate), not both",
+                m.halo
+            ));
+        }
         let syncs_back = self.webhook.is_some() || self.integrator.enabled;
         if self.auth == ServiceNowAuthKind::Oauth && syncs_back && self.integration_user.is_none() {
             return Err("auth = \"oauth\" with sync back (webhook or integrator) needs integration_user: the user_name of the application registry's OAuth Application User, which ServiceNow records as the writer of haloflow's notes; without it haloflow's own notes come back as new ones".into());

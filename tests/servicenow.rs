@@ -120,10 +120,10 @@ default_caller = "user-default"
 default_assignment_group = "grp-default"
 sync_attachments = true
 sync_child_tickets = true
-record_types = {{ "3" = "sc_task", "4" = "problem" }}
+record_types = {{ "3" = "sc_task", "4" = "problem", "5" = "incident_task" }}
 status = [{{ halo = 1, servicenow = "1" }}]
 category = [{{ halo = "Hardware", category = "hardware", subcategory = "disk" }}]
-priority = [{{ halo = 2, servicenow = "2" }}]
+priority = [{{ halo = 2, servicenow = "2" }}, {{ halo = 1, impact = "1", urgency = "2" }}]
 impact = [{{ halo = 2, servicenow = "2", table = "incident" }}, {{ halo = 2, servicenow = "3", table = "task" }}]
 urgency = [{{ halo = 2, servicenow = "1" }}]
 assignment_group = [{{ halo = "Service Desk", servicenow = "grp-sd" }}]
@@ -350,6 +350,38 @@ async fn a_task_goes_under_its_parents_incident() {
         .record("incident", sub["sys_id"].as_str().unwrap())
         .unwrap();
     assert_eq!(incident["parent_incident"], parent["sys_id"]);
+    // An incident task names its incident (§2.5); its priority goes as impact and urgency,
+    // and the instance calculates it.
+    let out = w
+        .send(
+            "send",
+            w.ticket(
+                113,
+                json!({"parent_id": 110, "tickettype_id": 5, "priority_id": 1}),
+            ),
+        )
+        .await;
+    assert_eq!(out["table"], "incident_task");
+    let task = w
+        .acme
+        .record("incident_task", out["sys_id"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(task["incident"], parent["sys_id"], "{task:#}");
+    assert_eq!(task["parent"], parent["sys_id"]);
+    assert_eq!(
+        (&task["impact"], &task["urgency"], &task["priority"]),
+        (&json!("1"), &json!("2"), &json!("2"))
+    );
+    let sent = w
+        .acme
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "POST" && r.path == "/api/now/table/incident_task")
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(sent.get("priority").is_none(), "{sent:#}");
+    assert_eq!(w.acme.warnings(), Vec::<String>::new());
 }
 
 #[tokio::test]

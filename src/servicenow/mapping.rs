@@ -3,7 +3,9 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::config::{CustomFieldMapping, ServiceNowConnectionConfig, ValueMapping};
+use crate::config::{
+    CustomFieldMapping, PriorityMapping, ServiceNowConnectionConfig, ValueMapping,
+};
 
 /// Tables a record can be created in (§2.1): tasks go to task child tables, never `task`.
 pub const RECORD_TYPES: &[&str] = &[
@@ -26,6 +28,21 @@ pub fn applies(filter: Option<&str>, table: &str) -> bool {
         Some("task") => table != "incident",
         Some(wanted) => wanted == table,
     }
+}
+
+/// The field that names a child's parent record of `parent_table`, beyond the generic
+/// `parent` (§2.3, §2.5): an incident task's `incident`, a problem task's `problem`...
+pub fn parent_field(table: &str, parent_table: &str) -> Option<&'static str> {
+    Some(match (table, parent_table) {
+        ("incident", "incident") => "parent_incident",
+        ("incident", "problem") => "problem_id",
+        ("incident_task", "incident") => "incident",
+        ("problem_task", "problem") => "problem",
+        ("change_task", "change_request") => "change_request",
+        ("sc_task", "sc_req_item") => "request_item",
+        ("sc_task" | "sc_req_item", "sc_request") => "request",
+        _ => return None,
+    })
 }
 
 /// The state a record created from Halo starts in: New (§2.3, §2.4).
@@ -68,6 +85,41 @@ fn map_value(mappings: &[ValueMapping], halo: &Value, table: &str) -> Option<Str
         .map(|m| m.servicenow.clone())
 }
 
+/// The priority mapping for a Halo priority, for `table`.
+fn priority_mapping<'a>(
+    mappings: &'a [PriorityMapping],
+    halo: &Value,
+    table: &str,
+) -> Option<&'a PriorityMapping> {
+    let halo = halo_text(halo)?;
+    mappings
+        .iter()
+        .find(|m| applies(m.table.as_deref(), table) && toml_text(&m.halo) == halo)
+}
+
+/// The Halo priority a record maps back to: by its priority where a mapping names one, else
+/// by its impact and urgency.
+fn priority_back(
+    config: &ServiceNowConnectionConfig,
+    table: &str,
+    record: &Value,
+) -> Option<Value> {
+    let (priority, impact, urgency) = (
+        field_text(record, "priority"),
+        field_text(record, "impact"),
+        field_text(record, "urgency"),
+    );
+    config
+        .priority
+        .iter()
+        .filter(|m| applies(m.table.as_deref(), table))
+        .find(|m| match &m.servicenow {
+            Some(p) => priority.as_ref() == Some(p),
+            None => m.impact == impact && m.urgency == urgency,
+        })
+        .map(|m| toml_json(&m.halo))
+}
+
 /// The fields of a record created from `ticket` in `table` (without caller, parent,
 /// correlation id and state, which need lookups or the step run).
 pub fn record_fields(
@@ -95,8 +147,22 @@ pub fn record_fields(
             fields.insert("subcategory".into(), json!(sub));
         }
     }
+    // Priority first: the ticket's own impact and urgency mappings are more specific.
+    if let Some(m) = ticket
+        .get("priority_id")
+        .and_then(|p| priority_mapping(&config.priority, p, table))
+    {
+        for (field, value) in [
+            ("priority", &m.servicenow),
+            ("impact", &m.impact),
+            ("urgency", &m.urgency),
+        ] {
+            if let Some(value) = value {
+                fields.insert(field.into(), json!(value));
+            }
+        }
+    }
     for (halo_field, mappings, field) in [
-        ("priority_id", &config.priority, "priority"),
         ("impact", &config.impact, "impact"),
         ("urgency", &config.urgency, "urgency"),
     ] {
@@ -193,9 +259,11 @@ pub fn halo_fields(
     record: &Value,
 ) -> Map<String, Value> {
     let mut fields = Map::new();
+    if let Some(priority) = priority_back(config, table, record) {
+        fields.insert("priority_id".into(), priority);
+    }
     for (field, mappings, halo) in [
         ("state", &config.status, "status_id"),
-        ("priority", &config.priority, "priority_id"),
         ("impact", &config.impact, "impact"),
         ("urgency", &config.urgency, "urgency"),
         ("assignment_group", &config.assignment_group, "team"),
@@ -276,7 +344,7 @@ mod tests {
             status = [{ halo = 1, servicenow = "1" }, { halo = 2, servicenow = "2", table = "incident" },
                       { halo = 2, servicenow = "3", table = "task" }]
             category = [{ halo = "Hardware", category = "hardware", subcategory = "disk" }]
-            priority = [{ halo = 2, servicenow = "2" }]
+            priority = [{ halo = 2, servicenow = "2" }, { halo = 1, impact = "1", urgency = "1" }]
             impact = [{ halo = 2, servicenow = "1", table = "incident" }, { halo = 2, servicenow = "3", table = "task" }]
             urgency = [{ halo = "2", servicenow = "2" }]
             assignment_group = [{ halo = "Service Desk", servicenow = "grp-sd" }]
@@ -347,6 +415,27 @@ mod tests {
         );
         assert!(!task.contains_key("category_1"));
         assert_eq!(task["status_id"], 2);
+    }
+
+    #[test]
+    fn a_priority_goes_as_impact_and_urgency_unless_named() {
+        let fields = record_fields(&config(), "problem", &json!({"priority_id": 1}));
+        assert_eq!(
+            Value::Object(fields),
+            json!({"impact": "1", "urgency": "1", "assignment_group": "grp-default"})
+        );
+        let back = halo_fields(
+            &config(),
+            "problem",
+            &json!({"priority": "1", "impact": "1", "urgency": "1"}),
+        );
+        assert_eq!(back["priority_id"], 1);
+        assert_eq!(parent_field("incident_task", "incident"), Some("incident"));
+        assert_eq!(parent_field("sc_task", "incident"), None);
+        let both = crate::config::Config::parse(
+            "[servicenow.customers.1]\ninstance_url = \"https://a.service-now.com\"\nauth = \"basic\"\nusername = \"u\"\npassword_secret_name = \"P\"\npriority = [{ halo = 1, servicenow = \"1\", impact = \"1\" }]",
+        );
+        assert!(both.unwrap_err().contains("not both"));
     }
 
     #[test]

@@ -366,22 +366,28 @@ impl Sender<'_> {
             fields.insert(caller_field(table).into(), json!(caller));
         }
         match parent {
-            Some(problem) if table == "incident" => {
-                fields.insert("problem_id".into(), json!(problem.sys_id));
-            }
             Some(problem) => {
-                fields.insert("parent".into(), json!(problem.sys_id));
+                // An incident names its problem in problem_id alone; other children by parent
+                // (and a problem task by problem too).
+                if table != "incident" {
+                    fields.insert("parent".into(), json!(problem.sys_id));
+                }
+                if let Some(field) = mapping::parent_field(table, "problem") {
+                    fields.insert(field.into(), json!(problem.sys_id));
+                }
             }
             None => {
-                // Parent and child stay related: a task under its parent's linked incident.
+                // Parent and child stay related: a task under its parent's linked record, by
+                // `parent` and by the child table's own reference (an incident task's
+                // `incident`, §2.5).
                 if let Some(parent_id) =
                     ticket.get("parent_id").and_then(to_id).filter(|id| *id > 0)
                     && let Some(link) = self.ctx.link_for_ticket(parent_id).await?
                     && link.servicenow == self.sn.key()
                 {
                     fields.insert("parent".into(), json!(link.sys_id));
-                    if table == "incident" && link.table == "incident" {
-                        fields.insert("parent_incident".into(), json!(link.sys_id));
+                    if let Some(field) = mapping::parent_field(table, &link.table) {
+                        fields.insert(field.into(), json!(link.sys_id));
                     }
                 }
             }
