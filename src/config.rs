@@ -262,6 +262,19 @@ pub struct IntegratorConfig {
     pub every: String,
     #[serde(default = "default_page_size")]
     pub page_size: u32,
+    /// Per table, an encoded query a record without a link must match to become a Halo
+    /// ticket (linked records always sync). The instance ignores a misspelt field in it
+    /// instead of failing (reference §1.2).
+    #[serde(default)]
+    pub filter: BTreeMap<String, String>,
+    /// False (the default): only records created since the integrator started become
+    /// tickets. True: older ones too, when a `filter` selects them.
+    #[serde(default)]
+    pub create_existing: bool,
+    /// A record whose sync fails in this many scans is recorded and skipped until it changes,
+    /// so it does not stop every scan.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
 }
 
 impl Default for IntegratorConfig {
@@ -270,8 +283,15 @@ impl Default for IntegratorConfig {
             enabled: false,
             every: default_every(),
             page_size: default_page_size(),
+            filter: BTreeMap::new(),
+            create_existing: false,
+            max_attempts: default_max_attempts(),
         }
     }
+}
+
+fn default_max_attempts() -> u32 {
+    5
 }
 
 fn default_every() -> String {
@@ -283,6 +303,24 @@ fn default_page_size() -> u32 {
 }
 
 impl IntegratorConfig {
+    /// Problems with the creation filter: `^NQ` would escape the record the filter is tested
+    /// on, and creating old records needs a filter for every imported table.
+    fn check_filter(&self, tables: &[String]) -> Result<(), String> {
+        if let Some((table, _)) = self.filter.iter().find(|(_, q)| q.contains("^NQ")) {
+            return Err(format!(
+                "integrator.filter.{table}: ^NQ is not supported; write one clause (^ and ^OR)"
+            ));
+        }
+        if self.create_existing
+            && let Some(table) = tables.iter().find(|t| !self.filter.contains_key(*t))
+        {
+            return Err(format!(
+                "integrator.create_existing = true needs integrator.filter.{table}: without one every unlinked {table} in the instance would become a Halo ticket"
+            ));
+        }
+        Ok(())
+    }
+
     /// The interval: a number with `s`, `m`, `h` or `d`.
     pub fn interval(&self) -> Result<std::time::Duration, String> {
         let text = self.every.trim();
@@ -308,6 +346,14 @@ impl IntegratorConfig {
             return Err(format!("integrator.every: `{text}` is under a minute"));
         }
         Ok(std::time::Duration::from_secs(seconds))
+    }
+}
+
+/// The table an imported type is read from (`task` means catalog tasks).
+pub fn imported_table(imported: &str) -> &str {
+    match imported {
+        "task" => "sc_task",
+        other => other,
     }
 }
 
@@ -393,6 +439,12 @@ impl ServiceNowConnectionConfig {
             _ => {}
         }
         self.integrator.interval()?;
+        let tables: Vec<String> = self
+            .imported_types
+            .iter()
+            .map(|t| imported_table(t).to_owned())
+            .collect();
+        self.integrator.check_filter(&tables)?;
         if let Some(m) = self.priority.iter().find(|m| {
             !matches!(
                 (&m.servicenow, &m.impact, &m.urgency),

@@ -240,6 +240,30 @@ impl Storage for Gated {
     async fn scans(&self) -> Result<Vec<(String, i64, i64, Value)>, StorageError> {
         self.inner.scans().await
     }
+    async fn integrator_start(&self, servicenow: &str, at_ms: i64) -> Result<i64, StorageError> {
+        self.inner.integrator_start(servicenow, at_ms).await
+    }
+    async fn record_sync_failure(
+        &self,
+        servicenow: &str,
+        table: &str,
+        sys_id: &str,
+        error: &str,
+        at_ms: i64,
+    ) -> Result<u32, StorageError> {
+        self.inner
+            .record_sync_failure(servicenow, table, sys_id, error, at_ms)
+            .await
+    }
+    async fn clear_sync_failure(&self, servicenow: &str, sys_id: &str) -> Result<(), StorageError> {
+        self.inner.clear_sync_failure(servicenow, sys_id).await
+    }
+    async fn sync_failures(
+        &self,
+        servicenow: &str,
+    ) -> Result<Vec<haloflow::storage::SyncFailure>, StorageError> {
+        self.inner.sync_failures(servicenow).await
+    }
     async fn save_link(&self, link: &Link) -> Result<Option<Link>, StorageError> {
         self.inner.save_link(link).await
     }

@@ -519,3 +519,52 @@ async fn flood_control_in_the_database_where_the_backend_keeps_it() {
         assert_eq!(s.flood_sweep(5000).await.unwrap(), 1, "the idle key goes");
     }
 }
+
+#[tokio::test]
+async fn the_integrator_keeps_its_start_and_counts_failing_records() {
+    for b in backends().await {
+        let s = b.storage.as_ref();
+        assert_eq!(s.integrator_start("customers/12", 100).await.unwrap(), 100);
+        assert_eq!(
+            s.integrator_start("customers/12", 200).await.unwrap(),
+            100,
+            "the first start stays: {}",
+            b.name
+        );
+        assert_eq!(s.integrator_start("customers/13", 300).await.unwrap(), 300);
+        for (attempt, at) in [(1, 10), (2, 20)] {
+            let n = s
+                .record_sync_failure("customers/12", "incident", "a", &format!("boom {at}"), at)
+                .await
+                .unwrap();
+            assert_eq!(n, attempt, "{}", b.name);
+        }
+        s.record_sync_failure("customers/12", "problem", "b", "bang", 30)
+            .await
+            .unwrap();
+        let failures = s.sync_failures("customers/12").await.unwrap();
+        assert_eq!(failures.len(), 2, "{}", b.name);
+        assert_eq!(
+            (
+                failures[0].table.as_str(),
+                failures[0].sys_id.as_str(),
+                failures[0].attempts,
+                failures[0].last_error.as_str(),
+                failures[0].updated_at_ms
+            ),
+            ("incident", "a", 2, "boom 20", 20),
+            "{}",
+            b.name
+        );
+        s.clear_sync_failure("customers/12", "a").await.unwrap();
+        let left: Vec<String> = s
+            .sync_failures("customers/12")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|f| f.sys_id)
+            .collect();
+        assert_eq!(left, ["b"], "{}", b.name);
+        assert!(s.sync_failures("customers/13").await.unwrap().is_empty());
+    }
+}

@@ -93,7 +93,7 @@ impact = [{{ halo = 3, servicenow = "1" }}]
 urgency = [{{ halo = 3, servicenow = "1" }}]
 assignment_group = [{{ halo = "Service Desk", servicenow = "grp-sd" }}]
 custom_fields = [{{ halo_field_id = 178, servicenow_field = "u_severity", values = {{ "1" = "sev-high" }} }}]
-integrator = {{ enabled = true, every = "1d", page_size = {page_size} }}
+integrator = {{ enabled = true, every = "1d", page_size = {page_size}, max_attempts = 2, filter = {{ problem = "short_descriptionSTARTSWITHRoot" }} }}
 webhook = {{ secret_name = "HOOK_SECRET", hmac_secret_name = "HMAC_KEY", ticket_type_id = 5, user_id = 77, team = "Webhook Team" }}
 
 [servicenow.suppliers.7]
@@ -772,4 +772,128 @@ fn oauth_sync_back_needs_the_oauth_application_user() {
         "{error}"
     );
     assert!(config("integration_user = \"globex.oauth\"\n").is_ok());
+}
+
+#[tokio::test]
+async fn a_record_that_keeps_failing_is_recorded_and_skipped() {
+    let w = World::new(100).await;
+    for i in 0..3 {
+        w.incident(json!({"short_description": format!("Record {i}")}));
+    }
+    // Halo refuses the first record scanned twice: max_attempts = 2.
+    w.halo.fail_next("POST", "/api/Tickets", 400, 2, None);
+    let first = w.scan().await;
+    assert_eq!((first.created, first.errors.len()), (0, 1), "{first:#?}");
+    assert!(first.errors[0].contains("attempt 1 of 2"), "{first:#?}");
+    let second = w.scan().await;
+    assert_eq!(second.created, 2, "the scan goes on past it: {second:#?}");
+    assert_eq!(second.skipped.len(), 1, "{second:#?}");
+    let failures = w.storage.sync_failures("customers/12").await.unwrap();
+    assert_eq!(failures.len(), 1);
+    let stuck = failures[0].sys_id.clone();
+    assert_eq!(failures[0].attempts, 2);
+    assert!(second.skipped[0].contains(&stuck), "{second:#?}");
+    assert!(
+        w.storage
+            .link_for_record("customers/12", &stuck)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // When it changes, the next scan tries it again, and a success clears it.
+    w.acme
+        .update_as("abel.tuter", "incident", &stuck, json!({"state": "1"}));
+    let third = w.scan().await;
+    assert_eq!(third.created, 1, "{third:#?}");
+    assert!(
+        w.storage
+            .sync_failures("customers/12")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn the_integrator_creates_tickets_only_for_records_the_connection_selects() {
+    let w = World::new(100).await;
+    let acme = w
+        .engine
+        .connections()
+        .servicenow(haloflow::servicenow::Side::Customer, "12")
+        .unwrap();
+    // In the instance before the integrator starts: never a ticket by default.
+    let old = w.incident(json!({"short_description": "Years old"}));
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let every = std::time::Duration::from_secs(3600);
+    let report = w
+        .engine
+        .run_integrator(&acme, every)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((report.created, report.ignored), (0, 1), "{report:#?}");
+    assert!(
+        report.outcomes[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("before the integrator started"),
+        "{report:#?}"
+    );
+    // Created since: a ticket, when the table's filter selects it.
+    let new = w.incident(json!({"short_description": "New"}));
+    w.acme.insert_as(
+        "abel.tuter",
+        "problem",
+        json!({"short_description": "Unrelated problem"}),
+    );
+    let root = w.acme.insert_as(
+        "abel.tuter",
+        "problem",
+        json!({"short_description": "Root cause"}),
+    );
+    let report = w
+        .engine
+        .run_integrator(&acme, every)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.created, 2, "{report:#?}");
+    for (sys_id, linked) in [(&old, false), (&new, true), (&root, true)] {
+        assert_eq!(
+            w.storage
+                .link_for_record("customers/12", sys_id)
+                .await
+                .unwrap()
+                .is_some(),
+            linked,
+            "{report:#?}"
+        );
+    }
+    assert!(
+        report
+            .outcomes
+            .iter()
+            .any(|o| o.reason.as_deref() == Some("not selected by integrator.filter.problem")),
+        "{report:#?}"
+    );
+}
+
+#[test]
+fn creating_existing_records_needs_a_filter_for_every_imported_table() {
+    let config = |integrator: &str| {
+        Config::parse(&format!(
+            "[servicenow.customers.12]\ninstance_url = \"https://acme.service-now.com\"\nauth = \"basic\"\nusername = \"u\"\npassword_secret_name = \"P\"\nimported_types = [\"incident\", \"task\"]\nintegrator = {{ enabled = true, {integrator} }}\n"
+        ))
+    };
+    let error =
+        config("create_existing = true, filter = { incident = \"active=true\" }").unwrap_err();
+    assert!(error.contains("needs integrator.filter.sc_task"), "{error}");
+    assert!(
+        config("create_existing = true, filter = { incident = \"active=true\", sc_task = \"active=true\" }")
+            .is_ok()
+    );
+    let error = config("filter = { incident = \"active=true^NQactive=false\" }").unwrap_err();
+    assert!(error.contains("^NQ"), "{error}");
 }

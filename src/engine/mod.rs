@@ -647,7 +647,7 @@ impl Engine {
     }
 
     /// One integrator scan of `sn`, unless another node holds its lease (`None`). A first scan
-    /// looks `every` back.
+    /// looks `every` back, and records the integrator's start.
     pub async fn run_integrator(
         &self,
         sn: &crate::servicenow::ServiceNowConnection,
@@ -669,6 +669,14 @@ impl Engine {
         if !held {
             return Ok(None);
         }
+        // The integrator starts now: records created before it never become tickets unless
+        // the connection's filter and create_existing say so (the first scan still looks
+        // `every` back for changes to linked records).
+        self.inner
+            .storage
+            .integrator_start(&sn.key(), now)
+            .await
+            .map_err(|e| crate::step::StepError::Failed(format!("the integrator start: {e}")))?;
         let report = self
             .sync_back()
             .scan(sn, now - every.as_millis() as i64)

@@ -3,15 +3,24 @@
 //! through [`SyncBack::sync_record`], so a scan after the webhooks changes nothing, and the
 //! watermark moves only after a page is fully applied: a crash mid-scan repeats work without
 //! duplicating it.
+//!
+//! A record without a link becomes a ticket only when the connection selects it: created since
+//! the integrator started (unless `create_existing`), and matching `filter.<table>`, so a
+//! first scan never turns every unlinked record of the instance into tickets. A record that
+//! fails is retried by the next scans, up to `max_attempts`; then it is recorded and skipped
+//! so it does not stop every scan.
+
+use std::collections::HashSet;
 
 use serde::Serialize;
 use serde_json::Value;
 
 use super::ServiceNowConnection;
 use super::sync::{RecordOutcome, SyncAction, SyncBack};
+use crate::config::imported_table;
 use crate::outbound::Outbound;
 use crate::step::StepError;
-use crate::storage::now_ms;
+use crate::storage::{StorageError, now_ms};
 
 /// What one scan did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -24,6 +33,8 @@ pub struct ScanReport {
     pub unchanged: usize,
     pub ignored: usize,
     pub errors: Vec<String>,
+    /// Records that failed `max_attempts` scans, skipped until they change.
+    pub skipped: Vec<String>,
     pub outcomes: Vec<RecordOutcome>,
 }
 
@@ -34,17 +45,25 @@ fn servicenow_time(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-/// The table an imported type is read from.
-fn table_of(imported: &str) -> &str {
-    match imported {
-        "task" => "sc_task",
-        other => other,
-    }
+/// What one scan knows before it reads a record.
+struct ScanState {
+    /// Records created before this (raw UTC) are not turned into tickets.
+    created_since: Option<String>,
+    /// Records whose sync failed in earlier scans.
+    failing: HashSet<String>,
+}
+
+fn storage_error(e: StorageError) -> StepError {
+    StepError::Failed(format!(
+        "the integrator state could not be read or written: {e}"
+    ))
 }
 
 impl SyncBack {
     /// Scans every imported type of `sn` once. A record that fails is reported and retried on
-    /// the next scan (the watermark stops before it).
+    /// the next scan (the watermark stops before it), `max_attempts` times. The integrator's
+    /// start, recorded by the first scan unless the engine recorded it, is
+    /// `first_scan_since_ms`.
     pub async fn scan(
         &self,
         sn: &ServiceNowConnection,
@@ -56,10 +75,26 @@ impl SyncBack {
             connection: key.clone(),
             ..ScanReport::default()
         };
+        let start = self
+            .storage
+            .integrator_start(&key, first_scan_since_ms)
+            .await
+            .map_err(storage_error)?;
+        let state = ScanState {
+            created_since: (!sn.config.integrator.create_existing).then(|| servicenow_time(start)),
+            failing: self
+                .storage
+                .sync_failures(&key)
+                .await
+                .map_err(storage_error)?
+                .into_iter()
+                .map(|f| f.sys_id)
+                .collect(),
+        };
         for imported in &sn.config.imported_types {
-            let table = table_of(imported);
+            let table = imported_table(imported);
             if let Err(e) = self
-                .scan_table(sn, table, first_scan_since_ms, &mut report)
+                .scan_table(sn, table, first_scan_since_ms, &state, &mut report)
                 .await
             {
                 report.errors.push(format!("{table}: {e}"));
@@ -68,7 +103,7 @@ impl SyncBack {
         let result = serde_json::json!({
             "records": report.records, "created": report.created, "updated": report.updated,
             "notes": report.notes, "unchanged": report.unchanged, "ignored": report.ignored,
-            "errors": report.errors,
+            "errors": report.errors, "skipped": report.skipped,
         });
         self.storage
             .record_scan(&key, started, now_ms(), &result)
@@ -82,6 +117,7 @@ impl SyncBack {
         sn: &ServiceNowConnection,
         table: &str,
         first_scan_since_ms: i64,
+        state: &ScanState,
         report: &mut ScanReport,
     ) -> Result<(), StepError> {
         let key = sn.key();
@@ -118,25 +154,9 @@ impl SyncBack {
                     )));
                 };
                 report.records += 1;
-                match self.sync_record(sn, table, &record).await {
-                    Ok(outcome) => {
-                        match outcome.action {
-                            SyncAction::CreatedTicket => report.created += 1,
-                            SyncAction::UpdatedTicket => report.updated += 1,
-                            SyncAction::Duplicate | SyncAction::Notes if outcome.notes == 0 => {
-                                report.unchanged += 1
-                            }
-                            SyncAction::Ignored => report.ignored += 1,
-                            _ => {}
-                        }
-                        report.notes += outcome.notes;
-                        report.outcomes.push(outcome);
-                    }
-                    Err(e) => {
-                        // Stop before this record: the next scan starts from it.
-                        report.errors.push(format!("{table}: {e}"));
-                        return Ok(());
-                    }
+                if !self.apply_one(sn, table, &record, state, report).await? {
+                    // Stop before this record: the next scan starts from it.
+                    return Ok(());
                 }
                 after_time = time;
                 after_id = Some(id);
@@ -151,5 +171,124 @@ impl SyncBack {
                 return Ok(());
             }
         }
+    }
+}
+
+impl SyncBack {
+    /// Syncs one scanned record, unless the connection does not select it for a new ticket.
+    /// False when it failed and the scan should stop before it (attempts are left).
+    async fn apply_one(
+        &self,
+        sn: &ServiceNowConnection,
+        table: &str,
+        record: &Value,
+        state: &ScanState,
+        report: &mut ScanReport,
+    ) -> Result<bool, StepError> {
+        let key = sn.key();
+        let id = record
+            .get("sys_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if let Some(reason) = self.not_selected(sn, table, record, state).await? {
+            report.ignored += 1;
+            let mut outcome = self.outcome(table, id, record, SyncAction::Ignored);
+            outcome.reason = Some(reason);
+            report.outcomes.push(outcome);
+            return Ok(true);
+        }
+        match self.sync_record(sn, table, record).await {
+            Ok(outcome) => {
+                match outcome.action {
+                    SyncAction::CreatedTicket => report.created += 1,
+                    SyncAction::UpdatedTicket => report.updated += 1,
+                    SyncAction::Duplicate | SyncAction::Notes if outcome.notes == 0 => {
+                        report.unchanged += 1
+                    }
+                    SyncAction::Ignored => report.ignored += 1,
+                    _ => {}
+                }
+                report.notes += outcome.notes;
+                report.outcomes.push(outcome);
+                if state.failing.contains(id) {
+                    self.storage
+                        .clear_sync_failure(&key, id)
+                        .await
+                        .map_err(storage_error)?;
+                }
+                Ok(true)
+            }
+            Err(e) => {
+                let attempts = self
+                    .storage
+                    .record_sync_failure(&key, table, id, &e.to_string(), now_ms())
+                    .await
+                    .map_err(storage_error)?;
+                let max = sn.config.integrator.max_attempts.max(1);
+                if attempts < max {
+                    report.errors.push(format!(
+                        "{table} {id}: {e} (attempt {attempts} of {max}; the next scan starts here)"
+                    ));
+                    return Ok(false);
+                }
+                report.skipped.push(format!(
+                    "{table} {id}: failed in {attempts} scans, skipped until it changes (integrator.max_attempts = {max}): {e}"
+                ));
+                Ok(true)
+            }
+        }
+    }
+
+    /// Why a record without a link does not become a ticket, if it does not: created before
+    /// the integrator started, or not selected by `filter.<table>` (asked of the instance).
+    async fn not_selected(
+        &self,
+        sn: &ServiceNowConnection,
+        table: &str,
+        record: &Value,
+        state: &ScanState,
+    ) -> Result<Option<String>, StepError> {
+        let id = record
+            .get("sys_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let linked = self
+            .storage
+            .link_for_record(&sn.key(), id)
+            .await
+            .map_err(storage_error)?;
+        if linked.is_some() {
+            return Ok(None);
+        }
+        let created = record
+            .get("sys_created_on")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if let Some(since) = &state.created_since
+            && created < since.as_str()
+        {
+            return Ok(Some(format!(
+                "created {created}, before the integrator started ({since}); set integrator.create_existing with a filter to import older records"
+            )));
+        }
+        let Some(filter) = sn.config.integrator.filter.get(table) else {
+            return Ok(None);
+        };
+        let http = Outbound::live(self.client.clone());
+        let found = sn
+            .query(
+                &http,
+                table,
+                &format!("sys_id={id}^{filter}"),
+                Some("sys_id"),
+                1,
+            )
+            .await?;
+        let selected = found
+            .first()
+            .and_then(|r| r.get("sys_id"))
+            .and_then(Value::as_str)
+            == Some(id);
+        Ok((!selected).then(|| format!("not selected by integrator.filter.{table}")))
     }
 }

@@ -150,7 +150,7 @@ impl SyncBack {
         }
     }
 
-    fn outcome(
+    pub(super) fn outcome(
         &self,
         table: &str,
         sys_id: &str,

@@ -348,6 +348,16 @@ impl LinkOrigin {
     }
 }
 
+/// A record whose sync back failed in integrator scans.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SyncFailure {
+    pub table: String,
+    pub sys_id: String,
+    pub attempts: u32,
+    pub last_error: String,
+    pub updated_at_ms: i64,
+}
+
 /// The 1-1 pairing of a Halo ticket with a ServiceNow record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Link {
@@ -592,6 +602,22 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<(), StorageError>;
     /// The last scan of each instance: (instance, started, finished, result).
     async fn scans(&self) -> Result<Vec<(String, i64, i64, Value)>, StorageError>;
+    /// Records `at_ms` as when an instance's integrator started, unless a start is recorded
+    /// already; returns the recorded start.
+    async fn integrator_start(&self, servicenow: &str, at_ms: i64) -> Result<i64, StorageError>;
+    /// Counts one failed attempt to sync a record in a scan; returns the attempts so far.
+    async fn record_sync_failure(
+        &self,
+        servicenow: &str,
+        table: &str,
+        sys_id: &str,
+        error: &str,
+        at_ms: i64,
+    ) -> Result<u32, StorageError>;
+    /// Forgets a record's failures (it synced).
+    async fn clear_sync_failure(&self, servicenow: &str, sys_id: &str) -> Result<(), StorageError>;
+    /// The records of an instance whose sync failed, oldest failure first.
+    async fn sync_failures(&self, servicenow: &str) -> Result<Vec<SyncFailure>, StorageError>;
     /// Writes and the commits they took (a backend that groups commits); `None` otherwise.
     fn write_stats(&self) -> Option<WriteStats> {
         None

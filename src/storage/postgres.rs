@@ -9,12 +9,12 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use super::rows::{
     LINK_COLUMNS, RUN_COLUMNS, STEP_COLUMNS, conflict_or, flood_record, link as link_row,
-    parse_json, request_record, run_summary, step_run, to_json_text,
+    parse_json, request_record, run_summary, step_run, sync_failure, to_json_text,
 };
 use super::{
     AttemptRecord, FloodRecord, Link, NewRequest, NewRun, NewSuppressed, RequestFilter,
     RequestRecord, RunCount, RunDetail, RunFilter, RunStatus, RunSummary, StepOutcome,
-    StepRunRecord, Storage, StorageError,
+    StepRunRecord, Storage, StorageError, SyncFailure,
 };
 use crate::flood::Admission;
 
@@ -736,6 +736,69 @@ impl Storage for PostgresStorage {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn integrator_start(&self, servicenow: &str, at_ms: i64) -> Result<i64, StorageError> {
+        sqlx::query(
+            "INSERT INTO integrator_starts (servicenow, started_at_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(servicenow)
+        .bind(at_ms)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query("SELECT started_at_ms FROM integrator_starts WHERE servicenow = $1")
+            .bind(servicenow)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("started_at_ms")?)
+    }
+
+    async fn record_sync_failure(
+        &self,
+        servicenow: &str,
+        table: &str,
+        sys_id: &str,
+        error: &str,
+        at_ms: i64,
+    ) -> Result<u32, StorageError> {
+        let error: String = error.chars().take(500).collect();
+        sqlx::query(
+            "INSERT INTO integrator_failures (servicenow, sys_id, table_name, attempts, last_error, updated_at_ms) VALUES ($1, $2, $3, 1, $4, $5) ON CONFLICT (servicenow, sys_id) DO UPDATE SET attempts = integrator_failures.attempts + 1, last_error = excluded.last_error, updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(servicenow)
+        .bind(sys_id)
+        .bind(table)
+        .bind(error)
+        .bind(at_ms)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query(
+            "SELECT table_name, sys_id, attempts, last_error, updated_at_ms FROM integrator_failures WHERE servicenow = $1 AND sys_id = $2",
+        )
+        .bind(servicenow)
+        .bind(sys_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(sync_failure(&row)?.attempts)
+    }
+
+    async fn clear_sync_failure(&self, servicenow: &str, sys_id: &str) -> Result<(), StorageError> {
+        sqlx::query("DELETE FROM integrator_failures WHERE servicenow = $1 AND sys_id = $2")
+            .bind(servicenow)
+            .bind(sys_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn sync_failures(&self, servicenow: &str) -> Result<Vec<SyncFailure>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT table_name, sys_id, attempts, last_error, updated_at_ms FROM integrator_failures WHERE servicenow = $1 ORDER BY updated_at_ms, sys_id",
+        )
+        .bind(servicenow)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(sync_failure).collect()
     }
 
     async fn scans(&self) -> Result<Vec<(String, i64, i64, Value)>, StorageError> {

@@ -6,7 +6,7 @@ use sqlx::Row;
 
 use super::{
     FloodRecord, Link, LinkOrigin, RequestRecord, RunStatus, RunSummary, StepRunRecord, StepStatus,
-    StorageError,
+    StorageError, SyncFailure,
 };
 
 /// Typed column access for a backend's row.
@@ -161,6 +161,16 @@ pub(super) fn link(row: &impl Columns) -> Result<Link, StorageError> {
             LinkOrigin::Halo
         },
         created_at_ms: row.int("created_at_ms")?,
+        updated_at_ms: row.int("updated_at_ms")?,
+    })
+}
+
+pub(super) fn sync_failure(row: &impl Columns) -> Result<SyncFailure, StorageError> {
+    Ok(SyncFailure {
+        table: row.text("table_name")?,
+        sys_id: row.text("sys_id")?,
+        attempts: u32::try_from(row.int("attempts")?).unwrap_or(u32::MAX),
+        last_error: row.text("last_error")?,
         updated_at_ms: row.int("updated_at_ms")?,
     })
 }

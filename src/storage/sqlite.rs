@@ -15,12 +15,12 @@ use sqlx::sqlite::{
 use super::group_commit::{GroupCommit, Work};
 use super::rows::{
     LINK_COLUMNS, RUN_COLUMNS, STEP_COLUMNS, conflict_or, flood_record, link as link_row,
-    parse_json, request_record, run_summary, step_run, to_json_text,
+    parse_json, request_record, run_summary, step_run, sync_failure, to_json_text,
 };
 use super::{
     AttemptRecord, FloodRecord, Link, NewRequest, NewRun, NewSuppressed, Progress, RequestFilter,
     RequestRecord, RunCount, RunDetail, RunFilter, RunFinish, RunStatus, RunSummary, StepOutcome,
-    StepRunRecord, StepStart, Storage, StorageError,
+    StepRunRecord, StepStart, Storage, StorageError, SyncFailure,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -1055,6 +1055,62 @@ impl Storage for SqliteStorage {
         )
         .await
         .map(drop)
+    }
+
+    async fn integrator_start(&self, servicenow: &str, at_ms: i64) -> Result<i64, StorageError> {
+        self.execute(
+            "INSERT INTO integrator_starts (servicenow, started_at_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            args![servicenow, at_ms],
+        )
+        .await?;
+        let row = sqlx::query("SELECT started_at_ms FROM integrator_starts WHERE servicenow = $1")
+            .bind(servicenow)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("started_at_ms")?)
+    }
+
+    async fn record_sync_failure(
+        &self,
+        servicenow: &str,
+        table: &str,
+        sys_id: &str,
+        error: &str,
+        at_ms: i64,
+    ) -> Result<u32, StorageError> {
+        let error: String = error.chars().take(500).collect();
+        self.execute(
+            "INSERT INTO integrator_failures (servicenow, sys_id, table_name, attempts, last_error, updated_at_ms) VALUES ($1, $2, $3, 1, $4, $5) ON CONFLICT (servicenow, sys_id) DO UPDATE SET attempts = integrator_failures.attempts + 1, last_error = excluded.last_error, updated_at_ms = excluded.updated_at_ms",
+            args![servicenow, sys_id, table, error, at_ms],
+        )
+        .await?;
+        let row = sqlx::query(
+            "SELECT table_name, sys_id, attempts, last_error, updated_at_ms FROM integrator_failures WHERE servicenow = $1 AND sys_id = $2",
+        )
+        .bind(servicenow)
+        .bind(sys_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(sync_failure(&row)?.attempts)
+    }
+
+    async fn clear_sync_failure(&self, servicenow: &str, sys_id: &str) -> Result<(), StorageError> {
+        self.execute(
+            "DELETE FROM integrator_failures WHERE servicenow = $1 AND sys_id = $2",
+            args![servicenow, sys_id],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn sync_failures(&self, servicenow: &str) -> Result<Vec<SyncFailure>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT table_name, sys_id, attempts, last_error, updated_at_ms FROM integrator_failures WHERE servicenow = $1 ORDER BY updated_at_ms, sys_id",
+        )
+        .bind(servicenow)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(sync_failure).collect()
     }
 
     async fn scans(&self) -> Result<Vec<(String, i64, i64, Value)>, StorageError> {
