@@ -226,6 +226,9 @@ pub struct WebhookConfig {
     pub ticket_type_id: Option<i64>,
     #[serde(default)]
     pub user_id: Option<i64>,
+    /// The user's site: Halo requires a site whenever a user is set.
+    #[serde(default)]
+    pub site_id: Option<i64>,
     /// The team new tickets go to (Halo's "Webhook Team").
     #[serde(default)]
     pub team: Option<String>,
@@ -459,6 +462,12 @@ impl ServiceNowConnectionConfig {
         let syncs_back = self.webhook.is_some() || self.integrator.enabled;
         if self.auth == ServiceNowAuthKind::Oauth && syncs_back && self.integration_user.is_none() {
             return Err("auth = \"oauth\" with sync back (webhook or integrator) needs integration_user: the user_name of the application registry's OAuth Application User, which ServiceNow records as the writer of haloflow's notes; without it haloflow's own notes come back as new ones".into());
+        }
+        if let Some(webhook) = &self.webhook
+            && webhook.user_id.is_some()
+            && webhook.site_id.is_none()
+        {
+            return Err("webhook.user_id needs webhook.site_id: Halo requires a site whenever a user is set on a ticket; add the user's site id".into());
         }
         if let Some(webhook) = &self.webhook
             && webhook.secret_name.is_none()
@@ -705,7 +714,8 @@ pub struct HaloConnectionConfig {
     #[serde(default = "default_rate_limit_window_secs")]
     pub rate_limit_window_secs: u64,
     /// Where Create Ticket writes its idempotency key so a create whose answer was lost is
-    /// found instead of sent twice: `third_party_id`, `customfield:<id>`, or `none`.
+    /// found instead of sent twice: `third_party_id_string` (a string in Halo's schema),
+    /// `customfield:<id>` (a text custom field), or `none`.
     #[serde(default = "default_idempotency_field")]
     pub idempotency_field: String,
 }
@@ -720,13 +730,14 @@ fn default_rate_limit_window_secs() -> u64 {
 }
 
 fn default_idempotency_field() -> String {
-    "third_party_id".to_owned()
+    "third_party_id_string".to_owned()
 }
 
 /// Where a Halo create carries its idempotency key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdempotencyField {
-    ThirdPartyId,
+    /// `third_party_id_string`, typed `string` in Halo's schema (`third_party_id` is an int32).
+    ThirdPartyIdString,
     CustomField(i64),
     None,
 }
@@ -774,7 +785,10 @@ impl HaloConnectionConfig {
 
     pub fn idempotency(&self) -> Result<IdempotencyField, String> {
         match self.idempotency_field.as_str() {
-            "third_party_id" => Ok(IdempotencyField::ThirdPartyId),
+            "third_party_id_string" => Ok(IdempotencyField::ThirdPartyIdString),
+            "third_party_id" => Err(
+                "idempotency_field: `third_party_id` is an integer in Halo's schema and cannot hold haloflow's key; use \"third_party_id_string\" (the default) or \"customfield:<id>\"".to_owned()
+            ),
             "none" => Ok(IdempotencyField::None),
             other => other
                 .strip_prefix("customfield:")
@@ -782,7 +796,7 @@ impl HaloConnectionConfig {
                 .map(IdempotencyField::CustomField)
                 .ok_or_else(|| {
                     format!(
-                        "idempotency_field: `{other}` is not third_party_id, customfield:<id> or none"
+                        "idempotency_field: `{other}` is not third_party_id_string, customfield:<id> or none"
                     )
                 }),
         }

@@ -137,6 +137,7 @@ async fn sigterm_with_work_in_flight_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_replay_on_the_command_line() {
     let world = World::new().await;
+    // The token is fresh (the first call on this connection), so the 400 is final.
     world.halo.fail_next("POST", "/api/Tickets", 400, 1, None);
     let server = world.serve().await;
     let run_id = world.webhook(&server).await;

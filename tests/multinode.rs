@@ -53,7 +53,7 @@ fn assert_one_ticket_per_run(world: &World, run_ids: &[String]) {
         .partner
         .tickets()
         .iter()
-        .map(|t| t["third_party_id"].as_str().unwrap().to_owned())
+        .map(|t| t["third_party_id_string"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(keys.len(), run_ids.len(), "{keys:#?}");
     let expected: HashSet<String> = run_ids

@@ -109,7 +109,7 @@ async fn answers_match_the_documented_schemas() {
     assert_eq!(status, 200);
     check(&doc, "/triggers/{flow_id}", "post", status, &duplicate);
     let ok = h.wait(accepted["run_ids"][0].as_str().unwrap()).await;
-    h.halo.fail_next("POST", "/api/Tickets", 400, 1, None);
+    h.halo.fail_next("POST", "/api/Tickets", 400, 2, None); // twice: a 400 gets one fresh token
     let (_, second) = h
         .post_json(
             &h.escalate_url("ops"),

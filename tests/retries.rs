@@ -81,7 +81,7 @@ async fn faults_on_a_schedule_end_every_run_with_no_duplicates() {
     assert_eq!(tickets.len(), run_ids.len(), "{tickets:#?}");
     let keys: HashSet<String> = tickets
         .iter()
-        .map(|t| t["third_party_id"].as_str().unwrap().to_owned())
+        .map(|t| t["third_party_id_string"].as_str().unwrap().to_owned())
         .collect();
     let expected: HashSet<String> = run_ids
         .iter()
@@ -201,7 +201,7 @@ async fn replay_from_the_failed_step_reuses_earlier_outputs() {
         ..Options::default()
     })
     .await;
-    h.halo.fail_next("POST", "/api/Tickets", 400, 1, None);
+    h.halo.fail_next("POST", "/api/Tickets", 400, 2, None); // twice: a 400 gets one fresh token
     let failed = h
         .wait(escalate(&h).await["run_ids"][0].as_str().unwrap())
         .await;

@@ -53,8 +53,9 @@ async fn secrets_never_reach_logs_database_or_history() {
         .await
         .unwrap();
     h.wait(routed["run_ids"][0].as_str().unwrap()).await;
-    // 400 is not retried: the run fails and keeps the error text.
-    h.halo.fail_next("POST", "/api/Tickets", 400, 1, None);
+    // 400 is not retried (but for one fresh token, as Halo may mean an expired one): the run
+    // fails and keeps the error text.
+    h.halo.fail_next("POST", "/api/Tickets", 400, 2, None);
     let failing: serde_json::Value = h
         .routing_request("recipients=a")
         .json(&sample_payload("halo-new-ticket.json"))

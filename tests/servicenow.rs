@@ -36,6 +36,28 @@ struct World {
     _dir: tempfile::TempDir,
 }
 
+/// Every test ends with nothing sent that Halo's published contract would not take as sent,
+/// and nothing a ServiceNow instance would have dropped silently.
+impl Drop for World {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let halo = self.halo.warnings();
+        assert!(
+            halo.is_empty(),
+            "outside Halo's published contract: {halo:#?}"
+        );
+        for instance in [&self.acme, &self.globex, &self.vendor] {
+            let dropped = instance.warnings();
+            assert!(
+                dropped.is_empty(),
+                "fields the instance drops: {dropped:#?}"
+            );
+        }
+    }
+}
+
 fn servicenow(user: &str, password: &str, oauth: Option<(&str, &str)>) -> ServiceNowEmulator {
     ServiceNowEmulator::new(ServiceNowEmulatorConfig {
         username: user.into(),
@@ -466,12 +488,13 @@ async fn sending_again_to_another_record_overwrites_the_link() {
 #[tokio::test]
 async fn log_to_supplier_sends_skips_or_refuses() {
     let w = World::new().await;
+    w.halo.insert_supplier(
+        json!({"id": 7, "name": "Vendor", "email_address": "desk@vendor.example"}),
+    );
     w.halo
-        .insert_supplier(json!({"id": 7, "name": "Vendor", "email": "desk@vendor.example"}));
+        .insert_supplier(json!({"id": 8, "name": "Plain", "email_address": "plain@example"}));
     w.halo
-        .insert_supplier(json!({"id": 8, "name": "Plain", "email": "plain@example"}));
-    w.halo
-        .insert_supplier(json!({"id": 9, "name": "Mute", "email": ""}));
+        .insert_supplier(json!({"id": 9, "name": "Mute", "email_address": ""}));
     w.ticket(150, json!({"supplier_id": 7}));
     let out = w.send("supplier", 150).await;
     assert_eq!(out["skipped"], false);
@@ -559,8 +582,9 @@ async fn a_private_note_is_a_work_note_and_a_public_one_a_comment() {
     assert_eq!(w.acme.journal(sys_id).len(), 2);
 
     // A supplier's record gets the update without the flag (the seed's "Email Supplier").
-    w.halo
-        .insert_supplier(json!({"id": 7, "name": "Vendor", "email": "desk@vendor.example"}));
+    w.halo.insert_supplier(
+        json!({"id": 7, "name": "Vendor", "email_address": "desk@vendor.example"}),
+    );
     w.ticket(161, json!({"supplier_id": 7}));
     let sent = w.send("supplier", 161).await;
     w.run(
@@ -768,4 +792,27 @@ async fn a_ticket_that_came_from_servicenow_is_not_sent_back_as_a_new_record() {
         .unwrap()
         .unwrap();
     assert_eq!(link.created_by, LinkOrigin::Servicenow, "the link is kept");
+}
+
+#[tokio::test]
+async fn a_problem_pages_through_its_children_and_checks_each_ones_parent() {
+    let w = World::new().await;
+    // An older Halo that ignores parent_id lists every ticket; a page holds at most 100.
+    w.halo.ignore_parent_id_filter();
+    w.ticket(200, json!({"tickettype_id": 4}));
+    w.ticket(201, json!({"summary": "not a child"}));
+    for id in 300..405 {
+        w.ticket(id, json!({"parent_id": 200}));
+    }
+    let out = w.send("send", 200).await;
+    assert_eq!(out["children"].as_array().unwrap().len(), 105, "{out:#?}");
+    assert_eq!(w.acme.records("incident").len(), 105);
+    assert!(
+        w.storage
+            .link_for_ticket("halo", 201)
+            .await
+            .unwrap()
+            .is_none(),
+        "a ticket of another parent is not sent"
+    );
 }

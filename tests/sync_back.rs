@@ -36,6 +36,28 @@ struct World {
     _dir: tempfile::TempDir,
 }
 
+/// Every test ends with nothing sent that Halo's published contract would not take as sent,
+/// and nothing a ServiceNow instance would have dropped silently.
+impl Drop for World {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let halo = self.halo.warnings();
+        assert!(
+            halo.is_empty(),
+            "outside Halo's published contract: {halo:#?}"
+        );
+        for instance in [&self.acme, &self.globex, &self.vendor] {
+            let dropped = instance.warnings();
+            assert!(
+                dropped.is_empty(),
+                "fields the instance drops: {dropped:#?}"
+            );
+        }
+    }
+}
+
 fn servicenow(user: &str, password: &str) -> ServiceNowEmulator {
     ServiceNowEmulator::new(ServiceNowEmulatorConfig {
         username: user.into(),
@@ -94,7 +116,7 @@ urgency = [{{ halo = 3, servicenow = "1" }}]
 assignment_group = [{{ halo = "Service Desk", servicenow = "grp-sd" }}]
 custom_fields = [{{ halo_field_id = 178, servicenow_field = "u_severity", values = {{ "1" = "sev-high" }} }}]
 integrator = {{ enabled = true, every = "1d", page_size = {page_size}, max_attempts = 2, filter = {{ problem = "short_descriptionSTARTSWITHRoot" }} }}
-webhook = {{ secret_name = "HOOK_SECRET", hmac_secret_name = "HMAC_KEY", ticket_type_id = 5, user_id = 77, team = "Webhook Team" }}
+webhook = {{ secret_name = "HOOK_SECRET", hmac_secret_name = "HMAC_KEY", ticket_type_id = 5, user_id = 77, site_id = 21, team = "Webhook Team" }}
 
 [servicenow.suppliers.7]
 instance_url = "{vendor}"
@@ -226,6 +248,10 @@ async fn a_new_incident_becomes_one_ticket_with_the_configured_attributes() {
     assert_eq!(t["details"], "Level 3");
     assert_eq!(t["tickettype_id"], 5);
     assert_eq!(t["user_id"], 77);
+    assert_eq!(
+        t["site_id"], 21,
+        "Halo requires a site whenever a user is set"
+    );
     assert_eq!(t["client_id"], 12);
     assert_eq!(
         t["team"], "Webhook Team",
@@ -780,8 +806,9 @@ async fn a_record_that_keeps_failing_is_recorded_and_skipped() {
     for i in 0..3 {
         w.incident(json!({"short_description": format!("Record {i}")}));
     }
-    // Halo refuses the first record scanned twice: max_attempts = 2.
-    w.halo.fail_next("POST", "/api/Tickets", 400, 2, None);
+    // Halo refuses the first record scanned twice: max_attempts = 2. Three 400s: the second
+    // scan's token is cached, and a 400 to a cached token gets one fresh token first.
+    w.halo.fail_next("POST", "/api/Tickets", 400, 3, None);
     let first = w.scan().await;
     assert_eq!((first.created, first.errors.len()), (0, 1), "{first:#?}");
     assert!(first.errors[0].contains("attempt 1 of 2"), "{first:#?}");

@@ -27,9 +27,10 @@ async fn a_webhook_runs_the_flow_and_halo_receives_the_mapped_values() {
         answer["request_id"].as_str()
     );
 
-    // The partner Halo: one ticket created from the trigger's values, one action on it.
+    // The partner Halo: one ticket created from the trigger's values, the tenant's outcomes
+    // read once (the action's outcome is named), one action on the ticket.
     let partner = api_calls(&h.partner);
-    assert_eq!(partner.len(), 2, "{partner:#?}");
+    assert_eq!(partner.len(), 3, "{partner:#?}");
     let (method, path, body) = &partner[0];
     assert_eq!((method.as_str(), path.as_str()), ("POST", "/api/Tickets"));
     assert_eq!(
@@ -44,7 +45,7 @@ async fn a_webhook_runs_the_flow_and_halo_receives_the_mapped_values() {
             "category_1": "Hardware",
             "customfields": [{"id": 200, "value": 4242}],
             // The idempotency key: a create whose answer is lost is found, not sent twice.
-            "third_party_id": format!("haloflow:{}:create", run.summary.id)
+            "third_party_id_string": format!("haloflow:{}:create", run.summary.id)
         }])
     );
     let new_id = run.steps[0].outputs.as_ref().unwrap()["ticket_id"]
@@ -54,7 +55,11 @@ async fn a_webhook_runs_the_flow_and_halo_receives_the_mapped_values() {
         h.partner.ticket(new_id).is_some(),
         "the emulator holds the created ticket"
     );
-    let (method, path, body) = &partner[1];
+    assert_eq!(
+        (partner[1].0.as_str(), partner[1].1.as_str()),
+        ("GET", "/api/Outcome")
+    );
+    let (method, path, body) = &partner[2];
     assert_eq!((method.as_str(), path.as_str()), ("POST", "/api/Actions"));
     assert_eq!(
         body[0]["ticket_id"], new_id,
@@ -67,11 +72,15 @@ async fn a_webhook_runs_the_flow_and_halo_receives_the_mapped_values() {
         )
     );
     assert_eq!(body[0]["hiddenfromuser"], true);
-    assert_eq!(body[0]["outcome"], "Note");
+    // "Note" goes by its id in this tenant's outcome list.
+    assert_eq!(
+        (body[0].get("outcome"), &body[0]["outcome_id"]),
+        (None, &json!(12))
+    );
 
     // The sending Halo: the original ticket updated with only the given fields, then a note.
     let source = api_calls(&h.halo);
-    assert_eq!(source.len(), 2, "{source:#?}");
+    assert_eq!(source.len(), 3, "{source:#?}");
     assert_eq!(
         source[0].2,
         json!([{"status_id": 2, "customfields": [{"id": 201, "value": new_id}], "id": 4242}])
@@ -81,9 +90,10 @@ async fn a_webhook_runs_the_flow_and_halo_receives_the_mapped_values() {
         "Disk space low on \"SRV01\"",
         "fields left out keep their values"
     );
-    assert_eq!(source[1].2[0]["ticket_id"], 4242);
+    assert_eq!(source[1].1, "/api/Outcome");
+    assert_eq!(source[2].2[0]["ticket_id"], 4242);
     assert!(
-        source[1].2[0]["note"]
+        source[2].2[0]["note"]
             .as_str()
             .unwrap()
             .contains(&format!("ticket {new_id} ([Halo #4242] Disk space low"))
@@ -477,7 +487,7 @@ async fn a_revoked_token_is_refreshed_once() {
 #[tokio::test]
 async fn halo_errors_fail_the_step_with_halos_message() {
     let h = Harness::start().await;
-    h.partner.fail_next("POST", "/api/Tickets", 400, 1, None);
+    h.partner.fail_next("POST", "/api/Tickets", 400, 2, None); // twice: a 400 gets one fresh token
     let (_, answer) = h
         .post_json(
             &h.escalate_url("x"),

@@ -136,7 +136,7 @@ pub async fn demo(options: &DemoOptions, out: &mut dyn Write) -> Result<(), Comm
     ];
     // The webhooks talk about tickets that exist in the sending Halo.
     let source = &emulators[0].1;
-    source.insert_supplier(serde_json::json!({"id": 7, "name": "Firewall Vendor Ltd", "email": "support@vendor.example"}));
+    source.insert_supplier(serde_json::json!({"id": 7, "name": "Firewall Vendor Ltd", "email_address": "support@vendor.example"}));
     for (_, file, _) in &samples {
         let payload = read_json(&options.examples.join(file))?;
         if let Some(ticket) = payload.get("ticket") {

@@ -3,6 +3,7 @@
 //! they receive, and answer like the real APIs.
 
 pub mod halo;
+pub mod halo_contract;
 pub mod servicenow;
 mod servicenow_model;
 

@@ -488,6 +488,7 @@ impl Engine {
             http: crate::outbound::Outbound::live(self.inner.http.clone()),
             shutdown: self.inner.shutdown.subscribe(),
             storage: self.inner.storage.clone(),
+            first_attempt_at_ms: None,
         };
         registered.step.execute(&context, inputs).await
     }

@@ -140,6 +140,21 @@ fn initial_data(flow: &ValidatedFlow, trigger: Value) -> Context {
     ]))
 }
 
+/// Replaces trigger outputs with a refining step's outputs of the same names.
+fn refine_trigger(data: &mut Context, outputs: &Value) {
+    let (Some(trigger), Some(outputs)) = (
+        data.data_mut()
+            .get_mut("trigger")
+            .and_then(Value::as_object_mut),
+        outputs.as_object(),
+    ) else {
+        return;
+    };
+    for (name, value) in outputs {
+        trigger.insert(name.clone(), value.clone());
+    }
+}
+
 /// Makes a step's outputs visible to the steps after it.
 fn add_outputs(data: &mut Context, step_id: &str, outputs: Value) {
     if let Some(steps) = data
@@ -271,8 +286,10 @@ impl Engine {
         run_id: &str,
         step: &ValidatedStep,
         http: Outbound,
+        first_attempt_at_ms: Option<i64>,
     ) -> StepContext {
         StepContext {
+            first_attempt_at_ms,
             flow_id: flow.id().to_owned(),
             run_id: run_id.to_owned(),
             step_id: step.id.clone(),
@@ -410,6 +427,9 @@ impl Engine {
                     queue.push_front(next);
                 }
             }
+            if step.step.step.refines_trigger() {
+                refine_trigger(&mut data, &outputs);
+            }
             add_outputs(&mut data, &step.id, outputs);
         }
         let end = RunFinish {
@@ -505,6 +525,9 @@ impl Engine {
                 || s.attempt_log.last().is_some_and(|a| a.outcome_unknown)
         });
         let mut exchanges = before.map(|s| s.exchanges.clone()).unwrap_or_default();
+        let mut first_attempt_at_ms = before.map(|s| {
+            (s.attempt_log.iter().map(|a| a.started_at_ms)).fold(s.started_at_ms, i64::min)
+        });
         loop {
             // Fencing: a node whose claim was taken over must not send anything more.
             if !self.renew_claim(run_id, claim).await? {
@@ -512,6 +535,7 @@ impl Engine {
             }
             attempt += 1;
             let started_at_ms = now_ms();
+            let first_attempt_at_ms = *first_attempt_at_ms.get_or_insert(started_at_ms);
             let clock = Instant::now();
             let start = StepStart {
                 step_id: &step.id,
@@ -526,7 +550,8 @@ impl Engine {
                 .await?;
             *unwritten = Unwritten::default();
             let http = Outbound::live(self.inner.http.clone());
-            let context = self.step_context(flow, run_id, step, http.clone());
+            let context =
+                self.step_context(flow, run_id, step, http.clone(), Some(first_attempt_at_ms));
             let send_blind = !uncertain || resend == Resend::Safe;
             let attempt_work = async {
                 if send_blind {
@@ -740,7 +765,7 @@ impl Engine {
                 };
                 report.inputs = Some(inputs.clone());
                 let http = Outbound::dry_run(self.inner.http.clone(), recorder.clone());
-                let context = self.step_context(flow, "dry-run", step, http);
+                let context = self.step_context(flow, "dry-run", step, http, None);
                 let outputs = match step.step.step.execute(&context, inputs).await {
                     Ok(outputs) => Some(outputs),
                     Err(StepError::DryRun) => {

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
-use serde_json::Value;
+use serde_json::{Map, Value, json};
 use tokio::sync::Mutex;
 
 use crate::config::{HaloConnectionConfig, IdempotencyField};
@@ -16,12 +16,135 @@ use crate::step::StepError;
 /// Refresh this long before the token's own expiry (dotMARC does the same; §1).
 const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
 
+/// Halo's largest page (`page_size`: "Maximum size: 100").
+const PAGE_SIZE: usize = 100;
+
+/// The most pages of child tickets read for one parent.
+pub const MAX_CHILD_PAGES: usize = 20;
+
+/// How many of the newest tickets a lookup after a lost create answer reads.
+const LOOKUP_WINDOW: usize = 50;
+
+/// Halo's clock and ours may differ: a ticket that occurred this much before an attempt
+/// started may still be the attempt's.
+const CLOCK_SKEW_MS: i64 = 10 * 60 * 1000;
+
+/// What [`HaloConnection::find_created_ticket`] looks for.
+#[derive(Debug, Clone, Copy)]
+pub struct CreatedTicketSearch<'a> {
+    /// The idempotency key the create wrote.
+    pub key: &'a str,
+    /// The client the create named, if any (narrows the search with a documented filter).
+    pub client_id: Option<i64>,
+    /// When the first attempt started (ms since the epoch). Tickets that occurred before it
+    /// cannot be its; `None` when that is unknown or the create set `dateoccurred` itself.
+    pub since_ms: Option<i64>,
+}
+
+impl IdempotencyField {
+    /// Writes `key` where this field lives, unless the body already sets that field.
+    pub fn stamp(self, body: &mut Map<String, Value>, key: &str) {
+        match self {
+            IdempotencyField::ThirdPartyIdString => {
+                body.entry("third_party_id_string")
+                    .or_insert_with(|| json!(key));
+            }
+            IdempotencyField::CustomField(id) => {
+                let fields = body
+                    .entry("customfields")
+                    .or_insert_with(|| Value::Array(Vec::new()));
+                if let Value::Array(fields) = fields
+                    && !fields
+                        .iter()
+                        .any(|f| f.get("id").and_then(id_of) == Some(id))
+                {
+                    fields.push(json!({"id": id, "value": key}));
+                }
+            }
+            IdempotencyField::None => {}
+        }
+    }
+
+    /// Whether the flow's own body sets this field (then it cannot carry the key).
+    pub fn is_set_in(self, body: &Map<String, Value>) -> bool {
+        match self {
+            IdempotencyField::ThirdPartyIdString => body.contains_key("third_party_id_string"),
+            IdempotencyField::CustomField(id) => body
+                .get("customfields")
+                .and_then(Value::as_array)
+                .is_some_and(|f| f.iter().any(|f| f.get("id").and_then(id_of) == Some(id))),
+            IdempotencyField::None => false,
+        }
+    }
+
+    /// The field's text in a ticket as Halo answers it; `None` when the ticket does not carry
+    /// the field at all (a list view).
+    fn read(self, ticket: &Value) -> Option<&str> {
+        match self {
+            IdempotencyField::ThirdPartyIdString => ticket
+                .get("third_party_id_string")
+                .map(|v| v.as_str().unwrap_or_default()),
+            IdempotencyField::CustomField(id) => {
+                let fields = ticket.get("customfields")?.as_array()?;
+                Some(
+                    fields
+                        .iter()
+                        .find(|f| f.get("id").and_then(id_of) == Some(id))
+                        .and_then(|f| f.get("value"))
+                        .and_then(Value::as_str)
+                        .unwrap_or_default(),
+                )
+            }
+            IdempotencyField::None => None,
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            IdempotencyField::ThirdPartyIdString => "third_party_id_string".into(),
+            IdempotencyField::CustomField(id) => format!("custom field {id}"),
+            IdempotencyField::None => "idempotency field".into(),
+        }
+    }
+}
+
+/// A Halo id from a number, `"42"` or `"42.0"` (Halo sends all three, §2).
+pub fn id_of(value: &Value) -> Option<i64> {
+    match value {
+        Value::Number(n) => n
+            .as_i64()
+            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)),
+        Value::String(s) => s
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|f| f.fract() == 0.0)
+            .map(|f| f as i64),
+        _ => None,
+    }
+}
+
+/// When a ticket occurred (`dateoccurred`, UTC with or without an offset), in ms.
+fn occurred_ms(ticket: &Value) -> Option<i64> {
+    let text = ticket.get("dateoccurred")?.as_str()?;
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp_millis())
+        .ok()
+        .or_else(|| {
+            chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f")
+                .ok()
+                .map(|t| t.and_utc().timestamp_millis())
+        })
+}
+
 #[derive(Debug)]
 pub struct HaloConnection {
     name: String,
     config: HaloConnectionConfig,
     client_secret: Secret,
     token: Mutex<Option<CachedToken>>,
+    /// The tenant's outcomes (name, id), read once.
+    outcomes: Mutex<Option<Vec<(String, i64)>>>,
     /// Paces requests under the tenant's rolling-window limit; `None` when turned off.
     pacer: Option<Pacer>,
 }
@@ -31,6 +154,8 @@ struct CachedToken {
     access_token: Secret,
     token_type: String,
     refresh_at: Instant,
+    /// Fetched for this call rather than taken from the cache.
+    fresh: bool,
 }
 
 /// Paces requests to at most `limit` in any rolling `window`, Halo's own rule (§6). A sliding
@@ -86,6 +211,7 @@ impl HaloConnection {
             config,
             client_secret,
             token: Mutex::new(None),
+            outcomes: Mutex::new(None),
             pacer,
         }
     }
@@ -98,7 +224,157 @@ impl HaloConnection {
     pub fn idempotency_field(&self) -> IdempotencyField {
         self.config
             .idempotency()
-            .unwrap_or(IdempotencyField::ThirdPartyId)
+            .unwrap_or(IdempotencyField::ThirdPartyIdString)
+    }
+
+    /// The id of the tenant's outcome called `name` (case-insensitive), from `GET /Outcome`
+    /// read once and cached. `Ok(None)` when the list cannot be read (the API agent may lack
+    /// the permission): the action then names its outcome and Halo resolves it.
+    pub async fn outcome_id(&self, http: &Outbound, name: &str) -> Result<Option<i64>, StepError> {
+        let mut cached = self.outcomes.lock().await;
+        if cached.is_none() {
+            let listed = match self.get(http, "Outcome").await {
+                Ok(Value::Array(outcomes)) => outcomes,
+                Ok(_) => return Ok(None),
+                Err(StepError::Status { status, .. }) if status == 403 || status == 404 => {
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            };
+            let pairs = listed
+                .iter()
+                .filter_map(|o| {
+                    Some((
+                        o.get("outcome")?.as_str()?.to_owned(),
+                        o.get("id").and_then(id_of)?,
+                    ))
+                })
+                .collect();
+            *cached = Some(pairs);
+        }
+        let outcomes = cached.as_ref().expect("filled above");
+        match outcomes
+            .iter()
+            .find(|(n, _)| n.trim().eq_ignore_ascii_case(name.trim()))
+        {
+            Some((_, id)) => Ok(Some(*id)),
+            None => Err(StepError::Input {
+                pointer: "/outcome".into(),
+                message: format!(
+                    "Halo ([halo.{}]) has no outcome called `{name}`; its outcomes are: {}. Use one of these names or give outcome_id",
+                    self.name,
+                    outcomes
+                        .iter()
+                        .map(|(n, id)| format!("{n} ({id})"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }),
+        }
+    }
+
+    /// The ids of a ticket's children, read page by page with the documented `parent_id` filter.
+    /// Each listed ticket's own `parent_id` is checked too: older Halo versions ignore the
+    /// filter and list every ticket, so at most [`MAX_CHILD_PAGES`] pages are read.
+    pub async fn child_tickets(
+        &self,
+        http: &Outbound,
+        parent_id: i64,
+    ) -> Result<Vec<i64>, StepError> {
+        let mut children = Vec::new();
+        for page in 1..=MAX_CHILD_PAGES {
+            let path = format!(
+                "Tickets?parent_id={parent_id}&pageinate=true&page_size={PAGE_SIZE}&page_no={page}"
+            );
+            let answer = self.get(http, &path).await?;
+            let listed = answer
+                .get("tickets")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            children.extend(listed.iter().filter_map(|t| {
+                let parent = t.get("parent_id").and_then(id_of);
+                t.get("id")
+                    .and_then(id_of)
+                    .filter(|_| parent == Some(parent_id))
+            }));
+            let total = answer
+                .get("record_count")
+                .and_then(Value::as_u64)
+                .unwrap_or(0) as usize;
+            if listed.len() < PAGE_SIZE || page * PAGE_SIZE >= total {
+                return Ok(children);
+            }
+        }
+        Err(StepError::Failed(format!(
+            "Halo ([halo.{}]) listed more than {} tickets for parent_id={parent_id}; it may be ignoring the filter, as older versions do. Upgrade Halo or turn off sync_child_tickets",
+            self.name,
+            MAX_CHILD_PAGES * PAGE_SIZE
+        )))
+    }
+
+    /// Finds the ticket an earlier attempt created with idempotency key `key` (its answer was
+    /// lost). Only documented query parameters are used: the newest tickets (`order=id`,
+    /// `orderdesc`, `count`, and `client_id` when known) are read newest first, each compared
+    /// exactly on the key field (read from the ticket itself when the list view leaves the field
+    /// out). `Ok(None)` only when every ticket that could be the one was seen; otherwise the
+    /// outcome stays unknown and nothing is sent again.
+    pub async fn find_created_ticket(
+        &self,
+        http: &Outbound,
+        search: CreatedTicketSearch<'_>,
+    ) -> Result<Option<Value>, StepError> {
+        let field = self.idempotency_field();
+        let unknown = |why: String| {
+            StepError::OutcomeUnknown(format!(
+                "an earlier attempt may have created the ticket and {why}; look in Halo for a ticket whose {} is `{}`, then replay the run from this step if there is none",
+                field.describe(),
+                search.key
+            ))
+        };
+        if field == IdempotencyField::None {
+            return Err(unknown(format!(
+                "[halo.{}] has idempotency_field = \"none\", so it cannot be looked up",
+                self.name
+            )));
+        }
+        let mut path = format!("Tickets?order=id&orderdesc=true&count={LOOKUP_WINDOW}");
+        if let Some(client) = search.client_id {
+            path.push_str(&format!("&client_id={client}"));
+        }
+        let answer = self.get(http, &path).await?;
+        let listed = answer
+            .get("tickets")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let mut saw_all = listed.len() < LOOKUP_WINDOW;
+        let floor = search.since_ms.map(|ms| ms - CLOCK_SKEW_MS);
+        for ticket in listed {
+            if let Some(floor) = floor
+                && occurred_ms(&ticket).is_some_and(|at| at < floor)
+            {
+                saw_all = true;
+                break;
+            }
+            let Some(id) = ticket.get("id").and_then(id_of) else {
+                continue;
+            };
+            let full = match field.read(&ticket) {
+                Some(value) if value != search.key => continue,
+                _ => self.get(http, &format!("Tickets/{id}")).await?,
+            };
+            if field.read(&full) == Some(search.key) {
+                return Ok(Some(full));
+            }
+        }
+        if saw_all {
+            Ok(None)
+        } else {
+            Err(unknown(format!(
+                "more than {LOOKUP_WINDOW} tickets were created since it started"
+            )))
+        }
     }
 
     /// Waits for a slot under the rate limit (nothing in a dry run).
@@ -186,8 +462,12 @@ impl HaloConnection {
                 request = request.json(body.clone());
             }
             let response = http.send(request).await?;
-            // One refresh on 401: the token may have been revoked before its expiry.
-            if response.status == 401 && !refreshed {
+            // One refresh on 401: the token may have been revoked before its expiry. Some Halo
+            // versions answer an expired token with 400 (halo-api.md §1, n8n #16857), so a 400
+            // to a cached token refreshes too; a 400 means nothing was done, so sending the
+            // request again cannot duplicate it, and a real validation error comes back again.
+            let stale = response.status == 401 || (response.status == 400 && !token.fresh);
+            if stale && !refreshed {
                 refreshed = true;
                 continue;
             }
@@ -206,6 +486,7 @@ impl HaloConnection {
                 access_token: Secret::new("dry-run"),
                 token_type: "Bearer".into(),
                 refresh_at: Instant::now(),
+                fresh: true,
             });
         }
         let mut cached = self.token.lock().await;
@@ -250,9 +531,13 @@ impl HaloConnection {
             token_type: "Bearer".to_owned(),
             refresh_at: Instant::now()
                 + Duration::from_secs(expires_in).saturating_sub(EXPIRY_MARGIN),
+            fresh: false,
         };
         *cached = Some(token.clone());
-        Ok(token)
+        Ok(CachedToken {
+            fresh: true,
+            ..token
+        })
     }
 
     fn token_request(&self) -> OutboundRequest {
@@ -305,14 +590,36 @@ fn halo_error_message(response: &OutboundResponse) -> String {
         return truncate(text.trim());
     };
     let field = |key: &str| body.get(key).and_then(Value::as_str).map(str::to_owned);
+    let detail = field("MessageDetail")
+        .map(|d| format!(": {d}"))
+        .unwrap_or_default();
     let message = field("error_description")
+        .or_else(|| validation_errors(&body))
         .or_else(|| field("errorMessage"))
-        .or_else(|| field("Message"))
+        .or_else(|| field("Message").map(|m| format!("{m}{detail}")))
         .or_else(|| field("message"))
         .or_else(|| field("error"))
         .or_else(|| body.as_str().map(str::to_owned))
         .unwrap_or_else(|| body.to_string());
     truncate(&message)
+}
+
+/// ASP.NET's validation answer, keyed by field path: `{"[0].client_id": ["..."]}` (§6).
+fn validation_errors(body: &Value) -> Option<String> {
+    let map = body.as_object()?;
+    let lines: Vec<String> = map
+        .iter()
+        .filter_map(|(path, messages)| {
+            let messages = messages.as_array()?;
+            let text: Vec<&str> = messages.iter().filter_map(Value::as_str).collect();
+            Some(format!(
+                "{}: {}",
+                if path.is_empty() { "body" } else { path },
+                text.join(" ")
+            ))
+        })
+        .collect();
+    (!lines.is_empty() && lines.len() == map.len()).then(|| lines.join("; "))
 }
 
 fn truncate(text: &str) -> String {

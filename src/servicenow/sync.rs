@@ -299,36 +299,47 @@ impl SyncBack {
             if let Some(t) = webhook.ticket_type_id {
                 body.insert("tickettype_id".into(), json!(t));
             }
-            if let Some(user) = webhook.user_id {
+            // Halo requires a site whenever a user is set (checked when the config loads).
+            if let (Some(user), Some(site)) = (webhook.user_id, webhook.site_id) {
                 body.insert("user_id".into(), json!(user));
+                body.insert("site_id".into(), json!(site));
             }
             if let Some(team) = &webhook.team {
                 body.insert("team".into(), json!(team));
             }
         }
         let key = format!("servicenow:{}:{sys_id}", sn.key());
-        body.insert("third_party_id".into(), json!(key));
-        // An earlier attempt may have created it and lost the answer: adopt it if so.
-        let earlier = halo
-            .get(
-                http,
-                &format!(
-                    "Tickets?search={}&count=10",
-                    crate::outbound::encode_component(&key)
-                ),
-            )
-            .await?;
-        let found = earlier
-            .get("tickets")
-            .and_then(Value::as_array)
-            .and_then(|t| {
-                t.iter()
-                    .find(|t| t.get("third_party_id").and_then(Value::as_str) == Some(key.as_str()))
-                    .cloned()
-            });
+        halo.idempotency_field().stamp(&mut body, &key);
+        // A create made before may have lost its answer (or the link was never written): the
+        // claim says whether one was tried, and then the ticket is looked up, never made twice.
+        let claim = format!("create:{table}:{sys_id}");
+        let first_try = self
+            .storage
+            .claim_note(&sn.key(), &claim, now_ms())
+            .await
+            .map_err(storage_error)?;
+        let found = if first_try {
+            None
+        } else {
+            let search = crate::halo::CreatedTicketSearch {
+                key: &key,
+                client_id: body.get("client_id").and_then(Value::as_i64),
+                since_ms: None,
+            };
+            halo.find_created_ticket(http, search).await?
+        };
         let ticket = match found {
             Some(ticket) => ticket,
-            None => halo.post_one(http, "Tickets", Value::Object(body)).await?,
+            None => match halo.post_one(http, "Tickets", Value::Object(body)).await {
+                Ok(ticket) => ticket,
+                Err(e) => {
+                    // Surely not created (a refusal, a 503): the next try need not look first.
+                    if !e.outcome_unknown() {
+                        let _ = self.storage.release_note(&sn.key(), &claim).await;
+                    }
+                    return Err(e);
+                }
+            },
         };
         let ticket_id = ticket
             .get("id")
@@ -381,13 +392,22 @@ impl SyncBack {
             }
             let work_note = entry.element == "work_notes";
             let kind = if work_note { "work note" } else { "comment" };
-            let action = json!({
+            let mut action = json!({
                 "ticket_id": link.halo_ticket_id,
-                "outcome": sn.config.note_outcome,
                 "note": format!("{FROM_SERVICENOW}{number} {kind} by {}]\n{}", entry.author, entry.value),
                 "hiddenfromuser": work_note,
                 "sendemail": false,
             });
+            // The outcome by id where the tenant's list is readable (ids differ per tenant).
+            let outcome = halo.outcome_id(http, &sn.config.note_outcome).await;
+            match outcome {
+                Ok(Some(id)) => action["outcome_id"] = json!(id),
+                Ok(None) => action["outcome"] = json!(sn.config.note_outcome),
+                Err(e) => {
+                    let _ = self.storage.release_note(&key, &note_key).await;
+                    return Err(e);
+                }
+            }
             if let Err(e) = halo.post_one(http, "Actions", action).await {
                 let _ = self.storage.release_note(&key, &note_key).await;
                 return Err(e);

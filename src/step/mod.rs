@@ -94,6 +94,12 @@ pub trait Step: Send + Sync + 'static {
     fn connection_kind(&self) -> Option<ConnectionKind> {
         None
     }
+    /// Whether the step's outputs refine the trigger's: each output replaces the trigger output
+    /// of the same name for the steps after it (a step that reads the full record an
+    /// event-only webhook names, say). The step's outputs stay under `steps.<id>` too.
+    fn refines_trigger(&self) -> bool {
+        false
+    }
     /// Whether the step branches: a branching step's outputs carry `path`, the name of the path
     /// (in the flow's `"paths"`) that runs next; a name with no path falls back to `default`.
     fn paths(&self) -> PathRule {
@@ -129,6 +135,8 @@ pub struct StepContext {
     pub(crate) shutdown: tokio::sync::watch::Receiver<bool>,
     /// Where links between Halo tickets and ServiceNow records live.
     pub(crate) storage: Arc<dyn crate::storage::Storage>,
+    /// When this step's first attempt started (ms since the epoch), across restarts.
+    pub(crate) first_attempt_at_ms: Option<i64>,
 }
 
 impl StepContext {
@@ -141,6 +149,12 @@ impl StepContext {
     /// write it into what the step creates so [`Step::find_previous`] can find it again.
     pub fn idempotency_key(&self) -> String {
         format!("haloflow:{}:{}", self.run_id, self.step_id)
+    }
+
+    /// When this step's first attempt started (ms since the epoch), the same after a restart:
+    /// what an earlier attempt created cannot be older than this.
+    pub fn first_attempt_at_ms(&self) -> Option<i64> {
+        self.first_attempt_at_ms
     }
 
     /// True once the engine is shutting down; long-running steps should stop early.

@@ -4,8 +4,7 @@
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
-use crate::config::IdempotencyField;
-use crate::outbound::encode_component;
+use crate::halo::{CreatedTicketSearch, id_of};
 use crate::step::{
     ConnectionKind, OutputSpec, Resend, Step, StepContext, StepError, is_placeholder,
 };
@@ -37,8 +36,11 @@ const TICKET_FIELDS: &[(&str, FieldKind, &str)] = &[
         FieldKind::Id,
         "Assigned agent id (0 for unassigned).",
     ),
-    ("team", FieldKind::Text, "Team name."),
-    ("team_id", FieldKind::Id, "Team id."),
+    (
+        "team",
+        FieldKind::Text,
+        "Team name (Halo's ticket schema has no team id).",
+    ),
     ("status_id", FieldKind::Id, "Status id."),
     (
         "priority_id",
@@ -120,19 +122,7 @@ fn ticket_properties() -> Map<String, Value> {
 
 /// Reads a non-negative integer id from a number, `"42"` or `"42.0"`.
 fn to_id(value: &Value) -> Option<i64> {
-    match value {
-        Value::Number(n) => n
-            .as_i64()
-            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)),
-        Value::String(s) => s
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|f| f.fract() == 0.0 && *f >= 0.0)
-            .map(|f| f as i64),
-        _ => None,
-    }
-    .filter(|id| *id >= 0)
+    id_of(value).filter(|id| *id >= 0)
 }
 
 /// The id as Halo wants it (an integer). In a dry run, a placeholder for an earlier step's
@@ -245,96 +235,49 @@ impl Step for CreateTicket {
     async fn execute(&self, ctx: &StepContext, inputs: Value) -> Result<Value, StepError> {
         let mut body = ticket_body(&inputs, ctx.is_dry_run())?;
         let halo = ctx.halo()?;
-        stamp_idempotency_key(&mut body, halo.idempotency_field(), &ctx.idempotency_key());
+        halo.idempotency_field()
+            .stamp(&mut body, &ctx.idempotency_key());
         let ticket = halo
             .post_one(ctx.http(), "Tickets", Value::Object(body))
             .await?;
         ticket_outputs(ticket)
     }
 
+    /// A flow that writes the key field itself leaves the key nowhere to go: nothing to look
+    /// up, so an unknown outcome is never sent again.
     fn resend(&self, inputs: &Value) -> Resend {
-        // The flow sets third_party_id itself: the key has no place to go, nothing to look up.
-        if inputs
-            .get("fields")
-            .and_then(|f| f.get("third_party_id"))
-            .is_some()
-        {
+        let fields = inputs.get("fields").and_then(Value::as_object);
+        if fields.is_some_and(|f| f.contains_key("third_party_id_string")) {
             return Resend::Never;
         }
         Resend::LookUpFirst
     }
 
-    /// Lists tickets matching the key with Halo's `search` and takes the one that carries it
-    /// exactly in the idempotency field.
+    /// Reads the newest tickets (of the input's client) and takes the one carrying this step's
+    /// key exactly in the connection's idempotency field ([`crate::halo::HaloConnection::find_created_ticket`]).
     async fn find_previous(
         &self,
         ctx: &StepContext,
-        _inputs: &Value,
+        inputs: &Value,
     ) -> Result<Option<Value>, StepError> {
         let halo = ctx.halo()?;
-        let field = halo.idempotency_field();
-        if field == IdempotencyField::None {
-            return Err(StepError::OutcomeUnknown(format!(
-                "an earlier attempt may have created the ticket and [halo.{}] has idempotency_field = \"none\", so it cannot be looked up; check Halo before replaying",
-                halo.name()
-            )));
-        }
+        let body = ticket_body(inputs, false)?;
         let key = ctx.idempotency_key();
-        let answer = halo
-            .get(
-                ctx.http(),
-                &format!("Tickets?search={}&count=10", encode_component(&key)),
-            )
-            .await?;
-        let tickets = answer
-            .get("tickets")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        let found = tickets
-            .into_iter()
-            .find(|ticket| carries_key(ticket, field, &key));
+        if halo.idempotency_field().is_set_in(&body) {
+            return Err(StepError::OutcomeUnknown(
+                "an earlier attempt may have created the ticket, and the flow writes the idempotency field itself, so it cannot be looked up; check Halo, then replay the run from this step if there is no ticket".into(),
+            ));
+        }
+        let search = CreatedTicketSearch {
+            key: &key,
+            client_id: body.get("client_id").and_then(to_id),
+            // A flow that sets dateoccurred may backdate the ticket: no time bound then.
+            since_ms: ctx
+                .first_attempt_at_ms()
+                .filter(|_| !body.contains_key("dateoccurred")),
+        };
+        let found = halo.find_created_ticket(ctx.http(), search).await?;
         found.map(ticket_outputs).transpose()
-    }
-}
-
-/// Writes the idempotency key where the connection keeps it, unless the flow set that field.
-fn stamp_idempotency_key(body: &mut Map<String, Value>, field: IdempotencyField, key: &str) {
-    match field {
-        IdempotencyField::ThirdPartyId => {
-            body.entry("third_party_id").or_insert_with(|| json!(key));
-        }
-        IdempotencyField::CustomField(id) => {
-            let fields = body
-                .entry("customfields")
-                .or_insert_with(|| Value::Array(Vec::new()));
-            if let Value::Array(fields) = fields
-                && !fields
-                    .iter()
-                    .any(|f| f.get("id").and_then(to_id) == Some(id))
-            {
-                fields.push(json!({"id": id, "value": key}));
-            }
-        }
-        IdempotencyField::None => {}
-    }
-}
-
-fn carries_key(ticket: &Value, field: IdempotencyField, key: &str) -> bool {
-    match field {
-        IdempotencyField::ThirdPartyId => {
-            ticket.get("third_party_id").and_then(Value::as_str) == Some(key)
-        }
-        IdempotencyField::CustomField(id) => ticket
-            .get("customfields")
-            .and_then(Value::as_array)
-            .is_some_and(|fields| {
-                fields.iter().any(|f| {
-                    f.get("id").and_then(to_id) == Some(id)
-                        && f.get("value").and_then(Value::as_str) == Some(key)
-                })
-            }),
-        IdempotencyField::None => false,
     }
 }
 
@@ -385,6 +328,75 @@ impl Step for UpdateTicket {
             return Ok(crate::json::object([("ticket_id", id), ("ticket", ticket)]));
         }
         ticket_outputs(ticket)
+    }
+}
+
+/// `halo.get_ticket`: reads a ticket and gives the flow its fields as the trigger's `ticket`,
+/// `ticket_id` and `agent_assigned`: what an "event information only" webhook (object id and
+/// event, no ticket, halo-api.md §5) leaves out. Put it first; the steps after it see the ticket.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GetTicket;
+
+#[async_trait]
+impl Step for GetTicket {
+    fn type_name(&self) -> &'static str {
+        "halo.get_ticket"
+    }
+
+    fn description(&self) -> &'static str {
+        "Read a Halo ticket; the steps after it see it as trigger.ticket (with trigger.agent_assigned), for webhooks that carry only the ticket's id."
+    }
+
+    fn input_schema(&self) -> Value {
+        json!({
+            "type": "object",
+            "required": ["ticket_id"],
+            "additionalProperties": false,
+            "properties": {
+                "ticket_id": id_schema("The ticket to read, usually {{trigger.ticket_id}}.")
+            }
+        })
+    }
+
+    fn outputs(&self) -> &'static [OutputSpec] {
+        const OUTPUTS: &[OutputSpec] = &[
+            OutputSpec {
+                name: "ticket_id",
+                description: "The ticket's id.",
+            },
+            OutputSpec {
+                name: "ticket",
+                description: "The ticket as Halo answers GET /Tickets/{id}.",
+            },
+            OutputSpec {
+                name: "agent_assigned",
+                description: "True when the ticket has an agent (agent_id > 0).",
+            },
+        ];
+        OUTPUTS
+    }
+
+    fn connection_kind(&self) -> Option<ConnectionKind> {
+        Some(ConnectionKind::Halo)
+    }
+
+    fn refines_trigger(&self) -> bool {
+        true
+    }
+
+    async fn execute(&self, ctx: &StepContext, inputs: Value) -> Result<Value, StepError> {
+        let id = required_id(&inputs, "ticket_id", ctx.is_dry_run())?;
+        let halo = ctx.halo()?;
+        let ticket = halo.get(ctx.http(), &format!("Tickets/{id}")).await?;
+        let agent_assigned = ticket
+            .get("agent_id")
+            .and_then(to_id)
+            .is_some_and(|agent| agent > 0);
+        Ok(crate::json::object([
+            ("ticket_id", id),
+            ("ticket", ticket),
+            ("agent_assigned", Value::Bool(agent_assigned)),
+        ]))
     }
 }
 
@@ -468,6 +480,18 @@ impl Step for AddAction {
                 body.insert(field.into(), v.clone());
             }
         }
+        let halo = ctx.halo()?;
+        // An outcome given by name goes by id where the tenant's outcome list is readable
+        // (ids differ per tenant; a name Halo does not know fails here, with the list).
+        if let (Some(name), None, false) = (
+            inputs.get("outcome").and_then(Value::as_str),
+            inputs.get("outcome_id"),
+            ctx.is_dry_run(),
+        ) && let Some(id) = halo.outcome_id(ctx.http(), name).await?
+        {
+            body.remove("outcome");
+            body.insert("outcome_id".into(), json!(id));
+        }
         for (input, field) in [("outcome_id", "outcome_id"), ("new_status", "new_status")] {
             if let Some(v) = inputs.get(input) {
                 body.insert(
@@ -486,7 +510,6 @@ impl Step for AddAction {
             .and_then(Value::as_bool)
             .unwrap_or(false);
         body.insert("sendemail".into(), json!(send_email));
-        let halo = ctx.halo()?;
         let action = halo
             .post_one(ctx.http(), "Actions", Value::Object(body))
             .await?;
@@ -497,8 +520,9 @@ impl Step for AddAction {
         Resend::LookUpFirst
     }
 
-    /// Halo actions carry no key of ours: an action on the same ticket with the same outcome,
-    /// note and visibility is taken as the one an earlier attempt added.
+    /// Halo actions carry no key of ours: an action on the same ticket, with the same outcome
+    /// (by id or by name; Halo answers both), the same note texts and visibility, added since
+    /// the first attempt began, is taken as the one that attempt added.
     async fn find_previous(
         &self,
         ctx: &StepContext,
@@ -509,25 +533,46 @@ impl Step for AddAction {
         let answer = halo
             .get(ctx.http(), &format!("Actions?ticket_id={ticket_id}"))
             .await?;
-        let private = inputs
-            .get("private")
-            .and_then(Value::as_bool)
-            .unwrap_or(true);
-        let same = |action: &&Value| {
-            let text = |key: &str| action.get(key).and_then(Value::as_str);
-            text("note") == inputs.get("note").and_then(Value::as_str)
-                && text("note_html") == inputs.get("note_html").and_then(Value::as_str)
-                && text("outcome") == inputs.get("outcome").and_then(Value::as_str)
-                && action.get("outcome_id").and_then(to_id)
-                    == inputs.get("outcome_id").and_then(to_id)
-                && action.get("hiddenfromuser").and_then(Value::as_bool) == Some(private)
-        };
+        let since = ctx.first_attempt_at_ms().map(|ms| ms - 10 * 60 * 1000);
         let found = answer
             .get("actions")
             .and_then(Value::as_array)
-            .and_then(|actions| actions.iter().rev().find(same).cloned());
+            .and_then(|actions| {
+                actions
+                    .iter()
+                    .rev()
+                    .find(|a| same_action(a, inputs, since))
+                    .cloned()
+            });
         Ok(found.map(|action| action_outputs(ticket_id, action)))
     }
+}
+
+/// Whether `action`, as Halo answers it, is what these inputs add (see `find_previous`).
+fn same_action(action: &Value, inputs: &Value, since_ms: Option<i64>) -> bool {
+    let text = |key: &str| action.get(key).and_then(Value::as_str);
+    let input = |key: &str| inputs.get(key).and_then(Value::as_str);
+    let outcome = match (inputs.get("outcome_id").and_then(to_id), input("outcome")) {
+        (Some(id), _) => action.get("outcome_id").and_then(to_id) == Some(id),
+        (None, Some(name)) => {
+            text("outcome").is_some_and(|o| o.trim().eq_ignore_ascii_case(name.trim()))
+        }
+        (None, None) => false,
+    };
+    let private = inputs
+        .get("private")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    let recent = since_ms.is_none_or(|since| {
+        let at = text("datetime").and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+        at.is_none_or(|at| at.timestamp_millis() >= since)
+    });
+    outcome
+        && recent
+        && ["note", "note_html"]
+            .iter()
+            .all(|key| input(key).is_none_or(|given| text(key) == Some(given)))
+        && action.get("hiddenfromuser").and_then(Value::as_bool) == Some(private)
 }
 
 fn action_outputs(ticket_id: Value, action: Value) -> Value {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::step::Step;
 
 pub use self::core::{Condition, Switch};
-pub use halo::{AddAction, CreateTicket, UpdateTicket};
+pub use halo::{AddAction, CreateTicket, GetTicket, UpdateTicket};
 pub use http::HttpRequest;
 pub use servicenow::{LOG_TO_SUPPLIER, SEND_TICKET, SendToServiceNow, SyncNote};
 
@@ -21,6 +21,7 @@ pub fn builtins() -> Vec<Arc<dyn Step>> {
         Arc::new(CreateTicket),
         Arc::new(UpdateTicket),
         Arc::new(AddAction),
+        Arc::new(GetTicket),
         Arc::new(Switch),
         Arc::new(Condition),
         Arc::new(HttpRequest),

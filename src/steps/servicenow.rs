@@ -260,19 +260,7 @@ impl Sender<'_> {
             let problem = ParentRecord {
                 sys_id: sys_id.clone(),
             };
-            let listed = self
-                .halo
-                .get(http, &format!("Tickets?parent_id={ticket_id}"))
-                .await?;
-            let child_ids: Vec<i64> = listed
-                .get("tickets")
-                .and_then(Value::as_array)
-                .map(|t| {
-                    t.iter()
-                        .filter_map(|c| c.get("id").and_then(to_id))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let child_ids = self.halo.child_tickets(http, ticket_id).await?;
             for child_id in child_ids {
                 if from_servicenow(self.ctx, child_id, &self.sn)
                     .await?
@@ -582,9 +570,10 @@ async fn supplier_connection(
     let supplier = halo
         .get(ctx.http(), &format!("Supplier/{supplier_id}"))
         .await?;
-    let email = ["email", "emailaddress"]
-        .iter()
-        .find_map(|k| supplier.get(*k).and_then(Value::as_str))
+    // Halo's `Company` schema (a supplier) names it `email_address`.
+    let email = supplier
+        .get("email_address")
+        .and_then(Value::as_str)
         .filter(|e| !e.trim().is_empty());
     if email.is_none() {
         return Err(StepError::Failed(format!(

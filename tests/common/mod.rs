@@ -208,6 +208,26 @@ impl Harness {
     }
 }
 
+/// Fails the test if an emulator saw anything Halo's published contract would not take as
+/// sent (a property Halo ignores, an undocumented query parameter) or answered off-schema.
+pub fn assert_contract_kept(emulators: &[&HaloEmulator]) {
+    let warnings: Vec<String> = emulators.iter().flat_map(|e| e.warnings()).collect();
+    assert!(
+        warnings.is_empty(),
+        "requests or answers outside Halo's published contract:\n{}",
+        warnings.join("\n")
+    );
+}
+
+/// Checks the contract when a test ends (unless it already failed).
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            assert_contract_kept(&[&self.halo, &self.partner]);
+        }
+    }
+}
+
 /// A sample webhook from `examples/`, with a fresh delivery GUID (`id`) as each real delivery
 /// has: the same GUID twice is a re-send and starts no second run.
 pub fn sample_payload(name: &str) -> Value {

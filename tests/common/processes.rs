@@ -22,6 +22,14 @@ pub struct World {
     pub client: reqwest::Client,
 }
 
+impl Drop for World {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            super::assert_contract_kept(&[&self.halo, &self.partner]);
+        }
+    }
+}
+
 /// A running `haloflow serve` child process.
 pub struct Server {
     pub child: Child,
