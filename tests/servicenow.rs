@@ -673,6 +673,7 @@ async fn connections_check_reports_each_connection_and_a_short_token_lifespan() 
         oauth_user: "oauth.app".into(),
     });
     let short_running = short.start().await.unwrap();
+    short.insert_record("incident", json!({"short_description": "a sample"}));
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("haloflow.toml");
     std::fs::write(
@@ -682,7 +683,8 @@ async fn connections_check_reports_each_connection_and_a_short_token_lifespan() 
              [secrets]\nHALO_SECRET = \"{HALO_SECRET}\"\nSHORT_SECRET = \"{GLOBEX_SECRET}\"\nWRONG = \"nope\"\nRIGHT = \"p\"\n\
              [servicenow.customers.1]\ninstance_url = \"{}\"\nauth = \"oauth\"\nclient_id = \"c\"\nclient_secret_name = \"SHORT_SECRET\"\n\
              [servicenow.customers.2]\ninstance_url = \"{}\"\nauth = \"basic\"\nusername = \"u\"\npassword_secret_name = \"WRONG\"\n\
-             [servicenow.customers.3]\ninstance_url = \"{}\"\nauth = \"basic\"\nusername = \"u\"\npassword_secret_name = \"RIGHT\"\njournal = \"sys_journal_field\"\n",
+             [servicenow.customers.3]\ninstance_url = \"{}\"\nauth = \"basic\"\nusername = \"u\"\npassword_secret_name = \"RIGHT\"\njournal = \"sys_journal_field\"\n\
+             integrator = {{ filter = {{ incident = \"active=true^asignment_group=x\" }} }}\n",
             halo_running.base_url(),
             short_running.base_url(),
             short_running.base_url(),
@@ -715,6 +717,12 @@ async fn connections_check_reports_each_connection_and_a_short_token_lifespan() 
         "{out}"
     );
     assert!(out.contains("without the audit_viewer role"), "{out}");
+    // A misspelt filter field would be ignored by the instance: named before it matters.
+    assert!(
+        out.contains("integrator.filter.incident: `asignment_group` is not a field of incident"),
+        "{out}"
+    );
+    assert!(!out.contains("`active`"), "{out}");
     assert!(
         out.contains("[servicenow.customers.\"2\"]: failed: GET"),
         "{out}"

@@ -883,14 +883,25 @@ impl SnState {
             .iter()
             .map(|(k, v)| (k.clone(), as_text(v)))
             .collect();
+        // Every field of the record's table comes back, "" when never set (§1.1: unset fields
+        // hold their type's null value); journal fields too, their entries being display
+        // values only (§4.2).
         let class = record
             .get("sys_class_name")
             .map(as_text)
             .unwrap_or_default();
-        if table.is_some() && servicenow_model::is_task_table(&class) {
-            // Journal fields read back as "" (§4.2); their entries are display values.
-            values.push(("work_notes".into(), String::new()));
-            values.push(("comments".into(), String::new()));
+        if table.is_some() {
+            let dictionary = servicenow_model::fields_of(&class).unwrap_or_default();
+            let extra = self.extra_fields(&class);
+            for field in dictionary
+                .iter()
+                .copied()
+                .chain(extra.iter().map(String::as_str))
+            {
+                if !record.contains_key(field) {
+                    values.push((field.to_owned(), String::new()));
+                }
+            }
         }
         let sys_id = record.get("sys_id").map(as_text).unwrap_or_default();
         let mut out = Map::new();
