@@ -458,31 +458,7 @@ impl SnState {
                 "The table is not in this instance's dictionary",
             ),
             ("GET", ["table", table]) => self.list_table(request, table, &user),
-            ("POST", ["table", table]) => match body_object(request) {
-                Ok(fields) => {
-                    if fields
-                        .get("correlation_id")
-                        .map(as_text)
-                        .is_some_and(|c| c.chars().count() > 100)
-                    {
-                        return sn_error(
-                            400,
-                            "Invalid value for correlation_id",
-                            "correlation_id is at most 100 characters",
-                        );
-                    }
-                    let sys_id = self.create(table, fields, &user);
-                    let record =
-                        &self.tables[*table][self.find(table, &sys_id).expect("just created")];
-                    Answer::Json {
-                        status: 201,
-                        body: json!({"result": self.present(Some(table), record, request)}),
-                        location: Some(format!("/api/now/table/{table}/{sys_id}")),
-                        total: None,
-                    }
-                }
-                Err(answer) => answer,
-            },
+            ("POST", ["table", table]) => self.insert(request, table, &user),
             ("GET", ["table", table, sys_id]) => match self.locate(table, sys_id) {
                 Some((concrete, i)) if self.may_read(&user, table) => ok(
                     200,
@@ -515,6 +491,35 @@ impl SnState {
                 "Requested URI does not represent any resource",
                 &request.path,
             ),
+        }
+    }
+
+    /// `POST /api/now/table/{table}`: 201 with the record and its `Location` (§1.1).
+    fn insert(&mut self, request: &RecordedRequest, table: &str, user: &str) -> Answer {
+        let fields = match body_object(request) {
+            Ok(fields) => fields,
+            Err(answer) => return answer,
+        };
+        if fields
+            .get("correlation_id")
+            .map(as_text)
+            .is_some_and(|c| c.chars().count() > 100)
+        {
+            return sn_error(
+                400,
+                "Invalid value for correlation_id",
+                "correlation_id is at most 100 characters",
+            );
+        }
+        let sys_id = self.create(table, fields, user);
+        let Some(index) = self.find(table, &sys_id) else {
+            return sn_error(500, "The record just created was not found", "");
+        };
+        Answer::Json {
+            status: 201,
+            body: json!({"result": self.present(Some(table), &self.tables[table][index], request)}),
+            location: Some(format!("/api/now/table/{table}/{sys_id}")),
+            total: None,
         }
     }
 
