@@ -499,6 +499,7 @@ async fn log_to_supplier_sends_skips_or_refuses() {
     assert_eq!(run.summary.status, RunStatus::Failed);
     assert!(run.summary.error.unwrap().contains("no email address"));
     assert!(w.mute.records("incident").is_empty());
+    assert_eq!(w.vendor.warnings(), Vec::<String>::new(), "nothing dropped");
 }
 
 #[tokio::test]
@@ -594,6 +595,8 @@ async fn a_private_note_is_a_work_note_and_a_public_one_a_comment() {
             .unwrap()
             .contains("not linked to a ServiceNow record")
     );
+    assert_eq!(w.acme.warnings(), Vec::<String>::new(), "nothing dropped");
+    assert_eq!(w.vendor.warnings(), Vec::<String>::new(), "nothing dropped");
 }
 
 #[tokio::test]
