@@ -427,6 +427,8 @@ async fn start_emulators() -> Emulators {
         token_lifetime_secs: 86_400,
         oauth_user: "oauth.app".into(),
     });
+    // The customer's own field, which the config's custom field mapping writes.
+    servicenow.add_field("task", "u_monitor_ref");
     servicenow.insert_record(
         "sys_user",
         json!({"user_name": "jo.bloggs", "email": "jo.bloggs@acme.example", "active": "true"}),

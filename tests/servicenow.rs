@@ -522,6 +522,7 @@ async fn log_to_supplier_sends_skips_or_refuses() {
     assert_eq!(run.summary.status, RunStatus::Failed);
     assert!(run.summary.error.unwrap().contains("no email address"));
     assert!(w.mute.records("incident").is_empty());
+    assert_eq!(w.vendor.warnings(), Vec::<String>::new(), "nothing dropped");
 }
 
 #[tokio::test]
@@ -618,6 +619,8 @@ async fn a_private_note_is_a_work_note_and_a_public_one_a_comment() {
             .unwrap()
             .contains("not linked to a ServiceNow record")
     );
+    assert_eq!(w.acme.warnings(), Vec::<String>::new(), "nothing dropped");
+    assert_eq!(w.vendor.warnings(), Vec::<String>::new(), "nothing dropped");
 }
 
 #[tokio::test]
@@ -697,6 +700,7 @@ async fn connections_check_reports_each_connection_and_a_short_token_lifespan() 
         oauth_user: "oauth.app".into(),
     });
     let short_running = short.start().await.unwrap();
+    short.insert_record("incident", json!({"short_description": "a sample"}));
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("haloflow.toml");
     std::fs::write(
@@ -706,7 +710,8 @@ async fn connections_check_reports_each_connection_and_a_short_token_lifespan() 
              [secrets]\nHALO_SECRET = \"{HALO_SECRET}\"\nSHORT_SECRET = \"{GLOBEX_SECRET}\"\nWRONG = \"nope\"\nRIGHT = \"p\"\n\
              [servicenow.customers.1]\ninstance_url = \"{}\"\nauth = \"oauth\"\nclient_id = \"c\"\nclient_secret_name = \"SHORT_SECRET\"\n\
              [servicenow.customers.2]\ninstance_url = \"{}\"\nauth = \"basic\"\nusername = \"u\"\npassword_secret_name = \"WRONG\"\n\
-             [servicenow.customers.3]\ninstance_url = \"{}\"\nauth = \"basic\"\nusername = \"u\"\npassword_secret_name = \"RIGHT\"\njournal = \"sys_journal_field\"\n",
+             [servicenow.customers.3]\ninstance_url = \"{}\"\nauth = \"basic\"\nusername = \"u\"\npassword_secret_name = \"RIGHT\"\njournal = \"sys_journal_field\"\n\
+             integrator = {{ filter = {{ incident = \"active=true^asignment_group=x\" }} }}\n",
             halo_running.base_url(),
             short_running.base_url(),
             short_running.base_url(),
@@ -739,6 +744,12 @@ async fn connections_check_reports_each_connection_and_a_short_token_lifespan() 
         "{out}"
     );
     assert!(out.contains("without the audit_viewer role"), "{out}");
+    // A misspelt filter field would be ignored by the instance: named before it matters.
+    assert!(
+        out.contains("integrator.filter.incident: `asignment_group` is not a field of incident"),
+        "{out}"
+    );
+    assert!(!out.contains("`active`"), "{out}");
     assert!(
         out.contains("[servicenow.customers.\"2\"]: failed: GET"),
         "{out}"

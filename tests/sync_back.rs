@@ -123,6 +123,7 @@ instance_url = "{vendor}"
 auth = "basic"
 username = "vendor.integration"
 password_secret_name = "VENDOR_PASSWORD"
+journal = "sys_journal_field"
 webhook = {{ secret_name = "VENDOR_HOOK", header = "X-Vendor-Key", sys_id_field = "id" }}
 
 [servicenow.customers.13]
@@ -923,4 +924,75 @@ fn creating_existing_records_needs_a_filter_for_every_imported_table() {
     );
     let error = config("filter = { incident = \"active=true^NQactive=false\" }").unwrap_err();
     assert!(error.contains("^NQ"), "{error}");
+}
+
+#[tokio::test]
+async fn the_sys_journal_field_path_needs_audit_viewer() {
+    let w = World::new(100).await;
+    // A ticket Halo logged to the supplier: linked to the vendor's record.
+    let ticket = w
+        .halo
+        .insert_ticket(json!({"summary": "Firewall", "status_id": 1, "client_id": 12}));
+    let record = w.vendor.insert_as(
+        "vendor.agent",
+        "incident",
+        json!({"short_description": "Firewall"}),
+    );
+    w.storage
+        .save_link(&haloflow::storage::Link {
+            halo_connection: "halo".into(),
+            halo_ticket_id: ticket,
+            servicenow: "suppliers/7".into(),
+            table: "incident".into(),
+            sys_id: record.clone(),
+            number: None,
+            created_by: LinkOrigin::Halo,
+            created_at_ms: 1,
+            updated_at_ms: 1,
+        })
+        .await
+        .unwrap();
+    let hook = || {
+        w.post(
+            "suppliers/7",
+            json!({"table": "incident", "id": record}).to_string(),
+            &[("X-Vendor-Key", VENDOR_HOOK)],
+        )
+    };
+    w.vendor.update_as(
+        "vendor.agent",
+        "incident",
+        &record,
+        json!({"work_notes": "Rule added"}),
+    );
+    // Without the role the instance hides every row: nothing to sync, and no error.
+    let (status, answer) = hook().await;
+    assert_eq!((status, &answer["notes"]), (200, &json!(0)), "{answer}");
+    w.vendor.grant_role("vendor.integration", "audit_viewer");
+    w.vendor.update_as(
+        "vendor.agent",
+        "incident",
+        &record,
+        json!({"comments": "Done"}),
+    );
+    let (_, answer) = hook().await;
+    assert_eq!(answer["notes"], 2, "{answer}");
+    let notes: Vec<String> = w
+        .halo
+        .actions()
+        .iter()
+        .map(|a| a["note"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.ends_with("work note by vendor.agent]\nRule added")),
+        "{notes:?}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.ends_with("comment by vendor.agent]\nDone")),
+        "{notes:?}"
+    );
 }

@@ -145,15 +145,24 @@ fn other_fields(table: &str) -> Option<&'static [&'static str]> {
     })
 }
 
-/// Whether `field` is in `table`'s dictionary (system fields included); `extra` holds the
-/// fields a test added (a customer's `u_` fields). `None` when the table is not modelled.
-pub(crate) fn has_field(table: &str, field: &str, extra: &[String]) -> Option<bool> {
-    let base: Vec<&str> = match (table, task_specifics(table), other_fields(table)) {
+/// The fields of a modelled table's dictionary (without system fields); `None` for a table
+/// the emulator does not model.
+pub(crate) fn fields_of(table: &str) -> Option<Vec<&'static str>> {
+    Some(match (table, task_specifics(table), other_fields(table)) {
         ("task", _, _) => TASK_FIELDS.to_vec(),
         (_, Some(specific), _) => TASK_FIELDS.iter().chain(specific).copied().collect(),
         (_, None, Some(fields)) => fields.to_vec(),
-        (_, None, None) if extra.is_empty() => return None,
-        _ => Vec::new(),
+        _ => return None,
+    })
+}
+
+/// Whether `field` is in `table`'s dictionary (system fields included); `extra` holds the
+/// fields a test added (a customer's `u_` fields). `None` when the table is not modelled.
+pub(crate) fn has_field(table: &str, field: &str, extra: &[String]) -> Option<bool> {
+    let base = match fields_of(table) {
+        Some(fields) => fields,
+        None if extra.is_empty() => return None,
+        None => Vec::new(),
     };
     Some(field.starts_with("sys_") || base.contains(&field) || extra.iter().any(|f| f == field))
 }

@@ -116,73 +116,17 @@ pub(super) async fn receive(
             .await;
         }
     };
-    let field = |name: &str| {
-        payload
-            .get(name)
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-    };
-    // A journal row names its record by `name` and `element_id`.
-    let journal_row = payload.get("element_id").is_some() && payload.get("element").is_some();
-    let (table_name, sys_id_name) = if journal_row {
-        ("name", "element_id")
-    } else {
-        (webhook.table_field.as_str(), webhook.sys_id_field.as_str())
-    };
-    let note = journal_row
-        .then(|| JournalEntry::from_row(&payload))
-        .flatten();
-    let table = field(table_name);
-    let sys_id = field(sys_id_name);
-    let number = field(&webhook.number_field);
-    // The values go into an encoded query: only the characters those names have.
-    let plain = |v: &str, hex: bool| {
-        !v.is_empty()
-            && v.len() <= 100
-            && v.chars().all(|c| {
-                if hex {
-                    c.is_ascii_hexdigit()
-                } else {
-                    c.is_ascii_alphanumeric() || c == '_' || c == '-'
-                }
-            })
-    };
-    for (name, value, hex) in [
-        (table_name, table, false),
-        (sys_id_name, sys_id, true),
-        (webhook.number_field.as_str(), number, false),
-    ] {
-        if let Some(value) = value
-            && !plain(value, hex)
-        {
-            let message = format!(
-                "`{name}`: `{}` is not a ServiceNow {}",
-                value.chars().take(40).collect::<String>(),
-                if hex {
-                    "sys_id (32 hex digits)"
-                } else {
-                    "name (letters, digits, _ and -)"
-                }
-            );
+    let named = match named_record(&webhook, &payload) {
+        Ok(named) => named,
+        Err(message) => {
             return reject(
                 ApiError::new(ErrorCode::InvalidPayload, message),
                 Some(text),
             )
             .await;
         }
-    }
-    if !(table.is_some() && sys_id.is_some()) && number.is_none() {
-        let message = format!(
-            "the body names no record: send `{}` and `{}`, or `{}`",
-            table_name, sys_id_name, webhook.number_field
-        );
-        return reject(
-            ApiError::new(ErrorCode::InvalidPayload, message),
-            Some(text),
-        )
-        .await;
-    }
-    let (status, outcome) = process(&engine, &sn, (table, sys_id, number), note).await;
+    };
+    let (status, outcome) = process(&engine, &sn, named).await;
     let request = NewRequest {
         id: new_id(),
         flow_id,
@@ -212,14 +156,90 @@ pub(super) async fn receive(
     (status, Json(answer)).into_response()
 }
 
-/// Reads the record (table, sys_id, number) again and syncs it, with the note the webhook
-/// carried; the status and the outcome (or the error) as JSON.
+/// What a webhook body names: its record, and the note it carried.
+struct Named<'a> {
+    table: Option<&'a str>,
+    sys_id: Option<&'a str>,
+    number: Option<&'a str>,
+    note: Option<JournalEntry>,
+}
+
+/// The record a body names: `table` and `sys_id` or `number` (the settings' field names), or
+/// for a journal row `name` and `element_id`. The values go into an encoded query: anything
+/// but the characters ServiceNow names have is refused.
+fn named_record<'a>(webhook: &'a WebhookConfig, payload: &'a Value) -> Result<Named<'a>, String> {
+    let field = |name: &str| {
+        payload
+            .get(name)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    let journal_row = payload.get("element_id").is_some() && payload.get("element").is_some();
+    let (table_name, sys_id_name) = if journal_row {
+        ("name", "element_id")
+    } else {
+        (webhook.table_field.as_str(), webhook.sys_id_field.as_str())
+    };
+    let named = Named {
+        table: field(table_name),
+        sys_id: field(sys_id_name),
+        number: field(&webhook.number_field),
+        note: journal_row
+            .then(|| JournalEntry::from_row(payload))
+            .flatten(),
+    };
+    let plain = |v: &str, hex: bool| {
+        !v.is_empty()
+            && v.len() <= 100
+            && v.chars().all(|c| {
+                if hex {
+                    c.is_ascii_hexdigit()
+                } else {
+                    c.is_ascii_alphanumeric() || c == '_' || c == '-'
+                }
+            })
+    };
+    for (name, value, hex) in [
+        (table_name, named.table, false),
+        (sys_id_name, named.sys_id, true),
+        (webhook.number_field.as_str(), named.number, false),
+    ] {
+        if let Some(value) = value
+            && !plain(value, hex)
+        {
+            return Err(format!(
+                "`{name}`: `{}` is not a ServiceNow {}",
+                value.chars().take(40).collect::<String>(),
+                if hex {
+                    "sys_id (32 hex digits)"
+                } else {
+                    "name (letters, digits, _ and -)"
+                }
+            ));
+        }
+    }
+    if !(named.table.is_some() && named.sys_id.is_some()) && named.number.is_none() {
+        return Err(format!(
+            "the body names no record: send `{table_name}` and `{sys_id_name}`, or `{}`",
+            webhook.number_field
+        ));
+    }
+    Ok(named)
+}
+
+/// Reads the named record again and syncs it, with the note the webhook carried; the status
+/// and the outcome (or the error) as JSON.
 async fn process(
     engine: &Engine,
     sn: &ServiceNowConnection,
-    (table, sys_id, number): (Option<&str>, Option<&str>, Option<&str>),
-    note: Option<JournalEntry>,
+    named: Named<'_>,
 ) -> (StatusCode, Value) {
+    let Named {
+        table,
+        sys_id,
+        number,
+        note,
+    } = named;
     let sync = engine.sync_back();
     let record = match sync.read_record(sn, table, sys_id, number).await {
         Ok(Some(found)) => found,

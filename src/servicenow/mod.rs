@@ -362,7 +362,32 @@ impl ServiceNowConnection {
                 self.config_table()
             ));
         }
+        self.check_filters(http, &mut report.warnings).await?;
         Ok(report)
+    }
+
+    /// Warns of fields in `integrator.filter` that a sample record of the table lacks: the
+    /// instance ignores such a part of the query and selects more than meant (§1.2).
+    async fn check_filters(
+        &self,
+        http: &Outbound,
+        warnings: &mut Vec<String>,
+    ) -> Result<(), StepError> {
+        for (table, filter) in &self.config.integrator.filter {
+            let sample = self.query(http, table, "", None, 1).await?;
+            let Some(Value::Object(record)) = sample.first() else {
+                continue;
+            };
+            for field in query_fields(filter) {
+                if !record.contains_key(&field) {
+                    warnings.push(format!(
+                        "{}: integrator.filter.{table}: `{field}` is not a field of {table}; the instance ignores that part of the query and selects more records than meant",
+                        self.config_table()
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn lifespan_warning(&self, lifespan: u64) -> Option<String> {
@@ -497,6 +522,26 @@ impl ServiceNowConnection {
     }
 }
 
+/// The fields an encoded query names (`a=1^ORb.c=2^ORDERBYd`: a, b, d), dot-walks cut at the
+/// record's own field.
+fn query_fields(query: &str) -> Vec<String> {
+    query
+        .split('^')
+        .filter_map(|term| {
+            let term = term
+                .strip_prefix("ORDERBYDESC")
+                .or_else(|| term.strip_prefix("ORDERBY"))
+                .or_else(|| term.strip_prefix("NQ"))
+                .or_else(|| term.strip_prefix("OR"))
+                .unwrap_or(term);
+            let end = term
+                .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+                .unwrap_or(term.len());
+            (end > 0).then(|| term[..end].to_owned())
+        })
+        .collect()
+}
+
 /// The record inside `{"result": {...}}`.
 fn result(answer: Value, what: &str) -> Result<Value, StepError> {
     match answer.get("result") {
@@ -557,4 +602,17 @@ fn parse_answer(
         message,
         retry_after: response.retry_after,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fields_a_query_names() {
+        assert_eq!(
+            query_fields("active=true^ORassignment_group.name=SD^priorityIN1,2^ORDERBYDESCnumber"),
+            ["active", "assignment_group", "priority", "number"]
+        );
+    }
 }

@@ -45,7 +45,8 @@ impl JournalEntry {
         format!("note:{}", digest(&text))
     }
 
-    /// A `sys_journal_field` row (from the API or a webhook body); `None` for another field.
+    /// A `sys_journal_field` row (from the API or a webhook body); `None` for another field,
+    /// or without its time or text.
     pub fn from_row(row: &Value) -> Option<JournalEntry> {
         let text = |f: &str| match row.get(f) {
             Some(Value::String(s)) => Some(s.clone()),
@@ -55,7 +56,8 @@ impl JournalEntry {
         let element = text("element").filter(|e| ELEMENTS.iter().any(|(name, _)| name == e))?;
         Some(JournalEntry {
             element,
-            created_on: text("sys_created_on").unwrap_or_default(),
+            // Without its time a note could not be matched with the same note read later.
+            created_on: text("sys_created_on").filter(|t| !t.is_empty())?,
             author: text("sys_created_by").unwrap_or_default(),
             value: text("value").filter(|v| !v.is_empty())?,
         })

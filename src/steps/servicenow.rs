@@ -255,29 +255,12 @@ impl Sender<'_> {
         } else {
             Vec::new()
         };
-        let mut children = Vec::new();
-        if table == "problem" && self.sn.config.sync_child_tickets && parent.is_none() {
-            let problem = ParentRecord {
-                sys_id: sys_id.clone(),
+        let children =
+            if table == "problem" && self.sn.config.sync_child_tickets && parent.is_none() {
+                self.send_children(ticket_id, &sys_id).await?
+            } else {
+                Vec::new()
             };
-            let child_ids = self.halo.child_tickets(http, ticket_id).await?;
-            for child_id in child_ids {
-                if from_servicenow(self.ctx, child_id, &self.sn)
-                    .await?
-                    .is_some()
-                {
-                    continue;
-                }
-                let child = read_ticket(self.ctx, &self.halo, child_id).await?;
-                let sent = Box::pin(self.send(&child, None, Some(&problem))).await?;
-                if let Some(sent) = sent {
-                    children.push(json!({
-                        "ticket_id": child_id, "table": sent.table,
-                        "sys_id": sent.link.sys_id, "number": sent.link.number,
-                    }));
-                }
-            }
-        }
         Ok(Some(Sent {
             record,
             table,
@@ -286,6 +269,33 @@ impl Sender<'_> {
             attachments,
             children,
         }))
+    }
+
+    /// Sends a problem's child tickets under it (not those sync back created from this
+    /// instance: they have their records).
+    async fn send_children(&self, ticket_id: i64, sys_id: &str) -> Result<Vec<Value>, StepError> {
+        let problem = ParentRecord {
+            sys_id: sys_id.to_owned(),
+        };
+        let child_ids = self.halo.child_tickets(self.ctx.http(), ticket_id).await?;
+        let mut children = Vec::new();
+        for child_id in child_ids {
+            if from_servicenow(self.ctx, child_id, &self.sn)
+                .await?
+                .is_some()
+            {
+                continue;
+            }
+            let child = read_ticket(self.ctx, &self.halo, child_id).await?;
+            let sent = Box::pin(self.send(&child, None, Some(&problem))).await?;
+            if let Some(sent) = sent {
+                children.push(json!({
+                    "ticket_id": child_id, "table": sent.table,
+                    "sys_id": sent.link.sys_id, "number": sent.link.number,
+                }));
+            }
+        }
+        Ok(children)
     }
 
     /// The table: the step's input, else the connection's default for the ticket type, else
