@@ -21,6 +21,7 @@ use super::{
     Fault, InjectedFailure, RecordedRequest, RunningEmulator, ScheduledFault, dispatch, form_pairs,
     next_fault,
 };
+use crate::halo::id_of;
 
 #[derive(Debug, Clone)]
 pub struct HaloEmulatorConfig {
@@ -186,7 +187,7 @@ impl HaloEmulator {
     pub fn insert_ticket(&self, ticket: Value) -> i64 {
         let mut ticket = self.seed("Faults", ticket);
         let mut state = self.lock();
-        let id = match ticket.get("id").and_then(as_id).filter(|id| *id > 0) {
+        let id = match ticket.get("id").and_then(id_of).filter(|id| *id > 0) {
             Some(id) => id,
             None => state.next_ticket_id,
         };
@@ -199,7 +200,7 @@ impl HaloEmulator {
     /// Seeds a supplier (`GET /api/Supplier/{id}`), a `Company` as Halo's schema has it.
     pub fn insert_supplier(&self, supplier: Value) {
         let supplier = self.seed("Company", supplier);
-        if let Some(id) = supplier.get("id").and_then(as_id) {
+        if let Some(id) = supplier.get("id").and_then(id_of) {
             self.lock().suppliers.insert(id, Value::Object(supplier));
         }
     }
@@ -627,7 +628,7 @@ impl HaloState {
     /// needs a site (halo-api.md §2, CIPP).
     fn post_tickets(&mut self, items: Vec<Value>) -> Answer {
         for item in &items {
-            let existing = match item.get("id").and_then(as_id).filter(|id| *id > 0) {
+            let existing = match item.get("id").and_then(id_of).filter(|id| *id > 0) {
                 Some(id) => match self.tickets.get(&id) {
                     Some(ticket) => Some(ticket),
                     None => return halo_error(400, format!("Ticket {id} does not exist")),
@@ -637,7 +638,7 @@ impl HaloState {
             let given = |key: &str| {
                 item.get(key)
                     .or_else(|| existing.and_then(|t| t.get(key)))
-                    .and_then(as_id)
+                    .and_then(id_of)
                     .filter(|id| *id > 0)
             };
             if existing.is_none()
@@ -656,7 +657,7 @@ impl HaloState {
         let mut answers = Vec::new();
         for item in items {
             let Value::Object(item) = item else { continue };
-            match item.get("id").and_then(as_id).filter(|id| *id > 0) {
+            match item.get("id").and_then(id_of).filter(|id| *id > 0) {
                 Some(id) => {
                     let ticket = self.tickets.get_mut(&id).expect("checked above");
                     for (key, value) in item {
@@ -712,8 +713,8 @@ impl HaloState {
             .tickets
             .values()
             .filter(|t| search.as_deref().is_none_or(|s| ticket_matches(t, s)))
-            .filter(|t| parent.is_none_or(|p| t.get("parent_id").and_then(as_id) == Some(p)))
-            .filter(|t| client.is_none_or(|c| t.get("client_id").and_then(as_id) == Some(c)))
+            .filter(|t| parent.is_none_or(|p| t.get("parent_id").and_then(id_of) == Some(p)))
+            .filter(|t| client.is_none_or(|c| t.get("client_id").and_then(id_of) == Some(c)))
             .collect();
         if param("orderdesc").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
             tickets.reverse();
@@ -770,7 +771,7 @@ impl HaloState {
     fn post_actions(&mut self, items: Vec<Value>) -> Answer {
         let mut outcomes = Vec::with_capacity(items.len());
         for item in &items {
-            let ticket_id = item.get("ticket_id").and_then(as_id);
+            let ticket_id = item.get("ticket_id").and_then(id_of);
             if !ticket_id.is_some_and(|id| self.tickets.contains_key(&id)) {
                 return halo_error(400, "Please select a valid Ticket");
             }
@@ -782,7 +783,7 @@ impl HaloState {
         let mut answers = Vec::new();
         for (item, (outcome_id, outcome)) in items.into_iter().zip(outcomes) {
             let mut action = item;
-            let ticket_id = action.get("ticket_id").and_then(as_id).expect("checked");
+            let ticket_id = action.get("ticket_id").and_then(id_of).expect("checked");
             let id = self.actions.len() as i64 + 1;
             action["id"] = json!(id);
             action["ticket_id"] = json!(ticket_id);
@@ -790,7 +791,7 @@ impl HaloState {
             action["outcome"] = json!(outcome);
             action["datetime"] =
                 json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-            if let Some(status) = action.get("new_status").and_then(as_id) {
+            if let Some(status) = action.get("new_status").and_then(id_of) {
                 self.tickets.get_mut(&ticket_id).expect("checked")["status_id"] = json!(status);
             }
             self.actions.push(action.clone());
@@ -807,7 +808,7 @@ impl HaloState {
     fn find_outcome(&self, action: &Value) -> Result<(i64, String), Answer> {
         let by_id = action
             .get("outcome_id")
-            .and_then(as_id)
+            .and_then(id_of)
             .filter(|id| *id > 0);
         let by_name = action
             .get("outcome")
@@ -917,31 +918,15 @@ fn merge_custom_fields(ticket: &mut Value, written: Value) {
         .as_array_mut()
         .expect("just made an array");
     for field in written {
-        let id = field.get("id").and_then(as_id);
+        let id = field.get("id").and_then(id_of);
         match fields
             .iter_mut()
-            .find(|f| f.get("id").and_then(as_id) == id)
+            .find(|f| f.get("id").and_then(id_of) == id)
         {
             Some(existing) => {
                 existing["value"] = field.get("value").cloned().unwrap_or(Value::Null)
             }
             None => fields.push(field),
         }
-    }
-}
-
-/// Ids arrive as numbers, `3.0` or strings (§2).
-fn as_id(value: &Value) -> Option<i64> {
-    match value {
-        Value::Number(n) => n
-            .as_i64()
-            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)),
-        Value::String(s) => s
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|f| f.fract() == 0.0)
-            .map(|f| f as i64),
-        _ => None,
     }
 }

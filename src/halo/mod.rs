@@ -124,6 +124,15 @@ pub fn id_of(value: &Value) -> Option<i64> {
     }
 }
 
+/// The tickets of a `GET /Tickets` answer (`{record_count, tickets}`).
+fn tickets_of(answer: &Value) -> Vec<Value> {
+    answer
+        .get("tickets")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
 /// When a ticket occurred (`dateoccurred`, UTC with or without an offset), in ms.
 fn occurred_ms(ticket: &Value) -> Option<i64> {
     let text = ticket.get("dateoccurred")?.as_str()?;
@@ -287,11 +296,7 @@ impl HaloConnection {
                 "Tickets?parent_id={parent_id}&pageinate=true&page_size={PAGE_SIZE}&page_no={page}"
             );
             let answer = self.get(http, &path).await?;
-            let listed = answer
-                .get("tickets")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
+            let listed = tickets_of(&answer);
             children.extend(listed.iter().filter_map(|t| {
                 let parent = t.get("parent_id").and_then(id_of);
                 t.get("id")
@@ -342,12 +347,7 @@ impl HaloConnection {
         if let Some(client) = search.client_id {
             path.push_str(&format!("&client_id={client}"));
         }
-        let answer = self.get(http, &path).await?;
-        let listed = answer
-            .get("tickets")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
+        let listed = tickets_of(&self.get(http, &path).await?);
         let mut saw_all = listed.len() < LOOKUP_WINDOW;
         let floor = search.since_ms.map(|ms| ms - CLOCK_SKEW_MS);
         for ticket in listed {

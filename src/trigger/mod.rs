@@ -7,6 +7,7 @@ use serde_json::{Map, Value, json};
 
 pub use auth::{AuthFailure, TriggerAuthenticator};
 
+use crate::halo::id_of;
 use crate::step::OutputSpec;
 
 /// The outputs templates reach as `trigger.<name>`.
@@ -159,11 +160,11 @@ pub fn outputs(
     };
     let ticket_id = event
         .get("object_id")
-        .and_then(as_id)
-        .or_else(|| ticket.get("id").and_then(as_id));
+        .and_then(id_of)
+        .or_else(|| ticket.get("id").and_then(id_of));
     let agent_assigned = ticket
         .get("agent_id")
-        .and_then(as_id)
+        .and_then(id_of)
         .is_some_and(|id| id > 0);
     let text = |key: &str| {
         event
@@ -206,22 +207,6 @@ pub fn delivery_id(event: &Map<String, Value>) -> Option<String> {
         .map(str::trim)
         .filter(|id| !id.is_empty())
         .map(str::to_owned)
-}
-
-/// Halo ids arrive as numbers, `3.0` or strings (§2 pitfalls).
-fn as_id(value: &Value) -> Option<i64> {
-    match value {
-        Value::Number(n) => n
-            .as_i64()
-            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)),
-        Value::String(s) => s
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|f| f.fract() == 0.0)
-            .map(|f| f as i64),
-        _ => None,
-    }
 }
 
 #[cfg(test)]
