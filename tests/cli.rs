@@ -42,6 +42,7 @@ fn the_demo_sends_a_sample_to_every_flow_and_shows_the_runs() {
         flows,
         "one finished run per flow: {out}"
     );
+    assert!(!out.contains("outside Halo's published API"), "{out}");
     assert!(
         out.contains("Trigger URL of `escalate-to-partner`: http://127.0.0.1:"),
         "{out}"
@@ -121,6 +122,7 @@ async fn run_records_the_run_and_runs_show_reads_it_back() {
     assert!(run.status.success(), "{out}");
     assert!(out.contains("flow new-ticket-routing  SUCCEEDED"), "{out}");
     assert_eq!(halo.ticket(4243).unwrap()["team"], "Desk");
+    assert!(halo.warnings().is_empty(), "{:#?}", halo.warnings());
     let token = halo
         .requests()
         .into_iter()

@@ -265,6 +265,11 @@ pub async fn demo(options: &DemoOptions, out: &mut dyn Write) -> Result<(), Comm
             emulator.tickets().len(),
             emulator.actions().len()
         )?;
+        // What the emulator holds against Halo's published API: a real Halo would refuse or
+        // silently ignore it.
+        for warning in emulator.warnings() {
+            writeln!(out, "  outside Halo's published API: {warning}")?;
+        }
     }
     let records: usize = ["incident", "sc_task", "problem"]
         .iter()
