@@ -218,6 +218,7 @@ impl Engine {
                 .source
                 .load(Some(&current))
                 .map_err(|problems| EngineError::Invalid {
+                    config: Vec::new(),
                     problems,
                     missing_secrets: Vec::new(),
                 })?;
