@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod check;
+pub use check::{ConfigProblem, parse_interval};
+
 /// The whole configuration file.
 #[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -306,49 +309,32 @@ fn default_page_size() -> u32 {
 }
 
 impl IntegratorConfig {
-    /// Problems with the creation filter: `^NQ` would escape the record the filter is tested
-    /// on, and creating old records needs a filter for every imported table.
-    fn check_filter(&self, tables: &[String]) -> Result<(), String> {
-        if let Some((table, _)) = self.filter.iter().find(|(_, q)| q.contains("^NQ")) {
-            return Err(format!(
-                "integrator.filter.{table}: ^NQ is not supported; write one clause (^ and ^OR)"
-            ));
-        }
+    /// Problems with the creation filter, as (key, message): `^NQ` would escape the record the
+    /// filter is tested on, and creating old records needs a filter for every imported table.
+    fn filter_problems(&self, tables: &[String]) -> Vec<(String, String)> {
+        let mut found: Vec<(String, String)> = (self.filter.iter())
+            .filter(|(_, q)| q.contains("^NQ"))
+            .map(|(table, _)| {
+                (
+                    format!("integrator.filter.{table}"),
+                    "^NQ is not supported; write one clause (^ and ^OR)".to_owned(),
+                )
+            })
+            .collect();
         if self.create_existing
             && let Some(table) = tables.iter().find(|t| !self.filter.contains_key(*t))
         {
-            return Err(format!(
-                "integrator.create_existing = true needs integrator.filter.{table}: without one every unlinked {table} in the instance would become a Halo ticket"
+            found.push((
+                format!("integrator.filter.{table}"),
+                format!("is missing; integrator.create_existing = true needs it: without one every unlinked {table} in the instance would become a Halo ticket"),
             ));
         }
-        Ok(())
+        found
     }
 
-    /// The interval: a number with `s`, `m`, `h` or `d`.
+    /// The interval: a number with `s`, `m`, `h` or `d` (checked by [`Config::problems`]).
     pub fn interval(&self) -> Result<std::time::Duration, String> {
-        let text = self.every.trim();
-        let (number, unit) = text.split_at(
-            text.find(|c: char| !c.is_ascii_digit())
-                .unwrap_or(text.len()),
-        );
-        let n: u64 = number
-            .parse()
-            .map_err(|_| format!("integrator.every: `{text}` is not like 15m, 6h or 1d"))?;
-        let seconds = match unit {
-            "s" => n,
-            "m" => n * 60,
-            "h" => n * 3600,
-            "d" | "" => n * 86_400,
-            _ => {
-                return Err(format!(
-                    "integrator.every: `{text}` is not like 15m, 6h or 1d"
-                ));
-            }
-        };
-        if seconds < 60 {
-            return Err(format!("integrator.every: `{text}` is under a minute"));
-        }
-        Ok(std::time::Duration::from_secs(seconds))
+        parse_interval(&self.every).map_err(|e| format!("integrator.every: {e}"))
     }
 }
 
@@ -426,64 +412,6 @@ pub struct ServiceMapping {
 }
 
 impl ServiceNowConnectionConfig {
-    /// Problems with the settings, each naming the key.
-    pub fn check(&self) -> Result<(), String> {
-        match self.auth {
-            ServiceNowAuthKind::Basic
-                if self.username.is_none() || self.password_secret_name.is_none() =>
-            {
-                return Err("auth = \"basic\" needs username and password_secret_name".into());
-            }
-            ServiceNowAuthKind::Oauth
-                if self.client_id.is_none() || self.client_secret_name.is_none() =>
-            {
-                return Err("auth = \"oauth\" needs client_id and client_secret_name".into());
-            }
-            _ => {}
-        }
-        self.integrator.interval()?;
-        let tables: Vec<String> = self
-            .imported_types
-            .iter()
-            .map(|t| imported_table(t).to_owned())
-            .collect();
-        self.integrator.check_filter(&tables)?;
-        if let Some(m) = self.priority.iter().find(|m| {
-            !matches!(
-                (&m.servicenow, &m.impact, &m.urgency),
-                (Some(_), None, None) | (None, Some(_), Some(_))
-            )
-        }) {
-            return Err(format!(
-                "priority: the mapping for Halo {} needs either impact and urgency (recommended: the instance calculates priority from them) or servicenow (a priority written directly, which the instance may recalculate), not both",
-                m.halo
-            ));
-        }
-        let syncs_back = self.webhook.is_some() || self.integrator.enabled;
-        if self.auth == ServiceNowAuthKind::Oauth && syncs_back && self.integration_user.is_none() {
-            return Err("auth = \"oauth\" with sync back (webhook or integrator) needs integration_user: the user_name of the application registry's OAuth Application User, which ServiceNow records as the writer of haloflow's notes; without it haloflow's own notes come back as new ones".into());
-        }
-        if let Some(webhook) = &self.webhook
-            && webhook.user_id.is_some()
-            && webhook.site_id.is_none()
-        {
-            return Err("webhook.user_id needs webhook.site_id: Halo requires a site whenever a user is set on a ticket; add the user's site id".into());
-        }
-        if let Some(webhook) = &self.webhook
-            && webhook.secret_name.is_none()
-            && webhook.hmac_secret_name.is_none()
-        {
-            return Err("webhook needs secret_name or hmac_secret_name: an unauthenticated webhook could create tickets".into());
-        }
-        if !self.instance_url.starts_with("http://") && !self.instance_url.starts_with("https://") {
-            return Err(format!(
-                "instance_url: `{}` is not a URL; write https://<instance>.service-now.com",
-                self.instance_url
-            ));
-        }
-        Ok(())
-    }
-
     /// The secret name this connection needs.
     pub fn secret_name(&self) -> Option<&str> {
         match self.auth {
@@ -552,13 +480,18 @@ pub struct RetryConfig {
 }
 
 impl RetryConfig {
-    /// The settings for one step type (not yet merged with a step's own).
-    pub fn for_type(&self, step_type: &str) -> RetrySettings {
-        let defaults = RetrySettings {
+    /// The settings of `[retry]` itself.
+    pub fn defaults(&self) -> RetrySettings {
+        RetrySettings {
             max_attempts: self.max_attempts,
             initial_delay_ms: self.initial_delay_ms,
             max_delay_ms: self.max_delay_ms,
-        };
+        }
+    }
+
+    /// The settings for one step type (not yet merged with a step's own).
+    pub fn for_type(&self, step_type: &str) -> RetrySettings {
+        let defaults = self.defaults();
         self.by_type
             .get(step_type)
             .copied()
@@ -836,24 +769,58 @@ pub enum ConfigError {
     },
     #[error("{path}: {message}. Check the file against the example in examples/haloflow.toml")]
     Parse { path: PathBuf, message: String },
+    #[error("{path}: {} problem(s):\n{}", .problems.len(), problem_lines(.problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<ConfigProblem>,
+    },
+    #[error(
+        "no config given: {command} needs the connections of a config file; pass --config haloflow.toml or set HALOFLOW_CONFIG"
+    )]
+    NotGiven { command: &'static str },
+}
+
+fn problem_lines(problems: &[ConfigProblem]) -> String {
+    let lines: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
+    lines.join("\n")
 }
 
 impl Config {
+    /// Reads, parses and checks a config file: every problem is reported at once.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Config::parse(&text).map_err(|message| ConfigError::Parse {
+        let config = Config::from_toml(&text).map_err(|message| ConfigError::Parse {
             path: path.to_owned(),
             message,
-        })
+        })?;
+        let problems = config.problems();
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            });
+        }
+        Ok(config)
     }
 
+    /// Parses and checks a config; the error lists every problem, one a line.
     pub fn parse(text: &str) -> Result<Config, String> {
+        let config = Config::from_toml(text)?;
+        let problems = config.problems();
+        if !problems.is_empty() {
+            return Err(problem_lines(&problems).trim_start().to_owned());
+        }
+        Ok(config)
+    }
+
+    /// The file's syntax and types only.
+    fn from_toml(text: &str) -> Result<Config, String> {
         // toml's own text quotes the offending line, which may hold a secret: keep only the
         // message and where it is.
-        let config: Config = toml::from_str(text).map_err(|e| {
+        toml::from_str(text).map_err(|e| {
             let place = e
                 .span()
                 .map(|span| {
@@ -864,22 +831,7 @@ impl Config {
                 })
                 .unwrap_or_default();
             format!("{place}{}", e.message().trim_end().replace('\n', " "))
-        })?;
-        for (name, halo) in &config.halo {
-            halo.idempotency()
-                .map_err(|e| format!("[halo.{name}] {e}"))?;
-        }
-        for (side, connections) in [
-            ("customers", &config.servicenow.customers),
-            ("suppliers", &config.servicenow.suppliers),
-        ] {
-            for (id, connection) in connections {
-                connection
-                    .check()
-                    .map_err(|e| format!("[servicenow.{side}.\"{id}\"] {e}"))?;
-            }
-        }
-        Ok(config)
+        })
     }
 }
 

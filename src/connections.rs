@@ -1,6 +1,6 @@
 //! Connections to target systems, built from the config file and the secret store.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::config::Config;
@@ -41,12 +41,66 @@ pub struct MissingSecret {
     pub secret: String,
 }
 
+/// Which connections to build, and so whose secrets a command needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Needed {
+    /// Every connection of the config (`serve`, `connections check`).
+    #[default]
+    All,
+    /// Only these (`run` of one flow): Halo and HTTP connections by name, and whether the
+    /// ServiceNow connections are used (a ServiceNow step picks one by the ticket's client).
+    Only {
+        halo: BTreeSet<String>,
+        http: BTreeSet<String>,
+        servicenow: bool,
+    },
+}
+
+impl Needed {
+    fn halo(&self, name: &str) -> bool {
+        match self {
+            Needed::All => true,
+            Needed::Only { halo, .. } => halo.contains(name),
+        }
+    }
+
+    fn http(&self, name: &str) -> bool {
+        match self {
+            Needed::All => true,
+            Needed::Only { http, .. } => http.contains(name),
+        }
+    }
+
+    fn servicenow(&self) -> bool {
+        match self {
+            Needed::All => true,
+            Needed::Only { servicenow, .. } => *servicenow,
+        }
+    }
+}
+
 impl Connections {
     /// Builds every connection; all missing secrets are reported together.
     pub fn from_config(config: &Config, secrets: &SecretStore) -> Result<Self, Vec<MissingSecret>> {
+        Self::from_config_for(config, secrets, &Needed::All)
+    }
+
+    /// Builds the connections `needed`; only their secrets must be set.
+    pub fn from_config_for(
+        config: &Config,
+        secrets: &SecretStore,
+        needed: &Needed,
+    ) -> Result<Self, Vec<MissingSecret>> {
         let mut missing = Vec::new();
         let mut halo = BTreeMap::new();
-        for (name, settings) in &config.halo {
+        let halo_needed = |name: &str| {
+            needed.halo(name)
+                || (needed.servicenow()
+                    && (config.servicenow.customers.values())
+                        .chain(config.servicenow.suppliers.values())
+                        .any(|sn| sn.halo_connection == name))
+        };
+        for (name, settings) in config.halo.iter().filter(|(n, _)| halo_needed(n)) {
             match secrets.get(&settings.client_secret_name) {
                 Some(secret) => {
                     halo.insert(
@@ -62,7 +116,7 @@ impl Connections {
             }
         }
         let mut http = BTreeMap::new();
-        for (name, settings) in &config.http {
+        for (name, settings) in config.http.iter().filter(|(n, _)| needed.http(n)) {
             let mut secret = |secret_name: &String| match secrets.get(secret_name) {
                 Some(value) => Some(value),
                 None => {
@@ -123,7 +177,7 @@ impl Connections {
                 &config.servicenow.suppliers,
             ),
         ] {
-            for (id, connection) in settings {
+            for (id, connection) in settings.iter().filter(|_| needed.servicenow()) {
                 // The webhook's secrets must exist too, or every webhook would be refused.
                 if let Some(webhook) = &connection.webhook {
                     for name in [&webhook.secret_name, &webhook.hmac_secret_name]

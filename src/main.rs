@@ -44,7 +44,7 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
         /// Also check connections against this config file.
-        #[arg(long)]
+        #[arg(long, env = "HALOFLOW_CONFIG")]
         config: Option<PathBuf>,
         /// text (coloured on a terminal) or json.
         #[arg(long, default_value = "text", value_parser = ["text", "json"])]
@@ -64,7 +64,7 @@ enum Command {
         /// Show rendered inputs and the exact requests without sending anything.
         #[arg(long)]
         dry_run: bool,
-        #[arg(long)]
+        #[arg(long, env = "HALOFLOW_CONFIG")]
         config: Option<PathBuf>,
         #[arg(long, default_value = "data")]
         data: PathBuf,
@@ -77,7 +77,7 @@ enum Command {
         flows: PathBuf,
         #[arg(long, default_value = "data")]
         data: PathBuf,
-        #[arg(long)]
+        #[arg(long, env = "HALOFLOW_CONFIG")]
         config: Option<PathBuf>,
         /// Overrides server.listen from the config.
         #[arg(long)]
@@ -110,7 +110,7 @@ enum Command {
         /// Print the URL key itself (read from the environment or the config's [secrets]).
         #[arg(long)]
         show_key: bool,
-        #[arg(long)]
+        #[arg(long, env = "HALOFLOW_CONFIG")]
         config: Option<PathBuf>,
     },
     /// Write a new flow from a template into flows/.
@@ -154,7 +154,7 @@ enum IntegratorCommand {
         /// One connection, e.g. customers/12 (default: every enabled integrator).
         #[arg(long)]
         connection: Option<String>,
-        #[arg(long)]
+        #[arg(long, env = "HALOFLOW_CONFIG")]
         config: Option<PathBuf>,
         #[arg(long, default_value = "data")]
         data: PathBuf,
@@ -168,7 +168,7 @@ enum ConnectionsCommand {
     /// Prove every Halo and ServiceNow connection's credentials with a cheap authenticated
     /// request; warn about settings that will fail later (a short OAuth token lifespan).
     Check {
-        #[arg(long)]
+        #[arg(long, env = "HALOFLOW_CONFIG")]
         config: Option<PathBuf>,
     },
 }
@@ -215,7 +215,7 @@ enum RunsCommand {
         /// The database URL (default: SQLite in --data).
         #[arg(long, env = "HALOFLOW_DATABASE_URL")]
         database: Option<String>,
-        #[arg(long)]
+        #[arg(long, env = "HALOFLOW_CONFIG")]
         config: Option<PathBuf>,
         #[arg(long)]
         json: bool,

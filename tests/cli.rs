@@ -52,7 +52,10 @@ fn the_demo_sends_a_sample_to_every_flow_and_shows_the_runs() {
         out.contains("Escalated from Halo ticket 4242 (new ticket logged) as ticket 1000"),
         "{out}"
     );
-    assert!(out.contains("curl -sS -X POST"), "{out}");
+    assert!(
+        !out.contains("curl "),
+        "no lines to send to a server that has stopped: {out}"
+    );
     assert!(
         out.contains("ServiceNow emulator on http://127.0.0.1:"),
         "{out}"
@@ -230,4 +233,51 @@ fn serve_refuses_flows_whose_trigger_secret_is_missing() {
         "connection secrets too: {out}"
     );
     assert!(!out.contains("PARTNER_HALO_CLIENT_SECRET"), "{out}");
+}
+
+#[test]
+fn the_demos_printed_lines_start_runs_with_fresh_delivery_ids() {
+    use std::io::BufRead;
+    let data = tempfile::tempdir().unwrap();
+    let mut child = haloflow(&["demo", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = Vec::new();
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if line.starts_with("Serving until Ctrl-C") {
+            break;
+        }
+        lines.push(line);
+    }
+    let sends: Vec<&str> = lines
+        .iter()
+        .map(|l| l.trim())
+        .filter(|l| l.contains("| curl "))
+        .collect();
+    let send = |line: &str| {
+        let output = Command::new("sh").args(["-c", line]).output().unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let result = std::panic::catch_unwind(|| {
+        assert!(!sends.is_empty(), "{lines:#?}");
+        for line in &sends {
+            let first = send(line);
+            assert!(
+                first.contains("\"run_ids\":[\"") && !first.contains("duplicate"),
+                "{line}: {first}"
+            );
+            let again = send(line);
+            assert!(again.contains("duplicate"), "{line}: {again}");
+        }
+    });
+    // This test's own child, ended by its handle.
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
 }

@@ -545,3 +545,31 @@ fn concurrent_correlated_requests_share_one_parent() {
         assert_eq!(counts, (1..=8).collect::<Vec<u64>>(), "round {round}");
     }
 }
+
+#[tokio::test]
+async fn payloads_without_any_correlation_value_are_not_correlated() {
+    let flows = tempfile::tempdir().unwrap();
+    write_flow(flows.path(), json!({}));
+    let h = Harness::start_with(Options {
+        flows: flows.path().to_owned(),
+        clock: FloodClock::manual(),
+        ..Options::default()
+    })
+    .await;
+    // A custom payload: no object_id, no ticket.id, no event; the key would be [null,null].
+    for n in 0..6 {
+        let answer: Value = h
+            .routing_request("recipients=a")
+            .json(&json!({"custom": n}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(answer["suppressed"], false, "request {n}: {answer}");
+        for run in answer["run_ids"].as_array().unwrap() {
+            h.wait(run.as_str().unwrap()).await;
+        }
+    }
+}

@@ -603,3 +603,100 @@ async fn a_full_server_answers_503_with_retry_after_and_stores_nothing() {
     }
     assert_eq!(status, 202);
 }
+
+/// One attempt only: the last attempt is the first.
+fn one_attempt(config: &mut Config) {
+    fast_retries(config);
+    config.retry.max_attempts = Some(1);
+}
+
+#[tokio::test]
+async fn a_lost_last_answer_is_looked_up_before_the_run_fails() {
+    let h = Harness::start_with(Options {
+        configure: one_attempt,
+        ..Options::default()
+    })
+    .await;
+    // Halo makes the ticket, then the answer is lost: the look-up finds and adopts it.
+    h.partner
+        .inject("POST", "/api/Tickets", Fault::ResetAfterProcessing, 1);
+    let run = h
+        .wait(escalate(&h).await["run_ids"][0].as_str().unwrap())
+        .await;
+    assert_eq!(run.summary.status, RunStatus::Succeeded, "{run:#?}");
+    assert_eq!(run.steps[0].attempt_log[0].outcome, AttemptOutcome::Adopted);
+    assert_eq!(h.partner.tickets().len(), 1);
+
+    // A 502 that made nothing: the look-up finds nothing, so the run fails with the outcome
+    // known, and a replay creates the one ticket.
+    h.partner.fail_next("POST", "/api/Tickets", 502, 1, None);
+    let failed = h
+        .wait(
+            escalate_ticket(&h, 4343).await["run_ids"][0]
+                .as_str()
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(failed.summary.status, RunStatus::Failed);
+    assert_eq!(failed.steps[0].error_code.as_deref(), Some("http_status"));
+    assert!(!failed.steps[0].attempt_log[0].outcome_unknown);
+    let replay = h
+        .engine
+        .replay(&failed.summary.id, haloflow::engine::ReplayFrom::Failure)
+        .await
+        .unwrap();
+    assert_eq!(h.wait(&replay).await.summary.status, RunStatus::Succeeded);
+    assert_eq!(h.partner.tickets().len(), 2, "one ticket per run");
+}
+
+#[tokio::test]
+async fn an_outcome_left_unknown_says_so_and_a_replay_looks_before_it_creates() {
+    let h = Harness::start_with(Options {
+        configure: one_attempt,
+        ..Options::default()
+    })
+    .await;
+    // The ticket is made, the answer lost, and the look-up fails too.
+    h.partner
+        .inject("POST", "/api/Tickets", Fault::ResetAfterProcessing, 1);
+    h.partner.fail_next("GET", "/api/Tickets", 503, 1, None);
+    let failed = h
+        .wait(escalate(&h).await["run_ids"][0].as_str().unwrap())
+        .await;
+    assert_eq!(failed.summary.status, RunStatus::Failed, "{failed:#?}");
+    assert_eq!(
+        failed.steps[0].error_code.as_deref(),
+        Some("outcome_unknown")
+    );
+    let error = failed.summary.error.as_deref().unwrap();
+    assert!(error.contains("outcome unknown"), "{error}");
+    assert_eq!(h.partner.tickets().len(), 1);
+    let mut shown = Vec::new();
+    haloflow::commands::runs_show(
+        &haloflow::commands::Store::new(h.data_dir.clone(), None),
+        &failed.summary.id,
+        false,
+        &mut shown,
+    )
+    .await
+    .unwrap();
+    let shown = String::from_utf8(shown).unwrap();
+    assert!(shown.contains("[outcome_unknown]"), "{shown}");
+
+    // The documented replay from the failed step finds the ticket under the original run's
+    // key and adopts it: still one ticket.
+    let replay = h
+        .engine
+        .replay(&failed.summary.id, haloflow::engine::ReplayFrom::Failure)
+        .await
+        .unwrap();
+    let replay = h.wait(&replay).await;
+    assert_eq!(replay.summary.status, RunStatus::Succeeded, "{replay:#?}");
+    let create = &replay.steps[0];
+    assert_eq!(create.attempt_log[0].outcome, AttemptOutcome::Adopted);
+    assert_eq!(
+        h.partner.tickets().len(),
+        1,
+        "the replay made no second ticket"
+    );
+}

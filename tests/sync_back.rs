@@ -917,7 +917,12 @@ fn creating_existing_records_needs_a_filter_for_every_imported_table() {
     };
     let error =
         config("create_existing = true, filter = { incident = \"active=true\" }").unwrap_err();
-    assert!(error.contains("needs integrator.filter.sc_task"), "{error}");
+    assert!(
+        error.contains(
+            "[servicenow.customers.\"12\"].integrator.filter.sc_task: is missing; integrator.create_existing = true needs it"
+        ),
+        "{error}"
+    );
     assert!(
         config("create_existing = true, filter = { incident = \"active=true\", sc_task = \"active=true\" }")
             .is_ok()

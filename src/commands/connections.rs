@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use super::{CommandError, load_config};
+use super::{CommandError, require_config};
 use crate::connections::Connections;
 use crate::outbound::Outbound;
 use crate::secrets::SecretStore;
@@ -14,7 +14,7 @@ pub async fn connections_check(
     config: Option<&Path>,
     out: &mut dyn Write,
 ) -> Result<bool, CommandError> {
-    let config = load_config(config)?;
+    let config = require_config(config, "`connections check`")?;
     let secrets = SecretStore::from_environment(config.secrets.clone());
     let connections = Connections::from_config(&config, &secrets).map_err(|missing| {
         CommandError::Failed(

@@ -216,10 +216,7 @@ pub async fn demo(options: &DemoOptions, out: &mut dyn Write) -> Result<(), Comm
             .post(&url)
             .header("Content-Type", "application/json")
             .body(body);
-        let mut curl = format!(
-            "curl -sS -X POST '{url}' -H 'Content-Type: application/json' --data @{}",
-            sample_path.display()
-        );
+        let mut curl = try_it_line(&url, &sample_path);
         match (auth, &key) {
             (TriggerAuth::Basic { username, .. }, Some(password)) => {
                 let token = base64::engine::general_purpose::STANDARD
@@ -280,9 +277,19 @@ pub async fn demo(options: &DemoOptions, out: &mut dyn Write) -> Result<(), Comm
         "ServiceNow now holds {records} record(s) and {} journal entries.",
         servicenow.records("sys_journal_field").len()
     )?;
+    // With --once the server stops now: lines to send it would only fail.
+    if options.once {
+        writeln!(
+            out,
+            "\nThe server stopped (--once). See the runs with: haloflow runs list --data {}\nRun `haloflow demo` without --once to keep it up and send webhooks yourself.",
+            options.data_dir.display()
+        )?;
+        server.abort();
+        return Ok(());
+    }
     writeln!(
         out,
-        "\nTry it yourself (these keys exist only for this demo):"
+        "\nTry it yourself (these keys exist only for this demo; each line sends its sample with a\nnew delivery id, so it starts a run; the same line sent twice is answered 200 duplicate):"
     )?;
     for line in &curl_lines {
         writeln!(out, "  {line}")?;
@@ -292,16 +299,23 @@ pub async fn demo(options: &DemoOptions, out: &mut dyn Write) -> Result<(), Comm
         "Then: haloflow runs list --data {}",
         options.data_dir.display()
     )?;
-    if options.once {
-        server.abort();
-        return Ok(());
-    }
     writeln!(out, "Serving until Ctrl-C.")?;
     out.flush()?;
     server
         .await
         .map_err(|e| CommandError::Failed(e.to_string()))??;
     Ok(())
+}
+
+/// A shell line that sends a sample with a delivery id of its own: the demo already sent the
+/// sample's, so re-sending it would only be answered `200 duplicate`. Plain `sed` and `curl`,
+/// no `uuidgen`: the fresh id is written into the line.
+fn try_it_line(url: &str, sample: &std::path::Path) -> String {
+    let id = uuid::Uuid::new_v4();
+    format!(
+        "sed 's/\"id\": *\"[^\"]*\"/\"id\": \"{id}\"/' {} | curl -sS -X POST '{url}' -H 'Content-Type: application/json' --data-binary @-",
+        sample.display()
+    )
 }
 
 fn read_json(path: &std::path::Path) -> Result<Value, CommandError> {

@@ -48,6 +48,12 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, CommandError> {
     })
 }
 
+/// Loads the config file a command cannot work without (its connections).
+pub fn require_config(path: Option<&Path>, command: &'static str) -> Result<Config, CommandError> {
+    let path = path.ok_or(crate::config::ConfigError::NotGiven { command })?;
+    Ok(Config::load(path)?)
+}
+
 /// How `validate` prints problems.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputFormat {
@@ -342,6 +348,7 @@ fn engine_for(
     }
     Ok(Engine::builder()
         .config(config)
+        .only_flow_connections()
         .secrets(secrets)
         .registry(registry)
         .flow(flow)
@@ -366,7 +373,7 @@ pub async fn runs_replay(
     options: &ReplayOptions,
     out: &mut dyn Write,
 ) -> Result<bool, CommandError> {
-    let config = load_config(options.config.as_deref())?;
+    let config = require_config(options.config.as_deref(), "`runs replay`")?;
     let storage = options.store.open_existing().await?;
     let engine = Engine::builder()
         .config(config)
@@ -398,7 +405,7 @@ pub async fn integrator_run(
     connection: Option<&str>,
     out: &mut dyn Write,
 ) -> Result<bool, CommandError> {
-    let config = load_config(config)?;
+    let config = require_config(config, "`integrator run`")?;
     let storage = store.open().await?;
     let engine = Engine::builder().config(config).storage(storage).build()?;
     let mut all_ok = true;

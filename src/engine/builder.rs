@@ -8,8 +8,8 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 
 use super::{Engine, Inner, LoadedFlow};
-use crate::config::Config;
-use crate::connections::{Connections, MissingSecret};
+use crate::config::{Config, ConfigProblem};
+use crate::connections::{Connections, MissingSecret, Needed};
 use crate::flood::{DatabaseFloodControl, FloodClock, FloodControl, MemoryFloodControl};
 use crate::flow::{self, FlowValidator, Problem, ProblemCode, ValidatedFlow};
 use crate::secrets::SecretStore;
@@ -23,8 +23,10 @@ use crate::trigger::TriggerAuthenticator;
 pub enum EngineError {
     #[error("{} problem(s) in the flows:\n{}", .0.len(), join_lines(.0))]
     Flows(Vec<Problem>),
-    #[error("{}", invalid_text(.problems, .missing_secrets))]
+    #[error("{}", invalid_text(.config, .problems, .missing_secrets))]
     Invalid {
+        /// Problems of the config itself, at their key paths.
+        config: Vec<ConfigProblem>,
         problems: Vec<Problem>,
         missing_secrets: Vec<MissingSecret>,
     },
@@ -39,8 +41,19 @@ pub enum EngineError {
     HttpClient(String),
 }
 
-fn invalid_text(problems: &[Problem], missing_secrets: &[MissingSecret]) -> String {
+fn invalid_text(
+    config: &[ConfigProblem],
+    problems: &[Problem],
+    missing_secrets: &[MissingSecret],
+) -> String {
     let mut parts = Vec::new();
+    if !config.is_empty() {
+        parts.push(format!(
+            "{} problem(s) in the config:\n{}",
+            config.len(),
+            join_lines(config)
+        ));
+    }
     if !problems.is_empty() {
         parts.push(format!(
             "{} problem(s) in the flows:\n{}",
@@ -66,6 +79,41 @@ fn join_lines<T: std::fmt::Display>(items: &[T]) -> String {
         .join("\n")
 }
 
+/// The connections these flows' steps use.
+fn needed_by<'a>(flows: impl Iterator<Item = &'a ValidatedFlow>) -> Needed {
+    fn all<'s>(steps: &'s [flow::ValidatedStep], into: &mut Vec<&'s flow::ValidatedStep>) {
+        for step in steps {
+            into.push(step);
+            for (_, path) in &step.paths {
+                all(path, into);
+            }
+        }
+    }
+    let mut steps = Vec::new();
+    for flow in flows {
+        all(&flow.steps, &mut steps);
+    }
+    let named = |kind| {
+        (steps.iter())
+            .filter(|s| s.step.step.connection_kind() == Some(kind))
+            .filter_map(|s| s.connection.clone())
+            .collect()
+    };
+    let mut halo: std::collections::BTreeSet<String> = named(crate::step::ConnectionKind::Halo);
+    // A Halo step without "connection" uses `halo`.
+    if (steps.iter()).any(|s| {
+        s.connection.is_none()
+            && s.step.step.connection_kind() == Some(crate::step::ConnectionKind::Halo)
+    }) {
+        halo.insert("halo".into());
+    }
+    Needed::Only {
+        halo,
+        http: named(crate::step::ConnectionKind::Http),
+        servicenow: (steps.iter()).any(|s| s.step.step.type_name().starts_with("servicenow.")),
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct EngineBuilder {
     config: Config,
@@ -76,6 +124,8 @@ pub struct EngineBuilder {
     storage: Option<Arc<dyn Storage>>,
     flood_clock: FloodClock,
     flood_control: Option<Arc<dyn FloodControl>>,
+    /// Build only the connections the flows use (and ask only for their secrets).
+    only_flow_connections: bool,
 }
 
 impl EngineBuilder {
@@ -105,6 +155,13 @@ impl EngineBuilder {
     /// Adds a flow validated elsewhere (with the same registry).
     pub fn flow(mut self, flow: ValidatedFlow) -> Self {
         self.flows.push(flow);
+        self
+    }
+
+    /// Builds only the connections the loaded flows' steps use, so only their secrets must
+    /// be set (`haloflow run` of one flow); by default every connection is built.
+    pub fn only_flow_connections(mut self) -> Self {
+        self.only_flow_connections = true;
         self
     }
 
@@ -138,12 +195,18 @@ impl EngineBuilder {
             clock: self.flood_clock.clone(),
         };
         let loaded = source.load(None);
-        // Flow problems and missing connection secrets are reported together.
-        let (loaded, connections) = match (loaded, Connections::from_config(&self.config, &secrets))
-        {
-            (Ok(loaded), Ok(connections)) => (loaded, connections),
+        let needed = match &loaded {
+            Ok(loaded) if self.only_flow_connections => needed_by(loaded.values().map(|l| &l.flow)),
+            _ => Needed::All,
+        };
+        let connections = Connections::from_config_for(&self.config, &secrets, &needed);
+        // Config problems, flow problems and missing connection secrets are reported together.
+        let config = self.config.problems();
+        let (loaded, connections) = match (loaded, connections) {
+            (Ok(loaded), Ok(connections)) if config.is_empty() => (loaded, connections),
             (loaded, connections) => {
                 return Err(EngineError::Invalid {
+                    config,
                     problems: loaded.err().unwrap_or_default(),
                     missing_secrets: connections.err().unwrap_or_default(),
                 });

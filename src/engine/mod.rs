@@ -218,6 +218,7 @@ impl Engine {
                 .source
                 .load(Some(&current))
                 .map_err(|problems| EngineError::Invalid {
+                    config: Vec::new(),
                     problems,
                     missing_secrets: Vec::new(),
                 })?;
@@ -338,7 +339,8 @@ impl Engine {
             let outputs = trigger::outputs(&request_id, &received_at, query, event);
             let key = flood_settings
                 .enabled
-                .then(|| flood::correlation_key(flood_settings, &outputs));
+                .then(|| flood::correlation_key(flood_settings, &outputs))
+                .flatten();
             let admission = match &key {
                 Some(key) => {
                     self.inner

@@ -124,6 +124,34 @@ impl Unwritten {
     }
 }
 
+/// A run whose attempts of a step may have made something, and when its first attempt began.
+type EarlierRun = (String, Option<i64>);
+
+/// How an attempt goes about its work.
+enum AttemptMode<'a> {
+    Send,
+    /// Look under these runs' keys first; send only when nothing is found.
+    LookUpFirst(&'a [EarlierRun]),
+    /// The step cannot look up an earlier attempt, so it must not send again.
+    Refuse,
+}
+
+/// The longest wait before the look-up after a lost last answer: a slow server may still be
+/// finishing the request.
+const MAX_SETTLE: Duration = Duration::from_secs(10);
+
+/// An attempt that started but never recorded its end (a crash) may have taken effect, as
+/// may one that ended with a lost answer.
+fn left_uncertain(step: &StepRunRecord) -> bool {
+    step.attempts as usize > step.attempt_log.len()
+        || step.attempt_log.last().is_some_and(|a| a.outcome_unknown)
+}
+
+/// When a step's first attempt started, across restarts.
+fn first_attempt_of(step: &StepRunRecord) -> i64 {
+    (step.attempt_log.iter().map(|a| a.started_at_ms)).fold(step.started_at_ms, i64::min)
+}
+
 /// Why a step could not start or finish, as recorded.
 struct StepFailure {
     code: &'static str,
@@ -351,18 +379,16 @@ impl Engine {
     ) -> Result<RunEnd, StorageError> {
         let storage = &self.inner.storage;
         // A resumed or replayed run reuses the steps it already finished.
-        let earlier: HashMap<String, StepRunRecord> = if fresh {
-            HashMap::new()
+        let (earlier, replay_of): (HashMap<String, StepRunRecord>, Option<String>) = if fresh {
+            (HashMap::new(), None)
         } else {
             storage
                 .get_run(run_id)
                 .await?
                 .map(|detail| {
-                    detail
-                        .steps
-                        .into_iter()
-                        .map(|s| (s.step_id.clone(), s))
-                        .collect()
+                    let steps = detail.steps.into_iter();
+                    let steps = steps.map(|s| (s.step_id.clone(), s)).collect();
+                    (steps, detail.summary.replay_of)
                 })
                 .unwrap_or_default()
         };
@@ -392,6 +418,7 @@ impl Engine {
                             position,
                             &data,
                             before,
+                            replay_of.as_deref(),
                             &mut claim,
                             &mut unwritten,
                         )
@@ -481,6 +508,7 @@ impl Engine {
         position: usize,
         data: &Context,
         before: Option<&StepRunRecord>,
+        replay_of: Option<&str>,
         claim: &mut Instant,
         unwritten: &mut Unwritten,
     ) -> Result<StepEnd, StorageError> {
@@ -518,16 +546,17 @@ impl Engine {
         let policy = self.retry_policy(step);
         let resend = step.step.step.resend(&inputs);
         let mut attempt = before.map_or(0, |s| s.attempts);
-        // An attempt that started but never recorded its end (a crash) may have taken effect,
-        // as may one that ended with a lost answer.
-        let mut uncertain = before.is_some_and(|s| {
-            s.attempts as usize > s.attempt_log.len()
-                || s.attempt_log.last().is_some_and(|a| a.outcome_unknown)
-        });
+        // The runs this one replays whose same step may have taken effect unseen: their keys
+        // are looked up too, so a replay adopts what they created instead of creating again.
+        let ancestors = match (resend, replay_of) {
+            (Resend::LookUpFirst, Some(replay_of)) => {
+                self.uncertain_ancestors(replay_of, &step.id).await?
+            }
+            _ => Vec::new(),
+        };
+        let mut uncertain = before.is_some_and(left_uncertain) || !ancestors.is_empty();
         let mut exchanges = before.map(|s| s.exchanges.clone()).unwrap_or_default();
-        let mut first_attempt_at_ms = before.map(|s| {
-            (s.attempt_log.iter().map(|a| a.started_at_ms)).fold(s.started_at_ms, i64::min)
-        });
+        let mut first_attempt_at_ms = before.map(first_attempt_of);
         loop {
             // Fencing: a node whose claim was taken over must not send anything more.
             if !self.renew_claim(run_id, claim).await? {
@@ -552,37 +581,20 @@ impl Engine {
             let http = Outbound::live(self.inner.http.clone());
             let context =
                 self.step_context(flow, run_id, step, http.clone(), Some(first_attempt_at_ms));
-            let send_blind = !uncertain || resend == Resend::Safe;
-            let attempt_work = async {
-                if send_blind {
-                    (
-                        step.step.step.execute(&context, inputs.clone()).await,
-                        false,
-                        false,
-                    )
-                } else if resend == Resend::LookUpFirst {
-                    match step.step.step.find_previous(&context, &inputs).await {
-                        Ok(Some(outputs)) => (Ok(outputs), true, false),
-                        Ok(None) => (
-                            step.step.step.execute(&context, inputs.clone()).await,
-                            false,
-                            false,
-                        ),
-                        Err(e) => (Err(e), false, true),
-                    }
-                } else {
-                    (
-                        Err(StepError::OutcomeUnknown(
-                            "an earlier attempt may have taken effect (its answer was lost) and this step cannot look it up, so it was not sent again. Check the target system, then replay the run from this step if nothing was done".to_owned(),
-                        )),
-                        false,
-                        false,
-                    )
-                }
+            let mut lookups = ancestors.clone();
+            if attempt > 1 {
+                lookups.insert(0, (run_id.to_owned(), Some(first_attempt_at_ms)));
+            }
+            let mode = match resend {
+                _ if !uncertain => AttemptMode::Send,
+                Resend::Safe => AttemptMode::Send,
+                Resend::LookUpFirst => AttemptMode::LookUpFirst(&lookups),
+                Resend::Never => AttemptMode::Refuse,
             };
+            let attempt_work = self.attempt(flow, step, &context, &inputs, mode);
             // A long attempt keeps the claim alive: renewed every quarter lease while it runs.
             tokio::pin!(attempt_work);
-            let (result, was_adopted, was_lookup_failure) = loop {
+            let (mut result, mut adopted, lookup_failed) = loop {
                 tokio::select! {
                     done = &mut attempt_work => break done,
                     () = tokio::time::sleep(self.inner.lease / 4) => {
@@ -592,8 +604,21 @@ impl Engine {
                     }
                 }
             };
-            let adopted = was_adopted;
-            let lookup_failed = was_lookup_failure;
+            // The last attempt's outcome is unknown: settle it before calling the step failed,
+            // so the run does not say "failed" over a record that exists.
+            let mut settled = false;
+            let last_lost = result.as_ref().is_err_and(|e| {
+                e.outcome_unknown() && !(e.is_retryable() && attempt < policy.max_attempts)
+            });
+            if last_lost && resend != Resend::Safe {
+                let mut lookups = ancestors.clone();
+                lookups.insert(0, (run_id.to_owned(), Some(first_attempt_at_ms)));
+                tokio::time::sleep(clock.elapsed().min(MAX_SETTLE)).await;
+                let error = result.expect_err("checked above");
+                (result, adopted, settled) = self
+                    .settle_last(flow, step, resend, &http, &inputs, &lookups, error)
+                    .await;
+            }
             let sent = http.exchanges();
             exchanges.extend(sent.iter().cloned());
             self.inner
@@ -632,8 +657,16 @@ impl Engine {
                 }
                 Err(error) => {
                     // A failed lookup leaves the earlier outcome as unknown as it was.
-                    uncertain = lookup_failed || error.outcome_unknown();
+                    uncertain = !settled
+                        && (lookup_failed
+                            || error.outcome_unknown()
+                            || matches!(error, StepError::OutcomeUnknown(_)));
                     let message = format!("flow `{}`, step `{}`: {error}", flow.id(), step.id);
+                    let message = if settled {
+                        format!("{message} (a look-up found nothing it made: nothing was done)")
+                    } else {
+                        message
+                    };
                     let retry = error.is_retryable() && attempt < policy.max_attempts;
                     let delay = retry.then(|| {
                         let delay = policy.delay(attempt, error.retry_after());
@@ -690,6 +723,120 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// One attempt: send, look up first (adopting what is found), or refuse to send again.
+    /// Returns the result, whether it was adopted, and whether the look-up itself failed.
+    async fn attempt(
+        &self,
+        flow: &ValidatedFlow,
+        step: &ValidatedStep,
+        context: &StepContext,
+        inputs: &Value,
+        mode: AttemptMode<'_>,
+    ) -> (Result<Value, StepError>, bool, bool) {
+        let send = || step.step.step.execute(context, inputs.clone());
+        match mode {
+            AttemptMode::Send => (send().await, false, false),
+            AttemptMode::LookUpFirst(lookups) => {
+                match self.look_up(flow, step, &context.http, inputs, lookups).await {
+                    Ok(Some(outputs)) => (Ok(outputs), true, false),
+                    Ok(None) => (send().await, false, false),
+                    Err(e) => (Err(e), false, true),
+                }
+            }
+            AttemptMode::Refuse => (
+                Err(StepError::OutcomeUnknown(
+                    "an earlier attempt may have taken effect (its answer was lost) and this step cannot look it up, so it was not sent again. Check the target system, then replay the run from this step if nothing was done".to_owned(),
+                )),
+                false,
+                false,
+            ),
+        }
+    }
+
+    /// After a last attempt whose answer was lost: what it made, adopted (`true` second), or
+    /// the error with the outcome known to be nothing (`true` third), or an `outcome_unknown`
+    /// error when the step cannot look or the look-up fails.
+    #[allow(clippy::too_many_arguments)] // the attempt's state, passed down rather than bundled
+    async fn settle_last(
+        &self,
+        flow: &ValidatedFlow,
+        step: &ValidatedStep,
+        resend: Resend,
+        http: &Outbound,
+        inputs: &Value,
+        lookups: &[EarlierRun],
+        error: StepError,
+    ) -> (Result<Value, StepError>, bool, bool) {
+        let unknown = |why: &str| {
+            Err(StepError::OutcomeUnknown(format!(
+                "outcome unknown: {error}; the request may have taken effect and {why}"
+            )))
+        };
+        if resend != Resend::LookUpFirst {
+            let why = "this step cannot look it up. Check the target system, then replay the run from this step if nothing was done";
+            return (unknown(why), false, false);
+        }
+        match self.look_up(flow, step, http, inputs, lookups).await {
+            Ok(Some(outputs)) => (Ok(outputs), true, false),
+            Ok(None) => (Err(error), false, true),
+            Err(lookup) => (
+                unknown(&format!(
+                    "the look-up for it failed ({lookup}). Check the target system; a replay of this run looks for it again before creating anything"
+                )),
+                false,
+                false,
+            ),
+        }
+    }
+
+    /// Looks for what earlier attempts made under each run's key (this run's and those of
+    /// the runs it replays), nearest first. `Ok(None)` only when every look-up was sure.
+    async fn look_up(
+        &self,
+        flow: &ValidatedFlow,
+        step: &ValidatedStep,
+        http: &Outbound,
+        inputs: &Value,
+        lookups: &[EarlierRun],
+    ) -> Result<Option<Value>, StepError> {
+        let mut failure = None;
+        for (run_id, first_attempt_at_ms) in lookups {
+            let context = self.step_context(flow, run_id, step, http.clone(), *first_attempt_at_ms);
+            match step.step.step.find_previous(&context, inputs).await {
+                Ok(Some(outputs)) => return Ok(Some(outputs)),
+                Ok(None) => {}
+                Err(e) => failure = Some(e),
+            }
+        }
+        failure.map_or(Ok(None), Err)
+    }
+
+    /// The runs `replay_of` and its own ancestors whose step `step_id` was left with an
+    /// unknown outcome, nearest first; the walk stops at the first run where it was known.
+    async fn uncertain_ancestors(
+        &self,
+        replay_of: &str,
+        step_id: &str,
+    ) -> Result<Vec<EarlierRun>, StorageError> {
+        let mut found = Vec::new();
+        let mut next = Some(replay_of.to_owned());
+        // Bounded: a replay of a replay of ... is rare, and each hop is a read.
+        while let Some(run_id) = next.take().filter(|_| found.len() < 8) {
+            let Some(detail) = self.inner.storage.get_run(&run_id).await? else {
+                break;
+            };
+            let Some(earlier) = detail.steps.iter().find(|s| s.step_id == step_id) else {
+                break;
+            };
+            if !left_uncertain(earlier) {
+                break;
+            }
+            found.push((run_id, Some(first_attempt_of(earlier))));
+            next = detail.summary.replay_of;
+        }
+        Ok(found)
     }
 
     /// Extends this node's claim on the run; false when another node holds it now. A claim

@@ -79,8 +79,10 @@ pub fn quota(max_requests: u32, window: Duration) -> Quota {
 }
 
 /// The correlation key of a trigger's outputs: the JSON array of the values at `correlate_on`
-/// (a missing value is `null`).
-pub fn correlation_key(settings: &FloodControlDef, outputs: &Value) -> String {
+/// (a missing value is `null`). `None` when every value is missing: a payload that carries
+/// none of them (say a custom one without `object_id` or `ticket.id`) says nothing about which
+/// requests belong together, and one shared `[null,null]` key would suppress them all.
+pub fn correlation_key(settings: &FloodControlDef, outputs: &Value) -> Option<String> {
     let values: Vec<&Value> = settings
         .correlate_on
         .iter()
@@ -90,7 +92,10 @@ pub fn correlation_key(settings: &FloodControlDef, outputs: &Value) -> String {
                 .unwrap_or(&Value::Null)
         })
         .collect();
-    serde_json::to_string(&values).expect("JSON values serialize")
+    if values.iter().all(|v| v.is_null()) {
+        return None;
+    }
+    Some(serde_json::to_string(&values).expect("JSON values serialize"))
 }
 
 /// The time source of the limiters: the real monotonic clock, or a manual one for tests.
@@ -143,14 +148,22 @@ mod tests {
         let outputs =
             json!({"ticket_id": 42, "event": "new ticket logged", "ticket": {"client_id": 7}});
         assert_eq!(
-            correlation_key(&settings, &outputs),
-            "[42,\"new ticket logged\"]"
+            correlation_key(&settings, &outputs).as_deref(),
+            Some("[42,\"new ticket logged\"]")
         );
         let custom = FloodControlDef {
             correlate_on: vec!["ticket.client_id".into(), "nope".into()],
             ..settings
         };
-        assert_eq!(correlation_key(&custom, &outputs), "[7,null]");
+        assert_eq!(
+            correlation_key(&custom, &outputs).as_deref(),
+            Some("[7,null]")
+        );
+        assert_eq!(
+            correlation_key(&settings, &json!({"ticket_id": null, "event": null})),
+            None,
+            "no value, no correlation"
+        );
     }
 
     #[test]

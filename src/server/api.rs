@@ -151,21 +151,22 @@ fn replay_from(body: &[u8]) -> Result<ReplayFrom, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(ReplayFrom::Failure);
     }
-    let bad = |message: String| ApiError::new(ErrorCode::InvalidReplay, message);
+    // A body that is not one of the documented shapes is the request's fault: 400, not the
+    // 409 of a run that cannot be replayed.
+    let bad = |message: String| ApiError::new(ErrorCode::InvalidPayload, message);
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
-        bad(format!(
+        ApiError::new(ErrorCode::InvalidJson, format!(
             "body: not JSON ({e}); send {{\"from_step\": \"<id>\"}} or {{\"from\": \"trigger\"}}"
         ))
     })?;
-    match (
-        value.get("from_step").and_then(serde_json::Value::as_str),
-        value.get("from").and_then(serde_json::Value::as_str),
-    ) {
-        (Some(step), None) => Ok(ReplayFrom::Step(step.to_owned())),
-        (None, Some("trigger")) => Ok(ReplayFrom::Trigger),
-        (None, Some("failure")) | (None, None) if value.as_object().is_some_and(|o| o.len() <= 1) => {
-            Ok(ReplayFrom::Failure)
-        }
+    let fields = value.as_object().map(|o| {
+        let text = |key| o.get(key).map(serde_json::Value::as_str);
+        (o.len(), text("from_step"), text("from"))
+    });
+    match fields {
+        Some((1, Some(Some(step)), None)) => Ok(ReplayFrom::Step(step.to_owned())),
+        Some((1, None, Some(Some("trigger")))) => Ok(ReplayFrom::Trigger),
+        Some((1, None, Some(Some("failure")))) | Some((0, None, None)) => Ok(ReplayFrom::Failure),
         _ => Err(bad(
             "body: send {\"from_step\": \"<id>\"}, {\"from\": \"trigger\"} or nothing (from the failed step)".to_owned(),
         )),
