@@ -82,6 +82,9 @@ enum Command {
         /// Overrides server.listen from the config.
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Overrides server.admin_listen: where the API is served for this machine.
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
         /// Reload flows when their files change (SIGHUP always reloads).
         #[arg(long)]
         watch: bool,
@@ -378,6 +381,7 @@ async fn dispatch(command: Command) -> Result<bool> {
             data,
             config,
             listen,
+            admin_listen,
             watch,
             database,
             node_id,
@@ -391,6 +395,7 @@ async fn dispatch(command: Command) -> Result<bool> {
                     watch,
                     database,
                     node_id,
+                    admin_listen,
                 },
                 out,
             )

@@ -24,6 +24,8 @@ const GLOBEX_SECRET: &str = "CS-globex-sb-77aa";
 
 struct World {
     base: String,
+    /// The loopback admin listener (the API).
+    api: String,
     engine: Engine,
     storage: Arc<SqliteStorage>,
     halo: HaloEmulator,
@@ -158,13 +160,20 @@ webhook = {{ secret_name = "HOOK_SECRET", ticket_type_id = 5 }}
             .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(haloflow::server::serve(
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api = format!("http://{}", admin.local_addr().unwrap());
+        let listeners = haloflow::server::Listeners {
+            public: listener,
+            admin: Some(admin),
+        };
+        tokio::spawn(haloflow::server::serve_listeners(
             engine.clone(),
-            listener,
+            listeners,
             std::future::pending(),
         ));
         World {
             base,
+            api,
             engine,
             storage,
             halo,
@@ -495,7 +504,7 @@ async fn the_integrator_creates_what_missed_webhooks_should_have_and_then_nothin
     assert_eq!(w.halo.actions().len(), 1);
     let scans: Value = w
         .client
-        .get(format!("{}/api/integrator", w.base))
+        .get(format!("{}/api/integrator", w.api))
         .send()
         .await
         .unwrap()
@@ -505,7 +514,7 @@ async fn the_integrator_creates_what_missed_webhooks_should_have_and_then_nothin
     assert_eq!(scans["scans"][0]["connection"], "customers/12");
     let metrics = w
         .client
-        .get(format!("{}/metrics", w.base))
+        .get(format!("{}/metrics", w.api))
         .send()
         .await
         .unwrap()

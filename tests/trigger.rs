@@ -595,7 +595,7 @@ async fn hostile_inputs_get_answers_not_panics() {
         200
     );
     expect_error(
-        c.get(format!("{}/api/runs?status=weird", h.base))
+        c.get(format!("{}/api/runs?status=weird", h.api))
             .send()
             .await
             .unwrap(),
@@ -604,7 +604,7 @@ async fn hostile_inputs_get_answers_not_panics() {
     )
     .await;
     expect_error(
-        c.get(format!("{}/api/runs/none", h.base))
+        c.get(format!("{}/api/runs/none", h.api))
             .send()
             .await
             .unwrap(),

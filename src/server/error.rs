@@ -11,7 +11,11 @@ use serde_json::json;
 pub enum ErrorCode {
     UnknownFlow,
     InvalidAuth,
+    /// A state-changing API call from a web page of another origin.
+    ForbiddenOrigin,
     UnsupportedMediaType,
+    UriTooLong,
+    HeadersTooLarge,
     PayloadTooLarge,
     InvalidJson,
     InvalidPayload,
@@ -40,6 +44,12 @@ impl ErrorCode {
         match self {
             ErrorCode::UnknownFlow => ("unknown_flow", StatusCode::NOT_FOUND),
             ErrorCode::InvalidAuth => ("invalid_auth", StatusCode::UNAUTHORIZED),
+            ErrorCode::ForbiddenOrigin => ("forbidden_origin", StatusCode::FORBIDDEN),
+            ErrorCode::UriTooLong => ("uri_too_long", StatusCode::URI_TOO_LONG),
+            ErrorCode::HeadersTooLarge => (
+                "headers_too_large",
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ),
             ErrorCode::UnsupportedMediaType => {
                 ("unsupported_media_type", StatusCode::UNSUPPORTED_MEDIA_TYPE)
             }

@@ -287,12 +287,7 @@ fn authenticate(
             .ok_or_else(|| format!("the webhook secret `{name}` is not set on this server"))?;
         let given = match &webhook.basic_username {
             Some(user) => header("authorization")
-                .and_then(|v| v.strip_prefix("Basic "))
-                .and_then(|b| {
-                    base64::engine::general_purpose::STANDARD
-                        .decode(b.trim())
-                        .ok()
-                })
+                .and_then(crate::trigger::basic_credentials)
                 .and_then(|b| String::from_utf8(b).ok())
                 .and_then(|pair| {
                     pair.split_once(':')

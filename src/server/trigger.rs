@@ -284,7 +284,7 @@ fn is_length_limit(error: &axum::Error) -> bool {
 }
 
 /// `application/json` or any `+json` type, parameters ignored.
-fn is_json(content_type: &str) -> bool {
+pub(super) fn is_json(content_type: &str) -> bool {
     let essence = content_type
         .split(';')
         .next()

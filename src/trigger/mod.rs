@@ -5,7 +5,7 @@ mod auth;
 
 use serde_json::{Map, Value, json};
 
-pub use auth::{AuthFailure, TriggerAuthenticator};
+pub use auth::{AuthFailure, TriggerAuthenticator, basic_credentials, bearer_token, equal};
 
 use crate::step::OutputSpec;
 

@@ -1,0 +1,206 @@
+//! Serving a router on a listener with the limits `axum::serve` does not offer: a deadline for
+//! a request's head (slowloris), an idle timeout, a cap on open connections, and the client's
+//! address for the handlers.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::time::{Instant, Sleep};
+
+use crate::config::ServerConfig;
+
+/// The listener settings of `[server]`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limits {
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    max_connections: usize,
+    max_header_bytes: usize,
+}
+
+impl Limits {
+    pub(super) fn from_config(server: &ServerConfig) -> Limits {
+        Limits {
+            header_timeout: Duration::from_secs(server.header_timeout_secs.max(1)),
+            idle_timeout: Duration::from_secs(server.idle_timeout_secs.max(1)),
+            max_connections: server.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+            max_header_bytes: server.max_header_bytes,
+        }
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` turns true, then lets open requests finish.
+pub(super) async fn run(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    mut shutdown: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // hyper answers a head larger than its buffer with an empty 431; a buffer twice our limit
+    // lets `guard::limit_head` answer the usual oversize with JSON first.
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size((limits.max_header_bytes * 2).max(16 * 1024));
+    loop {
+        let stopping = async { shutdown.wait_for(|stop| *stop).await.map(|_| ()) };
+        let (permit, (stream, peer)) = tokio::select! {
+            accepted = accept(&listener, &permits) => accepted,
+            _ = stopping => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = TowerToHyperService::new(app.clone());
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            hyper::service::Service::call(&app, request)
+        });
+        let connection = http.serve_connection(
+            TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout)),
+            service,
+        );
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, error = %e, "A connection ended with an error.");
+                    }
+                }
+                _ = async { stop.wait_for(|stop| *stop).await.map(|_| ()) } => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+    // Every connection holds a permit until it is done.
+    let _ = permits.acquire_many(limits.max_connections as u32).await;
+    Ok(())
+}
+
+/// The next connection, once fewer than the cap are open. Accept errors (out of file
+/// descriptors) are logged and retried after a pause rather than ending the server.
+async fn accept(
+    listener: &TcpListener,
+    permits: &Arc<Semaphore>,
+) -> (tokio::sync::OwnedSemaphorePermit, (TcpStream, SocketAddr)) {
+    let permit = permits
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("the semaphore is never closed");
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return (permit, accepted),
+            Err(e) => {
+                tracing::warn!(error = %e, "Could not accept a connection; raise the open-file limit (ulimit -n) if this repeats.");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Turns a shutdown future into a watch that every listener and connection can wait on.
+pub(super) fn shutdown_watch(
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> watch::Receiver<bool> {
+    let (sender, receiver) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = sender.send(true);
+        // Keep the sender until every receiver is gone, so none sees a closed channel early.
+        sender.closed().await;
+    });
+    receiver
+}
+
+/// A stream that fails with `TimedOut` once nothing was read or written for `idle`.
+struct IdleTimeout {
+    inner: TcpStream,
+    idle: Duration,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl IdleTimeout {
+    fn new(inner: TcpStream, idle: Duration) -> IdleTimeout {
+        IdleTimeout {
+            inner,
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+
+    fn progressed(&mut self) {
+        self.deadline.as_mut().reset(Instant::now() + self.idle);
+    }
+
+    /// Called when the stream is pending: an error once the deadline has passed.
+    fn check(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        self.deadline
+            .as_mut()
+            .poll(cx)
+            .map(|()| io::Error::new(io::ErrorKind::TimedOut, "the connection was idle too long"))
+    }
+}
+
+impl AsyncRead for IdleTimeout {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    this.progressed();
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => this.check(cx).map(Err),
+            ready => ready,
+        }
+    }
+}
+
+impl AsyncWrite for IdleTimeout {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_write(cx, data) {
+            Poll::Ready(Ok(n)) => {
+                this.progressed();
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => this.check(cx).map(Err),
+            ready => ready,
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
