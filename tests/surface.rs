@@ -188,3 +188,103 @@ async fn replay_takes_only_json_from_the_servers_own_origin() {
     let (status, body) = send("application/json", None).await;
     assert_eq!(status, 404, "{body}");
 }
+
+/// Text of `/api/requests` and every byte of the database.
+async fn stored(h: &Harness) -> (String, Vec<u8>) {
+    let requests = h
+        .client
+        .get(format!("{}/api/requests?limit=1000", h.api))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    (requests, h.database_bytes())
+}
+
+#[tokio::test]
+async fn a_secret_in_the_wrong_parameter_is_never_stored() {
+    let h = Harness::start().await;
+    let payload = common::sample_payload("halo-new-ticket.json");
+    // The key under a name of another case: refused, and not kept.
+    let url = format!(
+        "{}/triggers/escalate-to-partner?apikey={}&recipients=ops",
+        h.base,
+        common::ESCALATE_KEY
+    );
+    assert_eq!(h.post_json(&url, &payload).await.0, 401);
+    // Accepted with the key, and secrets in other parameters too: those are dropped.
+    let url = format!(
+        "{}&APIKEY={}&note={}&{}=x",
+        h.escalate_url("ops"),
+        common::ESCALATE_KEY,
+        common::TRIAGE_KEY,
+        common::ROUTING_PASSWORD,
+    );
+    let (status, answer) = h.post_json(&url, &payload).await;
+    assert_eq!(status, 202, "{answer}");
+    h.wait(answer["run_ids"][0].as_str().unwrap()).await;
+    let (requests, database) = stored(&h).await;
+    assert!(requests.contains("\"recipients\":[\"ops\"]"), "{requests}");
+    for secret in [
+        common::ESCALATE_KEY,
+        common::TRIAGE_KEY,
+        common::ROUTING_PASSWORD,
+    ] {
+        assert!(!requests.contains(secret), "{secret} in {requests}");
+        assert!(
+            !common::contains(&database, secret),
+            "{secret} in the database"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_flood_of_rejected_requests_costs_a_bounded_amount_of_storage() {
+    let h = Harness::start_with(Options {
+        configure: |config| config.server.max_header_bytes = 64 * 1024,
+        ..Options::default()
+    })
+    .await;
+    let before = h.database_bytes().len();
+    let padding = "p".repeat(50 * 1024);
+    let url = format!(
+        "{}/triggers/escalate-to-partner?apiKey=wrong&pad={padding}",
+        h.base
+    );
+    for _ in 0..50 {
+        let sends: Vec<_> = (0..10)
+            .map(|_| {
+                let request = h.client.post(&url).json(&serde_json::json!({"event": "x"}));
+                tokio::spawn(async move { request.send().await.unwrap().status().as_u16() })
+            })
+            .collect();
+        for send in sends {
+            assert_eq!(send.await.unwrap(), 401);
+        }
+    }
+    let (requests, database) = stored(&h).await;
+    let grown = database.len().saturating_sub(before);
+    assert!(
+        grown < 512 * 1024,
+        "500 rejections of 50 KB grew the database by {grown} bytes"
+    );
+    assert!(!requests.contains("ppppp"), "no query is stored");
+    let stored_rejections = requests.matches("\"rejected\"").count();
+    assert!(
+        (1..100).contains(&stored_rejections),
+        "a few summaries per second are kept: {stored_rejections}"
+    );
+    let metrics = h
+        .client
+        .get(format!("{}/metrics", h.api))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = "haloflow_rejected_requests_total{flow=\"escalate-to-partner\",reason=\"invalid_auth\"} 500";
+    assert!(metrics.contains(line), "{metrics}");
+}

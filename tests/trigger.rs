@@ -210,6 +210,8 @@ async fn expect_error(response: reqwest::Response, status: u16, code: &str) -> S
 async fn bad_requests_get_clear_json_errors_and_are_recorded() {
     let h = Harness::start_with(Options {
         max_body_bytes: 2048,
+        // Above the burst below, so every rejection is stored (tests/surface.rs floods it).
+        configure: |config| config.server.rejections_logged_per_sec = 100,
         ..Options::default()
     })
     .await;

@@ -222,7 +222,10 @@ pub(super) async fn requests(
 
 /// Prometheus text (format 0.0.4): trigger requests by outcome, runs by status, step latency,
 /// retries, flood-control keys.
-pub(super) async fn metrics(State(engine): State<Engine>) -> Response {
+pub(super) async fn metrics(
+    State(engine): State<Engine>,
+    axum::Extension(rejections): axum::Extension<std::sync::Arc<super::Rejections>>,
+) -> Response {
     use std::fmt::Write;
     use std::sync::atomic::Ordering;
     let mut text = String::new();
@@ -251,6 +254,19 @@ pub(super) async fn metrics(State(engine): State<Engine>) -> Response {
                 counter.load(Ordering::Relaxed)
             );
         }
+    }
+    family(
+        &mut text,
+        "haloflow_rejected_requests_total",
+        "counter",
+        "Rejected trigger and ServiceNow webhook requests by flow (or connection) and reason, since start; `unknown` for ids that do not exist.",
+    );
+    for (flow, reason, n) in rejections.counts() {
+        let _ = writeln!(
+            text,
+            "haloflow_rejected_requests_total{{flow=\"{}\",reason=\"{reason}\"}} {n}",
+            label(&flow)
+        );
     }
     family(
         &mut text,

@@ -5,21 +5,42 @@ mod api;
 mod error;
 mod guard;
 mod listener;
+mod rejections;
 mod servicenow;
 mod trigger;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use axum::routing::{get, post};
 use axum::{Router, middleware};
 
 pub use error::{ApiError, ErrorCode};
+pub use rejections::Rejections;
 
 use crate::engine::Engine;
 
 /// The public listener's router: trigger URLs, ServiceNow webhooks and health, plus the API
 /// (behind its credentials) when `[server.api]` configures some, and `/metrics` when public.
 pub fn router(engine: Engine) -> Router {
+    let rejections = rejections_of(&engine);
+    public_router(engine, rejections)
+}
+
+/// The admin listener's router: health, the API and `/metrics`, open to anyone who reaches it
+/// unless `[server.api]` configures credentials (then it asks for them as the public one does).
+pub fn admin_router(engine: Engine) -> Router {
+    let rejections = rejections_of(&engine);
+    private_router(engine, rejections)
+}
+
+fn rejections_of(engine: &Engine) -> Arc<Rejections> {
+    Arc::new(Rejections::new(
+        engine.server_config().rejections_logged_per_sec,
+    ))
+}
+
+fn public_router(engine: Engine, rejections: Arc<Rejections>) -> Router {
     let server = engine.server_config();
     let mut app = public_routes();
     if server.api.is_configured() {
@@ -27,16 +48,14 @@ pub fn router(engine: Engine) -> Router {
     } else if server.metrics_public {
         app = app.merge(metrics_routes());
     }
-    finish(app, engine)
+    finish(app, engine, rejections)
 }
 
-/// The admin listener's router: health, the API and `/metrics`, open to anyone who reaches it
-/// unless `[server.api]` configures credentials (then it asks for them as the public one does).
-pub fn admin_router(engine: Engine) -> Router {
+fn private_router(engine: Engine, rejections: Arc<Rejections>) -> Router {
     let app = Router::new()
         .route("/health", get(api::health))
         .merge(api_routes(&engine, true));
-    finish(app, engine)
+    finish(app, engine, rejections)
 }
 
 fn public_routes() -> Router<Engine> {
@@ -80,9 +99,10 @@ fn api_routes(engine: &Engine, open: bool) -> Router<Engine> {
     }
 }
 
-fn finish(app: Router<Engine>, engine: Engine) -> Router {
+fn finish(app: Router<Engine>, engine: Engine, rejections: Arc<Rejections>) -> Router {
     let max_header_bytes = engine.server_config().max_header_bytes;
     app.fallback(api::not_found)
+        .layer(axum::Extension(rejections))
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(middleware::from_fn_with_state(
             max_header_bytes,
@@ -122,15 +142,13 @@ pub async fn serve_listeners(
 ) -> std::io::Result<()> {
     let limits = listener::Limits::from_config(engine.server_config());
     let stop = listener::shutdown_watch(shutdown);
-    let public = listener::run(
-        listeners.public,
-        router(engine.clone()),
-        limits,
-        stop.clone(),
-    );
+    let rejections = rejections_of(&engine);
+    let public = public_router(engine.clone(), rejections.clone());
+    let public = listener::run(listeners.public, public, limits, stop.clone());
     match listeners.admin {
         Some(admin) => {
-            let admin = listener::run(admin, admin_router(engine), limits, stop);
+            let app = private_router(engine, rejections);
+            let admin = listener::run(admin, app, limits, stop);
             tokio::try_join!(public, admin).map(|_| ())
         }
         None => public.await,

@@ -2,45 +2,72 @@
 
 use axum::Json;
 use axum::body::Body;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Extension;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
 use super::error::{ApiError, ErrorCode};
-use crate::engine::{AcceptError, Engine, LoadedFlow, TriggerCounters, new_id};
-use crate::storage::{NewRequest, now_ms};
+use super::rejections::{Rejected, Rejections, UNKNOWN};
+use crate::engine::{AcceptError, Engine, LoadedFlow, TriggerCounters};
 use crate::trigger::{TriggerAuthenticator, TriggerQuery};
 
-/// How much of a rejected body is kept for diagnosis.
-const REJECTED_BODY_PREVIEW: usize = 4096;
-
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn receive(
     State(engine): State<Engine>,
+    Extension(rejections): Extension<Arc<Rejections>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     flow_id: Result<Path<String>, PathRejection>,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let Ok(Path(flow_id)) = flow_id else {
-        return ApiError::new(
-            ErrorCode::UnknownFlow,
-            "the flow id in the trigger URL is not valid UTF-8 once decoded; use /triggers/<flow id>",
-        )
-        .into_response();
+    let peer = peer.map(|Extension(ConnectInfo(addr))| addr);
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let query_bytes = uri.query().map_or(0, str::len);
+    let flow = match flow_id.map(|Path(id)| engine.flow(&id).ok_or(id)) {
+        Ok(Ok(flow)) => flow,
+        unknown => {
+            let shown = match unknown {
+                Ok(Err(id)) => format!("no flow with id `{id}`"),
+                _ => "the flow id is not valid UTF-8 once decoded".to_owned(),
+            };
+            let error = ApiError::new(
+                ErrorCode::UnknownFlow,
+                format!("{shown}; the trigger URL is /triggers/<flow id> of a loaded flow"),
+            );
+            let rejected = Rejected {
+                flow: UNKNOWN,
+                error: &error,
+                detail: &error.message,
+                peer,
+                bytes: query_bytes + declared.unwrap_or(0),
+                store: false,
+            };
+            rejections.record(&engine, rejected).await;
+            return error.into_response();
+        }
     };
-    let Some(flow) = engine.flow(&flow_id) else {
-        return ApiError::new(
-            ErrorCode::UnknownFlow,
-            format!("no flow with id `{flow_id}`; the trigger URL is /triggers/<flow id> of a loaded flow"),
-        )
-        .into_response();
-    };
-    let query = TriggerQuery::parse(uri.query(), flow.auth.secret_param());
+    let flow_id = flow.flow.id().to_owned();
+    let secrets = secret_values(&engine);
+    let query = TriggerQuery::parse_scrubbed(
+        uri.query(),
+        flow.auth.secret_param(),
+        &secrets.iter().map(|s| s.expose()).collect::<Vec<_>>(),
+    );
     let mut rejection = Rejection {
         engine: &engine,
         flow: &flow,
-        query: &query,
+        rejections: &rejections,
+        peer,
+        bytes: query_bytes + declared.unwrap_or(0),
     };
 
     let key_param = flow
@@ -53,7 +80,7 @@ pub(super) async fn receive(
         if matches!(flow.auth, TriggerAuthenticator::Basic { .. }) {
             error.www_authenticate = Some("Basic realm=\"haloflow\"");
         }
-        return rejection.reject(error, None).await;
+        return rejection.reject(error).await;
     }
 
     // Over the trigger's rate limit: 429, counted but not stored, so a flood costs no writes.
@@ -81,13 +108,10 @@ pub(super) async fn receive(
             format!("`{content_type}`")
         };
         return rejection
-            .reject(
-                ApiError::new(
-                    ErrorCode::UnsupportedMediaType,
-                    format!("content type {shown} is not JSON; send the body as application/json"),
-                ),
-                None,
-            )
+            .reject(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                format!("content type {shown} is not JSON; send the body as application/json"),
+            ))
             .await;
     }
 
@@ -98,15 +122,14 @@ pub(super) async fn receive(
             format!("the body is larger than the limit of {limit} bytes (server.max_body_bytes)"),
         )
     };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|len| len > limit) {
-        return rejection.reject(too_large(), None).await;
+        return rejection.reject(too_large()).await;
     }
     let bytes = match axum::body::to_bytes(body, limit).await {
-        Ok(bytes) => bytes,
+        Ok(bytes) => {
+            rejection.bytes = query_bytes + bytes.len();
+            bytes
+        }
         Err(e) => {
             // to_bytes fails for an over-long body or a broken connection.
             let error = if is_length_limit(&e) {
@@ -117,7 +140,7 @@ pub(super) async fn receive(
                     "the body could not be read completely",
                 )
             };
-            return rejection.reject(error, None).await;
+            return rejection.reject(error).await;
         }
     };
     let text = match std::str::from_utf8(&bytes) {
@@ -130,9 +153,7 @@ pub(super) async fn receive(
                     e.valid_up_to()
                 ),
             );
-            return rejection
-                .reject(error, Some(&String::from_utf8_lossy(&bytes)))
-                .await;
+            return rejection.reject(error).await;
         }
     };
     let value: serde_json::Value = match serde_json::from_str(text) {
@@ -147,7 +168,7 @@ pub(super) async fn receive(
                     e.column()
                 ),
             );
-            return rejection.reject(error, Some(text)).await;
+            return rejection.reject(error).await;
         }
     };
 
@@ -168,10 +189,7 @@ pub(super) async fn receive(
         }
         Err(AcceptError::Payload(problem)) => {
             rejection
-                .reject(
-                    ApiError::new(ErrorCode::InvalidPayload, problem.message()),
-                    Some(text),
-                )
+                .reject(ApiError::new(ErrorCode::InvalidPayload, problem.message()))
                 .await
         }
         Err(AcceptError::UnknownFlow(id)) => {
@@ -232,43 +250,37 @@ fn answer(accepted: &crate::engine::Accepted) -> serde_json::Value {
     body
 }
 
-/// Answers a 4xx and records it with the request.
+/// Answers a 4xx, counts it, and logs and stores its summary (within the budget).
 struct Rejection<'a> {
     engine: &'a Engine,
     flow: &'a LoadedFlow,
-    query: &'a TriggerQuery,
+    rejections: &'a Rejections,
+    peer: Option<SocketAddr>,
+    bytes: usize,
 }
 
 impl Rejection<'_> {
-    async fn reject(&mut self, error: ApiError, body: Option<&str>) -> Response {
-        tracing::info!(flow_id = %self.flow.flow.id(), code = error.code.as_str(), "Rejected a trigger request.");
+    async fn reject(&mut self, error: ApiError) -> Response {
         TriggerCounters::count(&self.flow.counters.rejected);
-        self.engine
-            .record_rejected(NewRequest {
-                id: new_id(),
-                flow_id: self.flow.flow.id().to_owned(),
-                received_at_ms: now_ms(),
-                http_status: error.code.status().as_u16(),
-                error: Some((error.code.as_str().to_owned(), error.message.clone())),
-                query: Some(self.query.to_json()),
-                body: body.map(|b| preview(b).to_owned()),
-                event_count: 0,
-                outcome: None,
-            })
-            .await;
+        let rejected = Rejected {
+            flow: self.flow.flow.id(),
+            error: &error,
+            detail: &error.message,
+            peer: self.peer,
+            bytes: self.bytes,
+            store: true,
+        };
+        self.rejections.record(self.engine, rejected).await;
         error.into_response()
     }
 }
 
-fn preview(text: &str) -> &str {
-    if text.len() <= REJECTED_BODY_PREVIEW {
-        return text;
-    }
-    let mut end = REJECTED_BODY_PREVIEW;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
+/// Every secret value this server knows, so that none is stored even when it arrives in the
+/// wrong query parameter: the configured ones and the flows' trigger keys.
+fn secret_values(engine: &Engine) -> Vec<crate::secrets::Secret> {
+    let mut values: Vec<_> = engine.secrets().known_values().cloned().collect();
+    values.extend(engine.flows().iter().filter_map(|f| f.auth.secret()));
+    values
 }
 
 /// True when reading stopped at the size limit (http-body-util's LengthLimitError).

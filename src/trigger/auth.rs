@@ -54,6 +54,17 @@ impl TriggerAuthenticator {
         }
     }
 
+    /// The trigger's secret (key or password), to be kept out of anything stored.
+    pub fn secret(&self) -> Option<Secret> {
+        match self {
+            TriggerAuthenticator::UrlKey { key, .. } | TriggerAuthenticator::Header { key, .. } => {
+                Some(key.clone())
+            }
+            TriggerAuthenticator::Basic { password, .. } => Some(password.clone()),
+            TriggerAuthenticator::None => None,
+        }
+    }
+
     /// Checks a request: `query_value` is the decoded URL key parameter, `header` looks up a
     /// request header by name.
     pub fn check<'a>(
