@@ -288,3 +288,100 @@ async fn a_flood_of_rejected_requests_costs_a_bounded_amount_of_storage() {
     let line = "haloflow_rejected_requests_total{flow=\"escalate-to-partner\",reason=\"invalid_auth\"} 500";
     assert!(metrics.contains(line), "{metrics}");
 }
+
+fn quick_timeouts(config: &mut Config) {
+    config.server.header_timeout_secs = 1;
+    config.server.idle_timeout_secs = 1;
+}
+
+/// Writes `sent` on a fresh connection, then waits for the server to answer or close it;
+/// what was read, and how long it took.
+async fn stall(base: &str, sent: &str) -> (String, std::time::Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    stream.write_all(sent.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "the connection was still open after 10 s");
+    (
+        String::from_utf8_lossy(&answer).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test]
+async fn slow_clients_are_cut_off() {
+    let h = Harness::start_with(Options {
+        configure: quick_timeouts,
+        ..Options::default()
+    })
+    .await;
+    // Slowloris: part of a request line and a header, then nothing.
+    let (answer, took) = stall(
+        &h.base,
+        "POST /triggers/escalate-to-partner HTTP/1.1\r\nHost: x\r\n",
+    )
+    .await;
+    assert!(took < std::time::Duration::from_secs(4), "{took:?}");
+    assert!(!answer.contains("202"), "{answer}");
+    // Connected, silent.
+    let (_, took) = stall(&h.base, "").await;
+    assert!(took < std::time::Duration::from_secs(4), "{took:?}");
+    // A body that stops coming.
+    let head = format!(
+        "POST /triggers/escalate-to-partner?apiKey={} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"a\":",
+        common::ESCALATE_KEY
+    );
+    let (_, took) = stall(&h.base, &head).await;
+    assert!(took < std::time::Duration::from_secs(4), "{took:?}");
+    // An idle kept-alive connection after an answer.
+    let (answer, took) = stall(&h.base, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(took < std::time::Duration::from_secs(4), "{took:?}");
+}
+
+#[tokio::test]
+async fn over_long_urls_and_headers_get_json_errors() {
+    let h = Harness::start().await;
+    let long = "x".repeat(40 * 1024);
+    let response = h
+        .client
+        .post(format!(
+            "{}/triggers/escalate-to-partner?pad={long}",
+            h.base
+        ))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 414);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "uri_too_long");
+    let response = h
+        .client
+        .post(format!("{}/triggers/escalate-to-partner", h.base))
+        .header("X-Padding", &long)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 431);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "headers_too_large");
+    assert_eq!(
+        h.engine
+            .storage()
+            .list_requests(&Default::default())
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
+}
