@@ -385,3 +385,103 @@ async fn over_long_urls_and_headers_get_json_errors() {
         0
     );
 }
+
+/// Starts `haloflow serve` with the routing flow and `env`, sends a health check and a request
+/// with a wrong password, stops it, and returns its stderr.
+async fn served_logs(env: &[(&str, &str)]) -> String {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let flows = dir.path().join("flows");
+    std::fs::create_dir_all(&flows).unwrap();
+    std::fs::copy("flows/new-ticket-routing.json", flows.join("routing.json")).unwrap();
+    let config = dir.path().join("haloflow.toml");
+    std::fs::write(&config, "[halo.halo]\nbase_url = \"http://127.0.0.1:9\"\nclient_id = \"c\"\nclient_secret_name = \"LOG_HALO_SECRET\"\n").unwrap();
+    let stderr = std::fs::File::create(dir.path().join("stderr")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_haloflow"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--flows")
+        .arg(&flows)
+        .arg("--config")
+        .arg(&config)
+        .arg("--data")
+        .arg(dir.path().join("data"))
+        .env("LOG_HALO_SECRET", "s")
+        .env("HALOFLOW_ROUTING_PASSWORD", "pw")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let base = first.split_whitespace().nth(3).unwrap().to_owned();
+    let client = reqwest::Client::new();
+    client.get(format!("{base}/health")).send().await.unwrap();
+    let refused = client
+        .post(format!("{base}/triggers/new-ticket-routing"))
+        .basic_auth("halo", Some("PW-guess-3f1"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::fs::read_to_string(dir.path().join("stderr")).unwrap()
+}
+
+#[tokio::test]
+async fn logs_are_plain_text_off_a_terminal_or_json_and_debug_is_applied() {
+    let text = served_logs(&[("HALOFLOW_LOG", "haloflow=debug")]).await;
+    assert!(
+        !text.contains('\u{1b}'),
+        "no ANSI codes off a terminal: {text:?}"
+    );
+    assert!(
+        text.contains("DEBUG") && text.contains("Answered a request."),
+        "{text}"
+    );
+    let rejected = text
+        .lines()
+        .find(|l| l.contains("Rejected a request"))
+        .unwrap_or_else(|| panic!("the rejection is logged: {text}"));
+    assert!(
+        rejected.contains("WARN") && rejected.contains("invalid_auth"),
+        "{rejected}"
+    );
+    assert!(rejected.contains("client=127.0.0.1:"), "{rejected}");
+    assert!(!text.contains("PW-guess-3f1"), "{rejected}");
+
+    let json = served_logs(&[("HALOFLOW_LOG_FORMAT", "json")]).await;
+    let lines: Vec<Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let rejected = lines
+        .iter()
+        .find(|l| l["fields"]["reason"] == "invalid_auth")
+        .unwrap_or_else(|| panic!("{json}"));
+    assert_eq!(rejected["level"], "WARN");
+    assert_eq!(rejected["fields"]["flow_id"], "new-ticket-routing");
+    assert!(
+        rejected["fields"]["client"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    assert!(
+        !json.contains("DEBUG"),
+        "the default filter is haloflow=warn"
+    );
+
+    let invalid = served_logs(&[("HALOFLOW_LOG", "haloflow=loud")]).await;
+    assert!(invalid.contains("is not a log filter"), "{invalid}");
+}

@@ -16,7 +16,7 @@ pub(super) async fn health(State(engine): State<Engine>) -> Response {
         Ok(_) => Json(json!({"status": "ok", "database": "ok", "flows": engine.flows().len()}))
             .into_response(),
         Err(e) => {
-            tracing::error!(error = %e, "Health check: the database is not answering.");
+            tracing::error!(error = %e, "Health check: the database is not answering; check that it is running and reachable (server.database_url).");
             ApiError::new(
                 ErrorCode::StorageUnavailable,
                 "the database is not answering",
@@ -73,7 +73,7 @@ fn time_param(params: &HashMap<String, String>, name: &str) -> Result<Option<i64
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
-    tracing::error!(error = %e, "Run history query failed.");
+    tracing::error!(error = %e, "Run history query failed; check the database (server.database_url).");
     ApiError::new(
         ErrorCode::StorageUnavailable,
         "the run history could not be read; try again",
@@ -286,7 +286,9 @@ pub(super) async fn metrics(
                 );
             }
         }
-        Err(e) => tracing::warn!(error = %e, "Metrics: could not count runs."),
+        Err(e) => {
+            tracing::warn!(error = %e, "Metrics: could not count runs; check the database (server.database_url).")
+        }
     }
     if let Some(stats) = engine.storage().write_stats() {
         family(

@@ -65,7 +65,18 @@ pub(super) async fn run(
         let app = TowerToHyperService::new(app.clone());
         let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
             request.extensions_mut().insert(ConnectInfo(peer));
-            hyper::service::Service::call(&app, request)
+            // The path only: a query may carry a trigger's key.
+            let seen = tracing::enabled!(tracing::Level::DEBUG)
+                .then(|| (request.method().clone(), request.uri().path().to_owned()));
+            let answer = hyper::service::Service::call(&app, request);
+            async move {
+                let response = answer.await;
+                if let (Some((method, path)), Ok(response)) = (seen, &response) {
+                    let status = response.status().as_u16();
+                    tracing::debug!(%peer, %method, path, status, "Answered a request.");
+                }
+                response
+            }
         });
         let connection = http.serve_connection(
             TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout)),

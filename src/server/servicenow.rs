@@ -133,7 +133,7 @@ pub(super) async fn receive(
         engine.storage().record_rejected(&request).await
     };
     if let Err(e) = stored {
-        tracing::error!(error = %e, "Could not store a ServiceNow webhook.");
+        tracing::error!(error = %e, "Could not store a ServiceNow webhook; check the database (disk space, connection). The integrator catches the record up.");
     }
     let mut answer = outcome;
     answer["request_id"] = json!(request.id);
@@ -301,7 +301,7 @@ async fn process(
 
 /// A failure to act: 502 so ServiceNow may send it again; the integrator catches up otherwise.
 fn failed(e: crate::step::StepError) -> (StatusCode, Value) {
-    tracing::warn!(error = %e, "A ServiceNow webhook could not be synced.");
+    tracing::warn!(error = %e, "A ServiceNow webhook could not be synced; ServiceNow may send it again and the integrator catches up. Check the connection if this repeats.");
     (
         StatusCode::BAD_GATEWAY,
         json!({"error": format!("the webhook could not be synced: {e}; it can be sent again, and the integrator catches up")}),

@@ -196,7 +196,7 @@ pub(super) async fn receive(
             ApiError::new(ErrorCode::UnknownFlow, format!("no flow with id `{id}`")).into_response()
         }
         Err(AcceptError::Overloaded(active)) => {
-            tracing::warn!(flow_id = %flow_id, active, "Overloaded: a trigger request was turned away.");
+            tracing::warn!(flow_id = %flow_id, active, "Overloaded: a trigger request was turned away (Halo sends it again). Raise server.max_active_runs if the machine has room.");
             let mut error = ApiError::new(
                 ErrorCode::Overloaded,
                 "this server is running as many flows as it takes at once (server.max_active_runs); the request was not accepted, send it again",
@@ -205,7 +205,7 @@ pub(super) async fn receive(
             error.into_response()
         }
         Err(AcceptError::Storage(e)) => {
-            tracing::error!(flow_id = %flow_id, error = %e, "Could not store a trigger request.");
+            tracing::error!(flow_id = %flow_id, error = %e, "Could not store a trigger request, which was answered 503 (Halo sends it again); check the database (disk space, connection).");
             ApiError::new(
                 ErrorCode::StorageUnavailable,
                 "the request could not be stored and was not accepted; send it again",
