@@ -101,7 +101,10 @@ fn api_routes(engine: &Engine, open: bool) -> Router<Engine> {
 
 fn finish(app: Router<Engine>, engine: Engine, rejections: Arc<Rejections>) -> Router {
     let max_header_bytes = engine.server_config().max_header_bytes;
+    // The ServiceNow webhook and replay read their bodies whole: no more than a trigger's.
+    let max_body_bytes = engine.server_config().max_body_bytes;
     app.fallback(api::not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::Extension(rejections))
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(middleware::from_fn_with_state(
