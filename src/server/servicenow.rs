@@ -75,32 +75,12 @@ pub(super) async fn receive(
     };
     reject.flow = format!("servicenow:{}", sn.key());
     let flow_id = reject.flow.clone();
-    let text = String::from_utf8_lossy(&body).into_owned();
     if let Err(message) = authenticate(&webhook, &headers, &body, engine.secrets()) {
         return reject.refuse(not_accepted(), &message).await;
     }
-    let payload: Value = match serde_json::from_slice(&body) {
-        Ok(v @ Value::Object(_)) => v,
-        Ok(_) => {
-            return reject
-                .refuse_with(ApiError::new(
-                    ErrorCode::InvalidPayload,
-                    "the body must be a JSON object naming the record",
-                ))
-                .await;
-        }
-        Err(e) => {
-            return reject
-                .refuse_with(ApiError::new(
-                    ErrorCode::InvalidJson,
-                    format!(
-                        "the body is not JSON: {e} (line {}, column {})",
-                        e.line(),
-                        e.column()
-                    ),
-                ))
-                .await;
-        }
+    let payload = match parse_payload(&body) {
+        Ok(payload) => payload,
+        Err(error) => return reject.refuse_with(error).await,
     };
     let named = match named_record(&webhook, &payload) {
         Ok(named) => named,
@@ -111,6 +91,39 @@ pub(super) async fn receive(
         }
     };
     let (status, outcome) = process(&engine, &sn, named).await;
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let request_id = store(&engine, flow_id, text, status, &outcome).await;
+    let mut answer = outcome;
+    answer["request_id"] = json!(request_id);
+    (status, Json(answer)).into_response()
+}
+
+fn parse_payload(body: &[u8]) -> Result<Value, ApiError> {
+    match serde_json::from_slice(body) {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        Ok(_) => Err(ApiError::new(
+            ErrorCode::InvalidPayload,
+            "the body must be a JSON object naming the record",
+        )),
+        Err(e) => Err(ApiError::new(
+            ErrorCode::InvalidJson,
+            format!(
+                "the body is not JSON: {e} (line {}, column {})",
+                e.line(),
+                e.column()
+            ),
+        )),
+    }
+}
+
+/// Records an authenticated webhook and what it led to; the request's id.
+async fn store(
+    engine: &Engine,
+    flow_id: String,
+    text: String,
+    status: StatusCode,
+    outcome: &Value,
+) -> String {
     let request = NewRequest {
         id: new_id(),
         flow_id,
@@ -135,9 +148,7 @@ pub(super) async fn receive(
     if let Err(e) = stored {
         tracing::error!(error = %e, "Could not store a ServiceNow webhook; check the database (disk space, connection). The integrator catches the record up.");
     }
-    let mut answer = outcome;
-    answer["request_id"] = json!(request.id);
-    (status, Json(answer)).into_response()
+    request.id
 }
 
 /// The one answer to an unknown connection and to wrong credentials.

@@ -32,59 +32,70 @@ pub(super) async fn receive(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     let query_bytes = uri.query().map_or(0, str::len);
+    let mut rejected = Rejection {
+        engine: &engine,
+        rejections: &rejections,
+        peer,
+        bytes: query_bytes + declared.unwrap_or(0),
+    };
     let flow = match flow_id.map(|Path(id)| engine.flow(&id).ok_or(id)) {
         Ok(Ok(flow)) => flow,
-        unknown => {
-            let shown = match unknown {
-                Ok(Err(id)) => format!("no flow with id `{id}`"),
-                _ => "the flow id is not valid UTF-8 once decoded".to_owned(),
-            };
-            let error = ApiError::new(
-                ErrorCode::UnknownFlow,
-                format!("{shown}; the trigger URL is /triggers/<flow id> of a loaded flow"),
-            );
-            let rejected = Rejected {
-                flow: UNKNOWN,
-                error: &error,
-                detail: &error.message,
-                peer,
-                bytes: query_bytes + declared.unwrap_or(0),
-                store: false,
-            };
-            rejections.record(&engine, rejected).await;
-            return error.into_response();
+        Ok(Err(id)) => {
+            return rejected
+                .unknown_flow(&format!("no flow with id `{id}`"))
+                .await;
+        }
+        Err(_) => {
+            let shown = "the flow id is not valid UTF-8 once decoded";
+            return rejected.unknown_flow(shown).await;
         }
     };
-    let flow_id = flow.flow.id().to_owned();
+    if let Err(error) = authenticate(&flow, &uri, &headers) {
+        return rejected.reject(&flow, error).await;
+    }
+    // Over the trigger's rate limit: 429, counted but not stored, so a flood costs no writes.
+    if let Err(error) = rate_limit(&flow) {
+        return error.into_response();
+    }
+    let limit = engine.server_config().max_body_bytes;
+    let bytes = match read_body(&headers, declared, body, limit).await {
+        Ok(bytes) => bytes,
+        Err(error) => return rejected.reject(&flow, error).await,
+    };
+    rejected.bytes = query_bytes + bytes.len();
+    let (text, value) = match parse_json(&bytes) {
+        Ok(parsed) => parsed,
+        Err(error) => return rejected.reject(&flow, error).await,
+    };
     let secrets = secret_values(&engine);
     let query = TriggerQuery::parse_scrubbed(
         uri.query(),
         flow.auth.secret_param(),
         &secrets.iter().map(|s| s.expose()).collect::<Vec<_>>(),
     );
-    let mut rejection = Rejection {
-        engine: &engine,
-        flow: &flow,
-        rejections: &rejections,
-        peer,
-        bytes: query_bytes + declared.unwrap_or(0),
-    };
+    let result = engine.accept(&flow, &query, text, value).await;
+    respond(result, &flow, &mut rejected).await
+}
 
+fn authenticate(flow: &LoadedFlow, uri: &Uri, headers: &HeaderMap) -> Result<(), ApiError> {
     let key_param = flow
         .auth
         .secret_param()
         .and_then(|p| query_value(uri.query(), p));
     let header_value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Err(failure) = flow.auth.check(key_param.as_deref(), header_value) {
-        let mut error = ApiError::new(ErrorCode::InvalidAuth, failure.0);
-        if matches!(flow.auth, TriggerAuthenticator::Basic { .. }) {
-            error.www_authenticate = Some("Basic realm=\"haloflow\"");
-        }
-        return rejection.reject(error).await;
-    }
+    flow.auth
+        .check(key_param.as_deref(), header_value)
+        .map_err(|failure| {
+            let mut error = ApiError::new(ErrorCode::InvalidAuth, failure.0);
+            if matches!(flow.auth, TriggerAuthenticator::Basic { .. }) {
+                error.www_authenticate = Some("Basic realm=\"haloflow\"");
+            }
+            error
+        })
+}
 
-    // Over the trigger's rate limit: 429, counted but not stored, so a flood costs no writes.
-    if let Err(wait) = flow.check_rate_limit() {
+fn rate_limit(flow: &LoadedFlow) -> Result<(), ApiError> {
+    flow.check_rate_limit().map_err(|wait| {
         TriggerCounters::count(&flow.counters.rate_limited);
         let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         let mut error = ApiError::new(
@@ -94,9 +105,17 @@ pub(super) async fn receive(
             ),
         );
         error.retry_after = Some(seconds.max(1));
-        return error.into_response();
-    }
+        error
+    })
+}
 
+/// The body, once its content type says JSON and it fits in `limit` bytes.
+async fn read_body(
+    headers: &HeaderMap,
+    declared: Option<usize>,
+    body: Body,
+    limit: usize,
+) -> Result<axum::body::Bytes, ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -107,15 +126,11 @@ pub(super) async fn receive(
         } else {
             format!("`{content_type}`")
         };
-        return rejection
-            .reject(ApiError::new(
-                ErrorCode::UnsupportedMediaType,
-                format!("content type {shown} is not JSON; send the body as application/json"),
-            ))
-            .await;
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            format!("content type {shown} is not JSON; send the body as application/json"),
+        ));
     }
-
-    let limit = engine.server_config().max_body_bytes;
     let too_large = || {
         ApiError::new(
             ErrorCode::PayloadTooLarge,
@@ -123,56 +138,53 @@ pub(super) async fn receive(
         )
     };
     if declared.is_some_and(|len| len > limit) {
-        return rejection.reject(too_large()).await;
+        return Err(too_large());
     }
-    let bytes = match axum::body::to_bytes(body, limit).await {
-        Ok(bytes) => {
-            rejection.bytes = query_bytes + bytes.len();
-            bytes
+    // to_bytes fails for an over-long body or a broken connection.
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if is_length_limit(&e) {
+            too_large()
+        } else {
+            ApiError::new(
+                ErrorCode::InvalidPayload,
+                "the body could not be read completely",
+            )
         }
-        Err(e) => {
-            // to_bytes fails for an over-long body or a broken connection.
-            let error = if is_length_limit(&e) {
-                too_large()
-            } else {
-                ApiError::new(
-                    ErrorCode::InvalidPayload,
-                    "the body could not be read completely",
-                )
-            };
-            return rejection.reject(error).await;
-        }
-    };
-    let text = match std::str::from_utf8(&bytes) {
-        Ok(text) => text,
-        Err(e) => {
-            let error = ApiError::new(
-                ErrorCode::InvalidJson,
-                format!(
-                    "the body is not UTF-8 text (invalid byte at offset {})",
-                    e.valid_up_to()
-                ),
-            );
-            return rejection.reject(error).await;
-        }
-    };
-    let value: serde_json::Value = match serde_json::from_str(text) {
-        Ok(value) => value,
-        Err(e) => {
-            let error = ApiError::new(
-                ErrorCode::InvalidJson,
-                format!(
-                    "the body is not valid JSON: {} at line {}, column {}",
-                    json_error_kind(&e),
-                    e.line(),
-                    e.column()
-                ),
-            );
-            return rejection.reject(error).await;
-        }
-    };
+    })
+}
 
-    match engine.accept(&flow, &query, text, value).await {
+fn parse_json(bytes: &[u8]) -> Result<(&str, serde_json::Value), ApiError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidJson,
+            format!(
+                "the body is not UTF-8 text (invalid byte at offset {})",
+                e.valid_up_to()
+            ),
+        )
+    })?;
+    let value = serde_json::from_str(text).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidJson,
+            format!(
+                "the body is not valid JSON: {} at line {}, column {}",
+                json_error_kind(&e),
+                e.line(),
+                e.column()
+            ),
+        )
+    })?;
+    Ok((text, value))
+}
+
+/// The answer to what `Engine::accept` did.
+async fn respond(
+    result: Result<crate::engine::Accepted, AcceptError>,
+    flow: &LoadedFlow,
+    rejected: &mut Rejection<'_>,
+) -> Response {
+    let flow_id = flow.flow.id();
+    match result {
         Ok(accepted) => {
             tracing::info!(flow_id = %accepted.flow_id, request_id = %accepted.request_id, runs = accepted.run_ids.len(), suppressed = accepted.suppressed.len(), "Accepted a trigger request.");
             // 202 for suppressed requests too, so Halo does not send them again.
@@ -188,9 +200,8 @@ pub(super) async fn receive(
             (status, Json(answer(&accepted))).into_response()
         }
         Err(AcceptError::Payload(problem)) => {
-            rejection
-                .reject(ApiError::new(ErrorCode::InvalidPayload, problem.message()))
-                .await
+            let error = ApiError::new(ErrorCode::InvalidPayload, problem.message());
+            rejected.reject(flow, error).await
         }
         Err(AcceptError::UnknownFlow(id)) => {
             ApiError::new(ErrorCode::UnknownFlow, format!("no flow with id `{id}`")).into_response()
@@ -253,22 +264,40 @@ fn answer(accepted: &crate::engine::Accepted) -> serde_json::Value {
 /// Answers a 4xx, counts it, and logs and stores its summary (within the budget).
 struct Rejection<'a> {
     engine: &'a Engine,
-    flow: &'a LoadedFlow,
     rejections: &'a Rejections,
     peer: Option<SocketAddr>,
+    /// Query and body bytes, as declared until the body is read.
     bytes: usize,
 }
 
 impl Rejection<'_> {
-    async fn reject(&mut self, error: ApiError) -> Response {
-        TriggerCounters::count(&self.flow.counters.rejected);
+    async fn reject(&mut self, flow: &LoadedFlow, error: ApiError) -> Response {
+        TriggerCounters::count(&flow.counters.rejected);
         let rejected = Rejected {
-            flow: self.flow.flow.id(),
+            flow: flow.flow.id(),
             error: &error,
             detail: &error.message,
             peer: self.peer,
             bytes: self.bytes,
             store: true,
+        };
+        self.rejections.record(self.engine, rejected).await;
+        error.into_response()
+    }
+
+    /// A flow that does not exist: counted and logged under `unknown`, never stored.
+    async fn unknown_flow(&mut self, shown: &str) -> Response {
+        let error = ApiError::new(
+            ErrorCode::UnknownFlow,
+            format!("{shown}; the trigger URL is /triggers/<flow id> of a loaded flow"),
+        );
+        let rejected = Rejected {
+            flow: UNKNOWN,
+            error: &error,
+            detail: &error.message,
+            peer: self.peer,
+            bytes: self.bytes,
+            store: false,
         };
         self.rejections.record(self.engine, rejected).await;
         error.into_response()
