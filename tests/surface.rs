@@ -98,6 +98,21 @@ async fn with_credentials_every_api_path_refuses_anonymous_calls_on_both_listene
             }
         }
     }
+    let metrics = h
+        .client
+        .get(format!("{}/metrics", h.api))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let refused = 2 * 4 * api_operations().len();
+    let line = format!(
+        "haloflow_rejected_requests_total{{flow=\"api\",reason=\"invalid_auth\"}} {refused}"
+    );
+    assert!(metrics.contains(&line), "{line} in {metrics}");
 }
 
 #[tokio::test]
@@ -187,6 +202,49 @@ async fn replay_takes_only_json_from_the_servers_own_origin() {
     assert_eq!(status, 404, "{body}");
     let (status, body) = send("application/json", None).await;
     assert_eq!(status, 404, "{body}");
+    let metrics = h
+        .client
+        .get(format!("{}/metrics", h.api))
+        .send()
+        .await
+        .unwrap();
+    let metrics = metrics.text().await.unwrap();
+    for reason in ["forbidden_origin", "unsupported_media_type"] {
+        let line =
+            format!("haloflow_rejected_requests_total{{flow=\"api\",reason=\"{reason}\"}} 3");
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_wait_until_one_closes() {
+    let h = Harness::start_with(Options {
+        configure: |config| {
+            config.server.max_connections = 1;
+            config.server.header_timeout_secs = 30;
+        },
+        ..Options::default()
+    })
+    .await;
+    let holder = tokio::net::TcpStream::connect(h.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let health = format!("{}/health", h.base);
+    let waiting = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let status = reqwest::get(health).await.unwrap().status().as_u16();
+        (status, started.elapsed())
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert!(
+        !waiting.is_finished(),
+        "served while the only slot was taken"
+    );
+    drop(holder);
+    let (status, took) = waiting.await.unwrap();
+    assert_eq!(status, 200);
+    assert!(took >= std::time::Duration::from_millis(600), "{took:?}");
 }
 
 /// Text of `/api/requests` and every byte of the database.

@@ -1,14 +1,16 @@
 //! What stands before the handlers: API credentials, the origin and media type of
 //! state-changing API calls, and the size of a request's head.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::error::{ApiError, ErrorCode};
+use super::rejections::{API, Rejected, Rejections};
 use crate::engine::Engine;
 use crate::secrets::Secret;
 use crate::trigger::{basic_credentials, bearer_token, equal};
@@ -92,6 +94,35 @@ pub(super) async fn require_api_auth(
     request: Request,
     next: Next,
 ) -> Response {
+    match check_api_call(&guard, &request) {
+        Ok(()) => next.run(request).await,
+        Err(error) => {
+            if let Some(rejections) = request.extensions().get::<Arc<Rejections>>() {
+                let peer = request
+                    .extensions()
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|ConnectInfo(addr)| *addr);
+                let detail = format!(
+                    "{} {}: {}",
+                    request.method(),
+                    request.uri().path(),
+                    error.message
+                );
+                rejections.count_and_log(&Rejected {
+                    flow: API,
+                    error: &error,
+                    detail: &detail,
+                    peer,
+                    bytes: 0,
+                    store: false,
+                });
+            }
+            error.into_response()
+        }
+    }
+}
+
+fn check_api_call(guard: &ApiGuard, request: &Request) -> Result<(), ApiError> {
     if !guard.allows(request.headers()) {
         let mut error = ApiError::new(
             ErrorCode::InvalidAuth,
@@ -99,7 +130,7 @@ pub(super) async fn require_api_auth(
         );
         error.www_authenticate =
             Some("Bearer realm=\"haloflow-api\", Basic realm=\"haloflow-api\"");
-        return error.into_response();
+        return Err(error);
     }
     if !matches!(
         *request.method(),
@@ -109,11 +140,10 @@ pub(super) async fn require_api_auth(
         if let Some(origin) = headers.get(header::ORIGIN) {
             let origin = origin.to_str().unwrap_or("");
             if !guard.same_origin(origin, headers) {
-                return ApiError::new(
+                return Err(ApiError::new(
                     ErrorCode::ForbiddenOrigin,
                     "cross-origin API calls are refused; call the API from a client, not a web page of another site",
-                )
-                .into_response();
+                ));
             }
         }
         let content_type = headers
@@ -121,14 +151,13 @@ pub(super) async fn require_api_auth(
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         if !super::trigger::is_json(content_type) {
-            return ApiError::new(
+            return Err(ApiError::new(
                 ErrorCode::UnsupportedMediaType,
                 "state-changing API calls take Content-Type: application/json (send `{}` for no options)",
-            )
-            .into_response();
+            ));
         }
     }
-    next.run(request).await
+    Ok(())
 }
 
 /// `scheme://host[:port]` of a URL or Origin value, lowercased; None for `null` or garbage.

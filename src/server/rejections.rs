@@ -13,6 +13,9 @@ use super::error::ApiError;
 use crate::engine::{Engine, new_id};
 use crate::storage::{NewRequest, now_ms};
 
+/// The label of refused API calls.
+pub(super) const API: &str = "api";
+
 /// The label for requests to a flow or connection that does not exist: the id is the
 /// sender's choice, so it never becomes a label or a map key.
 pub(super) const UNKNOWN: &str = "unknown";
@@ -53,26 +56,11 @@ impl Rejections {
 
     /// Counts, logs and stores (within the budget) a rejection.
     pub(super) async fn record(&self, engine: &Engine, rejected: Rejected<'_>) {
-        let code = rejected.error.code.as_str();
-        *lock(&self.counts)
-            .entry((rejected.flow.to_owned(), code))
-            .or_default() += 1;
-        let Some(suppressed) = self.admit(rejected.flow) else {
+        let Some(client) = self.count_and_log(&rejected) else {
             return;
         };
-        let client = rejected
-            .peer
-            .map_or_else(|| "unknown".to_owned(), |p| p.to_string());
-        tracing::warn!(
-            flow_id = %rejected.flow,
-            reason = code,
-            client = %client,
-            bytes = rejected.bytes,
-            suppressed,
-            "Rejected a request: {}. If this is your sender, fix its settings; repeated rejections from a stranger need no action.",
-            rejected.detail
-        );
         if rejected.store && rejected.flow != UNKNOWN {
+            let code = rejected.error.code.as_str();
             engine
                 .record_rejected(NewRequest {
                     id: new_id(),
@@ -87,6 +75,29 @@ impl Rejections {
                 })
                 .await;
         }
+    }
+
+    /// Counts a rejection and logs it within the budget; the client address when it was logged
+    /// (and so may be stored).
+    pub(super) fn count_and_log(&self, rejected: &Rejected<'_>) -> Option<String> {
+        let code = rejected.error.code.as_str();
+        *lock(&self.counts)
+            .entry((rejected.flow.to_owned(), code))
+            .or_default() += 1;
+        let suppressed = self.admit(rejected.flow)?;
+        let client = rejected
+            .peer
+            .map_or_else(|| "unknown".to_owned(), |p| p.to_string());
+        tracing::warn!(
+            flow_id = %rejected.flow,
+            reason = code,
+            client = %client,
+            bytes = rejected.bytes,
+            suppressed,
+            "Rejected a request: {}. If this is your sender, fix its settings; repeated rejections from a stranger need no action.",
+            rejected.detail
+        );
+        Some(client)
     }
 
     /// `Some(left out since the last admitted)` when this rejection is within the budget.
