@@ -349,7 +349,7 @@ async fn a_flood_of_rejected_requests_costs_a_bounded_amount_of_storage() {
 
 fn quick_timeouts(config: &mut Config) {
     config.server.header_timeout_secs = 1;
-    config.server.idle_timeout_secs = 1;
+    config.server.idle_timeout_secs = 3;
 }
 
 /// Writes `sent` on a fresh connection, then waits for the server to answer or close it;
@@ -403,6 +403,16 @@ async fn slow_clients_are_cut_off() {
     let (answer, took) = stall(&h.base, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(took < std::time::Duration::from_secs(4), "{took:?}");
+    // The two that never sent a whole request are counted (and logged) as rejections.
+    let metrics = h
+        .client
+        .get(format!("{}/metrics", h.api))
+        .send()
+        .await
+        .unwrap();
+    let metrics = metrics.text().await.unwrap();
+    let line = "haloflow_rejected_requests_total{flow=\"connection\",reason=\"request_timeout\"} 2";
+    assert!(metrics.contains(line), "{line} in {metrics}");
 }
 
 #[tokio::test]

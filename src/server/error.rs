@@ -16,6 +16,8 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     UriTooLong,
     HeadersTooLarge,
+    /// A connection closed because no whole request arrived in time (logged, never sent).
+    RequestTimeout,
     PayloadTooLarge,
     InvalidJson,
     InvalidPayload,
@@ -46,6 +48,7 @@ impl ErrorCode {
             ErrorCode::InvalidAuth => ("invalid_auth", StatusCode::UNAUTHORIZED),
             ErrorCode::ForbiddenOrigin => ("forbidden_origin", StatusCode::FORBIDDEN),
             ErrorCode::UriTooLong => ("uri_too_long", StatusCode::URI_TOO_LONG),
+            ErrorCode::RequestTimeout => ("request_timeout", StatusCode::REQUEST_TIMEOUT),
             ErrorCode::HeadersTooLarge => (
                 "headers_too_large",
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,

@@ -7,6 +7,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,6 +20,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, Sleep};
 
+use super::error::{ApiError, ErrorCode};
+use super::rejections::{CONNECTION, Rejected, Rejections};
 use crate::config::ServerConfig;
 
 /// The listener settings of `[server]`.
@@ -46,6 +49,7 @@ pub(super) async fn run(
     listener: TcpListener,
     app: Router,
     limits: Limits,
+    rejections: Arc<Rejections>,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -62,46 +66,111 @@ pub(super) async fn run(
             _ = stopping => break,
         };
         let _ = stream.set_nodelay(true);
-        let app = TowerToHyperService::new(app.clone());
-        let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
-            request.extensions_mut().insert(ConnectInfo(peer));
-            // The path only: a query may carry a trigger's key.
-            let seen = tracing::enabled!(tracing::Level::DEBUG)
-                .then(|| (request.method().clone(), request.uri().path().to_owned()));
-            let answer = hyper::service::Service::call(&app, request);
-            async move {
-                let response = answer.await;
-                if let (Some((method, path)), Ok(response)) = (seen, &response) {
-                    let status = response.status().as_u16();
-                    tracing::debug!(%peer, %method, path, status, "Answered a request.");
-                }
-                response
-            }
-        });
+        let served = Arc::new(AtomicBool::new(false));
+        let idle = IdleTimeout::new(stream, limits.idle_timeout);
+        let idled = idle.fired.clone();
         let connection = http.serve_connection(
-            TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout)),
-            service,
+            TokioIo::new(idle),
+            service(app.clone(), peer, served.clone()),
         );
-        let mut stop = shutdown.clone();
+        let stop = shutdown.clone();
+        let rejections = rejections.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let mut connection = std::pin::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(%peer, error = %e, "A connection ended with an error.");
-                    }
-                }
-                _ = async { stop.wait_for(|stop| *stop).await.map(|_| ()) } => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
-                }
+            let result = drive(connection, stop).await;
+            let timed_out = idled.load(Ordering::Relaxed)
+                || result.as_ref().is_err_and(hyper::Error::is_timeout);
+            if let Err(e) = &result {
+                tracing::debug!(%peer, error = %e, "A connection ended with an error.");
+            }
+            if timed_out && !served.load(Ordering::Relaxed) {
+                timed_out_before_a_request(peer, &rejections);
             }
         });
     }
     // Every connection holds a permit until it is done.
     let _ = permits.acquire_many(limits.max_connections as u32).await;
     Ok(())
+}
+
+/// The router for one connection: the client's address goes into each request's extensions.
+fn service(
+    app: Router,
+    peer: SocketAddr,
+    served: Arc<AtomicBool>,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send,
+> + Clone {
+    let app = TowerToHyperService::new(app);
+    hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        served.store(true, Ordering::Relaxed);
+        // The path only: a query may carry a trigger's key.
+        let seen = tracing::enabled!(tracing::Level::DEBUG)
+            .then(|| (request.method().clone(), request.uri().path().to_owned()));
+        let answer = hyper::service::Service::call(&app, request);
+        async move {
+            let response = answer.await;
+            if let (Some((method, path)), Ok(response)) = (seen, &response) {
+                let status = response.status().as_u16();
+                tracing::debug!(%peer, %method, path, status, "Answered a request.");
+            }
+            response
+        }
+    })
+}
+
+/// Serves a connection until it ends, or until shutdown, then lets its request finish.
+async fn drive<F>(connection: F, mut stop: watch::Receiver<bool>) -> Result<(), hyper::Error>
+where
+    F: Future<Output = Result<(), hyper::Error>> + GracefulShutdown,
+{
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => result,
+        _ = async { stop.wait_for(|stop| *stop).await.map(|_| ()) } => {
+            connection.as_mut().shut_down();
+            connection.await
+        }
+    }
+}
+
+/// A connection closed by a timeout before it sent one whole request (slowloris, or a client
+/// that connects and stalls) is a rejection; idle kept-alive connections are not.
+fn timed_out_before_a_request(peer: SocketAddr, rejections: &Rejections) {
+    let error = ApiError::new(
+        ErrorCode::RequestTimeout,
+        "no whole request arrived in time (server.header_timeout_secs, server.idle_timeout_secs); the connection was closed",
+    );
+    rejections.count_and_log(&Rejected {
+        flow: CONNECTION,
+        error: &error,
+        detail: &error.message,
+        peer: Some(peer),
+        bytes: 0,
+        store: false,
+    });
+}
+
+/// `graceful_shutdown` of hyper's connection, for [`drive`].
+trait GracefulShutdown {
+    fn shut_down(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S> GracefulShutdown for hyper::server::conn::http1::Connection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn shut_down(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
 }
 
 /// The next connection, once fewer than the cap are open. Accept errors (out of file
@@ -145,6 +214,8 @@ struct IdleTimeout {
     inner: TcpStream,
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
+    /// Set once the deadline closed the stream (hyper may report that as a quiet close).
+    fired: Arc<AtomicBool>,
 }
 
 impl IdleTimeout {
@@ -153,6 +224,7 @@ impl IdleTimeout {
             inner,
             idle,
             deadline: Box::pin(tokio::time::sleep(idle)),
+            fired: Arc::default(),
         }
     }
 
@@ -162,10 +234,10 @@ impl IdleTimeout {
 
     /// Called when the stream is pending: an error once the deadline has passed.
     fn check(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
-        self.deadline
-            .as_mut()
-            .poll(cx)
-            .map(|()| io::Error::new(io::ErrorKind::TimedOut, "the connection was idle too long"))
+        self.deadline.as_mut().poll(cx).map(|()| {
+            self.fired.store(true, Ordering::Relaxed);
+            io::Error::new(io::ErrorKind::TimedOut, "the connection was idle too long")
+        })
     }
 }
 

@@ -147,11 +147,17 @@ pub async fn serve_listeners(
     let stop = listener::shutdown_watch(shutdown);
     let rejections = rejections_of(&engine);
     let public = public_router(engine.clone(), rejections.clone());
-    let public = listener::run(listeners.public, public, limits, stop.clone());
+    let public = listener::run(
+        listeners.public,
+        public,
+        limits,
+        rejections.clone(),
+        stop.clone(),
+    );
     match listeners.admin {
         Some(admin) => {
-            let app = private_router(engine, rejections);
-            let admin = listener::run(admin, app, limits, stop);
+            let app = private_router(engine, rejections.clone());
+            let admin = listener::run(admin, app, limits, rejections, stop);
             tokio::try_join!(public, admin).map(|_| ())
         }
         None => public.await,

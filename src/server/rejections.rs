@@ -13,6 +13,9 @@ use super::error::ApiError;
 use crate::engine::{Engine, new_id};
 use crate::storage::{NewRequest, now_ms};
 
+/// The label of connections closed before a whole request arrived.
+pub(super) const CONNECTION: &str = "connection";
+
 /// The label of refused API calls.
 pub(super) const API: &str = "api";
 
