@@ -98,7 +98,7 @@ impl Rejections {
             bytes = rejected.bytes,
             suppressed,
             "Rejected a request: {}. If this is your sender, fix its settings; repeated rejections from a stranger need no action.",
-            rejected.detail
+            printable(rejected.detail)
         );
         Some(client)
     }
@@ -129,6 +129,15 @@ impl Rejections {
     }
 }
 
+/// A sender's text made safe for a log line: no control characters (a forged line or terminal
+/// escape), at most 300 characters.
+fn printable(text: &str) -> String {
+    text.chars()
+        .take(300)
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
@@ -146,5 +155,11 @@ mod tests {
         assert_eq!(rejections.admit("f"), Some(0));
         assert_eq!(rejections.admit("f"), None);
         assert_eq!(rejections.admit("g"), Some(0), "per flow");
+    }
+
+    #[test]
+    fn log_text_has_no_control_characters() {
+        assert_eq!(printable("a\nb\u{1b}[31m"), "a\u{fffd}b\u{fffd}[31m");
+        assert_eq!(printable(&"x".repeat(1000)).len(), 300);
     }
 }
