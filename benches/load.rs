@@ -310,6 +310,8 @@ fn config_text(
         r#"# Written by benches/load.rs.
 [server]
 listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+metrics_public = true
 {durability}
 [secrets]
 LOAD_TRIGGER_KEY = "{TRIGGER_KEY}"

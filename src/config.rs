@@ -566,6 +566,81 @@ pub struct ServerConfig {
     /// (every commit synced to disk; slower).
     #[serde(default)]
     pub durability: crate::storage::Durability,
+    /// Where the API (and `/metrics`) is served for this machine only. Without `[server.api]`
+    /// credentials the API is served here alone and this must be a loopback address; with
+    /// them it is served here and on `listen`.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: SocketAddr,
+    /// Serve `/metrics` without credentials on both listeners (e.g. for a scraper).
+    #[serde(default)]
+    pub metrics_public: bool,
+    /// Credentials the API takes; see [`ApiAuthConfig`].
+    #[serde(default)]
+    pub api: ApiAuthConfig,
+    /// A client must send a request's line and headers within this many seconds of connecting
+    /// (or of the previous answer on a kept-alive connection), else the connection is closed.
+    #[serde(default = "default_header_timeout_secs")]
+    pub header_timeout_secs: u64,
+    /// A connection on which nothing arrives for this many seconds is closed (a stalled body,
+    /// an idle keep-alive connection).
+    #[serde(default = "default_idle_timeout_secs")]
+    pub idle_timeout_secs: u64,
+    /// Connections served at once per listener; more wait in the kernel's accept queue.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Largest request line plus headers, in bytes: a longer URL is answered 414, longer
+    /// headers 431 (JSON).
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Rejected requests logged (and stored, as a summary) per second per flow; the rest are
+    /// only counted, and the next line says how many were left out.
+    #[serde(default = "default_rejections_logged_per_sec")]
+    pub rejections_logged_per_sec: u32,
+}
+
+/// `[server.api]`: the API's credentials, by secret name. A bearer token
+/// (`token_secret_name`), Basic credentials (`basic_username` + `password_secret_name`), or
+/// both.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiAuthConfig {
+    #[serde(default)]
+    pub token_secret_name: Option<String>,
+    #[serde(default)]
+    pub basic_username: Option<String>,
+    #[serde(default)]
+    pub password_secret_name: Option<String>,
+}
+
+impl ApiAuthConfig {
+    /// True when any API credentials are configured.
+    pub fn is_configured(&self) -> bool {
+        self.token_secret_name.is_some() || self.password_secret_name.is_some()
+    }
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8081))
+}
+
+fn default_header_timeout_secs() -> u64 {
+    10
+}
+
+fn default_idle_timeout_secs() -> u64 {
+    60
+}
+
+fn default_max_connections() -> usize {
+    1024
+}
+
+fn default_max_header_bytes() -> usize {
+    32 * 1024
+}
+
+fn default_rejections_logged_per_sec() -> u32 {
+    5
 }
 
 /// A run in flight holds its trigger, its steps' outputs and its connections: about 40 KB on
@@ -601,6 +676,14 @@ impl Default for ServerConfig {
             database_url: None,
             max_active_runs: default_max_active_runs(),
             durability: Default::default(),
+            admin_listen: default_admin_listen(),
+            metrics_public: false,
+            api: ApiAuthConfig::default(),
+            header_timeout_secs: default_header_timeout_secs(),
+            idle_timeout_secs: default_idle_timeout_secs(),
+            max_connections: default_max_connections(),
+            max_header_bytes: default_max_header_bytes(),
+            rejections_logged_per_sec: default_rejections_logged_per_sec(),
         }
     }
 }

@@ -17,6 +17,9 @@ use haloflow::storage::{RequestFilter, RunFilter, RunStatus};
     about = "Flow automation for HaloITSM and ServiceNow"
 )]
 struct Cli {
+    /// Log lines on stderr as text (coloured only on a terminal) or as JSON, one object a line.
+    #[arg(long, global = true, env = "HALOFLOW_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -82,6 +85,9 @@ enum Command {
         /// Overrides server.listen from the config.
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Overrides server.admin_listen: where the API is served for this machine.
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
         /// Reload flows when their files change (SIGHUP always reloads).
         #[arg(long)]
         watch: bool,
@@ -285,13 +291,7 @@ fn disable_transparent_huge_pages() {
 fn main() -> ExitCode {
     disable_transparent_huge_pages();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HALOFLOW_LOG")
-                .unwrap_or_else(|_| "haloflow=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(&cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -306,6 +306,27 @@ fn main() -> ExitCode {
             eprintln!("haloflow: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Logs on stderr, filtered by `HALOFLOW_LOG` (default `haloflow=warn`); an invalid filter is
+/// reported rather than silently replaced.
+fn init_logging(format: &str) {
+    use std::io::IsTerminal;
+    let filter = match std::env::var("HALOFLOW_LOG") {
+        Ok(text) => tracing_subscriber::EnvFilter::try_new(&text).unwrap_or_else(|e| {
+            eprintln!("haloflow: HALOFLOW_LOG=`{text}` is not a log filter ({e}); logging haloflow=warn. Example: HALOFLOW_LOG=haloflow=debug");
+            "haloflow=warn".into()
+        }),
+        Err(_) => "haloflow=warn".into(),
+    };
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        logs.json().init();
+    } else {
+        logs.with_ansi(std::io::stderr().is_terminal()).init();
     }
 }
 
@@ -378,6 +399,7 @@ async fn dispatch(command: Command) -> Result<bool> {
             data,
             config,
             listen,
+            admin_listen,
             watch,
             database,
             node_id,
@@ -391,6 +413,7 @@ async fn dispatch(command: Command) -> Result<bool> {
                     watch,
                     database,
                     node_id,
+                    admin_listen,
                 },
                 out,
             )

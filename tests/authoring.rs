@@ -255,7 +255,7 @@ async fn reload_keeps_the_old_flow_when_the_new_one_is_invalid() {
     assert_eq!(h.engine.reload().unwrap(), 1);
     let listed: Value = h
         .client
-        .get(format!("{}/api/flows", h.base))
+        .get(format!("{}/api/flows", h.api))
         .send()
         .await
         .unwrap()
@@ -360,6 +360,8 @@ async fn serve_reloads_on_sighup_and_keeps_serving_an_invalid_edit() {
             flows.to_str().unwrap(),
             "--listen",
             "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
         ])
         .args(["--config", config.to_str().unwrap()])
         .env("SIGHUP_HALO_SECRET", "s")
@@ -372,12 +374,21 @@ async fn serve_reloads_on_sighup_and_keeps_serving_an_invalid_edit() {
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
     stdout.read_line(&mut first).unwrap();
+    let mut second = String::new();
+    stdout.read_line(&mut second).unwrap();
     // Keep reading, as a terminal would.
     std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-    let base = first
+    let public = first
         .split_whitespace()
         .nth(3)
         .expect("haloflow listening on <url>")
+        .to_owned();
+    // The API is on the loopback admin listener: "API on http://127.0.0.1:<port>/api ...".
+    let base = second
+        .split_whitespace()
+        .nth(2)
+        .and_then(|url| url.strip_suffix("/api"))
+        .expect("API on <url>/api")
         .to_owned();
     let client = reqwest::Client::new();
     let name = || async {
@@ -433,7 +444,7 @@ async fn serve_reloads_on_sighup_and_keeps_serving_an_invalid_edit() {
         "an invalid edit is rejected and the old version kept"
     );
     let accepted = client
-        .post(format!("{base}/triggers/new-ticket-routing"))
+        .post(format!("{public}/triggers/new-ticket-routing"))
         .basic_auth("halo", Some("pw"))
         .json(&sample_payload("halo-new-ticket.json"))
         .send()

@@ -125,7 +125,7 @@ async fn six_correlated_requests_give_four_runs_and_two_suppressed_under_the_fou
     // The API and /metrics show it.
     let api: Value = h
         .client
-        .get(format!("{}/api/requests?suppressed=true", h.base))
+        .get(format!("{}/api/requests?suppressed=true", h.api))
         .send()
         .await
         .unwrap()
@@ -135,7 +135,7 @@ async fn six_correlated_requests_give_four_runs_and_two_suppressed_under_the_fou
     assert_eq!(api["requests"].as_array().unwrap().len(), 2);
     let metrics = h
         .client
-        .get(format!("{}/metrics", h.base))
+        .get(format!("{}/metrics", h.api))
         .send()
         .await
         .unwrap()
@@ -247,7 +247,7 @@ async fn over_the_rate_limit_requests_get_429_with_retry_after_and_are_not_store
     );
     let metrics = h
         .client
-        .get(format!("{}/metrics", h.base))
+        .get(format!("{}/metrics", h.api))
         .send()
         .await
         .unwrap()

@@ -91,7 +91,7 @@ async fn answers_match_the_documented_schemas() {
     .await;
     let get = |path: String| {
         let client = h.client.clone();
-        let url = format!("{}{path}", h.base);
+        let url = format!("{}{path}", h.api);
         async move {
             let response = client.get(url).send().await.unwrap();
             (
@@ -138,7 +138,7 @@ async fn answers_match_the_documented_schemas() {
 
     let replay = |body: Value| {
         let client = h.client.clone();
-        let url = format!("{}/api/runs/{}/replay", h.base, failed.summary.id);
+        let url = format!("{}/api/runs/{}/replay", h.api, failed.summary.id);
         async move {
             let response = client.post(url).json(&body).send().await.unwrap();
             (

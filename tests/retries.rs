@@ -210,7 +210,8 @@ async fn replay_from_the_failed_step_reuses_earlier_outputs() {
 
     let response = h
         .client
-        .post(format!("{}/api/runs/{}/replay", h.base, failed.summary.id))
+        .post(format!("{}/api/runs/{}/replay", h.api, failed.summary.id))
+        .json(&json!({}))
         .send()
         .await
         .unwrap();
@@ -252,7 +253,7 @@ async fn replay_from_the_failed_step_reuses_earlier_outputs() {
     assert_eq!(h.partner.tickets().len(), 2);
     let refused = h
         .client
-        .post(format!("{}/api/runs/{}/replay", h.base, failed.summary.id))
+        .post(format!("{}/api/runs/{}/replay", h.api, failed.summary.id))
         .json(&json!({"from_step": "tell_agent"}))
         .send()
         .await
@@ -354,7 +355,7 @@ async fn metrics_parse_as_prometheus_text() {
         .await;
     let response = h
         .client
-        .get(format!("{}/metrics", h.base))
+        .get(format!("{}/metrics", h.api))
         .send()
         .await
         .unwrap();
@@ -418,7 +419,7 @@ async fn run_history_filters_by_time_and_health_checks_the_database() {
         .wait(escalate(&h).await["run_ids"][0].as_str().unwrap())
         .await;
     let list = |query: String| {
-        let url = format!("{}/api/runs?{query}", h.base);
+        let url = format!("{}/api/runs?{query}", h.api);
         let client = h.client.clone();
         async move {
             let response = client.get(url).send().await.unwrap();
@@ -442,7 +443,7 @@ async fn run_history_filters_by_time_and_health_checks_the_database() {
     );
     let detail: Value = h
         .client
-        .get(format!("{}/api/runs/{}", h.base, run.summary.id))
+        .get(format!("{}/api/runs/{}", h.api, run.summary.id))
         .send()
         .await
         .unwrap()

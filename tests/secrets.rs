@@ -107,7 +107,7 @@ async fn secrets_never_reach_logs_database_or_history() {
     ] {
         api_text.push_str(
             &h.client
-                .get(format!("{}{path}", h.base))
+                .get(format!("{}{path}", h.api))
                 .send()
                 .await
                 .unwrap()

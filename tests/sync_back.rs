@@ -24,6 +24,8 @@ const GLOBEX_SECRET: &str = "CS-globex-sb-77aa";
 
 struct World {
     base: String,
+    /// The loopback admin listener (the API).
+    api: String,
     engine: Engine,
     storage: Arc<SqliteStorage>,
     halo: HaloEmulator,
@@ -126,6 +128,13 @@ password_secret_name = "VENDOR_PASSWORD"
 journal = "sys_journal_field"
 webhook = {{ secret_name = "VENDOR_HOOK", header = "X-Vendor-Key", sys_id_field = "id" }}
 
+[servicenow.suppliers.8]
+instance_url = "{vendor}"
+auth = "basic"
+username = "vendor.integration"
+password_secret_name = "VENDOR_PASSWORD"
+webhook = {{ secret_name = "VENDOR_HOOK", basic_username = "snhook", sys_id_field = "id" }}
+
 [servicenow.customers.13]
 instance_url = "{globex}"
 auth = "oauth"
@@ -158,13 +167,20 @@ webhook = {{ secret_name = "HOOK_SECRET", ticket_type_id = 5 }}
             .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(haloflow::server::serve(
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api = format!("http://{}", admin.local_addr().unwrap());
+        let listeners = haloflow::server::Listeners {
+            public: listener,
+            admin: Some(admin),
+        };
+        tokio::spawn(haloflow::server::serve_listeners(
             engine.clone(),
-            listener,
+            listeners,
             std::future::pending(),
         ));
         World {
             base,
+            api,
             engine,
             storage,
             halo,
@@ -413,7 +429,8 @@ async fn supplier_webhooks_never_create_tickets_and_bad_signatures_are_refused()
         error["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("does not match the body")
+            .contains("the webhook was not accepted"),
+        "the reason is logged, not told: {error}"
     );
     assert!(
         w.acme.requests().is_empty(),
@@ -495,7 +512,7 @@ async fn the_integrator_creates_what_missed_webhooks_should_have_and_then_nothin
     assert_eq!(w.halo.actions().len(), 1);
     let scans: Value = w
         .client
-        .get(format!("{}/api/integrator", w.base))
+        .get(format!("{}/api/integrator", w.api))
         .send()
         .await
         .unwrap()
@@ -505,7 +522,7 @@ async fn the_integrator_creates_what_missed_webhooks_should_have_and_then_nothin
     assert_eq!(scans["scans"][0]["connection"], "customers/12");
     let metrics = w
         .client
-        .get(format!("{}/metrics", w.base))
+        .get(format!("{}/metrics", w.api))
         .send()
         .await
         .unwrap()
@@ -1000,4 +1017,62 @@ async fn the_sys_journal_field_path_needs_audit_viewer() {
             .any(|n| n.ends_with("comment by vendor.agent]\nDone")),
         "{notes:?}"
     );
+}
+
+/// Issue 17: an unknown id answers exactly as a known connection with wrong credentials (so
+/// the answers do not list the customers and suppliers); the Basic scheme is matched in any
+/// case; every rejection is counted in /metrics.
+#[tokio::test]
+async fn unknown_ids_answer_as_wrong_credentials_do_and_basic_is_case_insensitive() {
+    let w = World::new(100).await;
+    let body =
+        json!({"table": "incident", "sys_id": "0123456789abcdef0123456789abcdef"}).to_string();
+    let wrong = [("X-Haloflow-Secret", "wrong"), ("X-Vendor-Key", "wrong")];
+    let known = w.post("customers/12", body.clone(), &wrong).await;
+    let known_supplier = w.post("suppliers/7", body.clone(), &wrong).await;
+    let unknown = w.post("customers/999", body.clone(), &wrong).await;
+    let unknown_supplier = w.post("suppliers/999", body.clone(), &wrong).await;
+    assert_eq!(known.0, 401, "{}", known.1);
+    assert_eq!(known, unknown);
+    assert_eq!(known, known_supplier);
+    assert_eq!(known, unknown_supplier);
+
+    let pair = base64::engine::general_purpose::STANDARD.encode(format!("snhook:{VENDOR_HOOK}"));
+    let hook = json!({"table": "incident", "id": "0123456789abcdef0123456789abcdef"}).to_string();
+    for scheme in ["Basic", "BASIC", "basic"] {
+        let credentials = format!("{scheme} {pair}");
+        let (status, answer) = w
+            .post(
+                "suppliers/8",
+                hook.clone(),
+                &[("Authorization", &credentials)],
+            )
+            .await;
+        assert_eq!(status, 200, "{scheme}: {answer}");
+    }
+    let (status, _) = w
+        .post(
+            "suppliers/8",
+            hook,
+            &[("Authorization", "BASIC d3Jvbmc6d3Jvbmc=")],
+        )
+        .await;
+    assert_eq!(status, 401);
+
+    let metrics = w
+        .client
+        .get(format!("{}/metrics", w.api))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "haloflow_rejected_requests_total{flow=\"servicenow:customers/12\",reason=\"invalid_auth\"} 1",
+        "haloflow_rejected_requests_total{flow=\"unknown\",reason=\"invalid_auth\"} 2",
+        "haloflow_rejected_requests_total{flow=\"servicenow:suppliers/8\",reason=\"invalid_auth\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
 }

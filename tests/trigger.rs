@@ -210,6 +210,8 @@ async fn expect_error(response: reqwest::Response, status: u16, code: &str) -> S
 async fn bad_requests_get_clear_json_errors_and_are_recorded() {
     let h = Harness::start_with(Options {
         max_body_bytes: 2048,
+        // Above the burst below, so every rejection is stored (tests/surface.rs floods it).
+        configure: |config| config.server.rejections_logged_per_sec = 100,
         ..Options::default()
     })
     .await;
@@ -595,7 +597,7 @@ async fn hostile_inputs_get_answers_not_panics() {
         200
     );
     expect_error(
-        c.get(format!("{}/api/runs?status=weird", h.base))
+        c.get(format!("{}/api/runs?status=weird", h.api))
             .send()
             .await
             .unwrap(),
@@ -604,7 +606,7 @@ async fn hostile_inputs_get_answers_not_panics() {
     )
     .await;
     expect_error(
-        c.get(format!("{}/api/runs/none", h.base))
+        c.get(format!("{}/api/runs/none", h.api))
             .send()
             .await
             .unwrap(),

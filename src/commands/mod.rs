@@ -493,6 +493,8 @@ pub struct ServeOptions {
     pub database: Option<String>,
     /// Overrides `server.node_id`.
     pub node_id: Option<String>,
+    /// Overrides `server.admin_listen`.
+    pub admin_listen: Option<std::net::SocketAddr>,
 }
 
 /// `haloflow serve`: serves trigger URLs and the API until Ctrl-C.
@@ -503,6 +505,9 @@ pub async fn serve(options: &ServeOptions, out: &mut dyn Write) -> Result<(), Co
     }
     if let Some(node_id) = &options.node_id {
         config.server.node_id = Some(node_id.clone());
+    }
+    if let Some(admin_listen) = options.admin_listen {
+        config.server.admin_listen = admin_listen;
     }
     let database = options
         .database
@@ -525,6 +530,8 @@ pub async fn serve(options: &ServeOptions, out: &mut dyn Write) -> Result<(), Co
             ))
         })?;
     let addr = listener.local_addr()?;
+    let admin = bind_admin(&config.server).await?;
+    let admin_addr = admin.local_addr()?;
     let base = config
         .server
         .public_url
@@ -542,6 +549,14 @@ pub async fn serve(options: &ServeOptions, out: &mut dyn Write) -> Result<(), Co
         "haloflow listening on http://{addr} (database {shown_database}, node {})\n",
         engine.node_id()
     );
+    banner.push_str(&format!(
+        "API on http://{admin_addr}/api{}\n",
+        if config.server.api.is_configured() {
+            " and on the public listener, with the [server.api] credentials"
+        } else {
+            " (this machine only; configure [server.api] credentials to serve it publicly)"
+        }
+    ));
     for loaded in engine.flows() {
         let url = render::trigger_url(&base, &loaded.flow, None);
         banner.push_str(&format!("  {url}  {}\n", loaded.flow.document.name));
@@ -560,7 +575,11 @@ pub async fn serve(options: &ServeOptions, out: &mut dyn Write) -> Result<(), Co
     }
     // Best effort: a server keeps serving when nobody reads its standard output.
     let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
-    crate::server::serve(engine.clone(), listener, shutdown_signal()).await?;
+    let listeners = crate::server::Listeners {
+        public: listener,
+        admin: Some(admin),
+    };
+    crate::server::serve_listeners(engine.clone(), listeners, shutdown_signal()).await?;
     // New requests are refused from here; steps already sending may finish, then stop.
     engine.shutdown();
     let timeout = std::time::Duration::from_secs(config.server.shutdown_timeout_secs);
@@ -575,6 +594,24 @@ pub async fn serve(options: &ServeOptions, out: &mut dyn Write) -> Result<(), Co
     };
     let _ = out.write_all(message.as_bytes()).and_then(|()| out.flush());
     Ok(())
+}
+
+/// Binds `server.admin_listen`; without API credentials it must be a loopback address, as
+/// it then serves the API to anyone who reaches it.
+async fn bind_admin(
+    server: &crate::config::ServerConfig,
+) -> Result<tokio::net::TcpListener, CommandError> {
+    let addr = server.admin_listen;
+    if !server.api.is_configured() && !addr.ip().is_loopback() {
+        return Err(CommandError::Failed(format!(
+            "server.admin_listen = {addr} is not a loopback address, and the API has no credentials; use 127.0.0.1:<port>, or configure [server.api] token_secret_name"
+        )));
+    }
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        CommandError::Failed(format!(
+            "cannot listen on {addr} for the API: {e}; choose another address with --admin-listen (127.0.0.1:0 picks a free port)"
+        ))
+    })
 }
 
 /// Completes on Ctrl-C (and SIGTERM on Unix).

@@ -16,7 +16,7 @@ pub(super) async fn health(State(engine): State<Engine>) -> Response {
         Ok(_) => Json(json!({"status": "ok", "database": "ok", "flows": engine.flows().len()}))
             .into_response(),
         Err(e) => {
-            tracing::error!(error = %e, "Health check: the database is not answering.");
+            tracing::error!(error = %e, "Health check: the database is not answering; check that it is running and reachable (server.database_url).");
             ApiError::new(
                 ErrorCode::StorageUnavailable,
                 "the database is not answering",
@@ -73,7 +73,7 @@ fn time_param(params: &HashMap<String, String>, name: &str) -> Result<Option<i64
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
-    tracing::error!(error = %e, "Run history query failed.");
+    tracing::error!(error = %e, "Run history query failed; check the database (server.database_url).");
     ApiError::new(
         ErrorCode::StorageUnavailable,
         "the run history could not be read; try again",
@@ -223,7 +223,10 @@ pub(super) async fn requests(
 
 /// Prometheus text (format 0.0.4): trigger requests by outcome, runs by status, step latency,
 /// retries, flood-control keys.
-pub(super) async fn metrics(State(engine): State<Engine>) -> Response {
+pub(super) async fn metrics(
+    State(engine): State<Engine>,
+    axum::Extension(rejections): axum::Extension<std::sync::Arc<super::Rejections>>,
+) -> Response {
     use std::fmt::Write;
     use std::sync::atomic::Ordering;
     let mut text = String::new();
@@ -255,6 +258,19 @@ pub(super) async fn metrics(State(engine): State<Engine>) -> Response {
     }
     family(
         &mut text,
+        "haloflow_rejected_requests_total",
+        "counter",
+        "Rejected trigger and ServiceNow webhook requests by flow (or connection) and reason, since start; `unknown` for ids that do not exist.",
+    );
+    for (flow, reason, n) in rejections.counts() {
+        let _ = writeln!(
+            text,
+            "haloflow_rejected_requests_total{{flow=\"{}\",reason=\"{reason}\"}} {n}",
+            label(&flow)
+        );
+    }
+    family(
+        &mut text,
         "haloflow_runs",
         "gauge",
         "Runs in the database by flow and status.",
@@ -271,7 +287,9 @@ pub(super) async fn metrics(State(engine): State<Engine>) -> Response {
                 );
             }
         }
-        Err(e) => tracing::warn!(error = %e, "Metrics: could not count runs."),
+        Err(e) => {
+            tracing::warn!(error = %e, "Metrics: could not count runs; check the database (server.database_url).")
+        }
     }
     if let Some(stats) = engine.storage().write_stats() {
         family(

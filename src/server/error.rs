@@ -11,7 +11,13 @@ use serde_json::json;
 pub enum ErrorCode {
     UnknownFlow,
     InvalidAuth,
+    /// A state-changing API call from a web page of another origin.
+    ForbiddenOrigin,
     UnsupportedMediaType,
+    UriTooLong,
+    HeadersTooLarge,
+    /// A connection closed because no whole request arrived in time (logged, never sent).
+    RequestTimeout,
     PayloadTooLarge,
     InvalidJson,
     InvalidPayload,
@@ -40,6 +46,13 @@ impl ErrorCode {
         match self {
             ErrorCode::UnknownFlow => ("unknown_flow", StatusCode::NOT_FOUND),
             ErrorCode::InvalidAuth => ("invalid_auth", StatusCode::UNAUTHORIZED),
+            ErrorCode::ForbiddenOrigin => ("forbidden_origin", StatusCode::FORBIDDEN),
+            ErrorCode::UriTooLong => ("uri_too_long", StatusCode::URI_TOO_LONG),
+            ErrorCode::RequestTimeout => ("request_timeout", StatusCode::REQUEST_TIMEOUT),
+            ErrorCode::HeadersTooLarge => (
+                "headers_too_large",
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ),
             ErrorCode::UnsupportedMediaType => {
                 ("unsupported_media_type", StatusCode::UNSUPPORTED_MEDIA_TYPE)
             }

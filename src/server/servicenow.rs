@@ -9,7 +9,11 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -18,6 +22,7 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
 use super::error::{ApiError, ErrorCode};
+use super::rejections::{Rejected, Rejections, UNKNOWN};
 use crate::config::WebhookConfig;
 use crate::engine::{Engine, new_id};
 use crate::secrets::SecretStore;
@@ -29,6 +34,8 @@ type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
 pub(super) async fn receive(
     State(engine): State<Engine>,
+    Extension(rejections): Extension<Arc<Rejections>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     Path((side, id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
@@ -44,89 +51,79 @@ pub(super) async fn receive(
             .into_response();
         }
     };
-    let Some(sn) = engine.connections().servicenow(side, &id) else {
-        return ApiError::new(
-            ErrorCode::UnknownFlow,
-            format!(
-                "no ServiceNow connection [servicenow.{}.\"{id}\"]",
-                side.as_str()
-            ),
-        )
-        .into_response();
+    let mut reject = Reject {
+        engine: &engine,
+        rejections: &rejections,
+        flow: UNKNOWN.to_owned(),
+        peer: peer.map(|Extension(ConnectInfo(addr))| addr),
+        bytes: body.len(),
     };
-    let Some(webhook) = sn.config.webhook.clone() else {
-        return ApiError::new(
-            ErrorCode::UnknownFlow,
-            format!(
-                "{} has no [webhook] settings; add them to accept its webhooks",
-                sn.config_table()
-            ),
-        )
-        .into_response();
+    let connection = engine
+        .connections()
+        .servicenow(side, &id)
+        .and_then(|sn| sn.config.webhook.clone().map(|webhook| (sn, webhook)));
+    // An unknown id answers exactly as a known one with wrong credentials, after a comparison
+    // of the same cost, so the answers do not tell which customers and suppliers exist.
+    let Some((sn, webhook)) = connection else {
+        authenticate_nobody(&headers, &body);
+        let detail = format!(
+            "no ServiceNow connection {}/{:?} with [webhook] settings",
+            side.as_str(),
+            id.chars().take(40).collect::<String>()
+        );
+        return reject.refuse(not_accepted(), &detail).await;
     };
-    let flow_id = format!("servicenow:{}", sn.key());
-    let text = String::from_utf8_lossy(&body).into_owned();
-    let reject = |error: ApiError, body: Option<String>| {
-        let engine = engine.clone();
-        let flow_id = flow_id.clone();
-        async move {
-            engine
-                .record_rejected(NewRequest {
-                    id: new_id(),
-                    flow_id,
-                    received_at_ms: now_ms(),
-                    http_status: error.code.status().as_u16(),
-                    error: Some((error.code.as_str().to_owned(), error.message.clone())),
-                    query: None,
-                    body,
-                    event_count: 0,
-                    outcome: None,
-                })
-                .await;
-            error.into_response()
-        }
-    };
+    reject.flow = format!("servicenow:{}", sn.key());
+    let flow_id = reject.flow.clone();
     if let Err(message) = authenticate(&webhook, &headers, &body, engine.secrets()) {
-        return reject(ApiError::new(ErrorCode::InvalidAuth, message), None).await;
+        return reject.refuse(not_accepted(), &message).await;
     }
-    let payload: Value = match serde_json::from_slice(&body) {
-        Ok(v @ Value::Object(_)) => v,
-        Ok(_) => {
-            return reject(
-                ApiError::new(
-                    ErrorCode::InvalidPayload,
-                    "the body must be a JSON object naming the record",
-                ),
-                Some(text),
-            )
-            .await;
-        }
-        Err(e) => {
-            return reject(
-                ApiError::new(
-                    ErrorCode::InvalidJson,
-                    format!(
-                        "the body is not JSON: {e} (line {}, column {})",
-                        e.line(),
-                        e.column()
-                    ),
-                ),
-                Some(text),
-            )
-            .await;
-        }
+    let payload = match parse_payload(&body) {
+        Ok(payload) => payload,
+        Err(error) => return reject.refuse_with(error).await,
     };
     let named = match named_record(&webhook, &payload) {
         Ok(named) => named,
         Err(message) => {
-            return reject(
-                ApiError::new(ErrorCode::InvalidPayload, message),
-                Some(text),
-            )
-            .await;
+            return reject
+                .refuse_with(ApiError::new(ErrorCode::InvalidPayload, message))
+                .await;
         }
     };
     let (status, outcome) = process(&engine, &sn, named).await;
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let request_id = store(&engine, flow_id, text, status, &outcome).await;
+    let mut answer = outcome;
+    answer["request_id"] = json!(request_id);
+    (status, Json(answer)).into_response()
+}
+
+fn parse_payload(body: &[u8]) -> Result<Value, ApiError> {
+    match serde_json::from_slice(body) {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        Ok(_) => Err(ApiError::new(
+            ErrorCode::InvalidPayload,
+            "the body must be a JSON object naming the record",
+        )),
+        Err(e) => Err(ApiError::new(
+            ErrorCode::InvalidJson,
+            format!(
+                "the body is not JSON: {e} (line {}, column {})",
+                e.line(),
+                e.column()
+            ),
+        )),
+    }
+}
+
+/// Records an authenticated webhook and what it led to; the request's id.
+async fn store(
+    engine: &Engine,
+    flow_id: String,
+    text: String,
+    status: StatusCode,
+    outcome: &Value,
+) -> String {
     let request = NewRequest {
         id: new_id(),
         flow_id,
@@ -149,11 +146,60 @@ pub(super) async fn receive(
         engine.storage().record_rejected(&request).await
     };
     if let Err(e) = stored {
-        tracing::error!(error = %e, "Could not store a ServiceNow webhook.");
+        tracing::error!(error = %e, "Could not store a ServiceNow webhook; check the database (disk space, connection). The integrator catches the record up.");
     }
-    let mut answer = outcome;
-    answer["request_id"] = json!(request.id);
-    (status, Json(answer)).into_response()
+    request.id
+}
+
+/// The one answer to an unknown connection and to wrong credentials.
+fn not_accepted() -> ApiError {
+    ApiError::new(
+        ErrorCode::InvalidAuth,
+        "the webhook was not accepted: check its URL (/servicenow/customers|suppliers/<id>/webhook) and the credentials set in ServiceNow",
+    )
+}
+
+/// Does the work of a failed [`authenticate`] against a made-up secret.
+fn authenticate_nobody(headers: &HeaderMap, body: &[u8]) {
+    const NOBODY: &[u8] = b"haloflow-no-such-connection-0000";
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .map_or(&b""[..], |v| v.as_bytes());
+    let _ = std::hint::black_box(given.ct_eq(NOBODY));
+    if let Ok(mut mac) = HmacSha256::new_from_slice(NOBODY) {
+        mac.update(body);
+        let _ = std::hint::black_box(mac.verify_slice(NOBODY));
+    }
+}
+
+/// Answers a 4xx, counting it, and logging and storing its summary within the budget.
+struct Reject<'a> {
+    engine: &'a Engine,
+    rejections: &'a Rejections,
+    flow: String,
+    peer: Option<SocketAddr>,
+    bytes: usize,
+}
+
+impl Reject<'_> {
+    /// `detail` is logged, never sent.
+    async fn refuse(&mut self, error: ApiError, detail: &str) -> Response {
+        let rejected = Rejected {
+            flow: &self.flow,
+            error: &error,
+            detail,
+            peer: self.peer,
+            bytes: self.bytes,
+            store: true,
+        };
+        self.rejections.record(self.engine, rejected).await;
+        error.into_response()
+    }
+
+    async fn refuse_with(&mut self, error: ApiError) -> Response {
+        let detail = error.message.clone();
+        self.refuse(error, &detail).await
+    }
 }
 
 /// What a webhook body names: its record, and the note it carried.
@@ -266,7 +312,7 @@ async fn process(
 
 /// A failure to act: 502 so ServiceNow may send it again; the integrator catches up otherwise.
 fn failed(e: crate::step::StepError) -> (StatusCode, Value) {
-    tracing::warn!(error = %e, "A ServiceNow webhook could not be synced.");
+    tracing::warn!(error = %e, "A ServiceNow webhook could not be synced; ServiceNow may send it again and the integrator catches up. Check the connection if this repeats.");
     (
         StatusCode::BAD_GATEWAY,
         json!({"error": format!("the webhook could not be synced: {e}; it can be sent again, and the integrator catches up")}),
@@ -287,12 +333,7 @@ fn authenticate(
             .ok_or_else(|| format!("the webhook secret `{name}` is not set on this server"))?;
         let given = match &webhook.basic_username {
             Some(user) => header("authorization")
-                .and_then(|v| v.strip_prefix("Basic "))
-                .and_then(|b| {
-                    base64::engine::general_purpose::STANDARD
-                        .decode(b.trim())
-                        .ok()
-                })
+                .and_then(crate::trigger::basic_credentials)
                 .and_then(|b| String::from_utf8(b).ok())
                 .and_then(|pair| {
                     pair.split_once(':')

@@ -2,62 +2,100 @@
 
 use axum::Json;
 use axum::body::Body;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Extension;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
 use super::error::{ApiError, ErrorCode};
-use crate::engine::{AcceptError, Engine, LoadedFlow, TriggerCounters, new_id};
-use crate::storage::{NewRequest, now_ms};
+use super::rejections::{Rejected, Rejections, UNKNOWN};
+use crate::engine::{AcceptError, Engine, LoadedFlow, TriggerCounters};
 use crate::trigger::{TriggerAuthenticator, TriggerQuery};
 
-/// How much of a rejected body is kept for diagnosis.
-const REJECTED_BODY_PREVIEW: usize = 4096;
-
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn receive(
     State(engine): State<Engine>,
+    Extension(rejections): Extension<Arc<Rejections>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     flow_id: Result<Path<String>, PathRejection>,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let Ok(Path(flow_id)) = flow_id else {
-        return ApiError::new(
-            ErrorCode::UnknownFlow,
-            "the flow id in the trigger URL is not valid UTF-8 once decoded; use /triggers/<flow id>",
-        )
-        .into_response();
-    };
-    let Some(flow) = engine.flow(&flow_id) else {
-        return ApiError::new(
-            ErrorCode::UnknownFlow,
-            format!("no flow with id `{flow_id}`; the trigger URL is /triggers/<flow id> of a loaded flow"),
-        )
-        .into_response();
-    };
-    let query = TriggerQuery::parse(uri.query(), flow.auth.secret_param());
-    let mut rejection = Rejection {
+    let peer = peer.map(|Extension(ConnectInfo(addr))| addr);
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let query_bytes = uri.query().map_or(0, str::len);
+    let mut rejected = Rejection {
         engine: &engine,
-        flow: &flow,
-        query: &query,
+        rejections: &rejections,
+        peer,
+        bytes: query_bytes + declared.unwrap_or(0),
     };
+    let flow = match flow_id.map(|Path(id)| engine.flow(&id).ok_or(id)) {
+        Ok(Ok(flow)) => flow,
+        Ok(Err(id)) => {
+            return rejected
+                .unknown_flow(&format!("no flow with id `{id}`"))
+                .await;
+        }
+        Err(_) => {
+            let shown = "the flow id is not valid UTF-8 once decoded";
+            return rejected.unknown_flow(shown).await;
+        }
+    };
+    if let Err(error) = authenticate(&flow, &uri, &headers) {
+        return rejected.reject(&flow, error).await;
+    }
+    // Over the trigger's rate limit: 429, counted but not stored, so a flood costs no writes.
+    if let Err(error) = rate_limit(&flow) {
+        return error.into_response();
+    }
+    let limit = engine.server_config().max_body_bytes;
+    let bytes = match read_body(&headers, declared, body, limit).await {
+        Ok(bytes) => bytes,
+        Err(error) => return rejected.reject(&flow, error).await,
+    };
+    rejected.bytes = query_bytes + bytes.len();
+    let (text, value) = match parse_json(&bytes) {
+        Ok(parsed) => parsed,
+        Err(error) => return rejected.reject(&flow, error).await,
+    };
+    let secrets = secret_values(&engine);
+    let query = TriggerQuery::parse_scrubbed(
+        uri.query(),
+        flow.auth.secret_param(),
+        &secrets.iter().map(|s| s.expose()).collect::<Vec<_>>(),
+    );
+    let result = engine.accept(&flow, &query, text, value).await;
+    respond(result, &flow, &mut rejected).await
+}
 
+fn authenticate(flow: &LoadedFlow, uri: &Uri, headers: &HeaderMap) -> Result<(), ApiError> {
     let key_param = flow
         .auth
         .secret_param()
         .and_then(|p| query_value(uri.query(), p));
     let header_value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Err(failure) = flow.auth.check(key_param.as_deref(), header_value) {
-        let mut error = ApiError::new(ErrorCode::InvalidAuth, failure.0);
-        if matches!(flow.auth, TriggerAuthenticator::Basic { .. }) {
-            error.www_authenticate = Some("Basic realm=\"haloflow\"");
-        }
-        return rejection.reject(error, None).await;
-    }
+    flow.auth
+        .check(key_param.as_deref(), header_value)
+        .map_err(|failure| {
+            let mut error = ApiError::new(ErrorCode::InvalidAuth, failure.0);
+            if matches!(flow.auth, TriggerAuthenticator::Basic { .. }) {
+                error.www_authenticate = Some("Basic realm=\"haloflow\"");
+            }
+            error
+        })
+}
 
-    // Over the trigger's rate limit: 429, counted but not stored, so a flood costs no writes.
-    if let Err(wait) = flow.check_rate_limit() {
+fn rate_limit(flow: &LoadedFlow) -> Result<(), ApiError> {
+    flow.check_rate_limit().map_err(|wait| {
         TriggerCounters::count(&flow.counters.rate_limited);
         let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         let mut error = ApiError::new(
@@ -67,9 +105,17 @@ pub(super) async fn receive(
             ),
         );
         error.retry_after = Some(seconds.max(1));
-        return error.into_response();
-    }
+        error
+    })
+}
 
+/// The body, once its content type says JSON and it fits in `limit` bytes.
+async fn read_body(
+    headers: &HeaderMap,
+    declared: Option<usize>,
+    body: Body,
+    limit: usize,
+) -> Result<axum::body::Bytes, ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -80,78 +126,65 @@ pub(super) async fn receive(
         } else {
             format!("`{content_type}`")
         };
-        return rejection
-            .reject(
-                ApiError::new(
-                    ErrorCode::UnsupportedMediaType,
-                    format!("content type {shown} is not JSON; send the body as application/json"),
-                ),
-                None,
-            )
-            .await;
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            format!("content type {shown} is not JSON; send the body as application/json"),
+        ));
     }
-
-    let limit = engine.server_config().max_body_bytes;
     let too_large = || {
         ApiError::new(
             ErrorCode::PayloadTooLarge,
             format!("the body is larger than the limit of {limit} bytes (server.max_body_bytes)"),
         )
     };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|len| len > limit) {
-        return rejection.reject(too_large(), None).await;
+        return Err(too_large());
     }
-    let bytes = match axum::body::to_bytes(body, limit).await {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            // to_bytes fails for an over-long body or a broken connection.
-            let error = if is_length_limit(&e) {
-                too_large()
-            } else {
-                ApiError::new(
-                    ErrorCode::InvalidPayload,
-                    "the body could not be read completely",
-                )
-            };
-            return rejection.reject(error, None).await;
+    // to_bytes fails for an over-long body or a broken connection.
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if is_length_limit(&e) {
+            too_large()
+        } else {
+            ApiError::new(
+                ErrorCode::InvalidPayload,
+                "the body could not be read completely",
+            )
         }
-    };
-    let text = match std::str::from_utf8(&bytes) {
-        Ok(text) => text,
-        Err(e) => {
-            let error = ApiError::new(
-                ErrorCode::InvalidJson,
-                format!(
-                    "the body is not UTF-8 text (invalid byte at offset {})",
-                    e.valid_up_to()
-                ),
-            );
-            return rejection
-                .reject(error, Some(&String::from_utf8_lossy(&bytes)))
-                .await;
-        }
-    };
-    let value: serde_json::Value = match serde_json::from_str(text) {
-        Ok(value) => value,
-        Err(e) => {
-            let error = ApiError::new(
-                ErrorCode::InvalidJson,
-                format!(
-                    "the body is not valid JSON: {} at line {}, column {}",
-                    json_error_kind(&e),
-                    e.line(),
-                    e.column()
-                ),
-            );
-            return rejection.reject(error, Some(text)).await;
-        }
-    };
+    })
+}
 
-    match engine.accept(&flow, &query, text, value).await {
+fn parse_json(bytes: &[u8]) -> Result<(&str, serde_json::Value), ApiError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidJson,
+            format!(
+                "the body is not UTF-8 text (invalid byte at offset {})",
+                e.valid_up_to()
+            ),
+        )
+    })?;
+    let value = serde_json::from_str(text).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidJson,
+            format!(
+                "the body is not valid JSON: {} at line {}, column {}",
+                json_error_kind(&e),
+                e.line(),
+                e.column()
+            ),
+        )
+    })?;
+    Ok((text, value))
+}
+
+/// The answer to what `Engine::accept` did.
+async fn respond(
+    result: Result<crate::engine::Accepted, AcceptError>,
+    flow: &LoadedFlow,
+    rejected: &mut Rejection<'_>,
+) -> Response {
+    let flow_id = flow.flow.id();
+    match result {
         Ok(accepted) => {
             tracing::info!(flow_id = %accepted.flow_id, request_id = %accepted.request_id, runs = accepted.run_ids.len(), suppressed = accepted.suppressed.len(), "Accepted a trigger request.");
             // 202 for suppressed requests too, so Halo does not send them again.
@@ -167,18 +200,14 @@ pub(super) async fn receive(
             (status, Json(answer(&accepted))).into_response()
         }
         Err(AcceptError::Payload(problem)) => {
-            rejection
-                .reject(
-                    ApiError::new(ErrorCode::InvalidPayload, problem.message()),
-                    Some(text),
-                )
-                .await
+            let error = ApiError::new(ErrorCode::InvalidPayload, problem.message());
+            rejected.reject(flow, error).await
         }
         Err(AcceptError::UnknownFlow(id)) => {
             ApiError::new(ErrorCode::UnknownFlow, format!("no flow with id `{id}`")).into_response()
         }
         Err(AcceptError::Overloaded(active)) => {
-            tracing::warn!(flow_id = %flow_id, active, "Overloaded: a trigger request was turned away.");
+            tracing::warn!(flow_id = %flow_id, active, "Overloaded: a trigger request was turned away (Halo sends it again). Raise server.max_active_runs if the machine has room.");
             let mut error = ApiError::new(
                 ErrorCode::Overloaded,
                 "this server is running as many flows as it takes at once (server.max_active_runs); the request was not accepted, send it again",
@@ -187,7 +216,7 @@ pub(super) async fn receive(
             error.into_response()
         }
         Err(AcceptError::Storage(e)) => {
-            tracing::error!(flow_id = %flow_id, error = %e, "Could not store a trigger request.");
+            tracing::error!(flow_id = %flow_id, error = %e, "Could not store a trigger request, which was answered 503 (Halo sends it again); check the database (disk space, connection).");
             ApiError::new(
                 ErrorCode::StorageUnavailable,
                 "the request could not be stored and was not accepted; send it again",
@@ -232,43 +261,55 @@ fn answer(accepted: &crate::engine::Accepted) -> serde_json::Value {
     body
 }
 
-/// Answers a 4xx and records it with the request.
+/// Answers a 4xx, counts it, and logs and stores its summary (within the budget).
 struct Rejection<'a> {
     engine: &'a Engine,
-    flow: &'a LoadedFlow,
-    query: &'a TriggerQuery,
+    rejections: &'a Rejections,
+    peer: Option<SocketAddr>,
+    /// Query and body bytes, as declared until the body is read.
+    bytes: usize,
 }
 
 impl Rejection<'_> {
-    async fn reject(&mut self, error: ApiError, body: Option<&str>) -> Response {
-        tracing::info!(flow_id = %self.flow.flow.id(), code = error.code.as_str(), "Rejected a trigger request.");
-        TriggerCounters::count(&self.flow.counters.rejected);
-        self.engine
-            .record_rejected(NewRequest {
-                id: new_id(),
-                flow_id: self.flow.flow.id().to_owned(),
-                received_at_ms: now_ms(),
-                http_status: error.code.status().as_u16(),
-                error: Some((error.code.as_str().to_owned(), error.message.clone())),
-                query: Some(self.query.to_json()),
-                body: body.map(|b| preview(b).to_owned()),
-                event_count: 0,
-                outcome: None,
-            })
-            .await;
+    async fn reject(&mut self, flow: &LoadedFlow, error: ApiError) -> Response {
+        TriggerCounters::count(&flow.counters.rejected);
+        let rejected = Rejected {
+            flow: flow.flow.id(),
+            error: &error,
+            detail: &error.message,
+            peer: self.peer,
+            bytes: self.bytes,
+            store: true,
+        };
+        self.rejections.record(self.engine, rejected).await;
+        error.into_response()
+    }
+
+    /// A flow that does not exist: counted and logged under `unknown`, never stored.
+    async fn unknown_flow(&mut self, shown: &str) -> Response {
+        let error = ApiError::new(
+            ErrorCode::UnknownFlow,
+            format!("{shown}; the trigger URL is /triggers/<flow id> of a loaded flow"),
+        );
+        let rejected = Rejected {
+            flow: UNKNOWN,
+            error: &error,
+            detail: &error.message,
+            peer: self.peer,
+            bytes: self.bytes,
+            store: false,
+        };
+        self.rejections.record(self.engine, rejected).await;
         error.into_response()
     }
 }
 
-fn preview(text: &str) -> &str {
-    if text.len() <= REJECTED_BODY_PREVIEW {
-        return text;
-    }
-    let mut end = REJECTED_BODY_PREVIEW;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
+/// Every secret value this server knows, so that none is stored even when it arrives in the
+/// wrong query parameter: the configured ones and the flows' trigger keys.
+fn secret_values(engine: &Engine) -> Vec<crate::secrets::Secret> {
+    let mut values: Vec<_> = engine.secrets().known_values().cloned().collect();
+    values.extend(engine.flows().iter().filter_map(|f| f.auth.secret()));
+    values
 }
 
 /// True when reading stopped at the size limit (http-body-util's LengthLimitError).
@@ -284,7 +325,7 @@ fn is_length_limit(error: &axum::Error) -> bool {
 }
 
 /// `application/json` or any `+json` type, parameters ignored.
-fn is_json(content_type: &str) -> bool {
+pub(super) fn is_json(content_type: &str) -> bool {
     let essence = content_type
         .split(';')
         .next()

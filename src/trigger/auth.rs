@@ -54,6 +54,17 @@ impl TriggerAuthenticator {
         }
     }
 
+    /// The trigger's secret (key or password), to be kept out of anything stored.
+    pub fn secret(&self) -> Option<Secret> {
+        match self {
+            TriggerAuthenticator::UrlKey { key, .. } | TriggerAuthenticator::Header { key, .. } => {
+                Some(key.clone())
+            }
+            TriggerAuthenticator::Basic { password, .. } => Some(password.clone()),
+            TriggerAuthenticator::None => None,
+        }
+    }
+
     /// Checks a request: `query_value` is the decoded URL key parameter, `header` looks up a
     /// request header by name.
     pub fn check<'a>(
@@ -86,14 +97,7 @@ impl TriggerAuthenticator {
                             .into(),
                     ));
                 };
-                let decoded = value
-                    .strip_prefix("Basic ")
-                    .or_else(|| value.strip_prefix("basic "))
-                    .and_then(|b| {
-                        base64::engine::general_purpose::STANDARD
-                            .decode(b.trim())
-                            .ok()
-                    });
+                let decoded = basic_credentials(value);
                 let Some(decoded) = decoded else {
                     return Err(AuthFailure(
                         "the Authorization header is not valid Basic credentials".into(),
@@ -110,8 +114,26 @@ impl TriggerAuthenticator {
     }
 }
 
+/// The decoded `user:password` of a Basic `Authorization` value. The scheme is matched
+/// case-insensitively, as RFC 9110 §11.1 says (`BASIC`, `basic` and `Basic` are one scheme).
+pub fn basic_credentials(value: &str) -> Option<Vec<u8>> {
+    let (scheme, rest) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(rest.trim())
+        .ok()
+}
+
+/// The token of a Bearer `Authorization` value, the scheme matched case-insensitively.
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+}
+
 /// Constant-time for equal lengths; a length mismatch is not a secret worth hiding.
-fn equal(a: &[u8], b: &[u8]) -> bool {
+pub fn equal(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
@@ -136,6 +158,15 @@ mod tests {
         );
         assert!(basic.check(None, |_| Some(bad.as_str())).is_err());
         assert!(basic.check(None, |_| None).is_err());
+        for scheme in ["BASIC", "basic", "bAsIc"] {
+            let upper = good.replacen("Basic", scheme, 1);
+            assert!(
+                basic.check(None, |_| Some(upper.as_str())).is_ok(),
+                "{scheme}"
+            );
+        }
+        assert_eq!(bearer_token("BEARER abc"), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
         let key = TriggerAuthenticator::UrlKey {
             param: "apiKey".into(),
             key: Secret::new("k"),

@@ -5,7 +5,7 @@ mod auth;
 
 use serde_json::{Map, Value, json};
 
-pub use auth::{AuthFailure, TriggerAuthenticator};
+pub use auth::{AuthFailure, TriggerAuthenticator, basic_credentials, bearer_token, equal};
 
 use crate::halo::id_of;
 use crate::step::OutputSpec;
@@ -71,11 +71,27 @@ impl TriggerQuery {
     /// encoded comma (`%2C`) stays inside a name; `+` and `%20` decode to spaces. The
     /// parameter named `secret_param` (the URL key) is dropped so it is never stored.
     pub fn parse(raw: Option<&str>, secret_param: Option<&str>) -> TriggerQuery {
+        TriggerQuery::parse_scrubbed(raw, secret_param, &[])
+    }
+
+    /// [`TriggerQuery::parse`], also dropping any parameter whose name matches
+    /// `secret_param` in any case (`apikey` for `apiKey`: a real key sent slightly wrong) and
+    /// any parameter holding one of `secrets` (a header key sent in the query).
+    pub fn parse_scrubbed(
+        raw: Option<&str>,
+        secret_param: Option<&str>,
+        secrets: &[&str],
+    ) -> TriggerQuery {
         let mut query = TriggerQuery::default();
         for pair in raw.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
             let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
             let name = decode(raw_name);
-            if Some(name.as_str()) == secret_param {
+            let value = decode(raw_value);
+            if secret_param.is_some_and(|p| p.eq_ignore_ascii_case(&name))
+                || secrets
+                    .iter()
+                    .any(|s| !s.is_empty() && (value.contains(s) || name.contains(s)))
+            {
                 continue;
             }
             if name == "recipients" {
@@ -86,7 +102,7 @@ impl TriggerQuery {
                         .filter(|r| !r.is_empty()),
                 );
             } else {
-                query.params.insert(name, Value::String(decode(raw_value)));
+                query.params.insert(name, Value::String(value));
             }
         }
         query

@@ -24,6 +24,10 @@ pub const ROUTING_PASSWORD: &str = "PW-routing-4b8d2e6f";
 pub const TRIAGE_KEY: &str = "KEY-triage-0c5e8a2d";
 pub const HALO_SECRET: &str = "CS-halo-91c4e2a8";
 pub const PARTNER_SECRET: &str = "CS-partner-5d7f3b19";
+/// The API's credentials, for tests that configure `[server.api]` with the secret names
+/// `HALOFLOW_API_TOKEN`, or `HALOFLOW_API_PASSWORD` for Basic.
+pub const API_TOKEN: &str = "TOKEN-api-8a2f6d13";
+pub const API_PASSWORD: &str = "PW-api-4c7e9b25";
 
 pub fn all_secrets() -> [&'static str; 5] {
     [
@@ -36,7 +40,10 @@ pub fn all_secrets() -> [&'static str; 5] {
 }
 
 pub struct Harness {
+    /// The public listener: trigger URLs, webhooks, health.
     pub base: String,
+    /// The loopback admin listener: the API and /metrics (no credentials are configured).
+    pub api: String,
     pub engine: Engine,
     pub halo: HaloEmulator,
     pub partner: HaloEmulator,
@@ -128,6 +135,8 @@ impl Harness {
             ("HALOFLOW_NOTES_KEY", "KEY-notes-60c3"),
             ("HALO_SECRET", HALO_SECRET),
             ("PARTNER_SECRET", PARTNER_SECRET),
+            ("HALOFLOW_API_TOKEN", API_TOKEN),
+            ("HALOFLOW_API_PASSWORD", API_PASSWORD),
         ]);
         let dir = tempfile::tempdir().unwrap();
         let data_dir = options
@@ -150,13 +159,20 @@ impl Harness {
         engine.restore_flood_control().await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(haloflow::server::serve(
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api = format!("http://{}", admin.local_addr().unwrap());
+        let listeners = haloflow::server::Listeners {
+            public: listener,
+            admin: Some(admin),
+        };
+        tokio::spawn(haloflow::server::serve_listeners(
             engine.clone(),
-            listener,
+            listeners,
             std::future::pending(),
         ));
         Harness {
             base,
+            api,
             engine,
             halo,
             partner,

@@ -48,6 +48,21 @@ pub async fn emulator(client_id: &str, secret: &str) -> (HaloEmulator, RunningEm
     (emulator, running)
 }
 
+/// The API token of every World's server; its client sends it with each request.
+pub const API_TOKEN: &str = "TOKEN-api-3e9b1c47";
+
+fn api_client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {API_TOKEN}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
 impl World {
     pub async fn new() -> World {
         World::with_server_settings("").await
@@ -69,7 +84,11 @@ impl World {
             r#"
 [server]
 shutdown_timeout_secs = 5
+admin_listen = "127.0.0.1:0"
 {settings}
+
+[server.api]
+token_secret_name = "HALOFLOW_API_TOKEN"
 
 [retry]
 initial_delay_ms = 20
@@ -97,7 +116,7 @@ rate_limit_requests = 0
             partner,
             _emulators: vec![halo_running, partner_running],
             dir,
-            client: reqwest::Client::new(),
+            client: api_client(),
         }
     }
 
@@ -122,6 +141,7 @@ rate_limit_requests = 0
             .arg("--config")
             .arg(self.path("haloflow.toml"))
             .env("HALOFLOW_ESCALATE_KEY", ESCALATE_KEY)
+            .env("HALOFLOW_API_TOKEN", API_TOKEN)
             .env("HALO_SECRET", HALO_SECRET)
             .env("PARTNER_SECRET", PARTNER_SECRET)
             .env("HALOFLOW_LOG", "haloflow=info")
