@@ -164,3 +164,35 @@ async fn one_flow_needs_only_its_connections_secrets() {
         .await
         .expect("the routing flow uses [halo.halo] only");
 }
+
+/// Seen: a sync-back `webhook` table without `secret_name` or `hmac_secret_name` was accepted,
+/// and an anonymous POST created a Halo ticket. Every command refuses such a config.
+#[test]
+fn a_webhook_without_a_secret_is_refused_at_its_key_path() {
+    let text = "[servicenow.customers.\"12\"]\ninstance_url = \"https://acme.service-now.com\"\nauth = \"basic\"\nusername = \"u\"\npassword_secret_name = \"P\"\nwebhook = { ticket_type_id = 1 }\n";
+    let err = Config::parse(text).unwrap_err();
+    assert!(
+        err.contains("[servicenow.customers.\"12\"].webhook.secret_name: is missing"),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("haloflow.toml");
+    std::fs::write(&config, text).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_haloflow"))
+        .args([
+            "serve",
+            "--flows",
+            "flows",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+        ])
+        .arg(dir.path())
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("webhook.secret_name"), "{stderr}");
+}

@@ -636,9 +636,7 @@ impl Engine {
                         break;
                     }
                     match engine.run_integrator(&sn, every).await {
-                        Ok(Some(report)) => {
-                            tracing::info!(connection = %report.connection, records = report.records, created = report.created, updated = report.updated, notes = report.notes, "Integrator scan done.")
-                        }
+                        Ok(Some(report)) => log_scan(&report),
                         Ok(None) => {}
                         Err(e) => {
                             tracing::warn!(connection = %sn.key(), error = %e, "Integrator scan failed; the next one retries.")
@@ -844,4 +842,17 @@ impl Engine {
 /// Time-ordered unique ids (UUIDv7), so listings sort by creation.
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
+}
+
+/// A scan that met errors is a warning naming the first, not a quiet "done".
+fn log_scan(report: &crate::servicenow::integrator::ScanReport) {
+    let (connection, records, created) = (&report.connection, report.records, report.created);
+    match report.errors.first() {
+        None => {
+            tracing::info!(%connection, records, created, updated = report.updated, notes = report.notes, "Integrator scan done.")
+        }
+        Some(first) => {
+            tracing::warn!(%connection, records, created, errors = report.errors.len(), first_error = %first, skipped = report.skipped.len(), "Integrator scan met errors; the records that failed are tried again by the next scan (see `haloflow integrator run` for each error).")
+        }
+    }
 }
