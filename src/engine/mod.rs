@@ -856,3 +856,50 @@ fn log_scan(report: &crate::servicenow::integrator::ScanReport) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::log_scan;
+    use crate::servicenow::integrator::ScanReport;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Seen: a scan with 3 connection errors was logged as INFO "scan done records=0".
+    #[test]
+    fn a_scan_that_met_errors_is_a_warning_naming_the_first() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            log_scan(&ScanReport {
+                connection: "customers/12".into(),
+                errors: vec!["connection refused".into(); 3],
+                ..ScanReport::default()
+            });
+        });
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert!(text.contains("WARN"), "{text}");
+        assert!(
+            text.contains("errors=3") && text.contains("connection refused"),
+            "{text}"
+        );
+        assert!(!text.contains("scan done"), "{text}");
+    }
+}
