@@ -10,9 +10,10 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use crate::config::Durability;
 pub use group_commit::WriteStats;
 pub use postgres::PostgresStorage;
-pub use sqlite::{DATABASE_FILE, Durability, SqliteStorage};
+pub use sqlite::{DATABASE_FILE, SqliteStorage};
 
 use crate::outbound::ExchangeRecord;
 
