@@ -15,6 +15,7 @@ pub use group_commit::WriteStats;
 pub use postgres::PostgresStorage;
 pub use sqlite::{DATABASE_FILE, SqliteStorage};
 
+use crate::admission::Admission;
 use crate::outbound::ExchangeRecord;
 
 #[non_exhaustive]
@@ -540,7 +541,7 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
         _now_ms: i64,
         _window_ms: i64,
         _max_requests: u32,
-    ) -> Result<crate::flood::Admission, StorageError> {
+    ) -> Result<Admission, StorageError> {
         Err(StorageError::Unsupported("flood control in the database"))
     }
     /// Forgets flood-control keys idle since before `idle_before_ms`; returns how many.
