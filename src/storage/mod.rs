@@ -531,7 +531,7 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// Runs per flow and status.
     async fn run_counts(&self) -> Result<Vec<RunCount>, StorageError>;
     /// Flood control kept in the database, for several nodes: decides one event of
-    /// `request_id` under `key` atomically per key (see [`crate::flood::FloodControl`]).
+    /// `request_id` under `key` atomically per key, by the rule of [`crate::admission`].
     /// Backends without it answer [`StorageError::Unsupported`].
     async fn flood_admit(
         &self,
