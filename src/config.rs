@@ -565,7 +565,7 @@ pub struct ServerConfig {
     /// SQLite: what an accepted request survives, `process_crash` (default) or `power_loss`
     /// (every commit synced to disk; slower).
     #[serde(default)]
-    pub durability: crate::storage::Durability,
+    pub durability: Durability,
     /// Where the API (and `/metrics`) is served for this machine only. Without `[server.api]`
     /// credentials the API is served here alone and this must be a loopback address; with
     /// them it is served here and on `listen`.
@@ -662,6 +662,18 @@ impl ServerConfig {
             .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
             .unwrap_or_else(|| "haloflow".to_owned())
     }
+}
+
+/// What a commit survives before the webhook is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// A crash or kill of the process (WAL with `synchronous=NORMAL`: the commit is in the
+    /// operating system before the answer; only a power loss or kernel crash can undo it).
+    #[default]
+    ProcessCrash,
+    /// A power loss too (`synchronous=FULL`: every commit is synced to the disk; slower).
+    PowerLoss,
 }
 
 impl Default for ServerConfig {

@@ -30,6 +30,7 @@
 //! Steps implement [`step::Step`] and are registered by type name in a [`step::StepRegistry`]
 //! (`examples/custom_step.rs`); the built-in steps are registered the same way.
 
+pub mod admission;
 /// The `haloflow` binary's commands (an implementation detail of the CLI).
 #[doc(hidden)]
 pub mod commands;

@@ -7,8 +7,6 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::step::StepError;
-
 /// A request about to be sent. Values marked sensitive are masked in every record.
 #[derive(Debug, Clone)]
 pub struct OutboundRequest {
@@ -161,6 +159,28 @@ pub struct RequestPreview {
     pub body: Option<Value>,
 }
 
+/// Why a request got no response. Any HTTP status is a response, not an error.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboundError {
+    #[error(transparent)]
+    Transport(TransportError),
+    /// A dry run recorded the request instead of sending it.
+    #[error("dry run: the request was not sent")]
+    DryRun,
+}
+
+/// The request did not complete (connect error, timeout, broken body).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{method} {url}: {message}")]
+pub struct TransportError {
+    pub method: String,
+    pub url: String,
+    pub message: String,
+    pub retryable: bool,
+    /// The request may have reached the remote system (not a connect failure).
+    pub sent: bool,
+}
+
 /// One exchange as kept in the run history: never headers or secrets.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ExchangeRecord {
@@ -272,11 +292,11 @@ impl Outbound {
     }
 
     /// Sends the request; any HTTP status is a response, not an error. In a dry run the request
-    /// is recorded and [`StepError::DryRun`] stops the step.
-    pub async fn send(&self, request: OutboundRequest) -> Result<OutboundResponse, StepError> {
+    /// is recorded and [`OutboundError::DryRun`] stops the step.
+    pub async fn send(&self, request: OutboundRequest) -> Result<OutboundResponse, OutboundError> {
         if let Mode::DryRun(recorder) = &self.mode {
             recorder.record(request.preview());
-            return Err(StepError::DryRun);
+            return Err(OutboundError::DryRun);
         }
         let url = redact_url(&request.url);
         let method = request.method.to_string();
@@ -348,13 +368,13 @@ impl Outbound {
                         duration_ms,
                         error: Some(message.clone()),
                     },
-                    Err(StepError::Transport {
+                    Err(OutboundError::Transport(TransportError {
                         method,
                         url,
                         message,
                         retryable,
                         sent,
-                    }),
+                    })),
                 )
             }
         };

@@ -3,23 +3,26 @@
 //! for it; one lock covers the decision and the parent update. Idle keys are swept, so memory
 //! follows the number of keys active within one window, not the number ever seen.
 
-use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
+use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use governor::clock::Clock;
-use governor::nanos::Nanos;
 
 use super::{Admission, FloodClock, FloodControl};
+use crate::admission::{KeyState, Window};
 use crate::flow::FloodControlDef;
 use crate::storage::{FloodRecord, RequestFilter, Storage, StorageError, now_ms};
 
 /// Keys are held as 64-bit hashes (SipHash with this process's random keys): a fraction of the
 /// memory of the key text, and collisions cannot be precomputed by whoever sends webhooks.
 type KeyHash = u64;
+
+/// What is remembered of one correlation key.
+type Key = KeyState<RequestId>;
 
 /// Each flow's keys are spread over this many maps, each with its own lock.
 const SHARDS: usize = 16;
@@ -36,19 +39,7 @@ struct FlowFlood {
     settings: FloodControlDef,
     window: Duration,
     max_requests: usize,
-    shards: Box<[Mutex<HashMap<KeyHash, KeyState>>]>,
-}
-
-/// What flood control remembers of one correlation key.
-#[derive(Debug)]
-struct KeyState {
-    /// When the correlated requests (run or suppressed) of the last window arrived, oldest first;
-    /// at most `max_requests` of them.
-    arrivals: VecDeque<Nanos>,
-    /// The last request that ran for this key.
-    parent: RequestId,
-    /// Events suppressed under `parent`.
-    suppressed: u64,
+    shards: Box<[Mutex<HashMap<KeyHash, Key>>]>,
 }
 
 /// A request id, held in 16 bytes when it is a UUID (as the engine's ids are).
@@ -73,11 +64,19 @@ impl RequestId {
             _ => RequestId::Text(id.into()),
         }
     }
+}
 
-    fn to_text(&self) -> String {
+impl From<&str> for RequestId {
+    fn from(id: &str) -> Self {
+        RequestId::new(id)
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RequestId::Uuid(uuid) => uuid.hyphenated().to_string(),
-            RequestId::Text(text) => text.to_string(),
+            RequestId::Uuid(uuid) => uuid.hyphenated().fmt(f),
+            RequestId::Text(text) => f.write_str(text),
         }
     }
 }
@@ -114,57 +113,29 @@ impl FlowFlood {
         }
     }
 
-    fn shard(&self, key: KeyHash) -> MutexGuard<'_, HashMap<KeyHash, KeyState>> {
+    fn shard(&self, key: KeyHash) -> MutexGuard<'_, HashMap<KeyHash, Key>> {
         self.shards[key as usize % SHARDS]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Decides for one request and records it, under the key's lock: a request is suppressed
-    /// when `max_requests` correlated requests (run or suppressed) arrived within the window
-    /// before it; otherwise it runs and becomes the key's parent.
+    /// The window in the unit of [`nanos`].
+    fn rule(&self) -> Window {
+        Window {
+            length: self.window.as_nanos() as i64,
+            max_requests: self.max_requests as u32,
+        }
+    }
+
+    /// Decides for one request and records it, under the key's lock (see [`KeyState::admit`]).
     fn decide(&self, key: KeyHash, request_id: &str, clock: &FloodClock) -> Admission {
         let mut shard = self.shard(key);
         // Read under the lock, so each key's arrivals are in order.
-        let now = clock.now();
-        let state = match shard.entry(key) {
-            Entry::Vacant(vacant) => {
-                let mut arrivals = VecDeque::with_capacity(self.max_requests.min(4));
-                arrivals.push_back(now);
-                vacant.insert(KeyState {
-                    arrivals,
-                    parent: RequestId::new(request_id),
-                    suppressed: 0,
-                });
-                return Admission::Run;
-            }
-            Entry::Occupied(occupied) => occupied.into_mut(),
-        };
-        // Arrivals that left the window no longer count; what remains is at most `max_requests`.
-        let window = Nanos::from(self.window);
-        while state
-            .arrivals
-            .front()
-            .is_some_and(|&t| now.saturating_sub(t) >= window)
-        {
-            state.arrivals.pop_front();
-        }
-        let flooded = state.arrivals.len() >= self.max_requests;
-        if flooded {
-            state.arrivals.pop_front();
-        }
-        state.arrivals.push_back(now);
-        if flooded {
-            state.suppressed += 1;
-            Admission::Suppress {
-                parent_request_id: state.parent.to_text(),
-                suppressed_count: state.suppressed,
-            }
-        } else {
-            state.parent = RequestId::new(request_id);
-            state.suppressed = 0;
-            Admission::Run
-        }
+        let now = nanos(clock);
+        shard
+            .entry(key)
+            .or_default()
+            .admit(request_id, now, self.rule())
     }
 
     /// Restores a key as if `arrivals` requests had just arrived, the last to run being
@@ -178,10 +149,10 @@ impl FlowFlood {
         clock: &FloodClock,
     ) {
         let mut shard = self.shard(key);
-        let now = clock.now();
+        let now = nanos(clock);
         shard.entry(key).or_insert_with(|| KeyState {
             arrivals: std::iter::repeat_n(now, arrivals).collect(),
-            parent: RequestId::new(parent),
+            parent: Some(RequestId::new(parent)),
             suppressed,
         });
     }
@@ -189,6 +160,11 @@ impl FlowFlood {
     fn len(&self) -> usize {
         (0..SHARDS).map(|i| self.shard(i as KeyHash).len()).sum()
     }
+}
+
+/// The clock's time in nanoseconds, the unit of the arrivals held.
+fn nanos(clock: &FloodClock) -> i64 {
+    clock.now().as_u64() as i64
 }
 
 /// The parents of this flow's requests suppressed since `since_ms` (for a request with several
@@ -323,10 +299,10 @@ impl FloodControl for MemoryFloodControl {
 
     fn sweep(&self) {
         for flow in self.flows().values() {
-            let window = Nanos::from(flow.window);
+            let window = flow.rule().length;
             for i in 0..SHARDS {
                 let mut shard = flow.shard(i as KeyHash);
-                let now = self.clock.now();
+                let now = nanos(&self.clock);
                 shard.retain(|_, state| {
                     state
                         .arrivals
@@ -456,9 +432,9 @@ mod tests {
     fn uuid_ids_are_held_compactly_and_given_back_unchanged() {
         let id = uuid::Uuid::now_v7().to_string();
         assert!(matches!(RequestId::new(&id), RequestId::Uuid(_)));
-        assert_eq!(RequestId::new(&id).to_text(), id);
+        assert_eq!(RequestId::new(&id).to_string(), id);
         let upper = id.to_uppercase();
-        assert_eq!(RequestId::new(&upper).to_text(), upper);
-        assert_eq!(RequestId::new("r1").to_text(), "r1");
+        assert_eq!(RequestId::new(&upper).to_string(), upper);
+        assert_eq!(RequestId::new("r1").to_string(), "r1");
     }
 }

@@ -25,27 +25,14 @@ use async_trait::async_trait;
 use governor::Quota;
 use governor::clock::{Clock, FakeRelativeClock};
 use governor::nanos::Nanos;
-use serde::Serialize;
 use serde_json::Value;
 
+pub use crate::admission::Admission;
 pub use database::DatabaseFloodControl;
 pub use memory::MemoryFloodControl;
 
 use crate::flow::FloodControlDef;
 use crate::storage::{Storage, StorageError};
-
-/// The verdict on one event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "verdict", rename_all = "snake_case")]
-pub enum Admission {
-    /// Run the flow; this request becomes the parent of later suppressed ones.
-    Run,
-    /// Start no run; listed under `parent_request_id`, the `suppressed_count`th so far.
-    Suppress {
-        parent_request_id: String,
-        suppressed_count: u64,
-    },
-}
 
 /// Decides which correlated events run. Implementations must be safe to call concurrently, and
 /// each admission must be atomic per key: the verdict, the recorded arrival and the parent it

@@ -16,7 +16,8 @@ use tokio::sync::Mutex;
 
 use crate::config::{JournalSource, ServiceNowAuthKind, ServiceNowConnectionConfig};
 use crate::outbound::{
-    Field, Outbound, OutboundBody, OutboundRequest, OutboundResponse, encode_component,
+    Field, Outbound, OutboundBody, OutboundRequest, OutboundResponse, TransportError,
+    encode_component,
 };
 use crate::secrets::Secret;
 use crate::step::StepError;
@@ -565,7 +566,7 @@ fn parse_answer(
         }
         return response.json().ok_or_else(|| {
             // A hibernating developer instance answers an HTML page (§7.2).
-            StepError::Transport {
+            StepError::Transport(TransportError {
                 method: method.to_string(),
                 url: url.to_owned(),
                 message: format!(
@@ -574,7 +575,7 @@ fn parse_answer(
                 ),
                 retryable: true,
                 sent: true,
-            }
+            })
         });
     }
     let message = match response.json() {

@@ -13,7 +13,7 @@ pub use registry::{RegisteredStep, RegistryError, StepRegistry};
 
 use crate::connections::Connections;
 use crate::halo::HaloConnection;
-use crate::outbound::Outbound;
+use crate::outbound::{Outbound, OutboundError, TransportError};
 use crate::servicenow::{ServiceNowConnection, Side};
 use crate::storage::Link;
 
@@ -234,15 +234,8 @@ pub enum StepError {
     #[error("{0}")]
     Connection(String),
     /// The request did not complete (connect error, timeout, broken body).
-    #[error("{method} {url}: {message}")]
-    Transport {
-        method: String,
-        url: String,
-        message: String,
-        retryable: bool,
-        /// The request may have reached the remote system (not a connect failure).
-        sent: bool,
-    },
+    #[error(transparent)]
+    Transport(TransportError),
     /// The remote system answered with an error status.
     #[error("{method} {url} answered {status}: {message}")]
     Status {
@@ -266,12 +259,21 @@ pub enum StepError {
     Failed(String),
 }
 
+impl From<OutboundError> for StepError {
+    fn from(error: OutboundError) -> Self {
+        match error {
+            OutboundError::Transport(failure) => StepError::Transport(failure),
+            OutboundError::DryRun => StepError::DryRun,
+        }
+    }
+}
+
 impl StepError {
     /// Connection failures, timeouts, 408, 409, 429 and 5xx other than 501 may succeed later;
     /// other 4xx will not.
     pub fn is_retryable(&self) -> bool {
         match self {
-            StepError::Transport { retryable, .. } => *retryable,
+            StepError::Transport(failure) => failure.retryable,
             StepError::Status { status, .. } => {
                 matches!(status, 408 | 409 | 429) || (*status >= 500 && *status != 501)
             }
@@ -283,7 +285,7 @@ impl StepError {
     /// reset) or it failed after starting (500, 502, 504). 408, 429 and 503 mean it did not.
     pub fn outcome_unknown(&self) -> bool {
         match self {
-            StepError::Transport { sent, .. } => *sent,
+            StepError::Transport(failure) => failure.sent,
             StepError::Status { status, .. } => matches!(status, 500 | 502 | 504),
             _ => false,
         }
@@ -302,7 +304,7 @@ impl StepError {
         match self {
             StepError::Input { .. } => "invalid_input",
             StepError::Connection(_) => "connection_error",
-            StepError::Transport { .. } => "transport_error",
+            StepError::Transport(_) => "transport_error",
             StepError::Status { .. } => "http_status",
             StepError::Response(_) => "bad_response",
             StepError::OutcomeUnknown(_) => "outcome_unknown",

@@ -51,17 +51,6 @@ impl StepRegistry {
         StepRegistry::default()
     }
 
-    /// A registry with every built-in step.
-    pub fn with_builtins() -> Self {
-        let mut registry = StepRegistry::new();
-        for step in crate::steps::builtins() {
-            registry
-                .register_arc(step)
-                .expect("built-in steps have unique names and valid schemas");
-        }
-        registry
-    }
-
     /// Registers a step under its type name.
     pub fn register<S: Step>(&mut self, step: S) -> Result<(), RegistryError> {
         self.register_arc(Arc::new(step))

@@ -10,10 +10,12 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use crate::config::Durability;
 pub use group_commit::WriteStats;
 pub use postgres::PostgresStorage;
-pub use sqlite::{DATABASE_FILE, Durability, SqliteStorage};
+pub use sqlite::{DATABASE_FILE, SqliteStorage};
 
+use crate::admission::Admission;
 use crate::outbound::ExchangeRecord;
 
 #[non_exhaustive]
@@ -529,7 +531,7 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// Runs per flow and status.
     async fn run_counts(&self) -> Result<Vec<RunCount>, StorageError>;
     /// Flood control kept in the database, for several nodes: decides one event of
-    /// `request_id` under `key` atomically per key (see [`crate::flood::FloodControl`]).
+    /// `request_id` under `key` atomically per key, by the rule of [`crate::admission`].
     /// Backends without it answer [`StorageError::Unsupported`].
     async fn flood_admit(
         &self,
@@ -539,7 +541,7 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
         _now_ms: i64,
         _window_ms: i64,
         _max_requests: u32,
-    ) -> Result<crate::flood::Admission, StorageError> {
+    ) -> Result<Admission, StorageError> {
         Err(StorageError::Unsupported("flood control in the database"))
     }
     /// Forgets flood-control keys idle since before `idle_before_ms`; returns how many.

@@ -16,7 +16,7 @@ use super::{
     RequestRecord, RunCount, RunDetail, RunFilter, RunStatus, RunSummary, StepOutcome,
     StepRunRecord, Storage, StorageError, SyncFailure,
 };
-use crate::flood::Admission;
+use crate::admission::{Admission, KeyState, Window};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -550,28 +550,17 @@ impl Storage for PostgresStorage {
         .bind(key)
         .fetch_one(&mut *tx)
         .await?;
-        let mut arrivals: Vec<i64> = row.try_get("arrivals")?;
-        let parent: Option<String> = row.try_get("parent_request_id")?;
-        let mut count: i64 = row.try_get("suppressed_count")?;
-        arrivals.retain(|t| *t > now_ms - window_ms);
-        let suppress = arrivals.len() >= max_requests as usize && parent.is_some();
-        arrivals.push(now_ms);
-        let keep = arrivals.len().saturating_sub(max_requests.max(1) as usize);
-        arrivals.drain(..keep);
-        let (parent, admission) = if suppress {
-            count += 1;
-            let parent = parent.unwrap_or_default();
-            (
-                parent.clone(),
-                Admission::Suppress {
-                    parent_request_id: parent,
-                    suppressed_count: count as u64,
-                },
-            )
-        } else {
-            count = 0;
-            (request_id.to_owned(), Admission::Run)
+        let mut state = KeyState::<String> {
+            arrivals: row.try_get::<Vec<i64>, _>("arrivals")?.into(),
+            parent: row.try_get("parent_request_id")?,
+            suppressed: row.try_get::<i64, _>("suppressed_count")?.max(0) as u64,
         };
+        let window = Window {
+            length: window_ms,
+            max_requests,
+        };
+        let admission = state.admit(request_id, now_ms, window);
+        let arrivals = Vec::from(state.arrivals);
         sqlx::query(
             "UPDATE flood_state SET arrivals = $3, parent_request_id = $4, suppressed_count = $5, last_ms = $6
              WHERE flow_id = $1 AND correlation_key = $2",
@@ -579,8 +568,8 @@ impl Storage for PostgresStorage {
         .bind(flow_id)
         .bind(key)
         .bind(&arrivals)
-        .bind(&parent)
-        .bind(count)
+        .bind(&state.parent)
+        .bind(state.suppressed as i64)
         .bind(now_ms)
         .execute(&mut *tx)
         .await?;

@@ -22,6 +22,7 @@ use super::{
     RequestRecord, RunCount, RunDetail, RunFilter, RunFinish, RunStatus, RunSummary, StepOutcome,
     StepRunRecord, StepStart, Storage, StorageError, SyncFailure,
 };
+use crate::config::Durability;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -47,18 +48,6 @@ macro_rules! args {
 pub struct SqliteStorage {
     pool: SqlitePool,
     writer: Option<GroupCommit>,
-}
-
-/// What a commit survives before the webhook is answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Durability {
-    /// A crash or kill of the process (WAL with `synchronous=NORMAL`: the commit is in the
-    /// operating system before the answer; only a power loss or kernel crash can undo it).
-    #[default]
-    ProcessCrash,
-    /// A power loss too (`synchronous=FULL`: every commit is synced to the disk; slower).
-    PowerLoss,
 }
 
 impl SqliteStorage {
