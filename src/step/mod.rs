@@ -79,6 +79,50 @@ pub enum Resend {
 }
 
 /// One operation a flow can run. Object-safe: the registry holds `Arc<dyn Step>`.
+///
+/// Implementations need `#[async_trait]` (re-exported by [`crate::prelude`]): `execute` and
+/// `find_previous` are async, and the attribute keeps the trait object-safe. Every step
+/// chooses its [`Resend`]:
+///
+/// ```
+/// use haloflow::prelude::*;
+/// use serde_json::{Value, json};
+///
+/// struct Echo;
+///
+/// #[async_trait]
+/// impl Step for Echo {
+///     fn type_name(&self) -> &'static str { "demo.echo" }
+///     fn description(&self) -> &'static str { "Returns its inputs." }
+///     fn input_schema(&self) -> Value { json!({"type": "object"}) }
+///     fn outputs(&self) -> &'static [OutputSpec] { &[] }
+///     // Echoing changes nothing anywhere: sending it again is harmless.
+///     fn resend(&self, _inputs: &Value) -> Resend { Resend::Safe }
+///     async fn execute(&self, _ctx: &StepContext, inputs: Value) -> Result<Value, StepError> {
+///         Ok(inputs)
+///     }
+/// }
+/// ```
+///
+/// A step that leaves the choice out does not compile:
+///
+/// ```compile_fail,E0046
+/// use haloflow::prelude::*;
+/// use serde_json::{Value, json};
+///
+/// struct Echo;
+///
+/// #[async_trait]
+/// impl Step for Echo {
+///     fn type_name(&self) -> &'static str { "demo.echo" }
+///     fn description(&self) -> &'static str { "Returns its inputs." }
+///     fn input_schema(&self) -> Value { json!({"type": "object"}) }
+///     fn outputs(&self) -> &'static [OutputSpec] { &[] }
+///     async fn execute(&self, _ctx: &StepContext, inputs: Value) -> Result<Value, StepError> {
+///         Ok(inputs)
+///     }
+/// }
+/// ```
 #[async_trait]
 pub trait Step: Send + Sync + 'static {
     /// The name flows use in `"type"`, e.g. `halo.create_ticket`.
@@ -107,10 +151,18 @@ pub trait Step: Send + Sync + 'static {
     }
     /// Runs the step with rendered, schema-checked inputs; returns an object with the outputs.
     async fn execute(&self, ctx: &StepContext, inputs: Value) -> Result<Value, StepError>;
-    /// Whether these inputs may be sent again after an attempt with an unknown outcome.
-    fn resend(&self, _inputs: &Value) -> Resend {
-        Resend::Safe
-    }
+    /// Whether these inputs may be sent again after an attempt whose outcome is unknown (its
+    /// answer was lost). Required: a wrong default either duplicates what a step creates or
+    /// fails steps that could simply be sent again.
+    ///
+    /// - [`Resend::Safe`]: sending twice does what sending once does: reads, updates that set
+    ///   fields to given values, deletes, steps with no effect outside the run.
+    /// - [`Resend::LookUpFirst`]: the step creates something it can find again: write
+    ///   [`StepContext::idempotency_key`] into it and implement [`Step::find_previous`].
+    /// - [`Resend::Never`]: the step creates something it cannot find again (a chat message, an
+    ///   email, a POST to a system without search): after a lost answer it fails with
+    ///   `outcome_unknown` for a person to check, rather than risk a duplicate.
+    fn resend(&self, inputs: &Value) -> Resend;
     /// For [`Resend::LookUpFirst`]: finds what an earlier attempt of this step run created
     /// (by [`StepContext::idempotency_key`]) and returns the outputs `execute` would have.
     async fn find_previous(
