@@ -247,7 +247,7 @@ impl StepContext {
         self.storage
             .link_for_ticket(halo, ticket_id)
             .await
-            .map_err(|e| StepError::Failed(format!("reading the ticket's link failed: {e}")))
+            .map_err(|e| StepError::storage("reading the ticket's link", e))
     }
 
     /// Records a link (replacing the ticket's earlier one, which is returned).
@@ -255,7 +255,7 @@ impl StepContext {
         self.storage
             .save_link(link)
             .await
-            .map_err(|e| StepError::Failed(format!("recording the link failed: {e}")))
+            .map_err(|e| StepError::storage("recording the link", e))
     }
 
     /// The Halo connection this step is configured with.
@@ -314,16 +314,26 @@ pub enum StepError {
     /// A dry run stopped the step before its first request was sent.
     #[error("dry run: the request was not sent")]
     DryRun,
+    /// Haloflow's own storage could not be read or written, usually a passing database error.
+    #[error("{0}")]
+    Storage(String),
     #[error("{0}")]
     Failed(String),
 }
 
 impl StepError {
-    /// Connection failures, timeouts, 408, 409, 429 and 5xx other than 501 may succeed later;
-    /// other 4xx will not.
+    /// A storage error met while a step or sync runs: a database hiccup should not fail it
+    /// for good.
+    pub fn storage(what: &str, error: crate::storage::StorageError) -> StepError {
+        StepError::Storage(format!("{what} failed: {error}"))
+    }
+
+    /// Connection failures, timeouts, 408, 409, 429, 5xx other than 501 and storage errors
+    /// may succeed later; other 4xx will not.
     pub fn is_retryable(&self) -> bool {
         match self {
             StepError::Transport { retryable, .. } => *retryable,
+            StepError::Storage(_) => true,
             StepError::Status { status, .. } => {
                 matches!(status, 408 | 409 | 429) || (*status >= 500 && *status != 501)
             }
@@ -333,9 +343,12 @@ impl StepError {
 
     /// True when the remote system may have acted on the request: the answer was lost (timeout,
     /// reset) or it failed after starting (500, 502, 504). 408, 429 and 503 mean it did not.
+    /// A storage error may follow a request that took effect (a link written after the record
+    /// it links was created), so a step that can look up what it made does so before resending.
     pub fn outcome_unknown(&self) -> bool {
         match self {
             StepError::Transport { sent, .. } => *sent,
+            StepError::Storage(_) => true,
             StepError::Status { status, .. } => matches!(status, 500 | 502 | 504),
             _ => false,
         }
@@ -359,6 +372,7 @@ impl StepError {
             StepError::Response(_) => "bad_response",
             StepError::OutcomeUnknown(_) => "outcome_unknown",
             StepError::DryRun => "dry_run",
+            StepError::Storage(_) => "storage_error",
             StepError::Failed(_) => "step_failed",
         }
     }
@@ -376,6 +390,15 @@ mod tests {
             message: String::new(),
             retry_after: None,
         }
+    }
+
+    #[test]
+    fn a_storage_error_is_retried_and_looked_up_first() {
+        let error =
+            StepError::storage("recording the link", crate::storage::StorageError::Conflict);
+        assert!(error.is_retryable());
+        assert!(error.outcome_unknown());
+        assert_eq!(error.code(), "storage_error");
     }
 
     #[test]
