@@ -53,6 +53,12 @@ impl Step for ChatMessage {
         Some(ConnectionKind::Http)
     }
 
+    // A chat message cannot be looked up afterwards: after a lost answer, a person checks the
+    // channel rather than the step posting it twice.
+    fn resend(&self, _inputs: &Value) -> Resend {
+        Resend::Never
+    }
+
     async fn execute(&self, ctx: &StepContext, inputs: Value) -> Result<Value, StepError> {
         let connection = ctx
             .http_connection()?

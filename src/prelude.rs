@@ -3,12 +3,16 @@
 pub use async_trait::async_trait;
 
 pub use crate::config::Config;
+pub use crate::connections::HttpConnection;
 pub use crate::engine::{Accepted, Engine, EngineBuilder, EngineError};
-pub use crate::flow::{FlowValidator, ValidatedFlow};
+pub use crate::flow::{FlowValidator, Problem, ValidatedFlow};
+pub use crate::halo::HaloConnection;
 pub use crate::outbound::{Field, OutboundRequest};
 pub use crate::secrets::SecretStore;
 pub use crate::server::router;
+pub use crate::servicenow::{ServiceNowConnection, Side};
 pub use crate::step::{
-    ConnectionKind, OutputSpec, PathRule, Step, StepContext, StepError, StepRegistry,
+    ConnectionKind, OutputSpec, PathRule, Resend, Step, StepContext, StepError, StepRegistry,
+    is_placeholder,
 };
-pub use crate::storage::{RunDetail, RunStatus, SqliteStorage, Storage};
+pub use crate::storage::{Link, LinkOrigin, RunDetail, RunStatus, SqliteStorage, Storage};

@@ -658,6 +658,41 @@ async fn a_lost_answer_still_leaves_exactly_one_record_and_one_note() {
 }
 
 #[tokio::test]
+async fn a_link_write_that_fails_once_is_retried_and_the_record_adopted() {
+    let w = World::new().await;
+    // The database refuses the link while the step is on its first attempt: a passing hiccup.
+    let db = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        w._dir
+            .path()
+            .join(haloflow::storage::DATABASE_FILE)
+            .display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER hiccup BEFORE INSERT ON links
+         WHEN (SELECT max(attempts) FROM step_runs) < 2
+         BEGIN SELECT RAISE(ABORT, 'database is locked'); END",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    w.ticket(175, json!({}));
+    let run = w.run("send", 175, json!({})).await;
+    assert_eq!(run.summary.status, RunStatus::Succeeded, "{run:#?}");
+    let attempts = &run.steps[0].attempt_log;
+    assert_eq!(attempts[0].error_code.as_deref(), Some("storage_error"));
+    assert_eq!(
+        attempts[1].outcome,
+        haloflow::storage::AttemptOutcome::Adopted
+    );
+    assert_eq!(w.acme.records("incident").len(), 1, "not created twice");
+    let link = w.storage.link_for_ticket("halo", 175).await.unwrap();
+    assert!(link.is_some());
+}
+
+#[tokio::test]
 async fn oauth_tokens_are_cached_and_an_expired_one_is_refreshed_once() {
     let w = World::new().await;
     w.ticket(180, json!({"client_id": 13}));

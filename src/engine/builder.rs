@@ -95,7 +95,7 @@ fn needed_by<'a>(flows: impl Iterator<Item = &'a ValidatedFlow>) -> Needed {
     }
     let named = |kind| {
         (steps.iter())
-            .filter(|s| s.step.step.connection_kind() == Some(kind))
+            .filter(|s| s.implementation().connection_kind() == Some(kind))
             .filter_map(|s| s.connection.clone())
             .collect()
     };
@@ -103,14 +103,15 @@ fn needed_by<'a>(flows: impl Iterator<Item = &'a ValidatedFlow>) -> Needed {
     // A Halo step without "connection" uses `halo`.
     if (steps.iter()).any(|s| {
         s.connection.is_none()
-            && s.step.step.connection_kind() == Some(crate::step::ConnectionKind::Halo)
+            && s.implementation().connection_kind() == Some(crate::step::ConnectionKind::Halo)
     }) {
         halo.insert("halo".into());
     }
     Needed::Only {
         halo,
         http: named(crate::step::ConnectionKind::Http),
-        servicenow: (steps.iter()).any(|s| s.step.step.type_name().starts_with("servicenow.")),
+        servicenow: (steps.iter())
+            .any(|s| s.implementation().type_name().starts_with("servicenow.")),
     }
 }
 

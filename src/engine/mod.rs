@@ -666,7 +666,7 @@ impl Engine {
                 now,
             )
             .await
-            .map_err(|e| crate::step::StepError::Failed(format!("the integrator lease: {e}")))?;
+            .map_err(|e| crate::step::StepError::storage("the integrator lease", e))?;
         if !held {
             return Ok(None);
         }
@@ -677,7 +677,7 @@ impl Engine {
             .storage
             .integrator_start(&sn.key(), now)
             .await
-            .map_err(|e| crate::step::StepError::Failed(format!("the integrator start: {e}")))?;
+            .map_err(|e| crate::step::StepError::storage("the integrator start", e))?;
         let report = self
             .sync_back()
             .scan(sn, now - every.as_millis() as i64)

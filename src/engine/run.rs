@@ -454,7 +454,7 @@ impl Engine {
                     queue.push_front(next);
                 }
             }
-            if step.step.step.refines_trigger() {
+            if step.implementation().refines_trigger() {
                 refine_trigger(&mut data, &outputs);
             }
             add_outputs(&mut data, &step.id, outputs);
@@ -488,7 +488,7 @@ impl Engine {
 
     /// The retry policy of one step: the flow's settings, then the config's, then built-in.
     pub(super) fn retry_policy(&self, step: &ValidatedStep) -> RetryPolicy {
-        let type_name = step.step.step.type_name();
+        let type_name = step.implementation().type_name();
         RetryPolicy::from_settings(
             step.retry
                 .or(self.inner.retry.for_type(type_name))
@@ -513,7 +513,7 @@ impl Engine {
         unwritten: &mut Unwritten,
     ) -> Result<StepEnd, StorageError> {
         let storage = &self.inner.storage;
-        let type_name = step.step.step.type_name();
+        let type_name = step.implementation().type_name();
         let inputs = match prepare_inputs(flow, step, data, false) {
             Ok(inputs) => inputs,
             Err(failure) => {
@@ -544,7 +544,7 @@ impl Engine {
             }
         };
         let policy = self.retry_policy(step);
-        let resend = step.step.step.resend(&inputs);
+        let resend = step.implementation().resend(&inputs);
         let mut attempt = before.map_or(0, |s| s.attempts);
         // The runs this one replays whose same step may have taken effect unseen: their keys
         // are looked up too, so a replay adopts what they created instead of creating again.
@@ -735,7 +735,7 @@ impl Engine {
         inputs: &Value,
         mode: AttemptMode<'_>,
     ) -> (Result<Value, StepError>, bool, bool) {
-        let send = || step.step.step.execute(context, inputs.clone());
+        let send = || step.implementation().execute(context, inputs.clone());
         match mode {
             AttemptMode::Send => (send().await, false, false),
             AttemptMode::LookUpFirst(lookups) => {
@@ -804,7 +804,7 @@ impl Engine {
         let mut failure = None;
         for (run_id, first_attempt_at_ms) in lookups {
             let context = self.step_context(flow, run_id, step, http.clone(), *first_attempt_at_ms);
-            match step.step.step.find_previous(&context, inputs).await {
+            match step.implementation().find_previous(&context, inputs).await {
                 Ok(Some(outputs)) => return Ok(Some(outputs)),
                 Ok(None) => {}
                 Err(e) => failure = Some(e),
@@ -896,7 +896,7 @@ impl Engine {
                 fill_placeholders(data.data_mut(), step, &placeholder_steps);
                 let mut report = DryRunStep {
                     id: step.id.clone(),
-                    step_type: step.step.step.type_name().to_owned(),
+                    step_type: step.implementation().type_name().to_owned(),
                     inputs: None,
                     requests: Vec::new(),
                     outputs: None,
@@ -913,7 +913,7 @@ impl Engine {
                 report.inputs = Some(inputs.clone());
                 let http = Outbound::dry_run(self.inner.http.clone(), recorder.clone());
                 let context = self.step_context(flow, "dry-run", step, http, None);
-                let outputs = match step.step.step.execute(&context, inputs).await {
+                let outputs = match step.implementation().execute(&context, inputs).await {
                     Ok(outputs) => Some(outputs),
                     Err(StepError::DryRun) => {
                         placeholder_steps.push(&step.id);

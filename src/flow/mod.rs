@@ -52,7 +52,7 @@ impl ValidatedFlow {
         let steps: Vec<String> = self
             .steps
             .iter()
-            .map(|s| format!("{} ({})", s.id, s.step.step.type_name()))
+            .map(|s| format!("{} ({})", s.id, s.implementation().type_name()))
             .collect();
         format!(
             "flow `{}` ({}): halo.incidents trigger at /triggers/{}, {} step{}: {}",
@@ -83,6 +83,11 @@ pub struct ValidatedStep {
 }
 
 impl ValidatedStep {
+    /// The step's implementation, the one its `"type"` names in the registry.
+    pub fn implementation(&self) -> &dyn crate::step::Step {
+        self.step.step.as_ref()
+    }
+
     /// The path a branching step's outputs select: the one named by `path`, else `default`.
     pub fn chosen_path(&self, outputs: &serde_json::Value) -> Option<&[ValidatedStep]> {
         let name = outputs.get("path").and_then(serde_json::Value::as_str)?;

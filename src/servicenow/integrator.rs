@@ -54,9 +54,7 @@ struct ScanState {
 }
 
 fn storage_error(e: StorageError) -> StepError {
-    StepError::Failed(format!(
-        "the integrator state could not be read or written: {e}"
-    ))
+    StepError::storage("reading or writing the integrator state", e)
 }
 
 impl SyncBack {
@@ -108,7 +106,7 @@ impl SyncBack {
         self.storage
             .record_scan(&key, started, now_ms(), &result)
             .await
-            .map_err(|e| StepError::Failed(format!("recording the scan failed: {e}")))?;
+            .map_err(|e| StepError::storage("recording the scan", e))?;
         Ok(report)
     }
 
@@ -121,8 +119,7 @@ impl SyncBack {
         report: &mut ScanReport,
     ) -> Result<(), StepError> {
         let key = sn.key();
-        let storage_error =
-            |e: crate::storage::StorageError| StepError::Failed(format!("the watermark: {e}"));
+        let storage_error = |e| StepError::storage("the watermark", e);
         // A scan starts at the watermark's second, inclusive (`>=`: an update later in that
         // same second is not lost; what was applied is de-duplicated). Within the scan, pages
         // follow the last record read (time, then sys_id): keyset paging, so a record that

@@ -419,5 +419,5 @@ impl SyncBack {
 }
 
 fn storage_error(e: crate::storage::StorageError) -> StepError {
-    StepError::Failed(format!("the sync state could not be read or written: {e}"))
+    StepError::storage("reading or writing the sync state", e)
 }

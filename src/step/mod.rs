@@ -79,6 +79,50 @@ pub enum Resend {
 }
 
 /// One operation a flow can run. Object-safe: the registry holds `Arc<dyn Step>`.
+///
+/// Implementations need `#[async_trait]` (re-exported by [`crate::prelude`]): `execute` and
+/// `find_previous` are async, and the attribute keeps the trait object-safe. Every step
+/// chooses its [`Resend`]:
+///
+/// ```
+/// use haloflow::prelude::*;
+/// use serde_json::{Value, json};
+///
+/// struct Echo;
+///
+/// #[async_trait]
+/// impl Step for Echo {
+///     fn type_name(&self) -> &'static str { "demo.echo" }
+///     fn description(&self) -> &'static str { "Returns its inputs." }
+///     fn input_schema(&self) -> Value { json!({"type": "object"}) }
+///     fn outputs(&self) -> &'static [OutputSpec] { &[] }
+///     // Echoing changes nothing anywhere: sending it again is harmless.
+///     fn resend(&self, _inputs: &Value) -> Resend { Resend::Safe }
+///     async fn execute(&self, _ctx: &StepContext, inputs: Value) -> Result<Value, StepError> {
+///         Ok(inputs)
+///     }
+/// }
+/// ```
+///
+/// A step that leaves the choice out does not compile:
+///
+/// ```compile_fail,E0046
+/// use haloflow::prelude::*;
+/// use serde_json::{Value, json};
+///
+/// struct Echo;
+///
+/// #[async_trait]
+/// impl Step for Echo {
+///     fn type_name(&self) -> &'static str { "demo.echo" }
+///     fn description(&self) -> &'static str { "Returns its inputs." }
+///     fn input_schema(&self) -> Value { json!({"type": "object"}) }
+///     fn outputs(&self) -> &'static [OutputSpec] { &[] }
+///     async fn execute(&self, _ctx: &StepContext, inputs: Value) -> Result<Value, StepError> {
+///         Ok(inputs)
+///     }
+/// }
+/// ```
 #[async_trait]
 pub trait Step: Send + Sync + 'static {
     /// The name flows use in `"type"`, e.g. `halo.create_ticket`.
@@ -107,10 +151,18 @@ pub trait Step: Send + Sync + 'static {
     }
     /// Runs the step with rendered, schema-checked inputs; returns an object with the outputs.
     async fn execute(&self, ctx: &StepContext, inputs: Value) -> Result<Value, StepError>;
-    /// Whether these inputs may be sent again after an attempt with an unknown outcome.
-    fn resend(&self, _inputs: &Value) -> Resend {
-        Resend::Safe
-    }
+    /// Whether these inputs may be sent again after an attempt whose outcome is unknown (its
+    /// answer was lost). Required: a wrong default either duplicates what a step creates or
+    /// fails steps that could simply be sent again.
+    ///
+    /// - [`Resend::Safe`]: sending twice does what sending once does: reads, updates that set
+    ///   fields to given values, deletes, steps with no effect outside the run.
+    /// - [`Resend::LookUpFirst`]: the step creates something it can find again: write
+    ///   [`StepContext::idempotency_key`] into it and implement [`Step::find_previous`].
+    /// - [`Resend::Never`]: the step creates something it cannot find again (a chat message, an
+    ///   email, a POST to a system without search): after a lost answer it fails with
+    ///   `outcome_unknown` for a person to check, rather than risk a duplicate.
+    fn resend(&self, inputs: &Value) -> Resend;
     /// For [`Resend::LookUpFirst`]: finds what an earlier attempt of this step run created
     /// (by [`StepContext::idempotency_key`]) and returns the outputs `execute` would have.
     async fn find_previous(
@@ -195,7 +247,7 @@ impl StepContext {
         self.storage
             .link_for_ticket(halo, ticket_id)
             .await
-            .map_err(|e| StepError::Failed(format!("reading the ticket's link failed: {e}")))
+            .map_err(|e| StepError::storage("reading the ticket's link", e))
     }
 
     /// Records a link (replacing the ticket's earlier one, which is returned).
@@ -203,7 +255,7 @@ impl StepContext {
         self.storage
             .save_link(link)
             .await
-            .map_err(|e| StepError::Failed(format!("recording the link failed: {e}")))
+            .map_err(|e| StepError::storage("recording the link", e))
     }
 
     /// The Halo connection this step is configured with.
@@ -255,6 +307,9 @@ pub enum StepError {
     /// A dry run stopped the step before its first request was sent.
     #[error("dry run: the request was not sent")]
     DryRun,
+    /// Haloflow's own storage could not be read or written, usually a passing database error.
+    #[error("{0}")]
+    Storage(String),
     #[error("{0}")]
     Failed(String),
 }
@@ -269,11 +324,18 @@ impl From<OutboundError> for StepError {
 }
 
 impl StepError {
-    /// Connection failures, timeouts, 408, 409, 429 and 5xx other than 501 may succeed later;
-    /// other 4xx will not.
+    /// A storage error met while a step or sync runs: a database hiccup should not fail it
+    /// for good.
+    pub fn storage(what: &str, error: crate::storage::StorageError) -> StepError {
+        StepError::Storage(format!("{what} failed: {error}"))
+    }
+
+    /// Connection failures, timeouts, 408, 409, 429, 5xx other than 501 and storage errors
+    /// may succeed later; other 4xx will not.
     pub fn is_retryable(&self) -> bool {
         match self {
             StepError::Transport(failure) => failure.retryable,
+            StepError::Storage(_) => true,
             StepError::Status { status, .. } => {
                 matches!(status, 408 | 409 | 429) || (*status >= 500 && *status != 501)
             }
@@ -283,9 +345,12 @@ impl StepError {
 
     /// True when the remote system may have acted on the request: the answer was lost (timeout,
     /// reset) or it failed after starting (500, 502, 504). 408, 429 and 503 mean it did not.
+    /// A storage error may follow a request that took effect (a link written after the record
+    /// it links was created), so a step that can look up what it made does so before resending.
     pub fn outcome_unknown(&self) -> bool {
         match self {
             StepError::Transport(failure) => failure.sent,
+            StepError::Storage(_) => true,
             StepError::Status { status, .. } => matches!(status, 500 | 502 | 504),
             _ => false,
         }
@@ -309,6 +374,7 @@ impl StepError {
             StepError::Response(_) => "bad_response",
             StepError::OutcomeUnknown(_) => "outcome_unknown",
             StepError::DryRun => "dry_run",
+            StepError::Storage(_) => "storage_error",
             StepError::Failed(_) => "step_failed",
         }
     }
@@ -326,6 +392,15 @@ mod tests {
             message: String::new(),
             retry_after: None,
         }
+    }
+
+    #[test]
+    fn a_storage_error_is_retried_and_looked_up_first() {
+        let error =
+            StepError::storage("recording the link", crate::storage::StorageError::Conflict);
+        assert!(error.is_retryable());
+        assert!(error.outcome_unknown());
+        assert_eq!(error.code(), "storage_error");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
-use crate::step::{OutputSpec, PathRule, Step, StepContext, StepError};
+use crate::step::{OutputSpec, PathRule, Resend, Step, StepContext, StepError};
 
 /// `core.switch`: the path named like the value, else `default`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -47,6 +47,11 @@ impl Step for Switch {
 
     fn paths(&self) -> PathRule {
         PathRule::Any
+    }
+
+    // Only picks a path: nothing outside the run changes.
+    fn resend(&self, _inputs: &Value) -> Resend {
+        Resend::Safe
     }
 
     async fn execute(&self, _: &StepContext, inputs: Value) -> Result<Value, StepError> {
@@ -122,6 +127,11 @@ impl Step for Condition {
 
     fn paths(&self) -> PathRule {
         PathRule::Named(&["true", "false"])
+    }
+
+    // Only picks a path: nothing outside the run changes.
+    fn resend(&self, _inputs: &Value) -> Resend {
+        Resend::Safe
     }
 
     async fn execute(&self, _: &StepContext, inputs: Value) -> Result<Value, StepError> {

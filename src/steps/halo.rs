@@ -315,6 +315,11 @@ impl Step for UpdateTicket {
         Some(ConnectionKind::Halo)
     }
 
+    // Sets the given fields: sending again sets the same values.
+    fn resend(&self, _inputs: &Value) -> Resend {
+        Resend::Safe
+    }
+
     async fn execute(&self, ctx: &StepContext, inputs: Value) -> Result<Value, StepError> {
         let id = required_id(&inputs, "ticket_id", ctx.is_dry_run())?;
         let mut body = ticket_body(&inputs, ctx.is_dry_run())?;
@@ -382,6 +387,11 @@ impl Step for GetTicket {
 
     fn refines_trigger(&self) -> bool {
         true
+    }
+
+    // A read.
+    fn resend(&self, _inputs: &Value) -> Resend {
+        Resend::Safe
     }
 
     async fn execute(&self, ctx: &StepContext, inputs: Value) -> Result<Value, StepError> {
