@@ -27,7 +27,7 @@ const LOOKUP_WINDOW: usize = 50;
 
 /// Halo's clock and ours may differ: a ticket that occurred this much before an attempt
 /// started may still be the attempt's.
-const CLOCK_SKEW_MS: i64 = 10 * 60 * 1000;
+pub const CLOCK_SKEW_MS: i64 = 10 * 60 * 1000;
 
 /// What [`HaloConnection::find_created_ticket`] looks for.
 #[derive(Debug, Clone, Copy)]

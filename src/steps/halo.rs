@@ -543,7 +543,9 @@ impl Step for AddAction {
         let answer = halo
             .get(ctx.http(), &format!("Actions?ticket_id={ticket_id}"))
             .await?;
-        let since = ctx.first_attempt_at_ms().map(|ms| ms - 10 * 60 * 1000);
+        let since = ctx
+            .first_attempt_at_ms()
+            .map(|ms| ms - crate::halo::CLOCK_SKEW_MS);
         let found = answer
             .get("actions")
             .and_then(Value::as_array)
