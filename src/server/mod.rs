@@ -65,7 +65,7 @@ fn public_routes() -> Router<Engine> {
         .route("/health", get(api::health))
 }
 
-// One `.route(` per line: tests/openapi.rs reads the routes from this file.
+// One `.route(` per line: tests/it/openapi.rs reads the routes from this file.
 #[rustfmt::skip]
 fn metrics_routes() -> Router<Engine> {
     Router::new()

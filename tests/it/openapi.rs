@@ -1,11 +1,9 @@
 //! `schemas/openapi.json` documents the HTTP API: every route of the router is in it, and real
 //! answers validate against the documented schemas.
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::{Harness, Options, sample_payload};
+use crate::common::{Harness, Options, sample_payload};
 use serde_json::{Value, json};
 
 fn openapi() -> Value {
@@ -283,7 +281,7 @@ async fn generated_requests_get_documented_answers() {
                     }
                 }
                 if path.starts_with("/triggers/") {
-                    query.push(("apiKey".into(), common::ESCALATE_KEY.into()));
+                    query.push(("apiKey".into(), crate::common::ESCALATE_KEY.into()));
                 }
                 let body = operation["requestBody"].is_object().then(|| {
                     ticket += 1;

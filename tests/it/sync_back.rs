@@ -42,20 +42,9 @@ struct World {
 /// and nothing a ServiceNow instance would have dropped silently.
 impl Drop for World {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            return;
-        }
-        let halo = self.halo.warnings();
-        assert!(
-            halo.is_empty(),
-            "outside Halo's published contract: {halo:#?}"
-        );
-        for instance in [&self.acme, &self.globex, &self.vendor] {
-            let dropped = instance.warnings();
-            assert!(
-                dropped.is_empty(),
-                "fields the instance drops: {dropped:#?}"
-            );
+        if !std::thread::panicking() {
+            crate::common::assert_contract_kept(&[&self.halo]);
+            crate::common::assert_nothing_dropped(&[&self.acme, &self.globex, &self.vendor]);
         }
     }
 }
@@ -165,19 +154,7 @@ webhook = {{ secret_name = "HOOK_SECRET", ticket_type_id = 5 }}
             .storage(storage.clone())
             .build()
             .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let api = format!("http://{}", admin.local_addr().unwrap());
-        let listeners = haloflow::server::Listeners {
-            public: listener,
-            admin: Some(admin),
-        };
-        tokio::spawn(haloflow::server::serve_listeners(
-            engine.clone(),
-            listeners,
-            std::future::pending(),
-        ));
+        let (base, api) = crate::common::serve(&engine).await;
         World {
             base,
             api,

@@ -1,8 +1,6 @@
 //! `haloflow serve` as a child process against in-process Halo emulators: for crash, restart
 //! and several-node tests.
 
-#![allow(dead_code)]
-
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

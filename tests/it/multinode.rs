@@ -2,14 +2,12 @@
 //! once, a killed node's runs finish on another, flood control and delivery de-duplication
 //! hold across nodes. Skipped (with a message) without a PostgreSQL server, unless `CI` is set.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::backends::TestDatabase;
-use common::processes::{Server, World};
-use common::sample_payload;
+use crate::common::backends::TestDatabase;
+use crate::common::processes::{Server, World};
+use crate::common::sample_payload;
 use haloflow::emulator::{Fault, Hold};
 use serde_json::{Value, json};
 
@@ -220,6 +218,6 @@ fn trigger_url(server: &Server) -> String {
     format!(
         "{}/triggers/escalate-to-partner?apiKey={}&recipients=ops",
         server.base,
-        common::ESCALATE_KEY
+        crate::common::ESCALATE_KEY
     )
 }

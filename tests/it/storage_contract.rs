@@ -1,9 +1,7 @@
 //! One behaviour suite for every storage backend: what the engine relies on holds for SQLite
 //! and for PostgreSQL alike.
 
-mod common;
-
-use common::backends::backends;
+use crate::common::backends::backends;
 use haloflow::flood::Admission;
 use haloflow::storage::{
     AttemptOutcome, AttemptRecord, Link, LinkOrigin, NewRequest, NewRun, NewSuppressed, Progress,

@@ -1,6 +1,6 @@
 //! The emulators answer like the real APIs and refuse what the real APIs refuse.
 
-use haloflow::emulator::halo::{HaloEmulator, HaloEmulatorConfig};
+use haloflow::emulator::halo::HaloEmulator;
 use haloflow::emulator::servicenow::{ServiceNowEmulator, ServiceNowEmulatorConfig};
 use serde_json::{Value, json};
 
@@ -9,31 +9,13 @@ async fn halo() -> (
     haloflow::emulator::RunningEmulator,
     reqwest::Client,
 ) {
-    let emulator = HaloEmulator::new(HaloEmulatorConfig {
-        client_id: "id".into(),
-        client_secret: "secret".into(),
-        tenant: None,
-        token_lifetime_secs: 3600,
-    });
+    let emulator = crate::common::halo_emulator();
     let running = emulator.start().await.unwrap();
     (emulator, running, reqwest::Client::new())
 }
 
 async fn token(client: &reqwest::Client, base: &str) -> String {
-    let answer: Value = client
-        .post(format!("{base}/auth/token"))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", "id"),
-            ("client_secret", "secret"),
-            ("scope", "all"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = crate::common::halo_token(client, base).await;
     assert_eq!(answer["token_type"], "Bearer");
     assert_eq!(answer["expires_in"], 3600);
     answer["access_token"].as_str().unwrap().to_owned()

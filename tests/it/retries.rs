@@ -1,12 +1,10 @@
 //! Retries, lost answers, replay, delivery de-duplication, metrics and retention, through a
 //! real server, real Halo emulators and a real SQLite file.
 
-mod common;
-
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use common::{Harness, Options, api_calls, sample_payload};
+use crate::common::{Harness, Options, api_calls, sample_payload};
 use haloflow::config::Config;
 use haloflow::emulator::Fault;
 use haloflow::storage::{AttemptOutcome, RunStatus, StepStatus};

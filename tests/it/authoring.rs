@@ -1,25 +1,12 @@
 //! Authoring: trigger-url, new, the editor schema, reload, and the five-minute tutorial.
 
-mod common;
-
 use std::process::Command;
 
-use common::{Harness, Options, sample_payload};
+use crate::common::{Harness, Options, sample_payload};
 use haloflow::step::StepRegistry;
 use serde_json::{Value, json};
 
-fn haloflow(args: &[&str]) -> (bool, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_haloflow"))
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
-}
+use crate::common::cli::run as haloflow;
 
 fn flow_with_auth(dir: &std::path::Path, auth: Value) -> String {
     let mut flow: Value =

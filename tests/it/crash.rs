@@ -1,13 +1,11 @@
 //! Crashes and restarts of a real `haloflow serve` process: SIGKILL at the worst moments and
 //! SIGTERM with work in flight. Nothing accepted is lost, nothing is created twice.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::processes::{World, database, exists};
-use common::{ESCALATE_KEY, HALO_SECRET, PARTNER_SECRET};
+use crate::common::processes::{World, database, exists};
+use crate::common::{ESCALATE_KEY, HALO_SECRET, PARTNER_SECRET};
 use haloflow::emulator::{Fault, Hold};
 use serde_json::{Value, json};
 

@@ -1,11 +1,9 @@
 //! Flood control and rate limits on the trigger, with a manual clock instead of sleeping.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Harness, Options, api_calls, sample_payload};
+use crate::common::{Harness, Options, api_calls, sample_payload};
 use haloflow::flood::{Admission, FloodClock, FloodControl, MemoryFloodControl};
 use haloflow::flow::FloodControlDef;
 use haloflow::storage::{NewRequest, NewRun, NewSuppressed, RequestFilter, SqliteStorage, Storage};

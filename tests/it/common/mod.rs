@@ -1,8 +1,7 @@
 //! A real server on a port, two Halo emulators, a SQLite file in a temp dir.
 
-#![allow(dead_code)]
-
 pub mod backends;
+pub mod cli;
 pub mod processes;
 
 use std::path::{Path, PathBuf};
@@ -104,6 +103,25 @@ fn connection(
     }
 }
 
+/// Serves `engine` on two fresh local ports: the public listener and the admin (API) one.
+/// Returns their base URLs.
+pub async fn serve(engine: &Engine) -> (String, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}", admin.local_addr().unwrap());
+    let listeners = haloflow::server::Listeners {
+        public: listener,
+        admin: Some(admin),
+    };
+    tokio::spawn(haloflow::server::serve_listeners(
+        engine.clone(),
+        listeners,
+        std::future::pending(),
+    ));
+    (base, api)
+}
+
 impl Harness {
     pub async fn start() -> Harness {
         Harness::start_with(Options::default()).await
@@ -157,19 +175,7 @@ impl Harness {
             .build()
             .unwrap_or_else(|e| panic!("engine builds: {e}"));
         engine.restore_flood_control().await.unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let api = format!("http://{}", admin.local_addr().unwrap());
-        let listeners = haloflow::server::Listeners {
-            public: listener,
-            admin: Some(admin),
-        };
-        tokio::spawn(haloflow::server::serve_listeners(
-            engine.clone(),
-            listeners,
-            std::future::pending(),
-        ));
+        let (base, api) = serve(&engine).await;
         Harness {
             base,
             api,
@@ -224,6 +230,34 @@ impl Harness {
     }
 }
 
+/// A Halo emulator whose API application is `id` / `secret`, tokens valid for an hour.
+pub fn halo_emulator() -> HaloEmulator {
+    HaloEmulator::new(HaloEmulatorConfig {
+        client_id: "id".into(),
+        client_secret: "secret".into(),
+        tenant: None,
+        token_lifetime_secs: 3600,
+    })
+}
+
+/// The token answer of [`halo_emulator`]'s `/auth/token` at `base` (client credentials).
+pub async fn halo_token(client: &reqwest::Client, base: &str) -> Value {
+    client
+        .post(format!("{base}/auth/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "id"),
+            ("client_secret", "secret"),
+            ("scope", "all"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Fails the test if an emulator saw anything Halo's published contract would not take as
 /// sent (a property Halo ignores, an undocumented query parameter) or answered off-schema.
 pub fn assert_contract_kept(emulators: &[&HaloEmulator]) {
@@ -232,6 +266,17 @@ pub fn assert_contract_kept(emulators: &[&HaloEmulator]) {
         warnings.is_empty(),
         "requests or answers outside Halo's published contract:\n{}",
         warnings.join("\n")
+    );
+}
+
+/// Fails the test if a ServiceNow instance dropped fields haloflow sent (not in the table's
+/// dictionary, or not writable by the integration user): a real instance drops them silently.
+pub fn assert_nothing_dropped(instances: &[&haloflow::emulator::servicenow::ServiceNowEmulator]) {
+    let dropped: Vec<String> = instances.iter().flat_map(|e| e.warnings()).collect();
+    assert!(
+        dropped.is_empty(),
+        "fields a ServiceNow instance drops:\n{}",
+        dropped.join("\n")
     );
 }
 

@@ -1,40 +1,22 @@
 //! The Halo emulator holds haloflow to Halo's published API ("Halo API" v2,
 //! `reference/halo-openapi.json`), and what would break on a real Halo is fixed.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Harness, Options, TRIAGE_KEY, api_calls, assert_contract_kept, sample_payload};
+use crate::common::{
+    Harness, Options, TRIAGE_KEY, api_calls, assert_contract_kept, sample_payload,
+};
 use haloflow::emulator::Fault;
-use haloflow::emulator::halo::{HaloEmulator, HaloEmulatorConfig};
+use haloflow::emulator::halo::HaloEmulator;
 use haloflow::emulator::halo_contract::HaloContract;
 use haloflow::storage::RunStatus;
 use serde_json::{Value, json};
 
 async fn emulator() -> (HaloEmulator, haloflow::emulator::RunningEmulator, String) {
-    let emulator = HaloEmulator::new(HaloEmulatorConfig {
-        client_id: "id".into(),
-        client_secret: "secret".into(),
-        tenant: None,
-        token_lifetime_secs: 3600,
-    });
+    let emulator = crate::common::halo_emulator();
     let running = emulator.start().await.unwrap();
     let base = running.base_url();
-    let token: Value = reqwest::Client::new()
-        .post(format!("{base}/auth/token"))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", "id"),
-            ("client_secret", "secret"),
-            ("scope", "all"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let token = crate::common::halo_token(&reqwest::Client::new(), &base).await;
     let token = token["access_token"].as_str().unwrap().to_owned();
     (emulator, running, token)
 }

@@ -2,7 +2,6 @@
 //! with the fix; commands that need a config say so when none is given; a command asks only
 //! for the secrets it needs.
 
-use std::process::{Command, Output};
 use std::sync::Arc;
 
 use haloflow::config::Config;
@@ -10,19 +9,7 @@ use haloflow::engine::Engine;
 use haloflow::secrets::SecretStore;
 use haloflow::storage::SqliteStorage;
 
-fn haloflow(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_haloflow"));
-    command.args(args).env_remove("HALOFLOW_CONFIG");
-    command
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
+use crate::common::cli::{haloflow, text};
 
 /// A config that parses but cannot work, in five places.
 const BROKEN: &str = r#"

@@ -40,20 +40,9 @@ struct World {
 /// and nothing a ServiceNow instance would have dropped silently.
 impl Drop for World {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            return;
-        }
-        let halo = self.halo.warnings();
-        assert!(
-            halo.is_empty(),
-            "outside Halo's published contract: {halo:#?}"
-        );
-        for instance in [&self.acme, &self.globex, &self.vendor] {
-            let dropped = instance.warnings();
-            assert!(
-                dropped.is_empty(),
-                "fields the instance drops: {dropped:#?}"
-            );
+        if !std::thread::panicking() {
+            crate::common::assert_contract_kept(&[&self.halo]);
+            crate::common::assert_nothing_dropped(&[&self.acme, &self.globex, &self.vendor]);
         }
     }
 }

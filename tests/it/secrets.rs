@@ -1,12 +1,10 @@
 //! Secrets (trigger keys, Basic passwords, client secrets, access tokens) never reach logs, the
 //! database, run history or command output.
 
-mod common;
-
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use common::{Harness, all_secrets, contains, sample_payload};
+use crate::common::{Harness, all_secrets, contains, sample_payload};
 use serde_json::json;
 
 #[derive(Clone, Default)]
@@ -70,7 +68,7 @@ async fn secrets_never_reach_logs_database_or_history() {
     let wrong = format!(
         "{}/triggers/escalate-to-partner?apiKey={}x",
         h.base,
-        common::ESCALATE_KEY
+        crate::common::ESCALATE_KEY
     );
     assert_eq!(h.post_json(&wrong, &json!({"event": "x"})).await.0, 401);
     let bad_json = h
@@ -153,8 +151,8 @@ fn a_dry_run_masks_every_secret() {
             "--query",
             "recipients=a",
         ])
-        .env("HALO_CLIENT_SECRET", common::HALO_SECRET)
-        .env("PARTNER_HALO_CLIENT_SECRET", common::PARTNER_SECRET)
+        .env("HALO_CLIENT_SECRET", crate::common::HALO_SECRET)
+        .env("PARTNER_HALO_CLIENT_SECRET", crate::common::PARTNER_SECRET)
         .env("HALOFLOW_LOG", "trace")
         .output()
         .unwrap();
@@ -163,7 +161,7 @@ fn a_dry_run_masks_every_secret() {
     assert!(output.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("client_secret=***"), "{stdout}");
     assert!(stdout.contains("Authorization: Bearer ***"), "{stdout}");
-    for secret in [common::HALO_SECRET, common::PARTNER_SECRET] {
+    for secret in [crate::common::HALO_SECRET, crate::common::PARTNER_SECRET] {
         assert!(!stdout.contains(secret) && !stderr.contains(secret));
     }
 }

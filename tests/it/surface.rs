@@ -1,10 +1,8 @@
 //! The HTTP surface a stranger reaches (issue 17): the API only with credentials or on the
 //! loopback admin listener, state-changing calls only as JSON from the server's own origin.
 
-mod common;
-
+use crate::common::{API_PASSWORD, API_TOKEN, Harness, Options};
 use base64::Engine as _;
-use common::{API_PASSWORD, API_TOKEN, Harness, Options};
 use haloflow::config::Config;
 use serde_json::Value;
 
@@ -264,21 +262,21 @@ async fn stored(h: &Harness) -> (String, Vec<u8>) {
 #[tokio::test]
 async fn a_secret_in_the_wrong_parameter_is_never_stored() {
     let h = Harness::start().await;
-    let payload = common::sample_payload("halo-new-ticket.json");
+    let payload = crate::common::sample_payload("halo-new-ticket.json");
     // The key under a name of another case: refused, and not kept.
     let url = format!(
         "{}/triggers/escalate-to-partner?apikey={}&recipients=ops",
         h.base,
-        common::ESCALATE_KEY
+        crate::common::ESCALATE_KEY
     );
     assert_eq!(h.post_json(&url, &payload).await.0, 401);
     // Accepted with the key, and secrets in other parameters too: those are dropped.
     let url = format!(
         "{}&APIKEY={}&note={}&{}=x",
         h.escalate_url("ops"),
-        common::ESCALATE_KEY,
-        common::TRIAGE_KEY,
-        common::ROUTING_PASSWORD,
+        crate::common::ESCALATE_KEY,
+        crate::common::TRIAGE_KEY,
+        crate::common::ROUTING_PASSWORD,
     );
     let (status, answer) = h.post_json(&url, &payload).await;
     assert_eq!(status, 202, "{answer}");
@@ -286,13 +284,13 @@ async fn a_secret_in_the_wrong_parameter_is_never_stored() {
     let (requests, database) = stored(&h).await;
     assert!(requests.contains("\"recipients\":[\"ops\"]"), "{requests}");
     for secret in [
-        common::ESCALATE_KEY,
-        common::TRIAGE_KEY,
-        common::ROUTING_PASSWORD,
+        crate::common::ESCALATE_KEY,
+        crate::common::TRIAGE_KEY,
+        crate::common::ROUTING_PASSWORD,
     ] {
         assert!(!requests.contains(secret), "{secret} in {requests}");
         assert!(
-            !common::contains(&database, secret),
+            !crate::common::contains(&database, secret),
             "{secret} in the database"
         );
     }
@@ -395,7 +393,7 @@ async fn slow_clients_are_cut_off() {
     // A body that stops coming.
     let head = format!(
         "POST /triggers/escalate-to-partner?apiKey={} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"a\":",
-        common::ESCALATE_KEY
+        crate::common::ESCALATE_KEY
     );
     let (_, took) = stall(&h.base, &head).await;
     assert!(took < std::time::Duration::from_secs(4), "{took:?}");

@@ -1,13 +1,11 @@
 //! "Accepted" means stored: the answer waits for the database, and a request the database
 //! cannot take is refused with 503 (Halo sends it again) rather than half accepted.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::{Harness, Options, sample_payload};
 use async_trait::async_trait;
-use common::{Harness, Options, sample_payload};
 use haloflow::storage::{
     AttemptRecord, FloodRecord, Link, NewRequest, NewRun, NewSuppressed, RequestFilter,
     RequestRecord, RunCount, RunDetail, RunFilter, RunStatus, RunSummary, SqliteStorage,

@@ -4,8 +4,6 @@
 //! Without a server the PostgreSQL half is skipped with a message, unless `CI` is set: then a
 //! missing server fails the test, so CI never passes by skipping.
 
-#![allow(dead_code)]
-
 use std::sync::Arc;
 
 use haloflow::storage::{PostgresStorage, SqliteStorage, Storage};

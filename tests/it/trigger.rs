@@ -1,9 +1,7 @@
 //! The Halo trigger end to end, over real HTTP with a real SQLite file: a webhook starts a run,
 //! the emulators receive exactly the expected requests, bad requests get JSON 4xx answers.
 
-mod common;
-
-use common::{ESCALATE_KEY, Harness, Options, ROUTING_PASSWORD, api_calls, sample_payload};
+use crate::common::{ESCALATE_KEY, Harness, Options, ROUTING_PASSWORD, api_calls, sample_payload};
 use haloflow::storage::{RequestFilter, RunStatus, StepStatus};
 use serde_json::{Value, json};
 
@@ -210,7 +208,7 @@ async fn expect_error(response: reqwest::Response, status: u16, code: &str) -> S
 async fn bad_requests_get_clear_json_errors_and_are_recorded() {
     let h = Harness::start_with(Options {
         max_body_bytes: 2048,
-        // Above the burst below, so every rejection is stored (tests/surface.rs floods it).
+        // Above the burst below, so every rejection is stored (tests/it/surface.rs floods it).
         configure: |config| config.server.rejections_logged_per_sec = 100,
         ..Options::default()
     })

@@ -1,9 +1,7 @@
 //! Switch and Condition: different paths for assigned and unassigned tickets, and the load-time
 //! checks of references across paths.
 
-mod common;
-
-use common::{Harness, TRIAGE_KEY, api_calls, sample_payload};
+use crate::common::{Harness, TRIAGE_KEY, api_calls, sample_payload};
 use haloflow::engine::Engine;
 use haloflow::flow::{FlowValidator, ProblemCode};
 use haloflow::step::StepRegistry;

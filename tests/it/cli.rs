@@ -1,22 +1,10 @@
 //! The command line: `demo`, `run` (live and dry), `runs list|show`, `requests list`, `serve`.
 
-use std::process::{Command, Output};
+use std::process::Command;
 
 use haloflow::emulator::halo::{HaloEmulator, HaloEmulatorConfig};
 
-fn haloflow(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_haloflow"));
-    command.args(args);
-    command
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
+use crate::common::cli::{haloflow, text};
 
 #[test]
 fn the_demo_sends_a_sample_to_every_flow_and_shows_the_runs() {
