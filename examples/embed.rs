@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use axum::routing::get;
-use haloflow::emulator::halo::{HaloEmulator, HaloEmulatorConfig};
 use haloflow::prelude::*;
+use haloflow_emulators::halo::{HaloEmulator, HaloEmulatorConfig};
 use serde_json::{Value, json};
 
 #[tokio::main]

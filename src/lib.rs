@@ -31,12 +31,12 @@
 //! (`examples/custom_step.rs`); the built-in steps are registered the same way.
 
 pub mod admission;
-/// The `haloflow` binary's commands (an implementation detail of the CLI).
+/// The `haloflow` binary's commands (an implementation detail of the CLI; the `cli` feature).
+#[cfg(feature = "cli")]
 #[doc(hidden)]
 pub mod commands;
 pub mod config;
 pub mod connections;
-pub mod emulator;
 pub mod engine;
 pub mod flood;
 pub mod flow;

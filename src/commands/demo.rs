@@ -13,12 +13,12 @@ use serde_json::Value;
 
 use super::{CommandError, render};
 use crate::config::{Config, HaloConnectionConfig};
-use crate::emulator::halo::{HaloEmulator, HaloEmulatorConfig};
-use crate::emulator::servicenow::{ServiceNowEmulator, ServiceNowEmulatorConfig};
 use crate::engine::Engine;
 use crate::flow::TriggerAuth;
 use crate::secrets::SecretStore;
 use crate::storage::SqliteStorage;
+use haloflow_emulators::halo::{HaloEmulator, HaloEmulatorConfig};
+use haloflow_emulators::servicenow::{ServiceNowEmulator, ServiceNowEmulatorConfig};
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {

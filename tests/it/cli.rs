@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use haloflow::emulator::halo::{HaloEmulator, HaloEmulatorConfig};
+use haloflow_emulators::halo::{HaloEmulator, HaloEmulatorConfig};
 
 use crate::common::cli::{haloflow, text};
 

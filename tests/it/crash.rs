@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::common::processes::{World, database, exists};
 use crate::common::{ESCALATE_KEY, HALO_SECRET, PARTNER_SECRET};
-use haloflow::emulator::{Fault, Hold};
+use haloflow_emulators::{Fault, Hold};
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,12 +1,12 @@
 //! The emulators answer like the real APIs and refuse what the real APIs refuse.
 
-use haloflow::emulator::halo::HaloEmulator;
-use haloflow::emulator::servicenow::{ServiceNowEmulator, ServiceNowEmulatorConfig};
+use haloflow_emulators::halo::HaloEmulator;
+use haloflow_emulators::servicenow::{ServiceNowEmulator, ServiceNowEmulatorConfig};
 use serde_json::{Value, json};
 
 async fn halo() -> (
     HaloEmulator,
-    haloflow::emulator::RunningEmulator,
+    haloflow_emulators::RunningEmulator,
     reqwest::Client,
 ) {
     let emulator = crate::common::halo_emulator();

@@ -6,13 +6,13 @@ use std::time::Duration;
 use crate::common::{
     Harness, Options, TRIAGE_KEY, api_calls, assert_contract_kept, sample_payload,
 };
-use haloflow::emulator::Fault;
-use haloflow::emulator::halo::HaloEmulator;
-use haloflow::emulator::halo_contract::HaloContract;
 use haloflow::storage::RunStatus;
+use haloflow_emulators::Fault;
+use haloflow_emulators::halo::HaloEmulator;
+use haloflow_emulators::halo_contract::HaloContract;
 use serde_json::{Value, json};
 
-async fn emulator() -> (HaloEmulator, haloflow::emulator::RunningEmulator, String) {
+async fn emulator() -> (HaloEmulator, haloflow_emulators::RunningEmulator, String) {
     let emulator = crate::common::halo_emulator();
     let running = emulator.start().await.unwrap();
     let base = running.base_url();
@@ -312,7 +312,7 @@ fn one_second_timeouts(config: &mut haloflow::config::Config) {
 #[tokio::test]
 async fn a_lost_create_answer_is_never_sent_again_when_the_lookup_cannot_be_sure() {
     let (h, _dir) = harness_with(&[], one_second_timeouts).await;
-    let hold = haloflow::emulator::Hold::new();
+    let hold = haloflow_emulators::Hold::new();
     h.partner.inject(
         "POST",
         "/api/Tickets",

@@ -5,13 +5,13 @@
 use std::sync::Arc;
 
 use haloflow::config::Config;
-use haloflow::emulator::servicenow::{ServiceNowEmulator, ServiceNowEmulatorConfig};
 use haloflow::engine::Engine;
 use haloflow::flow::FlowValidator;
 use haloflow::secrets::SecretStore;
 use haloflow::step::{StepError, StepRegistry};
 use haloflow::storage::{RunStatus, SqliteStorage};
 use haloflow::trigger::TriggerQuery;
+use haloflow_emulators::servicenow::{ServiceNowEmulator, ServiceNowEmulatorConfig};
 use serde_json::{Value, json};
 
 const PASSWORD: &str = "PW-snow-71d0c3";
@@ -21,7 +21,7 @@ async fn setup(
 ) -> (
     Engine,
     ServiceNowEmulator,
-    haloflow::emulator::RunningEmulator,
+    haloflow_emulators::RunningEmulator,
 ) {
     let snow = ServiceNowEmulator::new(ServiceNowEmulatorConfig {
         username: "haloflow".into(),
@@ -349,7 +349,7 @@ async fn a_lost_answer_is_retried_for_a_get_but_not_for_a_post() {
         "retry": {"max_attempts": 3, "initial_delay_ms": 10},
         "inputs": {"url": "/api/now/table/incident"}}]);
     let (engine, snow, _running) = setup(&[flow("post", post), flow("get", get)]).await;
-    let reset = haloflow::emulator::Fault::ResetAfterProcessing;
+    let reset = haloflow_emulators::Fault::ResetAfterProcessing;
     snow.inject("POST", "/api/now/table/incident", reset.clone(), 1);
     snow.inject("GET", "/api/now/table/incident", reset, 1);
 

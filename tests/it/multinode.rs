@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::common::backends::TestDatabase;
 use crate::common::processes::{Server, World};
 use crate::common::sample_payload;
-use haloflow::emulator::{Fault, Hold};
+use haloflow_emulators::{Fault, Hold};
 use serde_json::{Value, json};
 
 /// A short claim, so a killed node's runs move within seconds.

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use crate::common::{Harness, Options, api_calls, sample_payload};
 use haloflow::config::Config;
-use haloflow::emulator::Fault;
 use haloflow::storage::{AttemptOutcome, RunStatus, StepStatus};
+use haloflow_emulators::Fault;
 use serde_json::{Value, json};
 
 /// Quick retries, and a partner Halo that times out after 1 s.
@@ -560,7 +560,7 @@ async fn a_full_server_answers_503_with_retry_after_and_stores_nothing() {
         ..Options::default()
     })
     .await;
-    let hold = haloflow::emulator::Hold::new();
+    let hold = haloflow_emulators::Hold::new();
     h.partner.inject(
         "POST",
         "/api/Tickets",

@@ -4,12 +4,12 @@
 use std::sync::Arc;
 
 use haloflow::config::Config;
-use haloflow::emulator::RunningEmulator;
-use haloflow::emulator::halo::{HaloEmulator, HaloEmulatorConfig};
-use haloflow::emulator::servicenow::{ServiceNowEmulator, ServiceNowEmulatorConfig};
 use haloflow::engine::Engine;
 use haloflow::secrets::SecretStore;
 use haloflow::storage::{LinkOrigin, RunDetail, RunStatus, SqliteStorage, Storage};
+use haloflow_emulators::RunningEmulator;
+use haloflow_emulators::halo::{HaloEmulator, HaloEmulatorConfig};
+use haloflow_emulators::servicenow::{ServiceNowEmulator, ServiceNowEmulatorConfig};
 use serde_json::{Value, json};
 
 const HALO_SECRET: &str = "CS-halo-sn-8f2a";
@@ -615,7 +615,7 @@ async fn a_private_note_is_a_work_note_and_a_public_one_a_comment() {
 #[tokio::test]
 async fn a_lost_answer_still_leaves_exactly_one_record_and_one_note() {
     let w = World::new().await;
-    let reset = haloflow::emulator::Fault::ResetAfterProcessing;
+    let reset = haloflow_emulators::Fault::ResetAfterProcessing;
     w.acme
         .inject("POST", "/api/now/table/incident", reset.clone(), 1);
     w.ticket(170, json!({}));

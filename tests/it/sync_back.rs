@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use haloflow::config::Config;
-use haloflow::emulator::RunningEmulator;
-use haloflow::emulator::halo::{HaloEmulator, HaloEmulatorConfig};
-use haloflow::emulator::servicenow::{ServiceNowEmulator, ServiceNowEmulatorConfig};
 use haloflow::engine::Engine;
 use haloflow::secrets::SecretStore;
 use haloflow::storage::{LinkOrigin, RequestFilter, SqliteStorage, Storage};
+use haloflow_emulators::RunningEmulator;
+use haloflow_emulators::halo::{HaloEmulator, HaloEmulatorConfig};
+use haloflow_emulators::servicenow::{ServiceNowEmulator, ServiceNowEmulatorConfig};
 use hmac::{KeyInit, Mac};
 use serde_json::{Value, json};
 
@@ -641,7 +641,7 @@ async fn a_ticket_whose_answer_was_lost_is_adopted_not_created_twice() {
     w.halo.inject(
         "POST",
         "/api/Tickets",
-        haloflow::emulator::Fault::ResetAfterProcessing,
+        haloflow_emulators::Fault::ResetAfterProcessing,
         1,
     );
     let (status, answer) = w

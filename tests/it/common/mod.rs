@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use haloflow::config::{Config, HaloConnectionConfig};
-use haloflow::emulator::RunningEmulator;
-use haloflow::emulator::halo::{HaloEmulator, HaloEmulatorConfig};
 use haloflow::engine::Engine;
 use haloflow::flood::FloodClock;
 use haloflow::secrets::SecretStore;
 use haloflow::storage::{RunDetail, SqliteStorage, Storage};
+use haloflow_emulators::RunningEmulator;
+use haloflow_emulators::halo::{HaloEmulator, HaloEmulatorConfig};
 use serde_json::Value;
 
 /// Distinctive secret values, so tests can search for them anywhere.
@@ -271,7 +271,7 @@ pub fn assert_contract_kept(emulators: &[&HaloEmulator]) {
 
 /// Fails the test if a ServiceNow instance dropped fields haloflow sent (not in the table's
 /// dictionary, or not writable by the integration user): a real instance drops them silently.
-pub fn assert_nothing_dropped(instances: &[&haloflow::emulator::servicenow::ServiceNowEmulator]) {
+pub fn assert_nothing_dropped(instances: &[&haloflow_emulators::servicenow::ServiceNowEmulator]) {
     let dropped: Vec<String> = instances.iter().flat_map(|e| e.warnings()).collect();
     assert!(
         dropped.is_empty(),

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{ESCALATE_KEY, HALO_SECRET, PARTNER_SECRET, sample_payload};
-use haloflow::emulator::RunningEmulator;
-use haloflow::emulator::halo::{HaloEmulator, HaloEmulatorConfig};
+use haloflow_emulators::RunningEmulator;
+use haloflow_emulators::halo::{HaloEmulator, HaloEmulatorConfig};
 use serde_json::Value;
 
 pub struct World {

@@ -21,7 +21,6 @@ use super::{
     Fault, InjectedFailure, RecordedRequest, RunningEmulator, ScheduledFault, dispatch, form_pairs,
     next_fault,
 };
-use crate::halo::id_of;
 
 #[derive(Debug, Clone)]
 pub struct HaloEmulatorConfig {
@@ -929,4 +928,16 @@ fn merge_custom_fields(ticket: &mut Value, written: Value) {
             None => fields.push(field),
         }
     }
+}
+
+/// An id as Halo reads one in a request: a number, `"42"` or `"42.0"` (Halo sends and takes all
+/// three); nothing else.
+fn id_of(value: &Value) -> Option<i64> {
+    let number = match value {
+        Value::Number(n) if n.is_i64() => return n.as_i64(),
+        Value::Number(n) => n.as_f64()?,
+        Value::String(s) => s.trim().parse::<f64>().ok()?,
+        _ => return None,
+    };
+    (number.fract() == 0.0).then_some(number as i64)
 }

@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 
 static DOCUMENT: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/reference/halo-openapi.json"
+    "/../../reference/halo-openapi.json"
 ));
 
 static CONTRACT: LazyLock<HaloContract> = LazyLock::new(|| {
