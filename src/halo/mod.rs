@@ -2,6 +2,8 @@
 //! client credentials, a cached token refreshed shortly before it expires and once on a 401,
 //! and JSON array bodies for creates and updates.
 
+pub mod steps;
+
 use std::time::{Duration, Instant};
 
 use reqwest::Method;

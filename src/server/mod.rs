@@ -6,7 +6,6 @@ mod error;
 mod guard;
 mod listener;
 mod rejections;
-mod servicenow;
 mod trigger;
 
 use std::future::Future;
@@ -16,9 +15,10 @@ use axum::routing::{get, post};
 use axum::{Router, middleware};
 
 pub use error::{ApiError, ErrorCode};
-pub use rejections::Rejections;
+pub use rejections::{Rejected, Rejections, UNKNOWN};
 
 use crate::engine::Engine;
+use crate::servicenow::webhook;
 
 /// The public listener's router: trigger URLs, ServiceNow webhooks and health, plus the API
 /// (behind its credentials) when `[server.api]` configures some, and `/metrics` when public.
@@ -61,7 +61,7 @@ fn private_router(engine: Engine, rejections: Arc<Rejections>) -> Router {
 fn public_routes() -> Router<Engine> {
     Router::new()
         .route("/triggers/{flow_id}", post(trigger::receive))
-        .route("/servicenow/{side}/{id}/webhook", post(servicenow::receive))
+        .route("/servicenow/{side}/{id}/webhook", post(webhook::receive))
         .route("/health", get(api::health))
 }
 

@@ -5,7 +5,9 @@
 pub mod integrator;
 pub mod mapping;
 pub mod notes;
+pub mod steps;
 pub mod sync;
+pub mod webhook;
 
 use std::time::{Duration, Instant};
 

@@ -2,18 +2,16 @@
 //! embedder's steps do.
 
 mod core;
-mod halo;
 mod http;
-mod servicenow;
 
 use std::sync::Arc;
 
 use crate::step::{Step, StepRegistry};
 
 pub use self::core::{Condition, Switch};
-pub use halo::{AddAction, CreateTicket, GetTicket, UpdateTicket};
+pub use crate::halo::steps::{AddAction, CreateTicket, GetTicket, UpdateTicket};
+pub use crate::servicenow::steps::{LOG_TO_SUPPLIER, SEND_TICKET, SendToServiceNow, SyncNote};
 pub use http::HttpRequest;
-pub use servicenow::{LOG_TO_SUPPLIER, SEND_TICKET, SendToServiceNow, SyncNote};
 
 /// Every built-in step, for [`StepRegistry::with_builtins`].
 pub fn builtins() -> Vec<Arc<dyn Step>> {
