@@ -11,6 +11,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::Mutex;
 
 use crate::config::{HaloConnectionConfig, IdempotencyField};
+pub use crate::json::id_of;
 use crate::outbound::{Field, Outbound, OutboundRequest, OutboundResponse};
 use crate::secrets::Secret;
 use crate::step::StepError;
@@ -107,22 +108,6 @@ impl IdempotencyField {
             IdempotencyField::CustomField(id) => format!("custom field {id}"),
             IdempotencyField::None => "idempotency field".into(),
         }
-    }
-}
-
-/// A Halo id from a number, `"42"` or `"42.0"` (Halo sends all three, §2).
-pub fn id_of(value: &Value) -> Option<i64> {
-    match value {
-        Value::Number(n) => n
-            .as_i64()
-            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)),
-        Value::String(s) => s
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|f| f.fract() == 0.0)
-            .map(|f| f as i64),
-        _ => None,
     }
 }
 
