@@ -5,7 +5,6 @@ mod common;
 use std::process::Command;
 
 use common::{Harness, Options, sample_payload};
-use haloflow::step::StepRegistry;
 use serde_json::{Value, json};
 
 fn haloflow(args: &[&str]) -> (bool, String) {
@@ -161,7 +160,7 @@ fn new_writes_a_valid_flow_for_each_template() {
 
 #[test]
 fn the_editor_schema_is_generated_from_the_steps_and_checks_inputs() {
-    let generated = haloflow::flow::editor_schema(&StepRegistry::with_builtins());
+    let generated = haloflow::flow::editor_schema(&haloflow::bundled::integrations().registry());
     let shipped: Value =
         serde_json::from_str(&std::fs::read_to_string("schemas/flow.schema.json").unwrap())
             .unwrap();

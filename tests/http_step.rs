@@ -9,7 +9,7 @@ use haloflow::emulator::servicenow::{ServiceNowEmulator, ServiceNowEmulatorConfi
 use haloflow::engine::Engine;
 use haloflow::flow::FlowValidator;
 use haloflow::secrets::SecretStore;
-use haloflow::step::{StepError, StepRegistry};
+use haloflow::step::StepError;
 use haloflow::storage::{RunStatus, SqliteStorage};
 use haloflow::trigger::TriggerQuery;
 use serde_json::{Value, json};
@@ -39,8 +39,9 @@ async fn setup(
         running.base_url()
     ))
     .unwrap();
-    let registry = StepRegistry::with_builtins();
+    let registry = haloflow::bundled::integrations().registry();
     let mut builder = Engine::builder()
+        .integrations(haloflow::bundled::integrations())
         .config(config.clone())
         .secrets(SecretStore::from_values([("SNOW_PASSWORD", PASSWORD)]))
         .storage(Arc::new(SqliteStorage::in_memory().await.unwrap()));

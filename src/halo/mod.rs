@@ -2,6 +2,8 @@
 //! client credentials, a cached token refreshed shortly before it expires and once on a 401,
 //! and JSON array bodies for creates and updates.
 
+pub mod config;
+mod integration;
 pub mod steps;
 
 use std::time::{Duration, Instant};
@@ -10,11 +12,12 @@ use reqwest::Method;
 use serde_json::{Map, Value, json};
 use tokio::sync::Mutex;
 
-use crate::config::{HaloConnectionConfig, IdempotencyField};
 pub use crate::json::id_of;
 use crate::outbound::{Field, Outbound, OutboundRequest, OutboundResponse};
 use crate::secrets::Secret;
 use crate::step::StepError;
+pub use config::{HaloConfig, HaloConnectionConfig, IdempotencyField};
+pub use integration::{HALO, Halo, HaloConnections, build_connection};
 
 /// Refresh this long before the token's own expiry (dotMARC does the same; §1).
 const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
