@@ -627,9 +627,22 @@ impl Engine {
         F: Fn(Engine) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send,
     {
+        self.spawn_loop(every, false, job);
+    }
+
+    /// Runs `job` every `every` (the first time at once unless `wait_first`) while the engine
+    /// lives and until it shuts down.
+    fn spawn_loop<F, Fut>(&self, every: Duration, wait_first: bool, job: F)
+    where
+        F: Fn(Engine) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
         let inner = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
+            if wait_first {
+                tick.tick().await;
+            }
             loop {
                 tick.tick().await;
                 let Some(inner) = inner.upgrade() else { break };
@@ -644,24 +657,13 @@ impl Engine {
 
     /// Looks for runs to take over (their node died) every half lease, while the engine lives.
     pub fn spawn_takeover_loop(&self) {
-        let inner = Arc::downgrade(&self.inner);
         let every = (self.inner.lease / 2).max(Duration::from_millis(200));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let Some(inner) = inner.upgrade() else { break };
-                let engine = Engine { inner };
-                if engine.is_shutting_down() {
-                    break;
-                }
-                match engine.resume_unfinished_runs().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(runs = n, "Took over unfinished runs."),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Could not look for unfinished runs; trying again.")
-                    }
+        self.spawn_loop(every, true, |engine| async move {
+            match engine.resume_unfinished_runs().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(runs = n, "Took over unfinished runs."),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Could not look for unfinished runs; trying again.")
                 }
             }
         });
