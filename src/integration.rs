@@ -199,3 +199,39 @@ impl Integrations {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Chat;
+
+    impl Integration for Chat {
+        fn name(&self) -> &'static str {
+            "chat"
+        }
+
+        fn config_sections(&self) -> &'static [&'static str] {
+            &["chat"]
+        }
+    }
+
+    #[test]
+    fn a_table_no_integration_claims_is_reported_with_the_fix() {
+        let text = "[chat.ops]\nurl = \"x\"\n\n[chta.ops]\nurl = \"x\"\n";
+        assert!(
+            Config::parse(text).is_ok(),
+            "the core checks its own sections"
+        );
+        let error = Integrations::new()
+            .with(Chat)
+            .parse_config(text)
+            .unwrap_err();
+        assert!(
+            error.starts_with("[chta]: is not a section haloflow reads;")
+                && error.contains("known: server, http, secrets, retry, retention, chat"),
+            "{error}"
+        );
+        assert!(!error.contains("[chat]"), "{error}");
+    }
+}

@@ -59,3 +59,34 @@ impl<'de, T: Section> Visitor<'de> for Pick<T> {
         Ok(found)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[derive(Debug, Default, serde::Deserialize, serde::Serialize)]
+    #[serde(deny_unknown_fields)]
+    struct Chat {
+        #[serde(default)]
+        timeout_secs: u64,
+    }
+
+    impl Section for Chat {
+        const TABLE: &'static str = "chat";
+    }
+
+    #[test]
+    fn a_section_is_read_in_its_own_type_and_its_errors_say_where() {
+        let config = Config::parse("[server]\n\n[chat]\ntimeout_secs = \"soon\"\n").unwrap();
+        let error = config.section::<Chat>().unwrap_err();
+        assert!(error.starts_with("line 4, column 16: "), "{error}");
+        let mut config = Config::parse("[chat]\ntimeout_secs = 5\n").unwrap();
+        assert_eq!(config.section::<Chat>().unwrap().timeout_secs, 5);
+        config
+            .edit_section(|chat: &mut Chat| chat.timeout_secs = 9)
+            .unwrap();
+        assert_eq!(config.section::<Chat>().unwrap().timeout_secs, 9);
+        assert_eq!(Config::default().section::<Chat>().unwrap().timeout_secs, 0);
+    }
+}

@@ -209,7 +209,8 @@ impl StepContext {
     }
 
     /// The connection of `kind` this step names (or the kind's default), as the type its
-    /// integration built: `ctx.connection::<HaloConnection>(HALO)`.
+    /// integration built, e.g. `ctx.connection::<ChatConnection>(CHAT)` for an integration's
+    /// `ChatConnection`s of kind `CHAT`.
     pub fn connection<C: std::any::Any + Send + Sync>(
         &self,
         kind: ConnectionKind,
@@ -220,8 +221,8 @@ impl StepContext {
         Ok(self.connections.get(kind, name)?)
     }
 
-    /// Every configured connection, for a step that picks one from its data (a ServiceNow
-    /// instance by the ticket's client) rather than by the step's `"connection"`.
+    /// Every configured connection, for a step that picks one from its data (an instance by
+    /// the ticket's client, say) rather than by the step's `"connection"`.
     pub fn connections(&self) -> &Connections {
         &self.connections
     }
