@@ -70,14 +70,14 @@ impl ConnectionKind {
 /// built and found again by that type ([`Connections::get`]).
 #[derive(Default)]
 pub struct Connections {
-    /// `Arc<C>` boxed as `Any`, by (config table, name).
-    by_kind: BTreeMap<(&'static str, String), Box<dyn Any + Send + Sync>>,
+    /// `Arc<C>` boxed as `Any`, by config table and name.
+    by_kind: BTreeMap<&'static str, BTreeMap<String, Box<dyn Any + Send + Sync>>>,
 }
 
 impl std::fmt::Debug for Connections {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<String> = (self.by_kind.keys())
-            .map(|(table, name)| format!("{table}.{name}"))
+        let names: Vec<String> = (self.by_kind.iter())
+            .flat_map(|(table, named)| named.keys().map(move |name| format!("{table}.{name}")))
             .collect();
         f.debug_struct("Connections")
             .field("connections", &names)
@@ -110,24 +110,23 @@ impl Connections {
 
     /// The connection `name` of `kind`, if it is configured (and of type `C`).
     pub fn find<C: Any + Send + Sync>(&self, kind: ConnectionKind, name: &str) -> Option<Arc<C>> {
-        self.by_kind
-            .get(&(kind.table, name.to_owned()))
+        (self.by_kind.get(kind.table)?.get(name))
             .and_then(|c| c.downcast_ref::<Arc<C>>())
             .cloned()
     }
 
     /// Every connection of `kind`, by name.
     pub fn all<C: Any + Send + Sync>(&self, kind: ConnectionKind) -> impl Iterator<Item = &Arc<C>> {
-        (self.by_kind.iter())
-            .filter(move |((table, _), _)| *table == kind.table)
-            .filter_map(|(_, c)| c.downcast_ref::<Arc<C>>())
+        (self.by_kind.get(kind.table).into_iter())
+            .flat_map(|named| named.values())
+            .filter_map(|c| c.downcast_ref::<Arc<C>>())
     }
 
     /// The names of the connections of `kind`.
     pub fn names(&self, kind: ConnectionKind) -> impl Iterator<Item = &str> {
-        (self.by_kind.keys())
-            .filter(move |(table, _)| *table == kind.table)
-            .map(|(_, name)| name.as_str())
+        (self.by_kind.get(kind.table).into_iter())
+            .flat_map(|named| named.keys())
+            .map(String::as_str)
     }
 
     /// The `[http.<name>]` connection `name`.
@@ -245,12 +244,13 @@ impl<'a> ConnectionsBuilder<'a> {
         name: impl Into<String>,
         connection: Arc<C>,
     ) {
-        (self.built.by_kind).insert((kind.table, name.into()), Box::new(connection));
+        (self.built.by_kind.entry(kind.table).or_default())
+            .insert(name.into(), Box::new(connection));
     }
 
     /// Whether a connection of `kind` named `name` was built already.
     pub fn contains(&self, kind: ConnectionKind, name: &str) -> bool {
-        (self.built.by_kind).contains_key(&(kind.table, name.to_owned()))
+        (self.built.by_kind.get(kind.table)).is_some_and(|named| named.contains_key(name))
     }
 
     /// The connections, or every secret that is missing.
