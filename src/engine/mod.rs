@@ -609,7 +609,7 @@ impl Engine {
     /// Starts the background work of a serving engine, after it is built and before it takes
     /// requests: rebuilds flood control (a flood in progress at a restart stays suppressed),
     /// continues unfinished runs, then keeps taking over runs of dead nodes and starts the
-    /// integrations' jobs (the ServiceNow integrators). Returns (flood-control runs replayed,
+    /// integrations' jobs (an integrator's scans, say). Returns (flood-control runs replayed,
     /// runs resumed).
     pub async fn start(&self) -> Result<(usize, usize), StorageError> {
         let replayed = self.restore_flood_control().await?;

@@ -394,7 +394,7 @@ impl IntegratorConfig {
         found
     }
 
-    /// The interval: a number with `s`, `m`, `h` or `d` (checked by [`Config::problems`]).
+    /// The interval: a number with `s`, `m`, `h` or `d` (checked with the section).
     pub fn interval(&self) -> Result<std::time::Duration, String> {
         parse_interval(&self.every).map_err(|e| format!("integrator.every: {e}"))
     }
