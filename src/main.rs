@@ -479,7 +479,7 @@ async fn dispatch(command: Command) -> Result<bool> {
         }
         Command::Schema => {
             let schema =
-                haloflow::flow::editor_schema(&haloflow::step::StepRegistry::with_builtins());
+                haloflow::flow::editor_schema(&haloflow::bundled::integrations().registry());
             use std::io::Write as _;
             writeln!(out, "{}", serde_json::to_string_pretty(&schema)?)?;
             true

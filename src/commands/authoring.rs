@@ -9,7 +9,6 @@ use serde_json::{Value, json};
 use super::{CommandError, render};
 use crate::flow::{self, FlowValidator, TriggerAuth, ValidatedFlow};
 use crate::secrets::SecretStore;
-use crate::step::StepRegistry;
 
 /// Options of `haloflow trigger-url`.
 #[derive(Debug, Clone)]
@@ -28,7 +27,7 @@ pub struct TriggerUrlOptions {
 }
 
 fn find_flow(reference: &str, flows: &Path) -> Result<ValidatedFlow, CommandError> {
-    let registry = StepRegistry::with_builtins();
+    let registry = crate::bundled::integrations().registry();
     let validator = FlowValidator::new(&registry);
     let path = Path::new(reference);
     if path.is_file() {
@@ -301,7 +300,7 @@ pub fn new_flow(options: &NewOptions, out: &mut dyn Write) -> Result<PathBuf, Co
         )));
     }
     let text = serde_json::to_string_pretty(&document).expect("JSON serializes") + "\n";
-    let registry = StepRegistry::with_builtins();
+    let registry = crate::bundled::integrations().registry();
     FlowValidator::new(&registry)
         .validate_str(&text, Some(&path))
         .map_err(crate::engine::EngineError::Flows)?;

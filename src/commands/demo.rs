@@ -12,9 +12,10 @@ use base64::Engine as _;
 use serde_json::Value;
 
 use super::{CommandError, render};
-use crate::config::{Config, HaloConnectionConfig};
+use crate::config::Config;
 use crate::engine::Engine;
 use crate::flow::TriggerAuth;
+use crate::halo::{HaloConfig, HaloConnectionConfig};
 use crate::secrets::SecretStore;
 use crate::storage::SqliteStorage;
 use haloflow_emulators::halo::{HaloEmulator, HaloEmulatorConfig};
@@ -53,19 +54,21 @@ pub async fn demo(options: &DemoOptions, out: &mut dyn Write) -> Result<(), Comm
         let running = emulator.start().await?;
         let secret_name = format!("DEMO_{}_CLIENT_SECRET", name.to_uppercase());
         secrets.insert(&secret_name, client_secret);
-        config.halo.insert(
-            (*name).to_owned(),
-            HaloConnectionConfig {
-                timeout_secs: 10,
-                // The emulators have no rate limit to stay under.
-                rate_limit_requests: 0,
-                ..HaloConnectionConfig::new(
-                    running.base_url(),
-                    format!("haloflow-demo-{name}"),
-                    secret_name,
-                )
-            },
-        );
+        let connection = HaloConnectionConfig {
+            timeout_secs: 10,
+            // The emulators have no rate limit to stay under.
+            rate_limit_requests: 0,
+            ..HaloConnectionConfig::new(
+                running.base_url(),
+                format!("haloflow-demo-{name}"),
+                secret_name,
+            )
+        };
+        config
+            .edit_section(|halo: &mut HaloConfig| {
+                halo.insert((*name).to_owned(), connection);
+            })
+            .map_err(|e| CommandError::Failed(format!("the demo's Halo settings: {e}")))?;
         writeln!(out, "Halo emulator `{name}` on {}", running.base_url())?;
         emulators.push((name, emulator, running));
     }
@@ -108,8 +111,9 @@ pub async fn demo(options: &DemoOptions, out: &mut dyn Write) -> Result<(), Comm
         "#,
         url = servicenow_running.base_url()
     );
-    config.servicenow = toml::from_str(&demo_servicenow)
+    let demo_servicenow = toml::from_str(&demo_servicenow)
         .map_err(|e| CommandError::Failed(format!("the demo's ServiceNow settings: {e}")))?;
+    config.set_raw_section("servicenow", demo_servicenow);
     writeln!(
         out,
         "ServiceNow emulator on {} (customer 12 and supplier 7)",
@@ -145,7 +149,7 @@ pub async fn demo(options: &DemoOptions, out: &mut dyn Write) -> Result<(), Comm
     }
 
     // Every trigger secret the flows name gets a fresh value for this demo.
-    let registry = crate::step::StepRegistry::with_builtins();
+    let registry = super::integrations().registry();
     let (flows, problems) = crate::flow::FlowValidator::new(&registry)
         .with_config(&config)
         .validate_files(&crate::flow::flow_files(&options.flows)?);
@@ -160,6 +164,7 @@ pub async fn demo(options: &DemoOptions, out: &mut dyn Write) -> Result<(), Comm
     let storage = Arc::new(SqliteStorage::open_dir(&options.data_dir).await?);
     let mut builder = Engine::builder()
         .config(config.clone())
+        .integrations(super::integrations())
         .secrets(secrets.clone())
         .registry(registry)
         .storage(storage);

@@ -16,9 +16,11 @@ pub use connections::connections_check;
 pub use demo::{DemoOptions, demo};
 pub use history::{Store, requests_list, runs_list, runs_show};
 
+pub use crate::bundled::integrations;
 use crate::config::Config;
 use crate::engine::{Engine, EngineError};
 use crate::flow::{self, FlowValidator};
+use crate::servicenow::{ServiceNowConnections, ServiceNowEngine};
 use crate::step::StepRegistry;
 use crate::storage::{SqliteStorage, StorageError};
 use crate::trigger::TriggerQuery;
@@ -40,10 +42,11 @@ pub enum CommandError {
     Io(#[from] std::io::Error),
 }
 
-/// Loads the config file, or the defaults when none is given.
+/// Loads and checks the config file (with the bundled integrations' sections), or the
+/// defaults when none is given.
 pub fn load_config(path: Option<&Path>) -> Result<Config, CommandError> {
     Ok(match path {
-        Some(path) => Config::load(path)?,
+        Some(path) => integrations().load_config(path)?,
         None => Config::default(),
     })
 }
@@ -51,7 +54,7 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, CommandError> {
 /// Loads the config file a command cannot work without (its connections).
 pub fn require_config(path: Option<&Path>, command: &'static str) -> Result<Config, CommandError> {
     let path = path.ok_or(crate::config::ConfigError::NotGiven { command })?;
-    Ok(Config::load(path)?)
+    Ok(integrations().load_config(path)?)
 }
 
 /// How `validate` prints problems.
@@ -71,8 +74,8 @@ pub fn validate(
     format: OutputFormat,
     out: &mut dyn Write,
 ) -> Result<bool, CommandError> {
-    let config = config.map(Config::load).transpose()?;
-    let registry = StepRegistry::with_builtins();
+    let config = config.map(|c| integrations().load_config(c)).transpose()?;
+    let registry = integrations().registry();
     let mut validator = FlowValidator::new(&registry);
     if let Some(config) = &config {
         validator = validator.with_config(config);
@@ -249,7 +252,7 @@ pub async fn run(options: &RunOptions, out: &mut dyn Write) -> Result<bool, Comm
             path: options.payload.clone(),
             message: format!("not valid JSON: {e}"),
         })?;
-    let registry = StepRegistry::with_builtins();
+    let registry = integrations().registry();
     let flow = {
         let validator = FlowValidator::new(&registry).with_config(&config);
         validator
@@ -321,26 +324,7 @@ fn engine_for(
     let mut secrets = crate::secrets::SecretStore::from_environment(config.secrets.clone());
     if dry_run {
         // A dry run sends nothing: connections whose secret is unset still preview (masked).
-        let servicenow = config
-            .servicenow
-            .customers
-            .values()
-            .chain(config.servicenow.suppliers.values())
-            .flat_map(|c| {
-                let webhook = c
-                    .webhook
-                    .iter()
-                    .flat_map(|w| [w.secret_name.as_deref(), w.hmac_secret_name.as_deref()]);
-                std::iter::once(c.secret_name()).chain(webhook).flatten()
-            });
-        let names: Vec<String> = config
-            .halo
-            .values()
-            .map(|c| c.client_secret_name.as_str())
-            .chain(servicenow)
-            .map(str::to_owned)
-            .collect();
-        for name in names {
+        for name in vendor_secret_names(&config) {
             if secrets.get(&name).is_none() {
                 secrets.insert(name, "unset");
             }
@@ -348,12 +332,34 @@ fn engine_for(
     }
     Ok(Engine::builder()
         .config(config)
+        .integrations(integrations())
         .only_flow_connections()
         .secrets(secrets)
         .registry(registry)
         .flow(flow)
         .storage(storage)
         .build()?)
+}
+
+/// The secret names of the Halo and ServiceNow connections (webhooks included).
+fn vendor_secret_names(config: &Config) -> Vec<String> {
+    let servicenow: crate::servicenow::ServiceNowConfig = config.section().unwrap_or_default();
+    let halo: crate::halo::HaloConfig = config.section().unwrap_or_default();
+    let servicenow = (servicenow.customers.values())
+        .chain(servicenow.suppliers.values())
+        .flat_map(|c| {
+            let webhook = c
+                .webhook
+                .iter()
+                .flat_map(|w| [w.secret_name.as_deref(), w.hmac_secret_name.as_deref()]);
+            std::iter::once(c.secret_name()).chain(webhook).flatten()
+        })
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+    (halo.values())
+        .map(|c| c.client_secret_name.clone())
+        .chain(servicenow)
+        .collect()
 }
 
 /// Options of `haloflow runs replay`.
@@ -377,6 +383,7 @@ pub async fn runs_replay(
     let storage = options.store.open_existing().await?;
     let engine = Engine::builder()
         .config(config)
+        .integrations(integrations())
         .flows_from(&options.flows)
         .storage(storage)
         .build()?;
@@ -407,7 +414,11 @@ pub async fn integrator_run(
 ) -> Result<bool, CommandError> {
     let config = require_config(config, "`integrator run`")?;
     let storage = store.open().await?;
-    let engine = Engine::builder().config(config).storage(storage).build()?;
+    let engine = Engine::builder()
+        .config(config)
+        .integrations(integrations())
+        .storage(storage)
+        .build()?;
     let mut all_ok = true;
     let mut found = false;
     for sn in engine.connections().servicenow_all() {
@@ -518,6 +529,7 @@ pub async fn serve(options: &ServeOptions, out: &mut dyn Write) -> Result<(), Co
     let storage = store.open().await?;
     let engine = Engine::builder()
         .config(config.clone())
+        .integrations(integrations())
         .flows_from(&options.flows)
         .storage(storage)
         .build()?;

@@ -238,14 +238,13 @@ pub fn dry_run(report: &DryRunReport, out: &mut dyn Write) -> io::Result<()> {
 mod tests {
     use super::*;
     use crate::flow::FlowValidator;
-    use crate::step::StepRegistry;
 
     fn flow(auth: serde_json::Value) -> ValidatedFlow {
         let doc = serde_json::json!({
             "id": "f", "name": "n", "trigger": {"type": "halo.incidents", "auth": auth},
             "steps": [{"id": "a", "type": "halo.create_ticket", "inputs": {"summary": "s"}}]
         });
-        FlowValidator::new(&StepRegistry::with_builtins())
+        FlowValidator::new(&crate::bundled::integrations().registry())
             .validate_str(&doc.to_string(), None)
             .unwrap()
     }

@@ -21,6 +21,7 @@ use crate::config::{RetentionConfig, RetryConfig, ServerConfig};
 use crate::connections::Connections;
 use crate::flood::{self, Admission, FloodClock, FloodControl};
 use crate::flow::ValidatedFlow;
+use crate::integration::Integrations;
 use crate::storage::{
     NewRequest, NewRun, NewSuppressed, RunDetail, RunStatus, StepStatus, Storage, StorageError,
     format_ms, now_ms,
@@ -102,6 +103,8 @@ struct Inner {
     /// This node's name in run claims, and how long a claim holds.
     node_id: String,
     lease: Duration,
+    /// What the integrations add: their routes and background jobs.
+    integrations: Integrations,
 }
 
 /// The answer to an accepted trigger request.
@@ -245,18 +248,19 @@ impl Engine {
         &self.inner.source.secrets
     }
 
-    /// The configured connections (Halo, HTTP, ServiceNow).
+    /// The configured connections: the core's and the integrations'.
     pub fn connections(&self) -> &Arc<Connections> {
         &self.inner.connections
     }
 
-    /// Syncing back from ServiceNow, with this engine's storage, connections and HTTP client.
-    pub fn sync_back(&self) -> crate::servicenow::sync::SyncBack {
-        crate::servicenow::sync::SyncBack {
-            storage: self.inner.storage.clone(),
-            connections: self.inner.connections.clone(),
-            client: self.inner.http.clone(),
-        }
+    /// The HTTP client steps and integrations send with.
+    pub fn http_client(&self) -> &reqwest::Client {
+        &self.inner.http
+    }
+
+    /// The integrations this engine runs.
+    pub fn integrations(&self) -> &Integrations {
+        &self.inner.integrations
     }
 
     pub fn server_config(&self) -> &ServerConfig {
@@ -604,94 +608,41 @@ impl Engine {
 
     /// Starts the background work of a serving engine, after it is built and before it takes
     /// requests: rebuilds flood control (a flood in progress at a restart stays suppressed),
-    /// continues unfinished runs, then keeps taking over runs of dead nodes and runs the
-    /// enabled integrators. Returns (flood-control runs replayed, runs resumed).
+    /// continues unfinished runs, then keeps taking over runs of dead nodes and starts the
+    /// integrations' jobs (an integrator's scans, say). Returns (flood-control runs replayed,
+    /// runs resumed).
     pub async fn start(&self) -> Result<(usize, usize), StorageError> {
         let replayed = self.restore_flood_control().await?;
         let resumed = self.resume_unfinished_runs().await?;
         self.spawn_takeover_loop();
-        self.spawn_integrators();
+        self.inner.integrations.start(self);
         Ok((replayed, resumed))
     }
 
-    /// Runs each enabled integrator on its schedule, on one node at a time (a named lease per
-    /// instance), while the engine lives.
-    pub fn spawn_integrators(&self) {
-        for sn in self.inner.connections.servicenow_all() {
-            if !sn.config.integrator.enabled {
-                continue;
-            }
-            let Ok(every) = sn.config.integrator.interval() else {
-                continue;
-            };
-            let sn = sn.clone();
-            let inner = Arc::downgrade(&self.inner);
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                loop {
-                    tick.tick().await;
-                    let Some(inner) = inner.upgrade() else { break };
-                    let engine = Engine { inner };
-                    if engine.is_shutting_down() {
-                        break;
-                    }
-                    match engine.run_integrator(&sn, every).await {
-                        Ok(Some(report)) => log_scan(&report),
-                        Ok(None) => {}
-                        Err(e) => {
-                            tracing::warn!(connection = %sn.key(), error = %e, "Integrator scan failed; the next one retries.")
-                        }
-                    }
-                }
-            });
-        }
+    /// Runs `job` now and then every `every`, while the engine lives and until it shuts
+    /// down: an integration's background job ([`crate::integration::Integration::start`]).
+    /// The job holds the engine only while it runs.
+    pub fn spawn_every<F, Fut>(&self, every: Duration, job: F)
+    where
+        F: Fn(Engine) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        self.spawn_loop(every, false, job);
     }
 
-    /// One integrator scan of `sn`, unless another node holds its lease (`None`). A first scan
-    /// looks `every` back, and records the integrator's start.
-    pub async fn run_integrator(
-        &self,
-        sn: &crate::servicenow::ServiceNowConnection,
-        every: Duration,
-    ) -> Result<Option<crate::servicenow::integrator::ScanReport>, crate::step::StepError> {
-        let name = format!("integrator:{}", sn.key());
-        let now = now_ms();
-        let held = self
-            .inner
-            .storage
-            .try_lease(
-                &name,
-                &self.inner.node_id,
-                now + every.as_millis() as i64,
-                now,
-            )
-            .await
-            .map_err(|e| crate::step::StepError::storage("the integrator lease", e))?;
-        if !held {
-            return Ok(None);
-        }
-        // The integrator starts now: records created before it never become tickets unless
-        // the connection's filter and create_existing say so (the first scan still looks
-        // `every` back for changes to linked records).
-        self.inner
-            .storage
-            .integrator_start(&sn.key(), now)
-            .await
-            .map_err(|e| crate::step::StepError::storage("the integrator start", e))?;
-        let report = self
-            .sync_back()
-            .scan(sn, now - every.as_millis() as i64)
-            .await?;
-        Ok(Some(report))
-    }
-
-    /// Looks for runs to take over (their node died) every half lease, while the engine lives.
-    pub fn spawn_takeover_loop(&self) {
+    /// Runs `job` every `every` (the first time at once unless `wait_first`) while the engine
+    /// lives and until it shuts down.
+    fn spawn_loop<F, Fut>(&self, every: Duration, wait_first: bool, job: F)
+    where
+        F: Fn(Engine) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
         let inner = Arc::downgrade(&self.inner);
-        let every = (self.inner.lease / 2).max(Duration::from_millis(200));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
-            tick.tick().await;
+            if wait_first {
+                tick.tick().await;
+            }
             loop {
                 tick.tick().await;
                 let Some(inner) = inner.upgrade() else { break };
@@ -699,12 +650,20 @@ impl Engine {
                 if engine.is_shutting_down() {
                     break;
                 }
-                match engine.resume_unfinished_runs().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(runs = n, "Took over unfinished runs."),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Could not look for unfinished runs; trying again.")
-                    }
+                job(engine).await;
+            }
+        });
+    }
+
+    /// Looks for runs to take over (their node died) every half lease, while the engine lives.
+    pub fn spawn_takeover_loop(&self) {
+        let every = (self.inner.lease / 2).max(Duration::from_millis(200));
+        self.spawn_loop(every, true, |engine| async move {
+            match engine.resume_unfinished_runs().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(runs = n, "Took over unfinished runs."),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Could not look for unfinished runs; trying again.")
                 }
             }
         });
@@ -842,64 +801,4 @@ impl Engine {
 /// Time-ordered unique ids (UUIDv7), so listings sort by creation.
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
-}
-
-/// A scan that met errors is a warning naming the first, not a quiet "done".
-fn log_scan(report: &crate::servicenow::integrator::ScanReport) {
-    let (connection, records, created) = (&report.connection, report.records, report.created);
-    match report.errors.first() {
-        None => {
-            tracing::info!(%connection, records, created, updated = report.updated, notes = report.notes, "Integrator scan done.")
-        }
-        Some(first) => {
-            tracing::warn!(%connection, records, created, errors = report.errors.len(), first_error = %first, skipped = report.skipped.len(), "Integrator scan met errors; the records that failed are tried again by the next scan (see `haloflow integrator run` for each error).")
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::io::Write;
-    use std::sync::{Arc, Mutex};
-
-    use super::log_scan;
-    use crate::servicenow::integrator::ScanReport;
-
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Captured {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    /// Seen: a scan with 3 connection errors was logged as INFO "scan done records=0".
-    #[test]
-    fn a_scan_that_met_errors_is_a_warning_naming_the_first() {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::with_default(subscriber, || {
-            log_scan(&ScanReport {
-                connection: "customers/12".into(),
-                errors: vec!["connection refused".into(); 3],
-                ..ScanReport::default()
-            });
-        });
-        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-        assert!(text.contains("WARN"), "{text}");
-        assert!(
-            text.contains("errors=3") && text.contains("connection refused"),
-            "{text}"
-        );
-        assert!(!text.contains("scan done"), "{text}");
-    }
 }

@@ -280,7 +280,7 @@ impl<'a> FlowValidator<'a> {
                     p.code = ProblemCode::InvalidStepInput;
                     problems.push(p);
                 }
-                if registered.step.connection_kind() == Some(ConnectionKind::Http) {
+                if registered.step.connection_kind() == Some(ConnectionKind::HTTP) {
                     check_credential_headers(inputs, &inputs_pointer, problems);
                 }
             }
@@ -361,11 +361,8 @@ impl<'a> FlowValidator<'a> {
                 let Some(name) = named.or(kind.default_name()) else {
                     return;
                 };
-                let known: Vec<&String> = match kind {
-                    ConnectionKind::Halo => config.halo.keys().collect(),
-                    ConnectionKind::Http => config.http.keys().collect(),
-                };
-                if !known.iter().any(|k| *k == name) {
+                let known = config.connection_names(kind.config_table());
+                if !known.contains(&name) {
                     let table = kind.config_table();
                     let at = if named.is_some() {
                         format!("{pointer}/connection")
@@ -375,14 +372,7 @@ impl<'a> FlowValidator<'a> {
                     let others = if known.is_empty() {
                         "none is configured".to_owned()
                     } else {
-                        format!(
-                            "configured: {}",
-                            known
-                                .iter()
-                                .map(|k| k.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )
+                        format!("configured: {}", known.join(", "))
                     };
                     problems.push(Problem::new(
                         at,

@@ -7,8 +7,8 @@
 
 use serde_json::Value;
 
+use super::config::JournalSource;
 use super::{ServiceNowConnection, digest};
-use crate::config::JournalSource;
 use crate::outbound::Outbound;
 use crate::step::StepError;
 

@@ -12,6 +12,7 @@ use super::mapping;
 use super::notes::{self, JournalEntry};
 use super::{ServiceNowConnection, Side};
 use crate::connections::Connections;
+use crate::halo::HaloConnections;
 use crate::outbound::Outbound;
 use crate::step::StepError;
 use crate::storage::{Link, LinkOrigin, Storage, now_ms};

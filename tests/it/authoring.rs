@@ -3,7 +3,6 @@
 use std::process::Command;
 
 use crate::common::{Harness, Options, sample_payload};
-use haloflow::step::StepRegistry;
 use serde_json::{Value, json};
 
 use crate::common::cli::run as haloflow;
@@ -148,7 +147,7 @@ fn new_writes_a_valid_flow_for_each_template() {
 
 #[test]
 fn the_editor_schema_is_generated_from_the_steps_and_checks_inputs() {
-    let generated = haloflow::flow::editor_schema(&StepRegistry::with_builtins());
+    let generated = haloflow::flow::editor_schema(&haloflow::bundled::integrations().registry());
     let shipped: Value =
         serde_json::from_str(&std::fs::read_to_string("schemas/flow.schema.json").unwrap())
             .unwrap();

@@ -4,7 +4,6 @@
 use crate::common::{Harness, TRIAGE_KEY, api_calls, sample_payload};
 use haloflow::engine::Engine;
 use haloflow::flow::{FlowValidator, ProblemCode};
-use haloflow::step::StepRegistry;
 use haloflow::storage::{RunStatus, SqliteStorage};
 use serde_json::{Value, json};
 
@@ -110,7 +109,7 @@ fn problems(steps: Value) -> Vec<(String, ProblemCode)> {
         "trigger": {"type": "halo.incidents", "auth": {"type": "none"}},
         "steps": steps
     });
-    let registry = StepRegistry::with_builtins();
+    let registry = haloflow::bundled::integrations().registry();
     match FlowValidator::new(&registry).validate_str(&flow.to_string(), None) {
         Ok(_) => Vec::new(),
         Err(found) => found.into_iter().map(|p| (p.pointer, p.code)).collect(),
@@ -217,10 +216,12 @@ fn outage_flow(id: &str, match_mode: &str) -> Value {
 
 #[tokio::test]
 async fn a_condition_with_match_any_takes_the_true_path_when_one_comparison_holds() {
-    let registry = StepRegistry::with_builtins();
-    let mut builder = Engine::builder().storage(std::sync::Arc::new(
-        SqliteStorage::in_memory().await.unwrap(),
-    ));
+    let registry = haloflow::bundled::integrations().registry();
+    let mut builder = Engine::builder()
+        .integrations(haloflow::bundled::integrations())
+        .storage(std::sync::Arc::new(
+            SqliteStorage::in_memory().await.unwrap(),
+        ));
     for flow in [outage_flow("any", "any"), outage_flow("all", "all")] {
         builder = builder.flow(
             FlowValidator::new(&registry)

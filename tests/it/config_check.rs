@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use haloflow::config::Config;
 use haloflow::engine::Engine;
 use haloflow::secrets::SecretStore;
 use haloflow::storage::SqliteStorage;
@@ -39,17 +38,23 @@ const EXPECTED: [&str; 5] = [
 
 #[test]
 fn every_problem_of_the_config_is_reported_at_its_key_path() {
-    let err = Config::parse(BROKEN).unwrap_err();
+    let err = haloflow::bundled::integrations()
+        .parse_config(BROKEN)
+        .unwrap_err();
     for expected in EXPECTED {
         assert!(err.contains(expected), "{expected}\nin\n{err}");
     }
     // A config built in code is checked too, before the engine is built.
-    let mut config = Config::parse("").unwrap();
-    config.halo.insert(
-        "halo".into(),
-        haloflow::config::HaloConnectionConfig::new("ftp://x", "id", "S"),
-    );
-    let problems = config.problems();
+    let mut config = haloflow::bundled::integrations().parse_config("").unwrap();
+    config
+        .edit_section(|halo: &mut haloflow::halo::HaloConfig| {
+            halo.insert(
+                "halo".into(),
+                haloflow::halo::HaloConnectionConfig::new("ftp://x", "id", "S"),
+            );
+        })
+        .unwrap();
+    let problems = haloflow::bundled::integrations().problems(&config);
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert_eq!(problems[0].key, "[halo.halo].base_url");
 }
@@ -119,8 +124,10 @@ fn commands_that_need_a_config_say_when_none_was_given() {
 
 #[tokio::test]
 async fn one_flow_needs_only_its_connections_secrets() {
-    let config = Config::load("examples/haloflow.toml".as_ref()).unwrap();
-    let registry = haloflow::step::StepRegistry::with_builtins();
+    let config = haloflow::bundled::integrations()
+        .load_config("examples/haloflow.toml".as_ref())
+        .unwrap();
+    let registry = haloflow::bundled::integrations().registry();
     let flow = haloflow::flow::FlowValidator::new(&registry)
         .with_config(&config)
         .validate_file("flows/new-ticket-routing.json".as_ref())
@@ -130,6 +137,7 @@ async fn one_flow_needs_only_its_connections_secrets() {
     secrets.insert("HALOFLOW_ROUTING_PASSWORD", "set");
     let build = |only: bool| {
         let mut builder = Engine::builder()
+            .integrations(haloflow::bundled::integrations())
             .config(config.clone())
             .secrets(secrets.clone())
             .flow(flow.clone());
@@ -157,7 +165,9 @@ async fn one_flow_needs_only_its_connections_secrets() {
 #[test]
 fn a_webhook_without_a_secret_is_refused_at_its_key_path() {
     let text = "[servicenow.customers.\"12\"]\ninstance_url = \"https://acme.service-now.com\"\nauth = \"basic\"\nusername = \"u\"\npassword_secret_name = \"P\"\nwebhook = { ticket_type_id = 1 }\n";
-    let err = Config::parse(text).unwrap_err();
+    let err = haloflow::bundled::integrations()
+        .parse_config(text)
+        .unwrap_err();
     assert!(
         err.contains("[servicenow.customers.\"12\"].webhook.secret_name: is missing"),
         "{err}"

@@ -281,7 +281,7 @@ async fn flood_settings_are_configurable_and_checked() {
         "same client, different ticket: correlated by ticket.client_id"
     );
 
-    let registry = haloflow::step::StepRegistry::with_builtins();
+    let registry = haloflow::bundled::integrations().registry();
     let mut bad: Value =
         serde_json::from_str(&std::fs::read_to_string("flows/new-ticket-routing.json").unwrap())
             .unwrap();

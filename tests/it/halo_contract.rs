@@ -303,9 +303,13 @@ async fn a_400_to_a_cached_token_gets_one_fresh_token() {
 }
 
 fn one_second_timeouts(config: &mut haloflow::config::Config) {
-    for halo in config.halo.values_mut() {
-        halo.timeout_secs = 1;
-    }
+    config
+        .edit_section(|halo: &mut haloflow::halo::HaloConfig| {
+            for halo in halo.values_mut() {
+                halo.timeout_secs = 1;
+            }
+        })
+        .unwrap();
     config.retry.initial_delay_ms = Some(10);
 }
 

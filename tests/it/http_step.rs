@@ -8,7 +8,7 @@ use haloflow::config::Config;
 use haloflow::engine::Engine;
 use haloflow::flow::FlowValidator;
 use haloflow::secrets::SecretStore;
-use haloflow::step::{StepError, StepRegistry};
+use haloflow::step::StepError;
 use haloflow::storage::{RunStatus, SqliteStorage};
 use haloflow::trigger::TriggerQuery;
 use haloflow_emulators::servicenow::{ServiceNowEmulator, ServiceNowEmulatorConfig};
@@ -39,8 +39,9 @@ async fn setup(
         running.base_url()
     ))
     .unwrap();
-    let registry = StepRegistry::with_builtins();
+    let registry = haloflow::bundled::integrations().registry();
     let mut builder = Engine::builder()
+        .integrations(haloflow::bundled::integrations())
         .config(config.clone())
         .secrets(SecretStore::from_values([("SNOW_PASSWORD", PASSWORD)]))
         .storage(Arc::new(SqliteStorage::in_memory().await.unwrap()));

@@ -10,9 +10,11 @@ fn openapi() -> Value {
     serde_json::from_str(&std::fs::read_to_string("schemas/openapi.json").unwrap()).unwrap()
 }
 
-/// (METHOD, path) of every `.route(...)` in the router.
+/// (METHOD, path) of every `.route(...)` in the router: the core's and the integrations'.
 fn routes() -> BTreeSet<(String, String)> {
-    let source = std::fs::read_to_string("src/server/mod.rs").unwrap();
+    let source = ["src/server/mod.rs", "src/servicenow/integration.rs"]
+        .map(|file| std::fs::read_to_string(file).unwrap())
+        .join("\n");
     source
         .lines()
         .filter_map(|line| line.trim().strip_prefix(".route(\""))

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::common::{Harness, Options, api_calls, sample_payload};
 use haloflow::config::Config;
+use haloflow::halo::HaloConfig;
 use haloflow::storage::{AttemptOutcome, RunStatus, StepStatus};
 use haloflow_emulators::Fault;
 use serde_json::{Value, json};
@@ -15,7 +16,11 @@ fn fast_retries(config: &mut Config) {
     config.retry.max_attempts = Some(8);
     config.retry.initial_delay_ms = Some(20);
     config.retry.max_delay_ms = Some(200);
-    config.halo.get_mut("partner_halo").unwrap().timeout_secs = 1;
+    config
+        .edit_section(|halo: &mut HaloConfig| {
+            halo.get_mut("partner_halo").unwrap().timeout_secs = 1;
+        })
+        .unwrap();
 }
 
 async fn escalate(h: &Harness) -> Value {
@@ -500,9 +505,13 @@ async fn retention_deletes_only_old_finished_runs() {
 /// Paced runs send at most four in any two seconds.
 fn tight_partner(config: &mut Config, pacing: u32) {
     config.retry.max_attempts = Some(1);
-    let partner = config.halo.get_mut("partner_halo").unwrap();
-    partner.rate_limit_requests = pacing;
-    partner.rate_limit_window_secs = 2;
+    config
+        .edit_section(|halo: &mut HaloConfig| {
+            let partner = halo.get_mut("partner_halo").unwrap();
+            partner.rate_limit_requests = pacing;
+            partner.rate_limit_window_secs = 2;
+        })
+        .unwrap();
 }
 
 async fn burst_against_a_rate_limited_halo(pacing: u32) -> (usize, Vec<RunStatus>) {

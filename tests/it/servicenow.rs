@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use haloflow::config::Config;
 use haloflow::engine::Engine;
 use haloflow::secrets::SecretStore;
 use haloflow::storage::{LinkOrigin, RunDetail, RunStatus, SqliteStorage, Storage};
@@ -167,10 +166,13 @@ password_secret_name = "MUTE_PASSWORD"
             mute = running[3].base_url(),
         );
         running.push(halo_running);
-        let config = Config::parse(&config).unwrap();
+        let config = haloflow::bundled::integrations()
+            .parse_config(&config)
+            .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let storage = Arc::new(SqliteStorage::open_dir(dir.path()).await.unwrap());
         let mut builder = Engine::builder()
+            .integrations(haloflow::bundled::integrations())
             .config(config.clone())
             .secrets(SecretStore::from_values([
                 ("HALO_SECRET", HALO_SECRET),
@@ -180,7 +182,7 @@ password_secret_name = "MUTE_PASSWORD"
                 ("MUTE_PASSWORD", MUTE_PASSWORD),
             ]))
             .storage(storage.clone());
-        let registry = haloflow::step::StepRegistry::with_builtins();
+        let registry = haloflow::bundled::integrations().registry();
         for (id, step_type, inputs) in FLOWS {
             let flow = json!({"id": id, "name": id,
                 "trigger": {"type": "halo.incidents", "auth": {"type": "none"}, "flood_control": {"enabled": false}},

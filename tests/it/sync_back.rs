@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use base64::Engine as _;
-use haloflow::config::Config;
 use haloflow::engine::Engine;
 use haloflow::secrets::SecretStore;
+use haloflow::servicenow::{ServiceNowConnections, ServiceNowEngine};
 use haloflow::storage::{LinkOrigin, RequestFilter, SqliteStorage, Storage};
 use haloflow_emulators::RunningEmulator;
 use haloflow_emulators::halo::{HaloEmulator, HaloEmulatorConfig};
@@ -137,10 +137,13 @@ webhook = {{ secret_name = "HOOK_SECRET", ticket_type_id = 5 }}
             vendor = running[2].base_url(),
             globex = running[3].base_url(),
         );
-        let config = Config::parse(&config).unwrap();
+        let config = haloflow::bundled::integrations()
+            .parse_config(&config)
+            .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let storage = Arc::new(SqliteStorage::open_dir(dir.path()).await.unwrap());
         let engine = Engine::builder()
+            .integrations(haloflow::bundled::integrations())
             .config(config)
             .secrets(SecretStore::from_values([
                 ("HALO_SECRET", HALO_SECRET),
@@ -783,7 +786,7 @@ async fn our_own_notes_written_with_an_oauth_token_are_not_synced_back() {
 #[test]
 fn oauth_sync_back_needs_the_oauth_application_user() {
     let config = |extra: &str| {
-        Config::parse(&format!(
+        haloflow::bundled::integrations().parse_config(&format!(
             "[servicenow.customers.13]\ninstance_url = \"https://globex.service-now.com\"\nauth = \"oauth\"\nclient_id = \"c\"\nclient_secret_name = \"S\"\nwebhook = {{ secret_name = \"H\" }}\n{extra}"
         ))
     };
@@ -905,7 +908,7 @@ async fn the_integrator_creates_tickets_only_for_records_the_connection_selects(
 #[test]
 fn creating_existing_records_needs_a_filter_for_every_imported_table() {
     let config = |integrator: &str| {
-        Config::parse(&format!(
+        haloflow::bundled::integrations().parse_config(&format!(
             "[servicenow.customers.12]\ninstance_url = \"https://acme.service-now.com\"\nauth = \"basic\"\nusername = \"u\"\npassword_secret_name = \"P\"\nimported_types = [\"incident\", \"task\"]\nintegrator = {{ enabled = true, {integrator} }}\n"
         ))
     };

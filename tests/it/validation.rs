@@ -4,13 +4,11 @@
 use std::path::Path;
 use std::process::Command;
 
-use haloflow::config::Config;
 use haloflow::flow::{FlowValidator, Problem, ProblemCode};
-use haloflow::step::StepRegistry;
 use serde_json::{Value, json};
 
 fn validate(flow: Value) -> Result<haloflow::flow::ValidatedFlow, Vec<Problem>> {
-    let registry = StepRegistry::with_builtins();
+    let registry = haloflow::bundled::integrations().registry();
     FlowValidator::new(&registry).validate_str(&flow.to_string(), None)
 }
 
@@ -175,11 +173,12 @@ fn unknown_connections_are_reported_when_a_config_is_given() {
     let flow = base_flow(
         json!([{"id": "a", "type": "halo.create_ticket", "connection": "elsewhere", "inputs": {"summary": "x"}}]),
     );
-    let config = Config::parse(
-        "[halo.halo]\nbase_url = \"http://h\"\nclient_id = \"c\"\nclient_secret_name = \"S\"\n",
-    )
-    .unwrap();
-    let registry = StepRegistry::with_builtins();
+    let config = haloflow::bundled::integrations()
+        .parse_config(
+            "[halo.halo]\nbase_url = \"http://h\"\nclient_id = \"c\"\nclient_secret_name = \"S\"\n",
+        )
+        .unwrap();
+    let registry = haloflow::bundled::integrations().registry();
     let problems = FlowValidator::new(&registry)
         .with_config(&config)
         .validate_str(&flow.to_string(), None)
@@ -200,7 +199,7 @@ fn unknown_connections_are_reported_when_a_config_is_given() {
 
 #[test]
 fn invalid_json_names_line_and_column() {
-    let registry = StepRegistry::with_builtins();
+    let registry = haloflow::bundled::integrations().registry();
     let problems = FlowValidator::new(&registry)
         .validate_str("{\n  \"id\": \"x\",\n  oops\n}", Some(Path::new("f.json")))
         .unwrap_err();
@@ -212,8 +211,10 @@ fn invalid_json_names_line_and_column() {
 
 #[test]
 fn the_shipped_flows_are_valid() {
-    let registry = StepRegistry::with_builtins();
-    let config = Config::load(Path::new("examples/haloflow.toml")).unwrap();
+    let registry = haloflow::bundled::integrations().registry();
+    let config = haloflow::bundled::integrations()
+        .load_config(Path::new("examples/haloflow.toml"))
+        .unwrap();
     let files = haloflow::flow::flow_files(Path::new("flows")).unwrap();
     assert!(files.len() >= 2);
     let (flows, problems) = FlowValidator::new(&registry)

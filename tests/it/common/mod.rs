@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use haloflow::config::{Config, HaloConnectionConfig};
+use haloflow::config::Config;
 use haloflow::engine::Engine;
 use haloflow::flood::FloodClock;
+use haloflow::halo::{HaloConfig, HaloConnectionConfig};
 use haloflow::secrets::SecretStore;
 use haloflow::storage::{RunDetail, SqliteStorage, Storage};
 use haloflow_emulators::RunningEmulator;
@@ -135,14 +136,18 @@ impl Harness {
         }
         let mut config = Config::default();
         config.server.max_body_bytes = options.max_body_bytes;
-        config.halo.insert(
-            "halo".into(),
-            connection(&halo_running, "source-client", "HALO_SECRET"),
-        );
-        config.halo.insert(
-            "partner_halo".into(),
-            connection(&partner_running, "partner-client", "PARTNER_SECRET"),
-        );
+        config
+            .edit_section(|halo: &mut HaloConfig| {
+                halo.insert(
+                    "halo".into(),
+                    connection(&halo_running, "source-client", "HALO_SECRET"),
+                );
+                halo.insert(
+                    "partner_halo".into(),
+                    connection(&partner_running, "partner-client", "PARTNER_SECRET"),
+                );
+            })
+            .unwrap();
         (options.configure)(&mut config);
         let secrets = SecretStore::from_values([
             ("HALOFLOW_ESCALATE_KEY", ESCALATE_KEY),
@@ -167,6 +172,7 @@ impl Harness {
             None => sqlite,
         };
         let engine = Engine::builder()
+            .integrations(haloflow::bundled::integrations())
             .config(config)
             .secrets(secrets)
             .flows_from(&options.flows)

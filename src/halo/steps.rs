@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
-use crate::halo::{CreatedTicketSearch, id_of};
+use crate::halo::{CreatedTicketSearch, HALO, HaloConnection, id_of};
 use crate::step::{
     ConnectionKind, OutputSpec, Resend, Step, StepContext, StepError, is_placeholder,
 };
@@ -229,12 +229,12 @@ impl Step for CreateTicket {
     }
 
     fn connection_kind(&self) -> Option<ConnectionKind> {
-        Some(ConnectionKind::Halo)
+        Some(HALO)
     }
 
     async fn execute(&self, ctx: &StepContext, inputs: Value) -> Result<Value, StepError> {
         let mut body = ticket_body(&inputs, ctx.is_dry_run())?;
-        let halo = ctx.halo()?;
+        let halo = ctx.connection::<HaloConnection>(HALO)?;
         halo.idempotency_field()
             .stamp(&mut body, &ctx.idempotency_key());
         let ticket = halo
@@ -260,7 +260,7 @@ impl Step for CreateTicket {
         ctx: &StepContext,
         inputs: &Value,
     ) -> Result<Option<Value>, StepError> {
-        let halo = ctx.halo()?;
+        let halo = ctx.connection::<HaloConnection>(HALO)?;
         let body = ticket_body(inputs, false)?;
         let key = ctx.idempotency_key();
         if halo.idempotency_field().is_set_in(&body) {
@@ -312,7 +312,7 @@ impl Step for UpdateTicket {
     }
 
     fn connection_kind(&self) -> Option<ConnectionKind> {
-        Some(ConnectionKind::Halo)
+        Some(HALO)
     }
 
     // Sets the given fields: sending again sets the same values.
@@ -324,7 +324,7 @@ impl Step for UpdateTicket {
         let id = required_id(&inputs, "ticket_id", ctx.is_dry_run())?;
         let mut body = ticket_body(&inputs, ctx.is_dry_run())?;
         body.insert("id".into(), id.clone());
-        let halo = ctx.halo()?;
+        let halo = ctx.connection::<HaloConnection>(HALO)?;
         let ticket = halo
             .post_one(ctx.http(), "Tickets", Value::Object(body))
             .await?;
@@ -382,7 +382,7 @@ impl Step for GetTicket {
     }
 
     fn connection_kind(&self) -> Option<ConnectionKind> {
-        Some(ConnectionKind::Halo)
+        Some(HALO)
     }
 
     fn refines_trigger(&self) -> bool {
@@ -396,7 +396,7 @@ impl Step for GetTicket {
 
     async fn execute(&self, ctx: &StepContext, inputs: Value) -> Result<Value, StepError> {
         let id = required_id(&inputs, "ticket_id", ctx.is_dry_run())?;
-        let halo = ctx.halo()?;
+        let halo = ctx.connection::<HaloConnection>(HALO)?;
         let ticket = halo.get(ctx.http(), &format!("Tickets/{id}")).await?;
         let agent_assigned = ticket
             .get("agent_id")
@@ -466,7 +466,7 @@ impl Step for AddAction {
     }
 
     fn connection_kind(&self) -> Option<ConnectionKind> {
-        Some(ConnectionKind::Halo)
+        Some(HALO)
     }
 
     async fn execute(&self, ctx: &StepContext, inputs: Value) -> Result<Value, StepError> {
@@ -490,7 +490,7 @@ impl Step for AddAction {
                 body.insert(field.into(), v.clone());
             }
         }
-        let halo = ctx.halo()?;
+        let halo = ctx.connection::<HaloConnection>(HALO)?;
         // An outcome given by name goes by id where the tenant's outcome list is readable
         // (ids differ per tenant; a name Halo does not know fails here, with the list).
         if let (Some(name), None, false) = (
@@ -539,7 +539,7 @@ impl Step for AddAction {
         inputs: &Value,
     ) -> Result<Option<Value>, StepError> {
         let ticket_id = required_id(inputs, "ticket_id", false)?;
-        let halo = ctx.halo()?;
+        let halo = ctx.connection::<HaloConnection>(HALO)?;
         let answer = halo
             .get(ctx.http(), &format!("Actions?ticket_id={ticket_id}"))
             .await?;

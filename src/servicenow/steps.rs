@@ -10,9 +10,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
-use crate::halo::HaloConnection;
+use crate::halo::{HALO, HaloConnection};
 use crate::servicenow::mapping::{self, RECORD_TYPES};
-use crate::servicenow::{ServiceNowConnection, Side, digest, notes};
+use crate::servicenow::{ServiceNowConnection, ServiceNowConnections, Side, digest, notes};
 use crate::step::{ConnectionKind, OutputSpec, Resend, Step, StepContext, StepError};
 use crate::storage::{Link, LinkOrigin, now_ms};
 
@@ -496,7 +496,7 @@ fn customer_connection(
             "the ticket has no client (client_id); assign it to the customer whose ServiceNow it goes to".into(),
         ));
     };
-    ctx.servicenow(Side::Customer, &client).ok_or_else(|| {
+    ctx.connections().servicenow(Side::Customer, &client).ok_or_else(|| {
         StepError::Connection(format!(
             "Halo client {client} has no ServiceNow connection; add [servicenow.customers.\"{client}\"] to the config file"
         ))
@@ -528,7 +528,7 @@ impl SendToServiceNow {
         inputs: &Value,
         adopt: bool,
     ) -> Result<Option<Value>, StepError> {
-        let halo = ctx.halo()?;
+        let halo = ctx.connection::<HaloConnection>(HALO)?;
         let ticket_id = required_id(inputs, "ticket_id")?;
         let ticket = read_ticket(ctx, &halo, ticket_id).await?;
         let sn = match self.side {
@@ -572,7 +572,10 @@ async fn supplier_connection(
             "ticket {ticket_id} has no supplier; set the supplier on the ticket before logging to it"
         )));
     };
-    let Some(sn) = ctx.servicenow(Side::Supplier, &supplier_id.to_string()) else {
+    let Some(sn) = ctx
+        .connections()
+        .servicenow(Side::Supplier, &supplier_id.to_string())
+    else {
         return Ok(Err(skipped(format!(
             "supplier {supplier_id} has no ServiceNow connection ([servicenow.suppliers.\"{supplier_id}\"])"
         ))));
@@ -625,7 +628,7 @@ impl Step for SendToServiceNow {
     }
 
     fn connection_kind(&self) -> Option<ConnectionKind> {
-        Some(ConnectionKind::Halo)
+        Some(HALO)
     }
 
     async fn execute(&self, ctx: &StepContext, inputs: Value) -> Result<Value, StepError> {
@@ -679,7 +682,7 @@ impl SyncNote {
         } else {
             Side::Customer
         };
-        let Some(sn) = ctx.servicenow(side, id) else {
+        let Some(sn) = ctx.connections().servicenow(side, id) else {
             return Err(StepError::Connection(format!(
                 "ticket {ticket_id} is linked to {} but the config file has no [servicenow.{}.\"{id}\"]",
                 link.servicenow,
@@ -696,7 +699,7 @@ impl SyncNote {
         }
         let (text, private) = match inputs.get("action_id").and_then(to_id) {
             Some(action_id) => {
-                let halo = ctx.halo()?;
+                let halo = ctx.connection::<HaloConnection>(HALO)?;
                 let action = halo
                     .get(ctx.http(), &format!("Actions/{action_id}"))
                     .await?;
@@ -825,7 +828,7 @@ impl Step for SyncNote {
     }
 
     fn connection_kind(&self) -> Option<ConnectionKind> {
-        Some(ConnectionKind::Halo)
+        Some(HALO)
     }
 
     async fn execute(&self, ctx: &StepContext, inputs: Value) -> Result<Value, StepError> {

@@ -21,18 +21,18 @@ use hmac::{KeyInit, Mac};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
-use super::error::{ApiError, ErrorCode};
-use super::rejections::{Rejected, Rejections, UNKNOWN};
-use crate::config::WebhookConfig;
 use crate::engine::{Engine, new_id};
 use crate::secrets::SecretStore;
+use crate::server::{ApiError, ErrorCode, Rejected, Rejections, UNKNOWN};
 use crate::servicenow::notes::JournalEntry;
-use crate::servicenow::{ServiceNowConnection, Side};
+use crate::servicenow::{
+    ServiceNowConnection, ServiceNowConnections, ServiceNowEngine, Side, WebhookConfig,
+};
 use crate::storage::{NewRequest, now_ms};
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
-pub(super) async fn receive(
+pub(crate) async fn receive(
     State(engine): State<Engine>,
     Extension(rejections): Extension<Arc<Rejections>>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
