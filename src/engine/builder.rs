@@ -238,6 +238,7 @@ impl EngineBuilder {
         let engine = Engine {
             inner: Arc::new(Inner {
                 flows: std::sync::RwLock::new(Arc::new(loaded)),
+                integration_flows: integration_flows(&connections),
                 source,
                 connections: Arc::new(connections),
                 storage,
@@ -309,6 +310,19 @@ fn spawn_sweeper(flood: &Arc<dyn FloodControl>) {
             }
         }
     });
+}
+
+/// The integrations' built-in flows, by id.
+fn integration_flows(connections: &Connections) -> FlowTable {
+    let flows = crate::servicenow::sync_step::flows(connections);
+    (flows.into_iter())
+        .map(|flow| {
+            (
+                flow.id().to_owned(),
+                Arc::new(LoadedFlow::integration(flow)),
+            )
+        })
+        .collect()
 }
 
 /// The flows in one generation, by id.

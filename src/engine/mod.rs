@@ -44,6 +44,17 @@ pub(crate) type RateLimiter = governor::RateLimiter<
 >;
 
 impl LoadedFlow {
+    /// An integration's built-in flow (a ServiceNow connection's sync back): its requests are
+    /// authenticated and checked by the integration's own route, never at `/triggers`.
+    pub(crate) fn integration(flow: ValidatedFlow) -> LoadedFlow {
+        LoadedFlow {
+            flow,
+            auth: TriggerAuthenticator::None,
+            rate_limiter: None,
+            counters: Arc::default(),
+        }
+    }
+
     /// `Err(wait)` when the trigger's rate limit is exceeded.
     pub fn check_rate_limit(&self) -> Result<(), Duration> {
         use governor::clock::Clock;
@@ -83,6 +94,9 @@ pub struct Engine {
 struct Inner {
     /// The current generation of flows; a reload swaps it, requests in flight keep theirs.
     flows: std::sync::RwLock<Arc<builder::FlowTable>>,
+    /// The integrations' built-in flows, by id: run, listed in the run history and replayed
+    /// like any flow, but reached only through their integration's route.
+    integration_flows: builder::FlowTable,
     source: builder::FlowSource,
     connections: Arc<Connections>,
     storage: Arc<dyn Storage>,
@@ -201,6 +215,18 @@ impl Engine {
         self.flow_table().get(flow_id).cloned()
     }
 
+    /// An integration's built-in flow, e.g. `servicenow:customers/12` (a connection's sync
+    /// back); never served at `/triggers`.
+    pub fn integration_flow(&self, flow_id: &str) -> Option<Arc<LoadedFlow>> {
+        self.inner.integration_flows.get(flow_id).cloned()
+    }
+
+    /// The flow a stored run belongs to: a loaded flow or an integration's.
+    fn runnable_flow(&self, flow_id: &str) -> Option<Arc<LoadedFlow>> {
+        self.flow(flow_id)
+            .or_else(|| self.integration_flow(flow_id))
+    }
+
     /// Every loaded flow, sorted by id.
     pub fn flows(&self) -> Vec<Arc<LoadedFlow>> {
         let mut flows: Vec<_> = self.flow_table().values().cloned().collect();
@@ -255,7 +281,7 @@ impl Engine {
         crate::servicenow::sync::SyncBack {
             storage: self.inner.storage.clone(),
             connections: self.inner.connections.clone(),
-            client: self.inner.http.clone(),
+            http: crate::servicenow::sync::SyncHttp::Client(self.inner.http.clone()),
         }
     }
 
@@ -272,10 +298,7 @@ impl Engine {
         body_text: &str,
         body: Value,
     ) -> Result<Accepted, AcceptError> {
-        let active = *self.inner.active_runs.borrow();
-        if active >= self.inner.server.max_active_runs {
-            return Err(AcceptError::Overloaded(active));
-        }
+        self.check_room()?;
         let events = trigger::events(body).map_err(AcceptError::Payload)?;
         match self.accept_events(flow, query, body_text, events).await {
             // The same delivery arrived twice at once: the other copy won; look again. The
@@ -289,6 +312,31 @@ impl Engine {
             }
             other => other,
         }
+    }
+
+    /// Stores one event an integration's route authenticated and checked (a ServiceNow
+    /// webhook naming its record) with one run of `flow`, durably, then starts the run in the
+    /// background, as [`Engine::accept`] does for a trigger request. The event is the run's
+    /// `trigger.body`; `body_text` is stored as received.
+    pub async fn accept_event(
+        &self,
+        flow: &Arc<LoadedFlow>,
+        body_text: &str,
+        event: serde_json::Map<String, Value>,
+    ) -> Result<Accepted, AcceptError> {
+        self.check_room()?;
+        let query = TriggerQuery::default();
+        self.accept_events(flow, &query, body_text, vec![event])
+            .await
+    }
+
+    /// `Overloaded` when as many runs as `server.max_active_runs` are executing.
+    fn check_room(&self) -> Result<(), AcceptError> {
+        let active = *self.inner.active_runs.borrow();
+        if active >= self.inner.server.max_active_runs {
+            return Err(AcceptError::Overloaded(active));
+        }
+        Ok(())
     }
 
     async fn accept_events(
@@ -546,6 +594,9 @@ impl Engine {
             let finished = engine
                 .execute_run(&flow, &run_id, trigger, claimed, fresh)
                 .await;
+            if finished.is_some() && engine.integration_flow(flow.flow.id()).is_some() {
+                engine.record_request_outcome(&run_id).await;
+            }
             engine
                 .inner
                 .running
@@ -581,7 +632,7 @@ impl Engine {
             if self.is_running_here(&run_id) {
                 continue;
             }
-            let Some(flow) = self.flow(&flow_id) else {
+            let Some(flow) = self.runnable_flow(&flow_id) else {
                 tracing::warn!(%run_id, %flow_id, "An unfinished run's flow is not loaded; it waits until the flow is back.");
                 continue;
             };
@@ -751,12 +802,12 @@ impl Engine {
                 status: old.summary.status.as_str(),
             });
         }
-        let flow = self
-            .flow(&old.summary.flow_id)
-            .ok_or_else(|| ReplayError::UnknownFlow {
-                run_id: run_id.to_owned(),
-                flow_id: old.summary.flow_id.clone(),
-            })?;
+        let flow =
+            self.runnable_flow(&old.summary.flow_id)
+                .ok_or_else(|| ReplayError::UnknownFlow {
+                    run_id: run_id.to_owned(),
+                    flow_id: old.summary.flow_id.clone(),
+                })?;
         let start_step = match from {
             ReplayFrom::Trigger => None,
             ReplayFrom::Failure => old
@@ -824,18 +875,55 @@ impl Engine {
         self.inner.metrics.snapshot()
     }
 
-    /// Waits until the run has finished and returns it.
+    /// Waits until the run has finished (and this process is done with it: its room freed,
+    /// its request's outcome recorded) and returns it.
     pub async fn wait_for_run(&self, run_id: &str) -> Result<RunDetail, StorageError> {
         let mut finished = self.inner.finished.subscribe();
         loop {
             if let Some(detail) = self.inner.storage.get_run(run_id).await?
                 && detail.summary.status.is_finished()
+                && !self.is_running_here(run_id)
             {
                 return Ok(detail);
             }
             // Either our run finished (checked again above) or the channel lagged: look again.
             let _ = finished.recv().await;
         }
+    }
+}
+
+impl Engine {
+    /// Records what a finished run of an integration's flow did on the request it came with
+    /// (`RequestRecord::outcome`): its last step's outputs, or its error. The run history
+    /// stays the record; a failure here is logged.
+    async fn record_request_outcome(&self, run_id: &str) {
+        let storage = &self.inner.storage;
+        let recorded = async {
+            let Some(run) = storage.get_run(run_id).await? else {
+                return Ok(());
+            };
+            let Some(request_id) = &run.summary.request_id else {
+                return Ok(());
+            };
+            storage
+                .set_request_outcome(request_id, &run_outcome(&run))
+                .await
+        };
+        if let Err(e) = recorded.await {
+            tracing::warn!(%run_id, error = %e, "Could not record a run's outcome on its request; the run history has it.");
+        }
+    }
+}
+
+/// A finished run's outcome: its last step's outputs when it succeeded, else its error.
+fn run_outcome(run: &RunDetail) -> Value {
+    match run.summary.status {
+        RunStatus::Succeeded => run
+            .steps
+            .last()
+            .and_then(|step| step.outputs.clone())
+            .unwrap_or(Value::Null),
+        _ => serde_json::json!({"error": run.summary.error}),
     }
 }
 

@@ -6,6 +6,7 @@ pub mod integrator;
 pub mod mapping;
 pub mod notes;
 pub mod sync;
+pub mod sync_step;
 
 use std::time::{Duration, Instant};
 
@@ -51,6 +52,13 @@ impl Side {
             Side::Customer => "customers",
             Side::Supplier => "suppliers",
         }
+    }
+
+    /// `customers` or `suppliers`, as in a connection's key and its webhook URL.
+    pub fn parse(text: &str) -> Option<Side> {
+        [Side::Customer, Side::Supplier]
+            .into_iter()
+            .find(|side| side.as_str() == text)
     }
 }
 

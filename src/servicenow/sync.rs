@@ -1,7 +1,8 @@
 //! Syncing back from ServiceNow: what a changed record means for Halo. Webhooks (a hint: the
-//! record and its journal are read again here) and the integrator's scan both come through
-//! [`SyncBack::sync_record`], so they are idempotent with each other: each record version is
-//! acted on once, each journal entry becomes one Halo action, a new record one ticket.
+//! record and its journal are read again here, by the `servicenow.sync_record` step of a run)
+//! and the integrator's scan both come through [`SyncBack::sync_record`], so they are idempotent
+//! with each other: each record version is acted on once, each journal entry becomes one Halo
+//! action, a new record one ticket.
 
 use std::sync::Arc;
 
@@ -49,7 +50,26 @@ pub struct RecordOutcome {
 pub struct SyncBack {
     pub storage: Arc<dyn Storage>,
     pub connections: Arc<Connections>,
-    pub client: reqwest::Client,
+    pub http: SyncHttp,
+}
+
+/// How sync back sends its requests.
+#[derive(Debug, Clone)]
+pub enum SyncHttp {
+    /// A fresh exchange log per record: the integrator's scans keep none.
+    Client(reqwest::Client),
+    /// A step run's: every exchange goes into the run history.
+    Run(Outbound),
+}
+
+/// The record a webhook named: `table` and `sys_id`, or `number` (in `table`, else across
+/// every task table), and the note it carried.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NamedRecord {
+    pub table: Option<String>,
+    pub sys_id: Option<String>,
+    pub number: Option<String>,
+    pub note: Option<JournalEntry>,
 }
 
 /// The prefix of Halo actions made from ServiceNow notes; `servicenow.sync_note` does not send
@@ -70,6 +90,41 @@ pub fn concrete_table(record: &Value, fallback: &str) -> String {
 }
 
 impl SyncBack {
+    /// Where a request goes out.
+    pub(super) fn outbound(&self) -> Outbound {
+        match &self.http {
+            SyncHttp::Client(client) => Outbound::live(client.clone()),
+            SyncHttp::Run(http) => http.clone(),
+        }
+    }
+
+    /// Syncs the record a webhook named, read again first (the webhook is only a hint), with
+    /// the note it carried: the outcome as JSON. A record not found is ignored.
+    pub async fn sync_named(
+        &self,
+        sn: &ServiceNowConnection,
+        named: &NamedRecord,
+    ) -> Result<Value, StepError> {
+        let found = self
+            .read_record(
+                sn,
+                named.table.as_deref(),
+                named.sys_id.as_deref(),
+                named.number.as_deref(),
+            )
+            .await?;
+        let Some((table, record)) = found else {
+            return Ok(
+                json!({"action": "ignored", "reason": "the record was not found (deleted, or hidden from the integration user)"}),
+            );
+        };
+        let given: Vec<JournalEntry> = named.note.iter().cloned().collect();
+        let outcome = self
+            .sync_record_with_notes(sn, &table, &record, &given)
+            .await?;
+        Ok(serde_json::to_value(outcome).unwrap_or(Value::Null))
+    }
+
     /// Reads a record again (the webhook is only a hint): by sys_id in `table`, or by number
     /// across every task table.
     pub async fn read_record(
@@ -79,7 +134,7 @@ impl SyncBack {
         sys_id: Option<&str>,
         number: Option<&str>,
     ) -> Result<Option<(String, Value)>, StepError> {
-        let http = Outbound::live(self.client.clone());
+        let http = self.outbound();
         let (query_table, query) = match (table, sys_id, number) {
             (Some(table), Some(sys_id), _) => (table, format!("sys_id={sys_id}")),
             (table, _, Some(number)) => (table.unwrap_or("task"), format!("number={number}")),
@@ -133,7 +188,7 @@ impl SyncBack {
                 .await
                 .map_err(storage_error)?;
             if let Some(link) = link.filter(|_| !given.is_empty()) {
-                let http = Outbound::live(self.client.clone());
+                let http = self.outbound();
                 outcome.ticket_id = Some(link.halo_ticket_id);
                 outcome.notes = self
                     .post_notes(sn, (table, &sys_id, record), &link, given.to_vec(), &http)
@@ -179,7 +234,7 @@ impl SyncBack {
     ) -> Result<RecordOutcome, StepError> {
         let key = sn.key();
         let halo = self.connections.halo(&sn.config.halo_connection)?;
-        let http = Outbound::live(self.client.clone());
+        let http = self.outbound();
         let mut outcome = self.outcome(table, sys_id, record, SyncAction::Notes);
         let link = self
             .storage
@@ -215,9 +270,10 @@ impl SyncBack {
                     .map_err(storage_error)?;
                 if !first {
                     // Another delivery is creating its ticket right now: this version is
-                    // released (the caller's error path) and applied by a later delivery or scan.
-                    return Err(StepError::Failed(
-                        "the record's Halo ticket is being created by another delivery; this change is applied on the next one".into(),
+                    // released (the caller's error path) and applied by a later attempt,
+                    // delivery or scan. A claim held elsewhere passes: retryable.
+                    return Err(StepError::Storage(
+                        "the record's Halo ticket is being created by another delivery; this change is applied on the next attempt".into(),
                     ));
                 }
                 match self.create_ticket(sn, table, sys_id, record, &http).await {

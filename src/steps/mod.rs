@@ -28,6 +28,7 @@ pub fn builtins() -> Vec<Arc<dyn Step>> {
         Arc::new(SEND_TICKET),
         Arc::new(LOG_TO_SUPPLIER),
         Arc::new(SyncNote),
+        Arc::new(crate::servicenow::sync_step::SyncRecord),
     ]
 }
 
