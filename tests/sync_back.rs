@@ -1206,7 +1206,7 @@ async fn a_webhook_is_answered_before_it_syncs_and_its_run_is_in_the_history() {
         .list_requests(&RequestFilter::default())
         .await
         .unwrap();
-    assert_eq!(requests[0].run_ids, [run_id.clone()]);
+    assert_eq!(requests[0].run_ids, vec![run_id.clone()]);
     let listed = requests[0].outcome.as_ref().unwrap();
     assert_eq!(listed["action"], "created_ticket");
 
@@ -1264,16 +1264,7 @@ async fn passing_errors_and_lost_answers_are_retried_by_the_run() {
     let outputs = run.steps[0].outputs.as_ref().unwrap();
     assert_eq!(outputs["action"], "created_ticket");
     assert_eq!(w.halo.tickets().len(), 2, "one ticket each");
-    let link = w
-        .storage
-        .link_for_record("customers/12", &lost)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        Some(link.halo_ticket_id),
-        w.halo.tickets()[1]["id"].as_i64()
-    );
+    assert_eq!(outputs["ticket_id"], w.halo.tickets()[1]["id"]);
 }
 
 /// Issue 18: a webhook accepted by a node that died before syncing it is synced by the node
