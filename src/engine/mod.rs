@@ -102,7 +102,9 @@ struct Inner {
     storage: Arc<dyn Storage>,
     http: reqwest::Client,
     server: ServerConfig,
-    finished: broadcast::Sender<(String, RunStatus)>,
+    /// Runs whose execution in this process ended (finished, interrupted or taken over):
+    /// whoever waits for one looks again.
+    finished: broadcast::Sender<String>,
     /// Flips to true on [`Engine::shutdown`]; steps watch it through their context.
     shutdown: tokio::sync::watch::Sender<bool>,
     flood: Arc<dyn FloodControl>,
@@ -605,9 +607,7 @@ impl Engine {
                 .remove(&run_id);
             engine.inner.active_runs.send_modify(|n| *n -= 1);
             // Told last, so whoever waits for the run finds its room freed too.
-            if let Some(status) = finished {
-                let _ = engine.inner.finished.send((run_id, status));
-            }
+            let _ = engine.inner.finished.send(run_id);
         });
         true
     }
