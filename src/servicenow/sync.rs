@@ -232,13 +232,12 @@ impl SyncBack {
         record: &Value,
         given: &[JournalEntry],
     ) -> Result<RecordOutcome, StepError> {
-        let key = sn.key();
         let halo = self.connections.halo(&sn.config.halo_connection)?;
         let http = self.outbound();
         let mut outcome = self.outcome(table, sys_id, record, SyncAction::Notes);
         let link = self
             .storage
-            .link_for_record(&key, sys_id)
+            .link_for_record(&sn.key(), sys_id)
             .await
             .map_err(storage_error)?;
         let link = match link {
@@ -256,41 +255,18 @@ impl SyncBack {
                 }
                 link
             }
-            None => {
-                if let Some(reason) = self.refuse_new(sn, table, record) {
+            None => match self.new_ticket(sn, table, sys_id, record, &http).await? {
+                Ok((link, fields)) => {
+                    outcome.action = SyncAction::CreatedTicket;
+                    outcome.fields = fields;
+                    link
+                }
+                Err(reason) => {
                     outcome.action = SyncAction::Ignored;
                     outcome.reason = Some(reason);
                     return Ok(outcome);
                 }
-                // One ticket per record, whichever of webhook and integrator gets here first.
-                let first = self
-                    .storage
-                    .claim_sync_event(&key, sys_id, "created", now_ms())
-                    .await
-                    .map_err(storage_error)?;
-                if !first {
-                    // Another delivery is creating its ticket right now: this version is
-                    // released (the caller's error path) and applied by a later attempt,
-                    // delivery or scan. A claim held elsewhere passes: retryable.
-                    return Err(StepError::Storage(
-                        "the record's Halo ticket is being created by another delivery; this change is applied on the next attempt".into(),
-                    ));
-                }
-                match self.create_ticket(sn, table, sys_id, record, &http).await {
-                    Ok((link, fields)) => {
-                        outcome.action = SyncAction::CreatedTicket;
-                        outcome.fields = fields;
-                        link
-                    }
-                    Err(e) => {
-                        let _ = self
-                            .storage
-                            .release_sync_event(&key, sys_id, "created")
-                            .await;
-                        return Err(e);
-                    }
-                }
-            }
+            },
         };
         outcome.ticket_id = Some(link.halo_ticket_id);
         // New notes: those the webhook carried, and those read by the connection's path.
@@ -300,6 +276,46 @@ impl SyncBack {
             .post_notes(sn, (table, sys_id, record), &link, entries, &http)
             .await?;
         Ok(outcome)
+    }
+
+    /// The ticket of a record without a link, with the fields written: `Ok(Err(reason))` when
+    /// the record creates none.
+    async fn new_ticket(
+        &self,
+        sn: &ServiceNowConnection,
+        table: &str,
+        sys_id: &str,
+        record: &Value,
+        http: &Outbound,
+    ) -> Result<Result<(Link, Vec<String>), String>, StepError> {
+        if let Some(reason) = self.refuse_new(sn, table, record) {
+            return Ok(Err(reason));
+        }
+        // One ticket per record, whichever of webhook and integrator gets here first.
+        let key = sn.key();
+        let first = self
+            .storage
+            .claim_sync_event(&key, sys_id, "created", now_ms())
+            .await
+            .map_err(storage_error)?;
+        if !first {
+            // Another delivery is creating its ticket right now: this version is released
+            // (the caller's error path) and applied by a later attempt, delivery or scan. A
+            // claim held elsewhere passes: retryable.
+            return Err(StepError::Storage(
+                "the record's Halo ticket is being created by another delivery; this change is applied on the next attempt".into(),
+            ));
+        }
+        match self.create_ticket(sn, table, sys_id, record, http).await {
+            Ok(created) => Ok(Ok(created)),
+            Err(e) => {
+                let _ = self
+                    .storage
+                    .release_sync_event(&key, sys_id, "created")
+                    .await;
+                Err(e)
+            }
+        }
     }
 
     /// Why a record without a link creates no ticket, if it does not.
@@ -322,8 +338,8 @@ impl SyncBack {
         None
     }
 
-    /// Creates the Halo ticket for a new record: the webhook settings' type, user and team,
-    /// and the mapped fields.
+    /// Creates (or finds, after a lost answer) the Halo ticket of a new record, and links it:
+    /// the link and the mapped fields written.
     async fn create_ticket(
         &self,
         sn: &ServiceNowConnection,
@@ -332,71 +348,10 @@ impl SyncBack {
         record: &Value,
         http: &Outbound,
     ) -> Result<(Link, Vec<String>), StepError> {
-        let halo = self.connections.halo(&sn.config.halo_connection)?;
-        let mut body: Map<String, Value> = mapping::halo_fields(&sn.config, table, record);
-        let fields: Vec<String> = body.keys().cloned().collect();
-        let number = text(record, "number");
-        body.insert(
-            "summary".into(),
-            json!(
-                text(record, "short_description").unwrap_or_else(|| format!(
-                    "ServiceNow {}",
-                    number.as_deref().unwrap_or(sys_id)
-                ))
-            ),
-        );
-        if let Some(description) = text(record, "description") {
-            body.insert("details".into(), json!(description));
-        }
-        if let Ok(client_id) = sn.id().parse::<i64>() {
-            body.insert("client_id".into(), json!(client_id));
-        }
-        if let Some(webhook) = &sn.config.webhook {
-            if let Some(t) = webhook.ticket_type_id {
-                body.insert("tickettype_id".into(), json!(t));
-            }
-            // Halo requires a site whenever a user is set (checked when the config loads).
-            if let (Some(user), Some(site)) = (webhook.user_id, webhook.site_id) {
-                body.insert("user_id".into(), json!(user));
-                body.insert("site_id".into(), json!(site));
-            }
-            if let Some(team) = &webhook.team {
-                body.insert("team".into(), json!(team));
-            }
-        }
-        let key = format!("servicenow:{}:{sys_id}", sn.key());
-        halo.idempotency_field().stamp(&mut body, &key);
-        // A create made before may have lost its answer (or the link was never written): the
-        // claim says whether one was tried, and then the ticket is looked up, never made twice.
-        let claim = format!("create:{table}:{sys_id}");
-        let first_try = self
-            .storage
-            .claim_note(&sn.key(), &claim, now_ms())
-            .await
-            .map_err(storage_error)?;
-        let found = if first_try {
-            None
-        } else {
-            let search = crate::halo::CreatedTicketSearch {
-                key: &key,
-                client_id: body.get("client_id").and_then(Value::as_i64),
-                since_ms: None,
-            };
-            halo.find_created_ticket(http, search).await?
-        };
-        let ticket = match found {
-            Some(ticket) => ticket,
-            None => match halo.post_one(http, "Tickets", Value::Object(body)).await {
-                Ok(ticket) => ticket,
-                Err(e) => {
-                    // Surely not created (a refusal, a 503): the next try need not look first.
-                    if !e.outcome_unknown() {
-                        let _ = self.storage.release_note(&sn.key(), &claim).await;
-                    }
-                    return Err(e);
-                }
-            },
-        };
+        let mapped = mapping::halo_fields(&sn.config, table, record);
+        let fields: Vec<String> = mapped.keys().cloned().collect();
+        let body = ticket_body(sn, sys_id, record, mapped);
+        let ticket = self.post_or_find(sn, (table, sys_id), body, http).await?;
         let ticket_id = ticket
             .get("id")
             .and_then(mapping::halo_text)
@@ -409,13 +364,55 @@ impl SyncBack {
             servicenow: sn.key(),
             table: table.to_owned(),
             sys_id: sys_id.to_owned(),
-            number,
+            number: text(record, "number"),
             created_by: LinkOrigin::Servicenow,
             created_at_ms: now,
             updated_at_ms: now,
         };
         self.storage.save_link(&link).await.map_err(storage_error)?;
         Ok((link, fields))
+    }
+
+    /// Posts the new ticket of `(table, sys_id)`, stamped with its key; or finds the one an
+    /// earlier try made. A create made before may have lost its answer (or the link was never
+    /// written): the claim says whether one was tried, and then the ticket is looked up, never
+    /// made twice.
+    async fn post_or_find(
+        &self,
+        sn: &ServiceNowConnection,
+        (table, sys_id): (&str, &str),
+        mut body: Map<String, Value>,
+        http: &Outbound,
+    ) -> Result<Value, StepError> {
+        let halo = self.connections.halo(&sn.config.halo_connection)?;
+        let key = format!("servicenow:{}:{sys_id}", sn.key());
+        halo.idempotency_field().stamp(&mut body, &key);
+        let claim = format!("create:{table}:{sys_id}");
+        let first_try = self
+            .storage
+            .claim_note(&sn.key(), &claim, now_ms())
+            .await
+            .map_err(storage_error)?;
+        if !first_try {
+            let search = crate::halo::CreatedTicketSearch {
+                key: &key,
+                client_id: body.get("client_id").and_then(Value::as_i64),
+                since_ms: None,
+            };
+            if let Some(ticket) = halo.find_created_ticket(http, search).await? {
+                return Ok(ticket);
+            }
+        }
+        match halo.post_one(http, "Tickets", Value::Object(body)).await {
+            Ok(ticket) => Ok(ticket),
+            Err(e) => {
+                // Surely not created (a refusal, a 503): the next try need not look first.
+                if !e.outcome_unknown() {
+                    let _ = self.storage.release_note(&sn.key(), &claim).await;
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Each entry becomes a Halo action (work note → private, comment → public), once;
@@ -472,6 +469,41 @@ impl SyncBack {
         }
         Ok(synced)
     }
+}
+
+/// A new ticket's body: the mapped fields, summary and details, the client, and the webhook
+/// settings' type, user and team.
+fn ticket_body(
+    sn: &ServiceNowConnection,
+    sys_id: &str,
+    record: &Value,
+    mut body: Map<String, Value>,
+) -> Map<String, Value> {
+    let summary = text(record, "short_description").unwrap_or_else(|| {
+        let number = text(record, "number");
+        format!("ServiceNow {}", number.as_deref().unwrap_or(sys_id))
+    });
+    body.insert("summary".into(), json!(summary));
+    if let Some(description) = text(record, "description") {
+        body.insert("details".into(), json!(description));
+    }
+    if let Ok(client_id) = sn.id().parse::<i64>() {
+        body.insert("client_id".into(), json!(client_id));
+    }
+    if let Some(webhook) = &sn.config.webhook {
+        if let Some(t) = webhook.ticket_type_id {
+            body.insert("tickettype_id".into(), json!(t));
+        }
+        // Halo requires a site whenever a user is set (checked when the config loads).
+        if let (Some(user), Some(site)) = (webhook.user_id, webhook.site_id) {
+            body.insert("user_id".into(), json!(user));
+            body.insert("site_id".into(), json!(site));
+        }
+        if let Some(team) = &webhook.team {
+            body.insert("team".into(), json!(team));
+        }
+    }
+    body
 }
 
 fn storage_error(e: crate::storage::StorageError) -> StepError {
