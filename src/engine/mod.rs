@@ -132,6 +132,15 @@ pub struct Accepted {
     pub duplicates: Vec<DuplicateEvent>,
 }
 
+/// What the events of one request became, as stored and as answered.
+#[derive(Default)]
+struct Sorted {
+    runs: Vec<NewRun>,
+    stored_suppressed: Vec<NewSuppressed>,
+    suppressed: Vec<SuppressedEvent>,
+    duplicates: Vec<DuplicateEvent>,
+}
+
 /// An event Halo delivered before (the same delivery GUID), and the request that carried it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DuplicateEvent {
@@ -352,86 +361,16 @@ impl Engine {
         let claimed = std::time::Instant::now();
         let request_id = new_id();
         let received_at_ms = now_ms();
-        let received_at = format_ms(received_at_ms);
         let event_count = events.len();
-        let flood_settings = &flow.flow.document.trigger.flood_control;
-        let mut runs = Vec::with_capacity(events.len());
-        let mut suppressed = Vec::new();
-        let mut stored_suppressed = Vec::new();
-        let delivery_ids: Vec<Option<String>> = events.iter().map(trigger::delivery_id).collect();
-        let mut seen: std::collections::HashMap<String, String> = self
-            .inner
-            .storage
-            .find_deliveries(
-                flow.flow.id(),
-                &delivery_ids.iter().flatten().cloned().collect::<Vec<_>>(),
-            )
-            .await?
-            .into_iter()
-            .collect();
-        let mut duplicates = Vec::new();
-        for (i, (event, delivery_id)) in events.into_iter().zip(delivery_ids).enumerate() {
-            if let Some(id) = &delivery_id {
-                match seen.get(id) {
-                    Some(first) => {
-                        duplicates.push(DuplicateEvent {
-                            event_index: i,
-                            delivery_id: id.clone(),
-                            first_request_id: first.clone(),
-                        });
-                        continue;
-                    }
-                    None => {
-                        seen.insert(id.clone(), request_id.clone());
-                    }
-                }
-            }
-            let outputs = trigger::outputs(&request_id, &received_at, query, event);
-            let key = flood_settings
-                .enabled
-                .then(|| flood::correlation_key(flood_settings, &outputs))
-                .flatten();
-            let admission = match &key {
-                Some(key) => {
-                    self.inner
-                        .flood
-                        .admit(flow.flow.id(), key, &request_id)
-                        .await
-                }
-                None => Admission::Run,
-            };
-            match admission {
-                Admission::Run => runs.push(NewRun {
-                    id: new_id(),
-                    flow_id: flow.flow.id().to_owned(),
-                    event_index: i,
-                    trigger: outputs,
-                    created_at_ms: received_at_ms,
-                    correlation_key: key,
-                    delivery_id,
-                    owner: Some(self.inner.node_id.clone()),
-                    lease_until_ms: Some(self.lease_until()),
-                }),
-                Admission::Suppress {
-                    parent_request_id,
-                    suppressed_count,
-                } => {
-                    stored_suppressed.push(NewSuppressed {
-                        event_index: i,
-                        flow_id: flow.flow.id().to_owned(),
-                        correlation_key: key.unwrap_or_default(),
-                        parent_request_id: parent_request_id.clone(),
-                        received_at_ms,
-                        delivery_id,
-                    });
-                    suppressed.push(SuppressedEvent {
-                        event_index: i,
-                        parent_request_id,
-                        suppressed_count,
-                    });
-                }
-            }
-        }
+        let sorted = self
+            .sort_events(flow, query, (&request_id, received_at_ms), events)
+            .await?;
+        let Sorted {
+            runs,
+            stored_suppressed,
+            suppressed,
+            duplicates,
+        } = sorted;
         let only_duplicates =
             runs.is_empty() && stored_suppressed.is_empty() && !duplicates.is_empty();
         let request = NewRequest {
@@ -469,6 +408,107 @@ impl Engine {
             suppressed,
             duplicates,
         })
+    }
+
+    /// What each event of request `(id, received at)` becomes: a duplicate of a delivery
+    /// received before, a run, or an event flood control suppresses.
+    async fn sort_events(
+        &self,
+        flow: &LoadedFlow,
+        query: &TriggerQuery,
+        (request_id, received_at_ms): (&str, i64),
+        events: Vec<serde_json::Map<String, Value>>,
+    ) -> Result<Sorted, StorageError> {
+        let received_at = format_ms(received_at_ms);
+        let delivery_ids: Vec<Option<String>> = events.iter().map(trigger::delivery_id).collect();
+        let mut seen: std::collections::HashMap<String, String> = self
+            .inner
+            .storage
+            .find_deliveries(
+                flow.flow.id(),
+                &delivery_ids.iter().flatten().cloned().collect::<Vec<_>>(),
+            )
+            .await?
+            .into_iter()
+            .collect();
+        let mut sorted = Sorted {
+            runs: Vec::with_capacity(events.len()),
+            ..Sorted::default()
+        };
+        for (i, (event, delivery_id)) in events.into_iter().zip(delivery_ids).enumerate() {
+            if let Some(id) = &delivery_id {
+                if let Some(first) = seen.get(id) {
+                    sorted.duplicates.push(DuplicateEvent {
+                        event_index: i,
+                        delivery_id: id.clone(),
+                        first_request_id: first.clone(),
+                    });
+                    continue;
+                }
+                seen.insert(id.clone(), request_id.to_owned());
+            }
+            let outputs = trigger::outputs(request_id, &received_at, query, event);
+            let event = (i, delivery_id, outputs);
+            self.admit(flow, (request_id, received_at_ms), event, &mut sorted)
+                .await;
+        }
+        Ok(sorted)
+    }
+
+    /// Event `i` of a request, with its delivery id and trigger outputs, as a run or, under
+    /// flood control, as a suppressed event.
+    async fn admit(
+        &self,
+        flow: &LoadedFlow,
+        (request_id, received_at_ms): (&str, i64),
+        (i, delivery_id, outputs): (usize, Option<String>, Value),
+        sorted: &mut Sorted,
+    ) {
+        let flood_settings = &flow.flow.document.trigger.flood_control;
+        let key = flood_settings
+            .enabled
+            .then(|| flood::correlation_key(flood_settings, &outputs))
+            .flatten();
+        let admission = match &key {
+            Some(key) => {
+                self.inner
+                    .flood
+                    .admit(flow.flow.id(), key, request_id)
+                    .await
+            }
+            None => Admission::Run,
+        };
+        match admission {
+            Admission::Run => sorted.runs.push(NewRun {
+                id: new_id(),
+                flow_id: flow.flow.id().to_owned(),
+                event_index: i,
+                trigger: outputs,
+                created_at_ms: received_at_ms,
+                correlation_key: key,
+                delivery_id,
+                owner: Some(self.inner.node_id.clone()),
+                lease_until_ms: Some(self.lease_until()),
+            }),
+            Admission::Suppress {
+                parent_request_id,
+                suppressed_count,
+            } => {
+                sorted.stored_suppressed.push(NewSuppressed {
+                    event_index: i,
+                    flow_id: flow.flow.id().to_owned(),
+                    correlation_key: key.unwrap_or_default(),
+                    parent_request_id: parent_request_id.clone(),
+                    received_at_ms,
+                    delivery_id,
+                });
+                sorted.suppressed.push(SuppressedEvent {
+                    event_index: i,
+                    parent_request_id,
+                    suppressed_count,
+                });
+            }
+        }
     }
 
     /// Starts runs of `flow_id` for a trigger payload, as a webhook would (without its
