@@ -288,6 +288,19 @@ webhook = {{ secret_name = "HOOK_SECRET", ticket_type_id = 5 }}
         (status, outcome)
     }
 
+    /// The sync's outputs of a webhook for incident `sys_id` whose run succeeded on its second
+    /// attempt.
+    async fn synced_on_second_attempt(&self, sys_id: &str) -> Value {
+        let (status, answer) = self
+            .acme_send(json!({"table": "incident", "sys_id": sys_id}))
+            .await;
+        assert_eq!(status, 202, "{answer}");
+        let run = self.run(&answer).await;
+        assert_eq!(run.summary.status, RunStatus::Succeeded, "{run:#?}");
+        assert_eq!(run.steps[0].attempts, 2, "{run:#?}");
+        run.steps[0].outputs.clone().unwrap()
+    }
+
     /// A GET on the admin listener (the API).
     async fn get(&self, path: &str) -> Value {
         let url = format!("{}{path}", self.api);
@@ -1241,27 +1254,15 @@ async fn passing_errors_and_lost_answers_are_retried_by_the_run() {
     let w = World::with_config(100, QUICK_RETRIES).await;
     let refused = w.incident(json!({"short_description": "Halo busy"}));
     w.halo.fail_next("POST", "/api/Tickets", 503, 1, None);
-    let (status, answer) = w
-        .acme_send(json!({"table": "incident", "sys_id": refused}))
-        .await;
-    assert_eq!(status, 202, "{answer}");
-    let run = w.run(&answer).await;
-    assert_eq!(run.summary.status, RunStatus::Succeeded, "{run:#?}");
-    assert_eq!(run.steps[0].attempts, 2);
+    let outputs = w.synced_on_second_attempt(&refused).await;
+    assert_eq!(outputs["action"], "created_ticket");
     assert_eq!(w.halo.tickets().len(), 1);
 
     // Halo made the ticket and the answer was lost: the next attempt adopts it.
     let lost = w.incident(json!({"short_description": "Answer lost"}));
     w.halo
         .inject("POST", "/api/Tickets", Fault::ResetAfterProcessing, 1);
-    let (status, answer) = w
-        .acme_send(json!({"table": "incident", "sys_id": lost}))
-        .await;
-    assert_eq!(status, 202, "{answer}");
-    let run = w.run(&answer).await;
-    assert_eq!(run.summary.status, RunStatus::Succeeded, "{run:#?}");
-    assert_eq!(run.steps[0].attempts, 2);
-    let outputs = run.steps[0].outputs.as_ref().unwrap();
+    let outputs = w.synced_on_second_attempt(&lost).await;
     assert_eq!(outputs["action"], "created_ticket");
     assert_eq!(w.halo.tickets().len(), 2, "one ticket each");
     assert_eq!(outputs["ticket_id"], w.halo.tickets()[1]["id"]);
