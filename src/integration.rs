@@ -47,6 +47,7 @@ use axum::Router;
 use crate::config::{Config, ConfigError, ConfigProblem, Problems};
 use crate::connections::{Connections, ConnectionsBuilder, MissingSecret, Needed};
 use crate::engine::Engine;
+use crate::flow::ValidatedFlow;
 use crate::secrets::SecretStore;
 use crate::step::{RegistryError, Step, StepRegistry};
 
@@ -75,6 +76,14 @@ pub trait Integration: Send + Sync + 'static {
 
     /// The steps it adds, registered by type name next to the core's.
     fn steps(&self) -> Vec<Arc<dyn Step>> {
+        Vec::new()
+    }
+
+    /// Built-in flows it runs, from its connections (e.g. one sync-back flow per ServiceNow
+    /// connection, whose runs its webhook starts). Their ids must not be valid file flow ids
+    /// (use a `:`), so they are never served at `/triggers`; runs of them are kept, resumed
+    /// and replayed like any other.
+    fn flows(&self, _connections: &Connections) -> Vec<ValidatedFlow> {
         Vec::new()
     }
 
@@ -185,6 +194,13 @@ impl Integrations {
             integration.build_connections(&mut build);
         }
         build.finish()
+    }
+
+    /// Every integration's built-in flows.
+    pub fn flows(&self, connections: &Connections) -> Vec<ValidatedFlow> {
+        (self.list.iter())
+            .flat_map(|i| i.flows(connections))
+            .collect()
     }
 
     /// Every integration's routes, merged.

@@ -9,7 +9,7 @@ use tokio::sync::broadcast;
 
 use super::{Engine, Inner, LoadedFlow};
 use crate::config::{Config, ConfigProblem};
-use crate::connections::{MissingSecret, Needed};
+use crate::connections::{Connections, MissingSecret, Needed};
 use crate::flood::{DatabaseFloodControl, FloodClock, FloodControl, MemoryFloodControl};
 use crate::flow::{self, FlowValidator, Problem, ProblemCode, ValidatedFlow};
 use crate::integration::{Integration, Integrations};
@@ -252,6 +252,7 @@ impl EngineBuilder {
         let engine = Engine {
             inner: Arc::new(Inner {
                 flows: std::sync::RwLock::new(Arc::new(loaded)),
+                integration_flows: integration_flows(&integrations, &connections),
                 source,
                 connections: Arc::new(connections),
                 storage,
@@ -337,6 +338,18 @@ fn spawn_sweeper(flood: &Arc<dyn FloodControl>) {
             }
         }
     });
+}
+
+/// The integrations' built-in flows, by id.
+fn integration_flows(integrations: &Integrations, connections: &Connections) -> FlowTable {
+    (integrations.flows(connections).into_iter())
+        .map(|flow| {
+            (
+                flow.id().to_owned(),
+                Arc::new(LoadedFlow::integration(flow)),
+            )
+        })
+        .collect()
 }
 
 /// The flows in one generation, by id.

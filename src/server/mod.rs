@@ -16,6 +16,7 @@ use axum::{Router, middleware};
 
 pub use error::{ApiError, ErrorCode};
 pub use rejections::{Rejected, Rejections, UNKNOWN};
+pub use trigger::answer as accepted_answer;
 
 use crate::engine::Engine;
 

@@ -227,8 +227,8 @@ async fn respond(
 }
 
 /// The 202 body: request and run ids; for a suppressed request, the request it is listed under
-/// and how many are suppressed there.
-fn answer(accepted: &crate::engine::Accepted) -> serde_json::Value {
+/// and how many are suppressed there. A ServiceNow webhook is answered with it too.
+pub fn answer(accepted: &crate::engine::Accepted) -> serde_json::Value {
     let mut body = serde_json::json!({
         "request_id": accepted.request_id,
         "flow_id": accepted.flow_id,

@@ -17,6 +17,7 @@ use super::{ServiceNowConnection, Side, webhook};
 use crate::config::{Config, Problems, Section};
 use crate::connections::{ConnectionKind, Connections, ConnectionsBuilder};
 use crate::engine::Engine;
+use crate::flow::ValidatedFlow;
 use crate::halo::{HALO, HaloConfig};
 use crate::integration::Integration;
 use crate::step::{Step, StepError};
@@ -87,7 +88,12 @@ impl Integration for ServiceNow {
             Arc::new(SEND_TICKET),
             Arc::new(LOG_TO_SUPPLIER),
             Arc::new(SyncNote),
+            Arc::new(super::sync_step::SyncRecord),
         ]
+    }
+
+    fn flows(&self, connections: &Connections) -> Vec<ValidatedFlow> {
+        super::sync_step::flows(connections)
     }
 
     // One `.route(` per line: tests/openapi.rs reads the routes from this file.
@@ -187,7 +193,7 @@ impl ServiceNowEngine for Engine {
         SyncBack {
             storage: self.storage().clone(),
             connections: self.connections().clone(),
-            client: self.http_client().clone(),
+            http: super::sync::SyncHttp::Client(self.http_client().clone()),
         }
     }
 

@@ -18,7 +18,6 @@ use serde_json::Value;
 use super::ServiceNowConnection;
 use super::config::imported_table;
 use super::sync::{RecordOutcome, SyncAction, SyncBack};
-use crate::outbound::Outbound;
 use crate::step::StepError;
 use crate::storage::{StorageError, now_ms};
 
@@ -132,7 +131,7 @@ impl SyncBack {
         let mut after_time = stored.unwrap_or_else(|| servicenow_time(first_scan_since_ms));
         let mut after_id: Option<String> = None;
         let page_size = sn.config.integrator.page_size.max(1) as usize;
-        let http = Outbound::live(self.client.clone());
+        let http = self.outbound();
         loop {
             let query = match &after_id {
                 None => format!("sys_updated_on>={after_time}^ORDERBYsys_updated_on^ORDERBYsys_id"),
@@ -271,7 +270,7 @@ impl SyncBack {
         let Some(filter) = sn.config.integrator.filter.get(table) else {
             return Ok(None);
         };
-        let http = Outbound::live(self.client.clone());
+        let http = self.outbound();
         let found = sn
             .query(
                 &http,

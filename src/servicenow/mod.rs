@@ -15,6 +15,7 @@ pub use config::{
     JournalSource, ServiceNowAuthKind, ServiceNowConfig, ServiceNowConnectionConfig, WebhookConfig,
 };
 pub use integration::{CUSTOMERS, SUPPLIERS, ServiceNow, ServiceNowConnections, ServiceNowEngine};
+pub mod sync_step;
 
 use std::time::{Duration, Instant};
 
@@ -59,6 +60,13 @@ impl Side {
             Side::Customer => "customers",
             Side::Supplier => "suppliers",
         }
+    }
+
+    /// `customers` or `suppliers`, as in a connection's key and its webhook URL.
+    pub fn parse(text: &str) -> Option<Side> {
+        [Side::Customer, Side::Supplier]
+            .into_iter()
+            .find(|side| side.as_str() == text)
     }
 }
 

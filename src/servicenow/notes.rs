@@ -62,6 +62,16 @@ impl JournalEntry {
             value: text("value").filter(|v| !v.is_empty())?,
         })
     }
+
+    /// The entry as the `sys_journal_field` row [`Self::from_row`] reads back.
+    pub fn to_row(&self) -> Value {
+        serde_json::json!({
+            "element": self.element,
+            "sys_created_on": self.created_on,
+            "sys_created_by": self.author,
+            "value": self.value,
+        })
+    }
 }
 
 /// The notes of a record, by the connection's `journal` path; empty when the record is gone

@@ -1,11 +1,13 @@
 //! `POST /servicenow/{customers|suppliers}/{id}/webhook`: ServiceNow's webhook into haloflow.
 //! Authenticated per connection (a shared secret header or Basic, optionally an HMAC-SHA256 of
-//! the raw body, compared in constant time); the body only names the record, which is read
-//! again before anything is done; the request and what it led to are stored like a trigger
-//! request. A body that is a `sys_journal_field` row (Halo's own ServiceNow design posts one
-//! per note: `element_id`, `name`, `element`, `value`, `sys_created_on`, `sys_created_by`)
-//! names its record by `name` and `element_id`, and its note is synced as it is: no
-//! `audit_viewer` role needed to read it.
+//! the raw body, compared in constant time); the body only names the record. Then the path of
+//! a trigger request: the request is stored durably with one run of the connection's sync-back
+//! flow (`servicenow:customers/12`, one `servicenow.sync_record` step), answered 202 with the
+//! run's id, and the run reads the record again and syncs it through the engine (retries,
+//! history, replay, crash recovery). A body that is a `sys_journal_field` row (Halo's own
+//! ServiceNow design posts one per note: `element_id`, `name`, `element`, `value`,
+//! `sys_created_on`, `sys_created_by`) names its record by `name` and `element_id`, and its
+//! note is synced as it is: no `audit_viewer` role needed to read it.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -18,17 +20,16 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use hmac::{KeyInit, Mac};
-use serde_json::{Value, json};
+use serde_json::Value;
 use subtle::ConstantTimeEq;
 
-use crate::engine::{Engine, new_id};
+use crate::engine::{AcceptError, Engine};
 use crate::secrets::SecretStore;
-use crate::server::{ApiError, ErrorCode, Rejected, Rejections, UNKNOWN};
+use crate::server::{ApiError, ErrorCode, Rejected, Rejections, UNKNOWN, accepted_answer};
 use crate::servicenow::notes::JournalEntry;
-use crate::servicenow::{
-    ServiceNowConnection, ServiceNowConnections, ServiceNowEngine, Side, WebhookConfig,
-};
-use crate::storage::{NewRequest, now_ms};
+use crate::servicenow::sync::NamedRecord;
+use crate::servicenow::sync_step::{check_name, flow_id};
+use crate::servicenow::{ServiceNowConnections, Side, WebhookConfig};
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
@@ -40,16 +41,12 @@ pub(crate) async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let side = match side.as_str() {
-        "customers" => Side::Customer,
-        "suppliers" => Side::Supplier,
-        other => {
-            return ApiError::new(
-                ErrorCode::NotFound,
-                format!("`{other}`: the URL is /servicenow/customers/<client id>/webhook or /servicenow/suppliers/<supplier id>/webhook"),
-            )
-            .into_response();
-        }
+    let Some(side) = Side::parse(&side) else {
+        return ApiError::new(
+            ErrorCode::NotFound,
+            format!("`{side}`: the URL is /servicenow/customers/<client id>/webhook or /servicenow/suppliers/<supplier id>/webhook"),
+        )
+        .into_response();
     };
     let mut reject = Reject {
         engine: &engine,
@@ -73,8 +70,7 @@ pub(crate) async fn receive(
         );
         return reject.refuse(not_accepted(), &detail).await;
     };
-    reject.flow = format!("servicenow:{}", sn.key());
-    let flow_id = reject.flow.clone();
+    reject.flow = flow_id(&sn);
     if let Err(message) = authenticate(&webhook, &headers, &body, engine.secrets()) {
         return reject.refuse(not_accepted(), &message).await;
     }
@@ -90,12 +86,42 @@ pub(crate) async fn receive(
                 .await;
         }
     };
-    let (status, outcome) = process(&engine, &sn, named).await;
-    let text = String::from_utf8_lossy(&body).into_owned();
-    let request_id = store(&engine, flow_id, text, status, &outcome).await;
-    let mut answer = outcome;
-    answer["request_id"] = json!(request_id);
-    (status, Json(answer)).into_response()
+    accept(&engine, &reject.flow, &body, &named).await
+}
+
+/// Stores the webhook with one run of its connection's sync-back flow, durably, and answers
+/// as a trigger request is answered: 202 with the request's and the run's ids.
+async fn accept(engine: &Engine, flow_id: &str, body: &[u8], named: &NamedRecord) -> Response {
+    let Some(flow) = engine.integration_flow(flow_id) else {
+        tracing::error!(%flow_id, "A ServiceNow connection has no sync-back flow; this is a bug.");
+        return ApiError::new(ErrorCode::Internal, "the webhook could not be accepted")
+            .into_response();
+    };
+    let text = String::from_utf8_lossy(body);
+    match engine.accept_event(&flow, &text, named.to_event()).await {
+        Ok(accepted) => {
+            tracing::info!(%flow_id, request_id = %accepted.request_id, "Accepted a ServiceNow webhook.");
+            let answer = accepted_answer(&accepted);
+            (StatusCode::ACCEPTED, Json(answer)).into_response()
+        }
+        Err(AcceptError::Overloaded(active)) => {
+            tracing::warn!(%flow_id, active, "Overloaded: a ServiceNow webhook was turned away; ServiceNow may send it again and the integrator catches up. Raise server.max_active_runs if the machine has room.");
+            let mut error = ApiError::new(
+                ErrorCode::Overloaded,
+                "this server is running as many flows as it takes at once (server.max_active_runs); the webhook was not accepted, send it again",
+            );
+            error.retry_after = Some(1);
+            error.into_response()
+        }
+        Err(e) => {
+            tracing::error!(%flow_id, error = %e, "Could not store a ServiceNow webhook, which was answered 503; check the database (disk space, connection). The integrator catches the record up.");
+            ApiError::new(
+                ErrorCode::StorageUnavailable,
+                "the webhook could not be stored and was not accepted; send it again",
+            )
+            .into_response()
+        }
+    }
 }
 
 fn parse_payload(body: &[u8]) -> Result<Value, ApiError> {
@@ -114,41 +140,6 @@ fn parse_payload(body: &[u8]) -> Result<Value, ApiError> {
             ),
         )),
     }
-}
-
-/// Records an authenticated webhook and what it led to; the request's id.
-async fn store(
-    engine: &Engine,
-    flow_id: String,
-    text: String,
-    status: StatusCode,
-    outcome: &Value,
-) -> String {
-    let request = NewRequest {
-        id: new_id(),
-        flow_id,
-        received_at_ms: now_ms(),
-        http_status: status.as_u16(),
-        error: (!status.is_success()).then(|| {
-            (
-                "sync_failed".to_owned(),
-                outcome["error"].as_str().unwrap_or_default().to_owned(),
-            )
-        }),
-        query: None,
-        body: Some(text),
-        event_count: 1,
-        outcome: Some(outcome.clone()),
-    };
-    let stored = if status.is_success() {
-        engine.storage().accept_request(&request, &[], &[]).await
-    } else {
-        engine.storage().record_rejected(&request).await
-    };
-    if let Err(e) = stored {
-        tracing::error!(error = %e, "Could not store a ServiceNow webhook; check the database (disk space, connection). The integrator catches the record up.");
-    }
-    request.id
 }
 
 /// The one answer to an unknown connection and to wrong credentials.
@@ -202,18 +193,10 @@ impl Reject<'_> {
     }
 }
 
-/// What a webhook body names: its record, and the note it carried.
-struct Named<'a> {
-    table: Option<&'a str>,
-    sys_id: Option<&'a str>,
-    number: Option<&'a str>,
-    note: Option<JournalEntry>,
-}
-
 /// The record a body names: `table` and `sys_id` or `number` (the settings' field names), or
-/// for a journal row `name` and `element_id`. The values go into an encoded query: anything
-/// but the characters ServiceNow names have is refused.
-fn named_record<'a>(webhook: &'a WebhookConfig, payload: &'a Value) -> Result<Named<'a>, String> {
+/// for a journal row `name` and `element_id`, and the note a journal row carries. The values
+/// go into an encoded query: anything but the characters ServiceNow names have is refused.
+fn named_record(webhook: &WebhookConfig, payload: &Value) -> Result<NamedRecord, String> {
     let field = |name: &str| {
         payload
             .get(name)
@@ -226,97 +209,34 @@ fn named_record<'a>(webhook: &'a WebhookConfig, payload: &'a Value) -> Result<Na
     } else {
         (webhook.table_field.as_str(), webhook.sys_id_field.as_str())
     };
-    let named = Named {
-        table: field(table_name),
-        sys_id: field(sys_id_name),
-        number: field(&webhook.number_field),
-        note: journal_row
-            .then(|| JournalEntry::from_row(payload))
-            .flatten(),
-    };
-    let plain = |v: &str, hex: bool| {
-        !v.is_empty()
-            && v.len() <= 100
-            && v.chars().all(|c| {
-                if hex {
-                    c.is_ascii_hexdigit()
-                } else {
-                    c.is_ascii_alphanumeric() || c == '_' || c == '-'
-                }
-            })
-    };
+    let (table, sys_id, number) = (
+        field(table_name),
+        field(sys_id_name),
+        field(&webhook.number_field),
+    );
     for (name, value, hex) in [
-        (table_name, named.table, false),
-        (sys_id_name, named.sys_id, true),
-        (webhook.number_field.as_str(), named.number, false),
+        (table_name, table, false),
+        (sys_id_name, sys_id, true),
+        (webhook.number_field.as_str(), number, false),
     ] {
-        if let Some(value) = value
-            && !plain(value, hex)
-        {
-            return Err(format!(
-                "`{name}`: `{}` is not a ServiceNow {}",
-                value.chars().take(40).collect::<String>(),
-                if hex {
-                    "sys_id (32 hex digits)"
-                } else {
-                    "name (letters, digits, _ and -)"
-                }
-            ));
+        if let Some(value) = value {
+            check_name(name, value, hex)?;
         }
     }
-    if !(named.table.is_some() && named.sys_id.is_some()) && named.number.is_none() {
+    if !(table.is_some() && sys_id.is_some()) && number.is_none() {
         return Err(format!(
             "the body names no record: send `{table_name}` and `{sys_id_name}`, or `{}`",
             webhook.number_field
         ));
     }
-    Ok(named)
-}
-
-/// Reads the named record again and syncs it, with the note the webhook carried; the status
-/// and the outcome (or the error) as JSON.
-async fn process(
-    engine: &Engine,
-    sn: &ServiceNowConnection,
-    named: Named<'_>,
-) -> (StatusCode, Value) {
-    let Named {
-        table,
-        sys_id,
-        number,
-        note,
-    } = named;
-    let sync = engine.sync_back();
-    let record = match sync.read_record(sn, table, sys_id, number).await {
-        Ok(Some(found)) => found,
-        Ok(None) => {
-            return (
-                StatusCode::OK,
-                json!({"action": "ignored", "reason": "the record was not found (deleted, or hidden from the integration user)"}),
-            );
-        }
-        Err(e) => return failed(e),
-    };
-    let given: Vec<JournalEntry> = note.into_iter().collect();
-    match sync
-        .sync_record_with_notes(sn, &record.0, &record.1, &given)
-        .await
-    {
-        Ok(outcome) => (
-            StatusCode::OK,
-            serde_json::to_value(outcome).unwrap_or(Value::Null),
-        ),
-        Err(e) => failed(e),
-    }
-}
-
-/// A failure to act: 502 so ServiceNow may send it again; the integrator catches up otherwise.
-fn failed(e: crate::step::StepError) -> (StatusCode, Value) {
-    tracing::warn!(error = %e, "A ServiceNow webhook could not be synced; ServiceNow may send it again and the integrator catches up. Check the connection if this repeats.");
-    (
-        StatusCode::BAD_GATEWAY,
-        json!({"error": format!("the webhook could not be synced: {e}; it can be sent again, and the integrator catches up")}),
-    )
+    Ok(NamedRecord {
+        table: table.map(str::to_owned),
+        sys_id: sys_id.map(str::to_owned),
+        number: number.map(str::to_owned),
+        note: journal_row
+            .then(|| JournalEntry::from_row(payload))
+            .flatten(),
+    })
 }
 
 /// Checks the shared secret (header or Basic) and the HMAC, in constant time.

@@ -289,7 +289,7 @@ pub struct RequestRecord {
     pub suppressed_count: i64,
     /// For a suppressed request: the request it is listed under.
     pub suppressed_under: Option<String>,
-    /// For a ServiceNow webhook: what sync back did.
+    /// For a ServiceNow webhook: what sync back did (its run's outputs, or its error).
     pub outcome: Option<Value>,
 }
 
@@ -397,6 +397,13 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<(), StorageError>;
     /// Writes a rejected request (its 4xx answer and why).
     async fn record_rejected(&self, request: &NewRequest) -> Result<(), StorageError>;
+    /// Records what an accepted request led to (an integration's run outcome, listed as
+    /// [`RequestRecord::outcome`]), replacing any earlier one.
+    async fn set_request_outcome(
+        &self,
+        request_id: &str,
+        outcome: &Value,
+    ) -> Result<(), StorageError>;
     async fn start_run(&self, run_id: &str, at_ms: i64) -> Result<(), StorageError>;
     async fn finish_run(
         &self,

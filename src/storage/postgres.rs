@@ -109,6 +109,19 @@ impl Storage for PostgresStorage {
         insert_request(&mut conn, request, "rejected").await
     }
 
+    async fn set_request_outcome(
+        &self,
+        request_id: &str,
+        outcome: &Value,
+    ) -> Result<(), StorageError> {
+        sqlx::query("UPDATE trigger_requests SET outcome = $1 WHERE id = $2")
+            .bind(to_json_text(outcome))
+            .bind(request_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn start_run(&self, run_id: &str, at_ms: i64) -> Result<(), StorageError> {
         sqlx::query("UPDATE runs SET status = 'running', started_at_ms = coalesce(started_at_ms, $2) WHERE id = $1")
             .bind(run_id)

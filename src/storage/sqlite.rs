@@ -522,6 +522,19 @@ impl Storage for SqliteStorage {
         .await
     }
 
+    async fn set_request_outcome(
+        &self,
+        request_id: &str,
+        outcome: &Value,
+    ) -> Result<(), StorageError> {
+        self.execute(
+            "UPDATE trigger_requests SET outcome = $1 WHERE id = $2",
+            args![to_json_text(outcome), request_id],
+        )
+        .await
+        .map(drop)
+    }
+
     async fn start_run(&self, run_id: &str, at_ms: i64) -> Result<(), StorageError> {
         let progress = Progress {
             run_started_at_ms: Some(at_ms),

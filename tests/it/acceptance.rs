@@ -39,6 +39,13 @@ impl Storage for Gated {
     async fn record_rejected(&self, request: &NewRequest) -> Result<(), StorageError> {
         self.inner.record_rejected(request).await
     }
+    async fn set_request_outcome(
+        &self,
+        request_id: &str,
+        outcome: &serde_json::Value,
+    ) -> Result<(), StorageError> {
+        self.inner.set_request_outcome(request_id, outcome).await
+    }
     async fn start_run(&self, run_id: &str, at_ms: i64) -> Result<(), StorageError> {
         self.inner.start_run(run_id, at_ms).await
     }

@@ -566,3 +566,18 @@ async fn the_integrator_keeps_its_start_and_counts_failing_records() {
         assert!(s.sync_failures("customers/13").await.unwrap().is_empty());
     }
 }
+
+#[tokio::test]
+async fn a_request_keeps_the_outcome_its_run_led_to() {
+    for b in backends().await {
+        let s = b.storage.as_ref();
+        accept(s, "r1", 1000, None).await;
+        let outcome = json!({"action": "created_ticket", "ticket_id": 7});
+        s.set_request_outcome("req-r1", &outcome).await.unwrap();
+        let again = json!({"action": "duplicate"});
+        s.set_request_outcome("req-r1", &again).await.unwrap();
+        let requests = s.list_requests(&RequestFilter::default()).await.unwrap();
+        assert_eq!(requests[0].id, "req-r1", "{}", b.name);
+        assert_eq!(requests[0].outcome, Some(again), "{}", b.name);
+    }
+}

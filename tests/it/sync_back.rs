@@ -6,11 +6,15 @@ use std::sync::Arc;
 use base64::Engine as _;
 use haloflow::engine::Engine;
 use haloflow::secrets::SecretStore;
+use haloflow::servicenow::sync::NamedRecord;
 use haloflow::servicenow::{ServiceNowConnections, ServiceNowEngine};
-use haloflow::storage::{LinkOrigin, RequestFilter, SqliteStorage, Storage};
+use haloflow::storage::{
+    LinkOrigin, NewRequest, NewRun, RequestFilter, RunStatus, SqliteStorage, Storage,
+};
 use haloflow_emulators::RunningEmulator;
 use haloflow_emulators::halo::{HaloEmulator, HaloEmulatorConfig};
 use haloflow_emulators::servicenow::{ServiceNowEmulator, ServiceNowEmulatorConfig};
+use haloflow_emulators::{Fault, Hold};
 use hmac::{KeyInit, Mac};
 use serde_json::{Value, json};
 
@@ -60,8 +64,20 @@ fn servicenow(user: &str, password: &str) -> ServiceNowEmulator {
     })
 }
 
+/// Retry settings of the webhook's sync step: one attempt (a failure is the run's end).
+const ONE_ATTEMPT: &str = "[retry.by_type.\"servicenow.sync_record\"]\nmax_attempts = 1\n";
+
+/// Retry settings of the webhook's sync step: quick retries.
+const QUICK_RETRIES: &str =
+    "[retry.by_type.\"servicenow.sync_record\"]\ninitial_delay_ms = 20\nmax_delay_ms = 50\n";
+
 impl World {
     async fn new(page_size: u32) -> World {
+        World::with_config(page_size, "").await
+    }
+
+    /// A world whose config ends with `extra` (TOML tables).
+    async fn with_config(page_size: u32, extra: &str) -> World {
         let halo = HaloEmulator::new(HaloEmulatorConfig {
             client_id: "haloflow".into(),
             client_secret: HALO_SECRET.into(),
@@ -131,6 +147,8 @@ client_id = "globex-client"
 client_secret_name = "GLOBEX_SECRET"
 integration_user = "globex.oauth"
 webhook = {{ secret_name = "HOOK_SECRET", ticket_type_id = 5 }}
+
+{extra}
 "#,
             halo = running[0].base_url(),
             acme = running[1].base_url(),
@@ -173,14 +191,20 @@ webhook = {{ secret_name = "HOOK_SECRET", ticket_type_id = 5 }}
         }
     }
 
-    /// ServiceNow's webhook for a record of customer 12, signed.
+    /// ServiceNow's webhook for a record of customer 12, signed, followed to its run's end.
     async fn acme_hook(&self, body: Value) -> (u16, Value) {
+        let (status, answer) = self.acme_send(body).await;
+        self.followed("customers/12", status, answer).await
+    }
+
+    /// ServiceNow's webhook for a record of customer 12, signed: the answer itself.
+    async fn acme_send(&self, body: Value) -> (u16, Value) {
         let text = body.to_string();
         let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(HMAC_KEY.as_bytes()).unwrap();
         mac.update(text.as_bytes());
         let signature =
             base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-        self.post(
+        self.send(
             "customers/12",
             text,
             &[
@@ -191,7 +215,14 @@ webhook = {{ secret_name = "HOOK_SECRET", ticket_type_id = 5 }}
         .await
     }
 
+    /// Posts a webhook, followed to its run's end.
     async fn post(&self, connection: &str, body: String, headers: &[(&str, &str)]) -> (u16, Value) {
+        let (status, answer) = self.send(connection, body, headers).await;
+        self.followed(connection, status, answer).await
+    }
+
+    /// Posts a webhook: the answer itself.
+    async fn send(&self, connection: &str, body: String, headers: &[(&str, &str)]) -> (u16, Value) {
         let mut request = self
             .client
             .post(format!("{}/servicenow/{connection}/webhook", self.base))
@@ -203,6 +234,59 @@ webhook = {{ secret_name = "HOOK_SECRET", ticket_type_id = 5 }}
         let response = request.send().await.unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// An accepted webhook (202, naming its run) followed to its run's end; a refused one as
+    /// it was answered.
+    async fn followed(&self, connection: &str, status: u16, answer: Value) -> (u16, Value) {
+        if status != 202 {
+            return (status, answer);
+        }
+        let flow_id = format!("servicenow:{connection}");
+        assert_eq!(answer["flow_id"], flow_id, "{answer}");
+        self.outcome(&answer).await
+    }
+
+    /// The run an accepted webhook's answer names, once it finished.
+    async fn run(&self, answer: &Value) -> haloflow::storage::RunDetail {
+        let run_ids = answer["run_ids"].as_array().unwrap();
+        assert_eq!(run_ids.len(), 1, "one run per webhook: {answer}");
+        let run_id = run_ids[0].as_str().unwrap();
+        self.engine.wait_for_run(run_id).await.unwrap()
+    }
+
+    /// What the run an accepted webhook's answer names did, once it finished, as the webhook
+    /// answered when it synced on the request path: 200 with the sync's outcome, or 502 with
+    /// the error; with the request's id.
+    async fn outcome(&self, answer: &Value) -> (u16, Value) {
+        let run = self.run(answer).await;
+        let (status, mut outcome) = match run.summary.status {
+            RunStatus::Succeeded => (200, run.steps.last().unwrap().outputs.clone().unwrap()),
+            _ => (502, json!({"error": run.summary.error})),
+        };
+        outcome["request_id"] = answer["request_id"].clone();
+        (status, outcome)
+    }
+
+    /// The sync's outputs of a webhook for incident `sys_id` whose run succeeded on its second
+    /// attempt.
+    async fn synced_on_second_attempt(&self, sys_id: &str) -> Value {
+        let (status, answer) = self
+            .acme_send(json!({"table": "incident", "sys_id": sys_id}))
+            .await;
+        assert_eq!(status, 202, "{answer}");
+        let run = self.run(&answer).await;
+        assert_eq!(run.summary.status, RunStatus::Succeeded, "{run:#?}");
+        assert_eq!(run.steps[0].attempts, 2, "{run:#?}");
+        run.steps[0].outputs.clone().unwrap()
+    }
+
+    /// A GET on the admin listener (the API).
+    async fn get(&self, path: &str) -> Value {
+        let url = format!("{}{path}", self.api);
+        let response = self.client.get(url).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        response.json().await.unwrap()
     }
 
     async fn scan(&self) -> haloflow::servicenow::integrator::ScanReport {
@@ -639,7 +723,8 @@ async fn a_failed_scan_resumes_without_duplicates_and_runs_on_one_node_at_a_time
 
 #[tokio::test]
 async fn a_ticket_whose_answer_was_lost_is_adopted_not_created_twice() {
-    let w = World::new(100).await;
+    // One attempt: the run ends with the lost answer, as the request path's 502 did.
+    let w = World::with_config(100, ONE_ATTEMPT).await;
     let sys_id = w.incident(json!({}));
     w.halo.inject(
         "POST",
@@ -1055,4 +1140,163 @@ async fn unknown_ids_answer_as_wrong_credentials_do_and_basic_is_case_insensitiv
     ] {
         assert!(metrics.contains(line), "{line} in\n{metrics}");
     }
+}
+
+/// Issue 18: the webhook takes the trigger's path. Stored with its run and answered 202 before
+/// anything is read or written; the run is in the history like any other and can be replayed.
+#[tokio::test]
+async fn a_webhook_is_answered_before_it_syncs_and_its_run_is_in_the_history() {
+    let w = World::new(100).await;
+    let sys_id = w.incident(json!({}));
+    let hold = Hold::new();
+    w.halo.inject(
+        "POST",
+        "/api/Tickets",
+        Fault::HoldBeforeProcessing(hold.clone()),
+        1,
+    );
+    let (status, answer) = w
+        .acme_send(json!({"table": "incident", "sys_id": sys_id}))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["flow_id"], "servicenow:customers/12");
+    assert_eq!(answer["suppressed"], false);
+    hold.arrived().await;
+    assert!(w.halo.tickets().is_empty(), "answered before the sync");
+    let run_id = answer["run_ids"][0].as_str().unwrap().to_owned();
+    let running = w.get(&format!("/api/runs/{run_id}")).await;
+    assert_eq!(running["status"], "running", "{running:#}");
+    hold.release();
+    let (status, outcome) = w.outcome(&answer).await;
+    assert_eq!(
+        (status, &outcome["action"]),
+        (200, &json!("created_ticket"))
+    );
+    assert_eq!(w.halo.tickets().len(), 1);
+
+    // In the history like any run: its step, its exchanges, and no secret.
+    let runs = w.get("/api/runs?flow=servicenow:customers/12").await;
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 1, "{runs:#}");
+    let run = w.get(&format!("/api/runs/{run_id}")).await;
+    let step = &run["steps"][0];
+    assert_eq!(step["step_type"], "servicenow.sync_record", "{run:#}");
+    assert_eq!(step["outputs"]["action"], "created_ticket");
+    let urls: Vec<&str> = (step["exchanges"].as_array().unwrap().iter())
+        .map(|e| e["url"].as_str().unwrap())
+        .collect();
+    assert!(
+        urls.iter().any(|u| u.contains("/api/now/table/incident")),
+        "{urls:?}"
+    );
+    assert!(urls.iter().any(|u| u.ends_with("/api/Tickets")), "{urls:?}");
+    let text = run.to_string();
+    for secret in [HOOK_SECRET, HMAC_KEY, ACME_PASSWORD, HALO_SECRET] {
+        assert!(!text.contains(secret), "{secret} in {text}");
+    }
+    // The request is listed with what its run did.
+    let requests = w
+        .storage
+        .list_requests(&RequestFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(requests[0].run_ids, vec![run_id.clone()]);
+    let listed = requests[0].outcome.as_ref().unwrap();
+    assert_eq!(listed["action"], "created_ticket");
+
+    // Replayed, the record is synced again and acted on once.
+    let replay = w
+        .engine
+        .replay(&run_id, haloflow::engine::ReplayFrom::Trigger)
+        .await
+        .unwrap();
+    let replayed = w.engine.wait_for_run(&replay).await.unwrap();
+    assert_eq!(replayed.summary.status, RunStatus::Succeeded);
+    let outputs = replayed.steps[0].outputs.as_ref().unwrap();
+    assert_eq!(outputs["action"], "duplicate", "{outputs}");
+    assert_eq!(w.halo.tickets().len(), 1);
+
+    // The flow is the webhook's own: no trigger URL reaches it.
+    let response = w
+        .client
+        .post(format!("{}/triggers/servicenow:customers%2F12", w.base))
+        .header("Content-Type", "application/json")
+        .body(json!({"table": "incident", "sys_id": sys_id}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+}
+
+/// Issue 18: a passing Halo error, or an answer lost after Halo made the ticket, is retried by
+/// the run with backoff instead of answered 502.
+#[tokio::test]
+async fn passing_errors_and_lost_answers_are_retried_by_the_run() {
+    let w = World::with_config(100, QUICK_RETRIES).await;
+    let refused = w.incident(json!({"short_description": "Halo busy"}));
+    w.halo.fail_next("POST", "/api/Tickets", 503, 1, None);
+    let outputs = w.synced_on_second_attempt(&refused).await;
+    assert_eq!(outputs["action"], "created_ticket");
+    assert_eq!(w.halo.tickets().len(), 1);
+
+    // Halo made the ticket and the answer was lost: the next attempt adopts it.
+    let lost = w.incident(json!({"short_description": "Answer lost"}));
+    w.halo
+        .inject("POST", "/api/Tickets", Fault::ResetAfterProcessing, 1);
+    let outputs = w.synced_on_second_attempt(&lost).await;
+    assert_eq!(outputs["action"], "created_ticket");
+    assert_eq!(w.halo.tickets().len(), 2, "one ticket each");
+    assert_eq!(outputs["ticket_id"], w.halo.tickets()[1]["id"]);
+}
+
+/// Issue 18: a webhook accepted by a node that died before syncing it is synced by the node
+/// that takes its run over.
+#[tokio::test]
+async fn a_webhook_whose_node_died_is_synced_by_the_next() {
+    let w = World::new(100).await;
+    let sys_id = w.incident(json!({}));
+    let named = NamedRecord {
+        table: Some("incident".into()),
+        sys_id: Some(sys_id.clone()),
+        ..NamedRecord::default()
+    };
+    let query = haloflow::trigger::TriggerQuery::default();
+    let trigger = haloflow::trigger::outputs("req-dead", "now", &query, named.to_event());
+    let flow_id = "servicenow:customers/12";
+    let request = NewRequest {
+        id: "req-dead".into(),
+        flow_id: flow_id.into(),
+        received_at_ms: 1,
+        http_status: 202,
+        error: None,
+        query: None,
+        body: Some(json!({"table": "incident", "sys_id": sys_id}).to_string()),
+        event_count: 1,
+        outcome: None,
+    };
+    let run = NewRun {
+        id: "run-dead".into(),
+        flow_id: flow_id.into(),
+        event_index: 0,
+        trigger,
+        created_at_ms: 1,
+        correlation_key: None,
+        delivery_id: None,
+        owner: Some("dead-node".into()),
+        lease_until_ms: Some(1),
+    };
+    w.storage
+        .accept_request(&request, &[run], &[])
+        .await
+        .unwrap();
+    assert_eq!(w.engine.resume_unfinished_runs().await.unwrap(), 1);
+    let run = w.engine.wait_for_run("run-dead").await.unwrap();
+    assert_eq!(run.summary.status, RunStatus::Succeeded, "{run:#?}");
+    assert_eq!(w.halo.tickets().len(), 1);
+    let requests = w
+        .storage
+        .list_requests(&RequestFilter::default())
+        .await
+        .unwrap();
+    let listed = requests[0].outcome.as_ref().unwrap();
+    assert_eq!(listed["action"], "created_ticket");
 }
