@@ -12,18 +12,25 @@ use crate::secrets::SecretStore;
 use crate::step::StepRegistry;
 
 /// Options of `haloflow trigger-url`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct TriggerUrlOptions {
-    /// A flow file, or the id of a flow in `flows`.
+    /// A flow file, or the id of a flow in --flows.
     pub flow: String,
+    #[arg(long, default_value = "flows")]
     pub flows: PathBuf,
-    /// Where Halo reaches haloflow; default: the config's `server.public_url`, else its `listen`.
+    /// The address Halo reaches haloflow at (default: server.public_url of --config).
+    #[arg(long)]
     pub base_url: Option<String>,
+    /// Names to notify, comma separated (each is URL-encoded).
+    #[arg(long, value_delimiter = ',')]
     pub recipients: Vec<String>,
-    /// The agent named in the "assigned" webhook's event rule.
+    /// The agent named in the assigned webhook's event rule.
+    #[arg(long)]
     pub agent: Option<String>,
-    /// Print the URL key itself (from the environment or config) instead of its secret's name.
+    /// Print the URL key itself (read from the environment or the config's [secrets]).
+    #[arg(long)]
     pub show_key: bool,
+    #[arg(long, env = "HALOFLOW_CONFIG")]
     pub config: Option<PathBuf>,
 }
 
@@ -172,6 +179,15 @@ pub fn trigger_url(options: &TriggerUrlOptions, out: &mut dyn Write) -> Result<(
     Ok(())
 }
 
+/// `haloflow schema`: the editor-facing flow schema (schemas/flow.schema.json) for the
+/// registered steps.
+pub fn schema(out: &mut dyn Write) -> Result<(), CommandError> {
+    let schema = flow::editor_schema(&StepRegistry::with_builtins());
+    let text = serde_json::to_string_pretty(&schema).expect("the schema serializes");
+    writeln!(out, "{text}")?;
+    Ok(())
+}
+
 /// The templates `haloflow new` offers: name and description.
 pub const TEMPLATES: &[(&str, &str)] = &[
     (
@@ -193,10 +209,14 @@ pub const TEMPLATES: &[(&str, &str)] = &[
 ];
 
 /// Options of `haloflow new`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct NewOptions {
+    /// The flow's name; its id and file name are made from it.
     pub name: String,
+    /// halo-create, halo-update or halo-routing.
+    #[arg(long, default_value = "halo-create")]
     pub template: String,
+    #[arg(long, default_value = "flows")]
     pub dir: PathBuf,
 }
 

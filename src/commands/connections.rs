@@ -9,6 +9,13 @@ use crate::connections::Connections;
 use crate::outbound::Outbound;
 use crate::secrets::SecretStore;
 
+/// Options of `haloflow connections check`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectionsCheckOptions {
+    #[arg(long, env = "HALOFLOW_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+}
+
 /// Checks every Halo and ServiceNow connection; returns whether all passed.
 pub async fn connections_check(
     config: Option<&Path>,

@@ -20,13 +20,19 @@ use crate::flow::TriggerAuth;
 use crate::secrets::SecretStore;
 use crate::storage::SqliteStorage;
 
-#[derive(Debug, Clone)]
+/// Options of `haloflow demo`.
+#[derive(Debug, Clone, clap::Args)]
 pub struct DemoOptions {
+    #[arg(long, default_value = "flows")]
     pub flows: PathBuf,
+    #[arg(long, default_value = "examples")]
     pub examples: PathBuf,
+    #[arg(long = "data", value_name = "DATA", default_value = "data")]
     pub data_dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Exit after showing the runs instead of serving until Ctrl-C.
+    /// Exit after showing the runs.
+    #[arg(long)]
     pub once: bool,
 }
 

@@ -1,5 +1,6 @@
-//! The `haloflow` commands, as library functions that write to any output. `main.rs` parses
-//! arguments and calls these.
+//! The `haloflow` commands, as library functions that write to any output. Each command's
+//! options are a `clap::Args` struct that clap fills straight from the command line;
+//! [`Command`] names them all, and `main.rs` parses it and runs it.
 
 mod authoring;
 mod connections;
@@ -11,10 +12,15 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use authoring::{NewOptions, TEMPLATES, TriggerUrlOptions, new_flow, slug, trigger_url};
-pub use connections::connections_check;
+pub use authoring::{
+    NewOptions, TEMPLATES, TriggerUrlOptions, new_flow, schema, slug, trigger_url,
+};
+pub use connections::{ConnectionsCheckOptions, connections_check};
 pub use demo::{DemoOptions, demo};
-pub use history::{Store, requests_list, runs_list, runs_show};
+pub use history::{
+    RequestsListOptions, RunsListOptions, RunsShowOptions, Store, requests_list, runs_list,
+    runs_show,
+};
 
 use crate::config::Config;
 use crate::engine::{Engine, EngineError};
@@ -22,6 +28,99 @@ use crate::flow::{self, FlowValidator};
 use crate::step::StepRegistry;
 use crate::storage::{SqliteStorage, StorageError};
 use crate::trigger::TriggerQuery;
+
+/// The `haloflow` commands, each with its own options.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Start local Halo emulators and the server with the example flows, send the sample webhooks
+    /// and show the runs.
+    Demo(DemoOptions),
+    /// Check flow files and print every problem.
+    Validate(ValidateOptions),
+    /// Run one payload through a flow.
+    Run(RunOptions),
+    /// Serve trigger URLs and the API.
+    Serve(ServeOptions),
+    /// Print a flow's trigger URL and the Halo webhook settings to enter.
+    TriggerUrl(TriggerUrlOptions),
+    /// Write a new flow from a template into flows/.
+    New(NewOptions),
+    /// Print the editor-facing flow schema (schemas/flow.schema.json) for the registered steps.
+    Schema,
+    /// Sync back from ServiceNow on demand.
+    #[command(subcommand)]
+    Integrator(IntegratorCommand),
+    /// Check the connections of the config file.
+    #[command(subcommand)]
+    Connections(ConnectionsCommand),
+    /// Read the run history.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// Read the trigger requests received.
+    #[command(subcommand)]
+    Requests(RequestsCommand),
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum IntegratorCommand {
+    /// Scan for ServiceNow changes now and print what was synced to Halo.
+    Run(IntegratorRunOptions),
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ConnectionsCommand {
+    /// Prove every Halo and ServiceNow connection's credentials with a cheap authenticated
+    /// request; warn about settings that will fail later (a short OAuth token lifespan).
+    Check(ConnectionsCheckOptions),
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum RunsCommand {
+    /// Recent runs, newest first.
+    List(RunsListOptions),
+    /// Start a new run from a finished one, linked to it, and wait for it. Without a flag, a
+    /// failed run replays from its failed step, reusing the outputs of the steps before it.
+    Replay(ReplayOptions),
+    /// One run with its steps, inputs, outputs and requests.
+    Show(RunsShowOptions),
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum RequestsCommand {
+    /// Recent trigger requests, accepted and rejected.
+    List(RequestsListOptions),
+}
+
+impl Command {
+    /// Runs the command, writing what it shows to `out`. `Ok(false)`: it ran and found
+    /// problems (a flow that does not validate, a run that failed, a connection refused).
+    pub async fn run(self, out: &mut dyn Write) -> Result<bool, CommandError> {
+        let done = |()| true;
+        match self {
+            Command::Demo(options) => demo(&options, out).await.map(done),
+            Command::Validate(options) => validate_command(&options, out),
+            Command::Run(options) => run(&options, out).await,
+            Command::Serve(options) => serve(&options, out).await.map(done),
+            Command::TriggerUrl(options) => trigger_url(&options, out).map(done),
+            Command::New(options) => new_flow(&options, out).map(|_| true),
+            Command::Schema => schema(out).map(done),
+            Command::Integrator(IntegratorCommand::Run(options)) => {
+                integrator_run(&options, out).await
+            }
+            Command::Connections(ConnectionsCommand::Check(options)) => {
+                connections_check(options.config.as_deref(), out).await
+            }
+            Command::Runs(RunsCommand::List(options)) => runs_list(&options, out).await.map(done),
+            Command::Runs(RunsCommand::Replay(options)) => runs_replay(&options, out).await,
+            Command::Runs(RunsCommand::Show(o)) => {
+                runs_show(&o.store, &o.run_id, o.json, out).await.map(done)
+            }
+            Command::Requests(RequestsCommand::List(options)) => {
+                requests_list(&options, out).await.map(done)
+            }
+        }
+    }
+}
 
 /// A command that could not do its job. The text says what and how to fix it.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +160,56 @@ pub enum OutputFormat {
     Text { color: bool },
     /// One JSON document, for tools.
     Json,
+}
+
+/// The output format named on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FormatName {
+    Text,
+    Json,
+}
+
+impl FormatName {
+    /// Text is coloured on a terminal, unless `NO_COLOR` is set.
+    pub fn for_stdout(self) -> OutputFormat {
+        use std::io::IsTerminal;
+        match self {
+            FormatName::Json => OutputFormat::Json,
+            FormatName::Text => OutputFormat::Text {
+                color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+            },
+        }
+    }
+}
+
+/// Options of `haloflow validate`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ValidateOptions {
+    /// Flow files or directories.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Also check connections against this config file.
+    #[arg(long, env = "HALOFLOW_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// text (coloured on a terminal) or json.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: FormatName,
+    /// Validate again whenever a flow file changes.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+/// `haloflow validate [--watch]`: [`validate`] once, or again on every change with `watch`.
+pub fn validate_command(
+    options: &ValidateOptions,
+    out: &mut dyn Write,
+) -> Result<bool, CommandError> {
+    let format = options.format.for_stdout();
+    let config = options.config.as_deref();
+    if options.watch {
+        validate_watch(&options.paths, config, format, out)?;
+    }
+    validate(&options.paths, config, format, out)
 }
 
 /// `haloflow validate`: every problem of every flow, then a summary line per valid flow.
@@ -223,15 +372,22 @@ fn spawn_reloader(engine: Engine, flows: PathBuf, watch: bool) {
 }
 
 /// Options of `haloflow run`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct RunOptions {
     pub flow: PathBuf,
+    #[arg(long)]
     pub payload: PathBuf,
-    /// The trigger URL's query, e.g. `recipients=a,b`.
+    /// The trigger URL's query, e.g. "recipients=epearson,antares".
+    #[arg(long)]
     pub query: Option<String>,
+    /// Show rendered inputs and the exact requests without sending anything.
+    #[arg(long)]
     pub dry_run: bool,
+    #[arg(long, env = "HALOFLOW_CONFIG")]
     pub config: Option<PathBuf>,
+    #[arg(long = "data", value_name = "DATA", default_value = "data")]
     pub data_dir: PathBuf,
+    #[arg(long)]
     pub json: bool,
 }
 
@@ -357,14 +513,35 @@ fn engine_for(
 }
 
 /// Options of `haloflow runs replay`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct ReplayOptions {
     pub run_id: String,
-    pub from: crate::engine::ReplayFrom,
+    /// Run this step and those after it again; earlier outputs are reused.
+    #[arg(long, conflicts_with = "from_trigger")]
+    pub from_step: Option<String>,
+    /// Run every step again.
+    #[arg(long)]
+    pub from_trigger: bool,
+    #[arg(long, default_value = "flows")]
     pub flows: PathBuf,
+    #[command(flatten)]
     pub store: Store,
+    #[arg(long, env = "HALOFLOW_CONFIG")]
     pub config: Option<PathBuf>,
+    #[arg(long)]
     pub json: bool,
+}
+
+impl ReplayOptions {
+    /// Where the replay starts: the named step, the trigger, else the failed step.
+    pub fn from(&self) -> crate::engine::ReplayFrom {
+        use crate::engine::ReplayFrom;
+        match (&self.from_step, self.from_trigger) {
+            (Some(step), _) => ReplayFrom::Step(step.clone()),
+            (None, true) => ReplayFrom::Trigger,
+            (None, false) => ReplayFrom::Failure,
+        }
+    }
 }
 
 /// `haloflow runs replay`: starts the replay in this process and prints it when it ends.
@@ -381,7 +558,7 @@ pub async fn runs_replay(
         .storage(storage)
         .build()?;
     let run_id = engine
-        .replay(&options.run_id, options.from.clone())
+        .replay(&options.run_id, options.from())
         .await
         .map_err(|e| CommandError::Failed(e.to_string()))?;
     let detail = engine.wait_for_run(&run_id).await?;
@@ -397,16 +574,27 @@ pub async fn runs_replay(
     Ok(detail.summary.status == crate::storage::RunStatus::Succeeded)
 }
 
+/// Options of `haloflow integrator run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IntegratorRunOptions {
+    /// One connection, e.g. customers/12 (default: every enabled integrator).
+    #[arg(long)]
+    pub connection: Option<String>,
+    #[arg(long, env = "HALOFLOW_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: Store,
+}
+
 /// `haloflow integrator run`: one scan now of every enabled integrator (or of `connection`,
 /// e.g. `customers/12`, enabled or not); prints what it did. Returns whether all succeeded.
 pub async fn integrator_run(
-    config: Option<&Path>,
-    store: &Store,
-    connection: Option<&str>,
+    options: &IntegratorRunOptions,
     out: &mut dyn Write,
 ) -> Result<bool, CommandError> {
-    let config = require_config(config, "`integrator run`")?;
-    let storage = store.open().await?;
+    let connection = options.connection.as_deref();
+    let config = require_config(options.config.as_deref(), "`integrator run`")?;
+    let storage = options.store.open().await?;
     let engine = Engine::builder().config(config).storage(storage).build()?;
     let mut all_ok = true;
     let mut found = false;
@@ -481,20 +669,29 @@ pub async fn integrator_run(
 }
 
 /// Options of `haloflow serve`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct ServeOptions {
+    #[arg(long, default_value = "flows")]
     pub flows: PathBuf,
+    #[arg(long = "data", value_name = "DATA", default_value = "data")]
     pub data_dir: PathBuf,
+    #[arg(long, env = "HALOFLOW_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Overrides server.listen from the config.
+    #[arg(long)]
     pub listen: Option<std::net::SocketAddr>,
-    /// Reload flows when their files change (SIGHUP always reloads).
-    pub watch: bool,
-    /// A database URL (overrides `server.database_url`); default SQLite in `data_dir`.
-    pub database: Option<String>,
-    /// Overrides `server.node_id`.
-    pub node_id: Option<String>,
-    /// Overrides `server.admin_listen`.
+    /// Overrides server.admin_listen: where the API is served for this machine.
+    #[arg(long)]
     pub admin_listen: Option<std::net::SocketAddr>,
+    /// Reload flows when their files change (SIGHUP always reloads).
+    #[arg(long)]
+    pub watch: bool,
+    /// The database: sqlite://<file> or postgres://user@host/db (default: SQLite in --data).
+    #[arg(long, env = "HALOFLOW_DATABASE_URL")]
+    pub database: Option<String>,
+    /// This node's name in run claims (several nodes on one database need distinct names).
+    #[arg(long, env = "HALOFLOW_NODE_ID")]
+    pub node_id: Option<String>,
 }
 
 /// `haloflow serve`: serves trigger URLs and the API until Ctrl-C.
