@@ -109,12 +109,7 @@ pub async fn runs_list(options: &RunsListOptions, out: &mut dyn Write) -> Result
     let storage = open(&options.store).await?;
     let runs = storage.list_runs(&options.filter()).await?;
     if options.json {
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&runs).expect("runs serialize")
-        )?;
-        return Ok(());
+        return Ok(super::write_json(&runs, out)?);
     }
     if runs.is_empty() {
         writeln!(out, "no runs")?;
@@ -162,15 +157,7 @@ pub async fn runs_show(
             "no run with id `{run_id}`; `haloflow runs list` shows the recent ones"
         )));
     };
-    if json {
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&detail).expect("run serializes")
-        )?;
-    } else {
-        render::run(&detail, out)?;
-    }
+    super::show(&detail, json, out, render::run)?;
     Ok(())
 }
 
@@ -202,12 +189,7 @@ pub async fn requests_list(
     };
     let requests = open(&options.store).await?.list_requests(&filter).await?;
     if options.json {
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&requests).expect("requests serialize")
-        )?;
-        return Ok(());
+        return Ok(super::write_json(&requests, out)?);
     }
     if requests.is_empty() {
         writeln!(out, "no trigger requests")?;
