@@ -269,30 +269,7 @@ fn prepare_inputs(
     context: &Context,
     dry_run: bool,
 ) -> Result<Value, StepFailure> {
-    let inputs = flow
-        .templates
-        .render(&step.inputs, context.data(), context)
-        .map_err(|failure| {
-            let input = failure
-                .pointer
-                .split_once("/inputs")
-                .map(|(_, rest)| rest)
-                .unwrap_or(&failure.pointer);
-            let place = flow
-                .place(&failure.pointer)
-                .map(|p| format!("{p}: "))
-                .unwrap_or_default();
-            StepFailure {
-                code: "template_error",
-                message: format!(
-                    "{place}flow `{}`, step `{}`, input {}: {}",
-                    flow.id(),
-                    step.id,
-                    if input.is_empty() { "/" } else { input },
-                    failure.message
-                ),
-            }
-        })?;
+    let inputs = render_inputs(flow, step, context)?;
     let schema = if dry_run {
         &step.step.relaxed_schema
     } else {
@@ -307,26 +284,50 @@ fn prepare_inputs(
                 place = inputs_pointer(&step.inputs)
                     .and_then(|base| nearest_place(flow, &format!("{base}{at}")));
             }
-            format!(
-                "input {}: {}",
-                if at.is_empty() { "/" } else { &at },
-                e.masked()
-            )
+            let at = if at.is_empty() { "/" } else { &at };
+            format!("input {at}: {}", e.masked())
         })
         .collect();
-    if !errors.is_empty() {
-        return Err(StepFailure {
-            code: "invalid_input",
+    if errors.is_empty() {
+        return Ok(inputs);
+    }
+    Err(StepFailure {
+        code: "invalid_input",
+        message: format!(
+            "{}flow `{}`, step `{}`: {}. The rendered value does not fit the step's input; check what the template reads (`haloflow run --dry-run` shows it)",
+            place.map(|p| format!("{p}: ")).unwrap_or_default(),
+            flow.id(),
+            step.id,
+            errors.join("; ")
+        ),
+    })
+}
+
+/// Renders a step's input templates against the data so far.
+fn render_inputs(
+    flow: &ValidatedFlow,
+    step: &ValidatedStep,
+    context: &Context,
+) -> Result<Value, StepFailure> {
+    let rendered = flow.templates.render(&step.inputs, context.data(), context);
+    rendered.map_err(|failure| {
+        let input = (failure.pointer.split_once("/inputs"))
+            .map(|(_, rest)| rest)
+            .unwrap_or(&failure.pointer);
+        let place = (flow.place(&failure.pointer))
+            .map(|p| format!("{p}: "))
+            .unwrap_or_default();
+        StepFailure {
+            code: "template_error",
             message: format!(
-                "{}flow `{}`, step `{}`: {}. The rendered value does not fit the step's input; check what the template reads (`haloflow run --dry-run` shows it)",
-                place.map(|p| format!("{p}: ")).unwrap_or_default(),
+                "{place}flow `{}`, step `{}`, input {}: {}",
                 flow.id(),
                 step.id,
-                errors.join("; ")
+                if input.is_empty() { "/" } else { input },
+                failure.message
             ),
-        });
-    }
-    Ok(inputs)
+        }
+    })
 }
 
 /// The JSON pointer of a step's `inputs` object, from any compiled template in it.

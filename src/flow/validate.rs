@@ -327,34 +327,34 @@ impl<'a> FlowValidator<'a> {
                     ConnectionKind::Http => config.http.keys().collect(),
                 };
                 if !known.iter().any(|k| *k == name) {
-                    let table = kind.config_table();
                     let at = if named.is_some() {
                         format!("{pointer}/connection")
                     } else {
                         pointer.to_owned()
                     };
-                    let others = if known.is_empty() {
-                        "none is configured".to_owned()
-                    } else {
-                        format!(
-                            "configured: {}",
-                            known
-                                .iter()
-                                .map(|k| k.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )
-                    };
-                    problems.push(Problem::new(
-                        at,
-                        ProblemCode::UnknownConnection,
-                        format!("no {table} connection named `{name}` in the config file ({others})"),
-                        format!("add a [{table}.{name}] table to the config file or set \"connection\" to a configured one"),
-                    ));
+                    problems.push(unknown_connection(at, kind.config_table(), name, &known));
                 }
             }
         }
     }
+}
+
+/// A step names a connection the config file does not have.
+fn unknown_connection(at: String, table: &str, name: &str, known: &[&String]) -> Problem {
+    let others = if known.is_empty() {
+        "none is configured".to_owned()
+    } else {
+        let known: Vec<&str> = known.iter().map(|k| k.as_str()).collect();
+        format!("configured: {}", known.join(", "))
+    };
+    Problem::new(
+        at,
+        ProblemCode::UnknownConnection,
+        format!("no {table} connection named `{name}` in the config file ({others})"),
+        format!(
+            "add a [{table}.{name}] table to the config file or set \"connection\" to a configured one"
+        ),
+    )
 }
 
 /// Pairs the typed steps with their compiled checks, paths included.
@@ -395,7 +395,6 @@ pub(crate) fn for_each_step<'a>(steps: &'a [ValidatedStep], f: &mut dyn FnMut(&'
     }
 }
 
-/// The pointers of every template leaf in compiled inputs.
 /// The flow schema's problems, but for step inputs: they are checked against the registry,
 /// with better messages (and for steps an embedder registered, which the schema does not know).
 fn flow_schema_problems(value: &Value) -> Vec<Problem> {
@@ -421,6 +420,7 @@ fn template_positions(text: &str, steps: &[ValidatedStep]) -> HashMap<String, (u
     located.collect()
 }
 
+/// The pointers of every template leaf in compiled inputs.
 fn template_pointers(compiled: &CompiledValue) -> Vec<String> {
     match compiled {
         CompiledValue::Literal(_) => Vec::new(),
