@@ -27,8 +27,11 @@ pub struct TriggerUrlOptions {
     /// The agent named in the assigned webhook's event rule.
     #[arg(long)]
     pub agent: Option<String>,
-    /// Print the URL key itself (read from the environment or the config's [secrets]).
-    #[arg(long)]
+    /// Print the URL key itself (read from the environment or the config's `[secrets]`).
+    #[arg(
+        long,
+        help = "Print the URL key itself (read from the environment or the config's [secrets])"
+    )]
     pub show_key: bool,
     #[arg(long, env = "HALOFLOW_CONFIG")]
     pub config: Option<PathBuf>,

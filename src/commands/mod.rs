@@ -1,6 +1,6 @@
 //! The `haloflow` commands, as library functions that write to any output. Each command's
 //! options are a `clap::Args` struct that clap fills straight from the command line;
-//! [`Command`] names them all, and `main.rs` parses it and runs it.
+//! `Command` names them all, and `main.rs` parses it and runs it.
 
 mod authoring;
 mod connections;
@@ -698,8 +698,12 @@ pub struct ServeOptions {
     /// Reload flows when their files change (SIGHUP always reloads).
     #[arg(long)]
     pub watch: bool,
-    /// The database: sqlite://<file> or postgres://user@host/db (default: SQLite in --data).
-    #[arg(long, env = "HALOFLOW_DATABASE_URL")]
+    /// The database: `sqlite://<file>` or `postgres://user@host/db` (default: SQLite in --data).
+    #[arg(
+        long,
+        env = "HALOFLOW_DATABASE_URL",
+        help = "The database: sqlite://<file> or postgres://user@host/db (default: SQLite in --data)"
+    )]
     pub database: Option<String>,
     /// This node's name in run claims (several nodes on one database need distinct names).
     #[arg(long, env = "HALOFLOW_NODE_ID")]
