@@ -36,6 +36,7 @@ pub(super) enum RunEnd {
     LostClaim,
 }
 
+/// How one step of a served run ended.
 enum StepEnd {
     Succeeded(Value),
     Failed(String),

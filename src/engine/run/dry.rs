@@ -66,6 +66,7 @@ impl Engine {
             placeholder_steps: Vec::new(),
             steps: Vec::new(),
         };
+        // The loop stops at the first step that fails; that step's report says why.
         let _ = run_steps(flow, &mut data, &mut dry).await;
         DryRunReport {
             flow_id: flow.id().to_owned(),
