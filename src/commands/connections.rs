@@ -11,6 +11,13 @@ use crate::outbound::Outbound;
 use crate::secrets::SecretStore;
 use crate::servicenow::ServiceNowConnections;
 
+/// Options of `haloflow connections check`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectionsCheckOptions {
+    #[arg(long, env = "HALOFLOW_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+}
+
 /// Checks every Halo and ServiceNow connection; returns whether all passed.
 pub async fn connections_check(
     config: Option<&Path>,

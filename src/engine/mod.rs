@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 pub use builder::{EngineBuilder, EngineError};
-pub use metrics::{EngineMetrics, Histogram, LATENCY_BUCKETS, MetricsState};
+pub use metrics::{EngineMetrics, Exposition, Histogram, LATENCY_BUCKETS, MetricsState};
 pub use run::{DryRunReport, DryRunStep, RetryPolicy};
 
 use crate::config::{RetentionConfig, RetryConfig, ServerConfig};
