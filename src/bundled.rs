@@ -2,8 +2,8 @@
 //! both. An embedder picks integrations one by one instead with
 //! [`crate::engine::EngineBuilder::integration`] (e.g. Halo alone, or its own).
 
+use crate::engine::integration::Integrations;
 use crate::halo::Halo;
-use crate::integration::Integrations;
 use crate::servicenow::ServiceNow;
 
 /// Halo, then ServiceNow (which syncs back into Halo connections).

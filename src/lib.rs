@@ -47,10 +47,12 @@ pub mod commands;
 pub mod config;
 pub mod connections;
 pub mod engine;
+/// The interface through which an integration (Halo, ServiceNow, an embedder's) adds its
+/// config section, connections, steps, flows, routes and jobs; part of the engine.
+pub use engine::integration;
 pub mod flood;
 pub mod flow;
 pub mod halo;
-pub mod integration;
 pub mod json;
 pub mod outbound;
 pub mod prelude;

@@ -4,10 +4,10 @@ pub use async_trait::async_trait;
 
 pub use crate::config::{Config, Problems, Section};
 pub use crate::connections::{Connections, ConnectionsBuilder, HttpConnection};
+pub use crate::engine::integration::{Integration, Integrations};
 pub use crate::engine::{Accepted, Engine, EngineBuilder, EngineError};
 pub use crate::flow::{FlowValidator, Problem, ValidatedFlow};
 pub use crate::halo::{HALO, Halo, HaloConnection, HaloConnections};
-pub use crate::integration::{Integration, Integrations};
 pub use crate::outbound::{Field, OutboundRequest};
 pub use crate::secrets::SecretStore;
 pub use crate::server::router;

@@ -2,6 +2,7 @@
 //! running flows off the request path.
 
 mod builder;
+pub mod integration;
 mod metrics;
 mod run;
 
@@ -19,9 +20,9 @@ pub use run::{DryRunReport, DryRunStep, RetryPolicy};
 
 use crate::config::{RetentionConfig, RetryConfig, ServerConfig};
 use crate::connections::Connections;
+use crate::engine::integration::Integrations;
 use crate::flood::{self, Admission, FloodClock, FloodControl};
 use crate::flow::ValidatedFlow;
-use crate::integration::Integrations;
 use crate::storage::{
     NewRequest, NewRun, NewSuppressed, RunDetail, RunStatus, StepStatus, Storage, StorageError,
     format_ms, now_ms,
@@ -711,7 +712,7 @@ impl Engine {
     }
 
     /// Runs `job` now and then every `every`, while the engine lives and until it shuts
-    /// down: an integration's background job ([`crate::integration::Integration::start`]).
+    /// down: an integration's background job ([`crate::engine::integration::Integration::start`]).
     /// The job holds the engine only while it runs.
     pub fn spawn_every<F, Fut>(&self, every: Duration, job: F)
     where

@@ -8,7 +8,7 @@ use super::config::{self, HaloConfig};
 use super::steps::{AddAction, CreateTicket, GetTicket, UpdateTicket};
 use crate::config::{Config, Problems, Section};
 use crate::connections::{ConnectionKind, Connections, ConnectionsBuilder};
-use crate::integration::Integration;
+use crate::engine::integration::Integration;
 use crate::step::{Step, StepError};
 
 /// `[halo.<name>]`; steps without `"connection"` use `halo`.

@@ -17,9 +17,9 @@ use super::{ServiceNowConnection, Side, webhook};
 use crate::config::{Config, Problems, Section};
 use crate::connections::{ConnectionKind, Connections, ConnectionsBuilder};
 use crate::engine::Engine;
+use crate::engine::integration::Integration;
 use crate::flow::ValidatedFlow;
 use crate::halo::{HALO, HaloConfig};
-use crate::integration::Integration;
 use crate::step::{Step, StepError};
 use crate::storage::now_ms;
 

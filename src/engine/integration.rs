@@ -44,9 +44,9 @@ use std::sync::Arc;
 
 use axum::Router;
 
+use super::Engine;
 use crate::config::{Config, ConfigError, ConfigProblem, Problems};
 use crate::connections::{Connections, ConnectionsBuilder, MissingSecret, Needed};
-use crate::engine::Engine;
 use crate::flow::ValidatedFlow;
 use crate::secrets::SecretStore;
 use crate::step::{RegistryError, Step, StepRegistry};
