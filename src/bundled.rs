@@ -1,12 +1,16 @@
 //! The integrations this crate ships, for the `haloflow` binary and for an embedder who wants
-//! both. An embedder picks integrations one by one instead with
+//! every one its features turned on. An embedder picks integrations one by one instead with
 //! [`crate::engine::EngineBuilder::integration`] (e.g. Halo alone, or its own).
 
 use crate::engine::integration::Integrations;
-use crate::halo::Halo;
-use crate::servicenow::ServiceNow;
 
-/// Halo, then ServiceNow (which syncs back into Halo connections).
+/// Halo, then ServiceNow (which syncs back into Halo connections): those of the two whose
+/// features (`halo`, `servicenow`) are on.
 pub fn integrations() -> Integrations {
-    Integrations::new().with(Halo).with(ServiceNow)
+    let integrations = Integrations::new();
+    #[cfg(feature = "halo")]
+    let integrations = integrations.with(crate::halo::Halo);
+    #[cfg(feature = "servicenow")]
+    let integrations = integrations.with(crate::servicenow::ServiceNow);
+    integrations
 }

@@ -38,29 +38,22 @@
 //! through one interface ([`integration::Integration`]) that an embedder's integration
 //! implements the same way. An engine runs the integrations it is given.
 
-pub mod admission;
+// The core, module by module: `haloflow::engine` is `haloflow_core::engine`, and so on.
+pub use haloflow_core::{
+    admission, config, connections, engine, flood, flow, integration, json, outbound, secrets,
+    server, step, steps, storage, template, trigger,
+};
+
+/// The Halo integration (crate `haloflow-halo`; the `halo` feature).
+#[cfg(feature = "halo")]
+pub use haloflow_halo as halo;
+/// The ServiceNow integration (crate `haloflow-servicenow`; the `servicenow` feature).
+#[cfg(feature = "servicenow")]
+pub use haloflow_servicenow as servicenow;
+
 pub mod bundled;
 /// The `haloflow` binary's commands (an implementation detail of the CLI; the `cli` feature).
 #[cfg(feature = "cli")]
 #[doc(hidden)]
 pub mod commands;
-pub mod config;
-pub mod connections;
-pub mod engine;
-/// The interface through which an integration (Halo, ServiceNow, an embedder's) adds its
-/// config section, connections, steps, flows, routes and jobs; part of the engine.
-pub use engine::integration;
-pub mod flood;
-pub mod flow;
-pub mod halo;
-pub mod json;
-pub mod outbound;
 pub mod prelude;
-pub mod secrets;
-pub mod server;
-pub mod servicenow;
-pub mod step;
-pub mod steps;
-pub mod storage;
-pub mod template;
-pub mod trigger;

@@ -172,6 +172,8 @@ fn attempt_line(a: &AttemptRecord) -> String {
         AttemptOutcome::Succeeded => "succeeded",
         AttemptOutcome::Failed => "failed",
         AttemptOutcome::Adopted => "adopted what an earlier attempt created",
+        // The enum is non-exhaustive: an outcome added later reads as the end it is.
+        _ => "ended",
     };
     format!("attempt {}: {outcome}{wait}{error}", a.number)
 }

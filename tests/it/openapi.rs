@@ -12,9 +12,12 @@ fn openapi() -> Value {
 
 /// (METHOD, path) of every `.route(...)` in the router: the core's and the integrations'.
 fn routes() -> BTreeSet<(String, String)> {
-    let source = ["src/server/mod.rs", "src/servicenow/integration.rs"]
-        .map(|file| std::fs::read_to_string(file).unwrap())
-        .join("\n");
+    let source = [
+        "crates/core/src/server/mod.rs",
+        "crates/servicenow/src/integration.rs",
+    ]
+    .map(|file| std::fs::read_to_string(file).unwrap())
+    .join("\n");
     source
         .lines()
         .filter_map(|line| line.trim().strip_prefix(".route(\""))

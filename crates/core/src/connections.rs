@@ -16,7 +16,7 @@ use crate::secrets::{Secret, SecretStore};
 /// of this kind uses when it names none. Integrations define their own as constants:
 ///
 /// ```
-/// use haloflow::connections::ConnectionKind;
+/// use haloflow_core::connections::ConnectionKind;
 ///
 /// /// `[chat.<name>]`; steps without `"connection"` use `chat`.
 /// pub const CHAT: ConnectionKind = ConnectionKind::new("chat", "chat").with_default("chat");

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, Problems, Section, default_timeout_secs};
+use haloflow_core::config::{Config, Problems, Section, default_timeout_secs};
 
 /// The `[halo]` section: Halo connections by name; steps pick one with
 /// `"connection": "<name>"` (default `halo`).

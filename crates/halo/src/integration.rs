@@ -6,10 +6,10 @@ use std::sync::Arc;
 use super::HaloConnection;
 use super::config::{self, HaloConfig};
 use super::steps::{AddAction, CreateTicket, GetTicket, UpdateTicket};
-use crate::config::{Config, Problems, Section};
-use crate::connections::{ConnectionKind, Connections, ConnectionsBuilder};
-use crate::engine::integration::Integration;
-use crate::step::{Step, StepError};
+use haloflow_core::config::{Config, Problems, Section};
+use haloflow_core::connections::{ConnectionKind, Connections, ConnectionsBuilder};
+use haloflow_core::engine::integration::Integration;
+use haloflow_core::step::{Step, StepError};
 
 /// `[halo.<name>]`; steps without `"connection"` use `halo`.
 pub const HALO: ConnectionKind = ConnectionKind::new("halo", "Halo").with_default("halo");

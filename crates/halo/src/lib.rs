@@ -12,11 +12,11 @@ use reqwest::Method;
 use serde_json::{Map, Value, json};
 use tokio::sync::Mutex;
 
-pub use crate::json::id_of;
-use crate::outbound::{Field, Outbound, OutboundRequest, OutboundResponse};
-use crate::secrets::Secret;
-use crate::step::StepError;
 pub use config::{HaloConfig, HaloConnectionConfig, IdempotencyField};
+pub use haloflow_core::json::id_of;
+use haloflow_core::outbound::{Field, Outbound, OutboundRequest, OutboundResponse};
+use haloflow_core::secrets::Secret;
+use haloflow_core::step::StepError;
 pub use integration::{HALO, Halo, HaloConnections, build_connection};
 
 /// Refresh this long before the token's own expiry (dotMARC does the same; §1).
@@ -533,7 +533,10 @@ impl HaloConnection {
     fn token_request(&self) -> OutboundRequest {
         let mut url = self.config.token_url();
         if let Some(tenant) = &self.config.tenant {
-            url = format!("{url}?tenant={}", crate::outbound::encode_component(tenant));
+            url = format!(
+                "{url}?tenant={}",
+                haloflow_core::outbound::encode_component(tenant)
+            );
         }
         OutboundRequest::new(Method::POST, url)
             .header(Field::plain("Accept", "application/json"))

@@ -4,8 +4,8 @@
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
-use crate::halo::{CreatedTicketSearch, HALO, HaloConnection, id_of};
-use crate::step::{
+use crate::{CreatedTicketSearch, HALO, HaloConnection, id_of};
+use haloflow_core::step::{
     ConnectionKind, OutputSpec, Resend, Step, StepContext, StepError, is_placeholder,
 };
 
@@ -184,7 +184,7 @@ fn ticket_outputs(ticket: Value) -> Result<Value, StepError> {
         .get("id")
         .and_then(to_id)
         .ok_or_else(|| StepError::Response("Halo's answer has no ticket id".into()))?;
-    Ok(crate::json::object([
+    Ok(haloflow_core::json::object([
         ("ticket_id", Value::from(id)),
         ("ticket", ticket),
     ]))
@@ -254,7 +254,7 @@ impl Step for CreateTicket {
     }
 
     /// Reads the newest tickets (of the input's client) and takes the one carrying this step's
-    /// key exactly in the connection's idempotency field ([`crate::halo::HaloConnection::find_created_ticket`]).
+    /// key exactly in the connection's idempotency field ([`crate::HaloConnection::find_created_ticket`]).
     async fn find_previous(
         &self,
         ctx: &StepContext,
@@ -330,7 +330,10 @@ impl Step for UpdateTicket {
             .await?;
         // Halo answers the updated ticket; keep the id we asked for if it answers nothing.
         if ticket.get("id").is_none() {
-            return Ok(crate::json::object([("ticket_id", id), ("ticket", ticket)]));
+            return Ok(haloflow_core::json::object([
+                ("ticket_id", id),
+                ("ticket", ticket),
+            ]));
         }
         ticket_outputs(ticket)
     }
@@ -402,7 +405,7 @@ impl Step for GetTicket {
             .get("agent_id")
             .and_then(to_id)
             .is_some_and(|agent| agent > 0);
-        Ok(crate::json::object([
+        Ok(haloflow_core::json::object([
             ("ticket_id", id),
             ("ticket", ticket),
             ("agent_assigned", Value::Bool(agent_assigned)),
@@ -545,7 +548,7 @@ impl Step for AddAction {
             .await?;
         let since = ctx
             .first_attempt_at_ms()
-            .map(|ms| ms - crate::halo::CLOCK_SKEW_MS);
+            .map(|ms| ms - crate::CLOCK_SKEW_MS);
         let found = answer
             .get("actions")
             .and_then(Value::as_array)
@@ -589,7 +592,7 @@ fn same_action(action: &Value, inputs: &Value, since_ms: Option<i64>) -> bool {
 
 fn action_outputs(ticket_id: Value, action: Value) -> Value {
     let action_id = action.get("id").and_then(to_id);
-    crate::json::object([
+    haloflow_core::json::object([
         ("action_id", action_id.map_or(Value::Null, Value::from)),
         ("ticket_id", ticket_id),
         ("action", action),

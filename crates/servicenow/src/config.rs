@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::config::{Config, Problems, Section, default_timeout_secs, parse_interval};
+use haloflow_core::config::{Config, Problems, Section, default_timeout_secs, parse_interval};
 
 /// Every problem of the `[servicenow]` section, each at its key path.
 pub(super) fn check(config: &Config, problems: &mut Problems) {

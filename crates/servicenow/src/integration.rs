@@ -14,14 +14,14 @@ use super::integrator::{ScanReport, log_scan};
 use super::steps::{LOG_TO_SUPPLIER, SEND_TICKET, SyncNote};
 use super::sync::SyncBack;
 use super::{ServiceNowConnection, Side, webhook};
-use crate::config::{Config, Problems, Section};
-use crate::connections::{ConnectionKind, Connections, ConnectionsBuilder};
-use crate::engine::Engine;
-use crate::engine::integration::Integration;
-use crate::flow::ValidatedFlow;
-use crate::halo::{HALO, HaloConfig};
-use crate::step::{Step, StepError};
-use crate::storage::now_ms;
+use haloflow_core::config::{Config, Problems, Section};
+use haloflow_core::connections::{ConnectionKind, Connections, ConnectionsBuilder};
+use haloflow_core::engine::Engine;
+use haloflow_core::engine::integration::Integration;
+use haloflow_core::flow::ValidatedFlow;
+use haloflow_core::step::{Step, StepError};
+use haloflow_core::storage::now_ms;
+use haloflow_halo::{HALO, HaloConfig};
 
 /// `[servicenow.customers."<client id>"]`: picked by a ticket's client, never named by a step.
 pub const CUSTOMERS: ConnectionKind = ConnectionKind::new("servicenow.customers", "ServiceNow");
@@ -40,7 +40,7 @@ impl Side {
 }
 
 /// The ServiceNow integration: register it with `EngineBuilder::integration(ServiceNow)`,
-/// after [`crate::halo::Halo`], whose connections it syncs back into.
+/// after [`haloflow_halo::Halo`], whose connections it syncs back into.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ServiceNow;
 
@@ -77,7 +77,7 @@ impl Integration for ServiceNow {
                 // (the Halo integration builds the ones flows use).
                 let name = &settings.halo_connection;
                 if !build.needed().connection(HALO, name) {
-                    crate::halo::build_connection(build, &halo, name);
+                    haloflow_halo::build_connection(build, &halo, name);
                 }
             }
         }

@@ -18,8 +18,8 @@ use serde_json::Value;
 use super::ServiceNowConnection;
 use super::config::imported_table;
 use super::sync::{RecordOutcome, SyncAction, SyncBack};
-use crate::step::StepError;
-use crate::storage::{StorageError, now_ms};
+use haloflow_core::step::StepError;
+use haloflow_core::storage::{StorageError, now_ms};
 
 /// What one scan did.
 #[derive(Debug, Clone, Default, Serialize)]

@@ -24,12 +24,12 @@ use reqwest::Method;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use crate::outbound::{
+use haloflow_core::outbound::{
     Field, Outbound, OutboundBody, OutboundRequest, OutboundResponse, TransportError,
     encode_component,
 };
-use crate::secrets::Secret;
-use crate::step::StepError;
+use haloflow_core::secrets::Secret;
+use haloflow_core::step::StepError;
 
 /// Refresh this long before the token's own expiry (PySNC and Ansible do the same, §6.2).
 const EXPIRY_MARGIN: Duration = Duration::from_secs(60);

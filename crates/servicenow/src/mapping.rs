@@ -352,12 +352,12 @@ mod tests {
             services = [{ halo_service_id = 5, servicenow_service = "svc-email", custom_fields = [
                 { halo_field_id = 179, servicenow_field = "u_mailbox" }] }]
         "#;
-        let config = crate::engine::integration::Integrations::new()
-            .with(crate::servicenow::ServiceNow)
+        let config = haloflow_core::engine::integration::Integrations::new()
+            .with(crate::ServiceNow)
             .parse_config(text)
             .unwrap();
         config
-            .section::<crate::servicenow::ServiceNowConfig>()
+            .section::<crate::ServiceNowConfig>()
             .unwrap()
             .customers["12"]
             .clone()
@@ -436,8 +436,8 @@ mod tests {
         assert_eq!(back["priority_id"], 1);
         assert_eq!(parent_field("incident_task", "incident"), Some("incident"));
         assert_eq!(parent_field("sc_task", "incident"), None);
-        let both = crate::engine::integration::Integrations::new()
-            .with(crate::servicenow::ServiceNow)
+        let both = haloflow_core::engine::integration::Integrations::new()
+            .with(crate::ServiceNow)
             .parse_config(
             "[servicenow.customers.1]\ninstance_url = \"https://a.service-now.com\"\nauth = \"basic\"\nusername = \"u\"\npassword_secret_name = \"P\"\npriority = [{ halo = 1, servicenow = \"1\", impact = \"1\" }]",
         );

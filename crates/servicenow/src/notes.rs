@@ -9,8 +9,8 @@ use serde_json::Value;
 
 use super::config::JournalSource;
 use super::{ServiceNowConnection, digest};
-use crate::outbound::Outbound;
-use crate::step::StepError;
+use haloflow_core::outbound::Outbound;
+use haloflow_core::step::StepError;
 
 /// The journal fields synced, with the label their entries carry in display values.
 const ELEMENTS: &[(&str, &str)] = &[

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
-use crate::halo::{HALO, HaloConnection};
-use crate::servicenow::mapping::{self, RECORD_TYPES};
-use crate::servicenow::{ServiceNowConnection, ServiceNowConnections, Side, digest, notes};
-use crate::step::{ConnectionKind, OutputSpec, Resend, Step, StepContext, StepError};
-use crate::storage::{Link, LinkOrigin, now_ms};
+use crate::mapping::{self, RECORD_TYPES};
+use crate::{ServiceNowConnection, ServiceNowConnections, Side, digest, notes};
+use haloflow_core::step::{ConnectionKind, OutputSpec, Resend, Step, StepContext, StepError};
+use haloflow_core::storage::{Link, LinkOrigin, now_ms};
+use haloflow_halo::{HALO, HaloConnection};
 
 fn id_schema(description: &str) -> Value {
     json!({"type": ["integer", "string"], "pattern": "^[0-9]+(\\.0+)?$", "minimum": 0, "description": description})
@@ -740,7 +740,7 @@ impl SyncNote {
                                  "sys_id": link.sys_id, "table": link.table, "field": null})));
         }
         // A note that came from ServiceNow (sync back) is not sent back to it.
-        if text.starts_with(crate::servicenow::sync::FROM_SERVICENOW) {
+        if text.starts_with(crate::sync::FROM_SERVICENOW) {
             return Ok(Err(
                 json!({"skipped": true, "reason": "the note came from ServiceNow",
                                  "sys_id": link.sys_id, "table": link.table, "field": null}),

@@ -12,11 +12,11 @@ use serde_json::{Map, Value, json};
 use super::mapping;
 use super::notes::{self, JournalEntry};
 use super::{ServiceNowConnection, Side};
-use crate::connections::Connections;
-use crate::halo::HaloConnections;
-use crate::outbound::Outbound;
-use crate::step::StepError;
-use crate::storage::{Link, LinkOrigin, Storage, now_ms};
+use haloflow_core::connections::Connections;
+use haloflow_core::outbound::Outbound;
+use haloflow_core::step::StepError;
+use haloflow_core::storage::{Link, LinkOrigin, Storage, now_ms};
+use haloflow_halo::HaloConnections;
 
 /// What sync back did with one record.
 #[non_exhaustive]
@@ -395,7 +395,7 @@ impl SyncBack {
             .await
             .map_err(storage_error)?;
         if !first_try {
-            let search = crate::halo::CreatedTicketSearch {
+            let search = haloflow_halo::CreatedTicketSearch {
                 key: &key,
                 client_id: body.get("client_id").and_then(Value::as_i64),
                 since_ms: None,
@@ -507,6 +507,6 @@ fn ticket_body(
     body
 }
 
-fn storage_error(e: crate::storage::StorageError) -> StepError {
+fn storage_error(e: haloflow_core::storage::StorageError) -> StepError {
     StepError::storage("reading or writing the sync state", e)
 }

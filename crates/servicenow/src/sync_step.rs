@@ -12,9 +12,9 @@ use serde_json::{Map, Value, json};
 use super::notes::JournalEntry;
 use super::sync::{NamedRecord, SyncBack, SyncHttp};
 use super::{ServiceNowConnection, ServiceNowConnections, Side};
-use crate::connections::Connections;
-use crate::flow::{FlowValidator, ValidatedFlow};
-use crate::step::{OutputSpec, Resend, Step, StepContext, StepError, StepRegistry};
+use haloflow_core::connections::Connections;
+use haloflow_core::flow::{FlowValidator, ValidatedFlow};
+use haloflow_core::step::{OutputSpec, Resend, Step, StepContext, StepError, StepRegistry};
 
 /// The step's type name.
 pub const SYNC_RECORD: &str = "servicenow.sync_record";
@@ -188,8 +188,8 @@ impl Step for SyncRecord {
         let sn = connection(ctx, &inputs)?;
         let named = NamedRecord::from_input(&inputs["record"])?;
         let sync = SyncBack {
-            storage: ctx.storage.clone(),
-            connections: ctx.connections.clone(),
+            storage: ctx.storage().clone(),
+            connections: ctx.connections().clone(),
             http: SyncHttp::Run(ctx.http().clone()),
         };
         sync.sync_named(&sn, &named).await

@@ -23,13 +23,13 @@ use hmac::{KeyInit, Mac};
 use serde_json::Value;
 use subtle::ConstantTimeEq;
 
-use crate::engine::{AcceptError, Engine};
-use crate::secrets::SecretStore;
-use crate::server::{ApiError, ErrorCode, Rejected, Rejections, UNKNOWN, accepted_answer};
-use crate::servicenow::notes::JournalEntry;
-use crate::servicenow::sync::NamedRecord;
-use crate::servicenow::sync_step::{check_name, flow_id};
-use crate::servicenow::{ServiceNowConnections, Side, WebhookConfig};
+use crate::notes::JournalEntry;
+use crate::sync::NamedRecord;
+use crate::sync_step::{check_name, flow_id};
+use crate::{ServiceNowConnections, Side, WebhookConfig};
+use haloflow_core::engine::{AcceptError, Engine};
+use haloflow_core::secrets::SecretStore;
+use haloflow_core::server::{ApiError, ErrorCode, Rejected, Rejections, UNKNOWN, accepted_answer};
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
@@ -253,7 +253,7 @@ fn authenticate(
             .ok_or_else(|| format!("the webhook secret `{name}` is not set on this server"))?;
         let given = match &webhook.basic_username {
             Some(user) => header("authorization")
-                .and_then(crate::trigger::basic_credentials)
+                .and_then(haloflow_core::trigger::basic_credentials)
                 .and_then(|b| String::from_utf8(b).ok())
                 .and_then(|pair| {
                     pair.split_once(':')

@@ -10,7 +10,7 @@ use serde::de::{DeserializeOwned, IgnoredAny, MapAccess, Visitor};
 ///
 /// ```
 /// use std::collections::BTreeMap;
-/// use haloflow::config::{Config, Section};
+/// use haloflow_core::config::{Config, Section};
 ///
 /// #[derive(Default, serde::Deserialize)]
 /// struct Chat {

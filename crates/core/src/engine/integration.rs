@@ -10,7 +10,9 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use haloflow::prelude::*;
+//! use async_trait::async_trait;
+//! use haloflow_core::integration::{Integration, Integrations};
+//! use haloflow_core::step::{OutputSpec, Resend, Step, StepContext, StepError};
 //! use serde_json::{Value, json};
 //!
 //! struct Echo;

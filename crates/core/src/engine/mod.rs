@@ -281,8 +281,9 @@ impl Engine {
         &self.inner.storage
     }
 
-    /// Where named secrets are read (webhook secrets are checked against it).
-    pub(crate) fn secrets(&self) -> &crate::secrets::SecretStore {
+    /// Where named secrets are read: an integration's webhook checks its shared secret
+    /// against it.
+    pub fn secrets(&self) -> &crate::secrets::SecretStore {
         &self.inner.source.secrets
     }
 

@@ -52,12 +52,13 @@ pub enum Resend {
 
 /// One operation a flow can run. Object-safe: the registry holds `Arc<dyn Step>`.
 ///
-/// Implementations need `#[async_trait]` (re-exported by [`crate::prelude`]): `execute` and
+/// Implementations need `#[async_trait]` (re-exported by `haloflow::prelude`): `execute` and
 /// `find_previous` are async, and the attribute keeps the trait object-safe. Every step
 /// chooses its [`Resend`]:
 ///
 /// ```
-/// use haloflow::prelude::*;
+/// use async_trait::async_trait;
+/// use haloflow_core::step::{OutputSpec, Resend, Step, StepContext, StepError};
 /// use serde_json::{Value, json};
 ///
 /// struct Echo;
@@ -79,7 +80,8 @@ pub enum Resend {
 /// A step that leaves the choice out does not compile:
 ///
 /// ```compile_fail,E0046
-/// use haloflow::prelude::*;
+/// use async_trait::async_trait;
+/// use haloflow_core::step::{OutputSpec, Resend, Step, StepContext, StepError};
 /// use serde_json::{Value, json};
 ///
 /// struct Echo;
@@ -223,8 +225,14 @@ impl StepContext {
 
     /// Every configured connection, for a step that picks one from its data (an instance by
     /// the ticket's client, say) rather than by the step's `"connection"`.
-    pub fn connections(&self) -> &Connections {
+    pub fn connections(&self) -> &Arc<Connections> {
         &self.connections
+    }
+
+    /// The run's storage, for a step that keeps state of its own there (an integration's links
+    /// between a ticket and a record of another system, its sync claims).
+    pub fn storage(&self) -> &Arc<dyn crate::storage::Storage> {
+        &self.storage
     }
 
     /// The link of ticket `ticket_id` of this step's connection to a record of another
