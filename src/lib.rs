@@ -33,10 +33,13 @@
 //! Steps implement [`step::Step`] and are registered by type name in a [`step::StepRegistry`]
 //! (`examples/custom_step.rs`); the built-in steps are registered the same way.
 //!
-//! The core names no vendor: Halo ([`halo::Halo`]) and ServiceNow ([`servicenow::ServiceNow`])
-//! are integrations, each adding its config section, connections, steps, routes and jobs
-//! through one interface ([`integration::Integration`]) that an embedder's integration
-//! implements the same way. An engine runs the integrations it is given.
+//! The core (crate `haloflow-core`, re-exported here module by module) names no vendor: Halo
+//! ([`halo::Halo`], crate `haloflow-halo`, the `halo` feature) and ServiceNow
+//! ([`servicenow::ServiceNow`], crate `haloflow-servicenow`, the `servicenow` feature) are
+//! integrations, each adding its config section, connections, steps, routes and jobs through
+//! one interface ([`integration::Integration`]) that an embedder's integration implements the
+//! same way. An engine runs the integrations it is given. All features are on by default; an
+//! embedder takes `default-features = false` and the integrations it runs.
 
 // The core, module by module: `haloflow::engine` is `haloflow_core::engine`, and so on.
 pub use haloflow_core::{
