@@ -9,7 +9,7 @@ use haloflow::emulator::halo::{HaloEmulator, HaloEmulatorConfig};
 use haloflow::emulator::servicenow::{ServiceNowEmulator, ServiceNowEmulatorConfig};
 use haloflow::engine::Engine;
 use haloflow::secrets::SecretStore;
-use haloflow::storage::{LinkOrigin, RunDetail, RunStatus, SqliteStorage, Storage};
+use haloflow::storage::{LinkOrigin, LinkStore, RunDetail, RunStatus, RunStore, SqliteStorage};
 use serde_json::{Value, json};
 
 const HALO_SECRET: &str = "CS-halo-sn-8f2a";

@@ -10,7 +10,9 @@ use haloflow::emulator::halo::{HaloEmulator, HaloEmulatorConfig};
 use haloflow::emulator::servicenow::{ServiceNowEmulator, ServiceNowEmulatorConfig};
 use haloflow::engine::Engine;
 use haloflow::secrets::SecretStore;
-use haloflow::storage::{LinkOrigin, RequestFilter, SqliteStorage, Storage};
+use haloflow::storage::{
+    LeaseStore, LinkOrigin, LinkStore, RequestFilter, RunStore, SqliteStorage, SyncStore,
+};
 use hmac::{KeyInit, Mac};
 use serde_json::{Value, json};
 

@@ -16,7 +16,8 @@ use futures_core::future::BoxFuture;
 use sqlx::SqliteConnection;
 use tokio::sync::{mpsc, oneshot};
 
-use super::StorageError;
+use super::error::{BackendError, database};
+use super::{StorageError, WriteStats};
 
 /// The most writes committed in one transaction: bounds one batch's latency.
 const MAX_BATCH: usize = 512;
@@ -39,13 +40,6 @@ pub(super) struct GroupCommit {
 struct Counters {
     writes: AtomicU64,
     commits: AtomicU64,
-}
-
-/// Writes committed and the transactions they took, since start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WriteStats {
-    pub writes: u64,
-    pub commits: u64,
 }
 
 impl GroupCommit {
@@ -111,7 +105,7 @@ struct Ran {
 
 /// Sends a write's result, or the batch's commit error in its place.
 trait Answer: Send {
-    fn send(self: Box<Self>, commit: Result<(), &Arc<sqlx::Error>>);
+    fn send(self: Box<Self>, commit: Result<(), &BackendError>);
 }
 
 struct Write<T> {
@@ -126,7 +120,7 @@ struct Done<T> {
 }
 
 impl<T: Send + 'static> Answer for Done<T> {
-    fn send(self: Box<Self>, commit: Result<(), &Arc<sqlx::Error>>) {
+    fn send(self: Box<Self>, commit: Result<(), &BackendError>) {
         let result = match (self.result, commit) {
             (Err(e), _) => Err(e),
             (Ok(_), Err(e)) => Err(StorageError::Batch(e.clone())),
@@ -167,17 +161,24 @@ async fn run_in_savepoint<T>(
     conn: &mut SqliteConnection,
     work: Work<T>,
 ) -> Result<T, StorageError> {
-    sqlx::raw_sql("SAVEPOINT write").execute(&mut *conn).await?;
+    sqlx::raw_sql("SAVEPOINT write")
+        .execute(&mut *conn)
+        .await
+        .map_err(database)?;
     match work(&mut *conn).await {
         Ok(value) => {
-            sqlx::raw_sql("RELEASE write").execute(&mut *conn).await?;
+            sqlx::raw_sql("RELEASE write")
+                .execute(&mut *conn)
+                .await
+                .map_err(database)?;
             Ok(value)
         }
         Err(error) => {
             if !ends_transaction(&error) {
                 sqlx::raw_sql("ROLLBACK TO write; RELEASE write")
                     .execute(&mut *conn)
-                    .await?;
+                    .await
+                    .map_err(database)?;
             }
             Err(error)
         }
@@ -188,14 +189,17 @@ async fn run_in_savepoint<T>(
 /// other database error (I/O, full disk, busy) may have rolled it back.
 fn ends_transaction(error: &StorageError) -> bool {
     match error {
-        StorageError::Database(sqlx::Error::Database(e)) => !matches!(
-            e.kind(),
-            sqlx::error::ErrorKind::UniqueViolation
-                | sqlx::error::ErrorKind::ForeignKeyViolation
-                | sqlx::error::ErrorKind::NotNullViolation
-                | sqlx::error::ErrorKind::CheckViolation
-        ),
-        StorageError::Database(_) | StorageError::Batch(_) => true,
+        StorageError::Database(e) => match e.as_sqlx() {
+            Some(sqlx::Error::Database(e)) => !matches!(
+                e.kind(),
+                sqlx::error::ErrorKind::UniqueViolation
+                    | sqlx::error::ErrorKind::ForeignKeyViolation
+                    | sqlx::error::ErrorKind::NotNullViolation
+                    | sqlx::error::ErrorKind::CheckViolation
+            ),
+            _ => true,
+        },
+        StorageError::Batch(_) => true,
         _ => false,
     }
 }
@@ -238,7 +242,7 @@ async fn writer(
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         if let Err(e) = sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut conn).await {
             tracing::error!(error = %e, "Could not begin a database write; its writes failed.");
-            let error = Arc::new(e);
+            let error = BackendError::from_sqlx(e);
             for job in batch.drain(..) {
                 job.fail(StorageError::Batch(error.clone()));
             }
@@ -250,9 +254,10 @@ async fn writer(
             let ran = job.run(&mut conn).await;
             answers.push(ran.answer);
             if ran.fatal {
-                fatal = Some(Arc::new(sqlx::Error::Protocol(
-                    "a write in the same batch failed and the batch was rolled back".into(),
-                )));
+                fatal = Some(BackendError::new(
+                    "a write in the same batch failed and the batch was rolled back",
+                    true,
+                ));
                 break;
             }
         }
@@ -275,7 +280,7 @@ async fn writer(
                 Err(e) => {
                     tracing::error!(error = %e, "A database commit failed; its writes failed.");
                     let _ = sqlx::raw_sql("ROLLBACK").execute(&mut conn).await;
-                    Err(Arc::new(e))
+                    Err(BackendError::from_sqlx(e))
                 }
             },
         };
@@ -324,7 +329,7 @@ mod tests {
                     .bind(v)
                     .execute(conn)
                     .await
-                    .map_err(super::super::rows::conflict_or)?;
+                    .map_err(super::super::error::write_error)?;
                 Ok(())
             })
         })
@@ -339,7 +344,7 @@ mod tests {
                         .bind(key)
                         .execute(&mut *conn)
                         .await
-                        .map_err(super::super::rows::conflict_or)?;
+                        .map_err(super::super::error::write_error)?;
                 }
                 Ok(())
             })
