@@ -248,42 +248,13 @@ async fn writer(
             }
             continue;
         }
-        let mut fatal = None;
-        let mut jobs = batch.drain(..);
-        for job in jobs.by_ref() {
-            let ran = job.run(&mut conn).await;
-            answers.push(ran.answer);
-            if ran.fatal {
-                fatal = Some(BackendError::new(
-                    "a write in the same batch failed and the batch was rolled back",
-                    true,
-                ));
-                break;
-            }
+        let outcome = run_batch(&mut conn, &mut batch, &mut answers).await;
+        if outcome.is_ok() {
+            counters.commits.fetch_add(1, Ordering::Relaxed);
+            counters
+                .writes
+                .fetch_add(answers.len() as u64, Ordering::Relaxed);
         }
-        let outcome = match fatal {
-            Some(error) => {
-                let _ = sqlx::raw_sql("ROLLBACK").execute(&mut conn).await;
-                for job in jobs {
-                    job.fail(StorageError::Batch(error.clone()));
-                }
-                Err(error)
-            }
-            None => match sqlx::raw_sql("COMMIT").execute(&mut conn).await {
-                Ok(_) => {
-                    counters.commits.fetch_add(1, Ordering::Relaxed);
-                    counters
-                        .writes
-                        .fetch_add(answers.len() as u64, Ordering::Relaxed);
-                    Ok(())
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "A database commit failed; its writes failed.");
-                    let _ = sqlx::raw_sql("ROLLBACK").execute(&mut conn).await;
-                    Err(BackendError::from_sqlx(e))
-                }
-            },
-        };
         for answer in answers.drain(..) {
             answer.send(outcome.as_ref().map(|_| ()));
         }
@@ -295,6 +266,40 @@ async fn writer(
             {
                 tracing::warn!(error = %e, "A WAL checkpoint failed; the next one tries again.");
             }
+        }
+    }
+}
+
+/// Runs the writes of a begun batch, collecting how to answer them, and ends its transaction:
+/// committed, or rolled back when a write's error may have ended it (the writes after that
+/// one fail without running).
+async fn run_batch(
+    conn: &mut SqliteConnection,
+    batch: &mut Vec<Box<dyn Job>>,
+    answers: &mut Vec<Box<dyn Answer>>,
+) -> Result<(), BackendError> {
+    let mut jobs = batch.drain(..);
+    for job in jobs.by_ref() {
+        let ran = job.run(conn).await;
+        answers.push(ran.answer);
+        if ran.fatal {
+            let error = BackendError::new(
+                "a write in the same batch failed and the batch was rolled back",
+                true,
+            );
+            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+            for job in jobs {
+                job.fail(StorageError::Batch(error.clone()));
+            }
+            return Err(error);
+        }
+    }
+    match sqlx::raw_sql("COMMIT").execute(&mut *conn).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::error!(error = %e, "A database commit failed; its writes failed.");
+            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+            Err(BackendError::from_sqlx(e))
         }
     }
 }
