@@ -5,7 +5,6 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -18,7 +17,7 @@ use crate::emulator::servicenow::{ServiceNowEmulator, ServiceNowEmulatorConfig};
 use crate::engine::Engine;
 use crate::flow::TriggerAuth;
 use crate::secrets::SecretStore;
-use crate::storage::SqliteStorage;
+use crate::storage::StorageSettings;
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -157,7 +156,7 @@ pub async fn demo(options: &DemoOptions, out: &mut dyn Write) -> Result<(), Comm
             secrets.insert(name, random_secret());
         }
     }
-    let storage = Arc::new(SqliteStorage::open_dir(&options.data_dir).await?);
+    let storage = crate::storage::open(&StorageSettings::new(&options.data_dir, None)).await?;
     let mut builder = Engine::builder()
         .config(config.clone())
         .secrets(secrets.clone())
