@@ -15,9 +15,9 @@ pub use crate::step::{
     ConnectionKind, OutputSpec, PathRule, Resend, Step, StepContext, StepError, StepRegistry,
     is_placeholder,
 };
-pub use crate::storage::{
-    Link, LinkOrigin, RunDetail, RunStatus, SqliteStorage, Storage, StorageSettings,
-};
+#[cfg(feature = "sqlite")]
+pub use crate::storage::SqliteStorage;
+pub use crate::storage::{Link, LinkOrigin, RunDetail, RunStatus, Storage, StorageSettings};
 // The storage traits' methods, callable on a backend's own type too (e.g. `SqliteStorage`).
 pub use crate::storage::{
     Backend as _, FloodStore as _, LeaseStore as _, LinkStore as _, RunStore as _, SyncStore as _,

@@ -25,6 +25,9 @@ pub enum StorageError {
     Unsupported(&'static str),
     #[error("unsupported database URL `{0}`; use sqlite://<file> or postgres://user@host/db")]
     UnknownUrl(String),
+    /// The backend the settings name was left out of this build (its cargo feature is off).
+    #[error("this build has no {0} storage (the `{0}` feature is off)")]
+    NotBuilt(&'static str),
     /// The batch this write was committed in failed (a backend that groups commits); the
     /// write itself may have been fine, so it may succeed on a later try.
     #[error("database write failed: {0}")]
@@ -79,6 +82,7 @@ impl BackendError {
 
     /// The driver's error, for the backends' own decisions (e.g. whether it ended a
     /// transaction).
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     pub(super) fn as_sqlx(&self) -> Option<&sqlx::Error> {
         self.error.downcast_ref()
     }

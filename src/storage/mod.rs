@@ -14,9 +14,12 @@ mod shared;
 mod sql;
 mod stores;
 
+#[cfg(feature = "sqlite")]
 mod group_commit;
+#[cfg(feature = "sqlite")]
 mod sqlite;
 
+#[cfg(feature = "postgres")]
 mod postgres;
 
 use std::path::PathBuf;
@@ -24,6 +27,7 @@ use std::sync::Arc;
 
 pub use crate::config::Durability;
 pub use error::{BackendError, StorageError};
+#[cfg(feature = "postgres")]
 pub use postgres::PostgresStorage;
 pub use records::{
     AttemptOutcome, AttemptRecord, FloodRecord, Link, LinkOrigin, NewRequest, NewRun,
@@ -31,7 +35,8 @@ pub use records::{
     RunFinish, RunStatus, RunSummary, StepOutcome, StepRunRecord, StepStart, StepStatus,
     SyncFailure, WriteStats,
 };
-pub use sqlite::{DATABASE_FILE, SqliteStorage};
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteStorage;
 pub use stores::{Backend, FloodStore, LeaseStore, LinkStore, RunStore, Storage, SyncStore};
 
 /// Where the run history lives. [`open`] reads it; the CLI fills it from `--data`,
@@ -58,31 +63,60 @@ impl StorageSettings {
     }
 }
 
+/// SQLite's file in the data directory.
+pub const DATABASE_FILE: &str = "haloflow.db";
+
 /// Opens (creating if needed, and migrating) the storage `settings` name: the database URL's,
 /// else SQLite in the data directory.
 pub async fn open(settings: &StorageSettings) -> Result<Arc<dyn Storage>, StorageError> {
-    let Some(url) = settings.database_url.as_deref() else {
-        let dir = &settings.data_dir;
-        return Ok(Arc::new(
-            SqliteStorage::open_dir_with(dir, settings.durability).await?,
-        ));
-    };
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(PostgresStorage::connect(url).await?))
-    } else if url.starts_with("sqlite:") {
-        let durability = settings.durability;
-        Ok(Arc::new(
-            SqliteStorage::open_url_with(url, durability).await?,
-        ))
-    } else {
-        Err(StorageError::UnknownUrl(crate::outbound::redact_url(url)))
+    match settings.database_url.as_deref() {
+        None => open_sqlite(settings, None).await,
+        Some(url) if url.starts_with("sqlite:") => open_sqlite(settings, Some(url)).await,
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            open_postgres(url).await
+        }
+        Some(url) => Err(StorageError::UnknownUrl(crate::outbound::redact_url(url))),
     }
 }
 
 /// A private, empty database that lives as long as the returned storage (SQLite in memory):
 /// for dry runs and tests.
 pub async fn open_in_memory() -> Result<Arc<dyn Storage>, StorageError> {
-    Ok(Arc::new(SqliteStorage::in_memory().await?))
+    #[cfg(feature = "sqlite")]
+    return Ok(Arc::new(SqliteStorage::in_memory().await?));
+    #[cfg(not(feature = "sqlite"))]
+    return Err(StorageError::NotBuilt("sqlite"));
+}
+
+#[cfg(feature = "sqlite")]
+async fn open_sqlite(
+    settings: &StorageSettings,
+    url: Option<&str>,
+) -> Result<Arc<dyn Storage>, StorageError> {
+    let durability = settings.durability;
+    let storage = match url {
+        Some(url) => SqliteStorage::open_url_with(url, durability).await?,
+        None => SqliteStorage::open_dir_with(&settings.data_dir, durability).await?,
+    };
+    Ok(Arc::new(storage))
+}
+
+#[cfg(not(feature = "sqlite"))]
+async fn open_sqlite(
+    _settings: &StorageSettings,
+    _url: Option<&str>,
+) -> Result<Arc<dyn Storage>, StorageError> {
+    Err(StorageError::NotBuilt("sqlite"))
+}
+
+#[cfg(feature = "postgres")]
+async fn open_postgres(url: &str) -> Result<Arc<dyn Storage>, StorageError> {
+    Ok(Arc::new(PostgresStorage::connect(url).await?))
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn open_postgres(_url: &str) -> Result<Arc<dyn Storage>, StorageError> {
+    Err(StorageError::NotBuilt("postgres"))
 }
 
 /// Milliseconds since the Unix epoch, now.

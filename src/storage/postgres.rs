@@ -24,7 +24,7 @@ pub struct PostgresStorage {
 
 impl PostgresStorage {
     /// Connects to a `postgres://` URL and applies migrations (several nodes starting at once
-    /// is safe: sqlx takes an advisory lock while migrating).
+    /// is safe: migrating takes an advisory lock).
     pub async fn connect(url: &str) -> Result<Self, StorageError> {
         let pool = PgPoolOptions::new()
             .max_connections(16)

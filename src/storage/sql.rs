@@ -110,6 +110,7 @@ where
 
 /// A statement for a database that numbers its parameters: each `?` becomes `$1`, `$2`, … in
 /// order. A statement without `?` is returned as it is.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub(super) fn numbered(sql: &'static str) -> Cow<'static, str> {
     if !sql.contains('?') {
         return Cow::Borrowed(sql);

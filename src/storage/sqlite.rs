@@ -16,13 +16,10 @@ use super::error::{database, migration, write_error};
 use super::group_commit::{GroupCommit, Work};
 use super::rows::columns_for;
 use super::sql::{Arg, Dialect, Sql, Statement, arguments};
-use super::{Backend, FloodStore, StorageError, WriteStats};
+use super::{Backend, DATABASE_FILE, FloodStore, StorageError, WriteStats};
 use crate::config::Durability;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
-
-/// The file name inside the data directory.
-pub const DATABASE_FILE: &str = "haloflow.db";
 
 columns_for!(SqliteRow);
 
