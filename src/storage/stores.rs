@@ -18,7 +18,8 @@ use super::{
 use crate::admission::Admission;
 
 /// Everything the runtime keeps in its database. Implemented for every type that implements
-/// the focused traits; nothing to write for it.
+/// the focused traits (nothing to write for it): [`SqliteStorage`](super::SqliteStorage),
+/// [`PostgresStorage`](super::PostgresStorage), or a backend of your own.
 pub trait Storage:
     RunStore + LeaseStore + LinkStore + SyncStore + FloodStore + Backend + fmt::Debug + 'static
 {
