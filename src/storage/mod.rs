@@ -37,7 +37,9 @@ pub use records::{
 };
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStorage;
-pub use stores::{Backend, FloodStore, LeaseStore, LinkStore, RunStore, Storage, SyncStore};
+pub use stores::{
+    Backend, FloodStore, LeaseStore, LinkStore, RunStore, RunStoreExt, Storage, SyncStore,
+};
 
 /// Where the run history lives. [`open`] reads it; the CLI fills it from `--data`,
 /// `--database` (`HALOFLOW_DATABASE_URL`) and `[server]`.

@@ -100,8 +100,14 @@ pub trait RunStore: Send + Sync {
     async fn prune_finished(&self, before_ms: i64) -> Result<u64, StorageError>;
     /// Runs per flow and status.
     async fn run_counts(&self) -> Result<Vec<RunCount>, StorageError>;
+}
 
-    /// A run starts: [`RunStore::record_progress`] with only that.
+/// One part of a run's progress at a time: each method is [`RunStore::record_progress`] with
+/// only that part (the engine writes a step's end with the next step's start). For tests and
+/// tools; every [`RunStore`] has them.
+#[async_trait]
+pub trait RunStoreExt: RunStore {
+    /// A run starts: only that part.
     async fn start_run(&self, run_id: &str, at_ms: i64) -> Result<(), StorageError> {
         let progress = Progress {
             run_started_at_ms: Some(at_ms),
@@ -109,7 +115,7 @@ pub trait RunStore: Send + Sync {
         };
         self.record_progress(run_id, &progress).await
     }
-    /// A run ends: [`RunStore::record_progress`] with only that.
+    /// A run ends: only that part.
     async fn finish_run(
         &self,
         run_id: &str,
@@ -129,7 +135,7 @@ pub trait RunStore: Send + Sync {
         self.record_progress(run_id, &progress).await
     }
     /// Attempt `attempt` of a step is about to send (its intent, before any request leaves;
-    /// earlier attempts stay in the attempt log): [`RunStore::record_progress`] with only that.
+    /// earlier attempts stay in the attempt log): only that part.
     #[allow(clippy::too_many_arguments)]
     async fn start_step(
         &self,
@@ -155,7 +161,7 @@ pub trait RunStore: Send + Sync {
         };
         self.record_progress(run_id, &progress).await
     }
-    /// A step ends: [`RunStore::record_progress`] with only that.
+    /// A step ends: only that part.
     async fn finish_step(
         &self,
         run_id: &str,
@@ -169,6 +175,8 @@ pub trait RunStore: Send + Sync {
         self.record_progress(run_id, &progress).await
     }
 }
+
+impl<T: RunStore + ?Sized> RunStoreExt for T {}
 
 /// Who works on what, when several nodes share the database: claims on runs, and named leases
 /// for work one node at a time does. Each is atomic: two nodes never both get it.
