@@ -186,7 +186,7 @@ impl<B: Sql> RunStore for B {
         if statements.is_empty() {
             return Ok(());
         }
-        self.execute_atomic(statements).await.map(drop)
+        self.execute_all(statements).await
     }
 
     async fn record_attempt(

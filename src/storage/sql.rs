@@ -97,6 +97,7 @@ where
     bool: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
 {
     let mut out = DB::Arguments::default();
+    out.reserve(args.len(), 0);
     for arg in args {
         match arg {
             Arg::Text(value) => out.add(value),
@@ -162,6 +163,13 @@ pub(super) trait Sql: Send + Sync + 'static {
         &self,
         statements: Vec<Statement>,
     ) -> Result<Vec<Self::Row>, StorageError>;
+
+    /// Batchable writes in order, in one go. Unlike [`Sql::execute_atomic`], a backend may
+    /// leave the ones before a failed one done: for writes each of which stands alone (a
+    /// run's progress).
+    async fn execute_all(&self, statements: Vec<Statement>) -> Result<(), StorageError> {
+        self.execute_atomic(statements).await.map(drop)
+    }
 
     /// At most one row.
     async fn fetch_optional(

@@ -53,7 +53,7 @@ pub trait RunStore: Send + Sync {
     ) -> Result<(), StorageError>;
     /// Writes a rejected request (its 4xx answer and why).
     async fn record_rejected(&self, request: &NewRequest) -> Result<(), StorageError>;
-    /// Writes a run's progress (see [`Progress`]) at once: its parts take effect together.
+    /// Writes a run's progress (see [`Progress`]) in one write, its parts in order.
     async fn record_progress(
         &self,
         run_id: &str,
