@@ -117,3 +117,26 @@ pub(super) fn write_error(error: sqlx::Error) -> StorageError {
 pub(super) fn migration(error: sqlx::migrate::MigrateError) -> StorageError {
     StorageError::Migration(BackendError::new(error, false))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passing_failures_are_retryable_and_wrong_statements_are_not() {
+        let passing = [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::Io(std::io::ErrorKind::BrokenPipe.into()),
+        ];
+        for error in passing {
+            assert!(database(error).is_retryable());
+        }
+        assert!(!database(sqlx::Error::RowNotFound).is_retryable());
+        assert!(StorageError::Conflict.is_retryable());
+        assert!(StorageError::Batch(BackendError::new("the batch failed", false)).is_retryable());
+        assert!(!StorageError::Unsupported("x").is_retryable());
+        let own = StorageError::Database(BackendError::new("lost the connection", true));
+        assert!(own.is_retryable());
+        assert_eq!(own.to_string(), "database error: lost the connection");
+    }
+}

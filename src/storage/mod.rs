@@ -143,3 +143,30 @@ pub fn format_ms(ms: i64) -> String {
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default()
 }
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn open_picks_the_backend_from_the_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(&StorageSettings::new(dir.path(), None)).await.unwrap();
+        storage.ping().await.unwrap();
+        assert!(!storage.is_shared());
+        assert!(
+            dir.path().join(DATABASE_FILE).exists(),
+            "SQLite in the data directory"
+        );
+        let url = format!("sqlite://{}", dir.path().join("other.db").display());
+        open(&StorageSettings::new(dir.path(), Some(url)))
+            .await
+            .unwrap();
+        assert!(dir.path().join("other.db").exists());
+        let unknown = StorageSettings::new(dir.path(), Some("mysql://me:secret@db/x".into()));
+        match open(&unknown).await {
+            Err(StorageError::UnknownUrl(url)) => assert_eq!(url, "mysql://***@db/x"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
