@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use clap::Parser;
-use haloflow::emulator::halo::{HaloEmulator, HaloEmulatorConfig};
-use haloflow::emulator::servicenow::{ServiceNowEmulator, ServiceNowEmulatorConfig};
+use haloflow_emulators::halo::{HaloEmulator, HaloEmulatorConfig};
+use haloflow_emulators::servicenow::{ServiceNowEmulator, ServiceNowEmulatorConfig};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -1,17 +1,19 @@
-//! A step of your own: `cargo run --example custom_step`.
+//! A step of your own, in an integration of your own: `cargo run --example custom_step`.
 //!
 //! `chat.post_message` posts to a chat webhook (Slack- or Teams-style incoming webhooks take
 //! `{"text": ...}`). Its URL and credentials come from an `[http.<name>]` connection, so no
-//! secret is written in a flow. It is registered by type name like the built-in steps; flows
-//! then use it, and the validator checks its inputs against its schema. A self-contained
+//! secret is written in a flow. The `Chat` integration registers it, and a route of its own,
+//! through the same interface Halo and ServiceNow use ([`Integration`]); flows then use the
+//! step, and the validator checks its inputs against its schema. A self-contained
 //! demonstration: a local chat receiver, a flow that routes assigned and unassigned tickets to
-//! different channels, two webhooks, and the messages received. Exits when done.
+//! different channels, two webhooks, the messages received, and the integration's route.
+//! Exits when done.
 
 use std::sync::{Arc, Mutex};
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::routing::post;
+use axum::routing::{get, post};
 use haloflow::prelude::*;
 use serde_json::{Value, json};
 
@@ -50,7 +52,7 @@ impl Step for ChatMessage {
     }
 
     fn connection_kind(&self) -> Option<ConnectionKind> {
-        Some(ConnectionKind::Http)
+        Some(ConnectionKind::HTTP)
     }
 
     // A chat message cannot be looked up afterwards: after a lost answer, a person checks the
@@ -85,6 +87,31 @@ impl Step for ChatMessage {
     }
 }
 
+/// The chat integration: its step, and a route listing the connections it can post through.
+/// Halo and ServiceNow register their steps, routes, config sections, connections and jobs
+/// the same way; every method it does not need has a default.
+struct Chat;
+
+impl Integration for Chat {
+    fn name(&self) -> &'static str {
+        "chat"
+    }
+
+    fn steps(&self) -> Vec<Arc<dyn Step>> {
+        vec![Arc::new(ChatMessage)]
+    }
+
+    fn routes(&self) -> axum::Router<Engine> {
+        axum::Router::new().route(
+            "/chat/connections",
+            get(|State(engine): State<Engine>| async move {
+                let names: Vec<&str> = engine.connections().names(ConnectionKind::HTTP).collect();
+                Json(json!({ "connections": names }))
+            }),
+        )
+    }
+}
+
 type Inbox = Arc<Mutex<Vec<(String, Value)>>>;
 
 #[tokio::main]
@@ -108,10 +135,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let chat_url = format!("http://{}/hooks", listener.local_addr()?);
     tokio::spawn(async move { axum::serve(listener, chat).await });
 
-    // Register the step next to the built-ins.
-    let mut registry = StepRegistry::with_builtins();
-    registry.register(ChatMessage)?;
-    let config = Config::parse(&format!(
+    // The integrations this program runs: its own, and neither Halo nor ServiceNow. The
+    // registry holds the core's built-in steps and the integrations'.
+    let integrations = Integrations::new().with(Chat);
+    let registry = integrations.registry();
+    let config = integrations.parse_config(&format!(
         "[http.chat]\nbase_url = \"{chat_url}\"\nheader_name = \"X-Chat-Token\"\nheader_secret_name = \"CHAT_TOKEN\"\n"
     ))?;
 
@@ -155,6 +183,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })?;
     let engine = Engine::builder()
         .config(config)
+        .integrations(integrations)
         .secrets(SecretStore::from_values([("CHAT_TOKEN", "chat-token")]))
         .registry(registry)
         .flow(flow)
@@ -176,5 +205,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (channel, body) in inbox.lock().unwrap().iter() {
         println!("#{channel} received: {}", body["text"]);
     }
+
+    // The integration's route is served with the core's.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, router(engine)).await });
+    let answer = reqwest::get(format!("{base}/chat/connections"))
+        .await?
+        .text()
+        .await?;
+    println!("GET /chat/connections -> {answer}");
     Ok(())
 }

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use axum::routing::get;
-use haloflow::emulator::halo::{HaloEmulator, HaloEmulatorConfig};
 use haloflow::prelude::*;
+use haloflow_emulators::halo::{HaloEmulator, HaloEmulatorConfig};
 use serde_json::{Value, json};
 
 #[tokio::main]
@@ -23,8 +23,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let halo_server = halo.start().await?;
     halo.insert_ticket(json!({"id": 4242, "summary": "Disk space low"}));
 
-    // The engine: connections from config, secrets by name, one flow.
-    let config = Config::parse(&format!(
+    // The engine: the Halo integration alone, connections from config, secrets by name, one
+    // flow.
+    let integrations = Integrations::new().with(Halo);
+    let config = integrations.parse_config(&format!(
         "[halo.halo]\nbase_url = \"{}\"\nclient_id = \"embed-app\"\nclient_secret_name = \"HALO_CLIENT_SECRET\"\n",
         halo_server.base_url()
     ))?;
@@ -42,7 +44,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                        "note": "Seen by the host application; notify {{join trigger.recipients \", \"}}"}
         }]
     });
-    let registry = StepRegistry::with_builtins();
+    let registry = integrations.registry();
     let flow = FlowValidator::new(&registry)
         .with_config(&config)
         .validate_str(&flow.to_string(), None)
@@ -55,13 +57,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })?;
     let engine = Engine::builder()
         .config(config)
+        .integrations(integrations)
         .secrets(secrets)
         .registry(registry)
         .flow(flow)
         .storage(Arc::new(SqliteStorage::in_memory().await?))
         .build()?;
     // Before taking requests: flood control rebuilt, unfinished runs continued, takeover and
-    // integrators running in the background.
+    // the integrations' jobs running in the background.
     engine.start().await?;
 
     // The host application: its own routes, haloflow under /automation.

@@ -1,25 +1,26 @@
-//! The `haloflow.toml` configuration file: server settings, connections to Halo instances and
-//! optional secret values. Connections live here, never in flow files, so one flow can run
-//! against a test and a production Halo unchanged.
+//! The `haloflow.toml` configuration file: the core's sections (server settings, HTTP
+//! connections, secret values, retries, retention) and, kept as written, the sections of
+//! integrations (`[halo.*]`, `[servicenow]`), which each integration reads into its own types
+//! ([`Section`]). Connections live here, never in flow files, so one flow can run against a
+//! test and a production system unchanged.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
 mod check;
-pub use check::{ConfigProblem, parse_interval};
+mod section;
+pub use check::{ConfigProblem, Problems, parse_interval};
+pub use section::Section;
 
 /// The whole configuration file.
 #[derive(Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
     pub server: ServerConfig,
-    /// Halo connections by name; steps pick one with `"connection": "<name>"`.
-    #[serde(default)]
-    pub halo: BTreeMap<String, HaloConnectionConfig>,
     /// Connections of the generic `http.request` step, by name.
     #[serde(default)]
     pub http: BTreeMap<String, HttpConnectionConfig>,
@@ -32,393 +33,21 @@ pub struct Config {
     /// How long finished runs are kept.
     #[serde(default)]
     pub retention: RetentionConfig,
-    /// ServiceNow instances of customers and suppliers.
-    #[serde(default)]
-    pub servicenow: ServiceNowConfig,
+    /// Every other top-level table, as written: the integrations' sections, read with
+    /// [`Config::section`]. A table no integration claims is reported as unknown.
+    #[serde(skip)]
+    sections: BTreeMap<String, toml::Value>,
+    /// The text the config was parsed from, so that a section's type errors can say where.
+    #[serde(skip)]
+    source: Option<Arc<str>>,
 }
 
-/// `[servicenow]`: global switches, and one connection per Halo customer (keyed by the Halo
-/// client id) and per supplier (keyed by the Halo supplier id).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceNowConfig {
-    /// Send public Halo attachments with the record (a connection can override).
-    #[serde(default)]
-    pub sync_attachments: bool,
-    /// Appended to every note haloflow writes, so the sync back can tell our notes from the
-    /// instance's own.
-    #[serde(default = "default_note_marker")]
-    pub note_marker: String,
-    #[serde(default)]
-    pub customers: BTreeMap<String, ServiceNowConnectionConfig>,
-    #[serde(default)]
-    pub suppliers: BTreeMap<String, ServiceNowConnectionConfig>,
-}
+/// The top-level tables the core reads itself.
+pub const CORE_SECTIONS: [&str; 5] = ["server", "http", "secrets", "retry", "retention"];
 
-impl Default for ServiceNowConfig {
-    fn default() -> Self {
-        ServiceNowConfig {
-            sync_attachments: false,
-            note_marker: default_note_marker(),
-            customers: BTreeMap::new(),
-            suppliers: BTreeMap::new(),
-        }
-    }
-}
-
-fn default_note_marker() -> String {
-    "Sent from Halo by haloflow".to_owned()
-}
-
-/// How a connection authenticates (`../shared/reference/servicenow-api.md` §6).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ServiceNowAuthKind {
-    Basic,
-    /// OAuth 2.0 client credentials against `/oauth_token.do`.
-    Oauth,
-}
-
-/// One customer's or supplier's ServiceNow instance, its mappings and switches.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceNowConnectionConfig {
-    /// A label for listings (the customer's or supplier's name).
-    #[serde(default)]
-    pub name: Option<String>,
-    /// e.g. `https://acme.service-now.com`.
-    pub instance_url: String,
-    pub auth: ServiceNowAuthKind,
-    /// Basic: the integration user and the secret holding its password.
-    #[serde(default)]
-    pub username: Option<String>,
-    #[serde(default)]
-    pub password_secret_name: Option<String>,
-    /// OAuth: the application registry's client id and the secret holding its secret.
-    #[serde(default)]
-    pub client_id: Option<String>,
-    #[serde(default)]
-    pub client_secret_name: Option<String>,
-    #[serde(default = "default_timeout_secs")]
-    pub timeout_secs: u64,
-    /// The caller (sys_user sys_id) when the ticket's end user matches no ServiceNow user.
-    #[serde(default)]
-    pub default_caller: Option<String>,
-    /// The group (sys_user_group sys_id) when the ticket's team matches no mapping.
-    #[serde(default)]
-    pub default_assignment_group: Option<String>,
-    /// Overrides `[servicenow] sync_attachments` for this connection.
-    #[serde(default)]
-    pub sync_attachments: Option<bool>,
-    /// Send a problem's child tickets with it.
-    #[serde(default)]
-    pub sync_child_tickets: bool,
-    /// The record types the integrator imports from this instance.
-    #[serde(default = "default_imported_types")]
-    pub imported_types: Vec<String>,
-    /// The record type (table) per Halo ticket type id, e.g. `{ "3" = "sc_task" }`.
-    #[serde(default)]
-    pub record_types: BTreeMap<String, String>,
-    /// Halo status id ↔ ServiceNow state.
-    #[serde(default)]
-    pub status: Vec<ValueMapping>,
-    /// Halo category (category_1) → ServiceNow category and subcategory; incidents only.
-    #[serde(default)]
-    pub category: Vec<CategoryMapping>,
-    /// Halo priority → impact and urgency (the instance calculates priority from them), or
-    /// → priority itself (`servicenow`), which the instance may recalculate.
-    #[serde(default)]
-    pub priority: Vec<PriorityMapping>,
-    #[serde(default)]
-    pub impact: Vec<ValueMapping>,
-    #[serde(default)]
-    pub urgency: Vec<ValueMapping>,
-    /// Halo team name → assignment group sys_id.
-    #[serde(default)]
-    pub assignment_group: Vec<ValueMapping>,
-    #[serde(default)]
-    pub custom_fields: Vec<CustomFieldMapping>,
-    /// Halo service id → ServiceNow service, for service requests.
-    #[serde(default)]
-    pub services: Vec<ServiceMapping>,
-    /// The Halo connection tickets synced back from this instance live in.
-    #[serde(default = "default_halo_connection")]
-    pub halo_connection: String,
-    /// The outcome of Halo actions made from ServiceNow notes.
-    #[serde(default = "default_note_outcome")]
-    pub note_outcome: String,
-    /// The instance user haloflow writes as (Basic: `username`; OAuth: the application
-    /// registry's OAuth Application User, whose `user_name` ServiceNow stamps on every write
-    /// made with the token, reference §6.2); with the note marker it tells haloflow's own
-    /// notes from the instance's when syncing back. Required for OAuth with sync back.
-    #[serde(default)]
-    pub integration_user: Option<String>,
-    /// Where sync back reads work notes and comments: `display_values` (the default; the
-    /// record's own fields, readable with `itil`) or `sys_journal_field` (needs the
-    /// `audit_viewer` role; without it the instance answers no rows).
-    #[serde(default)]
-    pub journal: JournalSource,
-    /// The ServiceNow webhook into haloflow (`POST /servicenow/<customers|suppliers>/<id>/webhook`).
-    #[serde(default)]
-    pub webhook: Option<WebhookConfig>,
-    /// The scheduled poll for changes (the integrator).
-    #[serde(default)]
-    pub integrator: IntegratorConfig,
-}
-
-fn default_note_outcome() -> String {
-    "Note".to_owned()
-}
-
-fn default_halo_connection() -> String {
-    "halo".to_owned()
-}
-
-/// Where a connection reads journal entries (reference §4.2).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JournalSource {
-    /// `sysparm_display_value=all` on `work_notes` and `comments` (Option B).
-    #[default]
-    DisplayValues,
-    /// `sys_journal_field` rows (Option A; the `audit_viewer` role).
-    SysJournalField,
-}
-
-impl JournalSource {
-    /// What `connections check` reports.
-    pub fn describe(self) -> &'static str {
-        match self {
-            JournalSource::DisplayValues => {
-                "notes are read from the display values of work_notes and comments (no audit_viewer needed)"
-            }
-            JournalSource::SysJournalField => {
-                "notes are read from sys_journal_field (needs the audit_viewer role)"
-            }
-        }
-    }
-}
-
-/// How ServiceNow's webhook authenticates and what its body looks like; what a new record
-/// becomes in Halo.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookConfig {
-    /// A shared secret sent in `header` (or as the Basic password with `basic_username`).
-    #[serde(default)]
-    pub secret_name: Option<String>,
-    #[serde(default = "default_webhook_header")]
-    pub header: String,
-    #[serde(default)]
-    pub basic_username: Option<String>,
-    /// Also require an HMAC-SHA256 of the raw body, base64, in `hmac_header` (as
-    /// GlideCertificateEncryption.generateMac produces it; the key is the secret's bytes).
-    #[serde(default)]
-    pub hmac_secret_name: Option<String>,
-    #[serde(default = "default_hmac_header")]
-    pub hmac_header: String,
-    /// Where the body carries the record: `table` + `sys_id`, or `number`.
-    #[serde(default = "default_table_field")]
-    pub table_field: String,
-    #[serde(default = "default_sys_id_field")]
-    pub sys_id_field: String,
-    #[serde(default = "default_number_field")]
-    pub number_field: String,
-    /// New tickets from this customer's records (suppliers never create tickets).
-    #[serde(default)]
-    pub ticket_type_id: Option<i64>,
-    #[serde(default)]
-    pub user_id: Option<i64>,
-    /// The user's site: Halo requires a site whenever a user is set.
-    #[serde(default)]
-    pub site_id: Option<i64>,
-    /// The team new tickets go to (Halo's "Webhook Team").
-    #[serde(default)]
-    pub team: Option<String>,
-}
-
-fn default_webhook_header() -> String {
-    "X-Haloflow-Secret".to_owned()
-}
-
-fn default_hmac_header() -> String {
-    "X-Haloflow-Signature".to_owned()
-}
-
-fn default_table_field() -> String {
-    "table".to_owned()
-}
-
-fn default_sys_id_field() -> String {
-    "sys_id".to_owned()
-}
-
-fn default_number_field() -> String {
-    "number".to_owned()
-}
-
-/// `[servicenow.customers."12".integrator]`: a scan of the imported types on a schedule.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IntegratorConfig {
-    #[serde(default)]
-    pub enabled: bool,
-    /// How often: `15m`, `6h`, `1d` (daily by default, as Halo's integrator).
-    #[serde(default = "default_every")]
-    pub every: String,
-    #[serde(default = "default_page_size")]
-    pub page_size: u32,
-    /// Per table, an encoded query a record without a link must match to become a Halo
-    /// ticket (linked records always sync). The instance ignores a misspelt field in it
-    /// instead of failing (reference §1.2).
-    #[serde(default)]
-    pub filter: BTreeMap<String, String>,
-    /// False (the default): only records created since the integrator started become
-    /// tickets. True: older ones too, when a `filter` selects them.
-    #[serde(default)]
-    pub create_existing: bool,
-    /// A record whose sync fails in this many scans is recorded and skipped until it changes,
-    /// so it does not stop every scan.
-    #[serde(default = "default_max_attempts")]
-    pub max_attempts: u32,
-}
-
-impl Default for IntegratorConfig {
-    fn default() -> Self {
-        IntegratorConfig {
-            enabled: false,
-            every: default_every(),
-            page_size: default_page_size(),
-            filter: BTreeMap::new(),
-            create_existing: false,
-            max_attempts: default_max_attempts(),
-        }
-    }
-}
-
-fn default_max_attempts() -> u32 {
-    5
-}
-
-fn default_every() -> String {
-    "1d".to_owned()
-}
-
-fn default_page_size() -> u32 {
-    100
-}
-
-impl IntegratorConfig {
-    /// Problems with the creation filter, as (key, message): `^NQ` would escape the record the
-    /// filter is tested on, and creating old records needs a filter for every imported table.
-    fn filter_problems(&self, tables: &[String]) -> Vec<(String, String)> {
-        let mut found: Vec<(String, String)> = (self.filter.iter())
-            .filter(|(_, q)| q.contains("^NQ"))
-            .map(|(table, _)| {
-                (
-                    format!("integrator.filter.{table}"),
-                    "^NQ is not supported; write one clause (^ and ^OR)".to_owned(),
-                )
-            })
-            .collect();
-        if self.create_existing
-            && let Some(table) = tables.iter().find(|t| !self.filter.contains_key(*t))
-        {
-            found.push((
-                format!("integrator.filter.{table}"),
-                format!("is missing; integrator.create_existing = true needs it: without one every unlinked {table} in the instance would become a Halo ticket"),
-            ));
-        }
-        found
-    }
-
-    /// The interval: a number with `s`, `m`, `h` or `d` (checked by [`Config::problems`]).
-    pub fn interval(&self) -> Result<std::time::Duration, String> {
-        parse_interval(&self.every).map_err(|e| format!("integrator.every: {e}"))
-    }
-}
-
-/// The table an imported type is read from (`task` means catalog tasks).
-pub fn imported_table(imported: &str) -> &str {
-    match imported {
-        "task" => "sc_task",
-        other => other,
-    }
-}
-
-fn default_imported_types() -> Vec<String> {
-    vec!["incident".to_owned()]
-}
-
-/// One value of Halo paired with one of ServiceNow, optionally for one record type only:
-/// `table = "incident"`, `"task"` (every table but incident) or an exact table name.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ValueMapping {
-    pub halo: toml::Value,
-    pub servicenow: String,
-    #[serde(default)]
-    pub table: Option<String>,
-}
-
-/// A Halo priority as ServiceNow's impact and urgency (reference §2.2: "Map Halo priority to
-/// impact plus urgency, not to priority"), or as a priority named explicitly.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PriorityMapping {
-    pub halo: toml::Value,
-    #[serde(default)]
-    pub servicenow: Option<String>,
-    #[serde(default)]
-    pub impact: Option<String>,
-    #[serde(default)]
-    pub urgency: Option<String>,
-    #[serde(default)]
-    pub table: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CategoryMapping {
-    pub halo: String,
-    pub category: String,
-    #[serde(default)]
-    pub subcategory: Option<String>,
-    #[serde(default)]
-    pub table: Option<String>,
-}
-
-/// A Halo custom field written to a ServiceNow field; `values` maps the options of a
-/// single-select field (unmapped values are sent as they are).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CustomFieldMapping {
-    pub halo_field_id: i64,
-    pub servicenow_field: String,
-    #[serde(default)]
-    pub values: BTreeMap<String, String>,
-    #[serde(default)]
-    pub table: Option<String>,
-}
-
-/// A Halo service (the ticket's `service_id`) sent as `business_service`, with fields of its own.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceMapping {
-    pub halo_service_id: i64,
-    pub servicenow_service: String,
-    #[serde(default)]
-    pub custom_fields: Vec<CustomFieldMapping>,
-}
-
-impl ServiceNowConnectionConfig {
-    /// The secret name this connection needs.
-    pub fn secret_name(&self) -> Option<&str> {
-        match self.auth {
-            ServiceNowAuthKind::Basic => self.password_secret_name.as_deref(),
-            ServiceNowAuthKind::Oauth => self.client_secret_name.as_deref(),
-        }
-    }
+/// The per-request timeout of a connection that sets none (seconds).
+pub fn default_timeout_secs() -> u64 {
+    30
 }
 
 /// Shows secret names, never their values.
@@ -428,12 +57,11 @@ impl std::fmt::Debug for Config {
         secret_names.sort();
         f.debug_struct("Config")
             .field("server", &self.server)
-            .field("halo", &self.halo)
             .field("http", &self.http)
             .field("secrets", &secret_names)
             .field("retry", &self.retry)
             .field("retention", &self.retention)
-            .field("servicenow", &self.servicenow)
+            .field("sections", &self.sections)
             .finish()
     }
 }
@@ -712,125 +340,6 @@ fn default_max_body_bytes() -> usize {
     1024 * 1024
 }
 
-/// One Halo instance reached with OAuth client credentials
-/// (`../shared/reference/halo-api.md` §1).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HaloConnectionConfig {
-    /// The instance, e.g. `https://acme.haloitsm.com`; the API is under `{base_url}/api`.
-    pub base_url: String,
-    /// The authorisation server; defaults to `{base_url}/auth`. Tokens come from `{auth_url}/token`.
-    #[serde(default)]
-    pub auth_url: Option<String>,
-    /// Tenant, sent as `?tenant=` on the token request for Halo-hosted instances.
-    #[serde(default)]
-    pub tenant: Option<String>,
-    pub client_id: String,
-    /// Name of the secret (environment variable or `[secrets]` entry) holding the client secret.
-    pub client_secret_name: String,
-    #[serde(default = "default_scope")]
-    pub scope: String,
-    /// Per-request timeout in seconds.
-    #[serde(default = "default_timeout_secs")]
-    pub timeout_secs: u64,
-    /// Halo's rate limit counts requests per tenant over a rolling window (300 to 700 per 5
-    /// minutes depending on the plan, halo-api.md §6). Requests are paced to stay under it, so
-    /// a burst of runs waits instead of collecting 429s; leave a margin below the tenant's
-    /// limit, since Halo counts arrivals, not sends. 0 turns pacing off.
-    #[serde(default = "default_rate_limit_requests")]
-    pub rate_limit_requests: u32,
-    #[serde(default = "default_rate_limit_window_secs")]
-    pub rate_limit_window_secs: u64,
-    /// Where Create Ticket writes its idempotency key so a create whose answer was lost is
-    /// found instead of sent twice: `third_party_id_string` (a string in Halo's schema),
-    /// `customfield:<id>` (a text custom field), or `none`.
-    #[serde(default = "default_idempotency_field")]
-    pub idempotency_field: String,
-}
-
-/// Under the lowest limit seen (300 per 5 minutes), with a margin for requests in flight.
-fn default_rate_limit_requests() -> u32 {
-    280
-}
-
-fn default_rate_limit_window_secs() -> u64 {
-    300
-}
-
-fn default_idempotency_field() -> String {
-    "third_party_id_string".to_owned()
-}
-
-/// Where a Halo create carries its idempotency key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IdempotencyField {
-    /// `third_party_id_string`, typed `string` in Halo's schema (`third_party_id` is an int32).
-    ThirdPartyIdString,
-    CustomField(i64),
-    None,
-}
-
-fn default_scope() -> String {
-    "all".to_owned()
-}
-
-fn default_timeout_secs() -> u64 {
-    30
-}
-
-impl HaloConnectionConfig {
-    /// A connection with every optional setting at its default.
-    pub fn new(
-        base_url: impl Into<String>,
-        client_id: impl Into<String>,
-        client_secret_name: impl Into<String>,
-    ) -> Self {
-        HaloConnectionConfig {
-            base_url: base_url.into(),
-            auth_url: None,
-            tenant: None,
-            client_id: client_id.into(),
-            client_secret_name: client_secret_name.into(),
-            scope: default_scope(),
-            timeout_secs: default_timeout_secs(),
-            rate_limit_requests: default_rate_limit_requests(),
-            rate_limit_window_secs: default_rate_limit_window_secs(),
-            idempotency_field: default_idempotency_field(),
-        }
-    }
-
-    pub fn token_url(&self) -> String {
-        let auth = match &self.auth_url {
-            Some(url) => url.trim_end_matches('/').to_owned(),
-            None => format!("{}/auth", self.base_url.trim_end_matches('/')),
-        };
-        format!("{auth}/token")
-    }
-
-    pub fn api_url(&self, path: &str) -> String {
-        format!("{}/api/{}", self.base_url.trim_end_matches('/'), path)
-    }
-
-    pub fn idempotency(&self) -> Result<IdempotencyField, String> {
-        match self.idempotency_field.as_str() {
-            "third_party_id_string" => Ok(IdempotencyField::ThirdPartyIdString),
-            "third_party_id" => Err(
-                "idempotency_field: `third_party_id` is an integer in Halo's schema and cannot hold haloflow's key; use \"third_party_id_string\" (the default) or \"customfield:<id>\"".to_owned()
-            ),
-            "none" => Ok(IdempotencyField::None),
-            other => other
-                .strip_prefix("customfield:")
-                .and_then(|id| id.trim().parse::<i64>().ok())
-                .map(IdempotencyField::CustomField)
-                .ok_or_else(|| {
-                    format!(
-                        "idempotency_field: `{other}` is not third_party_id_string, customfield:<id> or none"
-                    )
-                }),
-        }
-    }
-}
-
 /// A base URL and credentials for `http.request` steps. At most one kind of credentials.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -881,8 +390,18 @@ fn problem_lines(problems: &[ConfigProblem]) -> String {
 }
 
 impl Config {
-    /// Reads, parses and checks a config file: every problem is reported at once.
+    /// Reads, parses and checks a config file: every problem of the core's sections is
+    /// reported at once. The integrations' sections are kept as written; an engine checks them
+    /// with its integrations (`Integrations::load_config` reads and checks everything).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_checked(path, Config::problems)
+    }
+
+    /// Reads and parses a config file, then checks it with `check`; every problem at once.
+    pub fn load_checked(
+        path: &Path,
+        check: impl FnOnce(&Config) -> Vec<ConfigProblem>,
+    ) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -891,7 +410,7 @@ impl Config {
             path: path.to_owned(),
             message,
         })?;
-        let problems = config.problems();
+        let problems = check(&config);
         if !problems.is_empty() {
             return Err(ConfigError::Invalid {
                 path: path.to_owned(),
@@ -901,59 +420,116 @@ impl Config {
         Ok(config)
     }
 
-    /// Parses and checks a config; the error lists every problem, one a line.
+    /// Parses and checks a config's core sections; the error lists every problem, one a line.
     pub fn parse(text: &str) -> Result<Config, String> {
+        Config::parse_checked(text, Config::problems)
+    }
+
+    /// Parses a config and checks it with `check`; the error lists every problem, one a line.
+    pub fn parse_checked(
+        text: &str,
+        check: impl FnOnce(&Config) -> Vec<ConfigProblem>,
+    ) -> Result<Config, String> {
         let config = Config::from_toml(text)?;
-        let problems = config.problems();
+        let problems = check(&config);
         if !problems.is_empty() {
             return Err(problem_lines(&problems).trim_start().to_owned());
         }
         Ok(config)
     }
 
-    /// The file's syntax and types only.
+    /// The file's syntax and the core sections' types; the other tables are kept as written.
     fn from_toml(text: &str) -> Result<Config, String> {
-        // toml's own text quotes the offending line, which may hold a secret: keep only the
-        // message and where it is.
-        toml::from_str(text).map_err(|e| {
-            let place = e
-                .span()
-                .map(|span| {
-                    let before = &text[..span.start.min(text.len())];
-                    let line = before.matches('\n').count() + 1;
-                    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-                    format!("line {line}, column {column}: ")
-                })
-                .unwrap_or_default();
-            format!("{place}{}", e.message().trim_end().replace('\n', " "))
+        let mut config: Config = toml::from_str(text).map_err(|e| located(text, &e))?;
+        let table: toml::Table = toml::from_str(text).map_err(|e| located(text, &e))?;
+        config.sections = (table.into_iter())
+            .filter(|(name, _)| !CORE_SECTIONS.contains(&name.as_str()))
+            .collect();
+        config.source = Some(text.into());
+        Ok(config)
+    }
+
+    /// The names of the connections configured in `table` (`http`, or an integration's table
+    /// of connections by name such as `halo`), for flow validation.
+    pub fn connection_names(&self, table: &str) -> Vec<&str> {
+        if table == "http" {
+            return self.http.keys().map(String::as_str).collect();
+        }
+        let mut value: Option<&toml::Value> = None;
+        for (i, part) in table.split('.').enumerate() {
+            value = match (i, value) {
+                (0, _) => self.sections.get(part),
+                (_, Some(toml::Value::Table(t))) => t.get(part),
+                _ => None,
+            };
+        }
+        match value {
+            Some(toml::Value::Table(t)) => t.keys().map(String::as_str).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The top-level tables the core does not read (the integrations' sections), by name.
+    pub fn section_names(&self) -> impl Iterator<Item = &str> {
+        self.sections.keys().map(String::as_str)
+    }
+
+    /// An integration's table as written, if the config has it.
+    pub fn raw_section(&self, table: &str) -> Option<&toml::Value> {
+        self.sections.get(table)
+    }
+
+    /// Replaces (or adds) an integration's table.
+    pub fn set_raw_section(&mut self, table: &str, value: toml::Value) {
+        self.sections.insert(table.to_owned(), value);
+    }
+
+    /// An integration's section in its own type (its default when the table is absent). A
+    /// type error says where in the file it is, when the config was read from text.
+    pub fn section<T: Section>(&self) -> Result<T, String> {
+        let Some(raw) = self.sections.get(T::TABLE) else {
+            return Ok(T::default());
+        };
+        raw.clone().try_into().map_err(|e: toml::de::Error| {
+            let plain = e.message().trim_end().replace('\n', " ");
+            self.source
+                .as_deref()
+                .and_then(|text| section::from_text::<T>(text).err())
+                .unwrap_or(plain)
         })
     }
+
+    /// Changes an integration's section in its own type, e.g. a connection added in code.
+    pub fn edit_section<T: Section + serde::Serialize>(
+        &mut self,
+        edit: impl FnOnce(&mut T),
+    ) -> Result<(), String> {
+        let mut section: T = self.section()?;
+        edit(&mut section);
+        let value = toml::Value::try_from(&section).map_err(|e| e.to_string())?;
+        self.sections.insert(T::TABLE.to_owned(), value);
+        Ok(())
+    }
+}
+
+/// toml's message and where it is. Its own text quotes the offending line, which may hold a
+/// secret: only the message and the place are kept.
+fn located(text: &str, e: &toml::de::Error) -> String {
+    let place = e
+        .span()
+        .map(|span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: ")
+        })
+        .unwrap_or_default();
+    format!("{place}{}", e.message().trim_end().replace('\n', " "))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_a_halo_connection_with_defaults() {
-        let config = Config::parse(
-            r#"
-            [halo.main]
-            base_url = "https://acme.haloitsm.com/"
-            client_id = "abc"
-            client_secret_name = "HALO_SECRET"
-            "#,
-        )
-        .unwrap();
-        let main = &config.halo["main"];
-        assert_eq!(main.token_url(), "https://acme.haloitsm.com/auth/token");
-        assert_eq!(
-            main.api_url("Tickets"),
-            "https://acme.haloitsm.com/api/Tickets"
-        );
-        assert_eq!(main.scope, "all");
-        assert_eq!(config.server.max_body_bytes, 1024 * 1024);
-    }
 
     #[test]
     fn secrets_stay_out_of_debug_output_and_parse_errors() {

@@ -12,6 +12,9 @@
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 //! let engine = Engine::builder()
 //!     .config(Config::load("haloflow.toml".as_ref())?)
+//!     // The integrations to run: here Halo alone (`haloflow::bundled::integrations()` is
+//!     // Halo and ServiceNow).
+//!     .integration(Halo)
 //!     .flows_from("flows")
 //!     .storage(Arc::new(SqliteStorage::open_dir("data".as_ref()).await?))
 //!     .build()?;
@@ -29,15 +32,24 @@
 //!
 //! Steps implement [`step::Step`] and are registered by type name in a [`step::StepRegistry`]
 //! (`examples/custom_step.rs`); the built-in steps are registered the same way.
+//!
+//! The core names no vendor: Halo ([`halo::Halo`]) and ServiceNow ([`servicenow::ServiceNow`])
+//! are integrations, each adding its config section, connections, steps, routes and jobs
+//! through one interface ([`integration::Integration`]) that an embedder's integration
+//! implements the same way. An engine runs the integrations it is given.
 
 pub mod admission;
-/// The `haloflow` binary's commands (an implementation detail of the CLI).
+pub mod bundled;
+/// The `haloflow` binary's commands (an implementation detail of the CLI; the `cli` feature).
+#[cfg(feature = "cli")]
 #[doc(hidden)]
 pub mod commands;
 pub mod config;
 pub mod connections;
-pub mod emulator;
 pub mod engine;
+/// The interface through which an integration (Halo, ServiceNow, an embedder's) adds its
+/// config section, connections, steps, flows, routes and jobs; part of the engine.
+pub use engine::integration;
 pub mod flood;
 pub mod flow;
 pub mod halo;

@@ -300,6 +300,33 @@ impl Outbound {
         }
         let url = redact_url(&request.url);
         let method = request.method.to_string();
+        let builder = self.builder(&request);
+        let started = Instant::now();
+        let result = read_response(builder).await;
+        let mut record = ExchangeRecord {
+            method: method.clone(),
+            url: url.clone(),
+            status: None,
+            duration_ms: started.elapsed().as_millis() as u64,
+            error: None,
+        };
+        let outcome = match result {
+            Ok(response) => {
+                record.status = Some(response.status);
+                Ok(response)
+            }
+            Err(e) => {
+                let error = TransportError::of(&e, method, url);
+                record.error = Some(error.message.clone());
+                Err(OutboundError::Transport(error))
+            }
+        };
+        self.log.lock().expect("exchange log lock").push(record);
+        outcome
+    }
+
+    /// The request as reqwest sends it: headers, body and its content type, timeout.
+    fn builder(&self, request: &OutboundRequest) -> reqwest::RequestBuilder {
         let mut builder = self
             .client
             .request(request.method.clone(), &request.url)
@@ -307,7 +334,7 @@ impl Outbound {
         for h in &request.headers {
             builder = builder.header(&h.name, &h.value);
         }
-        builder = match &request.body {
+        match &request.body {
             OutboundBody::None => builder,
             OutboundBody::Json(v) => builder.json(v),
             OutboundBody::Text { content_type, text } => builder
@@ -325,61 +352,40 @@ impl Outbound {
                     .map(|f| (f.name.as_str(), f.value.as_str()))
                     .collect::<Vec<_>>(),
             ),
-        };
-        let started = Instant::now();
-        let result = async {
-            let response = builder.send().await?;
-            let status = response.status().as_u16();
-            let retry_after = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| parse_retry_after(v.trim()));
-            let body = response.bytes().await?.to_vec();
-            Ok::<_, reqwest::Error>(OutboundResponse {
-                status,
-                retry_after,
-                body,
-            })
         }
-        .await;
-        let duration_ms = started.elapsed().as_millis() as u64;
-        let (record, outcome) = match result {
-            Ok(response) => (
-                ExchangeRecord {
-                    method: method.clone(),
-                    url: url.clone(),
-                    status: Some(response.status),
-                    duration_ms,
-                    error: None,
-                },
-                Ok(response),
-            ),
-            Err(e) => {
-                let retryable = e.is_timeout() || e.is_connect() || e.is_request() || e.is_body();
-                // A connect failure never reached the server; anything later may have.
-                let sent = !e.is_connect();
-                let message = describe_reqwest_error(&e);
-                (
-                    ExchangeRecord {
-                        method: method.clone(),
-                        url: url.clone(),
-                        status: None,
-                        duration_ms,
-                        error: Some(message.clone()),
-                    },
-                    Err(OutboundError::Transport(TransportError {
-                        method,
-                        url,
-                        message,
-                        retryable,
-                        sent,
-                    })),
-                )
-            }
-        };
-        self.log.lock().expect("exchange log lock").push(record);
-        outcome
+    }
+}
+
+/// Sends the request and reads the whole answer, with its `Retry-After`.
+async fn read_response(
+    builder: reqwest::RequestBuilder,
+) -> Result<OutboundResponse, reqwest::Error> {
+    let response = builder.send().await?;
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v.trim()));
+    let body = response.bytes().await?.to_vec();
+    Ok(OutboundResponse {
+        status,
+        retry_after,
+        body,
+    })
+}
+
+impl TransportError {
+    /// Why reqwest got no answer, and whether sending again may help.
+    fn of(e: &reqwest::Error, method: String, url: String) -> TransportError {
+        TransportError {
+            method,
+            url,
+            message: describe_reqwest_error(e),
+            retryable: e.is_timeout() || e.is_connect() || e.is_request() || e.is_body(),
+            // A connect failure never reached the server; anything later may have.
+            sent: !e.is_connect(),
+        }
     }
 }
 

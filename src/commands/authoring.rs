@@ -9,26 +9,35 @@ use serde_json::{Value, json};
 use super::{CommandError, render};
 use crate::flow::{self, FlowValidator, TriggerAuth, ValidatedFlow};
 use crate::secrets::SecretStore;
-use crate::step::StepRegistry;
 
 /// Options of `haloflow trigger-url`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct TriggerUrlOptions {
-    /// A flow file, or the id of a flow in `flows`.
+    /// A flow file, or the id of a flow in --flows.
     pub flow: String,
+    #[arg(long, default_value = "flows")]
     pub flows: PathBuf,
-    /// Where Halo reaches haloflow; default: the config's `server.public_url`, else its `listen`.
+    /// The address Halo reaches haloflow at (default: server.public_url of --config).
+    #[arg(long)]
     pub base_url: Option<String>,
+    /// Names to notify, comma separated (each is URL-encoded).
+    #[arg(long, value_delimiter = ',')]
     pub recipients: Vec<String>,
-    /// The agent named in the "assigned" webhook's event rule.
+    /// The agent named in the assigned webhook's event rule.
+    #[arg(long)]
     pub agent: Option<String>,
-    /// Print the URL key itself (from the environment or config) instead of its secret's name.
+    /// Print the URL key itself (read from the environment or the config's `[secrets]`).
+    #[arg(
+        long,
+        help = "Print the URL key itself (read from the environment or the config's [secrets])"
+    )]
     pub show_key: bool,
+    #[arg(long, env = "HALOFLOW_CONFIG")]
     pub config: Option<PathBuf>,
 }
 
 fn find_flow(reference: &str, flows: &Path) -> Result<ValidatedFlow, CommandError> {
-    let registry = StepRegistry::with_builtins();
+    let registry = crate::bundled::integrations().registry();
     let validator = FlowValidator::new(&registry);
     let path = Path::new(reference);
     if path.is_file() {
@@ -60,7 +69,6 @@ fn find_flow(reference: &str, flows: &Path) -> Result<ValidatedFlow, CommandErro
 pub fn trigger_url(options: &TriggerUrlOptions, out: &mut dyn Write) -> Result<(), CommandError> {
     let flow = find_flow(&options.flow, &options.flows)?;
     let config = super::load_config(options.config.as_deref())?;
-    let secrets = SecretStore::from_environment(config.secrets.clone());
     let base_url = options
         .base_url
         .clone()
@@ -68,15 +76,13 @@ pub fn trigger_url(options: &TriggerUrlOptions, out: &mut dyn Write) -> Result<(
         .unwrap_or_else(|| format!("http://{}", config.server.listen));
     let auth = &flow.document.trigger.auth;
     let key = match (auth, options.show_key) {
-        (TriggerAuth::UrlKey { secret_name, .. }, true) => Some(
-            secrets
-                .get(secret_name)
-                .ok_or_else(|| {
-                    CommandError::Failed(format!("--show-key: the secret {secret_name} is not set"))
-                })?
-                .expose()
-                .to_owned(),
-        ),
+        (TriggerAuth::UrlKey { secret_name, .. }, true) => {
+            let secrets = SecretStore::from_environment(config.secrets.clone());
+            let key = secrets.get(secret_name).ok_or_else(|| {
+                CommandError::Failed(format!("--show-key: the secret {secret_name} is not set"))
+            })?;
+            Some(key.expose().to_owned())
+        }
         _ => None,
     };
     let recipients: Vec<&str> = options
@@ -89,31 +95,37 @@ pub fn trigger_url(options: &TriggerUrlOptions, out: &mut dyn Write) -> Result<(
         &render::trigger_url(&base_url, &flow, key.as_deref()),
         &recipients,
     );
-    let agent = options.agent.as_deref().unwrap_or("<agent name>");
     writeln!(
         out,
         "Trigger URL of flow `{}` ({}):\n\n  {url}\n",
         flow.id(),
         flow.document.name
     )?;
-    let authentication = match auth {
-        TriggerAuth::UrlKey { param, secret_name } => {
-            if key.is_none() {
-                writeln!(
-                    out,
-                    "Replace <{secret_name}> with the value of the secret {secret_name} (or run with --show-key).\n"
-                )?;
-            }
+    if let (TriggerAuth::UrlKey { secret_name, .. }, None) = (auth, &key) {
+        writeln!(
+            out,
+            "Replace <{secret_name}> with the value of the secret {secret_name} (or run with --show-key).\n"
+        )?;
+    }
+    let agent = options.agent.as_deref().unwrap_or("<agent name>");
+    for line in halo_webhook_steps(flow.id(), &url, &authentication(auth), agent) {
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
+/// What to choose under the Halo webhook's Authentication for this trigger.
+fn authentication(auth: &TriggerAuth) -> String {
+    match auth {
+        TriggerAuth::UrlKey { param, .. } => {
             format!("No Authentication (the key rides in the URL as `{param}`)")
         }
         TriggerAuth::Basic {
             username,
             password_secret_name,
-        } => {
-            format!(
-                "Basic Authentication: user name `{username}`, password: the value of the secret {password_secret_name}"
-            )
-        }
+        } => format!(
+            "Basic Authentication: user name `{username}`, password: the value of the secret {password_secret_name}"
+        ),
         TriggerAuth::Header {
             header,
             secret_name,
@@ -124,52 +136,42 @@ pub fn trigger_url(options: &TriggerUrlOptions, out: &mut dyn Write) -> Result<(
         TriggerAuth::None => {
             "No Authentication (anyone who knows the URL can trigger this flow)".to_owned()
         }
-    };
-    let name = flow.id();
-    writeln!(
-        out,
+    }
+}
+
+/// The Halo webhook settings, step by step, for the assigned/unassigned pair.
+fn halo_webhook_steps(name: &str, url: &str, authentication: &str, agent: &str) -> [String; 13] {
+    [
         "In Halo, create two webhooks: one for tickets with an agent, one for unassigned tickets."
-    )?;
-    writeln!(
-        out,
-        "  1. Configuration > Integrations > Webhooks, then New (top right)."
-    )?;
-    writeln!(
-        out,
-        "  2. Name: \"haloflow - {name} - Assigned\" (the second one: \"haloflow - {name} - Unassigned\")."
-    )?;
-    writeln!(out, "  3. Payload URL: {url}")?;
-    writeln!(out, "  4. Webhook type: Standard webhook. Method: POST.")?;
-    writeln!(out, "  5. Authentication: {authentication}.")?;
-    writeln!(
-        out,
+            .to_owned(),
+        "  1. Configuration > Integrations > Webhooks, then New (top right).".to_owned(),
+        format!(
+            "  2. Name: \"haloflow - {name} - Assigned\" (the second one: \"haloflow - {name} - Unassigned\")."
+        ),
+        format!("  3. Payload URL: {url}"),
+        "  4. Webhook type: Standard webhook. Method: POST.".to_owned(),
+        format!("  5. Authentication: {authentication}."),
         "  6. Enabled: on. \"Use a custom payload\": off (haloflow reads Halo's default payload)."
-    )?;
-    writeln!(
-        out,
-        "  7. Events > Add: Event \"New Ticket Logged\", then Add a criterion:"
-    )?;
-    writeln!(
-        out,
-        "       assigned webhook:   Field \"Agent\", Rule Type \"Is equal to\", Value \"{agent}\""
-    )?;
-    writeln!(
-        out,
+            .to_owned(),
+        "  7. Events > Add: Event \"New Ticket Logged\", then Add a criterion:".to_owned(),
+        format!(
+            "       assigned webhook:   Field \"Agent\", Rule Type \"Is equal to\", Value \"{agent}\""
+        ),
         "       unassigned webhook: Field \"Agent\", Rule Type \"Is equal to\", Value \"Unassigned\""
-    )?;
-    writeln!(
-        out,
+            .to_owned(),
         "  8. Save the event, then Save the webhook. Repeat 1-8 for the unassigned webhook."
-    )?;
-    writeln!(
-        out,
+            .to_owned(),
         "Recipients: add names to the URL as above (`&recipients=` after a URL key, `?recipients=` otherwise);"
-    )?;
-    writeln!(
-        out,
-        "every name is URL-encoded. The flow reads them as trigger.recipients."
-    )?;
-    Ok(())
+            .to_owned(),
+        "every name is URL-encoded. The flow reads them as trigger.recipients.".to_owned(),
+    ]
+}
+
+/// `haloflow schema`: the editor-facing flow schema (schemas/flow.schema.json) for the
+/// registered steps.
+pub fn schema(out: &mut dyn Write) -> Result<(), CommandError> {
+    let schema = flow::editor_schema(&crate::bundled::integrations().registry());
+    Ok(super::write_json(&schema, out)?)
 }
 
 /// The templates `haloflow new` offers: name and description.
@@ -193,10 +195,14 @@ pub const TEMPLATES: &[(&str, &str)] = &[
 ];
 
 /// Options of `haloflow new`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct NewOptions {
+    /// The flow's name; its id and file name are made from it.
     pub name: String,
+    /// halo-create, halo-update or halo-routing.
+    #[arg(long, default_value = "halo-create")]
     pub template: String,
+    #[arg(long, default_value = "flows")]
     pub dir: PathBuf,
 }
 
@@ -278,21 +284,7 @@ pub fn new_flow(options: &NewOptions, out: &mut dyn Write) -> Result<PathBuf, Co
             known.join("\n")
         )));
     };
-    // Editors find the schema relative to the flow file; elsewhere, at the repository's copy
-    // by its absolute path, else the hint below says how to write one.
-    let schema_path = options.dir.join("../schemas/flow.schema.json");
-    let mut schema_hint = None;
-    if !schema_path.is_file() {
-        match std::fs::canonicalize("schemas/flow.schema.json") {
-            Ok(absolute) => document["$schema"] = json!(absolute.display().to_string()),
-            Err(_) => {
-                schema_hint = Some(format!(
-                    "for completion in editors, write the schema next to the flows: haloflow schema > {}",
-                    schema_path.display()
-                ))
-            }
-        }
-    }
+    let schema_hint = point_at_schema(&mut document, &options.dir);
     let path = options.dir.join(format!("{id}.json"));
     if path.exists() {
         return Err(CommandError::Failed(format!(
@@ -301,7 +293,7 @@ pub fn new_flow(options: &NewOptions, out: &mut dyn Write) -> Result<PathBuf, Co
         )));
     }
     let text = serde_json::to_string_pretty(&document).expect("JSON serializes") + "\n";
-    let registry = StepRegistry::with_builtins();
+    let registry = crate::bundled::integrations().registry();
     FlowValidator::new(&registry)
         .validate_str(&text, Some(&path))
         .map_err(crate::engine::EngineError::Flows)?;
@@ -310,22 +302,36 @@ pub fn new_flow(options: &NewOptions, out: &mut dyn Write) -> Result<PathBuf, Co
     let secret = document["trigger"]["auth"]["secret_name"]
         .as_str()
         .unwrap_or_default();
-    writeln!(
-        out,
-        "wrote {} (template {})",
-        path.display(),
-        options.template
-    )?;
+    let shown = path.display();
+    writeln!(out, "wrote {shown} (template {})", options.template)?;
     writeln!(out, "next: set {secret} to a long random key, then")?;
-    writeln!(out, "  haloflow validate {}", path.display())?;
+    writeln!(out, "  haloflow validate {shown}")?;
     writeln!(
         out,
-        "  haloflow run {} --payload examples/halo-new-ticket.json --dry-run --config examples/haloflow.toml",
-        path.display()
+        "  haloflow run {shown} --payload examples/halo-new-ticket.json --dry-run --config examples/haloflow.toml",
     )?;
     writeln!(out, "  haloflow trigger-url {id} --recipients <names>")?;
     if let Some(hint) = schema_hint {
         writeln!(out, "{hint}")?;
     }
     Ok(path)
+}
+
+/// Editors find the schema relative to the flow file; elsewhere the document names the
+/// repository's copy by its absolute path, else the hint returned says how to write one.
+fn point_at_schema(document: &mut Value, dir: &Path) -> Option<String> {
+    let schema_path = dir.join("../schemas/flow.schema.json");
+    if schema_path.is_file() {
+        return None;
+    }
+    match std::fs::canonicalize("schemas/flow.schema.json") {
+        Ok(absolute) => {
+            document["$schema"] = json!(absolute.display().to_string());
+            None
+        }
+        Err(_) => Some(format!(
+            "for completion in editors, write the schema next to the flows: haloflow schema > {}",
+            schema_path.display()
+        )),
+    }
 }

@@ -5,9 +5,18 @@ use std::io::Write;
 use std::path::Path;
 
 use super::{CommandError, require_config};
-use crate::connections::Connections;
+use crate::connections::Needed;
+use crate::halo::HaloConnections;
 use crate::outbound::Outbound;
 use crate::secrets::SecretStore;
+use crate::servicenow::ServiceNowConnections;
+
+/// Options of `haloflow connections check`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectionsCheckOptions {
+    #[arg(long, env = "HALOFLOW_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+}
 
 /// Checks every Halo and ServiceNow connection; returns whether all passed.
 pub async fn connections_check(
@@ -16,15 +25,16 @@ pub async fn connections_check(
 ) -> Result<bool, CommandError> {
     let config = require_config(config, "`connections check`")?;
     let secrets = SecretStore::from_environment(config.secrets.clone());
-    let connections = Connections::from_config(&config, &secrets).map_err(|missing| {
-        CommandError::Failed(
-            missing
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n"),
-        )
-    })?;
+    let connections = (super::integrations().connections(&config, &secrets, &Needed::All))
+        .map_err(|missing| {
+            CommandError::Failed(
+                missing
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            )
+        })?;
     let client = reqwest::Client::new();
     let mut all_ok = true;
     for halo in connections.halo_all() {

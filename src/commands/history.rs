@@ -5,14 +5,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{CommandError, render};
-use crate::storage::{RequestFilter, RunFilter, Storage, StorageSettings, format_ms};
+use crate::storage::{RequestFilter, RunFilter, RunStatus, Storage, StorageSettings, format_ms};
 
 /// Where the run history is: a database URL, else SQLite in the data directory.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Store {
+    #[arg(long = "data", value_name = "DATA", default_value = "data")]
     pub data_dir: PathBuf,
+    /// The database URL (default: SQLite in --data).
+    #[arg(long, env = "HALOFLOW_DATABASE_URL")]
     pub database: Option<String>,
     /// SQLite's durability when the store creates the database.
+    #[arg(skip)]
     pub durability: crate::storage::Durability,
 }
 
@@ -51,20 +55,57 @@ async fn open(store: &Store) -> Result<Arc<dyn Storage>, CommandError> {
     store.open_existing().await
 }
 
-pub async fn runs_list(
-    store: &Store,
-    filter: &RunFilter,
-    json: bool,
-    out: &mut dyn Write,
-) -> Result<(), CommandError> {
-    let runs = open(store).await?.list_runs(filter).await?;
-    if json {
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&runs).expect("runs serialize")
-        )?;
-        return Ok(());
+/// Options of `haloflow runs list`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunsListOptions {
+    #[command(flatten)]
+    pub store: Store,
+    #[arg(long)]
+    pub flow: Option<String>,
+    /// queued, running, succeeded or failed.
+    #[arg(long, value_parser = parse_status)]
+    pub status: Option<RunStatus>,
+    /// Runs created at or after this time (RFC 3339 or unix milliseconds).
+    #[arg(long, value_parser = parse_time)]
+    pub since: Option<i64>,
+    /// Runs created before this time (RFC 3339 or unix milliseconds).
+    #[arg(long, value_parser = parse_time)]
+    pub until: Option<i64>,
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl RunsListOptions {
+    fn filter(&self) -> RunFilter {
+        RunFilter {
+            flow_id: self.flow.clone(),
+            status: self.status,
+            since_ms: self.since,
+            until_ms: self.until,
+            limit: Some(self.limit),
+        }
+    }
+}
+
+fn parse_status(text: &str) -> Result<RunStatus, String> {
+    RunStatus::parse(text)
+        .ok_or_else(|| format!("`{text}` is not one of queued, running, succeeded, failed"))
+}
+
+fn parse_time(text: &str) -> Result<i64, String> {
+    crate::storage::parse_time(text).ok_or_else(|| {
+        format!("`{text}` is not a time; use RFC 3339 (2026-11-23T10:00:00Z) or unix milliseconds")
+    })
+}
+
+/// `haloflow runs list`: recent runs, newest first.
+pub async fn runs_list(options: &RunsListOptions, out: &mut dyn Write) -> Result<(), CommandError> {
+    let storage = open(&options.store).await?;
+    let runs = storage.list_runs(&options.filter()).await?;
+    if options.json {
+        return Ok(super::write_json(&runs, out)?);
     }
     if runs.is_empty() {
         writeln!(out, "no runs")?;
@@ -90,6 +131,17 @@ pub async fn runs_list(
     Ok(())
 }
 
+/// Options of `haloflow runs show`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunsShowOptions {
+    pub run_id: String,
+    #[command(flatten)]
+    pub store: Store,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `haloflow runs show`: one run with its steps, inputs, outputs and requests.
 pub async fn runs_show(
     store: &Store,
     run_id: &str,
@@ -101,32 +153,39 @@ pub async fn runs_show(
             "no run with id `{run_id}`; `haloflow runs list` shows the recent ones"
         )));
     };
-    if json {
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&detail).expect("run serializes")
-        )?;
-    } else {
-        render::run(&detail, out)?;
-    }
+    super::show(&detail, json, out, render::run)?;
     Ok(())
 }
 
+/// Options of `haloflow requests list`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RequestsListOptions {
+    #[command(flatten)]
+    pub store: Store,
+    #[arg(long)]
+    pub flow: Option<String>,
+    /// Only requests that flood control suppressed.
+    #[arg(long)]
+    pub suppressed: bool,
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `haloflow requests list`: recent trigger requests, accepted and rejected.
 pub async fn requests_list(
-    store: &Store,
-    filter: &RequestFilter,
-    json: bool,
+    options: &RequestsListOptions,
     out: &mut dyn Write,
 ) -> Result<(), CommandError> {
-    let requests = open(store).await?.list_requests(filter).await?;
-    if json {
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&requests).expect("requests serialize")
-        )?;
-        return Ok(());
+    let filter = RequestFilter {
+        flow_id: options.flow.clone(),
+        suppressed_only: options.suppressed,
+        limit: Some(options.limit),
+    };
+    let requests = open(&options.store).await?.list_requests(&filter).await?;
+    if options.json {
+        return Ok(super::write_json(&requests, out)?);
     }
     if requests.is_empty() {
         writeln!(out, "no trigger requests")?;

@@ -6,8 +6,9 @@ use serde_json::Value;
 
 use crate::engine::DryRunReport;
 use crate::flow::{Problem, TriggerAuth, ValidatedFlow};
+use crate::outbound::ExchangeRecord;
 use crate::outbound::encode_component as encode;
-use crate::storage::AttemptOutcome;
+use crate::storage::{AttemptOutcome, AttemptRecord, StepRunRecord};
 use crate::storage::{RunDetail, format_ms};
 
 /// The trigger URL to paste into Halo. With a URL key the key rides in the query and
@@ -75,6 +76,15 @@ pub fn problem(problem: &Problem, color: bool) -> String {
 
 /// A finished (or unfinished) run: each step with its inputs, outputs, requests and error.
 pub fn run(detail: &RunDetail, out: &mut dyn Write) -> io::Result<()> {
+    run_summary(detail, out)?;
+    for step in &detail.steps {
+        step_record(step, out)?;
+    }
+    Ok(())
+}
+
+/// The run's status, request, timing, trigger, and what it replays or why it failed.
+fn run_summary(detail: &RunDetail, out: &mut dyn Write) -> io::Result<()> {
     let run = &detail.summary;
     writeln!(
         out,
@@ -103,86 +113,82 @@ pub fn run(detail: &RunDetail, out: &mut dyn Write) -> io::Result<()> {
     if let Some(error) = &run.error {
         writeln!(out, "  error: {error}")?;
     }
-    for step in &detail.steps {
-        let how = match (&step.reused_from, step.attempts) {
-            (Some(from), _) => format!("  outputs reused from run {from}"),
-            (None, n) if n > 1 => format!("  {n} attempts"),
-            _ => String::new(),
-        };
-        writeln!(
-            out,
-            "  {}. {} ({})  {}  {}{how}",
-            step.position + 1,
-            step.step_id,
-            step.step_type,
-            step.status.as_str(),
-            duration(Some(step.started_at_ms), step.finished_at_ms)
-        )?;
-        if step.attempt_log.len() > 1
-            || step
-                .attempt_log
-                .iter()
-                .any(|a| a.outcome == AttemptOutcome::Adopted)
-        {
-            for a in &step.attempt_log {
-                let wait = a
-                    .retry_in_ms
-                    .map(|ms| format!(", next in {ms} ms"))
-                    .unwrap_or_default();
-                let error = a
-                    .error
-                    .as_deref()
-                    .map(|e| format!(": {e}"))
-                    .unwrap_or_default();
-                let outcome = match a.outcome {
-                    AttemptOutcome::Succeeded => "succeeded",
-                    AttemptOutcome::Failed => "failed",
-                    AttemptOutcome::Adopted => "adopted what an earlier attempt created",
-                };
-                writeln!(out, "     attempt {}: {outcome}{wait}{error}", a.number)?;
-            }
-        }
-        if let Some(inputs) = &step.inputs {
-            writeln!(
-                out,
-                "     inputs:  {}",
-                indented_json(inputs, "              ")
-            )?;
-        }
-        if let Some(outputs) = &step.outputs {
-            writeln!(
-                out,
-                "     outputs: {}",
-                indented_json(outputs, "              ")
-            )?;
-        }
-        for x in &step.exchanges {
-            let status = x
-                .status
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| "no answer".into());
-            writeln!(
-                out,
-                "     request: {} {} -> {} ({} ms){}",
-                x.method,
-                x.url,
-                status,
-                x.duration_ms,
-                x.error
-                    .as_ref()
-                    .map(|e| format!(": {e}"))
-                    .unwrap_or_default()
-            )?;
-        }
-        if let Some(error) = &step.error {
-            writeln!(
-                out,
-                "     error [{}]: {error}",
-                step.error_code.as_deref().unwrap_or("error")
-            )?;
+    Ok(())
+}
+
+/// One step of a run: status and timing, its attempts when there was more than one (or one
+/// adopted), inputs, outputs, requests and error.
+fn step_record(step: &StepRunRecord, out: &mut dyn Write) -> io::Result<()> {
+    let how = match (&step.reused_from, step.attempts) {
+        (Some(from), _) => format!("  outputs reused from run {from}"),
+        (None, n) if n > 1 => format!("  {n} attempts"),
+        _ => String::new(),
+    };
+    writeln!(
+        out,
+        "  {}. {} ({})  {}  {}{how}",
+        step.position + 1,
+        step.step_id,
+        step.step_type,
+        step.status.as_str(),
+        duration(Some(step.started_at_ms), step.finished_at_ms)
+    )?;
+    let log = &step.attempt_log;
+    if log.len() > 1 || log.iter().any(|a| a.outcome == AttemptOutcome::Adopted) {
+        for attempt in log {
+            writeln!(out, "     {}", attempt_line(attempt))?;
         }
     }
+    if let Some(inputs) = &step.inputs {
+        let inputs = indented_json(inputs, "              ");
+        writeln!(out, "     inputs:  {inputs}")?;
+    }
+    if let Some(outputs) = &step.outputs {
+        let outputs = indented_json(outputs, "              ");
+        writeln!(out, "     outputs: {outputs}")?;
+    }
+    for exchange in &step.exchanges {
+        writeln!(out, "     {}", exchange_line(exchange))?;
+    }
+    if let Some(error) = &step.error {
+        let code = step.error_code.as_deref().unwrap_or("error");
+        writeln!(out, "     error [{code}]: {error}")?;
+    }
     Ok(())
+}
+
+/// `attempt 2: failed, next in 400 ms: ...`
+fn attempt_line(a: &AttemptRecord) -> String {
+    let wait = a
+        .retry_in_ms
+        .map(|ms| format!(", next in {ms} ms"))
+        .unwrap_or_default();
+    let error = a
+        .error
+        .as_deref()
+        .map(|e| format!(": {e}"))
+        .unwrap_or_default();
+    let outcome = match a.outcome {
+        AttemptOutcome::Succeeded => "succeeded",
+        AttemptOutcome::Failed => "failed",
+        AttemptOutcome::Adopted => "adopted what an earlier attempt created",
+    };
+    format!("attempt {}: {outcome}{wait}{error}", a.number)
+}
+
+/// `request: POST https://... -> 201 (12 ms)`, with the error when there was one.
+fn exchange_line(x: &ExchangeRecord) -> String {
+    let status = x
+        .status
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| "no answer".into());
+    let error = (x.error.as_ref())
+        .map(|e| format!(": {e}"))
+        .unwrap_or_default();
+    format!(
+        "request: {} {} -> {status} ({} ms){error}",
+        x.method, x.url, x.duration_ms
+    )
 }
 
 /// A dry run: rendered inputs and the exact requests, secrets masked.
@@ -238,14 +244,13 @@ pub fn dry_run(report: &DryRunReport, out: &mut dyn Write) -> io::Result<()> {
 mod tests {
     use super::*;
     use crate::flow::FlowValidator;
-    use crate::step::StepRegistry;
 
     fn flow(auth: serde_json::Value) -> ValidatedFlow {
         let doc = serde_json::json!({
             "id": "f", "name": "n", "trigger": {"type": "halo.incidents", "auth": auth},
             "steps": [{"id": "a", "type": "halo.create_ticket", "inputs": {"summary": "s"}}]
         });
-        FlowValidator::new(&StepRegistry::with_builtins())
+        FlowValidator::new(&crate::bundled::integrations().registry())
             .validate_str(&doc.to_string(), None)
             .unwrap()
     }

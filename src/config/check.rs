@@ -1,15 +1,13 @@
-//! Validation of the whole configuration: every problem at once, each at its key path
+//! Validation of the configuration: every problem at once, each at its key path
 //! (`[servicenow.customers."12"].integrator.every`) with the fix. Parsing only checks types;
 //! this checks meaning, so a config that parses but cannot work is refused before anything
-//! serves or sends.
+//! serves or sends. The core checks its own sections here; each integration checks its own
+//! with the same [`Problems`] helper.
 
 use std::fmt;
 use std::time::Duration;
 
-use super::{
-    Config, HaloConnectionConfig, HttpConnectionConfig, RetrySettings, ServiceNowAuthKind,
-    ServiceNowConnectionConfig, imported_table,
-};
+use super::{CORE_SECTIONS, Config, HttpConnectionConfig, RetrySettings, Section};
 
 /// One problem of the config: where (a key path) and what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -25,20 +23,21 @@ impl fmt::Display for ConfigProblem {
 }
 
 /// Problems found so far, each under the table being checked.
-#[derive(Default)]
-struct Problems {
+#[derive(Debug, Default)]
+pub struct Problems {
     table: String,
     found: Vec<ConfigProblem>,
 }
 
 impl Problems {
-    /// Problems from here on are under `table`.
-    fn at(&mut self, table: String) -> &mut Self {
-        self.table = table;
+    /// Problems from here on are under `table`, e.g. `[halo.main]`.
+    pub fn at(&mut self, table: impl Into<String>) -> &mut Self {
+        self.table = table.into();
         self
     }
 
-    fn add(&mut self, key: &str, message: impl Into<String>) {
+    /// A problem at `key` under the current table (at the table itself when `key` is empty).
+    pub fn add(&mut self, key: &str, message: impl Into<String>) {
         let key = if key.is_empty() {
             self.table.clone()
         } else {
@@ -51,7 +50,7 @@ impl Problems {
     }
 
     /// An http(s) URL with a host.
-    fn url(&mut self, key: &str, value: &str, example: &str) {
+    pub fn url(&mut self, key: &str, value: &str, example: &str) {
         let parsed = reqwest::Url::parse(value.trim());
         let ok = parsed.is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
         if !ok {
@@ -62,40 +61,68 @@ impl Problems {
         }
     }
 
-    fn present(&mut self, key: &str, value: Option<&str>, why: &str) {
+    /// A value that must be set and not blank; `why` says what it is for.
+    pub fn present(&mut self, key: &str, value: Option<&str>, why: &str) {
         if value.is_none_or(|v| v.trim().is_empty()) {
             self.add(key, format!("is missing; {why}"));
         }
     }
+
+    /// Reads section `T`; a type error is a problem at the section's table.
+    pub fn section<T: Section>(&mut self, config: &Config) -> Option<T> {
+        match config.section::<T>() {
+            Ok(section) => Some(section),
+            Err(message) => {
+                self.at(format!("[{}]", T::TABLE)).add("", message);
+                None
+            }
+        }
+    }
+
+    /// Every problem found, in the order found.
+    pub fn into_vec(self) -> Vec<ConfigProblem> {
+        self.found
+    }
 }
 
 impl Config {
-    /// Every problem of the configuration, all at once; empty when it can be used.
+    /// Every problem of the core's sections, all at once; empty when they can be used.
     pub fn problems(&self) -> Vec<ConfigProblem> {
         let mut p = Problems::default();
+        self.check_core(&mut p);
+        p.found
+    }
+
+    /// Checks the core's sections into `p`.
+    pub fn check_core(&self, p: &mut Problems) {
         if let Some(url) = &self.server.public_url {
             let example = "the address Halo reaches haloflow at, e.g. https://haloflow.example.com";
-            p.at("[server]".into()).url("public_url", url, example);
+            p.at("[server]").url("public_url", url, example);
         }
-        check_retry(p.at("[retry]".into()), &self.retry.defaults());
+        check_retry(p.at("[retry]"), &self.retry.defaults());
         for (step_type, settings) in &self.retry.by_type {
             check_retry(p.at(format!("[retry.by_type.\"{step_type}\"]")), settings);
-        }
-        for (name, halo) in &self.halo {
-            check_halo(p.at(format!("[halo.{name}]")), halo);
         }
         for (name, http) in &self.http {
             check_http(p.at(format!("[http.{name}]")), http);
         }
-        for (side, connections) in [
-            ("customers", &self.servicenow.customers),
-            ("suppliers", &self.servicenow.suppliers),
-        ] {
-            for (id, connection) in connections {
-                check_servicenow(p.at(format!("[servicenow.{side}.\"{id}\"]")), connection);
+    }
+
+    /// A problem for each top-level table neither the core nor `claimed` (the tables of the
+    /// registered integrations) reads.
+    pub fn check_unknown_sections(&self, claimed: &[&str], p: &mut Problems) {
+        for name in self.section_names() {
+            if !claimed.contains(&name) {
+                let known: Vec<&str> = CORE_SECTIONS.iter().chain(claimed).copied().collect();
+                p.at(format!("[{name}]")).add(
+                    "",
+                    format!(
+                        "is not a section haloflow reads; remove it, correct its name, or register the integration that reads it (known: {})",
+                        known.join(", ")
+                    ),
+                );
             }
         }
-        p.found
     }
 }
 
@@ -112,34 +139,6 @@ fn check_retry(problems: &mut Problems, settings: &RetrySettings) {
         problems.add(
             "initial_delay_ms",
             format!("{initial} is above max_delay_ms ({max}); lower it or raise max_delay_ms"),
-        );
-    }
-}
-
-fn check_halo(problems: &mut Problems, halo: &HaloConnectionConfig) {
-    problems.url("base_url", &halo.base_url, "https://<tenant>.haloitsm.com");
-    if let Some(auth) = &halo.auth_url {
-        problems.url("auth_url", auth, "https://<tenant>.haloitsm.com/auth");
-    }
-    let why =
-        "the client id of the API application in Halo (Configuration > Integrations > Halo API)";
-    problems.present("client_id", Some(&halo.client_id), why);
-    let why = "the name of the secret (environment variable or [secrets] entry) holding the client secret";
-    problems.present("client_secret_name", Some(&halo.client_secret_name), why);
-    if let Err(e) = halo.idempotency() {
-        let message = e.strip_prefix("idempotency_field: ").unwrap_or(&e);
-        problems.add("idempotency_field", message);
-    }
-    if halo.timeout_secs == 0 {
-        problems.add(
-            "timeout_secs",
-            "is 0; give requests at least 1 second (default 30)",
-        );
-    }
-    if halo.rate_limit_requests > 0 && halo.rate_limit_window_secs == 0 {
-        problems.add(
-            "rate_limit_window_secs",
-            "is 0 with rate_limit_requests set; write Halo's window (300) or rate_limit_requests = 0 to turn pacing off",
         );
     }
 }
@@ -181,75 +180,6 @@ fn check_http(problems: &mut Problems, http: &HttpConnectionConfig) {
             "timeout_secs",
             "is 0; give requests at least 1 second (default 30)",
         );
-    }
-}
-
-fn check_servicenow(problems: &mut Problems, sn: &ServiceNowConnectionConfig) {
-    problems.url(
-        "instance_url",
-        &sn.instance_url,
-        "https://<instance>.service-now.com",
-    );
-    match sn.auth {
-        ServiceNowAuthKind::Basic => {
-            let why = "auth = \"basic\" needs the integration user";
-            problems.present("username", sn.username.as_deref(), why);
-            let why = "auth = \"basic\" needs the name of the secret holding the user's password";
-            problems.present(
-                "password_secret_name",
-                sn.password_secret_name.as_deref(),
-                why,
-            );
-        }
-        ServiceNowAuthKind::Oauth => {
-            let why = "auth = \"oauth\" needs the application registry's client id";
-            problems.present("client_id", sn.client_id.as_deref(), why);
-            let why = "auth = \"oauth\" needs the name of the secret holding the client secret";
-            problems.present("client_secret_name", sn.client_secret_name.as_deref(), why);
-        }
-    }
-    if sn.timeout_secs == 0 {
-        problems.add(
-            "timeout_secs",
-            "is 0; give requests at least 1 second (default 30)",
-        );
-    }
-    if let Err(e) = parse_interval(&sn.integrator.every) {
-        problems.add("integrator.every", e);
-    }
-    let tables: Vec<String> = sn
-        .imported_types
-        .iter()
-        .map(|t| imported_table(t).to_owned())
-        .collect();
-    for (key, message) in sn.integrator.filter_problems(&tables) {
-        problems.add(&key, message);
-    }
-    for (i, m) in sn.priority.iter().enumerate() {
-        if !matches!(
-            (&m.servicenow, &m.impact, &m.urgency),
-            (Some(_), None, None) | (None, Some(_), Some(_))
-        ) {
-            problems.add(&format!("priority[{i}]"), format!(
-                "the mapping for Halo {} needs either impact and urgency (recommended: the instance calculates priority from them) or servicenow (a priority written directly, which the instance may recalculate), not both",
-                m.halo
-            ));
-        }
-    }
-    let syncs_back = sn.webhook.is_some() || sn.integrator.enabled;
-    if sn.auth == ServiceNowAuthKind::Oauth && syncs_back && sn.integration_user.is_none() {
-        problems.add("integration_user", "is missing; auth = \"oauth\" with sync back (webhook or integrator) needs the user_name of the application registry's OAuth Application User, which ServiceNow records as the writer of haloflow's notes; without it haloflow's own notes come back as new ones");
-    }
-    if let Some(webhook) = &sn.webhook {
-        if webhook.user_id.is_some() && webhook.site_id.is_none() {
-            problems.add("webhook.site_id", "is missing; webhook.user_id needs it: Halo requires a site whenever a user is set on a ticket; add the user's site id");
-        }
-        if webhook.secret_name.is_none() && webhook.hmac_secret_name.is_none() {
-            problems.add(
-                "webhook.secret_name",
-                "is missing (or hmac_secret_name): an unauthenticated webhook could create tickets",
-            );
-        }
     }
 }
 

@@ -10,10 +10,11 @@ use tokio::sync::broadcast;
 use super::{Engine, Inner, LoadedFlow};
 use crate::config::{Config, ConfigProblem};
 use crate::connections::{Connections, MissingSecret, Needed};
+use crate::engine::integration::{Integration, Integrations};
 use crate::flood::{DatabaseFloodControl, FloodClock, FloodControl, MemoryFloodControl};
 use crate::flow::{self, FlowValidator, Problem, ProblemCode, ValidatedFlow};
 use crate::secrets::SecretStore;
-use crate::step::StepRegistry;
+use crate::step::{RegistryError, StepRegistry};
 use crate::storage::Storage;
 use crate::trigger::TriggerAuthenticator;
 
@@ -39,6 +40,9 @@ pub enum EngineError {
     NoStorage,
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(String),
+    /// An integration's step could not be registered (an invalid input schema).
+    #[error(transparent)]
+    Steps(#[from] RegistryError),
 }
 
 fn invalid_text(
@@ -79,7 +83,7 @@ fn join_lines<T: std::fmt::Display>(items: &[T]) -> String {
         .join("\n")
 }
 
-/// The connections these flows' steps use.
+/// The connections these flows' steps use, and their step types.
 fn needed_by<'a>(flows: impl Iterator<Item = &'a ValidatedFlow>) -> Needed {
     fn all<'s>(steps: &'s [flow::ValidatedStep], into: &mut Vec<&'s flow::ValidatedStep>) {
         for step in steps {
@@ -93,25 +97,23 @@ fn needed_by<'a>(flows: impl Iterator<Item = &'a ValidatedFlow>) -> Needed {
     for flow in flows {
         all(&flow.steps, &mut steps);
     }
-    let named = |kind| {
-        (steps.iter())
-            .filter(|s| s.implementation().connection_kind() == Some(kind))
-            .filter_map(|s| s.connection.clone())
-            .collect()
-    };
-    let mut halo: std::collections::BTreeSet<String> = named(crate::step::ConnectionKind::Halo);
-    // A Halo step without "connection" uses `halo`.
-    if (steps.iter()).any(|s| {
-        s.connection.is_none()
-            && s.implementation().connection_kind() == Some(crate::step::ConnectionKind::Halo)
-    }) {
-        halo.insert("halo".into());
+    let mut connections = std::collections::BTreeSet::new();
+    let mut step_types = std::collections::BTreeSet::new();
+    for step in steps {
+        let implementation = step.implementation();
+        step_types.insert(implementation.type_name());
+        let Some(kind) = implementation.connection_kind() else {
+            continue;
+        };
+        // A step without "connection" uses its kind's default (`halo`), if it has one.
+        let name = (step.connection.clone()).or(kind.default_name().map(str::to_owned));
+        if let Some(name) = name {
+            connections.insert((kind.config_table(), name));
+        }
     }
     Needed::Only {
-        halo,
-        http: named(crate::step::ConnectionKind::Http),
-        servicenow: (steps.iter())
-            .any(|s| s.implementation().type_name().starts_with("servicenow.")),
+        connections,
+        step_types,
     }
 }
 
@@ -127,6 +129,7 @@ pub struct EngineBuilder {
     flood_control: Option<Arc<dyn FloodControl>>,
     /// Build only the connections the flows use (and ask only for their secrets).
     only_flow_connections: bool,
+    integrations: Integrations,
 }
 
 impl EngineBuilder {
@@ -141,9 +144,25 @@ impl EngineBuilder {
         self
     }
 
-    /// The step registry; defaults to the built-in steps.
+    /// The step registry; defaults to the core's built-in steps. Either way the
+    /// integrations' steps it lacks are added.
     pub fn registry(mut self, registry: StepRegistry) -> Self {
         self.registry = Some(registry);
+        self
+    }
+
+    /// Runs `integration`: its config section, connections, steps, routes and jobs. The core
+    /// runs no integration it is not given.
+    pub fn integration(mut self, integration: impl Integration) -> Self {
+        self.integrations.push(Arc::new(integration));
+        self
+    }
+
+    /// Runs these integrations (after any registered before).
+    pub fn integrations(mut self, integrations: Integrations) -> Self {
+        for integration in integrations.iter() {
+            self.integrations.push(integration.clone());
+        }
         self
     }
 
@@ -187,10 +206,12 @@ impl EngineBuilder {
         let secrets = self
             .secrets
             .unwrap_or_else(|| SecretStore::from_environment(self.config.secrets.clone()));
+        let mut registry = self.registry.unwrap_or_else(StepRegistry::with_builtins);
+        self.integrations.complete(&mut registry)?;
         let source = FlowSource {
             paths: self.flow_paths,
             fixed: self.flows,
-            registry: self.registry.unwrap_or_else(StepRegistry::with_builtins),
+            registry,
             config: self.config.clone(),
             secrets: secrets.clone(),
             clock: self.flood_clock.clone(),
@@ -200,9 +221,10 @@ impl EngineBuilder {
             Ok(loaded) if self.only_flow_connections => needed_by(loaded.values().map(|l| &l.flow)),
             _ => Needed::All,
         };
-        let connections = Connections::from_config_for(&self.config, &secrets, &needed);
+        let integrations = self.integrations;
+        let connections = integrations.connections(&self.config, &secrets, &needed);
         // Config problems, flow problems and missing connection secrets are reported together.
-        let config = self.config.problems();
+        let config = integrations.problems(&self.config);
         let (loaded, connections) = match (loaded, connections) {
             (Ok(loaded), Ok(connections)) if config.is_empty() => (loaded, connections),
             (loaded, connections) => {
@@ -214,15 +236,7 @@ impl EngineBuilder {
             }
         };
         let storage = self.storage.ok_or(EngineError::NoStorage)?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("haloflow/", env!("CARGO_PKG_VERSION")))
-            // APIs answer, they do not redirect: a 3xx is shown as the answer (a base URL
-            // that needs fixing) rather than followed, possibly as a GET. Following also cost
-            // two more URL parses per request.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| EngineError::HttpClient(e.to_string()))?;
+        let http = http_client()?;
         let (finished, _) = broadcast::channel(1024);
         let flood = self.flood_control.unwrap_or_else(|| {
             let settings = loaded
@@ -238,6 +252,7 @@ impl EngineBuilder {
         let engine = Engine {
             inner: Arc::new(Inner {
                 flows: std::sync::RwLock::new(Arc::new(loaded)),
+                integration_flows: integration_flows(&integrations, &connections),
                 source,
                 connections: Arc::new(connections),
                 storage,
@@ -252,12 +267,26 @@ impl EngineBuilder {
                 active_runs: tokio::sync::watch::Sender::new(0),
                 running: Default::default(),
                 node_id: self.config.server.node_id(),
+                integrations,
                 lease: Duration::from_secs(self.config.server.run_lease_secs.max(1)),
             }),
         };
         spawn_pruner(&engine);
         Ok(engine)
     }
+}
+
+/// The client steps send with.
+fn http_client() -> Result<reqwest::Client, EngineError> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .user_agent(concat!("haloflow/", env!("CARGO_PKG_VERSION")))
+        // APIs answer, they do not redirect: a 3xx is shown as the answer (a base URL that
+        // needs fixing) rather than followed, possibly as a GET. Following also cost two more
+        // URL parses per request.
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| EngineError::HttpClient(e.to_string()))
 }
 
 /// Deletes finished runs past their retention on a schedule while the engine lives (when
@@ -309,6 +338,18 @@ fn spawn_sweeper(flood: &Arc<dyn FloodControl>) {
             }
         }
     });
+}
+
+/// The integrations' built-in flows, by id.
+fn integration_flows(integrations: &Integrations, connections: &Connections) -> FlowTable {
+    (integrations.flows(connections).into_iter())
+        .map(|flow| {
+            (
+                flow.id().to_owned(),
+                Arc::new(LoadedFlow::integration(flow)),
+            )
+        })
+        .collect()
 }
 
 /// The flows in one generation, by id.

@@ -2,6 +2,7 @@
 //! running flows off the request path.
 
 mod builder;
+pub mod integration;
 mod metrics;
 mod run;
 
@@ -14,11 +15,12 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 pub use builder::{EngineBuilder, EngineError};
-pub use metrics::{EngineMetrics, Histogram, LATENCY_BUCKETS, MetricsState};
+pub use metrics::{EngineMetrics, Exposition, Histogram, LATENCY_BUCKETS, MetricsState};
 pub use run::{DryRunReport, DryRunStep, RetryPolicy};
 
 use crate::config::{RetentionConfig, RetryConfig, ServerConfig};
 use crate::connections::Connections;
+use crate::engine::integration::Integrations;
 use crate::flood::{self, Admission, FloodClock, FloodControl};
 use crate::flow::ValidatedFlow;
 use crate::storage::{
@@ -44,6 +46,17 @@ pub(crate) type RateLimiter = governor::RateLimiter<
 >;
 
 impl LoadedFlow {
+    /// An integration's built-in flow (a ServiceNow connection's sync back): its requests are
+    /// authenticated and checked by the integration's own route, never at `/triggers`.
+    pub(crate) fn integration(flow: ValidatedFlow) -> LoadedFlow {
+        LoadedFlow {
+            flow,
+            auth: TriggerAuthenticator::None,
+            rate_limiter: None,
+            counters: Arc::default(),
+        }
+    }
+
     /// `Err(wait)` when the trigger's rate limit is exceeded.
     pub fn check_rate_limit(&self) -> Result<(), Duration> {
         use governor::clock::Clock;
@@ -83,12 +96,17 @@ pub struct Engine {
 struct Inner {
     /// The current generation of flows; a reload swaps it, requests in flight keep theirs.
     flows: std::sync::RwLock<Arc<builder::FlowTable>>,
+    /// The integrations' built-in flows, by id: run, listed in the run history and replayed
+    /// like any flow, but reached only through their integration's route.
+    integration_flows: builder::FlowTable,
     source: builder::FlowSource,
     connections: Arc<Connections>,
     storage: Arc<dyn Storage>,
     http: reqwest::Client,
     server: ServerConfig,
-    finished: broadcast::Sender<(String, RunStatus)>,
+    /// Runs whose execution in this process ended (finished, interrupted or taken over):
+    /// whoever waits for one looks again.
+    finished: broadcast::Sender<String>,
     /// Flips to true on [`Engine::shutdown`]; steps watch it through their context.
     shutdown: tokio::sync::watch::Sender<bool>,
     flood: Arc<dyn FloodControl>,
@@ -102,6 +120,8 @@ struct Inner {
     /// This node's name in run claims, and how long a claim holds.
     node_id: String,
     lease: Duration,
+    /// What the integrations add: their routes and background jobs.
+    integrations: Integrations,
 }
 
 /// The answer to an accepted trigger request.
@@ -114,6 +134,15 @@ pub struct Accepted {
     pub suppressed: Vec<SuppressedEvent>,
     /// Events whose Halo delivery id was received before: they start no second run.
     pub duplicates: Vec<DuplicateEvent>,
+}
+
+/// What the events of one request became, as stored and as answered.
+#[derive(Default)]
+struct Sorted {
+    runs: Vec<NewRun>,
+    stored_suppressed: Vec<NewSuppressed>,
+    suppressed: Vec<SuppressedEvent>,
+    duplicates: Vec<DuplicateEvent>,
 }
 
 /// An event Halo delivered before (the same delivery GUID), and the request that carried it.
@@ -201,6 +230,18 @@ impl Engine {
         self.flow_table().get(flow_id).cloned()
     }
 
+    /// An integration's built-in flow, e.g. `servicenow:customers/12` (a connection's sync
+    /// back); never served at `/triggers`.
+    pub fn integration_flow(&self, flow_id: &str) -> Option<Arc<LoadedFlow>> {
+        self.inner.integration_flows.get(flow_id).cloned()
+    }
+
+    /// The flow a stored run belongs to: a loaded flow or an integration's.
+    fn runnable_flow(&self, flow_id: &str) -> Option<Arc<LoadedFlow>> {
+        self.flow(flow_id)
+            .or_else(|| self.integration_flow(flow_id))
+    }
+
     /// Every loaded flow, sorted by id.
     pub fn flows(&self) -> Vec<Arc<LoadedFlow>> {
         let mut flows: Vec<_> = self.flow_table().values().cloned().collect();
@@ -245,18 +286,19 @@ impl Engine {
         &self.inner.source.secrets
     }
 
-    /// The configured connections (Halo, HTTP, ServiceNow).
+    /// The configured connections: the core's and the integrations'.
     pub fn connections(&self) -> &Arc<Connections> {
         &self.inner.connections
     }
 
-    /// Syncing back from ServiceNow, with this engine's storage, connections and HTTP client.
-    pub fn sync_back(&self) -> crate::servicenow::sync::SyncBack {
-        crate::servicenow::sync::SyncBack {
-            storage: self.inner.storage.clone(),
-            connections: self.inner.connections.clone(),
-            client: self.inner.http.clone(),
-        }
+    /// The HTTP client steps and integrations send with.
+    pub fn http_client(&self) -> &reqwest::Client {
+        &self.inner.http
+    }
+
+    /// The integrations this engine runs.
+    pub fn integrations(&self) -> &Integrations {
+        &self.inner.integrations
     }
 
     pub fn server_config(&self) -> &ServerConfig {
@@ -272,10 +314,7 @@ impl Engine {
         body_text: &str,
         body: Value,
     ) -> Result<Accepted, AcceptError> {
-        let active = *self.inner.active_runs.borrow();
-        if active >= self.inner.server.max_active_runs {
-            return Err(AcceptError::Overloaded(active));
-        }
+        self.check_room()?;
         let events = trigger::events(body).map_err(AcceptError::Payload)?;
         match self.accept_events(flow, query, body_text, events).await {
             // The same delivery arrived twice at once: the other copy won; look again. The
@@ -291,6 +330,31 @@ impl Engine {
         }
     }
 
+    /// Stores one event an integration's route authenticated and checked (a ServiceNow
+    /// webhook naming its record) with one run of `flow`, durably, then starts the run in the
+    /// background, as [`Engine::accept`] does for a trigger request. The event is the run's
+    /// `trigger.body`; `body_text` is stored as received.
+    pub async fn accept_event(
+        &self,
+        flow: &Arc<LoadedFlow>,
+        body_text: &str,
+        event: serde_json::Map<String, Value>,
+    ) -> Result<Accepted, AcceptError> {
+        self.check_room()?;
+        let query = TriggerQuery::default();
+        self.accept_events(flow, &query, body_text, vec![event])
+            .await
+    }
+
+    /// `Overloaded` when as many runs as `server.max_active_runs` are executing.
+    fn check_room(&self) -> Result<(), AcceptError> {
+        let active = *self.inner.active_runs.borrow();
+        if active >= self.inner.server.max_active_runs {
+            return Err(AcceptError::Overloaded(active));
+        }
+        Ok(())
+    }
+
     async fn accept_events(
         &self,
         flow: &Arc<LoadedFlow>,
@@ -302,86 +366,16 @@ impl Engine {
         let claimed = std::time::Instant::now();
         let request_id = new_id();
         let received_at_ms = now_ms();
-        let received_at = format_ms(received_at_ms);
         let event_count = events.len();
-        let flood_settings = &flow.flow.document.trigger.flood_control;
-        let mut runs = Vec::with_capacity(events.len());
-        let mut suppressed = Vec::new();
-        let mut stored_suppressed = Vec::new();
-        let delivery_ids: Vec<Option<String>> = events.iter().map(trigger::delivery_id).collect();
-        let mut seen: std::collections::HashMap<String, String> = self
-            .inner
-            .storage
-            .find_deliveries(
-                flow.flow.id(),
-                &delivery_ids.iter().flatten().cloned().collect::<Vec<_>>(),
-            )
-            .await?
-            .into_iter()
-            .collect();
-        let mut duplicates = Vec::new();
-        for (i, (event, delivery_id)) in events.into_iter().zip(delivery_ids).enumerate() {
-            if let Some(id) = &delivery_id {
-                match seen.get(id) {
-                    Some(first) => {
-                        duplicates.push(DuplicateEvent {
-                            event_index: i,
-                            delivery_id: id.clone(),
-                            first_request_id: first.clone(),
-                        });
-                        continue;
-                    }
-                    None => {
-                        seen.insert(id.clone(), request_id.clone());
-                    }
-                }
-            }
-            let outputs = trigger::outputs(&request_id, &received_at, query, event);
-            let key = flood_settings
-                .enabled
-                .then(|| flood::correlation_key(flood_settings, &outputs))
-                .flatten();
-            let admission = match &key {
-                Some(key) => {
-                    self.inner
-                        .flood
-                        .admit(flow.flow.id(), key, &request_id)
-                        .await
-                }
-                None => Admission::Run,
-            };
-            match admission {
-                Admission::Run => runs.push(NewRun {
-                    id: new_id(),
-                    flow_id: flow.flow.id().to_owned(),
-                    event_index: i,
-                    trigger: outputs,
-                    created_at_ms: received_at_ms,
-                    correlation_key: key,
-                    delivery_id,
-                    owner: Some(self.inner.node_id.clone()),
-                    lease_until_ms: Some(self.lease_until()),
-                }),
-                Admission::Suppress {
-                    parent_request_id,
-                    suppressed_count,
-                } => {
-                    stored_suppressed.push(NewSuppressed {
-                        event_index: i,
-                        flow_id: flow.flow.id().to_owned(),
-                        correlation_key: key.unwrap_or_default(),
-                        parent_request_id: parent_request_id.clone(),
-                        received_at_ms,
-                        delivery_id,
-                    });
-                    suppressed.push(SuppressedEvent {
-                        event_index: i,
-                        parent_request_id,
-                        suppressed_count,
-                    });
-                }
-            }
-        }
+        let sorted = self
+            .sort_events(flow, query, (&request_id, received_at_ms), events)
+            .await?;
+        let Sorted {
+            runs,
+            stored_suppressed,
+            suppressed,
+            duplicates,
+        } = sorted;
         let only_duplicates =
             runs.is_empty() && stored_suppressed.is_empty() && !duplicates.is_empty();
         let request = NewRequest {
@@ -419,6 +413,107 @@ impl Engine {
             suppressed,
             duplicates,
         })
+    }
+
+    /// What each event of request `(id, received at)` becomes: a duplicate of a delivery
+    /// received before, a run, or an event flood control suppresses.
+    async fn sort_events(
+        &self,
+        flow: &LoadedFlow,
+        query: &TriggerQuery,
+        (request_id, received_at_ms): (&str, i64),
+        events: Vec<serde_json::Map<String, Value>>,
+    ) -> Result<Sorted, StorageError> {
+        let received_at = format_ms(received_at_ms);
+        let delivery_ids: Vec<Option<String>> = events.iter().map(trigger::delivery_id).collect();
+        let mut seen: std::collections::HashMap<String, String> = self
+            .inner
+            .storage
+            .find_deliveries(
+                flow.flow.id(),
+                &delivery_ids.iter().flatten().cloned().collect::<Vec<_>>(),
+            )
+            .await?
+            .into_iter()
+            .collect();
+        let mut sorted = Sorted {
+            runs: Vec::with_capacity(events.len()),
+            ..Sorted::default()
+        };
+        for (i, (event, delivery_id)) in events.into_iter().zip(delivery_ids).enumerate() {
+            if let Some(id) = &delivery_id {
+                if let Some(first) = seen.get(id) {
+                    sorted.duplicates.push(DuplicateEvent {
+                        event_index: i,
+                        delivery_id: id.clone(),
+                        first_request_id: first.clone(),
+                    });
+                    continue;
+                }
+                seen.insert(id.clone(), request_id.to_owned());
+            }
+            let outputs = trigger::outputs(request_id, &received_at, query, event);
+            let event = (i, delivery_id, outputs);
+            self.admit(flow, (request_id, received_at_ms), event, &mut sorted)
+                .await;
+        }
+        Ok(sorted)
+    }
+
+    /// Event `i` of a request, with its delivery id and trigger outputs, as a run or, under
+    /// flood control, as a suppressed event.
+    async fn admit(
+        &self,
+        flow: &LoadedFlow,
+        (request_id, received_at_ms): (&str, i64),
+        (i, delivery_id, outputs): (usize, Option<String>, Value),
+        sorted: &mut Sorted,
+    ) {
+        let flood_settings = &flow.flow.document.trigger.flood_control;
+        let key = flood_settings
+            .enabled
+            .then(|| flood::correlation_key(flood_settings, &outputs))
+            .flatten();
+        let admission = match &key {
+            Some(key) => {
+                self.inner
+                    .flood
+                    .admit(flow.flow.id(), key, request_id)
+                    .await
+            }
+            None => Admission::Run,
+        };
+        match admission {
+            Admission::Run => sorted.runs.push(NewRun {
+                id: new_id(),
+                flow_id: flow.flow.id().to_owned(),
+                event_index: i,
+                trigger: outputs,
+                created_at_ms: received_at_ms,
+                correlation_key: key,
+                delivery_id,
+                owner: Some(self.inner.node_id.clone()),
+                lease_until_ms: Some(self.lease_until()),
+            }),
+            Admission::Suppress {
+                parent_request_id,
+                suppressed_count,
+            } => {
+                sorted.stored_suppressed.push(NewSuppressed {
+                    event_index: i,
+                    flow_id: flow.flow.id().to_owned(),
+                    correlation_key: key.unwrap_or_default(),
+                    parent_request_id: parent_request_id.clone(),
+                    received_at_ms,
+                    delivery_id,
+                });
+                sorted.suppressed.push(SuppressedEvent {
+                    event_index: i,
+                    parent_request_id,
+                    suppressed_count,
+                });
+            }
+        }
     }
 
     /// Starts runs of `flow_id` for a trigger payload, as a webhook would (without its
@@ -546,6 +641,9 @@ impl Engine {
             let finished = engine
                 .execute_run(&flow, &run_id, trigger, claimed, fresh)
                 .await;
+            if finished.is_some() && engine.integration_flow(flow.flow.id()).is_some() {
+                engine.record_request_outcome(&run_id).await;
+            }
             engine
                 .inner
                 .running
@@ -554,9 +652,7 @@ impl Engine {
                 .remove(&run_id);
             engine.inner.active_runs.send_modify(|n| *n -= 1);
             // Told last, so whoever waits for the run finds its room freed too.
-            if let Some(status) = finished {
-                let _ = engine.inner.finished.send((run_id, status));
-            }
+            let _ = engine.inner.finished.send(run_id);
         });
         true
     }
@@ -581,7 +677,7 @@ impl Engine {
             if self.is_running_here(&run_id) {
                 continue;
             }
-            let Some(flow) = self.flow(&flow_id) else {
+            let Some(flow) = self.runnable_flow(&flow_id) else {
                 tracing::warn!(%run_id, %flow_id, "An unfinished run's flow is not loaded; it waits until the flow is back.");
                 continue;
             };
@@ -604,94 +700,41 @@ impl Engine {
 
     /// Starts the background work of a serving engine, after it is built and before it takes
     /// requests: rebuilds flood control (a flood in progress at a restart stays suppressed),
-    /// continues unfinished runs, then keeps taking over runs of dead nodes and runs the
-    /// enabled integrators. Returns (flood-control runs replayed, runs resumed).
+    /// continues unfinished runs, then keeps taking over runs of dead nodes and starts the
+    /// integrations' jobs (an integrator's scans, say). Returns (flood-control runs replayed,
+    /// runs resumed).
     pub async fn start(&self) -> Result<(usize, usize), StorageError> {
         let replayed = self.restore_flood_control().await?;
         let resumed = self.resume_unfinished_runs().await?;
         self.spawn_takeover_loop();
-        self.spawn_integrators();
+        self.inner.integrations.start(self);
         Ok((replayed, resumed))
     }
 
-    /// Runs each enabled integrator on its schedule, on one node at a time (a named lease per
-    /// instance), while the engine lives.
-    pub fn spawn_integrators(&self) {
-        for sn in self.inner.connections.servicenow_all() {
-            if !sn.config.integrator.enabled {
-                continue;
-            }
-            let Ok(every) = sn.config.integrator.interval() else {
-                continue;
-            };
-            let sn = sn.clone();
-            let inner = Arc::downgrade(&self.inner);
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                loop {
-                    tick.tick().await;
-                    let Some(inner) = inner.upgrade() else { break };
-                    let engine = Engine { inner };
-                    if engine.is_shutting_down() {
-                        break;
-                    }
-                    match engine.run_integrator(&sn, every).await {
-                        Ok(Some(report)) => log_scan(&report),
-                        Ok(None) => {}
-                        Err(e) => {
-                            tracing::warn!(connection = %sn.key(), error = %e, "Integrator scan failed; the next one retries.")
-                        }
-                    }
-                }
-            });
-        }
+    /// Runs `job` now and then every `every`, while the engine lives and until it shuts
+    /// down: an integration's background job ([`crate::engine::integration::Integration::start`]).
+    /// The job holds the engine only while it runs.
+    pub fn spawn_every<F, Fut>(&self, every: Duration, job: F)
+    where
+        F: Fn(Engine) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        self.spawn_loop(every, false, job);
     }
 
-    /// One integrator scan of `sn`, unless another node holds its lease (`None`). A first scan
-    /// looks `every` back, and records the integrator's start.
-    pub async fn run_integrator(
-        &self,
-        sn: &crate::servicenow::ServiceNowConnection,
-        every: Duration,
-    ) -> Result<Option<crate::servicenow::integrator::ScanReport>, crate::step::StepError> {
-        let name = format!("integrator:{}", sn.key());
-        let now = now_ms();
-        let held = self
-            .inner
-            .storage
-            .try_lease(
-                &name,
-                &self.inner.node_id,
-                now + every.as_millis() as i64,
-                now,
-            )
-            .await
-            .map_err(|e| crate::step::StepError::storage("the integrator lease", e))?;
-        if !held {
-            return Ok(None);
-        }
-        // The integrator starts now: records created before it never become tickets unless
-        // the connection's filter and create_existing say so (the first scan still looks
-        // `every` back for changes to linked records).
-        self.inner
-            .storage
-            .integrator_start(&sn.key(), now)
-            .await
-            .map_err(|e| crate::step::StepError::storage("the integrator start", e))?;
-        let report = self
-            .sync_back()
-            .scan(sn, now - every.as_millis() as i64)
-            .await?;
-        Ok(Some(report))
-    }
-
-    /// Looks for runs to take over (their node died) every half lease, while the engine lives.
-    pub fn spawn_takeover_loop(&self) {
+    /// Runs `job` every `every` (the first time at once unless `wait_first`) while the engine
+    /// lives and until it shuts down.
+    fn spawn_loop<F, Fut>(&self, every: Duration, wait_first: bool, job: F)
+    where
+        F: Fn(Engine) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
         let inner = Arc::downgrade(&self.inner);
-        let every = (self.inner.lease / 2).max(Duration::from_millis(200));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
-            tick.tick().await;
+            if wait_first {
+                tick.tick().await;
+            }
             loop {
                 tick.tick().await;
                 let Some(inner) = inner.upgrade() else { break };
@@ -699,12 +742,20 @@ impl Engine {
                 if engine.is_shutting_down() {
                     break;
                 }
-                match engine.resume_unfinished_runs().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(runs = n, "Took over unfinished runs."),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Could not look for unfinished runs; trying again.")
-                    }
+                job(engine).await;
+            }
+        });
+    }
+
+    /// Looks for runs to take over (their node died) every half lease, while the engine lives.
+    pub fn spawn_takeover_loop(&self) {
+        let every = (self.inner.lease / 2).max(Duration::from_millis(200));
+        self.spawn_loop(every, true, |engine| async move {
+            match engine.resume_unfinished_runs().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(runs = n, "Took over unfinished runs."),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Could not look for unfinished runs; trying again.")
                 }
             }
         });
@@ -751,12 +802,12 @@ impl Engine {
                 status: old.summary.status.as_str(),
             });
         }
-        let flow = self
-            .flow(&old.summary.flow_id)
-            .ok_or_else(|| ReplayError::UnknownFlow {
-                run_id: run_id.to_owned(),
-                flow_id: old.summary.flow_id.clone(),
-            })?;
+        let flow =
+            self.runnable_flow(&old.summary.flow_id)
+                .ok_or_else(|| ReplayError::UnknownFlow {
+                    run_id: run_id.to_owned(),
+                    flow_id: old.summary.flow_id.clone(),
+                })?;
         let start_step = match from {
             ReplayFrom::Trigger => None,
             ReplayFrom::Failure => old
@@ -824,12 +875,14 @@ impl Engine {
         self.inner.metrics.snapshot()
     }
 
-    /// Waits until the run has finished and returns it.
+    /// Waits until the run has finished (and this process is done with it: its room freed,
+    /// its request's outcome recorded) and returns it.
     pub async fn wait_for_run(&self, run_id: &str) -> Result<RunDetail, StorageError> {
         let mut finished = self.inner.finished.subscribe();
         loop {
             if let Some(detail) = self.inner.storage.get_run(run_id).await?
                 && detail.summary.status.is_finished()
+                && !self.is_running_here(run_id)
             {
                 return Ok(detail);
             }
@@ -839,67 +892,42 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Records what a finished run of an integration's flow did on the request it came with
+    /// (`RequestRecord::outcome`): its last step's outputs, or its error. The run history
+    /// stays the record; a failure here is logged.
+    async fn record_request_outcome(&self, run_id: &str) {
+        let storage = &self.inner.storage;
+        let recorded = async {
+            let Some(run) = storage.get_run(run_id).await? else {
+                return Ok(());
+            };
+            let Some(request_id) = &run.summary.request_id else {
+                return Ok(());
+            };
+            storage
+                .set_request_outcome(request_id, &run_outcome(&run))
+                .await
+        };
+        if let Err(e) = recorded.await {
+            tracing::warn!(%run_id, error = %e, "Could not record a run's outcome on its request; the run history has it.");
+        }
+    }
+}
+
+/// A finished run's outcome: its last step's outputs when it succeeded, else its error.
+fn run_outcome(run: &RunDetail) -> Value {
+    match run.summary.status {
+        RunStatus::Succeeded => run
+            .steps
+            .last()
+            .and_then(|step| step.outputs.clone())
+            .unwrap_or(Value::Null),
+        _ => serde_json::json!({"error": run.summary.error}),
+    }
+}
+
 /// Time-ordered unique ids (UUIDv7), so listings sort by creation.
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
-}
-
-/// A scan that met errors is a warning naming the first, not a quiet "done".
-fn log_scan(report: &crate::servicenow::integrator::ScanReport) {
-    let (connection, records, created) = (&report.connection, report.records, report.created);
-    match report.errors.first() {
-        None => {
-            tracing::info!(%connection, records, created, updated = report.updated, notes = report.notes, "Integrator scan done.")
-        }
-        Some(first) => {
-            tracing::warn!(%connection, records, created, errors = report.errors.len(), first_error = %first, skipped = report.skipped.len(), "Integrator scan met errors; the records that failed are tried again by the next scan (see `haloflow integrator run` for each error).")
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::io::Write;
-    use std::sync::{Arc, Mutex};
-
-    use super::log_scan;
-    use crate::servicenow::integrator::ScanReport;
-
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Captured {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    /// Seen: a scan with 3 connection errors was logged as INFO "scan done records=0".
-    #[test]
-    fn a_scan_that_met_errors_is_a_warning_naming_the_first() {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::with_default(subscriber, || {
-            log_scan(&ScanReport {
-                connection: "customers/12".into(),
-                errors: vec!["connection refused".into(); 3],
-                ..ScanReport::default()
-            });
-        });
-        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-        assert!(text.contains("WARN"), "{text}");
-        assert!(
-            text.contains("errors=3") && text.contains("connection refused"),
-            "{text}"
-        );
-        assert!(!text.contains("scan done"), "{text}");
-    }
 }

@@ -1,22 +1,31 @@
-//! Executing a run: render each step's inputs, check them, execute the step, record everything.
+//! Executing a run: one step loop, shared by served runs and dry runs, renders each step's
+//! inputs, checks them, runs the step and goes on along the path it chose. A served run
+//! records and retries every step ([`attempts`]); a dry run previews them ([`dry`]).
+
+mod attempts;
+mod dry;
+mod retry;
 
 use std::collections::{HashMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::ops::ControlFlow;
+use std::time::Instant;
 
-use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::{Engine, LoadedFlow};
-use crate::config::RetrySettings;
 use crate::flow::{ValidatedFlow, ValidatedStep};
-use crate::outbound::{DryRunRecorder, Outbound, RequestPreview};
-use crate::step::{Resend, StepContext, StepError};
+use crate::outbound::Outbound;
+use crate::step::StepContext;
 use crate::storage::{
-    AttemptOutcome, AttemptRecord, Progress, RunFinish, RunStatus, StepOutcome, StepRunRecord,
-    StepStart, StepStatus, StorageError, now_ms,
+    Progress, RunFinish, RunStatus, StepOutcome, StepRunRecord, StepStart, StepStatus,
+    StorageError, now_ms,
 };
 use crate::template::CompiledValue;
+use attempts::StepRun;
 use handlebars::Context;
+
+pub use dry::{DryRunReport, DryRunStep};
+pub use retry::RetryPolicy;
 
 /// How a run's execution ended in this process.
 pub(super) enum RunEnd {
@@ -27,6 +36,7 @@ pub(super) enum RunEnd {
     LostClaim,
 }
 
+/// How one step of a served run ended.
 enum StepEnd {
     Succeeded(Value),
     Failed(String),
@@ -34,65 +44,42 @@ enum StepEnd {
     LostClaim,
 }
 
-/// Attempts and backoff of one step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    pub max_attempts: u32,
-    pub initial_delay: Duration,
-    pub max_delay: Duration,
+/// How the step loop runs each step: the one thing a served run (recorded, retried,
+/// resumable) and a dry run (previewed, nothing sent or stored) do differently.
+trait StepRunner {
+    /// Why the loop stopped before the flow's end.
+    type Stop;
+    /// Whether a refining step's outputs replace the trigger's for the steps after it.
+    const REFINES_TRIGGER: bool;
+    /// Runs `step` on the data so far: its outputs, or why the loop stops here.
+    async fn run(
+        &mut self,
+        step: &ValidatedStep,
+        data: &mut Context,
+    ) -> ControlFlow<Self::Stop, Value>;
 }
 
-/// The longest `Retry-After` honoured: Halo's rate-limit window (halo-api.md §6).
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
-
-impl RetryPolicy {
-    /// Five attempts, 1 s doubling up to 60 s.
-    pub const BUILT_IN: RetrySettings = RetrySettings {
-        max_attempts: Some(5),
-        initial_delay_ms: Some(1000),
-        max_delay_ms: Some(60_000),
-    };
-
-    pub fn from_settings(settings: RetrySettings) -> RetryPolicy {
-        let built_in = Self::BUILT_IN;
-        RetryPolicy {
-            max_attempts: settings
-                .max_attempts
-                .or(built_in.max_attempts)
-                .unwrap_or(1)
-                .max(1),
-            initial_delay: Duration::from_millis(
-                settings
-                    .initial_delay_ms
-                    .or(built_in.initial_delay_ms)
-                    .unwrap_or(0),
-            ),
-            max_delay: Duration::from_millis(
-                settings.max_delay_ms.or(built_in.max_delay_ms).unwrap_or(0),
-            ),
+/// The step loop: a flow's steps in order, each seeing the outputs of those before it; a
+/// branching step puts the path it chose in front of the rest.
+async fn run_steps<R: StepRunner>(
+    flow: &ValidatedFlow,
+    data: &mut Context,
+    runner: &mut R,
+) -> ControlFlow<R::Stop> {
+    let mut queue: VecDeque<&ValidatedStep> = flow.steps.iter().collect();
+    while let Some(step) = queue.pop_front() {
+        let outputs = runner.run(step, data).await?;
+        if let Some(path) = step.chosen_path(&outputs) {
+            for next in path.iter().rev() {
+                queue.push_front(next);
+            }
         }
-    }
-
-    /// The wait after failed attempt `attempt` (1-based): exponential with "equal jitter"
-    /// (half fixed, half random), capped; a longer `Retry-After` wins, up to 5 minutes.
-    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
-        let exponent = attempt.saturating_sub(1).min(30);
-        let base = self
-            .initial_delay
-            .saturating_mul(1u32 << exponent)
-            .min(self.max_delay);
-        let jittered = base / 2 + base.mul_f64(random_fraction() / 2.0);
-        match retry_after {
-            Some(wanted) => jittered.max(wanted.min(MAX_RETRY_AFTER)),
-            None => jittered,
+        if R::REFINES_TRIGGER && step.implementation().refines_trigger() {
+            refine_trigger(data, &outputs);
         }
+        add_outputs(data, &step.id, outputs);
     }
-}
-
-/// A number in [0, 1) from the random bits of a v4 UUID (no extra dependency).
-fn random_fraction() -> f64 {
-    let bits = uuid::Uuid::new_v4().as_u128() as u64 >> 11;
-    bits as f64 / (1u64 << 53) as f64
+    ControlFlow::Continue(())
 }
 
 /// What a run did that is not written yet: it goes out with the run's next write (the next
@@ -124,32 +111,113 @@ impl Unwritten {
     }
 }
 
-/// A run whose attempts of a step may have made something, and when its first attempt began.
-type EarlierRun = (String, Option<i64>);
-
-/// How an attempt goes about its work.
-enum AttemptMode<'a> {
-    Send,
-    /// Look under these runs' keys first; send only when nothing is found.
-    LookUpFirst(&'a [EarlierRun]),
-    /// The step cannot look up an earlier attempt, so it must not send again.
-    Refuse,
+/// What a served run holds between its writes.
+struct RunState {
+    /// When this node last renewed its claim on the run.
+    claim: Instant,
+    unwritten: Unwritten,
 }
 
-/// The longest wait before the look-up after a lost last answer: a slow server may still be
-/// finishing the request.
-const MAX_SETTLE: Duration = Duration::from_secs(10);
-
-/// An attempt that started but never recorded its end (a crash) may have taken effect, as
-/// may one that ended with a lost answer.
-fn left_uncertain(step: &StepRunRecord) -> bool {
-    step.attempts as usize > step.attempt_log.len()
-        || step.attempt_log.last().is_some_and(|a| a.outcome_unknown)
+/// A served run's way through its steps: every step recorded and retried, the claim kept
+/// alive; the steps an interrupted or replayed run already finished are reused, not run again.
+struct ServedRun<'a> {
+    engine: &'a Engine,
+    flow: &'a ValidatedFlow,
+    run_id: &'a str,
+    /// The steps this run recorded before, by id.
+    earlier: HashMap<String, StepRunRecord>,
+    /// The run this one replays.
+    replay_of: Option<String>,
+    /// The next step's place in the run's record.
+    position: usize,
+    state: RunState,
 }
 
-/// When a step's first attempt started, across restarts.
-fn first_attempt_of(step: &StepRunRecord) -> i64 {
-    (step.attempt_log.iter().map(|a| a.started_at_ms)).fold(step.started_at_ms, i64::min)
+impl StepRunner for ServedRun<'_> {
+    type Stop = Result<RunEnd, StorageError>;
+    const REFINES_TRIGGER: bool = true;
+
+    async fn run(
+        &mut self,
+        step: &ValidatedStep,
+        data: &mut Context,
+    ) -> ControlFlow<Self::Stop, Value> {
+        let next = self.run_step(step, data).await;
+        self.position += 1;
+        match next {
+            Ok(next) => next.map_break(Ok),
+            Err(e) => ControlFlow::Break(Err(e)),
+        }
+    }
+}
+
+impl ServedRun<'_> {
+    /// Reuses the step's outputs when this run finished it before; else runs its attempts.
+    async fn run_step(
+        &mut self,
+        step: &ValidatedStep,
+        data: &Context,
+    ) -> Result<ControlFlow<RunEnd, Value>, StorageError> {
+        let before = self.earlier.get(&step.id);
+        if let Some(done) = before.filter(|s| s.status == StepStatus::Succeeded) {
+            return Ok(ControlFlow::Continue(
+                done.outputs.clone().unwrap_or(Value::Null),
+            ));
+        }
+        if self.engine.is_shutting_down() {
+            return Ok(ControlFlow::Break(self.stop(RunEnd::Interrupted).await?));
+        }
+        let step_run = StepRun {
+            engine: self.engine,
+            flow: self.flow,
+            run_id: self.run_id,
+            step,
+            position: self.position,
+            before,
+            replay_of: self.replay_of.as_deref(),
+        };
+        let end = match step_run.execute(data, &mut self.state).await? {
+            StepEnd::Succeeded(outputs) => return Ok(ControlFlow::Continue(outputs)),
+            StepEnd::Failed(message) => {
+                let failure = Some((step.id.as_str(), message.as_str()));
+                self.finish(RunStatus::Failed, failure).await?
+            }
+            StepEnd::Interrupted => self.stop(RunEnd::Interrupted).await?,
+            // The step's end is true whoever holds the run now.
+            StepEnd::LostClaim => self.stop(RunEnd::LostClaim).await?,
+        };
+        Ok(ControlFlow::Break(end))
+    }
+
+    /// Writes the run's end, with whatever was unwritten.
+    async fn finish(
+        &self,
+        status: RunStatus,
+        failure: Option<(&str, &str)>,
+    ) -> Result<RunEnd, StorageError> {
+        let end = RunFinish {
+            status,
+            failure,
+            at_ms: now_ms(),
+        };
+        let progress = self.state.unwritten.with(None, Some(end));
+        (self.engine.inner.storage)
+            .record_progress(self.run_id, &progress)
+            .await?;
+        Ok(RunEnd::Finished(status))
+    }
+
+    /// Stops the run here, unfinished: what is unwritten is written first.
+    async fn stop(&mut self, end: RunEnd) -> Result<RunEnd, StorageError> {
+        let unwritten = &mut self.state.unwritten;
+        if !unwritten.is_empty() {
+            (self.engine.inner.storage)
+                .record_progress(self.run_id, &unwritten.with(None, None))
+                .await?;
+            *unwritten = Unwritten::default();
+        }
+        Ok(end)
+    }
 }
 
 /// Why a step could not start or finish, as recorded.
@@ -202,30 +270,7 @@ fn prepare_inputs(
     context: &Context,
     dry_run: bool,
 ) -> Result<Value, StepFailure> {
-    let inputs = flow
-        .templates
-        .render(&step.inputs, context.data(), context)
-        .map_err(|failure| {
-            let input = failure
-                .pointer
-                .split_once("/inputs")
-                .map(|(_, rest)| rest)
-                .unwrap_or(&failure.pointer);
-            let place = flow
-                .place(&failure.pointer)
-                .map(|p| format!("{p}: "))
-                .unwrap_or_default();
-            StepFailure {
-                code: "template_error",
-                message: format!(
-                    "{place}flow `{}`, step `{}`, input {}: {}",
-                    flow.id(),
-                    step.id,
-                    if input.is_empty() { "/" } else { input },
-                    failure.message
-                ),
-            }
-        })?;
+    let inputs = render_inputs(flow, step, context)?;
     let schema = if dry_run {
         &step.step.relaxed_schema
     } else {
@@ -240,26 +285,50 @@ fn prepare_inputs(
                 place = inputs_pointer(&step.inputs)
                     .and_then(|base| nearest_place(flow, &format!("{base}{at}")));
             }
-            format!(
-                "input {}: {}",
-                if at.is_empty() { "/" } else { &at },
-                e.masked()
-            )
+            let at = if at.is_empty() { "/" } else { &at };
+            format!("input {at}: {}", e.masked())
         })
         .collect();
-    if !errors.is_empty() {
-        return Err(StepFailure {
-            code: "invalid_input",
+    if errors.is_empty() {
+        return Ok(inputs);
+    }
+    Err(StepFailure {
+        code: "invalid_input",
+        message: format!(
+            "{}flow `{}`, step `{}`: {}. The rendered value does not fit the step's input; check what the template reads (`haloflow run --dry-run` shows it)",
+            place.map(|p| format!("{p}: ")).unwrap_or_default(),
+            flow.id(),
+            step.id,
+            errors.join("; ")
+        ),
+    })
+}
+
+/// Renders a step's input templates against the data so far.
+fn render_inputs(
+    flow: &ValidatedFlow,
+    step: &ValidatedStep,
+    context: &Context,
+) -> Result<Value, StepFailure> {
+    let rendered = flow.templates.render(&step.inputs, context.data(), context);
+    rendered.map_err(|failure| {
+        let input = (failure.pointer.split_once("/inputs"))
+            .map(|(_, rest)| rest)
+            .unwrap_or(&failure.pointer);
+        let place = (flow.place(&failure.pointer))
+            .map(|p| format!("{p}: "))
+            .unwrap_or_default();
+        StepFailure {
+            code: "template_error",
             message: format!(
-                "{}flow `{}`, step `{}`: {}. The rendered value does not fit the step's input; check what the template reads (`haloflow run --dry-run` shows it)",
-                place.map(|p| format!("{p}: ")).unwrap_or_default(),
+                "{place}flow `{}`, step `{}`, input {}: {}",
                 flow.id(),
                 step.id,
-                errors.join("; ")
+                if input.is_empty() { "/" } else { input },
+                failure.message
             ),
-        });
-    }
-    Ok(inputs)
+        }
+    })
 }
 
 /// The JSON pointer of a step's `inputs` object, from any compiled template in it.
@@ -285,26 +354,6 @@ fn nearest_place(flow: &ValidatedFlow, pointer: &str) -> Option<String> {
         }
         pointer = &pointer[..pointer.rfind('/')?];
     }
-}
-
-/// One step of a dry run.
-#[derive(Debug, Clone, Serialize)]
-pub struct DryRunStep {
-    pub id: String,
-    pub step_type: String,
-    pub inputs: Option<Value>,
-    pub requests: Vec<RequestPreview>,
-    /// Placeholders (`{{steps.<id>.<output>}}`) where a real run would have values.
-    pub outputs: Option<Value>,
-    pub error: Option<String>,
-}
-
-/// What a run would do, without sending anything.
-#[derive(Debug, Clone, Serialize)]
-pub struct DryRunReport {
-    pub flow_id: String,
-    pub trigger: Value,
-    pub steps: Vec<DryRunStep>,
 }
 
 impl Engine {
@@ -377,466 +426,57 @@ impl Engine {
         claimed: Instant,
         fresh: bool,
     ) -> Result<RunEnd, StorageError> {
-        let storage = &self.inner.storage;
         // A resumed or replayed run reuses the steps it already finished.
-        let (earlier, replay_of): (HashMap<String, StepRunRecord>, Option<String>) = if fresh {
+        let (earlier, replay_of) = if fresh {
             (HashMap::new(), None)
         } else {
-            storage
-                .get_run(run_id)
-                .await?
-                .map(|detail| {
-                    let steps = detail.steps.into_iter();
-                    let steps = steps.map(|s| (s.step_id.clone(), s)).collect();
-                    (steps, detail.summary.replay_of)
-                })
-                .unwrap_or_default()
+            self.recorded_steps(run_id).await?
         };
-        let mut claim = claimed;
-        let mut unwritten = Unwritten {
-            run_started_at_ms: Some(now_ms()),
-            step_finished: None,
+        let mut run = ServedRun {
+            engine: self,
+            flow,
+            run_id,
+            earlier,
+            replay_of,
+            position: 0,
+            state: RunState {
+                claim: claimed,
+                unwritten: Unwritten {
+                    run_started_at_ms: Some(now_ms()),
+                    step_finished: None,
+                },
+            },
         };
         let mut data = initial_data(flow, trigger);
-        // Steps still to run, next first; a branching step puts its chosen path in front.
-        let mut queue: VecDeque<&ValidatedStep> = flow.steps.iter().collect();
-        let mut position = 0;
-        while let Some(step) = queue.pop_front() {
-            let before = earlier.get(&step.id);
-            let outputs = match before.filter(|s| s.status == StepStatus::Succeeded) {
-                Some(done) => done.outputs.clone().unwrap_or(Value::Null),
-                None => {
-                    if self.is_shutting_down() {
-                        self.write_unwritten(run_id, &mut unwritten).await?;
-                        return Ok(RunEnd::Interrupted);
-                    }
-                    let end = self
-                        .execute_step(
-                            flow,
-                            run_id,
-                            step,
-                            position,
-                            &data,
-                            before,
-                            replay_of.as_deref(),
-                            &mut claim,
-                            &mut unwritten,
-                        )
-                        .await?;
-                    match end {
-                        StepEnd::Succeeded(outputs) => outputs,
-                        StepEnd::Failed(message) => {
-                            let end = RunFinish {
-                                status: RunStatus::Failed,
-                                failure: Some((&step.id, &message)),
-                                at_ms: now_ms(),
-                            };
-                            storage
-                                .record_progress(run_id, &unwritten.with(None, Some(end)))
-                                .await?;
-                            return Ok(RunEnd::Finished(RunStatus::Failed));
-                        }
-                        StepEnd::Interrupted => {
-                            self.write_unwritten(run_id, &mut unwritten).await?;
-                            return Ok(RunEnd::Interrupted);
-                        }
-                        StepEnd::LostClaim => {
-                            // The step's end is true whoever holds the run now.
-                            self.write_unwritten(run_id, &mut unwritten).await?;
-                            return Ok(RunEnd::LostClaim);
-                        }
-                    }
-                }
-            };
-            position += 1;
-            if let Some(path) = step.chosen_path(&outputs) {
-                for next in path.iter().rev() {
-                    queue.push_front(next);
-                }
-            }
-            if step.implementation().refines_trigger() {
-                refine_trigger(&mut data, &outputs);
-            }
-            add_outputs(&mut data, &step.id, outputs);
+        match run_steps(flow, &mut data, &mut run).await {
+            ControlFlow::Break(stopped) => stopped,
+            ControlFlow::Continue(()) => run.finish(RunStatus::Succeeded, None).await,
         }
-        let end = RunFinish {
-            status: RunStatus::Succeeded,
-            failure: None,
-            at_ms: now_ms(),
-        };
-        storage
-            .record_progress(run_id, &unwritten.with(None, Some(end)))
-            .await?;
-        Ok(RunEnd::Finished(RunStatus::Succeeded))
     }
 
-    async fn write_unwritten(
+    /// The steps a run recorded before, by id, and the run it replays.
+    async fn recorded_steps(
         &self,
         run_id: &str,
-        unwritten: &mut Unwritten,
-    ) -> Result<(), StorageError> {
-        if !unwritten.is_empty() {
-            let progress = unwritten.with(None, None);
-            self.inner
-                .storage
-                .record_progress(run_id, &progress)
-                .await?;
-            *unwritten = Unwritten::default();
-        }
-        Ok(())
+    ) -> Result<(HashMap<String, StepRunRecord>, Option<String>), StorageError> {
+        let detail = self.inner.storage.get_run(run_id).await?;
+        Ok(detail
+            .map(|detail| {
+                let steps = detail.steps.into_iter();
+                let steps = steps.map(|s| (s.step_id.clone(), s)).collect();
+                (steps, detail.summary.replay_of)
+            })
+            .unwrap_or_default())
     }
 
     /// The retry policy of one step: the flow's settings, then the config's, then built-in.
-    pub(super) fn retry_policy(&self, step: &ValidatedStep) -> RetryPolicy {
+    fn retry_policy(&self, step: &ValidatedStep) -> RetryPolicy {
         let type_name = step.implementation().type_name();
         RetryPolicy::from_settings(
             step.retry
                 .or(self.inner.retry.for_type(type_name))
                 .or(RetryPolicy::BUILT_IN),
         )
-    }
-
-    /// Runs one step's attempts until it succeeds, fails for good, or the engine shuts down.
-    /// Every attempt is recorded before it sends (the intent, written with what was
-    /// `unwritten`) and after it ends (the step's end is left in `unwritten` for the next write).
-    #[allow(clippy::too_many_arguments)] // the run's state, passed down rather than bundled
-    async fn execute_step(
-        &self,
-        flow: &ValidatedFlow,
-        run_id: &str,
-        step: &ValidatedStep,
-        position: usize,
-        data: &Context,
-        before: Option<&StepRunRecord>,
-        replay_of: Option<&str>,
-        claim: &mut Instant,
-        unwritten: &mut Unwritten,
-    ) -> Result<StepEnd, StorageError> {
-        let storage = &self.inner.storage;
-        let type_name = step.implementation().type_name();
-        let inputs = match prepare_inputs(flow, step, data, false) {
-            Ok(inputs) => inputs,
-            Err(failure) => {
-                let start = StepStart {
-                    step_id: &step.id,
-                    position,
-                    step_type: type_name,
-                    inputs: &Value::Null,
-                    attempt: 1,
-                    at_ms: now_ms(),
-                };
-                storage
-                    .record_progress(run_id, &unwritten.with(Some(start), None))
-                    .await?;
-                let outcome = StepOutcome {
-                    status: StepStatus::Failed,
-                    outputs: None,
-                    error: Some((failure.code.to_owned(), failure.message.clone())),
-                    exchanges: Vec::new(),
-                    finished_at_ms: now_ms(),
-                    attempt: None,
-                };
-                *unwritten = Unwritten {
-                    run_started_at_ms: None,
-                    step_finished: Some((step.id.clone(), outcome)),
-                };
-                return Ok(StepEnd::Failed(failure.message));
-            }
-        };
-        let policy = self.retry_policy(step);
-        let resend = step.implementation().resend(&inputs);
-        let mut attempt = before.map_or(0, |s| s.attempts);
-        // The runs this one replays whose same step may have taken effect unseen: their keys
-        // are looked up too, so a replay adopts what they created instead of creating again.
-        let ancestors = match (resend, replay_of) {
-            (Resend::LookUpFirst, Some(replay_of)) => {
-                self.uncertain_ancestors(replay_of, &step.id).await?
-            }
-            _ => Vec::new(),
-        };
-        let mut uncertain = before.is_some_and(left_uncertain) || !ancestors.is_empty();
-        let mut exchanges = before.map(|s| s.exchanges.clone()).unwrap_or_default();
-        let mut first_attempt_at_ms = before.map(first_attempt_of);
-        loop {
-            // Fencing: a node whose claim was taken over must not send anything more.
-            if !self.renew_claim(run_id, claim).await? {
-                return Ok(StepEnd::LostClaim);
-            }
-            attempt += 1;
-            let started_at_ms = now_ms();
-            let first_attempt_at_ms = *first_attempt_at_ms.get_or_insert(started_at_ms);
-            let clock = Instant::now();
-            let start = StepStart {
-                step_id: &step.id,
-                position,
-                step_type: type_name,
-                inputs: &inputs,
-                attempt,
-                at_ms: started_at_ms,
-            };
-            storage
-                .record_progress(run_id, &unwritten.with(Some(start), None))
-                .await?;
-            *unwritten = Unwritten::default();
-            let http = Outbound::live(self.inner.http.clone());
-            let context =
-                self.step_context(flow, run_id, step, http.clone(), Some(first_attempt_at_ms));
-            let mut lookups = ancestors.clone();
-            if attempt > 1 {
-                lookups.insert(0, (run_id.to_owned(), Some(first_attempt_at_ms)));
-            }
-            let mode = match resend {
-                _ if !uncertain => AttemptMode::Send,
-                Resend::Safe => AttemptMode::Send,
-                Resend::LookUpFirst => AttemptMode::LookUpFirst(&lookups),
-                Resend::Never => AttemptMode::Refuse,
-            };
-            let attempt_work = self.attempt(flow, step, &context, &inputs, mode);
-            // A long attempt keeps the claim alive: renewed every quarter lease while it runs.
-            tokio::pin!(attempt_work);
-            let (mut result, mut adopted, lookup_failed) = loop {
-                tokio::select! {
-                    done = &mut attempt_work => break done,
-                    () = tokio::time::sleep(self.inner.lease / 4) => {
-                        if !self.renew_claim(run_id, claim).await? {
-                            return Ok(StepEnd::LostClaim);
-                        }
-                    }
-                }
-            };
-            // The last attempt's outcome is unknown: settle it before calling the step failed,
-            // so the run does not say "failed" over a record that exists.
-            let mut settled = false;
-            let last_lost = result.as_ref().is_err_and(|e| {
-                e.outcome_unknown() && !(e.is_retryable() && attempt < policy.max_attempts)
-            });
-            if last_lost && resend != Resend::Safe {
-                let mut lookups = ancestors.clone();
-                lookups.insert(0, (run_id.to_owned(), Some(first_attempt_at_ms)));
-                tokio::time::sleep(clock.elapsed().min(MAX_SETTLE)).await;
-                let error = result.expect_err("checked above");
-                (result, adopted, settled) = self
-                    .settle_last(flow, step, resend, &http, &inputs, &lookups, error)
-                    .await;
-            }
-            let sent = http.exchanges();
-            exchanges.extend(sent.iter().cloned());
-            self.inner
-                .metrics
-                .observe_attempt(type_name, result.is_ok(), clock.elapsed());
-            let mut record = AttemptRecord {
-                number: attempt,
-                started_at_ms,
-                finished_at_ms: now_ms(),
-                outcome: AttemptOutcome::Succeeded,
-                error_code: None,
-                error: None,
-                retry_in_ms: None,
-                outcome_unknown: false,
-                exchanges: sent,
-            };
-            match result {
-                Ok(outputs) => {
-                    if adopted {
-                        record.outcome = AttemptOutcome::Adopted;
-                        self.inner.metrics.count_adopted(type_name);
-                        tracing::info!(%run_id, step = %step.id, "Found what an earlier attempt created; adopted it instead of sending again.");
-                    }
-                    // The attempt goes into the log with the step's end, which is written
-                    // with whatever the run does next.
-                    let outcome = StepOutcome {
-                        status: StepStatus::Succeeded,
-                        outputs: Some(outputs.clone()),
-                        error: None,
-                        exchanges,
-                        finished_at_ms: record.finished_at_ms,
-                        attempt: Some(record),
-                    };
-                    unwritten.step_finished = Some((step.id.clone(), outcome));
-                    return Ok(StepEnd::Succeeded(outputs));
-                }
-                Err(error) => {
-                    // A failed lookup leaves the earlier outcome as unknown as it was.
-                    uncertain = !settled
-                        && (lookup_failed
-                            || error.outcome_unknown()
-                            || matches!(error, StepError::OutcomeUnknown(_)));
-                    let message = format!("flow `{}`, step `{}`: {error}", flow.id(), step.id);
-                    let message = if settled {
-                        format!("{message} (a look-up found nothing it made: nothing was done)")
-                    } else {
-                        message
-                    };
-                    let retry = error.is_retryable() && attempt < policy.max_attempts;
-                    let delay = retry.then(|| {
-                        let delay = policy.delay(attempt, error.retry_after());
-                        // A lost answer: give a slow server as long again as we waited for
-                        // it, so the lookup before the next send sees what it finished.
-                        if uncertain {
-                            delay.max(clock.elapsed())
-                        } else {
-                            delay
-                        }
-                    });
-                    record.outcome = AttemptOutcome::Failed;
-                    record.error_code = Some(error.code().to_owned());
-                    record.error = Some(message.clone());
-                    record.retry_in_ms = delay.map(|d| d.as_millis() as u64);
-                    record.outcome_unknown = uncertain;
-                    let Some(delay) = delay else {
-                        let message = if attempt > 1 {
-                            format!("{message} (attempt {attempt} of {})", policy.max_attempts)
-                        } else {
-                            message
-                        };
-                        tracing::warn!(%run_id, step = %step.id, code = error.code(), "{message}");
-                        let outcome = StepOutcome {
-                            status: StepStatus::Failed,
-                            outputs: None,
-                            error: Some((error.code().to_owned(), message.clone())),
-                            exchanges,
-                            finished_at_ms: now_ms(),
-                            attempt: Some(record),
-                        };
-                        unwritten.step_finished = Some((step.id.clone(), outcome));
-                        return Ok(StepEnd::Failed(message));
-                    };
-                    storage.record_attempt(run_id, &step.id, &record).await?;
-                    self.inner.metrics.count_retry(type_name);
-                    tracing::info!(%run_id, step = %step.id, attempt, delay_ms = delay.as_millis() as u64, "{message}; trying again");
-                    // Long waits keep the claim alive, renewing every half lease.
-                    let deadline = tokio::time::Instant::now() + delay;
-                    loop {
-                        let step = (self.inner.lease / 2)
-                            .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
-                        tokio::select! {
-                            () = tokio::time::sleep(step) => {}
-                            () = self.shutting_down() => return Ok(StepEnd::Interrupted),
-                        }
-                        if tokio::time::Instant::now() >= deadline {
-                            break;
-                        }
-                        if !self.renew_claim(run_id, claim).await? {
-                            return Ok(StepEnd::LostClaim);
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// One attempt: send, look up first (adopting what is found), or refuse to send again.
-    /// Returns the result, whether it was adopted, and whether the look-up itself failed.
-    async fn attempt(
-        &self,
-        flow: &ValidatedFlow,
-        step: &ValidatedStep,
-        context: &StepContext,
-        inputs: &Value,
-        mode: AttemptMode<'_>,
-    ) -> (Result<Value, StepError>, bool, bool) {
-        let send = || step.implementation().execute(context, inputs.clone());
-        match mode {
-            AttemptMode::Send => (send().await, false, false),
-            AttemptMode::LookUpFirst(lookups) => {
-                match self.look_up(flow, step, &context.http, inputs, lookups).await {
-                    Ok(Some(outputs)) => (Ok(outputs), true, false),
-                    Ok(None) => (send().await, false, false),
-                    Err(e) => (Err(e), false, true),
-                }
-            }
-            AttemptMode::Refuse => (
-                Err(StepError::OutcomeUnknown(
-                    "an earlier attempt may have taken effect (its answer was lost) and this step cannot look it up, so it was not sent again. Check the target system, then replay the run from this step if nothing was done".to_owned(),
-                )),
-                false,
-                false,
-            ),
-        }
-    }
-
-    /// After a last attempt whose answer was lost: what it made, adopted (`true` second), or
-    /// the error with the outcome known to be nothing (`true` third), or an `outcome_unknown`
-    /// error when the step cannot look or the look-up fails.
-    #[allow(clippy::too_many_arguments)] // the attempt's state, passed down rather than bundled
-    async fn settle_last(
-        &self,
-        flow: &ValidatedFlow,
-        step: &ValidatedStep,
-        resend: Resend,
-        http: &Outbound,
-        inputs: &Value,
-        lookups: &[EarlierRun],
-        error: StepError,
-    ) -> (Result<Value, StepError>, bool, bool) {
-        let unknown = |why: &str| {
-            Err(StepError::OutcomeUnknown(format!(
-                "outcome unknown: {error}; the request may have taken effect and {why}"
-            )))
-        };
-        if resend != Resend::LookUpFirst {
-            let why = "this step cannot look it up. Check the target system, then replay the run from this step if nothing was done";
-            return (unknown(why), false, false);
-        }
-        match self.look_up(flow, step, http, inputs, lookups).await {
-            Ok(Some(outputs)) => (Ok(outputs), true, false),
-            Ok(None) => (Err(error), false, true),
-            Err(lookup) => (
-                unknown(&format!(
-                    "the look-up for it failed ({lookup}). Check the target system; a replay of this run looks for it again before creating anything"
-                )),
-                false,
-                false,
-            ),
-        }
-    }
-
-    /// Looks for what earlier attempts made under each run's key (this run's and those of
-    /// the runs it replays), nearest first. `Ok(None)` only when every look-up was sure.
-    async fn look_up(
-        &self,
-        flow: &ValidatedFlow,
-        step: &ValidatedStep,
-        http: &Outbound,
-        inputs: &Value,
-        lookups: &[EarlierRun],
-    ) -> Result<Option<Value>, StepError> {
-        let mut failure = None;
-        for (run_id, first_attempt_at_ms) in lookups {
-            let context = self.step_context(flow, run_id, step, http.clone(), *first_attempt_at_ms);
-            match step.implementation().find_previous(&context, inputs).await {
-                Ok(Some(outputs)) => return Ok(Some(outputs)),
-                Ok(None) => {}
-                Err(e) => failure = Some(e),
-            }
-        }
-        failure.map_or(Ok(None), Err)
-    }
-
-    /// The runs `replay_of` and its own ancestors whose step `step_id` was left with an
-    /// unknown outcome, nearest first; the walk stops at the first run where it was known.
-    async fn uncertain_ancestors(
-        &self,
-        replay_of: &str,
-        step_id: &str,
-    ) -> Result<Vec<EarlierRun>, StorageError> {
-        let mut found = Vec::new();
-        let mut next = Some(replay_of.to_owned());
-        // Bounded: a replay of a replay of ... is rare, and each hop is a read.
-        while let Some(run_id) = next.take().filter(|_| found.len() < 8) {
-            let Some(detail) = self.inner.storage.get_run(&run_id).await? else {
-                break;
-            };
-            let Some(earlier) = detail.steps.iter().find(|s| s.step_id == step_id) else {
-                break;
-            };
-            if !left_uncertain(earlier) {
-                break;
-            }
-            found.push((run_id, Some(first_attempt_of(earlier))));
-            next = detail.summary.replay_of;
-        }
-        Ok(found)
     }
 
     /// Extends this node's claim on the run; false when another node holds it now. A claim
@@ -867,175 +507,5 @@ impl Engine {
     pub(super) async fn shutting_down(&self) {
         let mut shutdown = self.inner.shutdown.subscribe();
         let _ = shutdown.wait_for(|down| *down).await;
-    }
-
-    /// Shows what a run of `flow_id` would do with this trigger payload: the rendered inputs
-    /// and the exact requests, with secrets masked. Nothing is sent or stored.
-    pub async fn dry_run(
-        &self,
-        flow_id: &str,
-        query: &crate::trigger::TriggerQuery,
-        body: Value,
-    ) -> Result<Vec<DryRunReport>, super::AcceptError> {
-        let loaded = self
-            .flow(flow_id)
-            .ok_or_else(|| super::AcceptError::UnknownFlow(flow_id.to_owned()))?;
-        let flow = &loaded.flow;
-        let events = crate::trigger::events(body).map_err(super::AcceptError::Payload)?;
-        let request_id = super::new_id();
-        let received_at = crate::storage::format_ms(now_ms());
-        let mut reports = Vec::new();
-        for event in events {
-            let trigger = crate::trigger::outputs(&request_id, &received_at, query, event);
-            let mut data = initial_data(flow, trigger.clone());
-            let recorder = DryRunRecorder::default();
-            let mut steps = Vec::new();
-            let mut placeholder_steps: Vec<&str> = Vec::new();
-            let mut queue: VecDeque<&ValidatedStep> = flow.steps.iter().collect();
-            while let Some(step) = queue.pop_front() {
-                fill_placeholders(data.data_mut(), step, &placeholder_steps);
-                let mut report = DryRunStep {
-                    id: step.id.clone(),
-                    step_type: step.implementation().type_name().to_owned(),
-                    inputs: None,
-                    requests: Vec::new(),
-                    outputs: None,
-                    error: None,
-                };
-                let inputs = match prepare_inputs(flow, step, &data, true) {
-                    Ok(inputs) => inputs,
-                    Err(failure) => {
-                        report.error = Some(failure.message);
-                        steps.push(report);
-                        break;
-                    }
-                };
-                report.inputs = Some(inputs.clone());
-                let http = Outbound::dry_run(self.inner.http.clone(), recorder.clone());
-                let context = self.step_context(flow, "dry-run", step, http, None);
-                let outputs = match step.implementation().execute(&context, inputs).await {
-                    Ok(outputs) => Some(outputs),
-                    Err(StepError::DryRun) => {
-                        placeholder_steps.push(&step.id);
-                        Some(placeholders(step))
-                    }
-                    Err(error) => {
-                        report.error =
-                            Some(format!("flow `{}`, step `{}`: {error}", flow.id(), step.id));
-                        None
-                    }
-                };
-                report.requests = recorder.take();
-                report.outputs = outputs.clone();
-                let failed = outputs.is_none();
-                if let Some(outputs) = outputs {
-                    if let Some(path) = step.chosen_path(&outputs) {
-                        for next in path.iter().rev() {
-                            queue.push_front(next);
-                        }
-                    }
-                    add_outputs(&mut data, &step.id, outputs);
-                }
-                steps.push(report);
-                if failed {
-                    break;
-                }
-            }
-            reports.push(DryRunReport {
-                flow_id: flow.id().to_owned(),
-                trigger,
-                steps,
-            });
-        }
-        Ok(reports)
-    }
-}
-
-/// Makes every path `step` reads from a placeholder step exist, e.g.
-/// `steps.create.ticket.summary` becomes the string `{{steps.create.ticket.summary}}`.
-fn fill_placeholders(data: &mut Value, step: &ValidatedStep, placeholder_steps: &[&str]) {
-    for reference in &step.references {
-        let path = &reference.path;
-        if path.len() < 4 || path[0] != "steps" || !placeholder_steps.contains(&path[1].as_str()) {
-            continue;
-        }
-        let mut node = &mut data["steps"][&path[1]];
-        for segment in &path[2..] {
-            if !node.is_object() {
-                *node = Value::Object(Map::new());
-            }
-            node = node
-                .as_object_mut()
-                .expect("just made an object")
-                .entry(segment.clone())
-                .or_insert(Value::Null);
-        }
-        if node.is_null() {
-            *node = Value::String(format!("{{{{{}}}}}", reference.dotted()));
-        }
-    }
-}
-
-/// `{"ticket_id": "{{steps.create.ticket_id}}", ...}`: a real run fills these in.
-fn placeholders(step: &ValidatedStep) -> Value {
-    Value::Object(
-        step.step
-            .step
-            .outputs()
-            .iter()
-            .map(|o| {
-                (
-                    o.name.to_owned(),
-                    Value::String(format!("{{{{steps.{}.{}}}}}", step.id, o.name)),
-                )
-            })
-            .collect(),
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_with_jitter_caps_and_honours_retry_after() {
-        let policy = RetryPolicy {
-            max_attempts: 5,
-            initial_delay: Duration::from_millis(100),
-            max_delay: Duration::from_millis(1000),
-        };
-        for _ in 0..100 {
-            let first = policy.delay(1, None);
-            assert!((50..=100).contains(&first.as_millis()), "{first:?}");
-            let third = policy.delay(3, None);
-            assert!((200..=400).contains(&third.as_millis()), "{third:?}");
-            let capped = policy.delay(10, None);
-            assert!((500..=1000).contains(&capped.as_millis()), "{capped:?}");
-        }
-        assert_eq!(
-            policy.delay(1, Some(Duration::from_secs(7))),
-            Duration::from_secs(7)
-        );
-        assert_eq!(
-            policy.delay(1, Some(Duration::from_secs(3600))),
-            MAX_RETRY_AFTER
-        );
-    }
-
-    #[test]
-    fn step_settings_win_over_config_and_built_in() {
-        let step = RetrySettings {
-            max_attempts: Some(2),
-            ..RetrySettings::default()
-        };
-        let config = RetrySettings {
-            max_attempts: Some(9),
-            initial_delay_ms: Some(5),
-            max_delay_ms: None,
-        };
-        let policy = RetryPolicy::from_settings(step.or(config).or(RetryPolicy::BUILT_IN));
-        assert_eq!(policy.max_attempts, 2);
-        assert_eq!(policy.initial_delay, Duration::from_millis(5));
-        assert_eq!(policy.max_delay, Duration::from_secs(60));
     }
 }

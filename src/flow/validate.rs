@@ -113,15 +113,7 @@ impl<'a> FlowValidator<'a> {
             problem.position = Some((e.line(), e.column()));
             located(vec![problem])
         })?;
-        let mut problems = Vec::new();
-        for error in FLOW_SCHEMA_VALIDATOR.iter_errors(&value) {
-            // Step inputs are checked below against the registry, with better messages (and
-            // for steps an embedder registered, which the file does not know).
-            if is_step_inputs(&error.instance_path().to_string()) {
-                continue;
-            }
-            schema_problems(&error, "", &mut problems, &|code| code);
-        }
+        let mut problems = flow_schema_problems(&value);
         check_correlation(&value, &mut problems);
         let mut templates = TemplateSet::new();
         let compiled = self.check_steps(&value, &mut templates, &mut problems);
@@ -137,20 +129,10 @@ impl<'a> FlowValidator<'a> {
             )])
         })?;
         let steps = build_steps(&document.steps, compiled);
-        let mut positions = std::collections::HashMap::new();
-        let mut pointers = Vec::new();
-        for_each_step(&steps, &mut |step| {
-            pointers.extend(template_pointers(&step.inputs))
-        });
-        for pointer in pointers {
-            if let Some(position) = super::locate(text, &pointer) {
-                positions.insert(pointer, position);
-            }
-        }
         Ok(ValidatedFlow {
             document,
             source: file.map(Path::to_owned),
-            positions,
+            positions: template_positions(text, &steps),
             steps,
             templates,
         })
@@ -169,19 +151,16 @@ impl<'a> FlowValidator<'a> {
         };
         let mut index = HashMap::new();
         self.index_steps(steps, "/steps", &mut index, problems);
-        let mut scope = Scope {
-            index,
-            constants: flow.get("constants").and_then(Value::as_object),
-            seen: HashSet::new(),
-        };
-        self.check_sequence(
-            steps,
-            "/steps",
-            &HashSet::new(),
-            &mut scope,
+        let mut check = Check {
+            scope: Scope {
+                index,
+                constants: flow.get("constants").and_then(Value::as_object),
+                seen: HashSet::new(),
+            },
             templates,
             problems,
-        )
+        };
+        self.check_sequence(steps, "/steps", &HashSet::new(), &mut check)
     }
 
     /// Every step id in the tree (paths included) with its type; ids used twice are problems.
@@ -234,30 +213,13 @@ impl<'a> FlowValidator<'a> {
         steps: &[Value],
         prefix: &str,
         guaranteed: &HashSet<String>,
-        scope: &mut Scope<'_>,
-        templates: &mut TemplateSet,
-        problems: &mut Vec<Problem>,
+        check: &mut Check<'_, '_>,
     ) -> Vec<CompiledStep> {
         let mut guaranteed = guaranteed.clone();
         let mut compiled = Vec::new();
         for (i, step) in steps.iter().enumerate() {
             let pointer = format!("{prefix}/{i}");
-            let step_type = step.get("type").and_then(Value::as_str);
-            let registered = step_type.and_then(|t| self.registry.get(t));
-            if let (Some(step_type), None) = (step_type, registered) {
-                problems.push(Problem::new(
-                    format!("{pointer}/type"),
-                    ProblemCode::UnknownStepType,
-                    format!("unknown step type `{step_type}`"),
-                    format!(
-                        "use one of: {}",
-                        self.registry.type_names().collect::<Vec<_>>().join(", ")
-                    ),
-                ));
-            }
-            if let Some(registered) = registered {
-                self.check_connection(step, &pointer, registered, problems);
-            }
+            let registered = self.registered_type(step, &pointer, check.problems);
             let empty = Value::Object(Default::default());
             let inputs = step
                 .get("inputs")
@@ -265,75 +227,74 @@ impl<'a> FlowValidator<'a> {
                 .unwrap_or(&empty);
             let inputs_pointer = format!("{pointer}/inputs");
             if let Some(registered) = registered {
-                let mut found = Vec::new();
-                for error in registered.relaxed_schema.iter_errors(inputs) {
-                    schema_problems(&error, &inputs_pointer, &mut found, &|code| code);
-                }
-                let schema = registered.step.input_schema();
-                for mut p in found {
-                    p.hint = match p.code {
-                        ProblemCode::MissingField | ProblemCode::UnknownField => {
-                            input_hint(registered)
-                        }
-                        _ => input_description(&schema, &p.pointer[inputs_pointer.len()..]),
-                    };
-                    p.code = ProblemCode::InvalidStepInput;
-                    problems.push(p);
-                }
-                if registered.step.connection_kind() == Some(ConnectionKind::Http) {
-                    check_credential_headers(inputs, &inputs_pointer, problems);
-                }
+                self.check_connection(step, &pointer, registered, check.problems);
+                check_inputs(registered, inputs, &inputs_pointer, check.problems);
             }
-            let mut references = Vec::new();
-            let mut template_problems = Vec::new();
-            let inputs_compiled = templates.compile(
-                inputs,
-                &inputs_pointer,
-                &mut references,
-                &mut template_problems,
-            );
-            problems.extend(template_problems.into_iter().map(template_problem));
-            for reference in &references {
-                if let Some(problem) = check_reference(reference, &guaranteed, scope) {
-                    problems.push(problem);
-                }
-            }
+            let (inputs, references) = check.compile_inputs(inputs, &inputs_pointer, &guaranteed);
             // The step has run for everything after it, its own paths included.
             if let Some(id) = step.get("id").and_then(Value::as_str) {
-                scope.seen.insert(id.to_owned());
+                check.scope.seen.insert(id.to_owned());
                 guaranteed.insert(id.to_owned());
             }
-            let path_defs = step.get("paths").and_then(Value::as_object);
-            if let (Some(registered), Some(path_defs)) = (registered, path_defs) {
-                check_path_names(registered, path_defs, &pointer, problems);
-            }
-            let mut paths = Vec::new();
-            for (name, path) in path_defs.into_iter().flatten() {
-                if let Some(path) = path.as_array() {
-                    let path_prefix = format!("{pointer}/paths/{}", escape_pointer(name));
-                    paths.push((
-                        name.clone(),
-                        self.check_sequence(
-                            path,
-                            &path_prefix,
-                            &guaranteed,
-                            scope,
-                            templates,
-                            problems,
-                        ),
-                    ));
-                }
-            }
+            let paths = self.check_paths(step, registered, &pointer, &guaranteed, check);
             if let Some(registered) = registered {
                 compiled.push(CompiledStep {
                     registered: registered.clone(),
-                    inputs: inputs_compiled,
+                    inputs,
                     references,
                     paths,
                 });
             }
         }
         compiled
+    }
+
+    /// The step's registered type; an unknown one is a problem.
+    fn registered_type(
+        &self,
+        step: &Value,
+        pointer: &str,
+        problems: &mut Vec<Problem>,
+    ) -> Option<&'a RegisteredStep> {
+        let step_type = step.get("type").and_then(Value::as_str)?;
+        let registered = self.registry.get(step_type);
+        if registered.is_none() {
+            problems.push(Problem::new(
+                format!("{pointer}/type"),
+                ProblemCode::UnknownStepType,
+                format!("unknown step type `{step_type}`"),
+                format!(
+                    "use one of: {}",
+                    self.registry.type_names().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        registered
+    }
+
+    /// A branching step's paths, each checked as a sequence of its own; the names must be
+    /// the step's.
+    fn check_paths(
+        &self,
+        step: &Value,
+        registered: Option<&RegisteredStep>,
+        pointer: &str,
+        guaranteed: &HashSet<String>,
+        check: &mut Check<'_, '_>,
+    ) -> Vec<(String, Vec<CompiledStep>)> {
+        let path_defs = step.get("paths").and_then(Value::as_object);
+        if let (Some(registered), Some(path_defs)) = (registered, path_defs) {
+            check_path_names(registered, path_defs, pointer, check.problems);
+        }
+        let mut paths = Vec::new();
+        for (name, path) in path_defs.into_iter().flatten() {
+            if let Some(path) = path.as_array() {
+                let prefix = format!("{pointer}/paths/{}", escape_pointer(name));
+                let compiled = self.check_sequence(path, &prefix, guaranteed, check);
+                paths.push((name.clone(), compiled));
+            }
+        }
+        paths
     }
 
     fn check_connection(
@@ -361,39 +322,35 @@ impl<'a> FlowValidator<'a> {
                 let Some(name) = named.or(kind.default_name()) else {
                     return;
                 };
-                let known: Vec<&String> = match kind {
-                    ConnectionKind::Halo => config.halo.keys().collect(),
-                    ConnectionKind::Http => config.http.keys().collect(),
-                };
-                if !known.iter().any(|k| *k == name) {
-                    let table = kind.config_table();
+                let known = config.connection_names(kind.config_table());
+                if !known.contains(&name) {
                     let at = if named.is_some() {
                         format!("{pointer}/connection")
                     } else {
                         pointer.to_owned()
                     };
-                    let others = if known.is_empty() {
-                        "none is configured".to_owned()
-                    } else {
-                        format!(
-                            "configured: {}",
-                            known
-                                .iter()
-                                .map(|k| k.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )
-                    };
-                    problems.push(Problem::new(
-                        at,
-                        ProblemCode::UnknownConnection,
-                        format!("no {table} connection named `{name}` in the config file ({others})"),
-                        format!("add a [{table}.{name}] table to the config file or set \"connection\" to a configured one"),
-                    ));
+                    problems.push(unknown_connection(at, kind.config_table(), name, &known));
                 }
             }
         }
     }
+}
+
+/// A step names a connection the config file does not have.
+fn unknown_connection(at: String, table: &str, name: &str, known: &[&str]) -> Problem {
+    let others = if known.is_empty() {
+        "none is configured".to_owned()
+    } else {
+        format!("configured: {}", known.join(", "))
+    };
+    Problem::new(
+        at,
+        ProblemCode::UnknownConnection,
+        format!("no {table} connection named `{name}` in the config file ({others})"),
+        format!(
+            "add a [{table}.{name}] table to the config file or set \"connection\" to a configured one"
+        ),
+    )
 }
 
 /// Pairs the typed steps with their compiled checks, paths included.
@@ -432,6 +389,31 @@ pub(crate) fn for_each_step<'a>(steps: &'a [ValidatedStep], f: &mut dyn FnMut(&'
             for_each_step(path, f);
         }
     }
+}
+
+/// The flow schema's problems, but for step inputs: they are checked against the registry,
+/// with better messages (and for steps an embedder registered, which the schema does not know).
+fn flow_schema_problems(value: &Value) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for error in FLOW_SCHEMA_VALIDATOR.iter_errors(value) {
+        if !is_step_inputs(&error.instance_path().to_string()) {
+            schema_problems(&error, "", &mut problems);
+        }
+    }
+    problems
+}
+
+/// Where each template of the steps' inputs is in the file, for errors when rendering.
+fn template_positions(text: &str, steps: &[ValidatedStep]) -> HashMap<String, (usize, usize)> {
+    let mut pointers = Vec::new();
+    for_each_step(steps, &mut |step| {
+        pointers.extend(template_pointers(&step.inputs))
+    });
+    let located = pointers.into_iter().filter_map(|pointer| {
+        let position = super::locate(text, &pointer)?;
+        Some((pointer, position))
+    });
+    located.collect()
 }
 
 /// The pointers of every template leaf in compiled inputs.
@@ -578,6 +560,66 @@ struct Scope<'v> {
     seen: HashSet<String>,
 }
 
+/// What checking a flow's steps carries along: its scope, the templates compiled so far, and
+/// the problems found.
+struct Check<'v, 't> {
+    scope: Scope<'v>,
+    templates: &'t mut TemplateSet,
+    problems: &'t mut Vec<Problem>,
+}
+
+impl Check<'_, '_> {
+    /// Compiles a step's input templates and checks what they read.
+    fn compile_inputs(
+        &mut self,
+        inputs: &Value,
+        inputs_pointer: &str,
+        guaranteed: &HashSet<String>,
+    ) -> (CompiledValue, Vec<Reference>) {
+        let mut references = Vec::new();
+        let mut template_problems = Vec::new();
+        let compiled = self.templates.compile(
+            inputs,
+            inputs_pointer,
+            &mut references,
+            &mut template_problems,
+        );
+        (self.problems).extend(template_problems.into_iter().map(template_problem));
+        for reference in &references {
+            if let Some(problem) = check_reference(reference, guaranteed, &self.scope) {
+                self.problems.push(problem);
+            }
+        }
+        (compiled, references)
+    }
+}
+
+/// A step's inputs against its type's schema (templates allowed in place of values), and
+/// credentials written into HTTP headers.
+fn check_inputs(
+    registered: &RegisteredStep,
+    inputs: &Value,
+    inputs_pointer: &str,
+    problems: &mut Vec<Problem>,
+) {
+    let mut found = Vec::new();
+    for error in registered.relaxed_schema.iter_errors(inputs) {
+        schema_problems(&error, inputs_pointer, &mut found);
+    }
+    let schema = registered.step.input_schema();
+    for mut p in found {
+        p.hint = match p.code {
+            ProblemCode::MissingField | ProblemCode::UnknownField => input_hint(registered),
+            _ => input_description(&schema, &p.pointer[inputs_pointer.len()..]),
+        };
+        p.code = ProblemCode::InvalidStepInput;
+        problems.push(p);
+    }
+    if registered.step.connection_kind() == Some(ConnectionKind::HTTP) {
+        check_credential_headers(inputs, inputs_pointer, problems);
+    }
+}
+
 /// A step's compiled inputs and paths, for building the validated flow.
 struct CompiledStep {
     registered: RegisteredStep,
@@ -616,6 +658,7 @@ fn check_path_names(
     }
 }
 
+/// What a template reads must exist and, for a step's outputs, surely have run before.
 fn check_reference(
     reference: &Reference,
     guaranteed: &HashSet<String>,
@@ -641,81 +684,7 @@ fn check_reference(
             ),
             _ => None,
         },
-        "steps" => {
-            let before = || {
-                let mut names: Vec<&String> = guaranteed.iter().collect();
-                names.sort();
-                if names.is_empty() {
-                    "no step surely runs before this one".to_owned()
-                } else {
-                    format!(
-                        "steps that surely run before this one: {}",
-                        names
-                            .iter()
-                            .map(|s| s.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                }
-            };
-            let Some(id) = second else {
-                return problem(
-                    ProblemCode::UnknownStep,
-                    format!("`{dotted}` names no step"),
-                    format!("write steps.<id>.<output>; {}", before()),
-                );
-            };
-            let Some(registered) = scope.index.get(id) else {
-                return problem(
-                    ProblemCode::UnknownStep,
-                    format!("`{dotted}`: there is no step `{id}`"),
-                    before(),
-                );
-            };
-            if !scope.seen.contains(id) {
-                return problem(
-                    ProblemCode::LaterStepReference,
-                    format!("`{dotted}`: step `{id}` does not run before this step"),
-                    format!(
-                        "a step can only use outputs of earlier steps; move `{id}` before this step or use another value ({})",
-                        before()
-                    ),
-                );
-            }
-            if !guaranteed.contains(id) && !reference.optional {
-                return problem(
-                    ProblemCode::MaybeNotRunReference,
-                    format!("`{dotted}`: step `{id}` is on a path that might not have run"),
-                    format!(
-                        "read it through default, e.g. {{{{default {dotted} \"none\"}}}}, or move the step out of the path"
-                    ),
-                );
-            }
-            match (registered, reference.path.get(2)) {
-                (Some(registered), Some(output))
-                    if !registered.step.outputs().iter().any(|o| o.name == output) =>
-                {
-                    problem(
-                        ProblemCode::UnknownStepOutput,
-                        format!(
-                            "`{dotted}`: step `{id}` ({}) has no output `{output}`",
-                            registered.step.type_name()
-                        ),
-                        format!(
-                            "its outputs: {}",
-                            registered
-                                .step
-                                .outputs()
-                                .iter()
-                                .map(|o| o.name)
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    )
-                }
-                _ => None,
-            }
-        }
+        "steps" => check_step_reference(reference, &dotted, guaranteed, scope),
         root => problem(
             ProblemCode::UnknownReference,
             format!("`{dotted}` does not start with trigger, steps or constants"),
@@ -726,12 +695,87 @@ fn check_reference(
     }
 }
 
-/// Turns one schema error into problems; `code_for` can override the code (step inputs).
+/// `steps.<id>.<output>`: the step exists, runs before this one (surely, unless read
+/// through `default`), and has that output.
+fn check_step_reference(
+    reference: &Reference,
+    dotted: &str,
+    guaranteed: &HashSet<String>,
+    scope: &Scope<'_>,
+) -> Option<Problem> {
+    let problem = |code, message: String, hint: String| {
+        Some(Problem::new(reference.pointer.clone(), code, message, hint))
+    };
+    let Some(id) = reference.path.get(1).map(String::as_str) else {
+        return problem(
+            ProblemCode::UnknownStep,
+            format!("`{dotted}` names no step"),
+            format!("write steps.<id>.<output>; {}", surely_before(guaranteed)),
+        );
+    };
+    let Some(registered) = scope.index.get(id) else {
+        return problem(
+            ProblemCode::UnknownStep,
+            format!("`{dotted}`: there is no step `{id}`"),
+            surely_before(guaranteed),
+        );
+    };
+    if !scope.seen.contains(id) {
+        return problem(
+            ProblemCode::LaterStepReference,
+            format!("`{dotted}`: step `{id}` does not run before this step"),
+            format!(
+                "a step can only use outputs of earlier steps; move `{id}` before this step or use another value ({})",
+                surely_before(guaranteed)
+            ),
+        );
+    }
+    if !guaranteed.contains(id) && !reference.optional {
+        return problem(
+            ProblemCode::MaybeNotRunReference,
+            format!("`{dotted}`: step `{id}` is on a path that might not have run"),
+            format!(
+                "read it through default, e.g. {{{{default {dotted} \"none\"}}}}, or move the step out of the path"
+            ),
+        );
+    }
+    let (Some(registered), Some(output)) = (registered, reference.path.get(2)) else {
+        return None;
+    };
+    let outputs = registered.step.outputs();
+    if outputs.iter().any(|o| o.name == output) {
+        return None;
+    }
+    let names: Vec<&str> = outputs.iter().map(|o| o.name).collect();
+    problem(
+        ProblemCode::UnknownStepOutput,
+        format!(
+            "`{dotted}`: step `{id}` ({}) has no output `{output}`",
+            registered.step.type_name()
+        ),
+        format!("its outputs: {}", names.join(", ")),
+    )
+}
+
+/// The steps that surely run before this one, for hints.
+fn surely_before(guaranteed: &HashSet<String>) -> String {
+    let mut names: Vec<&str> = guaranteed.iter().map(String::as_str).collect();
+    names.sort();
+    if names.is_empty() {
+        "no step surely runs before this one".to_owned()
+    } else {
+        format!(
+            "steps that surely run before this one: {}",
+            names.join(", ")
+        )
+    }
+}
+
+/// Turns one schema error into problems: of the flow (`prefix` empty) or of a step's inputs.
 fn schema_problems(
     error: &jsonschema::ValidationError<'_>,
     prefix: &str,
     problems: &mut Vec<Problem>,
-    code_for: &dyn Fn(ProblemCode) -> ProblemCode,
 ) {
     let at = format!("{prefix}{}", error.instance_path());
     let what = if prefix.ends_with("/inputs") {
@@ -744,26 +788,20 @@ fn schema_problems(
             let name = property.as_str().unwrap_or_default();
             problems.push(Problem::new(
                 at,
-                code_for(ProblemCode::MissingField),
+                ProblemCode::MissingField,
                 format!("missing required {what} `{name}`"),
-                if prefix.is_empty() {
-                    format!("add \"{name}\"")
-                } else {
-                    String::new()
-                },
+                flow_hint(prefix, || format!("add \"{name}\"")),
             ));
         }
         ValidationErrorKind::AdditionalProperties { unexpected } => {
             for name in unexpected {
                 problems.push(Problem::new(
                     format!("{at}/{}", escape_pointer(name)),
-                    code_for(ProblemCode::UnknownField),
+                    ProblemCode::UnknownField,
                     format!("unknown {what} `{name}`"),
-                    if prefix.is_empty() {
+                    flow_hint(prefix, || {
                         "remove it or fix its spelling (see schemas/flow.schema.json)".to_owned()
-                    } else {
-                        String::new()
-                    },
+                    }),
                 ));
             }
         }
@@ -771,36 +809,44 @@ fn schema_problems(
         // explains the real expectation.
         ValidationErrorKind::AnyOf { context } if context.len() == 2 && !context[0].is_empty() => {
             for inner in &context[0] {
-                schema_problems(inner, prefix, problems, code_for);
+                schema_problems(inner, prefix, problems);
             }
         }
-        kind => {
-            let code = match kind {
-                ValidationErrorKind::Type { .. } => ProblemCode::InvalidType,
-                ValidationErrorKind::Enum { .. }
-                | ValidationErrorKind::Constant { .. }
-                | ValidationErrorKind::Pattern { .. }
-                | ValidationErrorKind::MinLength { .. }
-                | ValidationErrorKind::Minimum { .. } => ProblemCode::InvalidValue,
-                _ => ProblemCode::SchemaViolation,
-            };
-            let message = match kind {
+        kind => problems.push(Problem::new(
+            at,
+            problem_code(kind),
+            match kind {
                 // The id pattern of the Halo steps: say what it means.
                 ValidationErrorKind::Pattern { pattern } if pattern.starts_with("^[0-9]+") => {
                     "must be a whole number (an id) or a template".to_owned()
                 }
                 _ => error.masked().to_string(),
-            };
-            problems.push(Problem::new(
-                at,
-                code_for(code),
-                message,
-                if prefix.is_empty() {
-                    "see the field's description in schemas/flow.schema.json".to_owned()
-                } else {
-                    String::new()
-                },
-            ));
-        }
+            },
+            flow_hint(prefix, || {
+                "see the field's description in schemas/flow.schema.json".to_owned()
+            }),
+        )),
+    }
+}
+
+/// The problem code of a schema error that is not about a field's presence.
+fn problem_code(kind: &ValidationErrorKind) -> ProblemCode {
+    match kind {
+        ValidationErrorKind::Type { .. } => ProblemCode::InvalidType,
+        ValidationErrorKind::Enum { .. }
+        | ValidationErrorKind::Constant { .. }
+        | ValidationErrorKind::Pattern { .. }
+        | ValidationErrorKind::MinLength { .. }
+        | ValidationErrorKind::Minimum { .. } => ProblemCode::InvalidValue,
+        _ => ProblemCode::SchemaViolation,
+    }
+}
+
+/// A hint for a problem of the flow itself; a step input's hint is added by its caller.
+fn flow_hint(prefix: &str, hint: impl FnOnce() -> String) -> String {
+    if prefix.is_empty() {
+        hint()
+    } else {
+        String::new()
     }
 }

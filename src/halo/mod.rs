@@ -2,16 +2,22 @@
 //! client credentials, a cached token refreshed shortly before it expires and once on a 401,
 //! and JSON array bodies for creates and updates.
 
+pub mod config;
+mod integration;
+pub mod steps;
+
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 use tokio::sync::Mutex;
 
-use crate::config::{HaloConnectionConfig, IdempotencyField};
+pub use crate::json::id_of;
 use crate::outbound::{Field, Outbound, OutboundRequest, OutboundResponse};
 use crate::secrets::Secret;
 use crate::step::StepError;
+pub use config::{HaloConfig, HaloConnectionConfig, IdempotencyField};
+pub use integration::{HALO, Halo, HaloConnections, build_connection};
 
 /// Refresh this long before the token's own expiry (dotMARC does the same; §1).
 const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
@@ -105,22 +111,6 @@ impl IdempotencyField {
             IdempotencyField::CustomField(id) => format!("custom field {id}"),
             IdempotencyField::None => "idempotency field".into(),
         }
-    }
-}
-
-/// A Halo id from a number, `"42"` or `"42.0"` (Halo sends all three, §2).
-pub fn id_of(value: &Value) -> Option<i64> {
-    match value {
-        Value::Number(n) => n
-            .as_i64()
-            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)),
-        Value::String(s) => s
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|f| f.fract() == 0.0)
-            .map(|f| f as i64),
-        _ => None,
     }
 }
 

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::error::{ApiError, ErrorCode};
-use crate::engine::{Engine, LATENCY_BUCKETS, ReplayError, ReplayFrom};
+use crate::engine::{Engine, Exposition, ReplayError, ReplayFrom};
 use crate::storage::{RequestFilter, RunFilter, RunStatus};
 
 pub(super) async fn health(State(engine): State<Engine>) -> Response {
@@ -222,23 +222,39 @@ pub(super) async fn requests(
 }
 
 /// Prometheus text (format 0.0.4): trigger requests by outcome, runs by status, step latency,
-/// retries, flood-control keys.
+/// retries, flood-control keys (the README lists every metric).
 pub(super) async fn metrics(
     State(engine): State<Engine>,
     axum::Extension(rejections): axum::Extension<std::sync::Arc<super::Rejections>>,
 ) -> Response {
-    use std::fmt::Write;
-    use std::sync::atomic::Ordering;
-    let mut text = String::new();
-    let family = |text: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    };
-    family(
-        &mut text,
-        "haloflow_trigger_requests_total",
-        "counter",
-        "Trigger requests by outcome since start.",
+    let mut exposition = Exposition::default();
+    trigger_requests(&engine, &mut exposition);
+    exposition.counter(
+        "haloflow_rejected_requests",
+        "Rejected trigger and ServiceNow webhook requests by flow (or connection) and reason, since start; `unknown` for ids that do not exist.",
+        (rejections.counts().into_iter())
+            .map(|(flow, reason, n)| {
+                (Exposition::labels([("flow", &flow), ("reason", reason)]), n)
+            }),
     );
+    run_counts(&engine, &mut exposition).await;
+    storage_writes(&engine, &mut exposition);
+    engine.metrics().expose(&mut exposition);
+    integrator_scans(&engine, &mut exposition).await;
+    exposition.gauge(
+        "haloflow_flood_control_keys",
+        "Correlation keys held by flood control.",
+        (engine.flood_control().tracked_keys().into_iter())
+            .map(|(flow, keys)| (Exposition::labels([("flow", &flow)]), keys as i64)),
+    );
+    let content_type = [(axum::http::header::CONTENT_TYPE, Exposition::CONTENT_TYPE)];
+    (content_type, exposition.encode()).into_response()
+}
+
+/// Trigger requests of each flow by outcome, counted since start.
+fn trigger_requests(engine: &Engine, exposition: &mut Exposition) {
+    use std::sync::atomic::Ordering;
+    let mut samples = Vec::new();
     for loaded in engine.flows() {
         let c = &loaded.counters;
         for (outcome, counter) in [
@@ -248,200 +264,86 @@ pub(super) async fn metrics(
             ("rejected", &c.rejected),
             ("duplicate", &c.duplicate),
         ] {
-            let _ = writeln!(
-                text,
-                "haloflow_trigger_requests_total{{flow=\"{}\",outcome=\"{outcome}\"}} {}",
-                label(loaded.flow.id()),
-                counter.load(Ordering::Relaxed)
-            );
+            let labels = [("flow", loaded.flow.id()), ("outcome", outcome)];
+            let n = counter.load(Ordering::Relaxed);
+            samples.push((Exposition::labels(labels), n));
         }
     }
-    family(
-        &mut text,
-        "haloflow_rejected_requests_total",
-        "counter",
-        "Rejected trigger and ServiceNow webhook requests by flow (or connection) and reason, since start; `unknown` for ids that do not exist.",
+    exposition.counter(
+        "haloflow_trigger_requests",
+        "Trigger requests by outcome since start.",
+        samples,
     );
-    for (flow, reason, n) in rejections.counts() {
-        let _ = writeln!(
-            text,
-            "haloflow_rejected_requests_total{{flow=\"{}\",reason=\"{reason}\"}} {n}",
-            label(&flow)
-        );
-    }
-    family(
-        &mut text,
-        "haloflow_runs",
-        "gauge",
-        "Runs in the database by flow and status.",
-    );
-    match engine.storage().run_counts().await {
-        Ok(counts) => {
-            for c in counts {
-                let _ = writeln!(
-                    text,
-                    "haloflow_runs{{flow=\"{}\",status=\"{}\"}} {}",
-                    label(&c.flow_id),
-                    c.status.as_str(),
-                    c.count
-                );
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "Metrics: could not count runs; check the database (server.database_url).")
-        }
-    }
-    if let Some(stats) = engine.storage().write_stats() {
-        family(
-            &mut text,
-            "haloflow_storage_writes_total",
-            "counter",
-            "Database writes since start.",
-        );
-        let _ = writeln!(text, "haloflow_storage_writes_total {}", stats.writes);
-        family(
-            &mut text,
-            "haloflow_storage_commits_total",
-            "counter",
-            "Database transactions the writes were committed in (group commit), since start.",
-        );
-        let _ = writeln!(text, "haloflow_storage_commits_total {}", stats.commits);
-    }
-    let state = engine.metrics();
-    family(
-        &mut text,
-        "haloflow_step_attempt_duration_seconds",
-        "histogram",
-        "Duration of step attempts by step type and outcome, since start.",
-    );
-    for ((step_type, outcome), h) in &state.step_latency {
-        let labels = format!("step_type=\"{}\",outcome=\"{outcome}\"", label(step_type));
-        for (count, bound) in h.buckets.iter().zip(LATENCY_BUCKETS) {
-            let _ = writeln!(
-                text,
-                "haloflow_step_attempt_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {count}"
-            );
-        }
-        let _ = writeln!(
-            text,
-            "haloflow_step_attempt_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}\n\
-             haloflow_step_attempt_duration_seconds_sum{{{labels}}} {}\n\
-             haloflow_step_attempt_duration_seconds_count{{{labels}}} {}",
-            h.count, h.sum_secs, h.count
-        );
-    }
-    family(
-        &mut text,
-        "haloflow_step_retries_total",
-        "counter",
-        "Step attempts after the first, by step type, since start.",
-    );
-    for (step_type, n) in &state.retries {
-        let _ = writeln!(
-            text,
-            "haloflow_step_retries_total{{step_type=\"{}\"}} {n}",
-            label(step_type)
-        );
-    }
-    family(
-        &mut text,
-        "haloflow_step_adopted_total",
-        "counter",
-        "Creates whose earlier attempt was found and adopted instead of sent again, since start.",
-    );
-    for (step_type, n) in &state.adopted {
-        let _ = writeln!(
-            text,
-            "haloflow_step_adopted_total{{step_type=\"{}\"}} {n}",
-            label(step_type)
-        );
-    }
-    family(
-        &mut text,
-        "haloflow_runs_interrupted_total",
-        "counter",
-        "Runs stopped by a shutdown and left to resume, since start.",
-    );
-    let _ = writeln!(
-        text,
-        "haloflow_runs_interrupted_total {}",
-        state.interrupted_runs
-    );
-    family(
-        &mut text,
-        "haloflow_runs_pruned_total",
-        "counter",
-        "Finished runs deleted by retention, since start.",
-    );
-    let _ = writeln!(text, "haloflow_runs_pruned_total {}", state.pruned_runs);
-    family(
-        &mut text,
-        "haloflow_integrator_last_scan_timestamp_seconds",
-        "gauge",
-        "When each ServiceNow instance's last integrator scan finished (unix seconds).",
-    );
-    let scans = engine.storage().scans().await.unwrap_or_default();
-    for (connection, _, finished, _) in &scans {
-        let _ = writeln!(
-            text,
-            "haloflow_integrator_last_scan_timestamp_seconds{{connection=\"{}\"}} {}",
-            label(connection),
-            *finished as f64 / 1000.0
-        );
-    }
-    family(
-        &mut text,
-        "haloflow_integrator_last_scan_records",
-        "gauge",
-        "Records the last integrator scan of each instance read, and its errors.",
-    );
-    for (connection, _, _, result) in &scans {
-        for (kind, value) in [
-            ("records", result["records"].as_u64().unwrap_or(0)),
-            ("created", result["created"].as_u64().unwrap_or(0)),
-            ("updated", result["updated"].as_u64().unwrap_or(0)),
-            ("notes", result["notes"].as_u64().unwrap_or(0)),
-            (
-                "errors",
-                result["errors"].as_array().map_or(0, |e| e.len() as u64),
-            ),
-        ] {
-            let _ = writeln!(
-                text,
-                "haloflow_integrator_last_scan_records{{connection=\"{}\",kind=\"{kind}\"}} {value}",
-                label(connection)
-            );
-        }
-    }
-    family(
-        &mut text,
-        "haloflow_flood_control_keys",
-        "gauge",
-        "Correlation keys held by flood control.",
-    );
-    for (flow, keys) in engine.flood_control().tracked_keys() {
-        let _ = writeln!(
-            text,
-            "haloflow_flood_control_keys{{flow=\"{}\"}} {keys}",
-            label(&flow)
-        );
-    }
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        text,
-    )
-        .into_response()
 }
 
-/// A Prometheus label value: backslash, quote and newline escaped.
-fn label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// Runs in the database by flow and status (none when the database does not answer).
+async fn run_counts(engine: &Engine, exposition: &mut Exposition) {
+    let counts = engine.storage().run_counts().await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "Metrics: could not count runs; check the database (server.database_url).");
+        Vec::new()
+    });
+    exposition.gauge(
+        "haloflow_runs",
+        "Runs in the database by flow and status.",
+        counts.iter().map(|c| {
+            let labels = [("flow", c.flow_id.as_str()), ("status", c.status.as_str())];
+            (Exposition::labels(labels), c.count)
+        }),
+    );
+}
+
+/// Writes and group commits, for a database that counts them.
+fn storage_writes(engine: &Engine, exposition: &mut Exposition) {
+    let Some(stats) = engine.storage().write_stats() else {
+        return;
+    };
+    exposition.counter(
+        "haloflow_storage_writes",
+        "Database writes since start.",
+        [(Vec::new(), stats.writes)],
+    );
+    exposition.counter(
+        "haloflow_storage_commits",
+        "Database transactions the writes were committed in (group commit), since start.",
+        [(Vec::new(), stats.commits)],
+    );
+}
+
+/// When each ServiceNow instance's last integrator scan finished, and what it read.
+async fn integrator_scans(engine: &Engine, exposition: &mut Exposition) {
+    let scans = engine.storage().scans().await.unwrap_or_default();
+    exposition.float_gauge(
+        "haloflow_integrator_last_scan_timestamp_seconds",
+        "When each ServiceNow instance's last integrator scan finished (unix seconds).",
+        (scans.iter()).map(|(connection, _, finished, _)| {
+            (
+                Exposition::labels([("connection", connection)]),
+                *finished as f64 / 1000.0,
+            )
+        }),
+    );
+    let mut samples = Vec::new();
+    for (connection, _, _, result) in &scans {
+        let count = |name: &str| result[name].as_u64().unwrap_or(0);
+        for (kind, value) in [
+            ("records", count("records")),
+            ("created", count("created")),
+            ("updated", count("updated")),
+            ("notes", count("notes")),
+            (
+                "errors",
+                result["errors"].as_array().map_or(0, Vec::len) as u64,
+            ),
+        ] {
+            let labels = [("connection", connection.as_str()), ("kind", kind)];
+            samples.push((Exposition::labels(labels), value as i64));
+        }
+    }
+    exposition.gauge(
+        "haloflow_integrator_last_scan_records",
+        "Records the last integrator scan of each instance read, and its errors.",
+        samples,
+    );
 }
 
 pub(super) async fn method_not_allowed(

@@ -6,7 +6,6 @@ mod error;
 mod guard;
 mod listener;
 mod rejections;
-mod servicenow;
 mod trigger;
 
 use std::future::Future;
@@ -16,11 +15,13 @@ use axum::routing::{get, post};
 use axum::{Router, middleware};
 
 pub use error::{ApiError, ErrorCode};
-pub use rejections::Rejections;
+pub use rejections::{Rejected, Rejections, UNKNOWN};
+pub use trigger::answer as accepted_answer;
 
 use crate::engine::Engine;
 
-/// The public listener's router: trigger URLs, ServiceNow webhooks and health, plus the API
+/// The public listener's router: trigger URLs, the integrations' routes (the ServiceNow
+/// webhook) and health, plus the API
 /// (behind its credentials) when `[server.api]` configures some, and `/metrics` when public.
 pub fn router(engine: Engine) -> Router {
     let rejections = rejections_of(&engine);
@@ -42,7 +43,7 @@ fn rejections_of(engine: &Engine) -> Arc<Rejections> {
 
 fn public_router(engine: Engine, rejections: Arc<Rejections>) -> Router {
     let server = engine.server_config();
-    let mut app = public_routes();
+    let mut app = public_routes().merge(engine.integrations().routes());
     if server.api.is_configured() {
         app = app.merge(api_routes(&engine, false));
     } else if server.metrics_public {
@@ -61,11 +62,10 @@ fn private_router(engine: Engine, rejections: Arc<Rejections>) -> Router {
 fn public_routes() -> Router<Engine> {
     Router::new()
         .route("/triggers/{flow_id}", post(trigger::receive))
-        .route("/servicenow/{side}/{id}/webhook", post(servicenow::receive))
         .route("/health", get(api::health))
 }
 
-// One `.route(` per line: tests/openapi.rs reads the routes from this file.
+// One `.route(` per line: tests/it/openapi.rs reads the routes from this file.
 #[rustfmt::skip]
 fn metrics_routes() -> Router<Engine> {
     Router::new()
@@ -101,7 +101,7 @@ fn api_routes(engine: &Engine, open: bool) -> Router<Engine> {
 
 fn finish(app: Router<Engine>, engine: Engine, rejections: Arc<Rejections>) -> Router {
     let max_header_bytes = engine.server_config().max_header_bytes;
-    // The ServiceNow webhook and replay read their bodies whole: no more than a trigger's.
+    // Integrations' webhooks and replay read their bodies whole: no more than a trigger's.
     let max_body_bytes = engine.server_config().max_body_bytes;
     app.fallback(api::not_found)
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))

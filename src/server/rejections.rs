@@ -21,7 +21,7 @@ pub(super) const API: &str = "api";
 
 /// The label for requests to a flow or connection that does not exist: the id is the
 /// sender's choice, so it never becomes a label or a map key.
-pub(super) const UNKNOWN: &str = "unknown";
+pub const UNKNOWN: &str = "unknown";
 
 /// Shared by the listeners of one server.
 #[derive(Debug)]
@@ -34,7 +34,7 @@ pub struct Rejections {
 }
 
 /// One rejected request, as it is logged and stored.
-pub(super) struct Rejected<'a> {
+pub struct Rejected<'a> {
     /// The flow id (`servicenow:<side>:<id>` for a ServiceNow connection) or [`UNKNOWN`].
     pub flow: &'a str,
     pub error: &'a ApiError,
@@ -58,7 +58,7 @@ impl Rejections {
     }
 
     /// Counts, logs and stores (within the budget) a rejection.
-    pub(super) async fn record(&self, engine: &Engine, rejected: Rejected<'_>) {
+    pub async fn record(&self, engine: &Engine, rejected: Rejected<'_>) {
         let Some(client) = self.count_and_log(&rejected) else {
             return;
         };

@@ -38,17 +38,9 @@ pub(super) async fn receive(
         peer,
         bytes: query_bytes + declared.unwrap_or(0),
     };
-    let flow = match flow_id.map(|Path(id)| engine.flow(&id).ok_or(id)) {
-        Ok(Ok(flow)) => flow,
-        Ok(Err(id)) => {
-            return rejected
-                .unknown_flow(&format!("no flow with id `{id}`"))
-                .await;
-        }
-        Err(_) => {
-            let shown = "the flow id is not valid UTF-8 once decoded";
-            return rejected.unknown_flow(shown).await;
-        }
+    let flow = match find_flow(&engine, flow_id) {
+        Ok(flow) => flow,
+        Err(shown) => return rejected.unknown_flow(&shown).await,
     };
     if let Err(error) = authenticate(&flow, &uri, &headers) {
         return rejected.reject(&flow, error).await;
@@ -67,14 +59,32 @@ pub(super) async fn receive(
         Ok(parsed) => parsed,
         Err(error) => return rejected.reject(&flow, error).await,
     };
-    let secrets = secret_values(&engine);
-    let query = TriggerQuery::parse_scrubbed(
+    let query = scrubbed_query(&engine, &flow, &uri);
+    let result = engine.accept(&flow, &query, text, value).await;
+    respond(result, &flow, &mut rejected).await
+}
+
+/// The flow the path names, or what to say about the id when there is none.
+fn find_flow(
+    engine: &Engine,
+    flow_id: Result<Path<String>, PathRejection>,
+) -> Result<Arc<LoadedFlow>, String> {
+    match flow_id {
+        Ok(Path(id)) => engine
+            .flow(&id)
+            .ok_or_else(|| format!("no flow with id `{id}`")),
+        Err(_) => Err("the flow id is not valid UTF-8 once decoded".to_owned()),
+    }
+}
+
+/// The trigger URL's query as stored: the URL key and any secret's value scrubbed.
+fn scrubbed_query(engine: &Engine, flow: &LoadedFlow, uri: &Uri) -> TriggerQuery {
+    let secrets = secret_values(engine);
+    TriggerQuery::parse_scrubbed(
         uri.query(),
         flow.auth.secret_param(),
         &secrets.iter().map(|s| s.expose()).collect::<Vec<_>>(),
-    );
-    let result = engine.accept(&flow, &query, text, value).await;
-    respond(result, &flow, &mut rejected).await
+    )
 }
 
 fn authenticate(flow: &LoadedFlow, uri: &Uri, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -227,8 +237,8 @@ async fn respond(
 }
 
 /// The 202 body: request and run ids; for a suppressed request, the request it is listed under
-/// and how many are suppressed there.
-fn answer(accepted: &crate::engine::Accepted) -> serde_json::Value {
+/// and how many are suppressed there. A ServiceNow webhook is answered with it too.
+pub fn answer(accepted: &crate::engine::Accepted) -> serde_json::Value {
     let mut body = serde_json::json!({
         "request_id": accepted.request_id,
         "flow_id": accepted.flow_id,

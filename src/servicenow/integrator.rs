@@ -16,9 +16,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::ServiceNowConnection;
+use super::config::imported_table;
 use super::sync::{RecordOutcome, SyncAction, SyncBack};
-use crate::config::imported_table;
-use crate::outbound::Outbound;
 use crate::step::StepError;
 use crate::storage::{StorageError, now_ms};
 
@@ -132,7 +131,7 @@ impl SyncBack {
         let mut after_time = stored.unwrap_or_else(|| servicenow_time(first_scan_since_ms));
         let mut after_id: Option<String> = None;
         let page_size = sn.config.integrator.page_size.max(1) as usize;
-        let http = Outbound::live(self.client.clone());
+        let http = self.outbound();
         loop {
             let query = match &after_id {
                 None => format!("sys_updated_on>={after_time}^ORDERBYsys_updated_on^ORDERBYsys_id"),
@@ -271,7 +270,7 @@ impl SyncBack {
         let Some(filter) = sn.config.integrator.filter.get(table) else {
             return Ok(None);
         };
-        let http = Outbound::live(self.client.clone());
+        let http = self.outbound();
         let found = sn
             .query(
                 &http,
@@ -287,5 +286,64 @@ impl SyncBack {
             .and_then(Value::as_str)
             == Some(id);
         Ok((!selected).then(|| format!("not selected by integrator.filter.{table}")))
+    }
+}
+
+/// A scan that met errors is a warning naming the first, not a quiet "done".
+pub(super) fn log_scan(report: &ScanReport) {
+    let (connection, records, created) = (&report.connection, report.records, report.created);
+    match report.errors.first() {
+        None => {
+            tracing::info!(%connection, records, created, updated = report.updated, notes = report.notes, "Integrator scan done.")
+        }
+        Some(first) => {
+            tracing::warn!(%connection, records, created, errors = report.errors.len(), first_error = %first, skipped = report.skipped.len(), "Integrator scan met errors; the records that failed are tried again by the next scan (see `haloflow integrator run` for each error).")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::{ScanReport, log_scan};
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Seen: a scan with 3 connection errors was logged as INFO "scan done records=0".
+    #[test]
+    fn a_scan_that_met_errors_is_a_warning_naming_the_first() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            log_scan(&ScanReport {
+                connection: "customers/12".into(),
+                errors: vec!["connection refused".into(); 3],
+                ..ScanReport::default()
+            });
+        });
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert!(text.contains("WARN"), "{text}");
+        assert!(
+            text.contains("errors=3") && text.contains("connection refused"),
+            "{text}"
+        );
+        assert!(!text.contains("scan done"), "{text}");
     }
 }

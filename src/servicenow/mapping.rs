@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::config::{
+use super::config::{
     CustomFieldMapping, PriorityMapping, ServiceNowConnectionConfig, ValueMapping,
 };
 
@@ -352,9 +352,13 @@ mod tests {
             services = [{ halo_service_id = 5, servicenow_service = "svc-email", custom_fields = [
                 { halo_field_id = 179, servicenow_field = "u_mailbox" }] }]
         "#;
-        crate::config::Config::parse(text)
+        let config = crate::engine::integration::Integrations::new()
+            .with(crate::servicenow::ServiceNow)
+            .parse_config(text)
+            .unwrap();
+        config
+            .section::<crate::servicenow::ServiceNowConfig>()
             .unwrap()
-            .servicenow
             .customers["12"]
             .clone()
     }
@@ -432,7 +436,9 @@ mod tests {
         assert_eq!(back["priority_id"], 1);
         assert_eq!(parent_field("incident_task", "incident"), Some("incident"));
         assert_eq!(parent_field("sc_task", "incident"), None);
-        let both = crate::config::Config::parse(
+        let both = crate::engine::integration::Integrations::new()
+            .with(crate::servicenow::ServiceNow)
+            .parse_config(
             "[servicenow.customers.1]\ninstance_url = \"https://a.service-now.com\"\nauth = \"basic\"\nusername = \"u\"\npassword_secret_name = \"P\"\npriority = [{ halo = 1, servicenow = \"1\", impact = \"1\" }]",
         );
         assert!(both.unwrap_err().contains("not both"));

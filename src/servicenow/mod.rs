@@ -2,10 +2,20 @@
 //! (`../shared/reference/servicenow-api.md`): Basic or OAuth client credentials (token cached by
 //! `expires_in`, refreshed once on 401), the `{"result": ...}` envelope and its error shape.
 
+pub mod config;
+mod integration;
 pub mod integrator;
 pub mod mapping;
 pub mod notes;
+pub mod steps;
 pub mod sync;
+pub mod webhook;
+
+pub use config::{
+    JournalSource, ServiceNowAuthKind, ServiceNowConfig, ServiceNowConnectionConfig, WebhookConfig,
+};
+pub use integration::{CUSTOMERS, SUPPLIERS, ServiceNow, ServiceNowConnections, ServiceNowEngine};
+pub mod sync_step;
 
 use std::time::{Duration, Instant};
 
@@ -14,7 +24,6 @@ use reqwest::Method;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use crate::config::{JournalSource, ServiceNowAuthKind, ServiceNowConnectionConfig};
 use crate::outbound::{
     Field, Outbound, OutboundBody, OutboundRequest, OutboundResponse, TransportError,
     encode_component,
@@ -51,6 +60,13 @@ impl Side {
             Side::Customer => "customers",
             Side::Supplier => "suppliers",
         }
+    }
+
+    /// `customers` or `suppliers`, as in a connection's key and its webhook URL.
+    pub fn parse(text: &str) -> Option<Side> {
+        [Side::Customer, Side::Supplier]
+            .into_iter()
+            .find(|side| side.as_str() == text)
     }
 }
 
@@ -91,7 +107,7 @@ impl ServiceNowConnection {
         id: String,
         config: ServiceNowConnectionConfig,
         secret: Secret,
-        global: &crate::config::ServiceNowConfig,
+        global: &ServiceNowConfig,
     ) -> Self {
         ServiceNowConnection {
             side,

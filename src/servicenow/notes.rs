@@ -7,8 +7,8 @@
 
 use serde_json::Value;
 
+use super::config::JournalSource;
 use super::{ServiceNowConnection, digest};
-use crate::config::JournalSource;
 use crate::outbound::Outbound;
 use crate::step::StepError;
 
@@ -60,6 +60,16 @@ impl JournalEntry {
             created_on: text("sys_created_on").filter(|t| !t.is_empty())?,
             author: text("sys_created_by").unwrap_or_default(),
             value: text("value").filter(|v| !v.is_empty())?,
+        })
+    }
+
+    /// The entry as the `sys_journal_field` row [`Self::from_row`] reads back.
+    pub fn to_row(&self) -> Value {
+        serde_json::json!({
+            "element": self.element,
+            "sys_created_on": self.created_on,
+            "sys_created_by": self.author,
+            "value": self.value,
         })
     }
 }

@@ -1,7 +1,8 @@
 //! Syncing back from ServiceNow: what a changed record means for Halo. Webhooks (a hint: the
-//! record and its journal are read again here) and the integrator's scan both come through
-//! [`SyncBack::sync_record`], so they are idempotent with each other: each record version is
-//! acted on once, each journal entry becomes one Halo action, a new record one ticket.
+//! record and its journal are read again here, by the `servicenow.sync_record` step of a run)
+//! and the integrator's scan both come through [`SyncBack::sync_record`], so they are idempotent
+//! with each other: each record version is acted on once, each journal entry becomes one Halo
+//! action, a new record one ticket.
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use super::mapping;
 use super::notes::{self, JournalEntry};
 use super::{ServiceNowConnection, Side};
 use crate::connections::Connections;
+use crate::halo::HaloConnections;
 use crate::outbound::Outbound;
 use crate::step::StepError;
 use crate::storage::{Link, LinkOrigin, Storage, now_ms};
@@ -49,7 +51,26 @@ pub struct RecordOutcome {
 pub struct SyncBack {
     pub storage: Arc<dyn Storage>,
     pub connections: Arc<Connections>,
-    pub client: reqwest::Client,
+    pub http: SyncHttp,
+}
+
+/// How sync back sends its requests.
+#[derive(Debug, Clone)]
+pub enum SyncHttp {
+    /// A fresh exchange log per record: the integrator's scans keep none.
+    Client(reqwest::Client),
+    /// A step run's: every exchange goes into the run history.
+    Run(Outbound),
+}
+
+/// The record a webhook named: `table` and `sys_id`, or `number` (in `table`, else across
+/// every task table), and the note it carried.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NamedRecord {
+    pub table: Option<String>,
+    pub sys_id: Option<String>,
+    pub number: Option<String>,
+    pub note: Option<JournalEntry>,
 }
 
 /// The prefix of Halo actions made from ServiceNow notes; `servicenow.sync_note` does not send
@@ -70,6 +91,41 @@ pub fn concrete_table(record: &Value, fallback: &str) -> String {
 }
 
 impl SyncBack {
+    /// Where a request goes out.
+    pub(super) fn outbound(&self) -> Outbound {
+        match &self.http {
+            SyncHttp::Client(client) => Outbound::live(client.clone()),
+            SyncHttp::Run(http) => http.clone(),
+        }
+    }
+
+    /// Syncs the record a webhook named, read again first (the webhook is only a hint), with
+    /// the note it carried: the outcome as JSON. A record not found is ignored.
+    pub async fn sync_named(
+        &self,
+        sn: &ServiceNowConnection,
+        named: &NamedRecord,
+    ) -> Result<Value, StepError> {
+        let found = self
+            .read_record(
+                sn,
+                named.table.as_deref(),
+                named.sys_id.as_deref(),
+                named.number.as_deref(),
+            )
+            .await?;
+        let Some((table, record)) = found else {
+            return Ok(
+                json!({"action": "ignored", "reason": "the record was not found (deleted, or hidden from the integration user)"}),
+            );
+        };
+        let given: Vec<JournalEntry> = named.note.iter().cloned().collect();
+        let outcome = self
+            .sync_record_with_notes(sn, &table, &record, &given)
+            .await?;
+        Ok(serde_json::to_value(outcome).unwrap_or(Value::Null))
+    }
+
     /// Reads a record again (the webhook is only a hint): by sys_id in `table`, or by number
     /// across every task table.
     pub async fn read_record(
@@ -79,7 +135,7 @@ impl SyncBack {
         sys_id: Option<&str>,
         number: Option<&str>,
     ) -> Result<Option<(String, Value)>, StepError> {
-        let http = Outbound::live(self.client.clone());
+        let http = self.outbound();
         let (query_table, query) = match (table, sys_id, number) {
             (Some(table), Some(sys_id), _) => (table, format!("sys_id={sys_id}")),
             (table, _, Some(number)) => (table.unwrap_or("task"), format!("number={number}")),
@@ -133,7 +189,7 @@ impl SyncBack {
                 .await
                 .map_err(storage_error)?;
             if let Some(link) = link.filter(|_| !given.is_empty()) {
-                let http = Outbound::live(self.client.clone());
+                let http = self.outbound();
                 outcome.ticket_id = Some(link.halo_ticket_id);
                 outcome.notes = self
                     .post_notes(sn, (table, &sys_id, record), &link, given.to_vec(), &http)
@@ -177,13 +233,12 @@ impl SyncBack {
         record: &Value,
         given: &[JournalEntry],
     ) -> Result<RecordOutcome, StepError> {
-        let key = sn.key();
         let halo = self.connections.halo(&sn.config.halo_connection)?;
-        let http = Outbound::live(self.client.clone());
+        let http = self.outbound();
         let mut outcome = self.outcome(table, sys_id, record, SyncAction::Notes);
         let link = self
             .storage
-            .link_for_record(&key, sys_id)
+            .link_for_record(&sn.key(), sys_id)
             .await
             .map_err(storage_error)?;
         let link = match link {
@@ -201,40 +256,18 @@ impl SyncBack {
                 }
                 link
             }
-            None => {
-                if let Some(reason) = self.refuse_new(sn, table, record) {
+            None => match self.new_ticket(sn, table, sys_id, record, &http).await? {
+                Ok((link, fields)) => {
+                    outcome.action = SyncAction::CreatedTicket;
+                    outcome.fields = fields;
+                    link
+                }
+                Err(reason) => {
                     outcome.action = SyncAction::Ignored;
                     outcome.reason = Some(reason);
                     return Ok(outcome);
                 }
-                // One ticket per record, whichever of webhook and integrator gets here first.
-                let first = self
-                    .storage
-                    .claim_sync_event(&key, sys_id, "created", now_ms())
-                    .await
-                    .map_err(storage_error)?;
-                if !first {
-                    // Another delivery is creating its ticket right now: this version is
-                    // released (the caller's error path) and applied by a later delivery or scan.
-                    return Err(StepError::Failed(
-                        "the record's Halo ticket is being created by another delivery; this change is applied on the next one".into(),
-                    ));
-                }
-                match self.create_ticket(sn, table, sys_id, record, &http).await {
-                    Ok((link, fields)) => {
-                        outcome.action = SyncAction::CreatedTicket;
-                        outcome.fields = fields;
-                        link
-                    }
-                    Err(e) => {
-                        let _ = self
-                            .storage
-                            .release_sync_event(&key, sys_id, "created")
-                            .await;
-                        return Err(e);
-                    }
-                }
-            }
+            },
         };
         outcome.ticket_id = Some(link.halo_ticket_id);
         // New notes: those the webhook carried, and those read by the connection's path.
@@ -244,6 +277,46 @@ impl SyncBack {
             .post_notes(sn, (table, sys_id, record), &link, entries, &http)
             .await?;
         Ok(outcome)
+    }
+
+    /// The ticket of a record without a link, with the fields written: `Ok(Err(reason))` when
+    /// the record creates none.
+    async fn new_ticket(
+        &self,
+        sn: &ServiceNowConnection,
+        table: &str,
+        sys_id: &str,
+        record: &Value,
+        http: &Outbound,
+    ) -> Result<Result<(Link, Vec<String>), String>, StepError> {
+        if let Some(reason) = self.refuse_new(sn, table, record) {
+            return Ok(Err(reason));
+        }
+        // One ticket per record, whichever of webhook and integrator gets here first.
+        let key = sn.key();
+        let first = self
+            .storage
+            .claim_sync_event(&key, sys_id, "created", now_ms())
+            .await
+            .map_err(storage_error)?;
+        if !first {
+            // Another delivery is creating its ticket right now: this version is released
+            // (the caller's error path) and applied by a later attempt, delivery or scan. A
+            // claim held elsewhere passes: retryable.
+            return Err(StepError::Storage(
+                "the record's Halo ticket is being created by another delivery; this change is applied on the next attempt".into(),
+            ));
+        }
+        match self.create_ticket(sn, table, sys_id, record, http).await {
+            Ok(created) => Ok(Ok(created)),
+            Err(e) => {
+                let _ = self
+                    .storage
+                    .release_sync_event(&key, sys_id, "created")
+                    .await;
+                Err(e)
+            }
+        }
     }
 
     /// Why a record without a link creates no ticket, if it does not.
@@ -266,8 +339,8 @@ impl SyncBack {
         None
     }
 
-    /// Creates the Halo ticket for a new record: the webhook settings' type, user and team,
-    /// and the mapped fields.
+    /// Creates (or finds, after a lost answer) the Halo ticket of a new record, and links it:
+    /// the link and the mapped fields written.
     async fn create_ticket(
         &self,
         sn: &ServiceNowConnection,
@@ -276,71 +349,10 @@ impl SyncBack {
         record: &Value,
         http: &Outbound,
     ) -> Result<(Link, Vec<String>), StepError> {
-        let halo = self.connections.halo(&sn.config.halo_connection)?;
-        let mut body: Map<String, Value> = mapping::halo_fields(&sn.config, table, record);
-        let fields: Vec<String> = body.keys().cloned().collect();
-        let number = text(record, "number");
-        body.insert(
-            "summary".into(),
-            json!(
-                text(record, "short_description").unwrap_or_else(|| format!(
-                    "ServiceNow {}",
-                    number.as_deref().unwrap_or(sys_id)
-                ))
-            ),
-        );
-        if let Some(description) = text(record, "description") {
-            body.insert("details".into(), json!(description));
-        }
-        if let Ok(client_id) = sn.id().parse::<i64>() {
-            body.insert("client_id".into(), json!(client_id));
-        }
-        if let Some(webhook) = &sn.config.webhook {
-            if let Some(t) = webhook.ticket_type_id {
-                body.insert("tickettype_id".into(), json!(t));
-            }
-            // Halo requires a site whenever a user is set (checked when the config loads).
-            if let (Some(user), Some(site)) = (webhook.user_id, webhook.site_id) {
-                body.insert("user_id".into(), json!(user));
-                body.insert("site_id".into(), json!(site));
-            }
-            if let Some(team) = &webhook.team {
-                body.insert("team".into(), json!(team));
-            }
-        }
-        let key = format!("servicenow:{}:{sys_id}", sn.key());
-        halo.idempotency_field().stamp(&mut body, &key);
-        // A create made before may have lost its answer (or the link was never written): the
-        // claim says whether one was tried, and then the ticket is looked up, never made twice.
-        let claim = format!("create:{table}:{sys_id}");
-        let first_try = self
-            .storage
-            .claim_note(&sn.key(), &claim, now_ms())
-            .await
-            .map_err(storage_error)?;
-        let found = if first_try {
-            None
-        } else {
-            let search = crate::halo::CreatedTicketSearch {
-                key: &key,
-                client_id: body.get("client_id").and_then(Value::as_i64),
-                since_ms: None,
-            };
-            halo.find_created_ticket(http, search).await?
-        };
-        let ticket = match found {
-            Some(ticket) => ticket,
-            None => match halo.post_one(http, "Tickets", Value::Object(body)).await {
-                Ok(ticket) => ticket,
-                Err(e) => {
-                    // Surely not created (a refusal, a 503): the next try need not look first.
-                    if !e.outcome_unknown() {
-                        let _ = self.storage.release_note(&sn.key(), &claim).await;
-                    }
-                    return Err(e);
-                }
-            },
-        };
+        let mapped = mapping::halo_fields(&sn.config, table, record);
+        let fields: Vec<String> = mapped.keys().cloned().collect();
+        let body = ticket_body(sn, sys_id, record, mapped);
+        let ticket = self.post_or_find(sn, (table, sys_id), body, http).await?;
         let ticket_id = ticket
             .get("id")
             .and_then(mapping::halo_text)
@@ -353,13 +365,55 @@ impl SyncBack {
             servicenow: sn.key(),
             table: table.to_owned(),
             sys_id: sys_id.to_owned(),
-            number,
+            number: text(record, "number"),
             created_by: LinkOrigin::Servicenow,
             created_at_ms: now,
             updated_at_ms: now,
         };
         self.storage.save_link(&link).await.map_err(storage_error)?;
         Ok((link, fields))
+    }
+
+    /// Posts the new ticket of `(table, sys_id)`, stamped with its key; or finds the one an
+    /// earlier try made. A create made before may have lost its answer (or the link was never
+    /// written): the claim says whether one was tried, and then the ticket is looked up, never
+    /// made twice.
+    async fn post_or_find(
+        &self,
+        sn: &ServiceNowConnection,
+        (table, sys_id): (&str, &str),
+        mut body: Map<String, Value>,
+        http: &Outbound,
+    ) -> Result<Value, StepError> {
+        let halo = self.connections.halo(&sn.config.halo_connection)?;
+        let key = format!("servicenow:{}:{sys_id}", sn.key());
+        halo.idempotency_field().stamp(&mut body, &key);
+        let claim = format!("create:{table}:{sys_id}");
+        let first_try = self
+            .storage
+            .claim_note(&sn.key(), &claim, now_ms())
+            .await
+            .map_err(storage_error)?;
+        if !first_try {
+            let search = crate::halo::CreatedTicketSearch {
+                key: &key,
+                client_id: body.get("client_id").and_then(Value::as_i64),
+                since_ms: None,
+            };
+            if let Some(ticket) = halo.find_created_ticket(http, search).await? {
+                return Ok(ticket);
+            }
+        }
+        match halo.post_one(http, "Tickets", Value::Object(body)).await {
+            Ok(ticket) => Ok(ticket),
+            Err(e) => {
+                // Surely not created (a refusal, a 503): the next try need not look first.
+                if !e.outcome_unknown() {
+                    let _ = self.storage.release_note(&sn.key(), &claim).await;
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Each entry becomes a Halo action (work note → private, comment → public), once;
@@ -416,6 +470,41 @@ impl SyncBack {
         }
         Ok(synced)
     }
+}
+
+/// A new ticket's body: the mapped fields, summary and details, the client, and the webhook
+/// settings' type, user and team.
+fn ticket_body(
+    sn: &ServiceNowConnection,
+    sys_id: &str,
+    record: &Value,
+    mut body: Map<String, Value>,
+) -> Map<String, Value> {
+    let summary = text(record, "short_description").unwrap_or_else(|| {
+        let number = text(record, "number");
+        format!("ServiceNow {}", number.as_deref().unwrap_or(sys_id))
+    });
+    body.insert("summary".into(), json!(summary));
+    if let Some(description) = text(record, "description") {
+        body.insert("details".into(), json!(description));
+    }
+    if let Ok(client_id) = sn.id().parse::<i64>() {
+        body.insert("client_id".into(), json!(client_id));
+    }
+    if let Some(webhook) = &sn.config.webhook {
+        if let Some(t) = webhook.ticket_type_id {
+            body.insert("tickettype_id".into(), json!(t));
+        }
+        // Halo requires a site whenever a user is set (checked when the config loads).
+        if let (Some(user), Some(site)) = (webhook.user_id, webhook.site_id) {
+            body.insert("user_id".into(), json!(user));
+            body.insert("site_id".into(), json!(site));
+        }
+        if let Some(team) = &webhook.team {
+            body.insert("team".into(), json!(team));
+        }
+    }
+    body
 }
 
 fn storage_error(e: crate::storage::StorageError) -> StepError {

@@ -11,10 +11,9 @@ use serde_json::Value;
 
 pub use registry::{RegisteredStep, RegistryError, StepRegistry};
 
-use crate::connections::Connections;
-use crate::halo::HaloConnection;
+pub use crate::connections::ConnectionKind;
+use crate::connections::{Connections, NoConnection};
 use crate::outbound::{Outbound, OutboundError, TransportError};
-use crate::servicenow::{ServiceNowConnection, Side};
 use crate::storage::Link;
 
 /// A named output a step produces; templates reach it as `steps.<id>.<name>`.
@@ -22,33 +21,6 @@ use crate::storage::Link;
 pub struct OutputSpec {
     pub name: &'static str,
     pub description: &'static str,
-}
-
-/// What kind of connection a step needs from the config file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ConnectionKind {
-    /// `[halo.<name>]`; steps without `"connection"` use `halo`.
-    Halo,
-    /// `[http.<name>]`; optional: without one, a step sends no credentials.
-    Http,
-}
-
-impl ConnectionKind {
-    pub fn config_table(self) -> &'static str {
-        match self {
-            ConnectionKind::Halo => "halo",
-            ConnectionKind::Http => "http",
-        }
-    }
-
-    /// The connection used when a step names none.
-    pub fn default_name(self) -> Option<&'static str> {
-        match self {
-            ConnectionKind::Halo => Some("halo"),
-            ConnectionKind::Http => None,
-        }
-    }
 }
 
 /// Which `"paths"` a step may have.
@@ -185,7 +157,7 @@ pub struct StepContext {
     pub(crate) connections: Arc<Connections>,
     pub(crate) http: Outbound,
     pub(crate) shutdown: tokio::sync::watch::Receiver<bool>,
-    /// Where links between Halo tickets and ServiceNow records live.
+    /// Where links between a ticket and a record of another system live.
     pub(crate) storage: Arc<dyn crate::storage::Storage>,
     /// When this step's first attempt started (ms since the epoch), across restarts.
     pub(crate) first_attempt_at_ms: Option<i64>,
@@ -232,20 +204,35 @@ impl StepContext {
     ) -> Result<Option<Arc<crate::connections::HttpConnection>>, StepError> {
         self.connection
             .as_deref()
-            .map(|name| self.connections.http(name))
+            .map(|name| self.connections.http(name).map_err(StepError::from))
             .transpose()
     }
 
-    /// The ServiceNow instance of a Halo customer (client id) or supplier (supplier id).
-    pub fn servicenow(&self, side: Side, id: &str) -> Option<Arc<ServiceNowConnection>> {
-        self.connections.servicenow(side, id)
+    /// The connection of `kind` this step names (or the kind's default), as the type its
+    /// integration built, e.g. `ctx.connection::<ChatConnection>(CHAT)` for an integration's
+    /// `ChatConnection`s of kind `CHAT`.
+    pub fn connection<C: std::any::Any + Send + Sync>(
+        &self,
+        kind: ConnectionKind,
+    ) -> Result<Arc<C>, StepError> {
+        let name = self.connection.as_deref().ok_or_else(|| {
+            StepError::Connection(format!("this step has no {} connection", kind.label()))
+        })?;
+        Ok(self.connections.get(kind, name)?)
     }
 
-    /// The ServiceNow record a ticket of this step's Halo connection is linked to.
+    /// Every configured connection, for a step that picks one from its data (an instance by
+    /// the ticket's client, say) rather than by the step's `"connection"`.
+    pub fn connections(&self) -> &Connections {
+        &self.connections
+    }
+
+    /// The link of ticket `ticket_id` of this step's connection to a record of another
+    /// system, if any.
     pub async fn link_for_ticket(&self, ticket_id: i64) -> Result<Option<Link>, StepError> {
-        let halo = self.connection.as_deref().unwrap_or("halo");
+        let connection = self.connection.as_deref().unwrap_or_default();
         self.storage
-            .link_for_ticket(halo, ticket_id)
+            .link_for_ticket(connection, ticket_id)
             .await
             .map_err(|e| StepError::storage("reading the ticket's link", e))
     }
@@ -256,15 +243,6 @@ impl StepContext {
             .save_link(link)
             .await
             .map_err(|e| StepError::storage("recording the link", e))
-    }
-
-    /// The Halo connection this step is configured with.
-    pub fn halo(&self) -> Result<Arc<HaloConnection>, StepError> {
-        let name = self
-            .connection
-            .as_deref()
-            .ok_or_else(|| StepError::Connection("this step has no Halo connection".into()))?;
-        self.connections.halo(name)
     }
 }
 
@@ -320,6 +298,12 @@ impl From<OutboundError> for StepError {
             OutboundError::Transport(failure) => StepError::Transport(failure),
             OutboundError::DryRun => StepError::DryRun,
         }
+    }
+}
+
+impl From<NoConnection> for StepError {
+    fn from(error: NoConnection) -> Self {
+        StepError::Connection(error.to_string())
     }
 }
 

@@ -85,7 +85,7 @@ impl Step for HttpRequest {
     }
 
     fn connection_kind(&self) -> Option<ConnectionKind> {
-        Some(ConnectionKind::Http)
+        Some(ConnectionKind::HTTP)
     }
 
     /// GET, PUT and DELETE mean the same when sent twice; a POST or PATCH whose answer was lost

@@ -1,37 +1,23 @@
-//! The built-in steps. They use the same `Step` trait and registry an
-//! embedder's steps do.
+//! The core's built-in steps (`core.switch`, `core.condition`, `http.request`). They use the
+//! same `Step` trait and registry an embedder's steps do; integrations add theirs
+//! (`Integration::steps`).
 
 mod core;
-mod halo;
 mod http;
-mod servicenow;
 
 use std::sync::Arc;
 
 use crate::step::{Step, StepRegistry};
 
 pub use self::core::{Condition, Switch};
-pub use halo::{AddAction, CreateTicket, GetTicket, UpdateTicket};
 pub use http::HttpRequest;
-pub use servicenow::{LOG_TO_SUPPLIER, SEND_TICKET, SendToServiceNow, SyncNote};
 
-/// Every built-in step, for [`StepRegistry::with_builtins`].
+/// Every built-in step of the core, for [`StepRegistry::with_builtins`].
 pub fn builtins() -> Vec<Arc<dyn Step>> {
-    vec![
-        Arc::new(CreateTicket),
-        Arc::new(UpdateTicket),
-        Arc::new(AddAction),
-        Arc::new(GetTicket),
-        Arc::new(Switch),
-        Arc::new(Condition),
-        Arc::new(HttpRequest),
-        Arc::new(SEND_TICKET),
-        Arc::new(LOG_TO_SUPPLIER),
-        Arc::new(SyncNote),
-    ]
+    vec![Arc::new(Switch), Arc::new(Condition), Arc::new(HttpRequest)]
 }
 
-/// Registers every built-in step in `registry`.
+/// Registers every built-in step of the core in `registry`.
 pub fn register_builtins(registry: &mut StepRegistry) {
     for step in builtins() {
         registry
@@ -43,7 +29,8 @@ pub fn register_builtins(registry: &mut StepRegistry) {
 // Defined here, above both the step contract and its implementations, so that `step` does not
 // know the built-ins.
 impl StepRegistry {
-    /// A registry with every built-in step.
+    /// A registry with the core's built-in steps; `Integrations::registry` adds the
+    /// integrations' steps.
     pub fn with_builtins() -> Self {
         let mut registry = StepRegistry::new();
         register_builtins(&mut registry);

@@ -74,6 +74,7 @@ impl BackendError {
         self.retryable
     }
 
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     /// The driver's error: a pool that timed out or an I/O failure may pass.
     pub(super) fn from_sqlx(error: sqlx::Error) -> Self {
         let retryable = matches!(error, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_));
@@ -82,7 +83,7 @@ impl BackendError {
 
     /// The driver's error, for the backends' own decisions (e.g. whether it ended a
     /// transaction).
-    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    #[cfg(feature = "sqlite")]
     pub(super) fn as_sqlx(&self) -> Option<&sqlx::Error> {
         self.error.downcast_ref()
     }
@@ -100,11 +101,13 @@ impl Error for BackendError {
     }
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 /// A driver error as a [`StorageError::Database`].
 pub(super) fn database(error: sqlx::Error) -> StorageError {
     StorageError::Database(BackendError::from_sqlx(error))
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 /// A write's driver error: a unique-index violation becomes [`StorageError::Conflict`].
 pub(super) fn write_error(error: sqlx::Error) -> StorageError {
     match &error {
@@ -113,12 +116,13 @@ pub(super) fn write_error(error: sqlx::Error) -> StorageError {
     }
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 /// A migration's driver error.
 pub(super) fn migration(error: sqlx::migrate::MigrateError) -> StorageError {
     StorageError::Migration(BackendError::new(error, false))
 }
 
-#[cfg(test)]
+#[cfg(all(test, any(feature = "sqlite", feature = "postgres")))]
 mod tests {
     use super::*;
 

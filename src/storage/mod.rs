@@ -9,10 +9,15 @@
 
 mod error;
 mod records;
-mod rows;
-mod shared;
-mod sql;
 mod stores;
+
+// What the SQL backends share; a build without either has only the contract.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod rows;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod shared;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql;
 
 #[cfg(feature = "sqlite")]
 mod group_commit;

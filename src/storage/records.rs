@@ -234,7 +234,7 @@ pub struct RequestRecord {
     pub suppressed_count: i64,
     /// For a suppressed request: the request it is listed under.
     pub suppressed_under: Option<String>,
-    /// For a sync webhook: what was done with it.
+    /// For a sync webhook: what was done with it (its run's outputs, or its error).
     pub outcome: Option<Value>,
 }
 

@@ -177,6 +177,15 @@ impl<B: Sql> RunStore for B {
         self.execute(sql::INSERT_REQUEST, args).await.map(drop)
     }
 
+    async fn set_request_outcome(
+        &self,
+        request_id: &str,
+        outcome: &Value,
+    ) -> Result<(), StorageError> {
+        let args = args![to_json_text(outcome), request_id];
+        self.execute(sql::SET_REQUEST_OUTCOME, args).await.map(drop)
+    }
+
     async fn record_progress(
         &self,
         run_id: &str,

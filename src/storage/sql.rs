@@ -239,6 +239,10 @@ pub(super) const INSERT_REQUEST: &str = "INSERT INTO trigger_requests
     (id, flow_id, received_at_ms, status, http_status, error_code, error_message, query, body, event_count, outcome)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
+/// outcome, request id.
+pub(super) const SET_REQUEST_OUTCOME: &str =
+    "UPDATE trigger_requests SET outcome = $1 WHERE id = $2";
+
 /// id, request id, flow id, event index, trigger, created at, correlation key, delivery id,
 /// replay of, owner, lease until.
 pub(super) const INSERT_RUN: &str = "INSERT INTO runs

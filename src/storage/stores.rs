@@ -53,6 +53,13 @@ pub trait RunStore: Send + Sync {
     ) -> Result<(), StorageError>;
     /// Writes a rejected request (its 4xx answer and why).
     async fn record_rejected(&self, request: &NewRequest) -> Result<(), StorageError>;
+    /// Records what an accepted request led to (an integration's run outcome, listed as
+    /// [`RequestRecord::outcome`]), replacing any earlier one.
+    async fn set_request_outcome(
+        &self,
+        request_id: &str,
+        outcome: &Value,
+    ) -> Result<(), StorageError>;
     /// Writes a run's progress (see [`Progress`]) in one write, its parts in order.
     async fn record_progress(
         &self,

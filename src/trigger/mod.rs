@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 
 pub use auth::{AuthFailure, TriggerAuthenticator, basic_credentials, bearer_token, equal};
 
-use crate::halo::id_of;
+use crate::json::id_of;
 use crate::step::OutputSpec;
 
 /// The outputs templates reach as `trigger.<name>`.

@@ -1,0 +1,583 @@
+//! One behaviour suite for every storage backend: what the engine relies on holds for SQLite
+//! and for PostgreSQL alike.
+
+use crate::common::backends::backends;
+use haloflow::flood::Admission;
+use haloflow::storage::{
+    AttemptOutcome, AttemptRecord, Link, LinkOrigin, NewRequest, NewRun, NewSuppressed, Progress,
+    RequestFilter, RunFilter, RunFinish, RunStatus, RunStoreExt, StepOutcome, StepStart,
+    StepStatus, Storage, StorageError,
+};
+use serde_json::json;
+
+fn request(id: &str, at: i64) -> NewRequest {
+    NewRequest {
+        id: id.into(),
+        flow_id: "f".into(),
+        received_at_ms: at,
+        http_status: 202,
+        error: None,
+        query: Some(json!({"recipients": ["a"]})),
+        body: Some("{}".into()),
+        event_count: 1,
+        outcome: None,
+    }
+}
+
+fn run(id: &str, at: i64, delivery: Option<&str>) -> NewRun {
+    NewRun {
+        id: id.into(),
+        flow_id: "f".into(),
+        event_index: 0,
+        trigger: json!({"ticket_id": 1}),
+        created_at_ms: at,
+        correlation_key: Some("[1]".into()),
+        delivery_id: delivery.map(str::to_owned),
+        owner: Some("node-a".into()),
+        lease_until_ms: Some(at + 1000),
+    }
+}
+
+async fn accept(storage: &dyn Storage, id: &str, at: i64, delivery: Option<&str>) {
+    storage
+        .accept_request(
+            &request(&format!("req-{id}"), at),
+            &[run(id, at, delivery)],
+            &[],
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn requests_runs_and_suppressed_events_read_back() {
+    for b in backends().await {
+        let s = b.storage.as_ref();
+        accept(s, "r1", 1000, Some("d1")).await;
+        s.accept_request(
+            &request("req-sup", 1100),
+            &[],
+            &[NewSuppressed {
+                event_index: 0,
+                flow_id: "f".into(),
+                correlation_key: "[1]".into(),
+                parent_request_id: "req-r1".into(),
+                received_at_ms: 1100,
+                delivery_id: Some("d2".into()),
+            }],
+        )
+        .await
+        .unwrap();
+        let requests = s.list_requests(&RequestFilter::default()).await.unwrap();
+        assert_eq!(requests.len(), 2, "{}", b.name);
+        let parent = requests.iter().find(|r| r.id == "req-r1").unwrap();
+        assert_eq!(parent.run_ids, vec!["r1".to_owned()], "{}", b.name);
+        assert_eq!(parent.suppressed_children, vec!["req-sup".to_owned()]);
+        assert_eq!(parent.suppressed_count, 1);
+        let child = requests.iter().find(|r| r.id == "req-sup").unwrap();
+        assert_eq!(child.suppressed_under.as_deref(), Some("req-r1"));
+        let only = s
+            .list_requests(&RequestFilter {
+                suppressed_only: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(only.len(), 1, "{}", b.name);
+        let mut found = s
+            .find_deliveries("f", &["d1".into(), "d2".into(), "d3".into()])
+            .await
+            .unwrap();
+        found.sort();
+        assert_eq!(
+            found,
+            vec![
+                ("d1".to_owned(), "req-r1".to_owned()),
+                ("d2".to_owned(), "req-sup".to_owned())
+            ],
+            "{}",
+            b.name
+        );
+        let history = s.flood_history("f", 0).await.unwrap();
+        assert_eq!(history[0].suppressed_count, 1, "{}", b.name);
+        let runs = s
+            .list_runs(&RunFilter {
+                since_ms: Some(999),
+                until_ms: Some(1001),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(runs.len(), 1, "{}", b.name);
+        assert_eq!(runs[0].status, RunStatus::Queued);
+    }
+}
+
+#[tokio::test]
+async fn the_same_delivery_twice_is_a_conflict() {
+    for b in backends().await {
+        let s = b.storage.as_ref();
+        accept(s, "r1", 1000, Some("d1")).await;
+        let again = s
+            .accept_request(
+                &request("req-again", 1001),
+                &[run("r2", 1001, Some("d1"))],
+                &[],
+            )
+            .await;
+        assert!(
+            matches!(again, Err(StorageError::Conflict)),
+            "{}: {again:?}",
+            b.name
+        );
+        assert!(
+            s.list_requests(&RequestFilter::default())
+                .await
+                .unwrap()
+                .iter()
+                .all(|r| r.id != "req-again"),
+            "{}: the conflicting request was rolled back",
+            b.name
+        );
+    }
+}
+
+fn attempt(number: u32, outcome: AttemptOutcome) -> AttemptRecord {
+    AttemptRecord {
+        number,
+        started_at_ms: 10,
+        finished_at_ms: 20,
+        outcome,
+        error_code: None,
+        error: (outcome == AttemptOutcome::Failed).then(|| "503".to_owned()),
+        retry_in_ms: (outcome == AttemptOutcome::Failed).then_some(100),
+        outcome_unknown: false,
+        exchanges: Vec::new(),
+    }
+}
+
+#[tokio::test]
+async fn steps_keep_every_attempt_and_replays_reuse_outputs() {
+    for b in backends().await {
+        let s = b.storage.as_ref();
+        accept(s, "r1", 1000, None).await;
+        s.start_run("r1", 1001).await.unwrap();
+        s.start_step(
+            "r1",
+            "create",
+            0,
+            "halo.create_ticket",
+            &json!({"summary": "s"}),
+            1,
+            1002,
+        )
+        .await
+        .unwrap();
+        s.record_attempt("r1", "create", &attempt(1, AttemptOutcome::Failed))
+            .await
+            .unwrap();
+        s.start_step(
+            "r1",
+            "create",
+            0,
+            "halo.create_ticket",
+            &json!({"summary": "s"}),
+            2,
+            1003,
+        )
+        .await
+        .unwrap();
+        // The last attempt is written with the step's end.
+        s.finish_step(
+            "r1",
+            "create",
+            &StepOutcome {
+                status: StepStatus::Succeeded,
+                outputs: Some(json!({"ticket_id": 7})),
+                error: None,
+                exchanges: Vec::new(),
+                finished_at_ms: 1004,
+                attempt: Some(attempt(2, AttemptOutcome::Adopted)),
+            },
+        )
+        .await
+        .unwrap();
+        s.finish_run("r1", RunStatus::Failed, Some(("note", "boom")), 1005)
+            .await
+            .unwrap();
+        let detail = s.get_run("r1").await.unwrap().unwrap();
+        let step = &detail.steps[0];
+        assert_eq!(step.attempts, 2, "{}", b.name);
+        assert_eq!(
+            step.attempt_log
+                .iter()
+                .map(|a| a.outcome)
+                .collect::<Vec<_>>(),
+            vec![AttemptOutcome::Failed, AttemptOutcome::Adopted],
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            step.started_at_ms, 1002,
+            "{}: the first attempt's start stays",
+            b.name
+        );
+        assert_eq!(detail.summary.failed_step.as_deref(), Some("note"));
+
+        let mut replay = run("r2", 2000, None);
+        replay.correlation_key = None;
+        s.create_replay(&replay, Some("req-r1"), "r1", &detail.steps)
+            .await
+            .unwrap();
+        let copied = s.get_run("r2").await.unwrap().unwrap();
+        assert_eq!(
+            copied.summary.replay_of.as_deref(),
+            Some("r1"),
+            "{}",
+            b.name
+        );
+        assert_eq!(copied.steps[0].reused_from.as_deref(), Some("r1"));
+        assert_eq!(copied.steps[0].outputs, Some(json!({"ticket_id": 7})));
+        let counts = s.run_counts().await.unwrap();
+        assert_eq!(counts.len(), 2, "{}: {counts:?}", b.name);
+
+        // Retention keeps r1 while r2 replays it; r2 is unfinished and stays.
+        assert_eq!(s.prune_finished(10_000).await.unwrap(), 0, "{}", b.name);
+        s.finish_run("r2", RunStatus::Succeeded, None, 2001)
+            .await
+            .unwrap();
+        assert_eq!(s.prune_finished(10_000).await.unwrap(), 1, "{}", b.name);
+        assert_eq!(s.prune_finished(10_000).await.unwrap(), 1, "{}", b.name);
+        assert!(s.get_run("r1").await.unwrap().is_none());
+        s.ping().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn progress_written_at_once_reads_back_like_its_parts() {
+    for b in backends().await {
+        let s = b.storage.as_ref();
+        accept(s, "r1", 1000, None).await;
+        let inputs = json!({"summary": "s"});
+        let start = |step_id, position, at_ms| StepStart {
+            step_id,
+            position,
+            step_type: "halo.create_ticket",
+            inputs: &inputs,
+            attempt: 1,
+            at_ms,
+        };
+        let done = |outputs, at_ms| StepOutcome {
+            status: StepStatus::Succeeded,
+            outputs: Some(outputs),
+            error: None,
+            exchanges: Vec::new(),
+            finished_at_ms: at_ms,
+            attempt: Some(attempt(1, AttemptOutcome::Succeeded)),
+        };
+        // The run starts with its first step's intent.
+        s.record_progress(
+            "r1",
+            &Progress {
+                run_started_at_ms: Some(1001),
+                step_started: Some(start("a", 0, 1002)),
+                ..Progress::default()
+            },
+        )
+        .await
+        .unwrap();
+        let running = s.get_run("r1").await.unwrap().unwrap();
+        assert_eq!(running.summary.status, RunStatus::Running, "{}", b.name);
+        assert_eq!(running.summary.started_at_ms, Some(1001));
+        assert_eq!(running.steps[0].status, StepStatus::Running);
+        // A step's end with the next step's start, then the last step's end with the run's.
+        let first = done(json!({"ticket_id": 7}), 1003);
+        s.record_progress(
+            "r1",
+            &Progress {
+                step_finished: Some(("a", &first)),
+                step_started: Some(start("b", 1, 1004)),
+                ..Progress::default()
+            },
+        )
+        .await
+        .unwrap();
+        let second = done(json!({"ticket_id": 8}), 1005);
+        s.record_progress(
+            "r1",
+            &Progress {
+                step_finished: Some(("b", &second)),
+                run_finished: Some(RunFinish {
+                    status: RunStatus::Succeeded,
+                    failure: None,
+                    at_ms: 1006,
+                }),
+                ..Progress::default()
+            },
+        )
+        .await
+        .unwrap();
+        let detail = s.get_run("r1").await.unwrap().unwrap();
+        assert_eq!(detail.summary.status, RunStatus::Succeeded, "{}", b.name);
+        assert_eq!(detail.summary.finished_at_ms, Some(1006));
+        let steps: Vec<_> = detail
+            .steps
+            .iter()
+            .map(|s| {
+                (
+                    s.step_id.as_str(),
+                    s.status,
+                    s.outputs.clone(),
+                    s.attempt_log.len(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            steps,
+            vec![
+                ("a", StepStatus::Succeeded, Some(json!({"ticket_id": 7})), 1),
+                ("b", StepStatus::Succeeded, Some(json!({"ticket_id": 8})), 1),
+            ],
+            "{}",
+            b.name
+        );
+        assert_eq!(detail.steps[1].started_at_ms, 1004);
+    }
+}
+
+#[tokio::test]
+async fn a_run_has_one_owner_at_a_time_and_expired_claims_move() {
+    for b in backends().await {
+        let s = b.storage.as_ref();
+        accept(s, "r1", 1000, None).await; // owned by node-a until 2000
+        assert!(
+            !s.claim_run("r1", "node-b", 5000, 1500).await.unwrap(),
+            "{}",
+            b.name
+        );
+        assert!(
+            s.claim_run("r1", "node-a", 3000, 1500).await.unwrap(),
+            "{}: its own",
+            b.name
+        );
+        assert_eq!(
+            s.claimable_runs("node-b", 2500, 10).await.unwrap(),
+            Vec::<(String, String)>::new(),
+            "{}",
+            b.name
+        );
+        // node-a goes quiet; after its lease, node-b takes over and node-a is fenced off.
+        assert_eq!(s.claimable_runs("node-b", 3500, 10).await.unwrap().len(), 1);
+        assert!(
+            s.claim_run("r1", "node-b", 9000, 3500).await.unwrap(),
+            "{}",
+            b.name
+        );
+        assert!(
+            !s.renew_run_lease("r1", "node-a", 9999).await.unwrap(),
+            "{}",
+            b.name
+        );
+        assert!(s.renew_run_lease("r1", "node-b", 9999).await.unwrap());
+        // A graceful stop gives it back at once.
+        s.release_run("r1", "node-b").await.unwrap();
+        assert!(
+            s.claim_run("r1", "node-c", 12_000, 4000).await.unwrap(),
+            "{}",
+            b.name
+        );
+        // A finished run is nobody's.
+        s.finish_run("r1", RunStatus::Succeeded, None, 4001)
+            .await
+            .unwrap();
+        assert!(!s.claim_run("r1", "node-c", 20_000, 4002).await.unwrap());
+        assert!(
+            s.claimable_runs("node-c", 99_999, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_named_lease_is_held_by_one_node_at_a_time() {
+    for b in backends().await {
+        let s = b.storage.as_ref();
+        assert!(s.try_lease("integrator", "a", 2000, 1000).await.unwrap());
+        assert!(
+            !s.try_lease("integrator", "b", 2500, 1500).await.unwrap(),
+            "{}",
+            b.name
+        );
+        assert!(
+            s.try_lease("integrator", "a", 3000, 1500).await.unwrap(),
+            "{}: renewal",
+            b.name
+        );
+        assert!(
+            s.try_lease("integrator", "b", 5000, 3001).await.unwrap(),
+            "{}: expired",
+            b.name
+        );
+        s.release_lease("integrator", "b").await.unwrap();
+        assert!(s.try_lease("integrator", "a", 6000, 3002).await.unwrap());
+    }
+}
+
+fn link(ticket: i64, sys_id: &str) -> Link {
+    Link {
+        halo_connection: "halo".into(),
+        halo_ticket_id: ticket,
+        servicenow: "customers/12".into(),
+        table: "incident".into(),
+        sys_id: sys_id.into(),
+        number: Some("INC1".into()),
+        created_by: LinkOrigin::Halo,
+        created_at_ms: 1,
+        updated_at_ms: 1,
+    }
+}
+
+#[tokio::test]
+async fn links_are_one_to_one() {
+    for b in backends().await {
+        let s = b.storage.as_ref();
+        assert!(s.save_link(&link(1, "a")).await.unwrap().is_none());
+        let previous = s.save_link(&link(1, "b")).await.unwrap().unwrap();
+        assert_eq!(previous.sys_id, "a", "{}", b.name);
+        assert!(
+            s.link_for_record("customers/12", "a")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // Another ticket sent to b takes it over.
+        s.save_link(&link(2, "b")).await.unwrap();
+        assert!(
+            s.link_for_ticket("halo", 1).await.unwrap().is_none(),
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            s.link_for_record("customers/12", "b")
+                .await
+                .unwrap()
+                .unwrap()
+                .halo_ticket_id,
+            2
+        );
+    }
+}
+
+#[tokio::test]
+async fn flood_control_in_the_database_where_the_backend_keeps_it() {
+    for b in backends().await {
+        let s = b.storage.as_ref();
+        if !s.is_shared() {
+            assert!(matches!(
+                s.flood_admit("f", "k", "r", 0, 60_000, 4).await,
+                Err(StorageError::Unsupported(_))
+            ));
+            continue;
+        }
+        let mut verdicts = Vec::new();
+        for i in 0..6 {
+            verdicts.push(
+                s.flood_admit("f", "k", &format!("req-{i}"), 1000 + i, 60_000, 4)
+                    .await
+                    .unwrap(),
+            );
+        }
+        assert!(
+            verdicts[..4].iter().all(|v| *v == Admission::Run),
+            "{verdicts:?}"
+        );
+        assert_eq!(
+            verdicts[5],
+            Admission::Suppress {
+                parent_request_id: "req-3".into(),
+                suppressed_count: 2
+            }
+        );
+        // Another key is not correlated; after a quiet window the key runs again.
+        assert_eq!(
+            s.flood_admit("f", "other", "x", 1010, 60_000, 4)
+                .await
+                .unwrap(),
+            Admission::Run
+        );
+        assert_eq!(
+            s.flood_admit("f", "k", "late", 70_000, 60_000, 4)
+                .await
+                .unwrap(),
+            Admission::Run
+        );
+        assert_eq!(s.flood_keys().await.unwrap(), vec![("f".to_owned(), 2)]);
+        assert_eq!(s.flood_sweep(5000).await.unwrap(), 1, "the idle key goes");
+    }
+}
+
+#[tokio::test]
+async fn the_integrator_keeps_its_start_and_counts_failing_records() {
+    for b in backends().await {
+        let s = b.storage.as_ref();
+        assert_eq!(s.integrator_start("customers/12", 100).await.unwrap(), 100);
+        assert_eq!(
+            s.integrator_start("customers/12", 200).await.unwrap(),
+            100,
+            "the first start stays: {}",
+            b.name
+        );
+        assert_eq!(s.integrator_start("customers/13", 300).await.unwrap(), 300);
+        for (attempt, at) in [(1, 10), (2, 20)] {
+            let n = s
+                .record_sync_failure("customers/12", "incident", "a", &format!("boom {at}"), at)
+                .await
+                .unwrap();
+            assert_eq!(n, attempt, "{}", b.name);
+        }
+        s.record_sync_failure("customers/12", "problem", "b", "bang", 30)
+            .await
+            .unwrap();
+        let failures = s.sync_failures("customers/12").await.unwrap();
+        assert_eq!(failures.len(), 2, "{}", b.name);
+        assert_eq!(
+            (
+                failures[0].table.as_str(),
+                failures[0].sys_id.as_str(),
+                failures[0].attempts,
+                failures[0].last_error.as_str(),
+                failures[0].updated_at_ms
+            ),
+            ("incident", "a", 2, "boom 20", 20),
+            "{}",
+            b.name
+        );
+        s.clear_sync_failure("customers/12", "a").await.unwrap();
+        let left: Vec<String> = s
+            .sync_failures("customers/12")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|f| f.sys_id)
+            .collect();
+        assert_eq!(left, ["b"], "{}", b.name);
+        assert!(s.sync_failures("customers/13").await.unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_request_keeps_the_outcome_its_run_led_to() {
+    for b in backends().await {
+        let s = b.storage.as_ref();
+        accept(s, "r1", 1000, None).await;
+        let outcome = json!({"action": "created_ticket", "ticket_id": 7});
+        s.set_request_outcome("req-r1", &outcome).await.unwrap();
+        let again = json!({"action": "duplicate"});
+        s.set_request_outcome("req-r1", &again).await.unwrap();
+        let requests = s.list_requests(&RequestFilter::default()).await.unwrap();
+        assert_eq!(requests[0].id, "req-r1", "{}", b.name);
+        assert_eq!(requests[0].outcome, Some(again), "{}", b.name);
+    }
+}
