@@ -340,3 +340,28 @@ async fn a_request_the_database_cannot_take_is_refused_with_503() {
             .is_empty()
     );
 }
+
+/// In process, as over HTTP: a delivery seen before starts no second run, and the answer says
+/// so (with the request that first carried it) instead of returning an empty list of runs.
+#[tokio::test]
+async fn in_process_a_delivery_seen_before_is_reported_with_its_first_request() {
+    let h = Harness::start().await;
+    let payload = sample_payload("halo-new-ticket.json");
+    let query = haloflow::trigger::TriggerQuery::parse(Some("recipients=ops"), None);
+    let first = (h.engine)
+        .run_to_completion("escalate-to-partner", payload.clone(), &query)
+        .await
+        .unwrap();
+    assert_eq!(first.runs.len(), 1);
+    assert!(first.accepted.duplicates.is_empty());
+    let again = (h.engine)
+        .run_to_completion("escalate-to-partner", payload, &query)
+        .await
+        .unwrap();
+    assert!(again.runs.is_empty());
+    assert_eq!(again.accepted.duplicates.len(), 1);
+    assert_eq!(
+        again.accepted.duplicates[0].first_request_id,
+        first.accepted.request_id
+    );
+}

@@ -1,6 +1,7 @@
 //! Send to ServiceNow, Log to Supplier and note sync against a Halo emulator and ServiceNow
 //! emulators (Basic and OAuth), through the engine with a real SQLite file.
 
+use haloflow::trigger::TriggerQuery;
 use std::sync::Arc;
 
 use haloflow::engine::Engine;
@@ -231,9 +232,10 @@ password_secret_name = "MUTE_PASSWORD"
         }
         let mut runs = self
             .engine
-            .run_to_completion(flow, payload, "")
+            .run_to_completion(flow, payload, &TriggerQuery::default())
             .await
-            .unwrap();
+            .unwrap()
+            .runs;
         runs.remove(0)
     }
 
