@@ -564,6 +564,14 @@ impl Engine {
     /// Runs one step of the engine's registry directly, outside any flow, with inputs already
     /// rendered. `connection` names a connection of the step's kind (the kind's default when
     /// `None`).
+    ///
+    /// Unlike a run's steps this is ONE attempt, recorded nowhere: no retries, no look-up of an
+    /// earlier attempt's effect (each call has a fresh run id, so a fresh
+    /// [`StepContext::idempotency_key`](crate::step::StepContext::idempotency_key)), no run
+    /// history. After an error whose outcome is unknown (a timeout, a 5xx) a step that creates
+    /// something may have done so: do not simply call again. For the served semantics
+    /// (retries, look-up first, duplicate detection, history and replay) put the step in a
+    /// flow and use [`Engine::run_to_completion`].
     pub async fn run_step(
         &self,
         step_type: &str,
