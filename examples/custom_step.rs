@@ -193,8 +193,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (ticket, agent) in [(4242, 3), (4243, 0)] {
         let payload = json!({"event": "new ticket logged", "object_id": ticket, "ticket": {"id": ticket, "agent_id": agent, "summary": "Printer jam"}});
         for run in engine
-            .run_to_completion("chat-new-tickets", payload, "")
+            .run_to_completion("chat-new-tickets", payload, &TriggerQuery::default())
             .await?
+            .runs
         {
             println!("run {} {:?}", run.summary.id, run.summary.status);
             if run.summary.status != RunStatus::Succeeded {

@@ -24,8 +24,10 @@
 //! let app = axum::Router::new().nest("/automation", router(engine.clone()));
 //! // Or start a run in process and wait for it.
 //! let payload = serde_json::json!({"event": "new ticket logged", "object_id": 42, "ticket": {"id": 42}});
-//! let runs = engine.run_to_completion("escalate-to-partner", payload, "recipients=ops").await?;
-//! # let _ = (app, runs);
+//! let query = TriggerQuery::parse(Some("recipients=ops"), None);
+//! let done = engine.run_to_completion("escalate-to-partner", payload, &query).await?;
+//! // `done.runs`: every run it started, finished; `done.accepted`: duplicates, suppressed.
+//! # let _ = (app, done);
 //! # Ok(())
 //! # }
 //! ```

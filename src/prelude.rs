@@ -5,7 +5,7 @@ pub use async_trait::async_trait;
 pub use crate::config::{Config, Problems, Section};
 pub use crate::connections::{Connections, ConnectionsBuilder, HttpConnection};
 pub use crate::engine::integration::{Integration, Integrations};
-pub use crate::engine::{Accepted, Engine, EngineBuilder, EngineError};
+pub use crate::engine::{Accepted, Completion, Engine, EngineBuilder, EngineError};
 pub use crate::flow::{FlowValidator, Problem, ValidatedFlow};
 #[cfg(feature = "halo")]
 pub use crate::halo::{HALO, Halo, HaloConnection, HaloConnections};
@@ -18,4 +18,12 @@ pub use crate::step::{
     ConnectionKind, OutputSpec, PathRule, Resend, Step, StepContext, StepError, StepRegistry,
     is_placeholder,
 };
-pub use crate::storage::{Link, LinkOrigin, RunDetail, RunStatus, SqliteStorage, Storage};
+#[cfg(feature = "sqlite")]
+pub use crate::storage::SqliteStorage;
+pub use crate::storage::{Link, LinkOrigin, RunDetail, RunStatus, Storage, StorageSettings};
+pub use crate::trigger::TriggerQuery;
+// The storage traits' methods, callable on a backend's own type too (e.g. `SqliteStorage`).
+pub use crate::storage::{
+    Backend as _, FloodStore as _, LeaseStore as _, LinkStore as _, RunStore as _,
+    RunStoreExt as _, SyncStore as _,
+};

@@ -5,7 +5,6 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -18,7 +17,7 @@ use crate::engine::Engine;
 use crate::flow::{TriggerAuth, ValidatedFlow};
 use crate::halo::{HaloConfig, HaloConnectionConfig};
 use crate::secrets::SecretStore;
-use crate::storage::SqliteStorage;
+use crate::storage::StorageSettings;
 use haloflow_emulators::RunningEmulator;
 use haloflow_emulators::halo::{HaloEmulator, HaloEmulatorConfig};
 use haloflow_emulators::servicenow::{ServiceNowEmulator, ServiceNowEmulatorConfig};
@@ -232,7 +231,7 @@ async fn build_engine(
             secrets.insert(name, random_secret());
         }
     }
-    let storage = Arc::new(SqliteStorage::open_dir(&options.data_dir).await?);
+    let storage = crate::storage::open(&StorageSettings::new(&options.data_dir, None)).await?;
     let mut builder = Engine::builder()
         .config(config.clone())
         .integrations(super::integrations())

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{CommandError, render};
-use crate::storage::{RequestFilter, RunFilter, RunStatus, SqliteStorage, Storage, format_ms};
+use crate::storage::{RequestFilter, RunFilter, RunStatus, Storage, StorageSettings, format_ms};
 
 /// Where the run history is: a database URL, else SQLite in the data directory.
 #[derive(Debug, Clone, clap::Args)]
@@ -31,27 +31,23 @@ impl Store {
 
     /// Opens an existing history (never creates an empty SQLite file by mistake).
     pub async fn open_existing(&self) -> Result<Arc<dyn Storage>, CommandError> {
-        if let Some(url) = &self.database {
-            return Ok(crate::storage::open_url(url).await?);
-        }
         let file = self.data_dir.join(crate::storage::DATABASE_FILE);
-        if !file.exists() {
+        if self.database.is_none() && !file.exists() {
             return Err(CommandError::Failed(format!(
                 "no run history at {}; runs are stored by `haloflow serve` or `haloflow run` with the same --data (or --database)",
                 file.display()
             )));
         }
-        Ok(Arc::new(SqliteStorage::open_file(&file).await?))
+        self.open().await
     }
 
     /// Opens the history, creating SQLite's file when needed.
     pub async fn open(&self) -> Result<Arc<dyn Storage>, CommandError> {
-        match &self.database {
-            Some(url) => Ok(crate::storage::open_url(url).await?),
-            None => Ok(Arc::new(
-                SqliteStorage::open_dir_with(&self.data_dir, self.durability).await?,
-            )),
-        }
+        let settings = StorageSettings {
+            durability: self.durability,
+            ..StorageSettings::new(&self.data_dir, self.database.clone())
+        };
+        Ok(crate::storage::open(&settings).await?)
     }
 }
 

@@ -28,7 +28,7 @@ use crate::engine::{Engine, EngineError};
 use crate::flow::{self, FlowValidator};
 use crate::servicenow::{ServiceNowConnections, ServiceNowEngine};
 use crate::step::StepRegistry;
-use crate::storage::{RunDetail, SqliteStorage, StorageError};
+use crate::storage::{RunDetail, StorageError, StorageSettings};
 use crate::trigger::TriggerQuery;
 
 /// The `haloflow` commands, each with its own options.
@@ -414,8 +414,8 @@ pub async fn run(options: &RunOptions, out: &mut dyn Write) -> Result<bool, Comm
     let query = TriggerQuery::parse(options.query.as_deref(), None);
     if options.dry_run {
         // A dry run stores nothing; a throwaway in-memory database keeps the engine whole.
-        let storage = SqliteStorage::in_memory().await?;
-        let engine = engine_for(config, registry, flow, Arc::new(storage), true)?;
+        let storage = crate::storage::open_in_memory().await?;
+        let engine = engine_for(config, registry, flow, storage, true)?;
         let reports = engine
             .dry_run(&flow_id, &query, payload)
             .await
@@ -426,7 +426,7 @@ pub async fn run(options: &RunOptions, out: &mut dyn Write) -> Result<bool, Comm
         let steps = reports.iter().flat_map(|r| &r.steps);
         return Ok(steps.into_iter().all(|s| s.error.is_none()));
     }
-    let storage = Arc::new(SqliteStorage::open_dir(&options.data_dir).await?);
+    let storage = crate::storage::open(&StorageSettings::new(&options.data_dir, None)).await?;
     let engine = engine_for(config, registry, flow, storage, false)?;
     let loaded = engine.flow(&flow_id).expect("the flow was just loaded");
     let accepted = engine

@@ -7,9 +7,10 @@ use std::time::Duration;
 use crate::common::{Harness, Options, sample_payload};
 use async_trait::async_trait;
 use haloflow::storage::{
-    AttemptRecord, FloodRecord, Link, NewRequest, NewRun, NewSuppressed, RequestFilter,
-    RequestRecord, RunCount, RunDetail, RunFilter, RunStatus, RunSummary, SqliteStorage,
-    StepOutcome, StepRunRecord, Storage, StorageError,
+    AttemptRecord, Backend, BackendError, FloodRecord, FloodStore, LeaseStore, Link, LinkStore,
+    NewRequest, NewRun, NewSuppressed, Progress, RequestFilter, RequestRecord, RunCount, RunDetail,
+    RunFilter, RunStore, RunSummary, SqliteStorage, StepRunRecord, Storage, StorageError,
+    SyncFailure, SyncStore,
 };
 use serde_json::Value;
 use tokio::sync::Semaphore;
@@ -23,7 +24,7 @@ struct Gated {
 }
 
 #[async_trait]
-impl Storage for Gated {
+impl RunStore for Gated {
     async fn accept_request(
         &self,
         request: &NewRequest,
@@ -31,7 +32,10 @@ impl Storage for Gated {
         suppressed: &[NewSuppressed],
     ) -> Result<(), StorageError> {
         if self.fail {
-            return Err(StorageError::Database(sqlx::Error::PoolTimedOut));
+            return Err(StorageError::Database(BackendError::new(
+                "pool timed out while waiting for an open connection",
+                true,
+            )));
         }
         self.gate.acquire().await.unwrap().forget();
         self.inner.accept_request(request, runs, suppressed).await
@@ -42,35 +46,16 @@ impl Storage for Gated {
     async fn set_request_outcome(
         &self,
         request_id: &str,
-        outcome: &serde_json::Value,
+        outcome: &Value,
     ) -> Result<(), StorageError> {
         self.inner.set_request_outcome(request_id, outcome).await
     }
-    async fn start_run(&self, run_id: &str, at_ms: i64) -> Result<(), StorageError> {
-        self.inner.start_run(run_id, at_ms).await
-    }
-    async fn finish_run(
+    async fn record_progress(
         &self,
         run_id: &str,
-        status: RunStatus,
-        failure: Option<(&str, &str)>,
-        at_ms: i64,
+        progress: &Progress<'_>,
     ) -> Result<(), StorageError> {
-        self.inner.finish_run(run_id, status, failure, at_ms).await
-    }
-    async fn start_step(
-        &self,
-        run_id: &str,
-        step_id: &str,
-        position: usize,
-        step_type: &str,
-        inputs: &Value,
-        attempt: u32,
-        at_ms: i64,
-    ) -> Result<(), StorageError> {
-        self.inner
-            .start_step(run_id, step_id, position, step_type, inputs, attempt, at_ms)
-            .await
+        self.inner.record_progress(run_id, progress).await
     }
     async fn record_attempt(
         &self,
@@ -79,14 +64,6 @@ impl Storage for Gated {
         attempt: &AttemptRecord,
     ) -> Result<(), StorageError> {
         self.inner.record_attempt(run_id, step_id, attempt).await
-    }
-    async fn finish_step(
-        &self,
-        run_id: &str,
-        step_id: &str,
-        outcome: &StepOutcome,
-    ) -> Result<(), StorageError> {
-        self.inner.finish_step(run_id, step_id, outcome).await
     }
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StorageError> {
         self.inner.list_runs(filter).await
@@ -100,6 +77,13 @@ impl Storage for Gated {
     ) -> Result<Vec<RequestRecord>, StorageError> {
         self.inner.list_requests(filter).await
     }
+    async fn find_deliveries(
+        &self,
+        flow_id: &str,
+        delivery_ids: &[String],
+    ) -> Result<Vec<(String, String)>, StorageError> {
+        self.inner.find_deliveries(flow_id, delivery_ids).await
+    }
     async fn flood_history(
         &self,
         flow_id: &str,
@@ -107,6 +91,27 @@ impl Storage for Gated {
     ) -> Result<Vec<FloodRecord>, StorageError> {
         self.inner.flood_history(flow_id, since_ms).await
     }
+    async fn create_replay(
+        &self,
+        run: &NewRun,
+        request_id: Option<&str>,
+        replay_of: &str,
+        reused: &[StepRunRecord],
+    ) -> Result<(), StorageError> {
+        self.inner
+            .create_replay(run, request_id, replay_of, reused)
+            .await
+    }
+    async fn prune_finished(&self, before_ms: i64) -> Result<u64, StorageError> {
+        self.inner.prune_finished(before_ms).await
+    }
+    async fn run_counts(&self) -> Result<Vec<RunCount>, StorageError> {
+        self.inner.run_counts().await
+    }
+}
+
+#[async_trait]
+impl LeaseStore for Gated {
     async fn claimable_runs(
         &self,
         owner: &str,
@@ -151,142 +156,118 @@ impl Storage for Gated {
     async fn release_lease(&self, name: &str, owner: &str) -> Result<(), StorageError> {
         self.inner.release_lease(name, owner).await
     }
-    async fn find_deliveries(
-        &self,
-        flow_id: &str,
-        delivery_ids: &[String],
-    ) -> Result<Vec<(String, String)>, StorageError> {
-        self.inner.find_deliveries(flow_id, delivery_ids).await
-    }
-    async fn create_replay(
-        &self,
-        run: &NewRun,
-        request_id: Option<&str>,
-        replay_of: &str,
-        reused: &[StepRunRecord],
-    ) -> Result<(), StorageError> {
-        self.inner
-            .create_replay(run, request_id, replay_of, reused)
-            .await
-    }
-    async fn prune_finished(&self, before_ms: i64) -> Result<u64, StorageError> {
-        self.inner.prune_finished(before_ms).await
-    }
-    async fn run_counts(&self) -> Result<Vec<RunCount>, StorageError> {
-        self.inner.run_counts().await
-    }
-    async fn ping(&self) -> Result<(), StorageError> {
-        self.inner.ping().await
-    }
+}
+
+#[async_trait]
+impl SyncStore for Gated {
     async fn claim_sync_event(
         &self,
-        servicenow: &str,
-        sys_id: &str,
+        remote: &str,
+        record_id: &str,
         version: &str,
         at_ms: i64,
     ) -> Result<bool, StorageError> {
         self.inner
-            .claim_sync_event(servicenow, sys_id, version, at_ms)
+            .claim_sync_event(remote, record_id, version, at_ms)
             .await
     }
     async fn release_sync_event(
         &self,
-        servicenow: &str,
-        sys_id: &str,
+        remote: &str,
+        record_id: &str,
         version: &str,
     ) -> Result<(), StorageError> {
         self.inner
-            .release_sync_event(servicenow, sys_id, version)
+            .release_sync_event(remote, record_id, version)
             .await
     }
     async fn claim_note(
         &self,
-        servicenow: &str,
-        journal_sys_id: &str,
+        remote: &str,
+        note_id: &str,
         at_ms: i64,
     ) -> Result<bool, StorageError> {
-        self.inner
-            .claim_note(servicenow, journal_sys_id, at_ms)
-            .await
+        self.inner.claim_note(remote, note_id, at_ms).await
     }
-    async fn release_note(
-        &self,
-        servicenow: &str,
-        journal_sys_id: &str,
-    ) -> Result<(), StorageError> {
-        self.inner.release_note(servicenow, journal_sys_id).await
+    async fn release_note(&self, remote: &str, note_id: &str) -> Result<(), StorageError> {
+        self.inner.release_note(remote, note_id).await
     }
-    async fn watermark(
-        &self,
-        servicenow: &str,
-        table: &str,
-    ) -> Result<Option<String>, StorageError> {
-        self.inner.watermark(servicenow, table).await
+    async fn watermark(&self, remote: &str, table: &str) -> Result<Option<String>, StorageError> {
+        self.inner.watermark(remote, table).await
     }
     async fn set_watermark(
         &self,
-        servicenow: &str,
+        remote: &str,
         table: &str,
         watermark: &str,
     ) -> Result<(), StorageError> {
-        self.inner.set_watermark(servicenow, table, watermark).await
+        self.inner.set_watermark(remote, table, watermark).await
     }
     async fn record_scan(
         &self,
-        servicenow: &str,
+        remote: &str,
         started_at_ms: i64,
         finished_at_ms: i64,
         result: &Value,
     ) -> Result<(), StorageError> {
         self.inner
-            .record_scan(servicenow, started_at_ms, finished_at_ms, result)
+            .record_scan(remote, started_at_ms, finished_at_ms, result)
             .await
     }
     async fn scans(&self) -> Result<Vec<(String, i64, i64, Value)>, StorageError> {
         self.inner.scans().await
     }
-    async fn integrator_start(&self, servicenow: &str, at_ms: i64) -> Result<i64, StorageError> {
-        self.inner.integrator_start(servicenow, at_ms).await
+    async fn integrator_start(&self, remote: &str, at_ms: i64) -> Result<i64, StorageError> {
+        self.inner.integrator_start(remote, at_ms).await
     }
     async fn record_sync_failure(
         &self,
-        servicenow: &str,
+        remote: &str,
         table: &str,
-        sys_id: &str,
+        record_id: &str,
         error: &str,
         at_ms: i64,
     ) -> Result<u32, StorageError> {
         self.inner
-            .record_sync_failure(servicenow, table, sys_id, error, at_ms)
+            .record_sync_failure(remote, table, record_id, error, at_ms)
             .await
     }
-    async fn clear_sync_failure(&self, servicenow: &str, sys_id: &str) -> Result<(), StorageError> {
-        self.inner.clear_sync_failure(servicenow, sys_id).await
+    async fn clear_sync_failure(&self, remote: &str, record_id: &str) -> Result<(), StorageError> {
+        self.inner.clear_sync_failure(remote, record_id).await
     }
-    async fn sync_failures(
-        &self,
-        servicenow: &str,
-    ) -> Result<Vec<haloflow::storage::SyncFailure>, StorageError> {
-        self.inner.sync_failures(servicenow).await
+    async fn sync_failures(&self, remote: &str) -> Result<Vec<SyncFailure>, StorageError> {
+        self.inner.sync_failures(remote).await
     }
+}
+
+#[async_trait]
+impl LinkStore for Gated {
     async fn save_link(&self, link: &Link) -> Result<Option<Link>, StorageError> {
         self.inner.save_link(link).await
     }
     async fn link_for_ticket(
         &self,
-        halo_connection: &str,
-        halo_ticket_id: i64,
+        connection: &str,
+        ticket_id: i64,
     ) -> Result<Option<Link>, StorageError> {
-        self.inner
-            .link_for_ticket(halo_connection, halo_ticket_id)
-            .await
+        self.inner.link_for_ticket(connection, ticket_id).await
     }
     async fn link_for_record(
         &self,
-        servicenow: &str,
-        sys_id: &str,
+        remote: &str,
+        record_id: &str,
     ) -> Result<Option<Link>, StorageError> {
-        self.inner.link_for_record(servicenow, sys_id).await
+        self.inner.link_for_record(remote, record_id).await
+    }
+}
+
+/// Flood control stays in memory, as with SQLite.
+impl FloodStore for Gated {}
+
+#[async_trait]
+impl Backend for Gated {
+    async fn ping(&self) -> Result<(), StorageError> {
+        self.inner.ping().await
     }
 }
 
@@ -357,5 +338,30 @@ async fn a_request_the_database_cannot_take_is_refused_with_503() {
             .await
             .unwrap()
             .is_empty()
+    );
+}
+
+/// In process, as over HTTP: a delivery seen before starts no second run, and the answer says
+/// so (with the request that first carried it) instead of returning an empty list of runs.
+#[tokio::test]
+async fn in_process_a_delivery_seen_before_is_reported_with_its_first_request() {
+    let h = Harness::start().await;
+    let payload = sample_payload("halo-new-ticket.json");
+    let query = haloflow::trigger::TriggerQuery::parse(Some("recipients=ops"), None);
+    let first = (h.engine)
+        .run_to_completion("escalate-to-partner", payload.clone(), &query)
+        .await
+        .unwrap();
+    assert_eq!(first.runs.len(), 1);
+    assert!(first.accepted.duplicates.is_empty());
+    let again = (h.engine)
+        .run_to_completion("escalate-to-partner", payload, &query)
+        .await
+        .unwrap();
+    assert!(again.runs.is_empty());
+    assert_eq!(again.accepted.duplicates.len(), 1);
+    assert_eq!(
+        again.accepted.duplicates[0].first_request_id,
+        first.accepted.request_id
     );
 }

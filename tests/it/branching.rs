@@ -5,6 +5,7 @@ use crate::common::{Harness, TRIAGE_KEY, api_calls, sample_payload};
 use haloflow::engine::Engine;
 use haloflow::flow::{FlowValidator, ProblemCode};
 use haloflow::storage::{RunStatus, SqliteStorage};
+use haloflow::trigger::TriggerQuery;
 use serde_json::{Value, json};
 
 async fn triage(h: &Harness, payload: Value) -> haloflow::storage::RunDetail {
@@ -235,7 +236,11 @@ async fn a_condition_with_match_any_takes_the_true_path_when_one_comparison_hold
         async move {
             let payload = json!({"event": "new ticket logged", "object_id": 7,
                 "ticket": {"priority_id": priority, "summary": summary}});
-            let mut runs = engine.run_to_completion(flow, payload, "").await.unwrap();
+            let mut runs = engine
+                .run_to_completion(flow, payload, &TriggerQuery::default())
+                .await
+                .unwrap()
+                .runs;
             let run = runs.remove(0);
             assert_eq!(run.summary.status, RunStatus::Succeeded, "{run:#?}");
             let result = run.steps[0].outputs.as_ref().unwrap()["result"].clone();

@@ -6,7 +6,9 @@ use std::time::Duration;
 use crate::common::{Harness, Options, api_calls, sample_payload};
 use haloflow::flood::{Admission, FloodClock, FloodControl, MemoryFloodControl};
 use haloflow::flow::FloodControlDef;
-use haloflow::storage::{NewRequest, NewRun, NewSuppressed, RequestFilter, SqliteStorage, Storage};
+use haloflow::storage::{
+    NewRequest, NewRun, NewSuppressed, RequestFilter, RunStore, SqliteStorage,
+};
 use serde_json::{Value, json};
 
 async fn send(h: &Harness, ticket_id: i64) -> (u16, Value) {
@@ -75,12 +77,12 @@ async fn six_correlated_requests_give_four_runs_and_two_suppressed_under_the_fou
             .iter()
             .all(|r| r.suppressed_under.as_deref() == Some(fourth) && r.run_ids.is_empty())
     );
-    let reader = haloflow::storage::SqliteStorage::open_file(&h.db_path())
+    let reader = sqlx::SqlitePool::connect(&format!("sqlite://{}", h.db_path().display()))
         .await
         .unwrap();
     let (body,): (String,) = sqlx::query_as("SELECT body FROM trigger_requests WHERE id = $1")
         .bind(children[1])
-        .fetch_one(reader.pool())
+        .fetch_one(&reader)
         .await
         .unwrap();
     assert!(body.contains("Disk space low"), "the payload is kept");

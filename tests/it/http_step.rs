@@ -76,9 +76,10 @@ async fn creates_and_reads_a_record_with_the_connection_credentials() {
     .await;
     let payload = json!({"event": "new ticket logged", "object_id": 7, "ticket": {"summary": "Printer \"jam\""}});
     let runs = engine
-        .run_to_completion("to-snow", payload, "")
+        .run_to_completion("to-snow", payload, &TriggerQuery::default())
         .await
-        .unwrap();
+        .unwrap()
+        .runs;
     assert_eq!(
         runs[0].summary.status,
         RunStatus::Succeeded,
@@ -122,9 +123,10 @@ async fn a_non_2xx_answer_fails_the_step_unless_expected() {
     ])
     .await;
     let failed = &engine
-        .run_to_completion("missing", json!({}), "")
+        .run_to_completion("missing", json!({}), &TriggerQuery::default())
         .await
-        .unwrap()[0];
+        .unwrap()
+        .runs[0];
     assert_eq!(failed.summary.status, RunStatus::Failed);
     let error = failed.summary.error.as_deref().unwrap();
     assert!(
@@ -140,9 +142,10 @@ async fn a_non_2xx_answer_fails_the_step_unless_expected() {
     );
     assert_eq!(failed.steps[0].error_code.as_deref(), Some("http_status"));
     let ok = &engine
-        .run_to_completion("expected", json!({}), "")
+        .run_to_completion("expected", json!({}), &TriggerQuery::default())
         .await
-        .unwrap()[0];
+        .unwrap()
+        .runs[0];
     assert_eq!(ok.summary.status, RunStatus::Succeeded);
     assert_eq!(ok.steps[0].outputs.as_ref().unwrap()["status"], 404);
 }
@@ -155,9 +158,10 @@ async fn urls_must_stay_under_the_connection() {
     )])
     .await;
     let run = &engine
-        .run_to_completion("escape", json!({}), "")
+        .run_to_completion("escape", json!({}), &TriggerQuery::default())
         .await
-        .unwrap()[0];
+        .unwrap()
+        .runs[0];
     assert_eq!(run.summary.status, RunStatus::Failed);
     assert!(
         run.summary
@@ -317,9 +321,10 @@ async fn a_text_body_is_sent_as_written_and_previewed_in_a_dry_run() {
 
     // The real run sends exactly that text with that content type.
     let runs = engine
-        .run_to_completion("attach", payload, "")
+        .run_to_completion("attach", payload, &TriggerQuery::default())
         .await
-        .unwrap();
+        .unwrap()
+        .runs;
     assert_eq!(
         runs[0].summary.status,
         RunStatus::Succeeded,
@@ -355,9 +360,10 @@ async fn a_lost_answer_is_retried_for_a_get_but_not_for_a_post() {
     snow.inject("GET", "/api/now/table/incident", reset, 1);
 
     let runs = engine
-        .run_to_completion("post", json!({"event": "e"}), "")
+        .run_to_completion("post", json!({"event": "e"}), &TriggerQuery::default())
         .await
-        .unwrap();
+        .unwrap()
+        .runs;
     assert_eq!(runs[0].summary.status, RunStatus::Failed);
     assert_eq!(
         runs[0].steps[0].error_code.as_deref(),
@@ -371,9 +377,10 @@ async fn a_lost_answer_is_retried_for_a_get_but_not_for_a_post() {
     assert_eq!(runs[0].steps[0].attempts, 2);
 
     let runs = engine
-        .run_to_completion("get", json!({"event": "e"}), "")
+        .run_to_completion("get", json!({"event": "e"}), &TriggerQuery::default())
         .await
-        .unwrap();
+        .unwrap()
+        .runs;
     assert_eq!(
         runs[0].summary.status,
         RunStatus::Succeeded,

@@ -1,11 +1,12 @@
 //! Send to ServiceNow, Log to Supplier and note sync against a Halo emulator and ServiceNow
 //! emulators (Basic and OAuth), through the engine with a real SQLite file.
 
+use haloflow::trigger::TriggerQuery;
 use std::sync::Arc;
 
 use haloflow::engine::Engine;
 use haloflow::secrets::SecretStore;
-use haloflow::storage::{LinkOrigin, RunDetail, RunStatus, SqliteStorage, Storage};
+use haloflow::storage::{LinkOrigin, LinkStore, RunDetail, RunStatus, RunStore, SqliteStorage};
 use haloflow_emulators::RunningEmulator;
 use haloflow_emulators::halo::{HaloEmulator, HaloEmulatorConfig};
 use haloflow_emulators::servicenow::{ServiceNowEmulator, ServiceNowEmulatorConfig};
@@ -231,9 +232,10 @@ password_secret_name = "MUTE_PASSWORD"
         }
         let mut runs = self
             .engine
-            .run_to_completion(flow, payload, "")
+            .run_to_completion(flow, payload, &TriggerQuery::default())
             .await
-            .unwrap();
+            .unwrap()
+            .runs;
         runs.remove(0)
     }
 

@@ -5,8 +5,8 @@ use crate::common::backends::backends;
 use haloflow::flood::Admission;
 use haloflow::storage::{
     AttemptOutcome, AttemptRecord, Link, LinkOrigin, NewRequest, NewRun, NewSuppressed, Progress,
-    RequestFilter, RunFilter, RunFinish, RunStatus, StepOutcome, StepStart, StepStatus, Storage,
-    StorageError,
+    RequestFilter, RunFilter, RunFinish, RunStatus, RunStoreExt, StepOutcome, StepStart,
+    StepStatus, Storage, StorageError,
 };
 use serde_json::json;
 

@@ -9,7 +9,8 @@ use haloflow::secrets::SecretStore;
 use haloflow::servicenow::sync::NamedRecord;
 use haloflow::servicenow::{ServiceNowConnections, ServiceNowEngine};
 use haloflow::storage::{
-    LinkOrigin, NewRequest, NewRun, RequestFilter, RunStatus, SqliteStorage, Storage,
+    LeaseStore, LinkOrigin, LinkStore, NewRequest, NewRun, RequestFilter, RunStatus, RunStore,
+    SqliteStorage, SyncStore,
 };
 use haloflow_emulators::RunningEmulator;
 use haloflow_emulators::halo::{HaloEmulator, HaloEmulatorConfig};

@@ -378,7 +378,7 @@ async fn bad_requests_get_clear_json_errors_and_are_recorded() {
 async fn the_request_row_is_on_disk_when_the_answer_arrives() {
     let h = Harness::start().await;
     // A separate connection to the same file, as another process would see it.
-    let reader = haloflow::storage::SqliteStorage::open_file(&h.db_path())
+    let reader = sqlx::SqlitePool::connect(&format!("sqlite://{}", h.db_path().display()))
         .await
         .unwrap();
     for i in 0..5 {
@@ -391,14 +391,14 @@ async fn the_request_row_is_on_disk_when_the_answer_arrives() {
         let row: Option<(String, i64)> =
             sqlx::query_as("SELECT status, event_count FROM trigger_requests WHERE id = $1")
                 .bind(request_id)
-                .fetch_optional(reader.pool())
+                .fetch_optional(&reader)
                 .await
                 .unwrap();
         assert_eq!(row, Some(("accepted".to_owned(), 1)));
         let run_id = answer["run_ids"][0].as_str().unwrap();
         let run: Option<(String,)> = sqlx::query_as("SELECT request_id FROM runs WHERE id = $1")
             .bind(run_id)
-            .fetch_optional(reader.pool())
+            .fetch_optional(&reader)
             .await
             .unwrap();
         assert_eq!(run, Some((request_id.to_owned(),)));

@@ -124,6 +124,15 @@ struct Inner {
     integrations: Integrations,
 }
 
+/// What an in-process trigger ([`Engine::run_to_completion`]) became once its runs ended.
+#[derive(Debug)]
+pub struct Completion {
+    /// The request as accepted: its runs, and the events that were duplicates or suppressed.
+    pub accepted: Accepted,
+    /// Every run the request started, finished, in the order of `accepted.run_ids`.
+    pub runs: Vec<RunDetail>,
+}
+
 /// The answer to an accepted trigger request.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Accepted {
@@ -518,40 +527,52 @@ impl Engine {
     }
 
     /// Starts runs of `flow_id` for a trigger payload, as a webhook would (without its
-    /// authentication): the request is stored, flood control applies, runs start in the
-    /// background. `query` is the trigger URL's query, e.g. `recipients=a,b`.
+    /// authentication): the request is stored, a delivery id seen before starts no second run
+    /// (it is listed in [`Accepted::duplicates`]), flood control applies, and runs start in the
+    /// background with the same retries, look-ups and history as served runs. `query` holds
+    /// what the trigger URL's query would: recipients and other parameters.
     pub async fn trigger(
         &self,
         flow_id: &str,
         payload: Value,
-        query: &str,
+        query: &TriggerQuery,
     ) -> Result<Accepted, AcceptError> {
         let flow = self
             .flow(flow_id)
             .ok_or_else(|| AcceptError::UnknownFlow(flow_id.to_owned()))?;
-        let query = TriggerQuery::parse(Some(query), flow.auth.secret_param());
         let body_text = payload.to_string();
-        self.accept(&flow, &query, &body_text, payload).await
+        self.accept(&flow, query, &body_text, payload).await
     }
 
-    /// Triggers `flow_id` with `payload` and waits for every run it started.
+    /// [`Engine::trigger`], then waits for every run it started. The answer says what the
+    /// request became: a payload whose delivery id was seen before starts no run and is listed
+    /// in `accepted.duplicates` with the request that first carried it; events flood control
+    /// suppressed are in `accepted.suppressed`.
     pub async fn run_to_completion(
         &self,
         flow_id: &str,
         payload: Value,
-        query: &str,
-    ) -> Result<Vec<RunDetail>, AcceptError> {
+        query: &TriggerQuery,
+    ) -> Result<Completion, AcceptError> {
         let accepted = self.trigger(flow_id, payload, query).await?;
         let mut runs = Vec::with_capacity(accepted.run_ids.len());
         for run_id in &accepted.run_ids {
             runs.push(self.wait_for_run(run_id).await?);
         }
-        Ok(runs)
+        Ok(Completion { accepted, runs })
     }
 
     /// Runs one step of the engine's registry directly, outside any flow, with inputs already
     /// rendered. `connection` names a connection of the step's kind (the kind's default when
     /// `None`).
+    ///
+    /// Unlike a run's steps this is ONE attempt, recorded nowhere: no retries, no look-up of an
+    /// earlier attempt's effect (each call has a fresh run id, so a fresh
+    /// [`StepContext::idempotency_key`](crate::step::StepContext::idempotency_key)), no run
+    /// history. After an error whose outcome is unknown (a timeout, a 5xx) a step that creates
+    /// something may have done so: do not simply call again. For the served semantics
+    /// (retries, look-up first, duplicate detection, history and replay) put the step in a
+    /// flow and use [`Engine::run_to_completion`].
     pub async fn run_step(
         &self,
         step_type: &str,

@@ -1,6 +1,7 @@
-//! Flood control kept in the database, for several nodes sharing PostgreSQL: every node reads
-//! and updates the same per-key state, locked per key while one event is decided (see
-//! [`Storage::flood_admit`]), so correlated requests spread over nodes count together.
+//! Flood control kept in the database, for several nodes sharing it: every node reads and
+//! updates the same per-key state, locked per key while one event is decided (see
+//! [`FloodStore::flood_admit`](crate::storage::FloodStore::flood_admit)), so correlated
+//! requests spread over nodes count together.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};

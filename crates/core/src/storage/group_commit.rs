@@ -16,7 +16,8 @@ use futures_core::future::BoxFuture;
 use sqlx::SqliteConnection;
 use tokio::sync::{mpsc, oneshot};
 
-use super::StorageError;
+use super::error::{BackendError, database};
+use super::{StorageError, WriteStats};
 
 /// The most writes committed in one transaction: bounds one batch's latency.
 const MAX_BATCH: usize = 512;
@@ -39,13 +40,6 @@ pub(super) struct GroupCommit {
 struct Counters {
     writes: AtomicU64,
     commits: AtomicU64,
-}
-
-/// Writes committed and the transactions they took, since start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WriteStats {
-    pub writes: u64,
-    pub commits: u64,
 }
 
 impl GroupCommit {
@@ -111,7 +105,7 @@ struct Ran {
 
 /// Sends a write's result, or the batch's commit error in its place.
 trait Answer: Send {
-    fn send(self: Box<Self>, commit: Result<(), &Arc<sqlx::Error>>);
+    fn send(self: Box<Self>, commit: Result<(), &BackendError>);
 }
 
 struct Write<T> {
@@ -126,7 +120,7 @@ struct Done<T> {
 }
 
 impl<T: Send + 'static> Answer for Done<T> {
-    fn send(self: Box<Self>, commit: Result<(), &Arc<sqlx::Error>>) {
+    fn send(self: Box<Self>, commit: Result<(), &BackendError>) {
         let result = match (self.result, commit) {
             (Err(e), _) => Err(e),
             (Ok(_), Err(e)) => Err(StorageError::Batch(e.clone())),
@@ -167,17 +161,24 @@ async fn run_in_savepoint<T>(
     conn: &mut SqliteConnection,
     work: Work<T>,
 ) -> Result<T, StorageError> {
-    sqlx::raw_sql("SAVEPOINT write").execute(&mut *conn).await?;
+    sqlx::raw_sql("SAVEPOINT write")
+        .execute(&mut *conn)
+        .await
+        .map_err(database)?;
     match work(&mut *conn).await {
         Ok(value) => {
-            sqlx::raw_sql("RELEASE write").execute(&mut *conn).await?;
+            sqlx::raw_sql("RELEASE write")
+                .execute(&mut *conn)
+                .await
+                .map_err(database)?;
             Ok(value)
         }
         Err(error) => {
             if !ends_transaction(&error) {
                 sqlx::raw_sql("ROLLBACK TO write; RELEASE write")
                     .execute(&mut *conn)
-                    .await?;
+                    .await
+                    .map_err(database)?;
             }
             Err(error)
         }
@@ -188,14 +189,17 @@ async fn run_in_savepoint<T>(
 /// other database error (I/O, full disk, busy) may have rolled it back.
 fn ends_transaction(error: &StorageError) -> bool {
     match error {
-        StorageError::Database(sqlx::Error::Database(e)) => !matches!(
-            e.kind(),
-            sqlx::error::ErrorKind::UniqueViolation
-                | sqlx::error::ErrorKind::ForeignKeyViolation
-                | sqlx::error::ErrorKind::NotNullViolation
-                | sqlx::error::ErrorKind::CheckViolation
-        ),
-        StorageError::Database(_) | StorageError::Batch(_) => true,
+        StorageError::Database(e) => match e.as_sqlx() {
+            Some(sqlx::Error::Database(e)) => !matches!(
+                e.kind(),
+                sqlx::error::ErrorKind::UniqueViolation
+                    | sqlx::error::ErrorKind::ForeignKeyViolation
+                    | sqlx::error::ErrorKind::NotNullViolation
+                    | sqlx::error::ErrorKind::CheckViolation
+            ),
+            _ => true,
+        },
+        StorageError::Batch(_) => true,
         _ => false,
     }
 }
@@ -238,47 +242,19 @@ async fn writer(
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         if let Err(e) = sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut conn).await {
             tracing::error!(error = %e, "Could not begin a database write; its writes failed.");
-            let error = Arc::new(e);
+            let error = BackendError::from_sqlx(e);
             for job in batch.drain(..) {
                 job.fail(StorageError::Batch(error.clone()));
             }
             continue;
         }
-        let mut fatal = None;
-        let mut jobs = batch.drain(..);
-        for job in jobs.by_ref() {
-            let ran = job.run(&mut conn).await;
-            answers.push(ran.answer);
-            if ran.fatal {
-                fatal = Some(Arc::new(sqlx::Error::Protocol(
-                    "a write in the same batch failed and the batch was rolled back".into(),
-                )));
-                break;
-            }
+        let outcome = run_batch(&mut conn, &mut batch, &mut answers).await;
+        if outcome.is_ok() {
+            counters.commits.fetch_add(1, Ordering::Relaxed);
+            counters
+                .writes
+                .fetch_add(answers.len() as u64, Ordering::Relaxed);
         }
-        let outcome = match fatal {
-            Some(error) => {
-                let _ = sqlx::raw_sql("ROLLBACK").execute(&mut conn).await;
-                for job in jobs {
-                    job.fail(StorageError::Batch(error.clone()));
-                }
-                Err(error)
-            }
-            None => match sqlx::raw_sql("COMMIT").execute(&mut conn).await {
-                Ok(_) => {
-                    counters.commits.fetch_add(1, Ordering::Relaxed);
-                    counters
-                        .writes
-                        .fetch_add(answers.len() as u64, Ordering::Relaxed);
-                    Ok(())
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "A database commit failed; its writes failed.");
-                    let _ = sqlx::raw_sql("ROLLBACK").execute(&mut conn).await;
-                    Err(Arc::new(e))
-                }
-            },
-        };
         for answer in answers.drain(..) {
             answer.send(outcome.as_ref().map(|_| ()));
         }
@@ -290,6 +266,40 @@ async fn writer(
             {
                 tracing::warn!(error = %e, "A WAL checkpoint failed; the next one tries again.");
             }
+        }
+    }
+}
+
+/// Runs the writes of a begun batch, collecting how to answer them, and ends its transaction:
+/// committed, or rolled back when a write's error may have ended it (the writes after that
+/// one fail without running).
+async fn run_batch(
+    conn: &mut SqliteConnection,
+    batch: &mut Vec<Box<dyn Job>>,
+    answers: &mut Vec<Box<dyn Answer>>,
+) -> Result<(), BackendError> {
+    let mut jobs = batch.drain(..);
+    for job in jobs.by_ref() {
+        let ran = job.run(conn).await;
+        answers.push(ran.answer);
+        if ran.fatal {
+            let error = BackendError::new(
+                "a write in the same batch failed and the batch was rolled back",
+                true,
+            );
+            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+            for job in jobs {
+                job.fail(StorageError::Batch(error.clone()));
+            }
+            return Err(error);
+        }
+    }
+    match sqlx::raw_sql("COMMIT").execute(&mut *conn).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::error!(error = %e, "A database commit failed; its writes failed.");
+            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+            Err(BackendError::from_sqlx(e))
         }
     }
 }
@@ -324,7 +334,7 @@ mod tests {
                     .bind(v)
                     .execute(conn)
                     .await
-                    .map_err(super::super::rows::conflict_or)?;
+                    .map_err(super::super::error::write_error)?;
                 Ok(())
             })
         })
@@ -339,7 +349,7 @@ mod tests {
                         .bind(key)
                         .execute(&mut *conn)
                         .await
-                        .map_err(super::super::rows::conflict_or)?;
+                        .map_err(super::super::error::write_error)?;
                 }
                 Ok(())
             })

@@ -1,12 +1,12 @@
 //! Reading stored rows into the storage types, once for every backend: each backend's row type
-//! implements [`Columns`], and the mappers below read through it.
+//! implements [`Columns`] (with [`columns_for!`]), and the mappers below read through it. The
+//! columns each mapper reads are listed in `sql`.
 
 use serde_json::Value;
-use sqlx::Row;
 
 use super::{
-    FloodRecord, Link, LinkOrigin, RequestRecord, RunStatus, RunSummary, StepRunRecord, StepStatus,
-    StorageError, SyncFailure,
+    FloodRecord, Link, LinkOrigin, RequestRecord, RunCount, RunStatus, RunSummary, StepRunRecord,
+    StepStatus, StorageError, SyncFailure,
 };
 
 /// Typed column access for a backend's row.
@@ -17,27 +17,29 @@ pub(super) trait Columns {
     fn int_opt(&self, name: &str) -> Result<Option<i64>, StorageError>;
 }
 
+/// Implements [`Columns`] for a driver's row type.
 macro_rules! columns_for {
     ($row:ty) => {
-        impl Columns for $row {
-            fn text(&self, name: &str) -> Result<String, StorageError> {
-                Ok(self.try_get(name)?)
+        impl $crate::storage::rows::Columns for $row {
+            fn text(&self, name: &str) -> Result<String, $crate::storage::StorageError> {
+                sqlx::Row::try_get(self, name).map_err($crate::storage::error::database)
             }
-            fn text_opt(&self, name: &str) -> Result<Option<String>, StorageError> {
-                Ok(self.try_get(name)?)
+            fn text_opt(
+                &self,
+                name: &str,
+            ) -> Result<Option<String>, $crate::storage::StorageError> {
+                sqlx::Row::try_get(self, name).map_err($crate::storage::error::database)
             }
-            fn int(&self, name: &str) -> Result<i64, StorageError> {
-                Ok(self.try_get(name)?)
+            fn int(&self, name: &str) -> Result<i64, $crate::storage::StorageError> {
+                sqlx::Row::try_get(self, name).map_err($crate::storage::error::database)
             }
-            fn int_opt(&self, name: &str) -> Result<Option<i64>, StorageError> {
-                Ok(self.try_get(name)?)
+            fn int_opt(&self, name: &str) -> Result<Option<i64>, $crate::storage::StorageError> {
+                sqlx::Row::try_get(self, name).map_err($crate::storage::error::database)
             }
         }
     };
 }
-
-columns_for!(sqlx::sqlite::SqliteRow);
-columns_for!(sqlx::postgres::PgRow);
+pub(super) use columns_for;
 
 /// JSON values are stored as text.
 pub(super) fn to_json_text(value: &Value) -> String {
@@ -65,9 +67,6 @@ fn parse_list<T: serde::de::DeserializeOwned>(
         .map(Option::unwrap_or_default)
 }
 
-/// The columns [`run_summary`] reads, in `SELECT` order.
-pub(super) const RUN_COLUMNS: &str = "id, flow_id, request_id, event_index, status, error, failed_step, created_at_ms, started_at_ms, finished_at_ms, replay_of";
-
 pub(super) fn run_summary(row: &impl Columns) -> Result<RunSummary, StorageError> {
     Ok(RunSummary {
         id: row.text("id")?,
@@ -83,9 +82,6 @@ pub(super) fn run_summary(row: &impl Columns) -> Result<RunSummary, StorageError
         replay_of: row.text_opt("replay_of")?,
     })
 }
-
-/// The columns [`step_run`] reads.
-pub(super) const STEP_COLUMNS: &str = "step_id, position, step_type, status, inputs, outputs, error_code, error, exchanges, started_at_ms, finished_at_ms, attempts, attempt_log, reused_from";
 
 pub(super) fn step_run(row: &impl Columns) -> Result<StepRunRecord, StorageError> {
     Ok(StepRunRecord {
@@ -144,9 +140,6 @@ pub(super) fn flood_record(row: &impl Columns) -> Result<FloodRecord, StorageErr
     })
 }
 
-/// The columns [`link`] reads.
-pub(super) const LINK_COLUMNS: &str = "halo_connection, halo_ticket_id, servicenow, table_name, sys_id, number, created_by, created_at_ms, updated_at_ms";
-
 pub(super) fn link(row: &impl Columns) -> Result<Link, StorageError> {
     Ok(Link {
         halo_connection: row.text("halo_connection")?,
@@ -175,10 +168,20 @@ pub(super) fn sync_failure(row: &impl Columns) -> Result<SyncFailure, StorageErr
     })
 }
 
-/// A unique-index violation becomes [`StorageError::Conflict`].
-pub(super) fn conflict_or(e: sqlx::Error) -> StorageError {
-    match &e {
-        sqlx::Error::Database(db) if db.is_unique_violation() => StorageError::Conflict,
-        _ => StorageError::Database(e),
-    }
+pub(super) fn run_count(row: &impl Columns) -> Result<RunCount, StorageError> {
+    Ok(RunCount {
+        flow_id: row.text("flow_id")?,
+        status: RunStatus::parse(&row.text("status")?).unwrap_or(RunStatus::Failed),
+        count: row.int("n")?,
+    })
+}
+
+/// A scan as (remote, started, finished, result).
+pub(super) fn scan(row: &impl Columns) -> Result<(String, i64, i64, Value), StorageError> {
+    Ok((
+        row.text("servicenow")?,
+        row.int("started_at_ms")?,
+        row.int("finished_at_ms")?,
+        parse_json(row.text_opt("result")?, "scan result")?.unwrap_or(Value::Null),
+    ))
 }

@@ -1,0 +1,345 @@
+//! What the stores take and give back: requests, runs and their steps as written and as read,
+//! links, sync failures and counts. Plain data, the same for every backend.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::outbound::ExchangeRecord;
+
+/// A trigger request as written when it arrives.
+#[derive(Debug, Clone)]
+pub struct NewRequest {
+    pub id: String,
+    pub flow_id: String,
+    pub received_at_ms: i64,
+    pub http_status: u16,
+    /// `None` for an accepted request.
+    pub error: Option<(String, String)>,
+    pub query: Option<Value>,
+    pub body: Option<String>,
+    pub event_count: usize,
+    /// What was done with it, when it is not runs (a sync webhook's outcome).
+    pub outcome: Option<Value>,
+}
+
+/// A run created with its request.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub id: String,
+    pub flow_id: String,
+    pub event_index: usize,
+    pub trigger: Value,
+    pub created_at_ms: i64,
+    /// The flood-control key the run was admitted under (none without flood control).
+    pub correlation_key: Option<String>,
+    /// The sender's delivery id: a second request with the same one starts no run.
+    pub delivery_id: Option<String>,
+    /// The node that will execute it, and until when its claim holds (see
+    /// [`LeaseStore::claim_run`](super::LeaseStore::claim_run)); the accepting node claims its runs as it stores them.
+    pub owner: Option<String>,
+    pub lease_until_ms: Option<i64>,
+}
+
+/// An event that flood control suppressed: stored with its request, started no run.
+#[derive(Debug, Clone)]
+pub struct NewSuppressed {
+    pub event_index: usize,
+    pub flow_id: String,
+    pub correlation_key: String,
+    pub parent_request_id: String,
+    pub received_at_ms: i64,
+    pub delivery_id: Option<String>,
+}
+
+/// A run admitted by flood control, as replayed at start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FloodRecord {
+    pub correlation_key: String,
+    pub request_id: String,
+    pub created_at_ms: i64,
+    /// Events suppressed under this request (for this key).
+    pub suppressed_count: u64,
+}
+
+/// Which trigger requests to list, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct RequestFilter {
+    pub flow_id: Option<String>,
+    /// Only requests whose events were suppressed.
+    pub suppressed_only: bool,
+    pub limit: Option<u32>,
+}
+
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Queued => "queued",
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RunStatus> {
+        [
+            RunStatus::Queued,
+            RunStatus::Running,
+            RunStatus::Succeeded,
+            RunStatus::Failed,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+
+    pub fn is_finished(self) -> bool {
+        matches!(self, RunStatus::Succeeded | RunStatus::Failed)
+    }
+}
+
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl StepStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Running => "running",
+            StepStatus::Succeeded => "succeeded",
+            StepStatus::Failed => "failed",
+        }
+    }
+}
+
+/// How a step run ended.
+#[derive(Debug, Clone)]
+pub struct StepOutcome {
+    pub status: StepStatus,
+    pub outputs: Option<Value>,
+    pub error: Option<(String, String)>,
+    pub exchanges: Vec<ExchangeRecord>,
+    pub finished_at_ms: i64,
+    /// The attempt that ended the step, appended to its attempt log in the same write.
+    pub attempt: Option<AttemptRecord>,
+}
+
+/// What a run did since its last write, written at once, in this order: the run starts, a
+/// step ends, the next step starts (its intent, before it sends anything), the run ends.
+/// Nothing is sent between a step's end and the next step's start, so one write holds both.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Progress<'a> {
+    pub run_started_at_ms: Option<i64>,
+    pub step_finished: Option<(&'a str, &'a StepOutcome)>,
+    pub step_started: Option<StepStart<'a>>,
+    pub run_finished: Option<RunFinish<'a>>,
+}
+
+/// An attempt of a step about to send: its intent, written before any request leaves.
+#[derive(Debug, Clone, Copy)]
+pub struct StepStart<'a> {
+    pub step_id: &'a str,
+    pub position: usize,
+    pub step_type: &'a str,
+    pub inputs: &'a Value,
+    pub attempt: u32,
+    pub at_ms: i64,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy)]
+pub struct RunFinish<'a> {
+    pub status: RunStatus,
+    /// The failed step and why.
+    pub failure: Option<(&'a str, &'a str)>,
+    pub at_ms: i64,
+}
+
+/// A run as listed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub id: String,
+    pub flow_id: String,
+    pub request_id: Option<String>,
+    pub event_index: i64,
+    pub status: RunStatus,
+    pub error: Option<String>,
+    pub failed_step: Option<String>,
+    pub created_at_ms: i64,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+    /// The run this one replays.
+    pub replay_of: Option<String>,
+}
+
+/// One step of a run as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRunRecord {
+    pub step_id: String,
+    pub position: i64,
+    pub step_type: String,
+    pub status: StepStatus,
+    pub inputs: Option<Value>,
+    pub outputs: Option<Value>,
+    pub error_code: Option<String>,
+    pub error: Option<String>,
+    pub exchanges: Vec<ExchangeRecord>,
+    pub started_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+    /// Attempts made so far (0 for outputs reused from a replayed run).
+    pub attempts: u32,
+    pub attempt_log: Vec<AttemptRecord>,
+    /// The run whose outputs this step reused (a replay from a later step).
+    pub reused_from: Option<String>,
+}
+
+/// A run with its trigger outputs and steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunDetail {
+    #[serde(flatten)]
+    pub summary: RunSummary,
+    pub trigger: Value,
+    pub steps: Vec<StepRunRecord>,
+}
+
+/// A trigger request as listed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    pub id: String,
+    pub flow_id: String,
+    pub received_at_ms: i64,
+    pub status: String,
+    pub http_status: i64,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub query: Option<Value>,
+    pub event_count: i64,
+    pub run_ids: Vec<String>,
+    /// Requests suppressed under this one (it was the last to run for their key).
+    pub suppressed_children: Vec<String>,
+    /// How many events were suppressed under this one.
+    pub suppressed_count: i64,
+    /// For a suppressed request: the request it is listed under.
+    pub suppressed_under: Option<String>,
+    /// For a sync webhook: what was done with it (its run's outputs, or its error).
+    pub outcome: Option<Value>,
+}
+
+/// Which runs to list, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub flow_id: Option<String>,
+    pub status: Option<RunStatus>,
+    /// Created at or after (unix ms).
+    pub since_ms: Option<i64>,
+    /// Created before (unix ms).
+    pub until_ms: Option<i64>,
+    pub limit: Option<u32>,
+}
+
+/// How one attempt of a step ended.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    Succeeded,
+    Failed,
+    /// An earlier attempt's effect was found and taken over instead of sending again.
+    Adopted,
+}
+
+/// One attempt of a step, as kept in the run history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    pub number: u32,
+    pub started_at_ms: i64,
+    pub finished_at_ms: i64,
+    pub outcome: AttemptOutcome,
+    pub error_code: Option<String>,
+    pub error: Option<String>,
+    /// The wait before the next attempt, when there is one.
+    pub retry_in_ms: Option<u64>,
+    /// The attempt may have taken effect although it failed (its answer was lost).
+    #[serde(default)]
+    pub outcome_unknown: bool,
+    pub exchanges: Vec<ExchangeRecord>,
+}
+
+/// Which side created the linked pair: the ticket's (`Halo`) or the remote record's
+/// (`Servicenow`). The names are the stored and serialized ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkOrigin {
+    Halo,
+    Servicenow,
+}
+
+impl LinkOrigin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkOrigin::Halo => "halo",
+            LinkOrigin::Servicenow => "servicenow",
+        }
+    }
+}
+
+/// A remote record whose sync failed in scans.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SyncFailure {
+    pub table: String,
+    /// The record's id in the remote system.
+    pub sys_id: String,
+    pub attempts: u32,
+    pub last_error: String,
+    pub updated_at_ms: i64,
+}
+
+/// The 1-1 pairing of a ticket with a record in a remote system. The field names are the
+/// stored columns and the serialized form, older than the split into integrations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Link {
+    /// The connection the ticket lives in.
+    pub halo_connection: String,
+    /// The ticket's id there.
+    pub halo_ticket_id: i64,
+    /// The remote connection the record lives in (e.g. `customers/<client id>`).
+    pub servicenow: String,
+    /// The remote table the record is in.
+    pub table: String,
+    /// The record's id in the remote system.
+    pub sys_id: String,
+    /// The record's readable number, when it has one.
+    pub number: Option<String>,
+    pub created_by: LinkOrigin,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// A run's status count, for `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunCount {
+    pub flow_id: String,
+    pub status: RunStatus,
+    pub count: i64,
+}
+
+/// Writes committed and the transactions they took, since start (a backend that groups
+/// commits; see [`Backend::write_stats`](super::Backend::write_stats)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteStats {
+    pub writes: u64,
+    pub commits: u64,
+}

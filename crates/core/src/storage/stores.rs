@@ -1,0 +1,359 @@
+//! The storage contract, one trait per concern. [`Storage`] is all of them: the one object the
+//! engine, the server and integrations hold (`Arc<dyn Storage>`). On `dyn Storage` every
+//! method is callable without importing the traits; on a backend's own type, import the trait
+//! (or `haloflow::prelude::*`).
+//!
+//! A backend of your own implements each trait; [`Storage`] then comes with them.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use super::{
+    AttemptRecord, FloodRecord, Link, NewRequest, NewRun, NewSuppressed, Progress, RequestFilter,
+    RequestRecord, RunCount, RunDetail, RunFilter, RunFinish, RunStatus, RunSummary, StepOutcome,
+    StepRunRecord, StepStart, StorageError, SyncFailure, WriteStats,
+};
+use crate::admission::Admission;
+
+/// Everything the runtime keeps in its database. Implemented for every type that implements
+/// the focused traits (nothing to write for it): [`SqliteStorage`](super::SqliteStorage),
+/// [`PostgresStorage`](super::PostgresStorage), or a backend of your own.
+pub trait Storage:
+    RunStore + LeaseStore + LinkStore + SyncStore + FloodStore + Backend + fmt::Debug + 'static
+{
+}
+
+impl<T> Storage for T where
+    T: RunStore
+        + LeaseStore
+        + LinkStore
+        + SyncStore
+        + FloodStore
+        + Backend
+        + fmt::Debug
+        + 'static
+        + ?Sized
+{
+}
+
+/// Trigger requests, the runs they started and their steps: written as they happen, read
+/// back as the run history.
+#[async_trait]
+pub trait RunStore: Send + Sync {
+    /// Writes an accepted request, its runs and its suppressed events in one transaction;
+    /// when this returns, they survive a crash. A run whose delivery id its flow already has
+    /// fails the whole write with [`StorageError::Conflict`].
+    async fn accept_request(
+        &self,
+        request: &NewRequest,
+        runs: &[NewRun],
+        suppressed: &[NewSuppressed],
+    ) -> Result<(), StorageError>;
+    /// Writes a rejected request (its 4xx answer and why).
+    async fn record_rejected(&self, request: &NewRequest) -> Result<(), StorageError>;
+    /// Records what an accepted request led to (an integration's run outcome, listed as
+    /// [`RequestRecord::outcome`]), replacing any earlier one.
+    async fn set_request_outcome(
+        &self,
+        request_id: &str,
+        outcome: &Value,
+    ) -> Result<(), StorageError>;
+    /// Writes a run's progress (see [`Progress`]) in one write, its parts in order.
+    async fn record_progress(
+        &self,
+        run_id: &str,
+        progress: &Progress<'_>,
+    ) -> Result<(), StorageError>;
+    /// Appends a finished attempt to the step's attempt log.
+    async fn record_attempt(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        attempt: &AttemptRecord,
+    ) -> Result<(), StorageError>;
+    /// Runs, newest first.
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StorageError>;
+    async fn get_run(&self, run_id: &str) -> Result<Option<RunDetail>, StorageError>;
+    /// Trigger requests, newest first.
+    async fn list_requests(
+        &self,
+        filter: &RequestFilter,
+    ) -> Result<Vec<RequestRecord>, StorageError>;
+    /// The requests that already carried these delivery ids for `flow_id`, as
+    /// (delivery id, request id).
+    async fn find_deliveries(
+        &self,
+        flow_id: &str,
+        delivery_ids: &[String],
+    ) -> Result<Vec<(String, String)>, StorageError>;
+    /// Runs of `flow_id` admitted by flood control since `since_ms`, oldest first.
+    async fn flood_history(
+        &self,
+        flow_id: &str,
+        since_ms: i64,
+    ) -> Result<Vec<FloodRecord>, StorageError>;
+    /// Creates a run that replays `replay_of`, with the given steps' outputs copied from it.
+    async fn create_replay(
+        &self,
+        run: &NewRun,
+        request_id: Option<&str>,
+        replay_of: &str,
+        reused: &[StepRunRecord],
+    ) -> Result<(), StorageError>;
+    /// Deletes runs finished before `before_ms` (with their steps), and trigger requests
+    /// received before it that no longer have runs. Returns the number of runs deleted.
+    async fn prune_finished(&self, before_ms: i64) -> Result<u64, StorageError>;
+    /// Runs per flow and status.
+    async fn run_counts(&self) -> Result<Vec<RunCount>, StorageError>;
+}
+
+/// One part of a run's progress at a time: each method is [`RunStore::record_progress`] with
+/// only that part (the engine writes a step's end with the next step's start). For tests and
+/// tools; every [`RunStore`] has them.
+#[async_trait]
+pub trait RunStoreExt: RunStore {
+    /// A run starts: only that part.
+    async fn start_run(&self, run_id: &str, at_ms: i64) -> Result<(), StorageError> {
+        let progress = Progress {
+            run_started_at_ms: Some(at_ms),
+            ..Progress::default()
+        };
+        self.record_progress(run_id, &progress).await
+    }
+    /// A run ends: only that part.
+    async fn finish_run(
+        &self,
+        run_id: &str,
+        status: RunStatus,
+        failure: Option<(&str, &str)>,
+        at_ms: i64,
+    ) -> Result<(), StorageError> {
+        let finish = RunFinish {
+            status,
+            failure,
+            at_ms,
+        };
+        let progress = Progress {
+            run_finished: Some(finish),
+            ..Progress::default()
+        };
+        self.record_progress(run_id, &progress).await
+    }
+    /// Attempt `attempt` of a step is about to send (its intent, before any request leaves;
+    /// earlier attempts stay in the attempt log): only that part.
+    #[allow(clippy::too_many_arguments)]
+    async fn start_step(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        position: usize,
+        step_type: &str,
+        inputs: &Value,
+        attempt: u32,
+        at_ms: i64,
+    ) -> Result<(), StorageError> {
+        let start = StepStart {
+            step_id,
+            position,
+            step_type,
+            inputs,
+            attempt,
+            at_ms,
+        };
+        let progress = Progress {
+            step_started: Some(start),
+            ..Progress::default()
+        };
+        self.record_progress(run_id, &progress).await
+    }
+    /// A step ends: only that part.
+    async fn finish_step(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        outcome: &StepOutcome,
+    ) -> Result<(), StorageError> {
+        let progress = Progress {
+            step_finished: Some((step_id, outcome)),
+            ..Progress::default()
+        };
+        self.record_progress(run_id, &progress).await
+    }
+}
+
+impl<T: RunStore + ?Sized> RunStoreExt for T {}
+
+/// Who works on what, when several nodes share the database: claims on runs, and named leases
+/// for work one node at a time does. Each is atomic: two nodes never both get it.
+#[async_trait]
+pub trait LeaseStore: Send + Sync {
+    /// Unfinished runs (queued, or interrupted while running) that `owner` may claim: unowned,
+    /// with an expired lease, or its own. Oldest first, as (run id, flow id).
+    async fn claimable_runs(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>, StorageError>;
+    /// Takes an unfinished run for `owner` until `lease_until_ms`, when it is unowned, its
+    /// lease expired, or it is already `owner`'s.
+    async fn claim_run(
+        &self,
+        run_id: &str,
+        owner: &str,
+        lease_until_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StorageError>;
+    /// Extends `owner`'s lease; false when the run is no longer its (taken over, or finished):
+    /// the node must stop working on it.
+    async fn renew_run_lease(
+        &self,
+        run_id: &str,
+        owner: &str,
+        lease_until_ms: i64,
+    ) -> Result<bool, StorageError>;
+    /// Gives a run back (a graceful stop), so another node can take it at once.
+    async fn release_run(&self, run_id: &str, owner: &str) -> Result<(), StorageError>;
+    /// Takes or extends the named lease for `owner`; false while another owner's lease is
+    /// live.
+    async fn try_lease(
+        &self,
+        name: &str,
+        owner: &str,
+        until_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StorageError>;
+    /// Gives the named lease back, so another owner can take it at once.
+    async fn release_lease(&self, name: &str, owner: &str) -> Result<(), StorageError>;
+}
+
+/// Links: each joins a ticket (a connection and a ticket id) with one record of a remote
+/// system (a remote connection, a table and the record's id), one to one.
+#[async_trait]
+pub trait LinkStore: Send + Sync {
+    /// Records a link; an earlier link of the same ticket, or to the same record, is replaced.
+    /// Returns the ticket's previous link, if any.
+    async fn save_link(&self, link: &Link) -> Result<Option<Link>, StorageError>;
+    async fn link_for_ticket(
+        &self,
+        connection: &str,
+        ticket_id: i64,
+    ) -> Result<Option<Link>, StorageError>;
+    async fn link_for_record(
+        &self,
+        remote: &str,
+        record_id: &str,
+    ) -> Result<Option<Link>, StorageError>;
+}
+
+/// What syncing from a remote system remembers, per remote connection (`remote`): which
+/// record versions and notes were already acted on (claims, so a webhook and a scan never both
+/// act), how far scans have read (watermarks), the last scan, and the records that keep
+/// failing.
+#[async_trait]
+pub trait SyncStore: Send + Sync {
+    /// Claims one version of a remote record (e.g. its update time) to act on; false when
+    /// something already took it.
+    async fn claim_sync_event(
+        &self,
+        remote: &str,
+        record_id: &str,
+        version: &str,
+        at_ms: i64,
+    ) -> Result<bool, StorageError>;
+    /// Gives a claimed version back when acting on it failed, so a later delivery retries.
+    async fn release_sync_event(
+        &self,
+        remote: &str,
+        record_id: &str,
+        version: &str,
+    ) -> Result<(), StorageError>;
+    /// Claims a remote note (a comment or work note) to copy over; false when it already was.
+    async fn claim_note(
+        &self,
+        remote: &str,
+        note_id: &str,
+        at_ms: i64,
+    ) -> Result<bool, StorageError>;
+    async fn release_note(&self, remote: &str, note_id: &str) -> Result<(), StorageError>;
+    /// How far scans of `table` have read.
+    async fn watermark(&self, remote: &str, table: &str) -> Result<Option<String>, StorageError>;
+    async fn set_watermark(
+        &self,
+        remote: &str,
+        table: &str,
+        watermark: &str,
+    ) -> Result<(), StorageError>;
+    /// Records a scan's times and result (JSON).
+    async fn record_scan(
+        &self,
+        remote: &str,
+        started_at_ms: i64,
+        finished_at_ms: i64,
+        result: &Value,
+    ) -> Result<(), StorageError>;
+    /// The last scan of each remote: (remote, started, finished, result).
+    async fn scans(&self) -> Result<Vec<(String, i64, i64, Value)>, StorageError>;
+    /// Records `at_ms` as when scanning `remote` started, unless a start is recorded already;
+    /// returns the recorded start.
+    async fn integrator_start(&self, remote: &str, at_ms: i64) -> Result<i64, StorageError>;
+    /// Counts one failed attempt to sync a record in a scan; returns the attempts so far.
+    async fn record_sync_failure(
+        &self,
+        remote: &str,
+        table: &str,
+        record_id: &str,
+        error: &str,
+        at_ms: i64,
+    ) -> Result<u32, StorageError>;
+    /// Forgets a record's failures (it synced).
+    async fn clear_sync_failure(&self, remote: &str, record_id: &str) -> Result<(), StorageError>;
+    /// The records of `remote` whose sync failed, oldest failure first.
+    async fn sync_failures(&self, remote: &str) -> Result<Vec<SyncFailure>, StorageError>;
+}
+
+/// Flood control kept in the database, for several nodes ([`Backend::is_shared`]). A backend
+/// that is never shared keeps the defaults, which answer [`StorageError::Unsupported`]: flood
+/// control then lives in memory.
+#[async_trait]
+pub trait FloodStore: Send + Sync {
+    /// Decides one event of `request_id` under `key` atomically per key, by the rule of
+    /// [`crate::admission`].
+    async fn flood_admit(
+        &self,
+        _flow_id: &str,
+        _key: &str,
+        _request_id: &str,
+        _now_ms: i64,
+        _window_ms: i64,
+        _max_requests: u32,
+    ) -> Result<Admission, StorageError> {
+        Err(StorageError::Unsupported("flood control in the database"))
+    }
+    /// Forgets flood-control keys idle since before `idle_before_ms`; returns how many.
+    async fn flood_sweep(&self, _idle_before_ms: i64) -> Result<u64, StorageError> {
+        Err(StorageError::Unsupported("flood control in the database"))
+    }
+    /// Flood-control keys held in the database, per flow.
+    async fn flood_keys(&self) -> Result<Vec<(String, usize)>, StorageError> {
+        Err(StorageError::Unsupported("flood control in the database"))
+    }
+}
+
+/// The database itself: whether it answers, whether nodes share it, how it commits.
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// A cheap query that proves the database answers.
+    async fn ping(&self) -> Result<(), StorageError>;
+    /// True when several nodes may share this database: flood control then lives in it
+    /// ([`FloodStore`]).
+    fn is_shared(&self) -> bool {
+        false
+    }
+    /// Writes and the commits they took, for a backend that groups commits; `None` otherwise.
+    fn write_stats(&self) -> Option<WriteStats> {
+        None
+    }
+}
