@@ -76,11 +76,7 @@ const RECORD_OUTPUTS: &[OutputSpec] = &[
 
 /// Reads a non-negative integer id from a number, `"42"` or `"42.0"`.
 fn to_id(value: &Value) -> Option<i64> {
-    mapping::halo_text(value)?
-        .parse::<f64>()
-        .ok()
-        .filter(|f| f.fract() == 0.0 && *f >= 0.0)
-        .map(|f| f as i64)
+    crate::json::id_of(value).filter(|id| *id >= 0)
 }
 
 fn required_id(inputs: &Value, name: &str) -> Result<i64, StepError> {
