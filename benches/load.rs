@@ -755,6 +755,69 @@ impl PhaseResult {
     }
 }
 
+/// One connection's share of the load: webhooks one after another until the deadline, each
+/// when due in an open loop.
+struct ConnectionLoad {
+    addr: SocketAddr,
+    halo: HaloEmulator,
+    template: Arc<Value>,
+    sequence: Arc<AtomicU64>,
+    started: Instant,
+    deadline: Instant,
+    /// Open loop: the time between this connection's webhooks.
+    interval: Option<Duration>,
+    /// Open loop: where in the interval this connection's first webhook is due (0 to 1).
+    offset: f64,
+}
+
+impl ConnectionLoad {
+    async fn run(self) -> PhaseResult {
+        let mut connection = Connection::new(self.addr);
+        let mut result = PhaseResult::default();
+        let interval = self.interval;
+        let mut due = self.started + interval.map_or(Duration::ZERO, |d| d.mul_f64(self.offset));
+        while Instant::now() < self.deadline {
+            if interval.is_some() {
+                tokio::time::sleep_until(due.into()).await;
+                if due >= self.deadline {
+                    break;
+                }
+            }
+            let request = self.next_webhook();
+            let sent = if interval.is_some() {
+                due
+            } else {
+                Instant::now()
+            };
+            if let Some(interval) = interval {
+                due += interval;
+            }
+            match connection.send(&request).await {
+                Ok(status) => {
+                    result
+                        .latencies_us
+                        .push(sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                    *result.statuses.entry(status).or_default() += 1;
+                }
+                Err(_) => {
+                    result.io_errors += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+        result
+    }
+
+    /// The next webhook: its ticket created in the Halo emulator first, a fresh delivery id.
+    fn next_webhook(&self) -> Vec<u8> {
+        let seq = self.sequence.fetch_add(1, Ordering::Relaxed);
+        let mut ticket = (*self.template).clone();
+        let ticket_id = self.halo.insert_ticket(ticket.clone());
+        ticket["id"] = json!(ticket_id);
+        post_request(self.addr, &webhook(&ticket, ticket_id, seq))
+    }
+}
+
 /// Drives webhooks at `connections` connections for `duration`: closed loop, or at `rate`
 /// webhooks per second in all. Each webhook's ticket is created in the Halo emulator first (a
 /// fresh id), and carries a fresh delivery id.
@@ -767,56 +830,21 @@ async fn drive(
     rate: Option<f64>,
 ) -> PhaseResult {
     let started = Instant::now();
-    let deadline = started + duration;
     let template = Arc::new(ticket_template());
     let mut tasks = Vec::new();
     for i in 0..connections {
-        let addr = addrs[i % addrs.len()];
-        let halo = emulators.halo.clone();
-        let template = template.clone();
-        let sequence = sequence.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut connection = Connection::new(addr);
-            let mut result = PhaseResult::default();
+        let load = ConnectionLoad {
+            addr: addrs[i % addrs.len()],
+            halo: emulators.halo.clone(),
+            template: template.clone(),
+            sequence: sequence.clone(),
+            started,
+            deadline: started + duration,
             // Open loop: this connection's k-th webhook is due at (k * connections + i) / rate.
-            let interval = rate.map(|r| Duration::from_secs_f64(connections as f64 / r));
-            let mut due = started
-                + interval.map_or(Duration::ZERO, |d| d.mul_f64(i as f64 / connections as f64));
-            while Instant::now() < deadline {
-                if interval.is_some() {
-                    tokio::time::sleep_until(due.into()).await;
-                    if due >= deadline {
-                        break;
-                    }
-                }
-                let seq = sequence.fetch_add(1, Ordering::Relaxed);
-                let mut ticket = (*template).clone();
-                let ticket_id = halo.insert_ticket(ticket.clone());
-                ticket["id"] = json!(ticket_id);
-                let request = post_request(addr, &webhook(&ticket, ticket_id, seq));
-                let sent = if interval.is_some() {
-                    due
-                } else {
-                    Instant::now()
-                };
-                if let Some(interval) = interval {
-                    due += interval;
-                }
-                match connection.send(&request).await {
-                    Ok(status) => {
-                        result
-                            .latencies_us
-                            .push(sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
-                        *result.statuses.entry(status).or_default() += 1;
-                    }
-                    Err(_) => {
-                        result.io_errors += 1;
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                }
-            }
-            result
-        }));
+            interval: rate.map(|r| Duration::from_secs_f64(connections as f64 / r)),
+            offset: i as f64 / connections as f64,
+        };
+        tasks.push(tokio::spawn(load.run()));
     }
     let mut total = PhaseResult::default();
     for task in tasks {
@@ -974,6 +1002,36 @@ fn split_command(text: &str, pid: u32) -> Command {
 }
 
 async fn run_haloflow(args: &Args, emulators: &Emulators, dir: &Path, durability: &str) -> Figures {
+    let (flows, config) = write_inputs(args, emulators, dir, durability);
+    let database = match &args.database {
+        Some(admin) => Some(create_database(admin).await),
+        None => None,
+    };
+    let url = database.as_ref().map(|(url, _)| url.as_str());
+    let servers: Vec<Server> = (0..args.nodes.max(1))
+        .map(|node| start_node(args, dir, &flows, &config, url, node))
+        .collect();
+    let start = warm_up(args, emulators, &servers).await;
+    let end = measure(args, emulators, &servers, &start).await;
+    let figures = haloflow_figures(emulators, &servers, &start, end);
+    for server in servers {
+        server.stop().await;
+    }
+    if let Some((_, drop)) = database {
+        drop.await;
+    }
+    print_notes(emulators, &dir.join("server-0.log"));
+    figures
+}
+
+/// Writes the flow and the config file into `dir`; returns the flows directory and the config
+/// file.
+fn write_inputs(
+    args: &Args,
+    emulators: &Emulators,
+    dir: &Path,
+    durability: &str,
+) -> (PathBuf, PathBuf) {
     let flows = dir.join("flows");
     std::fs::create_dir_all(&flows).expect("flows dir");
     std::fs::write(
@@ -992,49 +1050,77 @@ async fn run_haloflow(args: &Args, emulators: &Emulators, dir: &Path, durability
         ),
     )
     .expect("write config");
+    (flows, config)
+}
+
+/// Starts node `node` of `haloflow serve`, logging to `server-<node>.log` in `dir`.
+fn start_node(
+    args: &Args,
+    dir: &Path,
+    flows: &Path,
+    config: &Path,
+    database: Option<&str>,
+    node: usize,
+) -> Server {
     let bin = args
         .server_bin
         .clone()
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_haloflow")));
-    let database = match &args.database {
-        Some(admin) => Some(create_database(admin).await),
-        None => None,
-    };
-    let mut servers = Vec::new();
-    for node in 0..args.nodes.max(1) {
-        let mut command = Command::new(&bin);
-        command
-            .arg("serve")
-            .arg("--flows")
-            .arg(&flows)
-            .arg("--data")
-            .arg(dir.join(format!("data-{node}")))
-            .arg("--config")
-            .arg(&config)
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--node-id")
-            .arg(format!("load-{node}"))
-            .env("HALOFLOW_LOG", "haloflow=warn");
-        if let Some((url, _)) = &database {
-            command.arg("--database").arg(url);
-        }
-        let log = dir.join(format!("server-{node}.log"));
-        servers.push(Server::start(
-            command,
-            args.pin,
-            args.server_wrap.as_deref(),
-            &log,
-        ));
+    let mut command = Command::new(&bin);
+    command
+        .arg("serve")
+        .arg("--flows")
+        .arg(flows)
+        .arg("--data")
+        .arg(dir.join(format!("data-{node}")))
+        .arg("--config")
+        .arg(config)
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--node-id")
+        .arg(format!("load-{node}"))
+        .env("HALOFLOW_LOG", "haloflow=warn");
+    if let Some(url) = database {
+        command.arg("--database").arg(url);
     }
-    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
-    let pids: Vec<u32> = servers.iter().map(|s| s.pid).collect();
-    let server_cpu = |pids: &[u32]| pids.iter().map(|p| cpu_ms(*p)).sum::<f64>();
-    let server = &servers[0];
-    let log = dir.join("server-0.log");
-    let counters = &emulators.counters;
-    let stall = Duration::from_secs(args.stall_secs);
+    let log = dir.join(format!("server-{node}.log"));
+    Server::start(command, args.pin, args.server_wrap.as_deref(), &log)
+}
 
+/// Where the measured phase starts: what the warm-up and its drain left.
+struct Start {
+    sequence: Arc<AtomicU64>,
+    warmup_accepted: u64,
+    /// The runs by status after the warm-up.
+    statuses: BTreeMap<String, u64>,
+    rss_kb: u64,
+    incidents: u64,
+    server_cpu_ms: f64,
+    self_cpu_ms: f64,
+    t0_us: u64,
+}
+
+/// What the measured phase and its drain gave.
+struct End {
+    result: PhaseResult,
+    /// The first server's RSS once a second during the measured phase.
+    rss_samples: Vec<u64>,
+    in_window: u64,
+    /// The runs by status after the drain.
+    statuses: BTreeMap<String, u64>,
+    drain_s: f64,
+    server_cpu_ms: f64,
+    self_cpu_ms: f64,
+}
+
+fn servers_cpu_ms(servers: &[Server]) -> f64 {
+    servers.iter().map(|s| cpu_ms(s.pid)).sum::<f64>()
+}
+
+/// The warm-up: load, then wait for its backlog to drain and the runs to settle.
+async fn warm_up(args: &Args, emulators: &Emulators, servers: &[Server]) -> Start {
+    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
+    let stall = Duration::from_secs(args.stall_secs);
     let sequence = Arc::new(AtomicU64::new(0));
     let warmup = drive(
         &addrs,
@@ -1046,104 +1132,138 @@ async fn run_haloflow(args: &Args, emulators: &Emulators, dir: &Path, durability
     )
     .await;
     drain(emulators, warmup.count(202), stall).await;
-    let before = settle(server.addr, stall).await;
-    let rss_after_warmup = status_kb(server.pid, "VmRSS");
-    let done_before = counters.incidents.load(Ordering::Relaxed);
-    let cpu0 = server_cpu(&pids);
-    let self0 = cpu_ms(std::process::id());
-    let t0_us = emulators.epoch.elapsed().as_micros() as u64;
+    let statuses = settle(servers[0].addr, stall).await;
+    Start {
+        sequence,
+        warmup_accepted: warmup.count(202),
+        statuses,
+        rss_kb: status_kb(servers[0].pid, "VmRSS"),
+        incidents: emulators.counters.incidents.load(Ordering::Relaxed),
+        server_cpu_ms: servers_cpu_ms(servers),
+        self_cpu_ms: cpu_ms(std::process::id()),
+        t0_us: emulators.epoch.elapsed().as_micros() as u64,
+    }
+}
+
+/// The measured phase, with the `--on-measure` command running and the RSS sampled, then the
+/// drain.
+async fn measure(args: &Args, emulators: &Emulators, servers: &[Server], start: &Start) -> End {
+    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
+    let server = &servers[0];
+    let stall = Duration::from_secs(args.stall_secs);
     let profiler = args.on_measure.as_deref().map(|text| {
         split_command(text, server.pid)
             .spawn()
             .expect("the --on-measure command starts")
     });
-
-    // The server's RSS once a second during the measured phase (is memory flat?).
-    let pid = server.pid;
-    let rss_samples = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sampler = {
-        let samples = rss_samples.clone();
-        tokio::spawn(async move {
-            loop {
-                let kb = status_kb(pid, "VmRSS");
-                samples.lock().expect("samples").push(kb);
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        })
-    };
+    let (sampler, rss_samples) = sample_rss(server.pid);
     let result = drive(
         &addrs,
         emulators,
         args.connections,
         Duration::from_secs(args.duration),
-        sequence,
+        start.sequence.clone(),
         args.rate,
     )
     .await;
     sampler.abort();
     let rss_samples = rss_samples.lock().expect("samples").clone();
-    let in_window = counters.incidents.load(Ordering::Relaxed) - done_before;
+    let in_window = emulators.counters.incidents.load(Ordering::Relaxed) - start.incidents;
     let drain_started = Instant::now();
-    drain(emulators, warmup.count(202) + result.count(202), stall).await;
+    drain(emulators, start.warmup_accepted + result.count(202), stall).await;
     let statuses = settle(server.addr, stall).await;
     let drain_s = drain_started.elapsed().as_secs_f64();
-    let cpu = server_cpu(&pids) - cpu0;
-    let self_cpu = cpu_ms(std::process::id()) - self0;
+    let server_cpu_ms = servers_cpu_ms(servers) - start.server_cpu_ms;
+    let self_cpu_ms = cpu_ms(std::process::id()) - start.self_cpu_ms;
     if let Some(mut profiler) = profiler {
         let _ = Command::new("kill")
             .args(["-INT", &profiler.id().to_string()])
             .status();
         let _ = profiler.wait();
     }
-    let completed = counters.incidents.load(Ordering::Relaxed) - done_before;
+    End {
+        result,
+        rss_samples,
+        in_window,
+        statuses,
+        drain_s,
+        server_cpu_ms,
+        self_cpu_ms,
+    }
+}
+
+/// Samples a process's RSS once a second (is memory flat?) until the task is aborted.
+fn sample_rss(pid: u32) -> (tokio::task::JoinHandle<()>, Arc<std::sync::Mutex<Vec<u64>>>) {
+    let rss_samples = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let samples = rss_samples.clone();
+    let sampler = tokio::spawn(async move {
+        loop {
+            let kb = status_kb(pid, "VmRSS");
+            samples.lock().expect("samples").push(kb);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    (sampler, rss_samples)
+}
+
+/// haloflow's figures from the measured phase.
+fn haloflow_figures(emulators: &Emulators, servers: &[Server], start: &Start, end: End) -> Figures {
+    let counters = &emulators.counters;
+    let result = &end.result;
+    let completed = counters.incidents.load(Ordering::Relaxed) - start.incidents;
     let last_us = counters.last_incident_us.load(Ordering::Relaxed);
-    let span_s = (last_us.saturating_sub(t0_us) as f64 / 1e6).max(result.elapsed.as_secs_f64());
+    let span_s =
+        (last_us.saturating_sub(start.t0_us) as f64 / 1e6).max(result.elapsed.as_secs_f64());
     let accepted = result.count(202);
-    let failed_runs = statuses
+    let secs = result.elapsed.as_secs_f64();
+    let samples = &end.rss_samples;
+    Figures {
+        accepted,
+        completed,
+        accepted_per_s: accepted as f64 / secs,
+        completed_per_s: completed as f64 / span_s,
+        completed_in_window_per_s: end.in_window as f64 / secs,
+        p50_ms: result.percentile_ms(50.0),
+        p99_ms: result.percentile_ms(99.0),
+        p999_ms: result.percentile_ms(99.9),
+        max_ms: result.percentile_ms(100.0),
+        cpu_ms_per_run: end.server_cpu_ms / completed.max(1) as f64,
+        peak_rss_mb: mb(servers
+            .iter()
+            .map(|s| status_kb(s.pid, "VmHWM"))
+            .max()
+            .unwrap_or(0)),
+        rss_after_warmup_mb: mb(start.rss_kb),
+        rss_end_mb: mb(status_kb(servers[0].pid, "VmRSS")),
+        rss_load_mb: (
+            mb(samples.first().copied().unwrap_or(0)),
+            mb(samples.last().copied().unwrap_or(0)),
+            mb(samples.iter().copied().max().unwrap_or(0)),
+        ),
+        not_completed: accepted.saturating_sub(completed),
+        drain_s: end.drain_s,
+        other_statuses: other_statuses(result),
+        load_cpu_ms_per_run: end.self_cpu_ms / completed.max(1) as f64,
+        load_core_share: end.self_cpu_ms / 1000.0 / (secs + end.drain_s),
+        failed_runs: failed_runs(&start.statuses, &end.statuses),
+    }
+}
+
+/// The runs of each status that ended during the measured phase and its drain.
+fn failed_runs(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> String {
+    after
         .iter()
         .map(|(status, n)| {
             let n = n - before.get(status).copied().unwrap_or(0).min(*n);
             format!("{status}={n}")
         })
         .collect::<Vec<_>>()
-        .join(" ");
-    let secs = result.elapsed.as_secs_f64();
-    let figures = Figures {
-        accepted,
-        completed,
-        accepted_per_s: accepted as f64 / secs,
-        completed_per_s: completed as f64 / span_s,
-        completed_in_window_per_s: in_window as f64 / secs,
-        p50_ms: result.percentile_ms(50.0),
-        p99_ms: result.percentile_ms(99.0),
-        p999_ms: result.percentile_ms(99.9),
-        max_ms: result.percentile_ms(100.0),
-        cpu_ms_per_run: cpu / completed.max(1) as f64,
-        peak_rss_mb: mb(pids
-            .iter()
-            .map(|p| status_kb(*p, "VmHWM"))
-            .max()
-            .unwrap_or(0)),
-        rss_after_warmup_mb: mb(rss_after_warmup),
-        rss_end_mb: mb(status_kb(server.pid, "VmRSS")),
-        rss_load_mb: (
-            mb(rss_samples.first().copied().unwrap_or(0)),
-            mb(rss_samples.last().copied().unwrap_or(0)),
-            mb(rss_samples.iter().copied().max().unwrap_or(0)),
-        ),
-        not_completed: accepted.saturating_sub(completed),
-        drain_s,
-        other_statuses: other_statuses(&result),
-        load_cpu_ms_per_run: self_cpu / completed.max(1) as f64,
-        load_core_share: self_cpu / 1000.0 / (secs + drain_s),
-        failed_runs,
-    };
-    for server in servers {
-        server.stop().await;
-    }
-    if let Some((_, drop)) = database {
-        drop.await;
-    }
+        .join(" ")
+}
+
+/// What the emulators and the first server's log say after a measurement.
+fn print_notes(emulators: &Emulators, log: &Path) {
+    let counters = &emulators.counters;
     let held = emulators.servicenow.records("incident").len() as u64;
     let counted = counters.incidents.load(Ordering::Relaxed);
     if held != counted {
@@ -1153,11 +1273,10 @@ async fn run_haloflow(args: &Args, emulators: &Emulators, dir: &Path, durability
     if errors > 0 {
         println!("  note: the emulators answered {errors} request(s) with an error status");
     }
-    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    let log_text = std::fs::read_to_string(log).unwrap_or_default();
     for line in log_summary(&log_text) {
         println!("  server log: {line}");
     }
-    figures
 }
 
 /// A fresh PostgreSQL database for one measurement: its URL, and a future that drops it.
@@ -1286,36 +1405,7 @@ async fn run(args: Args) {
         .clone()
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
     std::fs::create_dir_all(&work).expect("work dir");
-    let body_bytes = webhook(&ticket_template(), 1_000_123, 1).len();
-    println!("haloflow load benchmark (issue 7 reference workload)");
-    println!("  machine: {}", machine());
-    println!(
-        "  {} connections ({}), {} s warm-up, {} s measured, {} repetition(s), {}; webhook body {} bytes",
-        args.connections,
-        match args.rate {
-            Some(rate) => format!("open loop at {rate} webhooks/s"),
-            None => "closed loop".to_owned(),
-        },
-        args.warmup,
-        args.duration,
-        args.repeat,
-        if args.pin {
-            "pinned: server on CPU 0, load generator and emulators on CPU 1"
-        } else {
-            "unpinned"
-        },
-        body_bytes
-    );
-    for level in &args.durability {
-        if !["default", "process_crash", "power_loss"].contains(&level.as_str()) {
-            eprintln!("--durability: `{level}` is not default, process_crash or power_loss");
-            std::process::exit(2);
-        }
-    }
-    println!(
-        "  durability (server.durability): {}",
-        args.durability.join(", ")
-    );
+    print_setup(&args);
     let mut ours: BTreeMap<String, Vec<Figures>> = BTreeMap::new();
     let mut bases = Vec::new();
     for repetition in 1..=args.repeat {
@@ -1348,48 +1438,91 @@ async fn run(args: Args) {
         }
     }
     if args.repeat > 1 {
-        println!("medians over {} repetitions:", args.repeat);
-        let pick = |f: fn(&Figures) -> f64, list: &[Figures]| median(list.iter().map(f).collect());
-        let summary = |list: &[Figures]| Figures {
-            accepted: list.iter().map(|f| f.accepted).sum(),
-            completed: list.iter().map(|f| f.completed).sum(),
-            accepted_per_s: pick(|f| f.accepted_per_s, list),
-            completed_per_s: pick(|f| f.completed_per_s, list),
-            completed_in_window_per_s: pick(|f| f.completed_in_window_per_s, list),
-            p50_ms: pick(|f| f.p50_ms, list),
-            p99_ms: pick(|f| f.p99_ms, list),
-            p999_ms: pick(|f| f.p999_ms, list),
-            max_ms: pick(|f| f.max_ms, list),
-            cpu_ms_per_run: pick(|f| f.cpu_ms_per_run, list),
-            peak_rss_mb: pick(|f| f.peak_rss_mb, list),
-            rss_after_warmup_mb: pick(|f| f.rss_after_warmup_mb, list),
-            rss_end_mb: pick(|f| f.rss_end_mb, list),
-            rss_load_mb: (
-                pick(|f| f.rss_load_mb.0, list),
-                pick(|f| f.rss_load_mb.1, list),
-                pick(|f| f.rss_load_mb.2, list),
-            ),
-            not_completed: list.iter().map(|f| f.not_completed).sum(),
-            drain_s: pick(|f| f.drain_s, list),
-            other_statuses: "-".into(),
-            load_cpu_ms_per_run: pick(|f| f.load_cpu_ms_per_run, list),
-            load_core_share: pick(|f| f.load_core_share, list),
-            failed_runs: "-".into(),
-        };
-        let base = (!bases.is_empty()).then(|| summary(&bases));
+        print_medians(args.repeat, &bases, &ours);
+    }
+}
+
+/// The workload, the machine and the durability levels; exits on an unknown level.
+fn print_setup(args: &Args) {
+    let body_bytes = webhook(&ticket_template(), 1_000_123, 1).len();
+    println!("haloflow load benchmark (issue 7 reference workload)");
+    println!("  machine: {}", machine());
+    println!(
+        "  {} connections ({}), {} s warm-up, {} s measured, {} repetition(s), {}; webhook body {} bytes",
+        args.connections,
+        match args.rate {
+            Some(rate) => format!("open loop at {rate} webhooks/s"),
+            None => "closed loop".to_owned(),
+        },
+        args.warmup,
+        args.duration,
+        args.repeat,
+        if args.pin {
+            "pinned: server on CPU 0, load generator and emulators on CPU 1"
+        } else {
+            "unpinned"
+        },
+        body_bytes
+    );
+    for level in &args.durability {
+        if !["default", "process_crash", "power_loss"].contains(&level.as_str()) {
+            eprintln!("--durability: `{level}` is not default, process_crash or power_loss");
+            std::process::exit(2);
+        }
+    }
+    println!(
+        "  durability (server.durability): {}",
+        args.durability.join(", ")
+    );
+}
+
+/// The medians over the repetitions, of the baseline and of each durability level.
+fn print_medians(repeat: usize, bases: &[Figures], ours: &BTreeMap<String, Vec<Figures>>) {
+    println!("medians over {repeat} repetitions:");
+    let base = (!bases.is_empty()).then(|| median_figures(bases));
+    if let Some(base) = &base {
+        print_figures("baseline (medians)", base);
+    }
+    for (level, list) in ours {
+        let mine = median_figures(list);
+        print_figures(
+            &format!("haloflow serve, durability {level} (medians; not completed: the sum)"),
+            &mine,
+        );
         if let Some(base) = &base {
-            print_figures("baseline (medians)", base);
+            print_ratios(&mine, base);
         }
-        for (level, list) in &ours {
-            let mine = summary(list);
-            print_figures(
-                &format!("haloflow serve, durability {level} (medians; not completed: the sum)"),
-                &mine,
-            );
-            if let Some(base) = &base {
-                print_ratios(&mine, base);
-            }
-        }
+    }
+}
+
+/// Each figure's median over `list` (counts summed).
+fn median_figures(list: &[Figures]) -> Figures {
+    let pick = |f: fn(&Figures) -> f64| median(list.iter().map(f).collect());
+    Figures {
+        accepted: list.iter().map(|f| f.accepted).sum(),
+        completed: list.iter().map(|f| f.completed).sum(),
+        accepted_per_s: pick(|f| f.accepted_per_s),
+        completed_per_s: pick(|f| f.completed_per_s),
+        completed_in_window_per_s: pick(|f| f.completed_in_window_per_s),
+        p50_ms: pick(|f| f.p50_ms),
+        p99_ms: pick(|f| f.p99_ms),
+        p999_ms: pick(|f| f.p999_ms),
+        max_ms: pick(|f| f.max_ms),
+        cpu_ms_per_run: pick(|f| f.cpu_ms_per_run),
+        peak_rss_mb: pick(|f| f.peak_rss_mb),
+        rss_after_warmup_mb: pick(|f| f.rss_after_warmup_mb),
+        rss_end_mb: pick(|f| f.rss_end_mb),
+        rss_load_mb: (
+            pick(|f| f.rss_load_mb.0),
+            pick(|f| f.rss_load_mb.1),
+            pick(|f| f.rss_load_mb.2),
+        ),
+        not_completed: list.iter().map(|f| f.not_completed).sum(),
+        drain_s: pick(|f| f.drain_s),
+        other_statuses: "-".into(),
+        load_cpu_ms_per_run: pick(|f| f.load_cpu_ms_per_run),
+        load_core_share: pick(|f| f.load_core_share),
+        failed_runs: "-".into(),
     }
 }
 

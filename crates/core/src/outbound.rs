@@ -446,6 +446,54 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// An OAuth 2.0 client-credentials token (RFC 6749 §4.4), fetched once and reused until
+/// shortly before it expires.
+#[derive(Debug, Default)]
+pub struct TokenCache {
+    slot: tokio::sync::Mutex<Option<(crate::secrets::Secret, Instant)>>,
+}
+
+impl TokenCache {
+    /// Fetch a new token this long before the old one's own expiry (common client libraries
+    /// do the same).
+    const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
+
+    /// The cached token unless `force_refresh` or it is due; else the one `fetch` returns with
+    /// its lifespan in seconds, cached until shortly before it expires. Concurrent callers wait
+    /// for one fetch. The flag is true for a token fetched by this call.
+    pub async fn get<E, F>(
+        &self,
+        force_refresh: bool,
+        fetch: impl FnOnce() -> F,
+    ) -> Result<(crate::secrets::Secret, bool), E>
+    where
+        F: std::future::Future<Output = Result<(crate::secrets::Secret, u64), E>>,
+    {
+        let mut cached = self.slot.lock().await;
+        if !force_refresh
+            && let Some((token, refresh_at)) = cached.as_ref()
+            && Instant::now() < *refresh_at
+        {
+            return Ok((token.clone(), false));
+        }
+        let (token, lifespan_secs) = fetch().await?;
+        let refresh_at =
+            Instant::now() + Duration::from_secs(lifespan_secs).saturating_sub(Self::EXPIRY_MARGIN);
+        *cached = Some((token.clone(), refresh_at));
+        Ok((token, true))
+    }
+}
+
+/// The `access_token` of a token endpoint's JSON answer and its `expires_in` in seconds, if
+/// given (a number, or a string of one as some servers send it; RFC 6749 §5.1).
+pub fn granted_token(body: &Value) -> Option<(crate::secrets::Secret, Option<u64>)> {
+    let token = body.get("access_token").and_then(Value::as_str)?;
+    let expires_in = body
+        .get("expires_in")
+        .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()));
+    Some((crate::secrets::Secret::new(token), expires_in))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -467,6 +515,48 @@ mod tests {
         assert_eq!(
             preview.body,
             Some(Value::String("client_id=id&client_secret=***".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cached_token_is_reused_until_refresh_is_forced_or_it_is_due() {
+        let cache = TokenCache::default();
+        let fetch = |token: &'static str, lifespan: u64| {
+            move || async move { Ok::<_, ()>((crate::secrets::Secret::new(token), lifespan)) }
+        };
+        let (token, fresh) = cache.get(false, fetch("a", 3600)).await.unwrap();
+        assert_eq!((token.expose(), fresh), ("a", true));
+        let (token, fresh) = cache.get(false, fetch("b", 3600)).await.unwrap();
+        assert_eq!((token.expose(), fresh), ("a", false));
+        let (token, fresh) = cache.get(true, fetch("c", 30)).await.unwrap();
+        assert_eq!((token.expose(), fresh), ("c", true));
+        // A lifespan within the margin is due at once.
+        let (token, _) = cache.get(false, fetch("d", 3600)).await.unwrap();
+        assert_eq!(token.expose(), "d");
+        assert_eq!(
+            cache.get(false, || async { Err("down") }).await.map(|_| ()),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn granted_tokens_take_a_number_or_a_numeric_string_as_lifespan() {
+        let granted = |body: Value| granted_token(&body).map(|(t, e)| (t.expose().to_owned(), e));
+        assert_eq!(
+            granted(serde_json::json!({"access_token": "t", "expires_in": 60})),
+            Some(("t".into(), Some(60)))
+        );
+        assert_eq!(
+            granted(serde_json::json!({"access_token": "t", "expires_in": "1799"})),
+            Some(("t".into(), Some(1799)))
+        );
+        assert_eq!(
+            granted(serde_json::json!({"access_token": "t"})),
+            Some(("t".into(), None))
+        );
+        assert_eq!(
+            granted(serde_json::json!({"error": "invalid_client"})),
+            None
         );
     }
 }

@@ -85,6 +85,14 @@ const MAX_PAGE_SIZE: usize = 100;
 /// An answer: status and JSON body.
 type Answer = (u16, Value);
 
+/// 200 with what was found, else Halo's 404 with `message`.
+fn found(value: Option<&Value>, message: String) -> Answer {
+    match value {
+        Some(value) => (200, value.clone()),
+        None => halo_error(404, message),
+    }
+}
+
 fn halo_error(status: u16, message: impl Into<String>) -> Answer {
     // One of the shapes Halo answers with (§6): `{"Message": ...}`.
     (status, json!({ "Message": message.into() }))
@@ -427,11 +435,7 @@ impl HaloState {
             ("GET", "/Tickets") => self.list_tickets(request),
             ("GET", "/Tickets/{id}") => {
                 let id = id()?;
-                self.tickets
-                    .get(&id)
-                    .cloned()
-                    .map(|t| (200, t))
-                    .unwrap_or_else(|| halo_error(404, format!("Ticket {id} not found")))
+                found(self.tickets.get(&id), format!("Ticket {id} not found"))
             }
             ("DELETE", "/Tickets/{id}") => {
                 let id = id()?;
@@ -444,26 +448,19 @@ impl HaloState {
             ("GET", "/Actions") => self.list_actions(request),
             ("GET", "/Actions/{id}") => {
                 let id = id()?;
-                match self.actions.iter().find(|a| a["id"].as_i64() == Some(id)) {
-                    Some(action) => (200, action.clone()),
-                    None => halo_error(404, "Action not found"),
-                }
+                let action = self.actions.iter().find(|a| a["id"].as_i64() == Some(id));
+                found(action, "Action not found".into())
             }
             ("GET", "/Supplier/{id}") => {
                 let id = id()?;
-                match self.suppliers.get(&id) {
-                    Some(supplier) => (200, supplier.clone()),
-                    None => halo_error(404, format!("Supplier {id} not found")),
-                }
+                found(self.suppliers.get(&id), format!("Supplier {id} not found"))
             }
             ("GET", "/Attachment") => self.list_attachments(request),
             ("GET", "/Outcome") => (200, Value::Array(self.outcomes.clone())),
             ("GET", "/Outcome/{id}") => {
                 let id = id()?;
-                match self.outcomes.iter().find(|o| o["id"].as_i64() == Some(id)) {
-                    Some(outcome) => (200, outcome.clone()),
-                    None => halo_error(404, format!("Outcome {id} not found")),
-                }
+                let outcome = self.outcomes.iter().find(|o| o["id"].as_i64() == Some(id));
+                found(outcome, format!("Outcome {id} not found"))
             }
             (method, path) => halo_error(
                 501,

@@ -384,23 +384,7 @@ fn to_json_schema(schema: &Value) -> Value {
                     },
                 );
             }
-            "format" => match value.as_str() {
-                Some("int32") => {
-                    out.insert("minimum".into(), json!(i32::MIN));
-                    out.insert("maximum".into(), json!(i32::MAX));
-                }
-                Some("int64") => {
-                    out.insert("minimum".into(), json!(i64::MIN));
-                    out.insert("maximum".into(), json!(i64::MAX));
-                }
-                Some("uuid") => {
-                    out.insert(
-                        "pattern".into(),
-                        json!("^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"),
-                    );
-                }
-                _ => {}
-            },
+            "format" => insert_format(&mut out, value.as_str()),
             "items" => {
                 out.insert("items".into(), to_json_schema(value));
             }
@@ -430,6 +414,27 @@ fn to_json_schema(schema: &Value) -> Value {
         }
     }
     Value::Object(out)
+}
+
+/// An OpenAPI format as JSON Schema: integer formats as bounds, `uuid` as a pattern.
+fn insert_format(out: &mut Map<String, Value>, format: Option<&str>) {
+    match format {
+        Some("int32") => {
+            out.insert("minimum".into(), json!(i32::MIN));
+            out.insert("maximum".into(), json!(i32::MAX));
+        }
+        Some("int64") => {
+            out.insert("minimum".into(), json!(i64::MIN));
+            out.insert("maximum".into(), json!(i64::MAX));
+        }
+        Some("uuid") => {
+            out.insert(
+                "pattern".into(),
+                json!("^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"),
+            );
+        }
+        _ => {}
+    }
 }
 
 /// `/0/customfields/1/id` → `[0].customfields[1].id`, the path ASP.NET names in its 400s.

@@ -91,6 +91,15 @@ pub(crate) fn form_pairs(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Whether a request is one a scheduled failure or fault is for: the same method, and a path
+/// under its prefix (both compared case-insensitively).
+fn matches(scheduled_method: &str, path_prefix: &str, method: &str, path: &str) -> bool {
+    scheduled_method.eq_ignore_ascii_case(method)
+        && path
+            .to_ascii_lowercase()
+            .starts_with(&path_prefix.to_ascii_lowercase())
+}
+
 /// A failure to answer instead of the normal handling (`fail_next`).
 #[derive(Debug, Clone)]
 pub(crate) struct InjectedFailure {
@@ -104,13 +113,9 @@ pub(crate) struct InjectedFailure {
 impl InjectedFailure {
     /// True when an error status is scheduled for this request (it goes before other faults).
     pub(crate) fn pending(failures: &[InjectedFailure], method: &str, path: &str) -> bool {
-        failures.iter().any(|f| {
-            f.remaining > 0
-                && f.method.eq_ignore_ascii_case(method)
-                && path
-                    .to_ascii_lowercase()
-                    .starts_with(&f.path_prefix.to_ascii_lowercase())
-        })
+        failures
+            .iter()
+            .any(|f| f.remaining > 0 && matches(&f.method, &f.path_prefix, method, path))
     }
 
     /// Takes one failure matching the request, if any is left.
@@ -119,13 +124,9 @@ impl InjectedFailure {
         method: &str,
         path: &str,
     ) -> Option<(u16, Option<u64>)> {
-        let failure = failures.iter_mut().find(|f| {
-            f.remaining > 0
-                && f.method.eq_ignore_ascii_case(method)
-                && path
-                    .to_ascii_lowercase()
-                    .starts_with(&f.path_prefix.to_ascii_lowercase())
-        })?;
+        let failure = failures
+            .iter_mut()
+            .find(|f| f.remaining > 0 && matches(&f.method, &f.path_prefix, method, path))?;
         failure.remaining -= 1;
         Some((failure.status, failure.retry_after))
     }
@@ -191,13 +192,9 @@ pub(crate) struct ScheduledFault {
 
 impl ScheduledFault {
     pub(crate) fn take(faults: &mut [ScheduledFault], method: &str, path: &str) -> Option<Fault> {
-        let found = faults.iter_mut().find(|f| {
-            f.remaining > 0
-                && f.method.eq_ignore_ascii_case(method)
-                && path
-                    .to_ascii_lowercase()
-                    .starts_with(&f.path_prefix.to_ascii_lowercase())
-        })?;
+        let found = faults
+            .iter_mut()
+            .find(|f| f.remaining > 0 && matches(&f.method, &f.path_prefix, method, path))?;
         found.remaining -= 1;
         Some(found.fault.clone())
     }

@@ -138,6 +138,15 @@ fn ok(status: u16, body: Value) -> Answer {
     }
 }
 
+/// ServiceNow's answer to a path that names no API.
+fn unknown_resource(request: &RecordedRequest) -> Answer {
+    sn_error(
+        400,
+        "Requested URI does not represent any resource",
+        &request.path,
+    )
+}
+
 /// A GET, PATCH or DELETE of a record that is missing or hidden by an ACL (§7.2).
 fn no_record() -> Answer {
     sn_error(
@@ -418,17 +427,19 @@ impl SnState {
         // `/api/now/v1/table/...` and `/api/now/v2/table/...` are the same API here (§1.1).
         let rest: Vec<&str> = match segments.as_slice() {
             ["api", "now", "v1" | "v2", rest @ ..] | ["api", "now", rest @ ..] => rest.to_vec(),
-            _ => {
-                return sn_error(
-                    400,
-                    "Requested URI does not represent any resource",
-                    &request.path,
-                );
-            }
+            _ => return unknown_resource(request),
         };
-        let writes = matches!(request.method.as_str(), "POST" | "PUT" | "PATCH");
-        match (request.method.as_str(), rest.as_slice()) {
-            ("POST", ["attachment", "file"]) => self.upload(request, &user),
+        match rest.as_slice() {
+            ["attachment", ..] => self.attachment_api(request, &rest, &user),
+            ["table", ..] => self.table_api(request, &rest, &user),
+            _ => unknown_resource(request),
+        }
+    }
+
+    /// `/api/now/attachment/...` (§5).
+    fn attachment_api(&mut self, request: &RecordedRequest, rest: &[&str], user: &str) -> Answer {
+        match (request.method.as_str(), rest) {
+            ("POST", ["attachment", "file"]) => self.upload(request, user),
             ("GET", ["attachment"]) => {
                 let metas: Vec<Map<String, Value>> =
                     self.attachments.iter().map(|(m, _)| m.clone()).collect();
@@ -447,6 +458,14 @@ impl SnState {
                     ),
                 }
             }
+            _ => unknown_resource(request),
+        }
+    }
+
+    /// `/api/now/table/...`: writes need a JSON body, and the table must be in the dictionary.
+    fn table_api(&mut self, request: &RecordedRequest, rest: &[&str], user: &str) -> Answer {
+        let writes = matches!(request.method.as_str(), "POST" | "PUT" | "PATCH");
+        match (request.method.as_str(), rest) {
             (_, ["table", ..])
                 if writes
                     && !request
@@ -460,40 +479,51 @@ impl SnState {
                 &format!("Invalid table {table}"),
                 "The table is not in this instance's dictionary",
             ),
-            ("GET", ["table", table]) => self.list_table(request, table, &user),
-            ("POST", ["table", table]) => self.insert(request, table, &user),
-            ("GET", ["table", table, sys_id]) => match self.locate(table, sys_id) {
-                Some((concrete, i)) if self.may_read(&user, table) => ok(
+            ("GET", ["table", table]) => self.list_table(request, table, user),
+            ("POST", ["table", table]) => self.insert(request, table, user),
+            (method, ["table", table, sys_id]) => {
+                self.record_api(request, method, table, sys_id, user)
+            }
+            _ => unknown_resource(request),
+        }
+    }
+
+    /// `GET`, `PATCH` (or `PUT`) and `DELETE` of `/api/now/table/{table}/{sys_id}`.
+    fn record_api(
+        &mut self,
+        request: &RecordedRequest,
+        method: &str,
+        table: &str,
+        sys_id: &str,
+        user: &str,
+    ) -> Answer {
+        match method {
+            "GET" => match self.locate(table, sys_id) {
+                Some((concrete, i)) if self.may_read(user, table) => ok(
                     200,
                     json!({"result": self.present(Some(table), &self.tables[&concrete][i], request)}),
                 ),
                 _ => no_record(),
             },
-            ("PATCH" | "PUT", ["table", table, sys_id]) => {
-                match (self.locate(table, sys_id), body_object(request)) {
-                    (None, _) => no_record(),
-                    (_, Err(answer)) => answer,
-                    (Some((concrete, i)), Ok(fields)) => {
-                        self.update(&concrete, i, fields, &user);
-                        ok(
-                            200,
-                            json!({"result": self.present(Some(table), &self.tables[&concrete][i], request)}),
-                        )
-                    }
+            "PATCH" | "PUT" => match (self.locate(table, sys_id), body_object(request)) {
+                (None, _) => no_record(),
+                (_, Err(answer)) => answer,
+                (Some((concrete, i)), Ok(fields)) => {
+                    self.update(&concrete, i, fields, user);
+                    ok(
+                        200,
+                        json!({"result": self.present(Some(table), &self.tables[&concrete][i], request)}),
+                    )
                 }
-            }
-            ("DELETE", ["table", table, sys_id]) => match self.locate(table, sys_id) {
+            },
+            "DELETE" => match self.locate(table, sys_id) {
                 Some((concrete, i)) => {
                     self.tables.get_mut(&concrete).expect("found").remove(i);
                     ok(204, Value::Null)
                 }
                 None => no_record(),
             },
-            _ => sn_error(
-                400,
-                "Requested URI does not represent any resource",
-                &request.path,
-            ),
+            _ => unknown_resource(request),
         }
     }
 
@@ -890,62 +920,83 @@ impl SnState {
         let links = param("sysparm_exclude_reference_link").as_deref() != Some("true");
         let display = param("sysparm_display_value").unwrap_or_default();
         let host = request.header("host").unwrap_or("localhost").to_owned();
-        let mut values: Vec<(String, String)> = record
-            .iter()
-            .map(|(k, v)| (k.clone(), as_text(v)))
-            .collect();
-        // Every field of the record's table comes back, "" when never set (§1.1: unset fields
-        // hold their type's null value); journal fields too, their entries being display
-        // values only (§4.2).
-        let class = record
-            .get("sys_class_name")
-            .map(as_text)
-            .unwrap_or_default();
-        if table.is_some() {
-            let dictionary = servicenow_model::fields_of(&class).unwrap_or_default();
-            let extra = self.extra_fields(&class);
-            for field in dictionary
-                .iter()
-                .copied()
-                .chain(extra.iter().map(String::as_str))
-            {
-                if !record.contains_key(field) {
-                    values.push((field.to_owned(), String::new()));
-                }
-            }
-        }
         let sys_id = record.get("sys_id").map(as_text).unwrap_or_default();
         let mut out = Map::new();
-        for (key, text) in values {
+        for (key, text) in self.field_values(table, record) {
             if fields.as_ref().is_some_and(|f| !f.contains(&key)) {
                 continue;
             }
             let link = (links && REFERENCE_FIELDS.contains(&key.as_str()) && !text.is_empty())
                 .then(|| format!("http://{host}/api/now/table/{key}/{text}"));
-            let shown = match display.as_str() {
-                "true" | "all" => {
-                    let mut shown =
-                        json!({"display_value": self.display_value(&sys_id, &key, &text)});
-                    if display == "all" {
-                        shown["value"] = json!(text);
-                    }
-                    match link {
-                        Some(link) => {
-                            shown["link"] = json!(link);
-                            shown
-                        }
-                        None if display == "true" => shown["display_value"].take(),
-                        None => shown,
-                    }
-                }
-                _ => match link {
-                    Some(link) => json!({"link": link, "value": text}),
-                    None => Value::String(text),
-                },
-            };
+            let shown = self.shown(&display, link, &sys_id, &key, text);
             out.insert(key, shown);
         }
         Value::Object(out)
+    }
+
+    /// The record's fields as text. From a table, every field of the record's table comes
+    /// back, "" when never set (§1.1: unset fields hold their type's null value); journal
+    /// fields too, their entries being display values only (§4.2).
+    fn field_values(
+        &self,
+        table: Option<&str>,
+        record: &Map<String, Value>,
+    ) -> Vec<(String, String)> {
+        let mut values: Vec<(String, String)> = record
+            .iter()
+            .map(|(k, v)| (k.clone(), as_text(v)))
+            .collect();
+        if table.is_none() {
+            return values;
+        }
+        let class = record
+            .get("sys_class_name")
+            .map(as_text)
+            .unwrap_or_default();
+        let dictionary = servicenow_model::fields_of(&class).unwrap_or_default();
+        let extra = self.extra_fields(&class);
+        for field in dictionary
+            .iter()
+            .copied()
+            .chain(extra.iter().map(String::as_str))
+        {
+            if !record.contains_key(field) {
+                values.push((field.to_owned(), String::new()));
+            }
+        }
+        values
+    }
+
+    /// One field as `sysparm_display_value` (`display`) asks: the value, the display value
+    /// or both, with the reference `link` if any.
+    fn shown(
+        &self,
+        display: &str,
+        link: Option<String>,
+        sys_id: &str,
+        key: &str,
+        text: String,
+    ) -> Value {
+        match display {
+            "true" | "all" => {
+                let mut shown = json!({"display_value": self.display_value(sys_id, key, &text)});
+                if display == "all" {
+                    shown["value"] = json!(text);
+                }
+                match link {
+                    Some(link) => {
+                        shown["link"] = json!(link);
+                        shown
+                    }
+                    None if display == "true" => shown["display_value"].take(),
+                    None => shown,
+                }
+            }
+            _ => match link {
+                Some(link) => json!({"link": link, "value": text}),
+                None => Value::String(text),
+            },
+        }
     }
 
     /// The display value of one field: a journal field's entries, newest first; a date-time

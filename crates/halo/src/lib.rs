@@ -19,9 +19,6 @@ use haloflow_core::secrets::Secret;
 use haloflow_core::step::StepError;
 pub use integration::{HALO, Halo, HaloConnections, build_connection};
 
-/// Refresh this long before the token's own expiry (dotMARC does the same; §1).
-const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
-
 /// Halo's largest page (`page_size`: "Maximum size: 100").
 const PAGE_SIZE: usize = 100;
 
@@ -141,7 +138,7 @@ pub struct HaloConnection {
     name: String,
     config: HaloConnectionConfig,
     client_secret: Secret,
-    token: Mutex<Option<CachedToken>>,
+    token: haloflow_core::outbound::TokenCache,
     /// The tenant's outcomes (name, id), read once.
     outcomes: Mutex<Option<Vec<(String, i64)>>>,
     /// Paces requests under the tenant's rolling-window limit; `None` when turned off.
@@ -149,10 +146,8 @@ pub struct HaloConnection {
 }
 
 #[derive(Debug, Clone)]
-struct CachedToken {
+struct BearerToken {
     access_token: Secret,
-    token_type: String,
-    refresh_at: Instant,
     /// Fetched for this call rather than taken from the cache.
     fresh: bool,
 }
@@ -209,7 +204,7 @@ impl HaloConnection {
             name,
             config,
             client_secret,
-            token: Mutex::new(None),
+            token: Default::default(),
             outcomes: Mutex::new(None),
             pacer,
         }
@@ -444,7 +439,8 @@ impl HaloConnection {
             let mut request = OutboundRequest::new(method.clone(), url.clone())
                 .header(Field::secret(
                     "Authorization",
-                    format!("{} {}", token.token_type, token.access_token.expose()),
+                    // Halo issues bearer tokens only (§1); HaloAPI builds "{token_type} {token}".
+                    format!("Bearer {}", token.access_token.expose()),
                 ))
                 .header(Field::plain("Accept", "application/json"))
                 .timeout(self.timeout());
@@ -466,68 +462,46 @@ impl HaloConnection {
     }
 
     /// A valid token, from the cache unless `force_refresh`.
-    async fn token(&self, http: &Outbound, force_refresh: bool) -> Result<CachedToken, StepError> {
+    async fn token(&self, http: &Outbound, force_refresh: bool) -> Result<BearerToken, StepError> {
         if let Some(recorder) = http.dry_run_recorder() {
             // A dry run shows the token request once, and sends nothing.
             if recorder.first_token_request(&self.name) {
                 http.preview_only(&self.token_request());
             }
-            return Ok(CachedToken {
+            return Ok(BearerToken {
                 access_token: Secret::new("dry-run"),
-                token_type: "Bearer".into(),
-                refresh_at: Instant::now(),
                 fresh: true,
             });
         }
-        let mut cached = self.token.lock().await;
-        if !force_refresh
-            && let Some(token) = cached.as_ref()
-            && Instant::now() < token.refresh_at
-        {
-            return Ok(token.clone());
-        }
+        let (access_token, fresh) = self
+            .token
+            .get(force_refresh, || self.fetch_token(http))
+            .await?;
+        Ok(BearerToken {
+            access_token,
+            fresh,
+        })
+    }
+
+    /// A new token and its lifespan in seconds.
+    async fn fetch_token(&self, http: &Outbound) -> Result<(Secret, u64), StepError> {
         let request = self.token_request();
         let url = request.url.clone();
         self.pace(http).await;
         let response = http.send(request).await?;
-        let body = parse_answer(&Method::POST, &url, response).map_err(|e| match e {
-            StepError::Status { status, message, retry_after, method, url } if status == 400 || status == 401 => {
-                StepError::Status {
-                    method,
-                    url,
-                    status,
-                    message: format!(
-                        "{message}. Check client_id and the secret `{}` of [halo.{}] (the Client ID changes when the Halo application is saved)",
-                        self.config.client_secret_name, self.name
-                    ),
-                    retry_after,
-                }
-            }
-            other => other,
+        let body = parse_answer(&Method::POST, &url, response).map_err(|e| {
+            e.with_credentials_hint(|| {
+                format!(
+                    "Check client_id and the secret `{}` of [halo.{}] (the Client ID changes when the Halo application is saved)",
+                    self.config.client_secret_name, self.name
+                )
+            })
         })?;
-        let access_token = body
-            .get("access_token")
-            .and_then(Value::as_str)
-            .ok_or_else(|| {
+        let (token, expires_in) =
+            haloflow_core::outbound::granted_token(&body).ok_or_else(|| {
                 StepError::Response(format!("token answer from {url} has no access_token"))
             })?;
-        let expires_in = body
-            .get("expires_in")
-            .and_then(Value::as_u64)
-            .unwrap_or(3600);
-        let token = CachedToken {
-            access_token: Secret::new(access_token),
-            // Halo issues bearer tokens only (§1); HaloAPI builds "{token_type} {token}".
-            token_type: "Bearer".to_owned(),
-            refresh_at: Instant::now()
-                + Duration::from_secs(expires_in).saturating_sub(EXPIRY_MARGIN),
-            fresh: false,
-        };
-        *cached = Some(token.clone());
-        Ok(CachedToken {
-            fresh: true,
-            ..token
-        })
+        Ok((token, expires_in.unwrap_or(3600)))
     }
 
     fn token_request(&self) -> OutboundRequest {

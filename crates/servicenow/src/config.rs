@@ -32,24 +32,7 @@ fn check_connection(problems: &mut Problems, sn: &ServiceNowConnectionConfig) {
         &sn.instance_url,
         "https://<instance>.service-now.com",
     );
-    match sn.auth {
-        ServiceNowAuthKind::Basic => {
-            let why = "auth = \"basic\" needs the integration user";
-            problems.present("username", sn.username.as_deref(), why);
-            let why = "auth = \"basic\" needs the name of the secret holding the user's password";
-            problems.present(
-                "password_secret_name",
-                sn.password_secret_name.as_deref(),
-                why,
-            );
-        }
-        ServiceNowAuthKind::Oauth => {
-            let why = "auth = \"oauth\" needs the application registry's client id";
-            problems.present("client_id", sn.client_id.as_deref(), why);
-            let why = "auth = \"oauth\" needs the name of the secret holding the client secret";
-            problems.present("client_secret_name", sn.client_secret_name.as_deref(), why);
-        }
-    }
+    check_auth(problems, sn);
     if sn.timeout_secs == 0 {
         problems.add(
             "timeout_secs",
@@ -78,6 +61,33 @@ fn check_connection(problems: &mut Problems, sn: &ServiceNowConnectionConfig) {
             ));
         }
     }
+    check_sync_back(problems, sn);
+}
+
+/// The credentials the connection's kind of authentication needs.
+fn check_auth(problems: &mut Problems, sn: &ServiceNowConnectionConfig) {
+    match sn.auth {
+        ServiceNowAuthKind::Basic => {
+            let why = "auth = \"basic\" needs the integration user";
+            problems.present("username", sn.username.as_deref(), why);
+            let why = "auth = \"basic\" needs the name of the secret holding the user's password";
+            problems.present(
+                "password_secret_name",
+                sn.password_secret_name.as_deref(),
+                why,
+            );
+        }
+        ServiceNowAuthKind::Oauth => {
+            let why = "auth = \"oauth\" needs the application registry's client id";
+            problems.present("client_id", sn.client_id.as_deref(), why);
+            let why = "auth = \"oauth\" needs the name of the secret holding the client secret";
+            problems.present("client_secret_name", sn.client_secret_name.as_deref(), why);
+        }
+    }
+}
+
+/// The integration user sync back needs with OAuth, and the webhook's user site and secret.
+fn check_sync_back(problems: &mut Problems, sn: &ServiceNowConnectionConfig) {
     let syncs_back = sn.webhook.is_some() || sn.integrator.enabled;
     if sn.auth == ServiceNowAuthKind::Oauth && syncs_back && sn.integration_user.is_none() {
         problems.add("integration_user", "is missing; auth = \"oauth\" with sync back (webhook or integrator) needs the user_name of the application registry's OAuth Application User, which ServiceNow records as the writer of haloflow's notes; without it haloflow's own notes come back as new ones");

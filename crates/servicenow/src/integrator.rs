@@ -37,6 +37,21 @@ pub struct ScanReport {
     pub outcomes: Vec<RecordOutcome>,
 }
 
+impl ScanReport {
+    /// Counts a record's outcome and keeps it.
+    fn count(&mut self, outcome: RecordOutcome) {
+        match outcome.action {
+            SyncAction::CreatedTicket => self.created += 1,
+            SyncAction::UpdatedTicket => self.updated += 1,
+            SyncAction::Duplicate | SyncAction::Notes if outcome.notes == 0 => self.unchanged += 1,
+            SyncAction::Ignored => self.ignored += 1,
+            _ => {}
+        }
+        self.notes += outcome.notes;
+        self.outcomes.push(outcome);
+    }
+}
+
 /// `YYYY-MM-DD HH:MM:SS` in UTC, ServiceNow's raw date-time (§2.7).
 fn servicenow_time(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
@@ -195,17 +210,7 @@ impl SyncBack {
         }
         match self.sync_record(sn, table, record).await {
             Ok(outcome) => {
-                match outcome.action {
-                    SyncAction::CreatedTicket => report.created += 1,
-                    SyncAction::UpdatedTicket => report.updated += 1,
-                    SyncAction::Duplicate | SyncAction::Notes if outcome.notes == 0 => {
-                        report.unchanged += 1
-                    }
-                    SyncAction::Ignored => report.ignored += 1,
-                    _ => {}
-                }
-                report.notes += outcome.notes;
-                report.outcomes.push(outcome);
+                report.count(outcome);
                 if state.failing.contains(id) {
                     self.storage
                         .clear_sync_failure(&key, id)
@@ -214,25 +219,36 @@ impl SyncBack {
                 }
                 Ok(true)
             }
-            Err(e) => {
-                let attempts = self
-                    .storage
-                    .record_sync_failure(&key, table, id, &e.to_string(), now_ms())
-                    .await
-                    .map_err(storage_error)?;
-                let max = sn.config.integrator.max_attempts.max(1);
-                if attempts < max {
-                    report.errors.push(format!(
-                        "{table} {id}: {e} (attempt {attempts} of {max}; the next scan starts here)"
-                    ));
-                    return Ok(false);
-                }
-                report.skipped.push(format!(
-                    "{table} {id}: failed in {attempts} scans, skipped until it changes (integrator.max_attempts = {max}): {e}"
-                ));
-                Ok(true)
-            }
+            Err(e) => self.failed(sn, table, id, &e, report).await,
         }
+    }
+
+    /// Records a failed sync of a record: false while it has attempts left (the next scan
+    /// starts from it), true when it is skipped until it changes.
+    async fn failed(
+        &self,
+        sn: &ServiceNowConnection,
+        table: &str,
+        id: &str,
+        e: &StepError,
+        report: &mut ScanReport,
+    ) -> Result<bool, StepError> {
+        let attempts = self
+            .storage
+            .record_sync_failure(&sn.key(), table, id, &e.to_string(), now_ms())
+            .await
+            .map_err(storage_error)?;
+        let max = sn.config.integrator.max_attempts.max(1);
+        if attempts < max {
+            report.errors.push(format!(
+                "{table} {id}: {e} (attempt {attempts} of {max}; the next scan starts here)"
+            ));
+            return Ok(false);
+        }
+        report.skipped.push(format!(
+            "{table} {id}: failed in {attempts} scans, skipped until it changes (integrator.max_attempts = {max}): {e}"
+        ));
+        Ok(true)
     }
 
     /// Why a record without a link does not become a ticket, if it does not: created before

@@ -17,12 +17,11 @@ pub use config::{
 pub use integration::{CUSTOMERS, SUPPLIERS, ServiceNow, ServiceNowConnections, ServiceNowEngine};
 pub mod sync_step;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use reqwest::Method;
 use serde_json::Value;
-use tokio::sync::Mutex;
 
 use haloflow_core::outbound::{
     Field, Outbound, OutboundBody, OutboundRequest, OutboundResponse, TransportError,
@@ -30,9 +29,6 @@ use haloflow_core::outbound::{
 };
 use haloflow_core::secrets::Secret;
 use haloflow_core::step::StepError;
-
-/// Refresh this long before the token's own expiry (PySNC and Ansible do the same, §6.2).
-const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
 
 /// The seed: "a minimum of 1800 seconds should be set for the Access Token Lifespan".
 pub const MIN_TOKEN_LIFESPAN_SECS: u64 = 1800;
@@ -80,15 +76,9 @@ pub struct ServiceNowConnection {
     /// The global `[servicenow]` settings this connection falls back to.
     global_sync_attachments: bool,
     note_marker: String,
-    token: Mutex<Option<CachedToken>>,
+    token: haloflow_core::outbound::TokenCache,
     /// The integration user's display name (`sys_user.name`), read once when needed.
     display_name: tokio::sync::OnceCell<Option<String>>,
-}
-
-#[derive(Debug, Clone)]
-struct CachedToken {
-    access_token: Secret,
-    refresh_at: Instant,
 }
 
 /// What `haloflow connections check` reports for one connection.
@@ -116,7 +106,7 @@ impl ServiceNowConnection {
             secret,
             global_sync_attachments: global.sync_attachments,
             note_marker: global.note_marker.clone(),
-            token: Mutex::new(None),
+            token: Default::default(),
             display_name: tokio::sync::OnceCell::new(),
         }
     }
@@ -467,22 +457,16 @@ impl ServiceNowConnection {
             http.preview_only(&self.token_request());
             return Ok(Secret::new("dry-run"));
         }
-        let mut cached = self.token.lock().await;
-        if !force_refresh
-            && let Some(token) = cached.as_ref()
-            && Instant::now() < token.refresh_at
-        {
-            return Ok(token.access_token.clone());
-        }
-        let (token, lifespan) = self.fetch_token(http).await?;
-        if let Some(warning) = self.lifespan_warning(lifespan) {
-            tracing::warn!("{warning}");
-        }
-        *cached = Some(CachedToken {
-            access_token: token.clone(),
-            refresh_at: Instant::now()
-                + Duration::from_secs(lifespan).saturating_sub(EXPIRY_MARGIN),
-        });
+        let (token, _) = self
+            .token
+            .get(force_refresh, || async {
+                let (token, lifespan) = self.fetch_token(http).await?;
+                if let Some(warning) = self.lifespan_warning(lifespan) {
+                    tracing::warn!("{warning}");
+                }
+                Ok::<_, StepError>((token, lifespan))
+            })
+            .await?;
         Ok(token)
     }
 
@@ -505,37 +489,19 @@ impl ServiceNowConnection {
         let request = self.token_request();
         let url = request.url.clone();
         let response = http.send(request).await?;
-        let body = parse_answer(&Method::POST, &url, response).map_err(|e| match e {
-            StepError::Status {
-                status: status @ (400 | 401),
-                method,
-                url,
-                message,
-                retry_after,
-            } => StepError::Status {
-                method,
-                url,
-                status,
-                message: format!(
-                    "{message}. Check client_id and the secret `{}` of {}, and that the client credentials grant is enabled on the instance",
+        let body = parse_answer(&Method::POST, &url, response).map_err(|e| {
+            e.with_credentials_hint(|| {
+                format!(
+                    "Check client_id and the secret `{}` of {}, and that the client credentials grant is enabled on the instance",
                     self.config.client_secret_name.as_deref().unwrap_or_default(),
                     self.config_table()
-                ),
-                retry_after,
-            },
-            other => other,
+                )
+            })
         })?;
-        let token = body
-            .get("access_token")
-            .and_then(Value::as_str)
-            .ok_or_else(|| {
-                StepError::Response(format!("token answer from {url} has no access_token"))
-            })?;
-        let lifespan = body
-            .get("expires_in")
-            .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
-            .unwrap_or(MIN_TOKEN_LIFESPAN_SECS);
-        Ok((Secret::new(token), lifespan))
+        let (token, lifespan) = haloflow_core::outbound::granted_token(&body).ok_or_else(|| {
+            StepError::Response(format!("token answer from {url} has no access_token"))
+        })?;
+        Ok((token, lifespan.unwrap_or(MIN_TOKEN_LIFESPAN_SECS)))
     }
 }
 

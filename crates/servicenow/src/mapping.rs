@@ -134,7 +134,41 @@ pub fn record_fields(
     if let Some(details) = ticket.get("details").and_then(Value::as_str) {
         fields.insert("description".into(), json!(details));
     }
-    // Categories are for incidents only; tasks get none (the seed).
+    insert_category(config, table, ticket, &mut fields);
+    insert_priority(config, table, ticket, &mut fields);
+    let group = ticket
+        .get("team")
+        .and_then(|team| map_value(&config.assignment_group, team, table))
+        .or_else(|| config.default_assignment_group.clone());
+    if let Some(group) = group {
+        fields.insert("assignment_group".into(), json!(group));
+    }
+    let custom = ticket
+        .get("customfields")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    apply_custom_fields(&config.custom_fields, &custom, table, &mut fields);
+    if let Some(service_id) = ticket.get("service_id").and_then(halo_text)
+        && let Some(service) = config
+            .services
+            .iter()
+            .find(|s| s.halo_service_id.to_string() == service_id)
+    {
+        fields.insert("business_service".into(), json!(service.servicenow_service));
+        apply_custom_fields(&service.custom_fields, &custom, table, &mut fields);
+    }
+    fields
+}
+
+/// The category (and subcategory) the ticket's first category maps to. Categories are for
+/// incidents only; tasks get none (the seed).
+fn insert_category(
+    config: &ServiceNowConnectionConfig,
+    table: &str,
+    ticket: &Value,
+    fields: &mut Map<String, Value>,
+) {
     if table == "incident"
         && let Some(category) = ticket.get("category_1").and_then(Value::as_str)
         && let Some(m) = config
@@ -147,7 +181,16 @@ pub fn record_fields(
             fields.insert("subcategory".into(), json!(sub));
         }
     }
-    // Priority first: the ticket's own impact and urgency mappings are more specific.
+}
+
+/// Priority, impact and urgency: the priority mapping's first, then the ticket's own impact
+/// and urgency mappings, which are more specific.
+fn insert_priority(
+    config: &ServiceNowConnectionConfig,
+    table: &str,
+    ticket: &Value,
+    fields: &mut Map<String, Value>,
+) {
     if let Some(m) = ticket
         .get("priority_id")
         .and_then(|p| priority_mapping(&config.priority, p, table))
@@ -173,29 +216,6 @@ pub fn record_fields(
             fields.insert(field.into(), json!(value));
         }
     }
-    let group = ticket
-        .get("team")
-        .and_then(|team| map_value(&config.assignment_group, team, table))
-        .or_else(|| config.default_assignment_group.clone());
-    if let Some(group) = group {
-        fields.insert("assignment_group".into(), json!(group));
-    }
-    let custom = ticket
-        .get("customfields")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    apply_custom_fields(&config.custom_fields, &custom, table, &mut fields);
-    if let Some(service_id) = ticket.get("service_id").and_then(halo_text)
-        && let Some(service) = config
-            .services
-            .iter()
-            .find(|s| s.halo_service_id.to_string() == service_id)
-    {
-        fields.insert("business_service".into(), json!(service.servicenow_service));
-        apply_custom_fields(&service.custom_fields, &custom, table, &mut fields);
-    }
-    fields
 }
 
 /// Writes mapped Halo custom fields (`[{id, value}]`) into `fields`; single-select values go

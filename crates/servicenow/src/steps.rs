@@ -76,11 +76,7 @@ const RECORD_OUTPUTS: &[OutputSpec] = &[
 
 /// Reads a non-negative integer id from a number, `"42"` or `"42.0"`.
 fn to_id(value: &Value) -> Option<i64> {
-    mapping::halo_text(value)?
-        .parse::<f64>()
-        .ok()
-        .filter(|f| f.fract() == 0.0 && *f >= 0.0)
-        .map(|f| f as i64)
+    haloflow_core::json::id_of(value).filter(|id| *id >= 0)
 }
 
 fn required_id(inputs: &Value, name: &str) -> Result<i64, StepError> {
@@ -196,7 +192,6 @@ impl Sender<'_> {
         record_type: Option<&str>,
         parent: Option<&ParentRecord>,
     ) -> Result<Option<Sent>, StepError> {
-        let http = self.ctx.http();
         let ticket_id = ticket
             .get("id")
             .and_then(to_id)
@@ -204,17 +199,7 @@ impl Sender<'_> {
         let table = self.record_type(ticket, record_type)?;
         let correlation = correlation_id(self.ctx, ticket_id, &ticket_id.to_string());
         let found = if self.adopt {
-            self.sn
-                .query(
-                    http,
-                    &table,
-                    &format!("correlation_id={correlation}"),
-                    Some("sys_id,number,correlation_id"),
-                    1,
-                )
-                .await?
-                .into_iter()
-                .next()
+            self.find_created(&table, &correlation).await?
         } else {
             None
         };
@@ -228,36 +213,18 @@ impl Sender<'_> {
                 (record, Some(matched))
             }
         };
-        let sys_id = record
-            .get("sys_id")
-            .and_then(Value::as_str)
-            .ok_or_else(|| StepError::Response("ServiceNow's record has no sys_id".into()))?
-            .to_owned();
-        let now = now_ms();
-        let link = Link {
-            halo_connection: self.ctx.connection.clone().unwrap_or_else(|| "halo".into()),
-            halo_ticket_id: ticket_id,
-            servicenow: self.sn.key(),
-            table: table.clone(),
-            sys_id: sys_id.clone(),
-            number: record
-                .get("number")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            created_by: LinkOrigin::Halo,
-            created_at_ms: now,
-            updated_at_ms: now,
-        };
+        let link = self.link(ticket_id, &table, &record)?;
         // 1-1: sending again to another record replaces the ticket's link.
         self.ctx.save_link(&link).await?;
         let attachments = if self.sn.sync_attachments() {
-            self.send_attachments(ticket_id, &table, &sys_id).await?
+            self.send_attachments(ticket_id, &table, &link.sys_id)
+                .await?
         } else {
             Vec::new()
         };
         let children =
             if table == "problem" && self.sn.config.sync_child_tickets && parent.is_none() {
-                self.send_children(ticket_id, &sys_id).await?
+                self.send_children(ticket_id, &link.sys_id).await?
             } else {
                 Vec::new()
             };
@@ -269,6 +236,49 @@ impl Sender<'_> {
             attachments,
             children,
         }))
+    }
+
+    /// The record an earlier attempt created, found by its correlation id.
+    async fn find_created(
+        &self,
+        table: &str,
+        correlation: &str,
+    ) -> Result<Option<Value>, StepError> {
+        Ok(self
+            .sn
+            .query(
+                self.ctx.http(),
+                table,
+                &format!("correlation_id={correlation}"),
+                Some("sys_id,number,correlation_id"),
+                1,
+            )
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    /// The link between the ticket and its record.
+    fn link(&self, ticket_id: i64, table: &str, record: &Value) -> Result<Link, StepError> {
+        let sys_id = record
+            .get("sys_id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| StepError::Response("ServiceNow's record has no sys_id".into()))?;
+        let now = now_ms();
+        Ok(Link {
+            halo_connection: self.ctx.connection.clone().unwrap_or_else(|| "halo".into()),
+            halo_ticket_id: ticket_id,
+            servicenow: self.sn.key(),
+            table: table.to_owned(),
+            sys_id: sys_id.to_owned(),
+            number: record
+                .get("number")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            created_by: LinkOrigin::Halo,
+            created_at_ms: now,
+            updated_at_ms: now,
+        })
     }
 
     /// Sends a problem's child tickets under it (not those sync back created from this
@@ -337,26 +347,7 @@ impl Sender<'_> {
             "correlation_display".into(),
             json!(format!("Halo #{ticket_id}")),
         );
-        let email = ticket
-            .get("user_email")
-            .and_then(Value::as_str)
-            .map(|e| e.trim().to_lowercase())
-            .filter(|e| !e.is_empty() && !e.contains('^'));
-        let matched = match email {
-            Some(email) => self
-                .sn
-                .query(
-                    http,
-                    "sys_user",
-                    &format!("active=true^email={email}"),
-                    Some("sys_id,email"),
-                    2,
-                )
-                .await?
-                .into_iter()
-                .find_map(|u| u.get("sys_id").and_then(Value::as_str).map(str::to_owned)),
-            None => None,
-        };
+        let matched = self.matching_caller(ticket).await?;
         let caller = matched
             .clone()
             .or_else(|| self.sn.config.default_caller.clone());
@@ -374,24 +365,54 @@ impl Sender<'_> {
                     fields.insert(field.into(), json!(problem.sys_id));
                 }
             }
-            None => {
-                // Parent and child stay related: a task under its parent's linked record, by
-                // `parent` and by the child table's own reference (an incident task's
-                // `incident`, §2.5).
-                if let Some(parent_id) =
-                    ticket.get("parent_id").and_then(to_id).filter(|id| *id > 0)
-                    && let Some(link) = self.ctx.link_for_ticket(parent_id).await?
-                    && link.servicenow == self.sn.key()
-                {
-                    fields.insert("parent".into(), json!(link.sys_id));
-                    if let Some(field) = mapping::parent_field(table, &link.table) {
-                        fields.insert(field.into(), json!(link.sys_id));
-                    }
-                }
-            }
+            None => self.relate_to_parent(&mut fields, ticket, table).await?,
         }
         let record = self.sn.create(http, table, Value::Object(fields)).await?;
         Ok((record, matched.is_some()))
+    }
+
+    /// The sys_id of the active ServiceNow user with the end user's email, if any.
+    async fn matching_caller(&self, ticket: &Value) -> Result<Option<String>, StepError> {
+        let email = ticket
+            .get("user_email")
+            .and_then(Value::as_str)
+            .map(|e| e.trim().to_lowercase())
+            .filter(|e| !e.is_empty() && !e.contains('^'));
+        let Some(email) = email else {
+            return Ok(None);
+        };
+        Ok(self
+            .sn
+            .query(
+                self.ctx.http(),
+                "sys_user",
+                &format!("active=true^email={email}"),
+                Some("sys_id,email"),
+                2,
+            )
+            .await?
+            .into_iter()
+            .find_map(|u| u.get("sys_id").and_then(Value::as_str).map(str::to_owned)))
+    }
+
+    /// Parent and child stay related: a task under its parent's linked record, by `parent`
+    /// and by the child table's own reference (an incident task's `incident`, §2.5).
+    async fn relate_to_parent(
+        &self,
+        fields: &mut serde_json::Map<String, Value>,
+        ticket: &Value,
+        table: &str,
+    ) -> Result<(), StepError> {
+        if let Some(parent_id) = ticket.get("parent_id").and_then(to_id).filter(|id| *id > 0)
+            && let Some(link) = self.ctx.link_for_ticket(parent_id).await?
+            && link.servicenow == self.sn.key()
+        {
+            fields.insert("parent".into(), json!(link.sys_id));
+            if let Some(field) = mapping::parent_field(table, &link.table) {
+                fields.insert(field.into(), json!(link.sys_id));
+            }
+        }
+        Ok(())
     }
 
     /// Sends the ticket's public attachments, skipping names the record already has (after a
@@ -407,30 +428,12 @@ impl Sender<'_> {
             .halo
             .get(http, &format!("Attachment?ticket_id={ticket_id}"))
             .await?;
-        let public: Vec<Value> = listed
-            .get("attachments")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter(|a| a.get("showforusers").and_then(Value::as_bool) == Some(true))
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
+        let public = public_attachments(&listed);
         if public.is_empty() {
             return Ok(Vec::new());
         }
-        let already: HashSet<String> = if self.adopt {
-            self.sn
-                .attachments(http, table, sys_id)
-                .await?
-                .iter()
-                .filter_map(|a| {
-                    a.get("file_name")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned)
-                })
-                .collect()
+        let already = if self.adopt {
+            self.attached(table, sys_id).await?
         } else {
             HashSet::new()
         };
@@ -455,6 +458,35 @@ impl Sender<'_> {
         }
         Ok(sent)
     }
+
+    /// The names of the files the record already has.
+    async fn attached(&self, table: &str, sys_id: &str) -> Result<HashSet<String>, StepError> {
+        Ok(self
+            .sn
+            .attachments(self.ctx.http(), table, sys_id)
+            .await?
+            .iter()
+            .filter_map(|a| {
+                a.get("file_name")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .collect())
+    }
+}
+
+/// The attachments of Halo's list that are shown to users.
+fn public_attachments(listed: &Value) -> Vec<Value> {
+    listed
+        .get("attachments")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter(|a| a.get("showforusers").and_then(Value::as_bool) == Some(true))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The link of a ticket that sync back created from a record of `sn`'s instance: such a
@@ -676,75 +708,34 @@ impl SyncNote {
                 "ticket {ticket_id} is not linked to a ServiceNow record; send it first (servicenow.send_ticket or servicenow.log_to_supplier)"
             )));
         };
-        let (side, id) = link.servicenow.split_once('/').unwrap_or(("", ""));
-        let side = if side == Side::Supplier.as_str() {
-            Side::Supplier
-        } else {
-            Side::Customer
-        };
-        let Some(sn) = ctx.connections().servicenow(side, id) else {
-            return Err(StepError::Connection(format!(
-                "ticket {ticket_id} is linked to {} but the config file has no [servicenow.{}.\"{id}\"]",
-                link.servicenow,
-                side.as_str()
-            )));
-        };
+        let (side, sn) = linked_connection(ctx, ticket_id, &link)?;
         // Customer syncs need the action's "Sync to ServiceNow"; supplier updates do not.
         let sync = inputs.get("sync").and_then(Value::as_bool).unwrap_or(true);
         if side == Side::Customer && !sync {
-            return Ok(Err(
-                json!({"skipped": true, "reason": "the action is not marked Sync to ServiceNow",
-                                 "sys_id": link.sys_id, "table": link.table, "field": null}),
-            ));
+            return Ok(Err(skipped_note(
+                &link,
+                "the action is not marked Sync to ServiceNow",
+            )));
         }
         let (text, private) = match inputs.get("action_id").and_then(to_id) {
-            Some(action_id) => {
-                let halo = ctx.connection::<HaloConnection>(HALO)?;
-                let action = halo
-                    .get(ctx.http(), &format!("Actions/{action_id}"))
-                    .await?;
-                let note = action
-                    .get("note")
-                    .and_then(Value::as_str)
-                    .filter(|n| !n.is_empty());
-                let html = action.get("note_html").and_then(Value::as_str);
-                let text = match (note, html) {
-                    (Some(note), _) => note.to_owned(),
-                    (None, Some(html)) => format!("[code]{html}[/code]"),
-                    (None, None) => String::new(),
-                };
-                let private = action
-                    .get("hiddenfromuser")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(true);
-                (text, private)
-            }
-            None => {
-                let text = match (
+            Some(action_id) => action_note(ctx, action_id).await?,
+            None => (
+                note_or_html(
                     inputs.get("note").and_then(Value::as_str),
                     inputs.get("note_html").and_then(Value::as_str),
-                ) {
-                    (Some(note), _) => note.to_owned(),
-                    (None, Some(html)) => format!("[code]{html}[/code]"),
-                    (None, None) => String::new(),
-                };
-                let private = inputs
+                ),
+                inputs
                     .get("private")
                     .and_then(Value::as_bool)
-                    .unwrap_or(true);
-                (text, private)
-            }
+                    .unwrap_or(true),
+            ),
         };
         if text.trim().is_empty() {
-            return Ok(Err(json!({"skipped": true, "reason": "the note is empty",
-                                 "sys_id": link.sys_id, "table": link.table, "field": null})));
+            return Ok(Err(skipped_note(&link, "the note is empty")));
         }
         // A note that came from ServiceNow (sync back) is not sent back to it.
         if text.starts_with(crate::sync::FROM_SERVICENOW) {
-            return Ok(Err(
-                json!({"skipped": true, "reason": "the note came from ServiceNow",
-                                 "sys_id": link.sys_id, "table": link.table, "field": null}),
-            ));
+            return Ok(Err(skipped_note(&link, "the note came from ServiceNow")));
         }
         Ok(Ok(NoteToSync {
             text,
@@ -764,6 +755,62 @@ impl SyncNote {
         json!({"skipped": false, "reason": null, "sys_id": note.link.sys_id,
                "table": note.link.table, "field": field, "note": text})
     }
+}
+
+/// The connection of the instance a ticket's link names, and its side.
+fn linked_connection(
+    ctx: &StepContext,
+    ticket_id: i64,
+    link: &Link,
+) -> Result<(Side, Arc<ServiceNowConnection>), StepError> {
+    let (side, id) = link.servicenow.split_once('/').unwrap_or(("", ""));
+    let side = if side == Side::Supplier.as_str() {
+        Side::Supplier
+    } else {
+        Side::Customer
+    };
+    let sn = ctx.connections().servicenow(side, id).ok_or_else(|| {
+        StepError::Connection(format!(
+            "ticket {ticket_id} is linked to {} but the config file has no [servicenow.{}.\"{id}\"]",
+            link.servicenow,
+            side.as_str()
+        ))
+    })?;
+    Ok((side, sn))
+}
+
+/// A Halo action's note and whether it is hidden from the user.
+async fn action_note(ctx: &StepContext, action_id: i64) -> Result<(String, bool), StepError> {
+    let halo = ctx.connection::<HaloConnection>(HALO)?;
+    let action = halo
+        .get(ctx.http(), &format!("Actions/{action_id}"))
+        .await?;
+    let private = action
+        .get("hiddenfromuser")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    // An action with an empty note and HTML is its HTML.
+    let note = action
+        .get("note")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty());
+    let html = action.get("note_html").and_then(Value::as_str);
+    Ok((note_or_html(note, html), private))
+}
+
+/// The note as text, else the HTML inside [code] tags.
+fn note_or_html(note: Option<&str>, html: Option<&str>) -> String {
+    match (note, html) {
+        (Some(note), _) => note.to_owned(),
+        (None, Some(html)) => format!("[code]{html}[/code]"),
+        (None, None) => String::new(),
+    }
+}
+
+/// The outputs of a note that is not written, and why.
+fn skipped_note(link: &Link, reason: &str) -> Value {
+    json!({"skipped": true, "reason": reason, "sys_id": link.sys_id, "table": link.table,
+           "field": null})
 }
 
 fn field_for(private: bool) -> &'static str {

@@ -247,55 +247,75 @@ fn authenticate(
     secrets: &SecretStore,
 ) -> Result<(), String> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(name) = &webhook.secret_name {
-        let expected = secrets
-            .get(name)
-            .ok_or_else(|| format!("the webhook secret `{name}` is not set on this server"))?;
-        let given = match &webhook.basic_username {
-            Some(user) => header("authorization")
-                .and_then(haloflow_core::trigger::basic_credentials)
-                .and_then(|b| String::from_utf8(b).ok())
-                .and_then(|pair| {
-                    pair.split_once(':')
-                        .filter(|(u, _)| u == user)
-                        .map(|(_, p)| p.to_owned())
-                }),
-            None => header(&webhook.header).map(str::to_owned),
-        };
-        let ok =
-            given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(expected.expose().as_bytes())));
-        if !ok {
-            return Err(match &webhook.basic_username {
-                Some(_) => "wrong or missing Basic credentials".to_owned(),
-                None => format!("wrong or missing `{}` header", webhook.header),
-            });
-        }
-    }
-    if let Some(name) = &webhook.hmac_secret_name {
-        let key = secrets
-            .get(name)
-            .ok_or_else(|| format!("the webhook HMAC secret `{name}` is not set on this server"))?;
-        let signature = header(&webhook.hmac_header)
-            .and_then(|s| {
-                base64::engine::general_purpose::STANDARD
-                    .decode(s.trim())
-                    .ok()
-            })
-            .ok_or_else(|| {
-                format!(
-                    "missing or malformed `{}` header (base64 HMAC-SHA256 of the body)",
-                    webhook.hmac_header
-                )
-            })?;
-        let mut mac = HmacSha256::new_from_slice(key.expose().as_bytes())
-            .map_err(|_| "the HMAC key is not usable".to_owned())?;
-        mac.update(body);
-        mac.verify_slice(&signature).map_err(|_| {
+    check_shared_secret(webhook, header, secrets)?;
+    check_signature(webhook, header(&webhook.hmac_header), body, secrets)
+}
+
+/// The shared secret, in a header or as the password of Basic credentials, checked as a
+/// trigger's is.
+fn check_shared_secret<'a>(
+    webhook: &WebhookConfig,
+    header: impl Fn(&str) -> Option<&'a str>,
+    secrets: &SecretStore,
+) -> Result<(), String> {
+    let Some(name) = &webhook.secret_name else {
+        return Ok(());
+    };
+    let secret = secrets
+        .get(name)
+        .ok_or_else(|| format!("the webhook secret `{name}` is not set on this server"))?;
+    let (authenticator, refusal) = match &webhook.basic_username {
+        Some(user) => (
+            haloflow_core::trigger::TriggerAuthenticator::Basic {
+                username: user.clone(),
+                password: secret,
+            },
+            "wrong or missing Basic credentials".to_owned(),
+        ),
+        None => (
+            haloflow_core::trigger::TriggerAuthenticator::Header {
+                header: webhook.header.clone(),
+                key: secret,
+            },
+            format!("wrong or missing `{}` header", webhook.header),
+        ),
+    };
+    authenticator.check(None, header).map_err(|_| refusal)
+}
+
+/// The HMAC-SHA256 of the body, base64 in `hmac_header` (`signature`), when an HMAC secret is
+/// set.
+fn check_signature(
+    webhook: &WebhookConfig,
+    signature: Option<&str>,
+    body: &[u8],
+    secrets: &SecretStore,
+) -> Result<(), String> {
+    let Some(name) = &webhook.hmac_secret_name else {
+        return Ok(());
+    };
+    let key = secrets
+        .get(name)
+        .ok_or_else(|| format!("the webhook HMAC secret `{name}` is not set on this server"))?;
+    let signature = signature
+        .and_then(|s| {
+            base64::engine::general_purpose::STANDARD
+                .decode(s.trim())
+                .ok()
+        })
+        .ok_or_else(|| {
             format!(
-                "the `{}` signature does not match the body",
+                "missing or malformed `{}` header (base64 HMAC-SHA256 of the body)",
                 webhook.hmac_header
             )
         })?;
-    }
-    Ok(())
+    let mut mac = HmacSha256::new_from_slice(key.expose().as_bytes())
+        .map_err(|_| "the HMAC key is not usable".to_owned())?;
+    mac.update(body);
+    mac.verify_slice(&signature).map_err(|_| {
+        format!(
+            "the `{}` signature does not match the body",
+            webhook.hmac_header
+        )
+    })
 }

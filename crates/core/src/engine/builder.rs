@@ -223,31 +223,14 @@ impl EngineBuilder {
         };
         let integrations = self.integrations;
         let connections = integrations.connections(&self.config, &secrets, &needed);
-        // Config problems, flow problems and missing connection secrets are reported together.
-        let config = integrations.problems(&self.config);
-        let (loaded, connections) = match (loaded, connections) {
-            (Ok(loaded), Ok(connections)) if config.is_empty() => (loaded, connections),
-            (loaded, connections) => {
-                return Err(EngineError::Invalid {
-                    config,
-                    problems: loaded.err().unwrap_or_default(),
-                    missing_secrets: connections.err().unwrap_or_default(),
-                });
-            }
-        };
+        let (loaded, connections) =
+            all_valid(integrations.problems(&self.config), loaded, connections)?;
         let storage = self.storage.ok_or(EngineError::NoStorage)?;
         let http = http_client()?;
         let (finished, _) = broadcast::channel(1024);
-        let flood = self.flood_control.unwrap_or_else(|| {
-            let settings = loaded
-                .values()
-                .map(|l| (l.flow.id(), &l.flow.document.trigger.flood_control));
-            if storage.is_shared() {
-                Arc::new(DatabaseFloodControl::new(storage.clone(), settings))
-            } else {
-                Arc::new(MemoryFloodControl::new(settings, self.flood_clock.clone()))
-            }
-        });
+        let flood = self
+            .flood_control
+            .unwrap_or_else(|| default_flood_control(&loaded, &storage, &self.flood_clock));
         spawn_sweeper(&flood);
         let engine = Engine {
             inner: Arc::new(Inner {
@@ -273,6 +256,39 @@ impl EngineBuilder {
         };
         spawn_pruner(&engine);
         Ok(engine)
+    }
+}
+
+/// The flows and connections when there is no problem at all; else config problems, flow
+/// problems and missing connection secrets, reported together.
+fn all_valid(
+    config: Vec<ConfigProblem>,
+    loaded: Result<FlowTable, Vec<Problem>>,
+    connections: Result<Connections, Vec<MissingSecret>>,
+) -> Result<(FlowTable, Connections), EngineError> {
+    match (loaded, connections) {
+        (Ok(loaded), Ok(connections)) if config.is_empty() => Ok((loaded, connections)),
+        (loaded, connections) => Err(EngineError::Invalid {
+            config,
+            problems: loaded.err().unwrap_or_default(),
+            missing_secrets: connections.err().unwrap_or_default(),
+        }),
+    }
+}
+
+/// Flood control in the database when the storage is shared between nodes, else in memory.
+fn default_flood_control(
+    loaded: &FlowTable,
+    storage: &Arc<dyn Storage>,
+    clock: &FloodClock,
+) -> Arc<dyn FloodControl> {
+    let settings = loaded
+        .values()
+        .map(|l| (l.flow.id(), &l.flow.document.trigger.flood_control));
+    if storage.is_shared() {
+        Arc::new(DatabaseFloodControl::new(storage.clone(), settings))
+    } else {
+        Arc::new(MemoryFloodControl::new(settings, clock.clone()))
     }
 }
 

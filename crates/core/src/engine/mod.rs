@@ -830,37 +830,7 @@ impl Engine {
                     run_id: run_id.to_owned(),
                     flow_id: old.summary.flow_id.clone(),
                 })?;
-        let start_step = match from {
-            ReplayFrom::Trigger => None,
-            ReplayFrom::Failure => old
-                .summary
-                .failed_step
-                .clone()
-                .filter(|_| old.summary.status == RunStatus::Failed),
-            ReplayFrom::Step(step_id) => Some(step_id),
-        };
-        let reused = match &start_step {
-            None => Vec::new(),
-            Some(step_id) => {
-                let Some(start) = old.steps.iter().find(|s| &s.step_id == step_id) else {
-                    return Err(ReplayError::StepNotInRun {
-                        run_id: run_id.to_owned(),
-                        step_id: step_id.clone(),
-                        steps: old
-                            .steps
-                            .iter()
-                            .map(|s| s.step_id.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                    });
-                };
-                old.steps
-                    .iter()
-                    .filter(|s| s.position < start.position && s.status == StepStatus::Succeeded)
-                    .cloned()
-                    .collect()
-            }
-        };
+        let reused = reused_steps(run_id, &old, from)?;
         let claimed = std::time::Instant::now();
         let run = NewRun {
             id: new_id(),
@@ -935,6 +905,45 @@ impl Engine {
             tracing::warn!(%run_id, error = %e, "Could not record a run's outcome on its request; the run history has it.");
         }
     }
+}
+
+/// The steps a replay of `old` copies instead of running: those that succeeded before the
+/// step it starts from (none when it starts from the trigger).
+fn reused_steps(
+    run_id: &str,
+    old: &RunDetail,
+    from: ReplayFrom,
+) -> Result<Vec<crate::storage::StepRunRecord>, ReplayError> {
+    let start_step = match from {
+        ReplayFrom::Trigger => None,
+        ReplayFrom::Failure => old
+            .summary
+            .failed_step
+            .clone()
+            .filter(|_| old.summary.status == RunStatus::Failed),
+        ReplayFrom::Step(step_id) => Some(step_id),
+    };
+    let Some(step_id) = start_step else {
+        return Ok(Vec::new());
+    };
+    let Some(start) = old.steps.iter().find(|s| s.step_id == step_id) else {
+        return Err(ReplayError::StepNotInRun {
+            run_id: run_id.to_owned(),
+            step_id,
+            steps: old
+                .steps
+                .iter()
+                .map(|s| s.step_id.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    };
+    Ok(old
+        .steps
+        .iter()
+        .filter(|s| s.position < start.position && s.status == StepStatus::Succeeded)
+        .cloned()
+        .collect())
 }
 
 /// A finished run's outcome: its last step's outputs when it succeeded, else its error.

@@ -322,6 +322,27 @@ impl StepError {
         StepError::Storage(format!("{what} failed: {error}"))
     }
 
+    /// A 400 or 401 answer to a token request, with `hint` (what to check) after its message;
+    /// any other error as it is.
+    pub fn with_credentials_hint(self, hint: impl FnOnce() -> String) -> StepError {
+        match self {
+            StepError::Status {
+                status: status @ (400 | 401),
+                method,
+                url,
+                message,
+                retry_after,
+            } => StepError::Status {
+                method,
+                url,
+                status,
+                message: format!("{message}. {}", hint()),
+                retry_after,
+            },
+            other => other,
+        }
+    }
+
     /// Connection failures, timeouts, 408, 409, 429, 5xx other than 501 and storage errors
     /// may succeed later; other 4xx will not.
     pub fn is_retryable(&self) -> bool {

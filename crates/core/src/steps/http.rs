@@ -103,114 +103,160 @@ impl Step for HttpRequest {
 
     async fn execute(&self, ctx: &StepContext, inputs: Value) -> Result<Value, StepError> {
         let connection = ctx.http_connection()?;
-        let url_input = inputs["url"].as_str().unwrap_or_default();
-        let mut url = match (&connection, is_absolute(url_input)) {
-            (Some(c), false) => format!("{}/{}", c.base_url, url_input.trim_start_matches('/')),
-            (None, false) => {
-                return Err(StepError::Input {
-                    pointer: "/url".into(),
-                    message: format!(
-                        "`{url_input}` is not an absolute URL; write https://... or name a connection"
-                    ),
-                });
-            }
-            (_, true) => url_input.to_owned(),
-        };
-        if let Some(query) = inputs
-            .get("query")
-            .and_then(Value::as_object)
-            .filter(|q| !q.is_empty())
-        {
-            let encode = crate::outbound::encode_component;
-            let pairs: Vec<String> = query
-                .iter()
-                .map(|(k, v)| {
-                    format!(
-                        "{}={}",
-                        encode(k),
-                        encode(
-                            &v.as_str()
-                                .map(str::to_owned)
-                                .unwrap_or_else(|| v.to_string())
-                        )
-                    )
-                })
-                .collect();
-            url.push(if url.contains('?') { '&' } else { '?' });
-            url.push_str(&pairs.join("&"));
-        }
+        let url = with_query(request_url(&inputs, connection.as_deref())?, &inputs);
         // The URL that was checked is the URL that is sent: checking one spelling and sending
         // another would let a parser difference move the credentials to another host.
         let url = checked_url(&url, connection.as_deref())?.to_string();
-        let method: Method = inputs
-            .get("method")
-            .and_then(Value::as_str)
-            .unwrap_or("GET")
-            .parse()
-            .map_err(|_| StepError::Input {
-                pointer: "/method".into(),
-                message: "not an HTTP method".into(),
-            })?;
-        let mut request = OutboundRequest::new(method.clone(), url.clone());
-        for (name, value) in inputs
-            .get("headers")
-            .and_then(Value::as_object)
-            .into_iter()
-            .flatten()
-        {
-            // Also checked when the flow loads; this catches headers that came from a template
-            // (`"headers": "{{...}}"`) and steps run directly with `Engine::run_step`.
-            if HttpRequest::is_credential_header(name) {
-                return Err(StepError::Input {
-                    pointer: format!("/headers/{}", crate::template::escape_pointer(name)),
-                    message: HttpRequest::credential_header_message(name),
-                });
-            }
-            request = request.header(Field::plain(name, value.as_str().unwrap_or_default()));
-        }
-        if let Some(c) = &connection {
-            request = request.timeout(c.timeout);
-            if let Some((name, value)) = &c.auth_header {
-                request = request.header(Field::secret(name, value.expose()));
-            }
-        }
-        if let Some(body) = inputs.get("json") {
-            request = request.json(body.clone());
-        } else if let Some(text) = inputs.get("text").and_then(Value::as_str) {
-            let content_type = inputs
-                .get("content_type")
-                .and_then(Value::as_str)
-                .unwrap_or("text/plain");
-            request.body = OutboundBody::Text {
-                content_type: content_type.to_owned(),
-                text: text.to_owned(),
-            };
-        }
-        let response = ctx.http().send(request).await?;
-        let expected = match inputs.get("expected_status").and_then(Value::as_array) {
-            Some(list) => list
-                .iter()
-                .any(|s| s.as_u64() == Some(u64::from(response.status))),
-            None => response.is_success(),
-        };
-        let body = response.text();
-        if !expected {
-            let mut message = body.chars().take(300).collect::<String>();
-            if message.is_empty() {
-                message = "(empty body)".into();
-            }
-            return Err(StepError::Status {
-                method: method.to_string(),
-                url: crate::outbound::redact_url(&url),
-                status: response.status,
-                message,
-                retry_after: response.retry_after,
+        let method = request_method(&inputs)?;
+        let request = OutboundRequest::new(method.clone(), url.clone());
+        let request = with_headers(request, &inputs, connection.as_deref())?;
+        let response = ctx.http().send(with_body(request, &inputs)).await?;
+        answer(&method, &url, &inputs, response)
+    }
+}
+
+/// The URL input, joined to the connection's base URL when it is relative.
+fn request_url(
+    inputs: &Value,
+    connection: Option<&crate::connections::HttpConnection>,
+) -> Result<String, StepError> {
+    let url_input = inputs["url"].as_str().unwrap_or_default();
+    match (connection, is_absolute(url_input)) {
+        (Some(c), false) => Ok(format!(
+            "{}/{}",
+            c.base_url,
+            url_input.trim_start_matches('/')
+        )),
+        (None, false) => Err(StepError::Input {
+            pointer: "/url".into(),
+            message: format!(
+                "`{url_input}` is not an absolute URL; write https://... or name a connection"
+            ),
+        }),
+        (_, true) => Ok(url_input.to_owned()),
+    }
+}
+
+/// `url` with the `query` input appended, each name and value URL-encoded.
+fn with_query(mut url: String, inputs: &Value) -> String {
+    let Some(query) = inputs
+        .get("query")
+        .and_then(Value::as_object)
+        .filter(|q| !q.is_empty())
+    else {
+        return url;
+    };
+    let encode = crate::outbound::encode_component;
+    let pairs: Vec<String> = query
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                encode(k),
+                encode(
+                    &v.as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| v.to_string())
+                )
+            )
+        })
+        .collect();
+    url.push(if url.contains('?') { '&' } else { '?' });
+    url.push_str(&pairs.join("&"));
+    url
+}
+
+fn request_method(inputs: &Value) -> Result<Method, StepError> {
+    inputs
+        .get("method")
+        .and_then(Value::as_str)
+        .unwrap_or("GET")
+        .parse()
+        .map_err(|_| StepError::Input {
+            pointer: "/method".into(),
+            message: "not an HTTP method".into(),
+        })
+}
+
+/// The flow's headers (refusing credential headers), then the connection's timeout and
+/// credentials.
+fn with_headers(
+    mut request: OutboundRequest,
+    inputs: &Value,
+    connection: Option<&crate::connections::HttpConnection>,
+) -> Result<OutboundRequest, StepError> {
+    for (name, value) in inputs
+        .get("headers")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        // Also checked when the flow loads; this catches headers that came from a template
+        // (`"headers": "{{...}}"`) and steps run directly with `Engine::run_step`.
+        if HttpRequest::is_credential_header(name) {
+            return Err(StepError::Input {
+                pointer: format!("/headers/{}", crate::template::escape_pointer(name)),
+                message: HttpRequest::credential_header_message(name),
             });
         }
-        Ok(
-            json!({"status": response.status, "json": response.json().unwrap_or(Value::Null), "body": body}),
-        )
+        request = request.header(Field::plain(name, value.as_str().unwrap_or_default()));
     }
+    if let Some(c) = connection {
+        request = request.timeout(c.timeout);
+        if let Some((name, value)) = &c.auth_header {
+            request = request.header(Field::secret(name, value.expose()));
+        }
+    }
+    Ok(request)
+}
+
+/// The `json` or `text` input as the body.
+fn with_body(mut request: OutboundRequest, inputs: &Value) -> OutboundRequest {
+    if let Some(body) = inputs.get("json") {
+        request = request.json(body.clone());
+    } else if let Some(text) = inputs.get("text").and_then(Value::as_str) {
+        let content_type = inputs
+            .get("content_type")
+            .and_then(Value::as_str)
+            .unwrap_or("text/plain");
+        request.body = OutboundBody::Text {
+            content_type: content_type.to_owned(),
+            text: text.to_owned(),
+        };
+    }
+    request
+}
+
+/// The outputs, or a [`StepError::Status`] when the status is not an expected one.
+fn answer(
+    method: &Method,
+    url: &str,
+    inputs: &Value,
+    response: crate::outbound::OutboundResponse,
+) -> Result<Value, StepError> {
+    let expected = match inputs.get("expected_status").and_then(Value::as_array) {
+        Some(list) => list
+            .iter()
+            .any(|s| s.as_u64() == Some(u64::from(response.status))),
+        None => response.is_success(),
+    };
+    let body = response.text();
+    if !expected {
+        let mut message = body.chars().take(300).collect::<String>();
+        if message.is_empty() {
+            message = "(empty body)".into();
+        }
+        return Err(StepError::Status {
+            method: method.to_string(),
+            url: crate::outbound::redact_url(url),
+            status: response.status,
+            message,
+            retry_after: response.retry_after,
+        });
+    }
+    Ok(
+        json!({"status": response.status, "json": response.json().unwrap_or(Value::Null), "body": body}),
+    )
 }
 
 /// True for `scheme://...`: a scheme, then `://`, before any `/`, `?` or `#`. Anything else is
