@@ -116,24 +116,8 @@ type Inbox = Arc<Mutex<Vec<(String, Value)>>>;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // A stand-in chat service that keeps what it receives.
     let inbox: Inbox = Arc::default();
-    let chat = axum::Router::new()
-        .route(
-            "/hooks/{channel}",
-            post(
-                |State(inbox): State<Inbox>,
-                 Path(channel): Path<String>,
-                 Json(body): Json<Value>| async move {
-                    inbox.lock().unwrap().push((channel, body));
-                    "ok"
-                },
-            ),
-        )
-        .with_state(inbox.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let chat_url = format!("http://{}/hooks", listener.local_addr()?);
-    tokio::spawn(async move { axum::serve(listener, chat).await });
+    let chat_url = start_chat_service(inbox.clone()).await?;
 
     // The integrations this program runs: its own, and neither Halo nor ServiceNow. The
     // registry holds the core's built-in steps and the integrations'.
@@ -143,52 +127,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "[http.chat]\nbase_url = \"{chat_url}\"\nheader_name = \"X-Chat-Token\"\nheader_secret_name = \"CHAT_TOKEN\"\n"
     ))?;
 
-    // The validator checks the custom step's inputs like any other.
-    let misspelt = json!({
-        "id": "bad", "name": "bad", "trigger": {"type": "halo.incidents", "auth": {"type": "none"}},
-        "steps": [{"id": "say", "type": "chat.post_message", "connection": "chat", "inputs": {"channel": "ops", "txt": "hi"}}]
-    });
-    let problems = FlowValidator::new(&registry)
-        .with_config(&config)
-        .validate_str(&misspelt.to_string(), None)
-        .unwrap_err();
-    for problem in &problems {
-        println!("rejected as expected: {problem}");
-    }
+    show_a_rejected_flow(&registry, &config);
 
-    let flow = json!({
-        "id": "chat-new-tickets",
-        "name": "Tell the right channel about new tickets",
-        "trigger": {"type": "halo.incidents", "auth": {"type": "none"}},
-        "steps": [{
-            "id": "assigned", "type": "core.condition",
-            "inputs": {"conditions": [{"left": "{{trigger.agent_assigned}}", "op": "equals", "right": true}]},
-            "paths": {
-                "true": [{"id": "tell_agent", "type": "chat.post_message", "connection": "chat",
-                          "inputs": {"channel": "agents", "text": "Ticket {{trigger.ticket_id}} is yours, agent {{trigger.ticket.agent_id}}"}}],
-                "false": [{"id": "tell_triage", "type": "chat.post_message", "connection": "chat",
-                           "inputs": {"channel": "triage", "text": "Unassigned ticket {{trigger.ticket_id}}: {{trigger.ticket.summary}}"}}]
-            }
-        }]
-    });
-    let flow = FlowValidator::new(&registry)
-        .with_config(&config)
-        .validate_str(&flow.to_string(), None)
-        .map_err(|problems| {
-            problems
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n")
-        })?;
-    let engine = Engine::builder()
-        .config(config)
-        .integrations(integrations)
-        .secrets(SecretStore::from_values([("CHAT_TOKEN", "chat-token")]))
-        .registry(registry)
-        .flow(flow)
-        .storage(Arc::new(SqliteStorage::in_memory().await?))
-        .build()?;
+    let engine = chat_engine(integrations, registry, config).await?;
 
     for (ticket, agent) in [(4242, 3), (4243, 0)] {
         let payload = json!({"event": "new ticket logged", "object_id": ticket, "ticket": {"id": ticket, "agent_id": agent, "summary": "Printer jam"}});
@@ -217,4 +158,82 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     println!("GET /chat/connections -> {answer}");
     Ok(())
+}
+
+/// A stand-in chat service that keeps what it receives in `inbox`; its hooks' base URL.
+async fn start_chat_service(inbox: Inbox) -> Result<String, Box<dyn std::error::Error>> {
+    // A stand-in chat service that keeps what it receives.
+    let chat = axum::Router::new()
+        .route(
+            "/hooks/{channel}",
+            post(
+                |State(inbox): State<Inbox>,
+                 Path(channel): Path<String>,
+                 Json(body): Json<Value>| async move {
+                    inbox.lock().unwrap().push((channel, body));
+                    "ok"
+                },
+            ),
+        )
+        .with_state(inbox);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let chat_url = format!("http://{}/hooks", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, chat).await });
+    Ok(chat_url)
+}
+
+/// The validator checks the custom step's inputs like any other.
+fn show_a_rejected_flow(registry: &StepRegistry, config: &Config) {
+    let misspelt = json!({
+        "id": "bad", "name": "bad", "trigger": {"type": "halo.incidents", "auth": {"type": "none"}},
+        "steps": [{"id": "say", "type": "chat.post_message", "connection": "chat", "inputs": {"channel": "ops", "txt": "hi"}}]
+    });
+    let problems = FlowValidator::new(registry)
+        .with_config(config)
+        .validate_str(&misspelt.to_string(), None)
+        .unwrap_err();
+    for problem in &problems {
+        println!("rejected as expected: {problem}");
+    }
+}
+
+/// The engine running one flow whose paths post to the chat.
+async fn chat_engine(
+    integrations: Integrations,
+    registry: StepRegistry,
+    config: Config,
+) -> Result<Engine, Box<dyn std::error::Error>> {
+    let flow = json!({
+        "id": "chat-new-tickets",
+        "name": "Tell the right channel about new tickets",
+        "trigger": {"type": "halo.incidents", "auth": {"type": "none"}},
+        "steps": [{
+            "id": "assigned", "type": "core.condition",
+            "inputs": {"conditions": [{"left": "{{trigger.agent_assigned}}", "op": "equals", "right": true}]},
+            "paths": {
+                "true": [{"id": "tell_agent", "type": "chat.post_message", "connection": "chat",
+                          "inputs": {"channel": "agents", "text": "Ticket {{trigger.ticket_id}} is yours, agent {{trigger.ticket.agent_id}}"}}],
+                "false": [{"id": "tell_triage", "type": "chat.post_message", "connection": "chat",
+                           "inputs": {"channel": "triage", "text": "Unassigned ticket {{trigger.ticket_id}}: {{trigger.ticket.summary}}"}}]
+            }
+        }]
+    });
+    let flow = FlowValidator::new(&registry)
+        .with_config(&config)
+        .validate_str(&flow.to_string(), None)
+        .map_err(|problems| {
+            problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        })?;
+    Ok(Engine::builder()
+        .config(config)
+        .integrations(integrations)
+        .secrets(SecretStore::from_values([("CHAT_TOKEN", "chat-token")]))
+        .registry(registry)
+        .flow(flow)
+        .storage(Arc::new(SqliteStorage::in_memory().await?))
+        .build()?)
 }

@@ -23,12 +23,48 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let halo_server = halo.start().await?;
     halo.insert_ticket(json!({"id": 4242, "summary": "Disk space low"}));
 
+    let engine = build_engine(&halo_server.base_url()).await?;
+    let base = serve_with_host_routes(&engine).await?;
+
+    let client = reqwest::Client::new();
+    println!(
+        "GET /hello -> {}",
+        client
+            .get(format!("{base}/hello"))
+            .send()
+            .await?
+            .text()
+            .await?
+    );
+    let webhook = json!({"id": "d1", "event": "new ticket logged", "object_id": 4242, "ticket": {"id": 4242, "agent_id": 0}});
+    let answer: Value = client
+        .post(format!("{base}/automation/triggers/note-new-tickets?apiKey=embed-key&recipients=ops,Emma%20Pearson"))
+        .json(&webhook)
+        .send()
+        .await?
+        .json()
+        .await?;
+    println!("POST /automation/triggers/note-new-tickets -> {answer}");
+    let run_id = answer["run_ids"][0].as_str().ok_or("no run started")?;
+    let run = engine.wait_for_run(run_id).await?;
+    println!("run {} {:?}", run.summary.id, run.summary.status);
+    for action in halo.actions() {
+        println!("Halo received the action: {}", action["note"]);
+    }
+    if run.summary.status != RunStatus::Succeeded {
+        return Err(format!("the run did not succeed: {:?}", run.summary.error).into());
+    }
+    Ok(())
+}
+
+/// The engine: the Halo integration alone, connections from config, secrets by name, one flow.
+async fn build_engine(halo_url: &str) -> Result<Engine, Box<dyn std::error::Error>> {
     // The engine: the Halo integration alone, connections from config, secrets by name, one
     // flow.
     let integrations = Integrations::new().with(Halo);
     let config = integrations.parse_config(&format!(
         "[halo.halo]\nbase_url = \"{}\"\nclient_id = \"embed-app\"\nclient_secret_name = \"HALO_CLIENT_SECRET\"\n",
-        halo_server.base_url()
+        halo_url
     ))?;
     let secrets = SecretStore::from_values([
         ("HALO_CLIENT_SECRET", "embed-client-secret"),
@@ -66,7 +102,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Before taking requests: flood control rebuilt, unfinished runs continued, takeover and
     // the integrations' jobs running in the background.
     engine.start().await?;
+    Ok(engine)
+}
 
+/// The host application: its own routes, haloflow under /automation; its base URL.
+async fn serve_with_host_routes(engine: &Engine) -> Result<String, Box<dyn std::error::Error>> {
     // The host application: its own routes, haloflow under /automation.
     let app = axum::Router::new()
         .route(
@@ -77,34 +117,5 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     tokio::spawn(async move { axum::serve(listener, app).await });
-
-    let client = reqwest::Client::new();
-    println!(
-        "GET /hello -> {}",
-        client
-            .get(format!("{base}/hello"))
-            .send()
-            .await?
-            .text()
-            .await?
-    );
-    let webhook = json!({"id": "d1", "event": "new ticket logged", "object_id": 4242, "ticket": {"id": 4242, "agent_id": 0}});
-    let answer: Value = client
-        .post(format!("{base}/automation/triggers/note-new-tickets?apiKey=embed-key&recipients=ops,Emma%20Pearson"))
-        .json(&webhook)
-        .send()
-        .await?
-        .json()
-        .await?;
-    println!("POST /automation/triggers/note-new-tickets -> {answer}");
-    let run_id = answer["run_ids"][0].as_str().ok_or("no run started")?;
-    let run = engine.wait_for_run(run_id).await?;
-    println!("run {} {:?}", run.summary.id, run.summary.status);
-    for action in halo.actions() {
-        println!("Halo received the action: {}", action["note"]);
-    }
-    if run.summary.status != RunStatus::Succeeded {
-        return Err(format!("the run did not succeed: {:?}", run.summary.error).into());
-    }
-    Ok(())
+    Ok(base)
 }
