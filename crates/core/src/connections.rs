@@ -145,6 +145,26 @@ pub struct HttpConnection {
     pub auth_header: Option<(String, crate::secrets::Secret)>,
 }
 
+impl HttpConnection {
+    /// A request to `path` under this connection: `path` is joined to `base_url` (one `/`
+    /// between them), the credentials header is added as a secret (masked in the run history,
+    /// logs and dry runs) and the connection's timeout applies. Send it with
+    /// [`StepContext::send`](crate::step::StepContext::send) to turn error statuses into
+    /// step errors.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> crate::outbound::OutboundRequest {
+        let url = format!(
+            "{}/{}",
+            self.base_url.trim_end_matches('/'),
+            path.trim_start_matches('/')
+        );
+        let mut request = crate::outbound::OutboundRequest::new(method, url).timeout(self.timeout);
+        if let Some((name, value)) = &self.auth_header {
+            request = request.header(crate::outbound::Field::secret(name, value.expose()));
+        }
+        request
+    }
+}
+
 /// A connection whose secret is not set.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
@@ -312,5 +332,30 @@ impl<'a> ConnectionsBuilder<'a> {
         } else {
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_under_a_connection_has_its_base_url_secret_credentials_and_timeout() {
+        let connection = HttpConnection {
+            name: "chat".into(),
+            base_url: "https://chat.example/hooks/".into(),
+            timeout: std::time::Duration::from_secs(7),
+            auth_header: Some(("X-Chat-Token".into(), Secret::new("s3cr3t-token"))),
+        };
+        let request = connection.request(reqwest::Method::POST, "/ops");
+        assert_eq!(request.url, "https://chat.example/hooks/ops");
+        assert_eq!(request.timeout, std::time::Duration::from_secs(7));
+        let preview = request.preview();
+        assert_eq!(preview.headers.len(), 1);
+        assert_eq!(preview.headers[0].0, "X-Chat-Token");
+        assert!(
+            !format!("{preview:?}").contains("s3cr3t-token"),
+            "the credentials are a secret: {preview:?}"
+        );
     }
 }

@@ -171,6 +171,26 @@ impl StepContext {
         &self.http
     }
 
+    /// Sends `request` through [`StepContext::http`] (recorded, previewed in a dry run) and
+    /// turns an answer outside 2xx into [`StepError::Status`] with an excerpt of its body and
+    /// its `Retry-After`: the engine then retries what the error table says is worth retrying
+    /// (429, 502, 503, 504, timeouts) and fails the rest. Build the request with
+    /// [`HttpConnection::request`](crate::connections::HttpConnection::request) to get the
+    /// connection's base URL, credentials and timeout.
+    pub async fn send(
+        &self,
+        request: crate::outbound::OutboundRequest,
+    ) -> Result<crate::outbound::OutboundResponse, StepError> {
+        let method = request.method.clone();
+        let url = request.url.clone();
+        let response = self.http.send(request).await?;
+        if response.is_success() {
+            Ok(response)
+        } else {
+            Err(StepError::from_status(&method, &url, &response))
+        }
+    }
+
     /// A key unique to this step of this run, the same on every attempt and after a restart:
     /// write it into what the step creates so [`Step::find_previous`] can find it again.
     pub fn idempotency_key(&self) -> String {
@@ -300,6 +320,28 @@ pub enum StepError {
     Failed(String),
 }
 
+impl StepError {
+    /// The error for an answer outside what the step expected: method, URL (credentials
+    /// masked), status, the first 300 characters of the body, and `Retry-After`.
+    pub fn from_status(
+        method: &reqwest::Method,
+        url: &str,
+        response: &crate::outbound::OutboundResponse,
+    ) -> StepError {
+        let mut message: String = response.text().chars().take(300).collect();
+        if message.is_empty() {
+            message = "(empty body)".into();
+        }
+        StepError::Status {
+            method: method.to_string(),
+            url: crate::outbound::redact_url(url),
+            status: response.status,
+            message,
+            retry_after: response.retry_after,
+        }
+    }
+}
+
 impl From<OutboundError> for StepError {
     fn from(error: OutboundError) -> Self {
         match error {
@@ -396,6 +438,36 @@ impl StepError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_status_names_the_request_and_keeps_retry_after() {
+        let response = crate::outbound::OutboundResponse {
+            status: 503,
+            retry_after: Some(Duration::from_secs(4)),
+            body: b"busy".to_vec(),
+        };
+        let url = "https://user:pw@chat.example/hooks/ops";
+        let error = StepError::from_status(&reqwest::Method::POST, url, &response);
+        assert_eq!(error.retry_after(), Some(Duration::from_secs(4)));
+        assert!(error.is_retryable(), "{error}");
+        let text = error.to_string();
+        assert!(
+            text.contains("POST") && text.contains("503") && text.contains("busy"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("pw@"),
+            "credentials in the URL are masked: {text}"
+        );
+        let empty = crate::outbound::OutboundResponse {
+            status: 400,
+            retry_after: None,
+            body: Vec::new(),
+        };
+        let error = StepError::from_status(&reqwest::Method::GET, "https://x.example/", &empty);
+        assert!(!error.is_retryable());
+        assert!(error.to_string().contains("(empty body)"));
+    }
 
     fn status(status: u16) -> StepError {
         StepError::Status {

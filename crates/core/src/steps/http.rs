@@ -240,20 +240,10 @@ fn answer(
             .any(|s| s.as_u64() == Some(u64::from(response.status))),
         None => response.is_success(),
     };
-    let body = response.text();
     if !expected {
-        let mut message = body.chars().take(300).collect::<String>();
-        if message.is_empty() {
-            message = "(empty body)".into();
-        }
-        return Err(StepError::Status {
-            method: method.to_string(),
-            url: crate::outbound::redact_url(url),
-            status: response.status,
-            message,
-            retry_after: response.retry_after,
-        });
+        return Err(StepError::from_status(method, url, &response));
     }
+    let body = response.text();
     Ok(
         json!({"status": response.status, "json": response.json().unwrap_or(Value::Null), "body": body}),
     )
