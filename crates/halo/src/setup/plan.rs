@@ -1,0 +1,329 @@
+//! What differs between the webhooks a flow needs and the tenant's, and the requests that
+//! bring the tenant in step.
+
+use std::collections::HashMap;
+
+use reqwest::Method;
+use serde_json::{Map, Value, json};
+
+use haloflow_core::outbound::Outbound;
+
+use super::{Desired, Existing, NEW_WEBHOOK_ID, Route, SetupError, marker};
+use crate::HaloConnection;
+
+/// One request to Halo's API (`path` under `/api/`), for the webhook of `route`.
+#[derive(Debug, Clone)]
+pub struct HaloRequest {
+    pub route: Route,
+    pub method: Method,
+    pub path: String,
+    pub body: Option<Value>,
+}
+
+impl HaloRequest {
+    fn post(route: Route, path: &str, object: Map<String, Value>) -> HaloRequest {
+        HaloRequest {
+            route,
+            method: Method::POST,
+            path: path.to_owned(),
+            body: Some(Value::Array(vec![Value::Object(object)])),
+        }
+    }
+
+    fn delete(route: Route, path: String) -> HaloRequest {
+        HaloRequest {
+            route,
+            method: Method::DELETE,
+            path,
+            body: None,
+        }
+    }
+
+    /// `METHOD /api/path` and the JSON body, with the password and the URL key masked.
+    pub fn masked(&self) -> String {
+        let mut text = format!("{} /api/{}", self.method, self.path);
+        if let Some(body) = &self.body {
+            let mut body = body.clone();
+            for item in body.as_array_mut().into_iter().flatten() {
+                if item.get("basic_password").is_some() {
+                    item["basic_password"] = json!("***");
+                }
+                if let Some(url) = item.get("url").and_then(Value::as_str) {
+                    item["url"] = json!(mask_url(url));
+                }
+            }
+            text.push_str(&format!(" {body}"));
+        }
+        text
+    }
+}
+
+/// A URL with every query value but `recipients` shown as `***` (a URL key is a secret).
+pub fn mask_url(url: &str) -> String {
+    let Some((base, query)) = url.split_once('?') else {
+        return url.to_owned();
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some(("recipients", _)) => pair.to_owned(),
+            Some((name, _)) => format!("{name}=***"),
+            None => pair.to_owned(),
+        })
+        .collect();
+    format!("{base}?{}", pairs.join("&"))
+}
+
+/// One way the tenant differs from what the flow needs, and the fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drift {
+    /// The webhook's name.
+    pub webhook: String,
+    pub what: String,
+    pub fix: String,
+}
+
+impl std::fmt::Display for Drift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}. Fix: {}", self.webhook, self.what, self.fix)
+    }
+}
+
+/// Every drift of the tenant's webhooks from `desired` (`flow` names the fix's command).
+pub fn check(flow: &str, desired: &[Desired], existing: &[Existing]) -> Vec<Drift> {
+    let setup = format!("run `haloflow halo setup {flow}`");
+    let mut drifts = Vec::new();
+    for want in desired {
+        let mine: Vec<&Existing> = existing.iter().filter(|e| e.route == want.route).collect();
+        let Some(have) = mine.first() else {
+            let webhook = want.webhook["name"].as_str().unwrap_or_default().to_owned();
+            let what = "missing: Halo has no webhook for these tickets".to_owned();
+            drifts.push(Drift {
+                webhook,
+                what,
+                fix: setup.clone(),
+            });
+            continue;
+        };
+        let drift = |what: String, fix: &str| Drift {
+            webhook: have.name().to_owned(),
+            what,
+            fix: fix.to_owned(),
+        };
+        for what in webhook_drift(want, have) {
+            let fix = if what.starts_with("disabled") {
+                format!(
+                    "see why deliveries failed (the webhook's Deliveries tab), then {setup} to enable it"
+                )
+            } else {
+                setup.clone()
+            };
+            drifts.push(drift(what, &fix));
+        }
+        if !have.events.iter().any(|e| event_matches(&want.event, e)) {
+            let what = "events: no \"New Ticket Logged\" event with the agent rule".to_owned();
+            drifts.push(drift(what, &setup));
+        }
+        for extra in &mine[1..] {
+            let what = format!(
+                "a second webhook for {} tickets ({})",
+                want.route.as_str(),
+                extra.name()
+            );
+            drifts.push(drift(what, &format!("{setup} (it deletes the copy)")));
+        }
+    }
+    drifts
+}
+
+/// The differences of `have`'s webhook from `want`'s, in words (no secret in them).
+fn webhook_drift(want: &Desired, have: &Existing) -> Vec<String> {
+    let mut found = Vec::new();
+    let field = |key: &str| have.webhook.get(key).cloned().unwrap_or(Value::Null);
+    if field("active") == json!(false) {
+        found.push("disabled (Halo turns a webhook off after failed deliveries)".to_owned());
+    }
+    let want_url = want.webhook["url"].as_str().unwrap_or_default();
+    found.extend(url_drift(
+        want_url,
+        field("url").as_str().unwrap_or_default(),
+    ));
+    let want_auth = marker(&Value::Object(want.webhook.clone())).map(|m| m.2);
+    if want_auth != marker(&have.webhook).map(|m| m.2) {
+        found.push("key: the Basic password is not the flow's current one".to_owned());
+    }
+    for (key, value) in &want.webhook {
+        let skip = ["active", "url", "note", "basic_password", "name"];
+        if !skip.contains(&key.as_str()) && &field(key) != value {
+            found.push(format!("{key} is {} instead of {value}", field(key)));
+        }
+    }
+    found
+}
+
+/// URL drift in words: where it points, its key, its recipients.
+fn url_drift(want: &str, have: &str) -> Vec<String> {
+    if want == have {
+        return Vec::new();
+    }
+    let parts = |url: &str| -> (String, HashMap<String, String>) {
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let pairs = query
+            .split('&')
+            .filter_map(|p| p.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        (base.to_owned(), pairs)
+    };
+    let ((want_base, mut want_q), (have_base, mut have_q)) = (parts(want), parts(have));
+    let mut found = Vec::new();
+    if want_base != have_base {
+        found.push(format!("URL: points at {have_base} instead of {want_base}"));
+    }
+    let (want_r, have_r) = (want_q.remove("recipients"), have_q.remove("recipients"));
+    if want_r != have_r {
+        let show = |r: Option<String>| r.unwrap_or_else(|| "none".to_owned());
+        found.push(format!(
+            "recipients: {} instead of {}",
+            show(have_r),
+            show(want_r)
+        ));
+    }
+    if want_q != have_q {
+        found
+            .push("key: the URL key in the webhook's URL is not the flow's current key".to_owned());
+    }
+    if found.is_empty() {
+        found.push(format!(
+            "URL: {} instead of {}",
+            mask_url(have),
+            mask_url(want)
+        ));
+    }
+    found
+}
+
+/// Whether an event is the one `want` describes (the fields haloflow sets).
+fn event_matches(want: &Map<String, Value>, have: &Value) -> bool {
+    let same = |key: &str| have.get(key) == want.get(key);
+    let conditions = |value: Option<&Value>| -> Vec<Value> {
+        value
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|c| json!([c.get("fieldname"), c.get("type"), c.get("value_int")]))
+            .collect()
+    };
+    same("eventno")
+        && same("type")
+        && same("delivery_method")
+        && conditions(want.get("conditions")) == conditions(have.get("conditions"))
+}
+
+/// The requests that make the tenant's webhooks for the flow what `desired` says. Empty when
+/// they already are.
+pub fn plan(desired: &[Desired], existing: &[Existing]) -> Vec<HaloRequest> {
+    let mut requests = Vec::new();
+    for want in desired {
+        let mine: Vec<&Existing> = existing.iter().filter(|e| e.route == want.route).collect();
+        let Some(have) = mine.first() else {
+            requests.push(HaloRequest::post(
+                want.route,
+                "Webhook",
+                want.webhook.clone(),
+            ));
+            let mut event = want.event.clone();
+            event.insert("webhook_id".into(), json!(NEW_WEBHOOK_ID));
+            requests.push(HaloRequest::post(want.route, "Notification", event));
+            continue;
+        };
+        if !webhook_drift(want, have).is_empty() {
+            let mut webhook = Map::from_iter([("id".to_owned(), json!(have.id()))]);
+            webhook.extend(want.webhook.clone());
+            requests.push(HaloRequest::post(want.route, "Webhook", webhook));
+        }
+        requests.extend(plan_events(want, have));
+        requests.extend(mine[1..].iter().flat_map(|extra| remove_one(extra)));
+    }
+    requests
+}
+
+/// The event requests of one existing webhook: keep one matching event, fix or add one, and
+/// delete the rest (they are on haloflow's webhook).
+fn plan_events(want: &Desired, have: &Existing) -> Vec<HaloRequest> {
+    let keep = have
+        .events
+        .iter()
+        .position(|e| event_matches(&want.event, e));
+    let mut requests = Vec::new();
+    let mut event = want.event.clone();
+    event.insert("webhook_id".into(), json!(have.id()));
+    let reuse = match keep {
+        Some(index) => Some(index),
+        None if !have.events.is_empty() => {
+            event.insert("id".into(), have.events[0]["id"].clone());
+            requests.push(HaloRequest::post(want.route, "Notification", event));
+            Some(0)
+        }
+        None => {
+            requests.push(HaloRequest::post(want.route, "Notification", event));
+            None
+        }
+    };
+    for (index, extra) in have.events.iter().enumerate() {
+        if Some(index) != reuse {
+            let path = format!("Notification/{}", extra["id"]);
+            requests.push(HaloRequest::delete(want.route, path));
+        }
+    }
+    requests
+}
+
+fn remove_one(existing: &Existing) -> Vec<HaloRequest> {
+    let mut requests: Vec<HaloRequest> = existing
+        .events
+        .iter()
+        .map(|e| HaloRequest::delete(existing.route, format!("Notification/{}", e["id"])))
+        .collect();
+    let path = format!("Webhook/{}", existing.id());
+    requests.push(HaloRequest::delete(existing.route, path));
+    requests
+}
+
+/// The requests that delete the flow's webhooks and their events (marked ones only).
+pub fn removal(existing: &[Existing]) -> Vec<HaloRequest> {
+    existing.iter().flat_map(remove_one).collect()
+}
+
+/// Sends `requests` in order; a new webhook's id goes into its event's `webhook_id`.
+pub async fn apply(
+    halo: &HaloConnection,
+    http: &Outbound,
+    flow: &str,
+    requests: &[HaloRequest],
+) -> Result<(), SetupError> {
+    let failed = |source| SetupError::Halo {
+        flow: flow.to_owned(),
+        connection: halo.name().to_owned(),
+        source: Box::new(source),
+    };
+    let mut created: HashMap<Route, Value> = HashMap::new();
+    for request in requests {
+        let Some(Value::Array(items)) = &request.body else {
+            halo.delete(http, &request.path).await.map_err(failed)?;
+            continue;
+        };
+        let mut object = items.first().cloned().unwrap_or_default();
+        if object["webhook_id"] == json!(NEW_WEBHOOK_ID) {
+            object["webhook_id"] = created.get(&request.route).cloned().unwrap_or_default();
+        }
+        let answer = halo
+            .post_one(http, &request.path, object)
+            .await
+            .map_err(failed)?;
+        if request.path == "Webhook" {
+            created.insert(request.route, answer["id"].clone());
+        }
+    }
+    Ok(())
+}
