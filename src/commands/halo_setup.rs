@@ -80,7 +80,6 @@ struct Prepared {
     halo: Arc<HaloConnection>,
     http: Outbound,
     desired: Vec<Desired>,
-    existing: Vec<Existing>,
 }
 
 async fn prepare(
@@ -128,16 +127,26 @@ async fn prepare(
     };
     let desired = setup::desired(&target).map_err(|e| CommandError::Failed(e.to_string()))?;
     let http = Outbound::live(reqwest::Client::new());
-    let existing = setup::read_tenant(&halo, &http, flow.id())
-        .await
-        .map_err(|e| CommandError::Failed(e.to_string()))?;
     Ok(Prepared {
         flow,
         halo,
         http,
         desired,
-        existing,
     })
+}
+
+impl Prepared {
+    /// The flow's webhooks in the tenant; `None` (with the reason printed) when Halo cannot be
+    /// read: a problem of the tenant or the network (exit code 1), not of the command line.
+    async fn existing(&self, out: &mut dyn Write) -> std::io::Result<Option<Vec<Existing>>> {
+        match setup::read_tenant(&self.halo, &self.http, self.flow.id()).await {
+            Ok(existing) => Ok(Some(existing)),
+            Err(e) => {
+                writeln!(out, "failed: {e}")?;
+                Ok(None)
+            }
+        }
+    }
 }
 
 /// `haloflow halo setup`: plans, then prints (`--dry-run`) or sends the requests.
@@ -147,10 +156,13 @@ pub async fn halo_setup(
 ) -> Result<bool, CommandError> {
     let prepared = prepare(&options.target, "`halo setup`").await?;
     let flow = prepared.flow.id();
+    let Some(existing) = prepared.existing(out).await? else {
+        return Ok(false);
+    };
     let requests = if options.remove {
-        setup::removal(&prepared.existing)
+        setup::removal(&existing)
     } else {
-        setup::plan(&prepared.desired, &prepared.existing)
+        setup::plan(&prepared.desired, &existing)
     };
     if requests.is_empty() {
         let state = if options.remove {
@@ -206,7 +218,10 @@ pub async fn halo_check(
 ) -> Result<bool, CommandError> {
     let prepared = prepare(options, "`halo check`").await?;
     let flow = prepared.flow.id();
-    let drifts = setup::check(flow, &prepared.desired, &prepared.existing);
+    let Some(existing) = prepared.existing(out).await? else {
+        return Ok(false);
+    };
+    let drifts = setup::check(flow, &prepared.desired, &existing);
     if drifts.is_empty() {
         writeln!(
             out,
