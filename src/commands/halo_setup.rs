@@ -38,9 +38,10 @@ pub struct HaloTargetOptions {
     /// The address Halo reaches haloflow at (default: server.public_url of --config).
     #[arg(long)]
     pub public_url: Option<String>,
-    /// Names to notify, comma separated (each is URL-encoded into the webhook's URL).
+    /// Names to notify, comma separated (each is URL-encoded into the webhook's URL). Without
+    /// it, the recipients an existing webhook has are kept.
     #[arg(long, value_delimiter = ',')]
-    pub recipients: Vec<String>,
+    pub recipients: Option<Vec<String>>,
 }
 
 /// Options of `haloflow halo setup`.
@@ -122,7 +123,7 @@ async fn prepare(
     let target = Target {
         flow: &flow,
         base_url: &base_url,
-        recipients: &options.recipients,
+        recipients: options.recipients.as_deref(),
         secret: secret.as_ref(),
     };
     let desired = setup::desired(&target).map_err(|e| CommandError::Failed(e.to_string()))?;
@@ -186,10 +187,18 @@ pub async fn halo_setup(
         print_requests(&requests, out)?;
         return Ok(true);
     }
+    writeln!(
+        out,
+        "Requests to [halo.{}], in order:",
+        prepared.halo.name()
+    )?;
     let sent = setup::apply(&prepared.halo, &prepared.http, flow, &requests).await;
     print_requests(&requests, out)?;
     if let Err(e) = sent {
-        writeln!(out, "failed: {e}")?;
+        writeln!(
+            out,
+            "failed: {e}\nThe requests before the failed one were sent; run the command again to finish (it plans from what Halo has)."
+        )?;
         return Ok(false);
     }
     let done = if options.remove { "removed" } else { "set up" };

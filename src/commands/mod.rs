@@ -5,6 +5,7 @@
 mod authoring;
 mod connections;
 mod demo;
+mod emulator;
 mod halo_setup;
 mod history;
 mod render;
@@ -18,6 +19,7 @@ pub use authoring::{
 };
 pub use connections::{ConnectionsCheckOptions, connections_check};
 pub use demo::{DemoOptions, demo};
+pub use emulator::{EmulatorCommand, HaloEmulatorOptions};
 pub use halo_setup::{
     HaloCheckOptions, HaloCommand, HaloSetupOptions, HaloTargetOptions, halo_check, halo_setup,
 };
@@ -62,6 +64,9 @@ pub enum Command {
     /// Set up a flow's trigger webhooks in Halo through its API, and check them.
     #[command(subcommand)]
     Halo(HaloCommand),
+    /// Serve an API emulator by hand (to try `halo setup` against).
+    #[command(subcommand)]
+    Emulator(EmulatorCommand),
     /// Read the run history.
     #[command(subcommand)]
     Runs(RunsCommand),
@@ -120,6 +125,7 @@ impl Command {
                 connections_check(options.config.as_deref(), out).await
             }
             Command::Halo(command) => command.run(out).await,
+            Command::Emulator(command) => command.run(out).await,
             Command::Runs(RunsCommand::List(options)) => runs_list(&options, out).await.map(done),
             Command::Runs(RunsCommand::Replay(options)) => runs_replay(&options, out).await,
             Command::Runs(RunsCommand::Show(o)) => {

@@ -153,6 +153,14 @@ async fn setup_creates_both_webhooks_with_their_events_and_a_second_run_changes_
     let (code, checked) = tenant.check().await;
     assert_eq!(code, 0, "{checked}");
     assert!(checked.contains("is in step"), "{checked}");
+
+    // Without --recipients, the webhooks' own are kept: nothing to report, nothing to send.
+    let (code, checked) = tenant.halo(&["check", ROUTING]).await;
+    assert_eq!(code, 0, "{checked}");
+    let (code, again) = tenant.halo(&["setup", ROUTING]).await;
+    assert_eq!(code, 0, "{again}");
+    assert_eq!(tenant.writes().len(), writes, "{:?}", tenant.writes());
+    assert_eq!(tenant.webhook("route=assigned")["url"], ROUTING_URL);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -14,7 +14,9 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
-use super::{Answer, HaloEmulator, HaloState, RecordedRequest, halo_error, id_of, invalid};
+use super::{
+    Answer, HaloEmulator, HaloState, RecordedRequest, RunningEmulator, halo_error, id_of, invalid,
+};
 
 /// The webhooks and events of the tenant.
 #[derive(Debug, Default)]
@@ -37,6 +39,11 @@ impl Hooks {
 }
 
 impl HaloEmulator {
+    /// Serves the emulator at `addr` (`haloflow emulator halo`, for trying `halo setup` by hand).
+    pub async fn start_at(&self, addr: std::net::SocketAddr) -> std::io::Result<RunningEmulator> {
+        RunningEmulator::serve_at(self.router(), addr).await
+    }
+
     /// The stored webhooks, as stored (with `basic_password`, which reads leave out).
     pub fn webhooks(&self) -> Vec<Value> {
         self.lock().hooks.webhooks.values().cloned().collect()

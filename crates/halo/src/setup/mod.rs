@@ -98,7 +98,9 @@ pub struct Target<'a> {
     pub flow: &'a ValidatedFlow,
     /// The address Halo reaches haloflow at.
     pub base_url: &'a str,
-    pub recipients: &'a [String],
+    /// The recipients in the URL; `None` keeps the ones each existing webhook has (a new
+    /// webhook then has none), so a run without them loses nothing.
+    pub recipients: Option<&'a [String]>,
     /// The value of the trigger's secret (URL key or Basic password); `None` for no auth.
     pub secret: Option<&'a Secret>,
 }
@@ -111,6 +113,26 @@ pub struct Desired {
     pub webhook: Map<String, Value>,
     /// A `UnameNotification` without `id` and `webhook_id`.
     pub event: Map<String, Value>,
+    /// No recipients were given: an existing webhook's stay as they are.
+    pub keep_recipients: bool,
+}
+
+impl Desired {
+    /// What `have` should be: this, with `have`'s recipients when they are kept.
+    fn for_existing(&self, have: &Value) -> Desired {
+        let mut want = self.clone();
+        let have_url = have.get("url").and_then(Value::as_str).unwrap_or_default();
+        let kept = have_url
+            .split_once('?')
+            .and_then(|(_, q)| q.split('&').find(|p| p.starts_with("recipients=")));
+        if let (true, Some(kept), Some(url)) =
+            (self.keep_recipients, kept, want.webhook["url"].as_str())
+        {
+            let separator = if url.contains('?') { '&' } else { '?' };
+            want.webhook["url"] = Value::String(format!("{url}{separator}{kept}"));
+        }
+        want
+    }
 }
 
 /// The webhooks `target`'s flow needs.
@@ -129,7 +151,12 @@ pub fn desired(target: &Target<'_>) -> Result<Vec<Desired>, SetupError> {
         TriggerAuth::Header { .. } => return Err(SetupError::HeaderAuth { flow }),
         _ => None,
     };
-    let recipients: Vec<&str> = target.recipients.iter().map(|r| r.trim()).collect();
+    let recipients: Vec<&str> = target
+        .recipients
+        .into_iter()
+        .flatten()
+        .map(|r| r.trim())
+        .collect();
     let recipients: Vec<&str> = recipients.into_iter().filter(|r| !r.is_empty()).collect();
     let url = with_recipients(&trigger_url(target.base_url, target.flow, key), &recipients);
     let fingerprint = match auth {
@@ -142,6 +169,7 @@ pub fn desired(target: &Target<'_>) -> Result<Vec<Desired>, SetupError> {
             route,
             webhook: webhook_body(&flow, route, &url, auth, secret, &fingerprint),
             event: event_body(&flow, route),
+            keep_recipients: target.recipients.is_none(),
         })
         .collect())
 }

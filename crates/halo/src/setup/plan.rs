@@ -105,6 +105,7 @@ pub fn check(flow: &str, desired: &[Desired], existing: &[Existing]) -> Vec<Drif
             });
             continue;
         };
+        let want = &want.for_existing(&have.webhook);
         let drift = |what: String, fix: &str| Drift {
             webhook: have.name().to_owned(),
             what,
@@ -237,6 +238,7 @@ pub fn plan(desired: &[Desired], existing: &[Existing]) -> Vec<HaloRequest> {
             requests.push(HaloRequest::post(want.route, "Notification", event));
             continue;
         };
+        let want = &want.for_existing(&have.webhook);
         if !webhook_drift(want, have).is_empty() {
             let mut webhook = Map::from_iter([("id".to_owned(), json!(have.id()))]);
             webhook.extend(want.webhook.clone());
