@@ -329,3 +329,131 @@ pub async fn apply(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use haloflow_core::flow::FlowValidator;
+    use haloflow_core::step::StepRegistry;
+
+    use super::super::{Target, desired};
+    use super::*;
+    use haloflow_core::secrets::Secret;
+
+    fn flow(auth: Value) -> haloflow_core::flow::ValidatedFlow {
+        let mut registry = StepRegistry::new();
+        registry.register(crate::steps::GetTicket).unwrap();
+        let document = json!({"id": "f", "name": "n",
+            "trigger": {"type": "halo.incidents", "auth": auth},
+            "steps": [{"id": "a", "type": "halo.get_ticket", "inputs": {"ticket_id": 1}}]});
+        FlowValidator::new(&registry)
+            .validate_str(&document.to_string(), None)
+            .unwrap()
+    }
+
+    fn wanted(flow: &haloflow_core::flow::ValidatedFlow, secret: &str) -> Vec<Desired> {
+        let secret = Secret::new(secret);
+        let recipients = ["ops team".to_owned()];
+        let target = Target {
+            flow,
+            base_url: "https://h.example/",
+            recipients: Some(&recipients),
+            secret: Some(&secret),
+        };
+        desired(&target).unwrap()
+    }
+
+    /// The tenant after `requests` were applied to an empty one.
+    fn created(desired: &[Desired]) -> Vec<Existing> {
+        desired
+            .iter()
+            .enumerate()
+            .map(|(i, want)| {
+                let mut webhook = Value::Object(want.webhook.clone());
+                webhook["id"] = json!(format!("00000000-0000-0000-0000-00000000000{i}"));
+                webhook.as_object_mut().unwrap().remove("basic_password");
+                let mut event = Value::Object(want.event.clone());
+                event["id"] = json!(i + 1);
+                event["webhook_id"] = webhook["id"].clone();
+                Existing {
+                    route: want.route,
+                    webhook,
+                    events: vec![event],
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_empty_tenant_gets_two_webhooks_and_a_matching_one_gets_nothing() {
+        let flow = flow(json!({"type": "url_key", "secret_name": "K"}));
+        let desired = wanted(&flow, "k&1");
+        let requests = plan(&desired, &[]);
+        assert_eq!(requests.len(), 4);
+        let url = desired[0].webhook["url"].as_str().unwrap();
+        assert_eq!(
+            url,
+            "https://h.example/triggers/f?apiKey=k%261&recipients=ops%20team"
+        );
+        assert!(
+            !requests[0].masked().contains("k%261"),
+            "{}",
+            requests[0].masked()
+        );
+        let existing = created(&desired);
+        assert!(plan(&desired, &existing).is_empty());
+        assert!(check("f", &desired, &existing).is_empty());
+    }
+
+    #[test]
+    fn a_changed_key_or_password_is_drift_and_an_update() {
+        let keyed = flow(json!({"type": "url_key", "secret_name": "K"}));
+        let existing = created(&wanted(&keyed, "old"));
+        let drifts = check("f", &wanted(&keyed, "new"), &existing);
+        assert_eq!(drifts.len(), 2, "{drifts:?}");
+        assert!(drifts[0].what.starts_with("key:"), "{drifts:?}");
+
+        let basic = flow(json!({"type": "basic", "username": "u", "password_secret_name": "P"}));
+        let existing = created(&wanted(&basic, "old"));
+        let requests = plan(&wanted(&basic, "new"), &existing);
+        assert_eq!(requests.len(), 2);
+        assert!(
+            requests
+                .iter()
+                .all(|r| r.path == "Webhook" && r.body.is_some())
+        );
+        assert!(
+            check("f", &wanted(&basic, "new"), &existing)[0]
+                .what
+                .contains("password")
+        );
+    }
+
+    #[test]
+    fn a_wrong_event_is_updated_and_extra_events_deleted() {
+        let flow = flow(json!({"type": "none"}));
+        let desired = wanted(&flow, "-");
+        let mut existing = created(&desired);
+        existing[0].events[0]["eventno"] = json!(76);
+        existing[0].events.push(json!({"id": 9, "eventno": 3}));
+        let requests = plan(&desired, &existing);
+        let shown: Vec<String> = requests.iter().map(HaloRequest::masked).collect();
+        assert_eq!(shown.len(), 2, "{shown:?}");
+        assert!(
+            shown[0].starts_with("POST /api/Notification [{"),
+            "{shown:?}"
+        );
+        assert!(shown[0].contains("\"eventno\":3") && shown[0].ends_with("\"id\":1}]"));
+        assert_eq!(shown[1], "DELETE /api/Notification/9");
+    }
+
+    #[test]
+    fn removal_names_only_the_marked_webhooks() {
+        let flow = flow(json!({"type": "none"}));
+        let existing = created(&wanted(&flow, "-"));
+        let shown: Vec<String> = removal(&existing).iter().map(HaloRequest::masked).collect();
+        assert_eq!(shown.len(), 4);
+        assert!(shown.iter().all(|s| s.starts_with("DELETE")));
+        assert!(marker(&existing[0].webhook).is_some());
+        assert!(marker(&json!({"note": "made by hand"})).is_none());
+    }
+}
