@@ -102,16 +102,7 @@ async fn prepare(
         connections: [(HALO.config_table(), options.connection.clone())].into(),
         step_types: Default::default(),
     };
-    let connections =
-        (super::integrations().connections(&config, &secrets, &needed)).map_err(|missing| {
-            CommandError::Failed(
-                missing
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-            )
-        })?;
+    let connections = super::connections::build_connections(&config, &secrets, &needed)?;
     let halo = connections.halo(&options.connection).map_err(|_| {
         CommandError::Failed(format!(
             "flow `{}`: the config has no [halo.{}]; add it (the Halo that sends the webhooks) or name another with --connection",
@@ -187,13 +178,20 @@ pub async fn halo_setup(
         print_requests(&requests, out)?;
         return Ok(true);
     }
-    writeln!(
-        out,
-        "Requests to [halo.{}], in order:",
-        prepared.halo.name()
-    )?;
-    let sent = setup::apply(&prepared.halo, &prepared.http, flow, &requests).await;
-    print_requests(&requests, out)?;
+    send(&prepared, &requests, options.remove, out).await
+}
+
+/// Sends the planned requests, printing them and the outcome.
+async fn send(
+    prepared: &Prepared,
+    requests: &[HaloRequest],
+    remove: bool,
+    out: &mut dyn Write,
+) -> Result<bool, CommandError> {
+    let (flow, connection) = (prepared.flow.id(), prepared.halo.name());
+    writeln!(out, "Requests to [halo.{connection}], in order:")?;
+    let sent = setup::apply(&prepared.halo, &prepared.http, flow, requests).await;
+    print_requests(requests, out)?;
     if let Err(e) = sent {
         writeln!(
             out,
@@ -201,13 +199,12 @@ pub async fn halo_setup(
         )?;
         return Ok(false);
     }
-    let done = if options.remove { "removed" } else { "set up" };
+    let done = if remove { "removed" } else { "set up" };
     writeln!(
         out,
-        "Flow `{flow}`'s webhooks are {done} in [halo.{}].",
-        prepared.halo.name()
+        "Flow `{flow}`'s webhooks are {done} in [halo.{connection}]."
     )?;
-    if !options.remove {
+    if !remove {
         writeln!(out, "{LIGHTWEIGHT_LOGS}")?;
     }
     Ok(true)
