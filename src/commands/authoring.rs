@@ -36,7 +36,7 @@ pub struct TriggerUrlOptions {
     pub config: Option<PathBuf>,
 }
 
-fn find_flow(reference: &str, flows: &Path) -> Result<ValidatedFlow, CommandError> {
+pub(super) fn find_flow(reference: &str, flows: &Path) -> Result<ValidatedFlow, CommandError> {
     let registry = crate::bundled::integrations().registry();
     let validator = FlowValidator::new(&registry);
     let path = Path::new(reference);

@@ -18,6 +18,18 @@ pub struct ConnectionsCheckOptions {
     pub config: Option<std::path::PathBuf>,
 }
 
+/// The bundled integrations' connections that `needed` names; every missing secret at once.
+pub(super) fn build_connections(
+    config: &crate::config::Config,
+    secrets: &SecretStore,
+    needed: &Needed,
+) -> Result<crate::connections::Connections, CommandError> {
+    (super::integrations().connections(config, secrets, needed)).map_err(|missing| {
+        let lines: Vec<String> = missing.iter().map(ToString::to_string).collect();
+        CommandError::Failed(lines.join("\n"))
+    })
+}
+
 /// Checks every Halo and ServiceNow connection; returns whether all passed.
 pub async fn connections_check(
     config: Option<&Path>,
@@ -25,16 +37,7 @@ pub async fn connections_check(
 ) -> Result<bool, CommandError> {
     let config = require_config(config, "`connections check`")?;
     let secrets = SecretStore::from_environment(config.secrets.clone());
-    let connections = (super::integrations().connections(&config, &secrets, &Needed::All))
-        .map_err(|missing| {
-            CommandError::Failed(
-                missing
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-            )
-        })?;
+    let connections = build_connections(&config, &secrets, &Needed::All)?;
     let client = reqwest::Client::new();
     let mut all_ok = true;
     for halo in connections.halo_all() {

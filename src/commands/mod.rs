@@ -5,6 +5,8 @@
 mod authoring;
 mod connections;
 mod demo;
+mod emulator;
+mod halo_setup;
 mod history;
 mod render;
 
@@ -17,6 +19,10 @@ pub use authoring::{
 };
 pub use connections::{ConnectionsCheckOptions, connections_check};
 pub use demo::{DemoOptions, demo};
+pub use emulator::{EmulatorCommand, HaloEmulatorOptions};
+pub use halo_setup::{
+    HaloCheckOptions, HaloCommand, HaloSetupOptions, HaloTargetOptions, halo_check, halo_setup,
+};
 pub use history::{
     RequestsListOptions, RunsListOptions, RunsShowOptions, Store, requests_list, runs_list,
     runs_show,
@@ -55,6 +61,12 @@ pub enum Command {
     /// Check the connections of the config file.
     #[command(subcommand)]
     Connections(ConnectionsCommand),
+    /// Set up a flow's trigger webhooks in Halo through its API, and check them.
+    #[command(subcommand)]
+    Halo(HaloCommand),
+    /// Serve an API emulator by hand (to try `halo setup` against).
+    #[command(subcommand)]
+    Emulator(EmulatorCommand),
     /// Read the run history.
     #[command(subcommand)]
     Runs(RunsCommand),
@@ -112,6 +124,8 @@ impl Command {
             Command::Connections(ConnectionsCommand::Check(options)) => {
                 connections_check(options.config.as_deref(), out).await
             }
+            Command::Halo(command) => command.run(out).await,
+            Command::Emulator(command) => command.run(out).await,
             Command::Runs(RunsCommand::List(options)) => runs_list(&options, out).await.map(done),
             Command::Runs(RunsCommand::Replay(options)) => runs_replay(&options, out).await,
             Command::Runs(RunsCommand::Show(o)) => {

@@ -5,39 +5,12 @@ use std::io::{self, Write};
 use serde_json::Value;
 
 use crate::engine::DryRunReport;
-use crate::flow::{Problem, TriggerAuth, ValidatedFlow};
+use crate::flow::Problem;
 use crate::outbound::ExchangeRecord;
-use crate::outbound::encode_component as encode;
 use crate::storage::{AttemptOutcome, AttemptRecord, StepRunRecord};
 use crate::storage::{RunDetail, format_ms};
 
-/// The trigger URL to paste into Halo. With a URL key the key rides in the query and
-/// recipients follow with `&`; otherwise recipients start the query with `?`. `key` is the
-/// key's value when it may be shown, else a placeholder naming its secret.
-pub fn trigger_url(base: &str, flow: &ValidatedFlow, key: Option<&str>) -> String {
-    let mut url = format!("{}/triggers/{}", base.trim_end_matches('/'), flow.id());
-    if let TriggerAuth::UrlKey { param, secret_name } = &flow.document.trigger.auth {
-        let value = key
-            .map(encode)
-            .unwrap_or_else(|| format!("<{secret_name}>"));
-        url.push_str(&format!("?{}={value}", encode(param)));
-    }
-    url
-}
-
-/// Appends `recipients=a,b` to a trigger URL, each name URL-encoded.
-pub fn with_recipients(url: &str, recipients: &[&str]) -> String {
-    if recipients.is_empty() {
-        return url.to_owned();
-    }
-    let joined = recipients
-        .iter()
-        .map(|r| encode(r))
-        .collect::<Vec<_>>()
-        .join(",");
-    let separator = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{separator}recipients={joined}")
-}
+pub use crate::trigger::{trigger_url, with_recipients};
 
 fn indented_json(value: &Value, indent: &str) -> String {
     serde_json::to_string_pretty(value)
@@ -245,7 +218,7 @@ pub fn dry_run(report: &DryRunReport, out: &mut dyn Write) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flow::FlowValidator;
+    use crate::flow::{FlowValidator, ValidatedFlow};
 
     fn flow(auth: serde_json::Value) -> ValidatedFlow {
         let doc = serde_json::json!({

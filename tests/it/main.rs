@@ -13,6 +13,7 @@ mod emulators;
 mod examples;
 mod flood;
 mod halo_contract;
+mod halo_setup;
 mod http_step;
 mod multinode;
 mod openapi;

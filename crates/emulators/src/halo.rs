@@ -17,6 +17,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use super::halo_contract::{HaloContract, Operation};
+
+#[path = "halo_webhooks.rs"]
+mod webhooks;
 use super::{
     Fault, InjectedFailure, RecordedRequest, RunningEmulator, ScheduledFault, dispatch, form_pairs,
     next_fault,
@@ -61,6 +64,8 @@ struct HaloState {
     expired_token_status: u16,
     /// Older Halo versions ignore `parent_id` on `GET /Tickets` and list every ticket.
     parent_filter: bool,
+    /// Webhooks (`/Webhook`) and their events (`/Notification`).
+    hooks: webhooks::Hooks,
 }
 
 /// A stock Halo's outcomes as an example tenant has them. Only 7 "Internal Note" is confirmed
@@ -121,6 +126,7 @@ impl HaloEmulator {
                 warnings: Vec::new(),
                 expired_token_status: 401,
                 parent_filter: true,
+                hooks: webhooks::Hooks::default(),
             })),
         }
     }
@@ -461,6 +467,9 @@ impl HaloState {
                 let id = id()?;
                 let outcome = self.outcomes.iter().find(|o| o["id"].as_i64() == Some(id));
                 found(outcome, format!("Outcome {id} not found"))
+            }
+            (method, path) if webhooks::Hooks::models(path) => {
+                self.hooks_route(request, method, path, items)?
             }
             (method, path) => halo_error(
                 501,

@@ -299,7 +299,15 @@ impl RunningEmulator {
     }
 
     pub(crate) async fn serve(router: Router) -> std::io::Result<RunningEmulator> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Self::serve_at(router, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Serves `router` at `addr` (port 0: any free port).
+    pub(crate) async fn serve_at(
+        router: Router,
+        addr: SocketAddr,
+    ) -> std::io::Result<RunningEmulator> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;

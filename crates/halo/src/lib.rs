@@ -4,6 +4,7 @@
 
 pub mod config;
 mod integration;
+pub mod setup;
 pub mod steps;
 
 use std::time::{Duration, Instant};
@@ -395,6 +396,11 @@ impl HaloConnection {
             Value::Array(mut items) if items.len() == 1 => Ok(items.remove(0)),
             other => Ok(other),
         }
+    }
+
+    /// `DELETE /api/{path}`.
+    pub async fn delete(&self, http: &Outbound, path: &str) -> Result<Value, StepError> {
+        self.call(http, Method::DELETE, path, None).await
     }
 
     /// Proves the credentials: a fresh token and a one-ticket read.

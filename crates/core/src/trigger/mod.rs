@@ -2,10 +2,12 @@
 //! event (Halo batches events as a JSON array). See `../shared/reference/halo-api.md` §5.
 
 mod auth;
+mod url;
 
 use serde_json::{Map, Value, json};
 
 pub use auth::{AuthFailure, TriggerAuthenticator, basic_credentials, bearer_token, equal};
+pub use url::{trigger_url, with_recipients};
 
 use crate::json::id_of;
 use crate::step::OutputSpec;
