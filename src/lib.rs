@@ -36,8 +36,8 @@
 //! (`examples/custom_step.rs`); the built-in steps are registered the same way.
 //!
 //! The core (crate `haloflow-core`, re-exported here module by module) names no vendor: Halo
-//! ([`halo::Halo`], crate `haloflow-halo`, the `halo` feature) and ServiceNow
-//! ([`servicenow::ServiceNow`], crate `haloflow-servicenow`, the `servicenow` feature) are
+//! (`halo::Halo`, crate `haloflow-halo`, the `halo` feature) and ServiceNow
+//! (`servicenow::ServiceNow`, crate `haloflow-servicenow`, the `servicenow` feature) are
 //! integrations, each adding its config section, connections, steps, routes and jobs through
 //! one interface ([`integration::Integration`]) that an embedder's integration implements the
 //! same way. An engine runs the integrations it is given. All features are on by default; an
