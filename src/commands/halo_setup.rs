@@ -217,6 +217,22 @@ fn print_requests(requests: &[HaloRequest], out: &mut dyn Write) -> std::io::Res
     Ok(())
 }
 
+/// The `haloflow halo setup` that repairs what `halo check` found: the same flow, recipients,
+/// connection and public URL the check was given.
+fn setup_command(options: &HaloTargetOptions, flow: &str) -> String {
+    let mut command = format!("haloflow halo setup {flow}");
+    if let Some(recipients) = &options.recipients {
+        command += &format!(" --recipients {}", recipients.join(","));
+    }
+    if options.connection != "halo" {
+        command += &format!(" --connection {}", options.connection);
+    }
+    if let Some(url) = &options.public_url {
+        command += &format!(" --public-url {url}");
+    }
+    command
+}
+
 /// `haloflow halo check`: every drift with its fix; `Ok(false)` when there is any.
 pub async fn halo_check(
     options: &HaloTargetOptions,
@@ -227,7 +243,7 @@ pub async fn halo_check(
     let Some(existing) = prepared.existing(out).await? else {
         return Ok(false);
     };
-    let drifts = setup::check(flow, &prepared.desired, &existing);
+    let drifts = setup::check(&setup_command(options, flow), &prepared.desired, &existing);
     if drifts.is_empty() {
         writeln!(
             out,

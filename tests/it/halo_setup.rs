@@ -192,8 +192,12 @@ async fn check_reports_a_broken_webhook_with_the_fix_and_setup_repairs_it() {
         out.contains("recipients: bgull instead of bgull,cassiopeia"),
         "{out}"
     );
+    // The fix is the setup that repairs it: with the recipients the check was given (without
+    // them setup keeps each webhook's own recipients and would change nothing).
     assert!(
-        out.contains("Fix: run `haloflow halo setup new-ticket-routing`"),
+        out.contains(
+            "Fix: run `haloflow halo setup new-ticket-routing --recipients bgull,cassiopeia`"
+        ),
         "{out}"
     );
 

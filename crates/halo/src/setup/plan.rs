@@ -89,9 +89,11 @@ impl std::fmt::Display for Drift {
     }
 }
 
-/// Every drift of the tenant's webhooks from `desired` (`flow` names the fix's command).
-pub fn check(flow: &str, desired: &[Desired], existing: &[Existing]) -> Vec<Drift> {
-    let setup = format!("run `haloflow halo setup {flow}`");
+/// Every drift of the tenant's webhooks from `desired`; `setup_command` is the command that
+/// repairs it (`haloflow halo setup <flow>` with the options the check was given), named in
+/// each fix.
+pub fn check(setup_command: &str, desired: &[Desired], existing: &[Existing]) -> Vec<Drift> {
+    let setup = format!("run `{setup_command}`");
     let mut drifts = Vec::new();
     for want in desired {
         let mine: Vec<&Existing> = existing.iter().filter(|e| e.route == want.route).collect();
@@ -401,14 +403,14 @@ mod tests {
         );
         let existing = created(&desired);
         assert!(plan(&desired, &existing).is_empty());
-        assert!(check("f", &desired, &existing).is_empty());
+        assert!(check("haloflow halo setup f", &desired, &existing).is_empty());
     }
 
     #[test]
     fn a_changed_key_or_password_is_drift_and_an_update() {
         let keyed = flow(json!({"type": "url_key", "secret_name": "K"}));
         let existing = created(&wanted(&keyed, "old"));
-        let drifts = check("f", &wanted(&keyed, "new"), &existing);
+        let drifts = check("haloflow halo setup f", &wanted(&keyed, "new"), &existing);
         assert_eq!(drifts.len(), 2, "{drifts:?}");
         assert!(drifts[0].what.starts_with("key:"), "{drifts:?}");
 
@@ -422,7 +424,7 @@ mod tests {
                 .all(|r| r.path == "Webhook" && r.body.is_some())
         );
         assert!(
-            check("f", &wanted(&basic, "new"), &existing)[0]
+            check("haloflow halo setup f", &wanted(&basic, "new"), &existing)[0]
                 .what
                 .contains("password")
         );
