@@ -295,12 +295,14 @@ mod tests {
         }
         // Frames in the WAL now: every write added at least one, so without a checkpoint that
         // caught up (and the WAL starting over after it) there would be at least `writes`.
+        // Fewer is the proof; how many fewer depends on when the last restart fell, which a
+        // loaded machine moves (about 40 % of `writes` here, 75 % seen under load).
         let (_, frames, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
             .fetch_one(&storage.pool)
             .await
             .unwrap();
         assert!(
-            frames < writes as i64 / 2,
+            frames < writes as i64,
             "{frames} frames in the WAL after {writes} writes: it never started over"
         );
     }
