@@ -23,36 +23,22 @@ struct ChatMessage;
 
 #[async_trait]
 impl Step for ChatMessage {
-    fn type_name(&self) -> &'static str {
-        "chat.post_message"
-    }
-
-    fn description(&self) -> &'static str {
-        "Post a message to a chat channel through an incoming-webhook connection."
-    }
-
-    fn input_schema(&self) -> Value {
-        json!({
-            "type": "object",
-            "required": ["channel", "text"],
-            "additionalProperties": false,
-            "properties": {
-                "channel": {"type": "string", "pattern": "^[a-z0-9-]+$", "description": "The channel, a path under the connection's URL."},
-                "text": {"type": "string", "minLength": 1, "description": "The message."}
-            }
-        })
-    }
-
-    fn outputs(&self) -> &'static [OutputSpec] {
-        const OUTPUTS: &[OutputSpec] = &[OutputSpec {
-            name: "status",
-            description: "The chat service's answer status.",
-        }];
-        OUTPUTS
-    }
-
-    fn connection_kind(&self) -> Option<ConnectionKind> {
-        Some(ConnectionKind::HTTP)
+    fn describe(&self) -> StepDescription {
+        StepDescription::new(
+            "chat.post_message",
+            "Post a message to a chat channel through an incoming-webhook connection.",
+        )
+            .input_schema(json!({
+                "type": "object",
+                "required": ["channel", "text"],
+                "additionalProperties": false,
+                "properties": {
+                    "channel": {"type": "string", "pattern": "^[a-z0-9-]+$", "description": "The channel, a path under the connection's URL."},
+                    "text": {"type": "string", "minLength": 1, "description": "The message."}
+                }
+            }))
+            .output("status", "The chat service's answer status.")
+            .connection_kind(ConnectionKind::HTTP)
     }
 
     // A chat message cannot be looked up afterwards: after a lost answer, a person checks the

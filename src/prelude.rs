@@ -15,8 +15,8 @@ pub use crate::server::router;
 #[cfg(feature = "servicenow")]
 pub use crate::servicenow::{ServiceNow, ServiceNowConnection, ServiceNowConnections, Side};
 pub use crate::step::{
-    ConnectionKind, OutputSpec, PathRule, Resend, Step, StepContext, StepError, StepRegistry,
-    is_placeholder,
+    ConnectionKind, OutputSpec, PathRule, Resend, Step, StepContext, StepDescription, StepError,
+    StepRegistry, is_placeholder,
 };
 #[cfg(feature = "sqlite")]
 pub use crate::storage::SqliteStorage;

@@ -226,9 +226,8 @@ async fn reload_keeps_the_old_flow_when_the_new_one_is_invalid() {
     assert_eq!(send().await.unwrap().status(), 202);
     assert_eq!(
         h.engine.flow("new-ticket-routing").unwrap().flow.steps[1]
-            .step
-            .step
-            .type_name(),
+            .description()
+            .type_name,
         "halo.add_action"
     );
 

@@ -6,7 +6,7 @@ use serde_json::{Map, Value, json};
 
 use crate::{CreatedTicketSearch, HALO, HaloConnection, id_of};
 use haloflow_core::step::{
-    ConnectionKind, OutputSpec, Resend, Step, StepContext, StepError, is_placeholder,
+    OutputSpec, Resend, Step, StepContext, StepDescription, StepError, is_placeholder,
 };
 
 /// Ticket inputs and the Halo field each one is written to. Ids are numbers or numeric strings
@@ -207,29 +207,16 @@ pub struct CreateTicket;
 
 #[async_trait]
 impl Step for CreateTicket {
-    fn type_name(&self) -> &'static str {
-        "halo.create_ticket"
-    }
-
-    fn description(&self) -> &'static str {
-        "Create a ticket in Halo."
-    }
-
-    fn input_schema(&self) -> Value {
-        json!({
-            "type": "object",
-            "required": ["summary"],
-            "additionalProperties": false,
-            "properties": ticket_properties()
-        })
-    }
-
-    fn outputs(&self) -> &'static [OutputSpec] {
-        TICKET_OUTPUTS
-    }
-
-    fn connection_kind(&self) -> Option<ConnectionKind> {
-        Some(HALO)
+    fn describe(&self) -> StepDescription {
+        StepDescription::new("halo.create_ticket", "Create a ticket in Halo.")
+            .input_schema(json!({
+                "type": "object",
+                "required": ["summary"],
+                "additionalProperties": false,
+                "properties": ticket_properties()
+            }))
+            .outputs(TICKET_OUTPUTS)
+            .connection_kind(HALO)
     }
 
     async fn execute(&self, ctx: &StepContext, inputs: Value) -> Result<Value, StepError> {
@@ -287,32 +274,22 @@ pub struct UpdateTicket;
 
 #[async_trait]
 impl Step for UpdateTicket {
-    fn type_name(&self) -> &'static str {
-        "halo.update_ticket"
-    }
-
-    fn description(&self) -> &'static str {
-        "Update fields of a Halo ticket; inputs left out keep their current values."
-    }
-
-    fn input_schema(&self) -> Value {
+    fn describe(&self) -> StepDescription {
         let mut props = ticket_properties();
         props.insert("ticket_id".into(), id_schema("The ticket to update."));
-        json!({
+        StepDescription::new(
+            "halo.update_ticket",
+            "Update fields of a Halo ticket; inputs left out keep their current values.",
+        )
+        .input_schema(json!({
             "type": "object",
             "required": ["ticket_id"],
             "minProperties": 2,
             "additionalProperties": false,
             "properties": props
-        })
-    }
-
-    fn outputs(&self) -> &'static [OutputSpec] {
-        TICKET_OUTPUTS
-    }
-
-    fn connection_kind(&self) -> Option<ConnectionKind> {
-        Some(HALO)
+        }))
+        .outputs(TICKET_OUTPUTS)
+        .connection_kind(HALO)
     }
 
     // Sets the given fields: sending again sets the same values.
@@ -347,49 +324,21 @@ pub struct GetTicket;
 
 #[async_trait]
 impl Step for GetTicket {
-    fn type_name(&self) -> &'static str {
-        "halo.get_ticket"
-    }
-
-    fn description(&self) -> &'static str {
-        "Read a Halo ticket; the steps after it see it as trigger.ticket (with trigger.agent_assigned), for webhooks that carry only the ticket's id."
-    }
-
-    fn input_schema(&self) -> Value {
-        json!({
-            "type": "object",
-            "required": ["ticket_id"],
-            "additionalProperties": false,
-            "properties": {
-                "ticket_id": id_schema("The ticket to read, usually {{trigger.ticket_id}}.")
-            }
-        })
-    }
-
-    fn outputs(&self) -> &'static [OutputSpec] {
-        const OUTPUTS: &[OutputSpec] = &[
-            OutputSpec {
-                name: "ticket_id",
-                description: "The ticket's id.",
-            },
-            OutputSpec {
-                name: "ticket",
-                description: "The ticket as Halo answers GET /Tickets/{id}.",
-            },
-            OutputSpec {
-                name: "agent_assigned",
-                description: "True when the ticket has an agent (agent_id > 0).",
-            },
-        ];
-        OUTPUTS
-    }
-
-    fn connection_kind(&self) -> Option<ConnectionKind> {
-        Some(HALO)
-    }
-
-    fn refines_trigger(&self) -> bool {
-        true
+    fn describe(&self) -> StepDescription {
+        StepDescription::new("halo.get_ticket", "Read a Halo ticket; the steps after it see it as trigger.ticket (with trigger.agent_assigned), for webhooks that carry only the ticket's id.")
+            .input_schema(json!({
+                "type": "object",
+                "required": ["ticket_id"],
+                "additionalProperties": false,
+                "properties": {
+                    "ticket_id": id_schema("The ticket to read, usually {{trigger.ticket_id}}.")
+                }
+            }))
+            .output("ticket_id", "The ticket's id.")
+            .output("ticket", "The ticket as Halo answers GET /Tickets/{id}.")
+            .output("agent_assigned", "True when the ticket has an agent (agent_id > 0).")
+            .connection_kind(HALO)
+            .refining_trigger()
     }
 
     // A read.
@@ -419,57 +368,32 @@ pub struct AddAction;
 
 #[async_trait]
 impl Step for AddAction {
-    fn type_name(&self) -> &'static str {
-        "halo.add_action"
-    }
-
-    fn description(&self) -> &'static str {
-        "Add an action with an outcome (and optionally a new status) to a Halo ticket."
-    }
-
-    fn input_schema(&self) -> Value {
-        json!({
-            "type": "object",
-            "required": ["ticket_id"],
-            "anyOf": [{"required": ["outcome"]}, {"required": ["outcome_id"]}],
-            "additionalProperties": false,
-            "properties": {
-                "ticket_id": id_schema("The ticket the action is added to."),
-                "outcome": {"type": "string", "description": "Outcome name, e.g. \"Note\"; Halo requires an outcome."},
-                "outcome_id": id_schema("Outcome id (7 is \"Internal Note\" on a stock Halo); ids differ per tenant."),
-                "note": {"type": "string", "description": "The note as plain text."},
-                "note_html": {"type": "string", "description": "The note as HTML."},
-                "private": {"type": "boolean", "default": true, "description": "Hide the action from the end user (Halo's hiddenfromuser). Default true."},
-                "new_status": id_schema("Status id the ticket moves to."),
-                "send_email": {"type": "boolean", "default": false, "description": "Email the action."},
-                "email_to": {"type": "string", "description": "Recipients when send_email is true."},
-                "email_cc": {"type": "string", "description": "Copy recipients."},
-                "email_subject": {"type": "string", "description": "Email subject."},
-                "fields": {"type": "object", "description": "Further Halo action fields sent as they are."}
-            }
-        })
-    }
-
-    fn outputs(&self) -> &'static [OutputSpec] {
-        const OUTPUTS: &[OutputSpec] = &[
-            OutputSpec {
-                name: "action_id",
-                description: "The new action's id (null if Halo did not answer one).",
-            },
-            OutputSpec {
-                name: "ticket_id",
-                description: "The ticket the action was added to.",
-            },
-            OutputSpec {
-                name: "action",
-                description: "The action object Halo answered with.",
-            },
-        ];
-        OUTPUTS
-    }
-
-    fn connection_kind(&self) -> Option<ConnectionKind> {
-        Some(HALO)
+    fn describe(&self) -> StepDescription {
+        StepDescription::new("halo.add_action", "Add an action with an outcome (and optionally a new status) to a Halo ticket.")
+            .input_schema(json!({
+                "type": "object",
+                "required": ["ticket_id"],
+                "anyOf": [{"required": ["outcome"]}, {"required": ["outcome_id"]}],
+                "additionalProperties": false,
+                "properties": {
+                    "ticket_id": id_schema("The ticket the action is added to."),
+                    "outcome": {"type": "string", "description": "Outcome name, e.g. \"Note\"; Halo requires an outcome."},
+                    "outcome_id": id_schema("Outcome id (7 is \"Internal Note\" on a stock Halo); ids differ per tenant."),
+                    "note": {"type": "string", "description": "The note as plain text."},
+                    "note_html": {"type": "string", "description": "The note as HTML."},
+                    "private": {"type": "boolean", "default": true, "description": "Hide the action from the end user (Halo's hiddenfromuser). Default true."},
+                    "new_status": id_schema("Status id the ticket moves to."),
+                    "send_email": {"type": "boolean", "default": false, "description": "Email the action."},
+                    "email_to": {"type": "string", "description": "Recipients when send_email is true."},
+                    "email_cc": {"type": "string", "description": "Copy recipients."},
+                    "email_subject": {"type": "string", "description": "Email subject."},
+                    "fields": {"type": "object", "description": "Further Halo action fields sent as they are."}
+                }
+            }))
+            .output("action_id", "The new action's id (null if Halo did not answer one).")
+            .output("ticket_id", "The ticket the action was added to.")
+            .output("action", "The action object Halo answered with.")
+            .connection_kind(HALO)
     }
 
     async fn execute(&self, ctx: &StepContext, inputs: Value) -> Result<Value, StepError> {

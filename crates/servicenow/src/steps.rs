@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::mapping::{self, RECORD_TYPES};
 use crate::{ServiceNowConnection, ServiceNowConnections, Side, digest, notes};
-use haloflow_core::step::{ConnectionKind, OutputSpec, Resend, Step, StepContext, StepError};
+use haloflow_core::step::{OutputSpec, Resend, Step, StepContext, StepDescription, StepError};
 use haloflow_core::storage::{Link, LinkOrigin, now_ms};
 use haloflow_halo::{HALO, HaloConnection};
 
@@ -630,37 +630,23 @@ async fn supplier_connection(
 
 #[async_trait]
 impl Step for SendToServiceNow {
-    fn type_name(&self) -> &'static str {
-        match self.side {
-            Side::Customer => "servicenow.send_ticket",
-            Side::Supplier => "servicenow.log_to_supplier",
-        }
-    }
-
-    fn description(&self) -> &'static str {
-        match self.side {
-            Side::Customer => {
-                "Create the Halo ticket in its customer's ServiceNow (mapped fields, caller, parent, attachments) and link them."
-            }
-            Side::Supplier => {
-                "Create the Halo ticket in its supplier's ServiceNow; skipped for a supplier without one."
-            }
-        }
-    }
-
-    fn input_schema(&self) -> Value {
-        send_schema(match self.side {
-            Side::Customer => "The Halo ticket to send.",
-            Side::Supplier => "The Halo ticket to log to its supplier.",
-        })
-    }
-
-    fn outputs(&self) -> &'static [OutputSpec] {
-        RECORD_OUTPUTS
-    }
-
-    fn connection_kind(&self) -> Option<ConnectionKind> {
-        Some(HALO)
+    fn describe(&self) -> StepDescription {
+        let (type_name, summary, ticket) = match self.side {
+            Side::Customer => (
+                "servicenow.send_ticket",
+                "Create the Halo ticket in its customer's ServiceNow (mapped fields, caller, parent, attachments) and link them.",
+                "The Halo ticket to send.",
+            ),
+            Side::Supplier => (
+                "servicenow.log_to_supplier",
+                "Create the Halo ticket in its supplier's ServiceNow; skipped for a supplier without one.",
+                "The Halo ticket to log to its supplier.",
+            ),
+        };
+        StepDescription::new(type_name, summary)
+            .input_schema(send_schema(ticket))
+            .outputs(RECORD_OUTPUTS)
+            .connection_kind(HALO)
     }
 
     async fn execute(&self, ctx: &StepContext, inputs: Value) -> Result<Value, StepError> {
@@ -819,63 +805,29 @@ fn field_for(private: bool) -> &'static str {
 
 #[async_trait]
 impl Step for SyncNote {
-    fn type_name(&self) -> &'static str {
-        "servicenow.sync_note"
-    }
-
-    fn description(&self) -> &'static str {
-        "Add a Halo note to the ticket's linked ServiceNow record: private as a work note, public as a comment."
-    }
-
-    fn input_schema(&self) -> Value {
-        json!({
-            "type": "object",
-            "required": ["ticket_id"],
-            "anyOf": [{"required": ["note"]}, {"required": ["note_html"]}, {"required": ["action_id"]}],
-            "additionalProperties": false,
-            "properties": {
-                "ticket_id": id_schema("The linked Halo ticket."),
-                "action_id": id_schema("A Halo action whose note and visibility are read from Halo."),
-                "note": {"type": "string", "description": "The note as plain text (instead of action_id)."},
-                "note_html": {"type": "string", "description": "The note as HTML, sent inside [code] tags."},
-                "private": {"type": "boolean", "default": true, "description": "Hidden from the user: a work note; else a comment. Default true."},
-                "sync": {"type": "boolean", "default": true, "description": "The action's \"Sync to ServiceNow\": customer records get the note only when true; supplier records always."}
-            }
-        })
-    }
-
-    fn outputs(&self) -> &'static [OutputSpec] {
-        const OUTPUTS: &[OutputSpec] = &[
-            OutputSpec {
-                name: "sys_id",
-                description: "The linked record's sys_id.",
-            },
-            OutputSpec {
-                name: "table",
-                description: "The linked record's table.",
-            },
-            OutputSpec {
-                name: "field",
-                description: "work_notes or comments.",
-            },
-            OutputSpec {
-                name: "note",
-                description: "The text written, marker included.",
-            },
-            OutputSpec {
-                name: "skipped",
-                description: "True when nothing was written.",
-            },
-            OutputSpec {
-                name: "reason",
-                description: "Why nothing was written.",
-            },
-        ];
-        OUTPUTS
-    }
-
-    fn connection_kind(&self) -> Option<ConnectionKind> {
-        Some(HALO)
+    fn describe(&self) -> StepDescription {
+        StepDescription::new("servicenow.sync_note", "Add a Halo note to the ticket's linked ServiceNow record: private as a work note, public as a comment.")
+            .input_schema(json!({
+                "type": "object",
+                "required": ["ticket_id"],
+                "anyOf": [{"required": ["note"]}, {"required": ["note_html"]}, {"required": ["action_id"]}],
+                "additionalProperties": false,
+                "properties": {
+                    "ticket_id": id_schema("The linked Halo ticket."),
+                    "action_id": id_schema("A Halo action whose note and visibility are read from Halo."),
+                    "note": {"type": "string", "description": "The note as plain text (instead of action_id)."},
+                    "note_html": {"type": "string", "description": "The note as HTML, sent inside [code] tags."},
+                    "private": {"type": "boolean", "default": true, "description": "Hidden from the user: a work note; else a comment. Default true."},
+                    "sync": {"type": "boolean", "default": true, "description": "The action's \"Sync to ServiceNow\": customer records get the note only when true; supplier records always."}
+                }
+            }))
+            .output("sys_id", "The linked record's sys_id.")
+            .output("table", "The linked record's table.")
+            .output("field", "work_notes or comments.")
+            .output("note", "The text written, marker included.")
+            .output("skipped", "True when nothing was written.")
+            .output("reason", "Why nothing was written.")
+            .connection_kind(HALO)
     }
 
     async fn execute(&self, ctx: &StepContext, inputs: Value) -> Result<Value, StepError> {

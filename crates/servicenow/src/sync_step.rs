@@ -14,7 +14,9 @@ use super::sync::{NamedRecord, SyncBack, SyncHttp};
 use super::{ServiceNowConnection, ServiceNowConnections, Side};
 use haloflow_core::connections::Connections;
 use haloflow_core::flow::{FlowValidator, ValidatedFlow};
-use haloflow_core::step::{OutputSpec, Resend, Step, StepContext, StepError, StepRegistry};
+use haloflow_core::step::{
+    OutputSpec, Resend, Step, StepContext, StepDescription, StepError, StepRegistry,
+};
 
 /// The step's type name.
 pub const SYNC_RECORD: &str = "servicenow.sync_record";
@@ -140,41 +142,31 @@ pub struct SyncRecord;
 
 #[async_trait]
 impl Step for SyncRecord {
-    fn type_name(&self) -> &'static str {
-        SYNC_RECORD
-    }
-
-    fn description(&self) -> &'static str {
-        "Syncs a ServiceNow record back to Halo: reads it again, creates or updates its linked ticket, and turns its new notes into actions (what a ServiceNow webhook runs)."
-    }
-
-    fn input_schema(&self) -> Value {
+    fn describe(&self) -> StepDescription {
         let name = |description: &str| json!({"type": "string", "description": description});
-        json!({
-            "type": "object",
-            "required": ["servicenow", "record"],
-            "additionalProperties": false,
-            "properties": {
-                "servicenow": {"type": "string", "pattern": "^(customers|suppliers)/.+$",
-                               "description": "The connection, e.g. customers/12 ([servicenow.customers.\"12\"])."},
-                "record": {
-                    "type": "object",
-                    "additionalProperties": false,
-                    "description": "The record: table and sys_id, or number (in table, else across every task table).",
-                    "properties": {
-                        "table": name("The table, e.g. incident."),
-                        "sys_id": name("The record's sys_id."),
-                        "number": name("The record's number, e.g. INC0010001."),
-                        "note": {"type": "object",
-                                 "description": "A note to sync as it is: a sys_journal_field row (element, sys_created_on, sys_created_by, value)."}
+        StepDescription::new(SYNC_RECORD, "Syncs a ServiceNow record back to Halo: reads it again, creates or updates its linked ticket, and turns its new notes into actions (what a ServiceNow webhook runs).")
+            .input_schema(json!({
+                "type": "object",
+                "required": ["servicenow", "record"],
+                "additionalProperties": false,
+                "properties": {
+                    "servicenow": {"type": "string", "pattern": "^(customers|suppliers)/.+$",
+                                   "description": "The connection, e.g. customers/12 ([servicenow.customers.\"12\"])."},
+                    "record": {
+                        "type": "object",
+                        "additionalProperties": false,
+                        "description": "The record: table and sys_id, or number (in table, else across every task table).",
+                        "properties": {
+                            "table": name("The table, e.g. incident."),
+                            "sys_id": name("The record's sys_id."),
+                            "number": name("The record's number, e.g. INC0010001."),
+                            "note": {"type": "object",
+                                     "description": "A note to sync as it is: a sys_journal_field row (element, sys_created_on, sys_created_by, value)."}
+                        }
                     }
                 }
-            }
-        })
-    }
-
-    fn outputs(&self) -> &'static [OutputSpec] {
-        OUTPUTS
+            }))
+            .outputs(OUTPUTS)
     }
 
     /// Sending again is what sync back is built for: each record version is claimed once, a

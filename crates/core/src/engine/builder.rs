@@ -100,9 +100,9 @@ fn needed_by<'a>(flows: impl Iterator<Item = &'a ValidatedFlow>) -> Needed {
     let mut connections = std::collections::BTreeSet::new();
     let mut step_types = std::collections::BTreeSet::new();
     for step in steps {
-        let implementation = step.implementation();
-        step_types.insert(implementation.type_name());
-        let Some(kind) = implementation.connection_kind() else {
+        let description = step.description();
+        step_types.insert(description.type_name);
+        let Some(kind) = description.connection_kind else {
             continue;
         };
         // A step without "connection" uses its kind's default (`halo`), if it has one.

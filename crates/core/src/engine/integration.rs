@@ -12,17 +12,16 @@
 //! use std::sync::Arc;
 //! use async_trait::async_trait;
 //! use haloflow_core::integration::{Integration, Integrations};
-//! use haloflow_core::step::{OutputSpec, Resend, Step, StepContext, StepError};
+//! use haloflow_core::step::{Resend, Step, StepContext, StepDescription, StepError};
 //! use serde_json::{Value, json};
 //!
 //! struct Echo;
 //!
 //! #[async_trait]
 //! impl Step for Echo {
-//!     fn type_name(&self) -> &'static str { "echo.say" }
-//!     fn description(&self) -> &'static str { "Returns its inputs." }
-//!     fn input_schema(&self) -> Value { json!({"type": "object"}) }
-//!     fn outputs(&self) -> &'static [OutputSpec] { &[] }
+//!     fn describe(&self) -> StepDescription {
+//!         StepDescription::new("echo.say", "Returns its inputs.").input_schema(json!({"type": "object"}))
+//!     }
 //!     fn resend(&self, _inputs: &Value) -> Resend { Resend::Safe }
 //!     async fn execute(&self, _ctx: &StepContext, inputs: Value) -> Result<Value, StepError> {
 //!         Ok(inputs)
@@ -175,8 +174,9 @@ impl Integrations {
     /// registered before, e.g. an embedder's replacement, is kept).
     pub fn complete(&self, registry: &mut StepRegistry) -> Result<(), RegistryError> {
         for step in self.list.iter().flat_map(|i| i.steps()) {
-            if registry.get(step.type_name()).is_none() {
-                registry.register_arc(step)?;
+            match registry.register_arc(step) {
+                Ok(()) | Err(RegistryError::Duplicate(_)) => {}
+                Err(error) => return Err(error),
             }
         }
         Ok(())

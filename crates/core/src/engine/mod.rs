@@ -598,7 +598,7 @@ impl Engine {
             flow_id: String::new(),
             run_id: new_id(),
             step_id: step_type.to_owned(),
-            connection: registered.step.connection_kind().and_then(|kind| {
+            connection: registered.description().connection_kind.and_then(|kind| {
                 connection
                     .map(str::to_owned)
                     .or(kind.default_name().map(str::to_owned))
@@ -609,7 +609,7 @@ impl Engine {
             storage: self.inner.storage.clone(),
             first_attempt_at_ms: None,
         };
-        registered.step.execute(&context, inputs).await
+        registered.step().execute(&context, inputs).await
     }
 
     /// Starts a graceful shutdown: steps already sending finish, no further step starts, runs

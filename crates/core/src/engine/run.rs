@@ -74,7 +74,7 @@ async fn run_steps<R: StepRunner>(
                 queue.push_front(next);
             }
         }
-        if R::REFINES_TRIGGER && step.implementation().refines_trigger() {
+        if R::REFINES_TRIGGER && step.description().refines_trigger {
             refine_trigger(data, &outputs);
         }
         add_outputs(data, &step.id, outputs);
@@ -272,9 +272,9 @@ fn prepare_inputs(
 ) -> Result<Value, StepFailure> {
     let inputs = render_inputs(flow, step, context)?;
     let schema = if dry_run {
-        &step.step.relaxed_schema
+        &step.registered.relaxed_schema
     } else {
-        &step.step.schema
+        &step.registered.schema
     };
     let mut place = None;
     let errors: Vec<String> = schema
@@ -471,7 +471,7 @@ impl Engine {
 
     /// The retry policy of one step: the flow's settings, then the config's, then built-in.
     fn retry_policy(&self, step: &ValidatedStep) -> RetryPolicy {
-        let type_name = step.implementation().type_name();
+        let type_name = step.description().type_name;
         RetryPolicy::from_settings(
             step.retry
                 .or(self.inner.retry.for_type(type_name))

@@ -17,18 +17,18 @@ pub fn editor_schema(registry: &StepRegistry) -> Value {
         .map(|registered| {
             let mut inputs = registered.template_tolerant_schema();
             let outputs: Vec<String> = registered
-                .step
-                .outputs()
+                .description()
+                .outputs
                 .iter()
                 .map(|o| format!("{} ({})", o.name, o.description.trim_end_matches('.')))
                 .collect();
             inputs["description"] = json!(format!(
                 "{} Outputs: {}.",
-                registered.step.description(),
+                registered.description().summary,
                 outputs.join(", ")
             ));
             json!({
-                "if": {"required": ["type"], "properties": {"type": {"const": registered.step.type_name()}}},
+                "if": {"required": ["type"], "properties": {"type": {"const": registered.description().type_name}}},
                 "then": {"properties": {"inputs": inputs}}
             })
         })

@@ -52,7 +52,7 @@ impl ValidatedFlow {
         let steps: Vec<String> = self
             .steps
             .iter()
-            .map(|s| format!("{} ({})", s.id, s.implementation().type_name()))
+            .map(|s| format!("{} ({})", s.id, s.description().type_name))
             .collect();
         format!(
             "flow `{}` ({}): halo.incidents trigger at /triggers/{}, {} step{}: {}",
@@ -74,7 +74,8 @@ pub struct ValidatedStep {
     pub connection: Option<String>,
     /// The step's own retry settings from the flow (unset fields: config, then built-in).
     pub retry: crate::config::RetrySettings,
-    pub step: RegisteredStep,
+    /// The registered step its `"type"` names.
+    pub registered: RegisteredStep,
     pub(crate) inputs: CompiledValue,
     /// The data paths the inputs read, found at validation.
     pub(crate) references: Vec<Reference>,
@@ -85,7 +86,12 @@ pub struct ValidatedStep {
 impl ValidatedStep {
     /// The step's implementation, the one its `"type"` names in the registry.
     pub fn implementation(&self) -> &dyn crate::step::Step {
-        self.step.step.as_ref()
+        self.registered.step()
+    }
+
+    /// What the step's type is (type name, input schema, outputs, connection kind, paths).
+    pub fn description(&self) -> &crate::step::StepDescription {
+        self.registered.description()
     }
 
     /// The path a branching step's outputs select: the one named by `path`, else `default`.

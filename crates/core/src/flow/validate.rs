@@ -305,8 +305,8 @@ impl<'a> FlowValidator<'a> {
         problems: &mut Vec<Problem>,
     ) {
         let named = step.get("connection").and_then(Value::as_str);
-        let step_type = registered.step.type_name();
-        match registered.step.connection_kind() {
+        let step_type = registered.description().type_name;
+        match registered.description().connection_kind {
             None => {
                 if named.is_some() {
                     problems.push(Problem::new(
@@ -360,11 +360,15 @@ fn build_steps(defs: &[super::StepDef], compiled: Vec<CompiledStep>) -> Vec<Vali
         .map(|(def, compiled)| ValidatedStep {
             id: def.id.clone(),
             name: def.name.clone(),
-            connection: compiled.registered.step.connection_kind().and_then(|kind| {
-                def.connection
-                    .clone()
-                    .or(kind.default_name().map(str::to_owned))
-            }),
+            connection: compiled
+                .registered
+                .description()
+                .connection_kind
+                .and_then(|kind| {
+                    def.connection
+                        .clone()
+                        .or(kind.default_name().map(str::to_owned))
+                }),
             retry: def.retry.unwrap_or_default(),
             paths: compiled
                 .paths
@@ -374,7 +378,7 @@ fn build_steps(defs: &[super::StepDef], compiled: Vec<CompiledStep>) -> Vec<Vali
                     (name, build_steps(path_defs, path))
                 })
                 .collect(),
-            step: compiled.registered,
+            registered: compiled.registered,
             inputs: compiled.inputs,
             references: compiled.references,
         })
@@ -508,7 +512,7 @@ fn check_correlation(flow: &Value, problems: &mut Vec<Problem>) {
 }
 
 fn input_hint(registered: &RegisteredStep) -> String {
-    let schema = registered.step.input_schema();
+    let schema = &registered.description().input_schema;
     let names: Vec<String> = schema
         .get("properties")
         .and_then(Value::as_object)
@@ -516,7 +520,7 @@ fn input_hint(registered: &RegisteredStep) -> String {
         .unwrap_or_default();
     format!(
         "`{}` takes: {}",
-        registered.step.type_name(),
+        registered.description().type_name,
         names.join(", ")
     )
 }
@@ -606,16 +610,16 @@ fn check_inputs(
     for error in registered.relaxed_schema.iter_errors(inputs) {
         schema_problems(&error, inputs_pointer, &mut found);
     }
-    let schema = registered.step.input_schema();
+    let schema = &registered.description().input_schema;
     for mut p in found {
         p.hint = match p.code {
             ProblemCode::MissingField | ProblemCode::UnknownField => input_hint(registered),
-            _ => input_description(&schema, &p.pointer[inputs_pointer.len()..]),
+            _ => input_description(schema, &p.pointer[inputs_pointer.len()..]),
         };
         p.code = ProblemCode::InvalidStepInput;
         problems.push(p);
     }
-    if registered.step.connection_kind() == Some(ConnectionKind::HTTP) {
+    if registered.description().connection_kind == Some(ConnectionKind::HTTP) {
         check_credential_headers(inputs, inputs_pointer, problems);
     }
 }
@@ -634,8 +638,8 @@ fn check_path_names(
     pointer: &str,
     problems: &mut Vec<Problem>,
 ) {
-    let step_type = registered.step.type_name();
-    match registered.step.paths() {
+    let step_type = registered.description().type_name;
+    match registered.description().paths {
         PathRule::None if !paths.is_empty() => {
             problems.push(Problem::new(
                 format!("{pointer}/paths"),
@@ -742,7 +746,7 @@ fn check_step_reference(
     let (Some(registered), Some(output)) = (registered, reference.path.get(2)) else {
         return None;
     };
-    let outputs = registered.step.outputs();
+    let outputs = &registered.description().outputs;
     if outputs.iter().any(|o| o.name == output) {
         return None;
     }
@@ -751,7 +755,7 @@ fn check_step_reference(
         ProblemCode::UnknownStepOutput,
         format!(
             "`{dotted}`: step `{id}` ({}) has no output `{output}`",
-            registered.step.type_name()
+            registered.description().type_name
         ),
         format!("its outputs: {}", names.join(", ")),
     )

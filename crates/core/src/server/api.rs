@@ -36,7 +36,7 @@ pub(super) async fn flows(State(engine): State<Engine>) -> Response {
                 "id": flow.id(),
                 "name": flow.document.name,
                 "trigger_url": format!("/triggers/{}", flow.id()),
-                "steps": flow.steps.iter().map(|s| json!({"id": s.id, "type": s.implementation().type_name()})).collect::<Vec<_>>(),
+                "steps": flow.steps.iter().map(|s| json!({"id": s.id, "type": s.description().type_name})).collect::<Vec<_>>(),
             })
         })
         .collect();

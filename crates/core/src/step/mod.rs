@@ -17,7 +17,7 @@ use crate::outbound::{Outbound, OutboundError, TransportError};
 use crate::storage::Link;
 
 /// A named output a step produces; templates reach it as `steps.<id>.<name>`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutputSpec {
     pub name: &'static str,
     pub description: &'static str,
@@ -33,6 +33,106 @@ pub enum PathRule {
     Named(&'static [&'static str]),
     /// Any names (switch cases), plus `default`.
     Any,
+}
+
+/// What a step is, for the registry, the validator, the editor schema and listings: its type
+/// name, a one-line summary, the JSON Schema of its inputs, its outputs, the connection kind
+/// it takes and whether it branches or refines the trigger. [`Step::describe`] builds it; the
+/// registry asks once, when the step is registered, and keeps it.
+///
+/// Build it with [`StepDescription::new`] and the methods below (only what differs from the
+/// defaults: inputs any object, no outputs, no connection, no paths); read it by its fields.
+///
+/// ```
+/// use haloflow_core::step::{ConnectionKind, StepDescription};
+/// use serde_json::json;
+///
+/// let description = StepDescription::new("chat.post_message", "Post a message to a chat channel.")
+///     .input_schema(json!({"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}}))
+///     .output("status", "The chat service's answer status.")
+///     .connection_kind(ConnectionKind::HTTP);
+/// assert_eq!(description.type_name, "chat.post_message");
+/// assert_eq!(description.outputs[0].name, "status");
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct StepDescription {
+    /// The name flows use in `"type"`, e.g. `halo.create_ticket`.
+    pub type_name: &'static str,
+    /// One line for listings, the editor schema and error hints.
+    pub summary: &'static str,
+    /// JSON Schema (2020-12) of the rendered inputs; checked at load (templates allowed in
+    /// place of any value) and again on the rendered inputs before each run.
+    pub input_schema: Value,
+    /// The outputs `execute` returns as a JSON object.
+    pub outputs: Vec<OutputSpec>,
+    /// The connection kind the step needs, if any.
+    pub connection_kind: Option<ConnectionKind>,
+    /// Whether the step's outputs refine the trigger's: each output replaces the trigger output
+    /// of the same name for the steps after it (a step that reads the full record an
+    /// event-only webhook names, say). The step's outputs stay under `steps.<id>` too.
+    pub refines_trigger: bool,
+    /// Whether the step branches: a branching step's outputs carry `path`, the name of the path
+    /// (in the flow's `"paths"`) that runs next; a name with no path falls back to `default`.
+    pub paths: PathRule,
+}
+
+impl StepDescription {
+    /// A step named `type_name` that takes any object as inputs, has no declared outputs, no
+    /// connection and no paths.
+    pub fn new(type_name: &'static str, summary: &'static str) -> Self {
+        StepDescription {
+            type_name,
+            summary,
+            input_schema: serde_json::json!({"type": "object"}),
+            outputs: Vec::new(),
+            connection_kind: None,
+            refines_trigger: false,
+            paths: PathRule::None,
+        }
+    }
+
+    /// The JSON Schema (2020-12) of the inputs.
+    #[must_use]
+    pub fn input_schema(mut self, schema: Value) -> Self {
+        self.input_schema = schema;
+        self
+    }
+
+    /// One more output, reached by templates as `steps.<id>.<name>`.
+    #[must_use]
+    pub fn output(mut self, name: &'static str, description: &'static str) -> Self {
+        self.outputs.push(OutputSpec { name, description });
+        self
+    }
+
+    /// More outputs at once (a list shared by several steps, say).
+    #[must_use]
+    pub fn outputs(mut self, outputs: &[OutputSpec]) -> Self {
+        self.outputs.extend_from_slice(outputs);
+        self
+    }
+
+    /// The connection kind the step takes (its `"connection"`, else the kind's default).
+    #[must_use]
+    pub fn connection_kind(mut self, kind: ConnectionKind) -> Self {
+        self.connection_kind = Some(kind);
+        self
+    }
+
+    /// The step's outputs refine the trigger's (see [`StepDescription::refines_trigger`]).
+    #[must_use]
+    pub fn refining_trigger(mut self) -> Self {
+        self.refines_trigger = true;
+        self
+    }
+
+    /// The step branches, with the paths `rule` allows.
+    #[must_use]
+    pub fn paths(mut self, rule: PathRule) -> Self {
+        self.paths = rule;
+        self
+    }
 }
 
 /// Whether a step may be sent again after an attempt whose outcome is unknown (a timeout, a
@@ -58,17 +158,17 @@ pub enum Resend {
 ///
 /// ```
 /// use async_trait::async_trait;
-/// use haloflow_core::step::{OutputSpec, Resend, Step, StepContext, StepError};
+/// use haloflow_core::step::{Resend, Step, StepContext, StepDescription, StepError};
 /// use serde_json::{Value, json};
 ///
 /// struct Echo;
 ///
 /// #[async_trait]
 /// impl Step for Echo {
-///     fn type_name(&self) -> &'static str { "demo.echo" }
-///     fn description(&self) -> &'static str { "Returns its inputs." }
-///     fn input_schema(&self) -> Value { json!({"type": "object"}) }
-///     fn outputs(&self) -> &'static [OutputSpec] { &[] }
+///     fn describe(&self) -> StepDescription {
+///         StepDescription::new("demo.echo", "Returns its inputs.")
+///             .input_schema(json!({"type": "object"}))
+///     }
 ///     // Echoing changes nothing anywhere: sending it again is harmless.
 ///     fn resend(&self, _inputs: &Value) -> Resend { Resend::Safe }
 ///     async fn execute(&self, _ctx: &StepContext, inputs: Value) -> Result<Value, StepError> {
@@ -81,17 +181,17 @@ pub enum Resend {
 ///
 /// ```compile_fail,E0046
 /// use async_trait::async_trait;
-/// use haloflow_core::step::{OutputSpec, Resend, Step, StepContext, StepError};
+/// use haloflow_core::step::{Resend, Step, StepContext, StepDescription, StepError};
 /// use serde_json::{Value, json};
 ///
 /// struct Echo;
 ///
 /// #[async_trait]
 /// impl Step for Echo {
-///     fn type_name(&self) -> &'static str { "demo.echo" }
-///     fn description(&self) -> &'static str { "Returns its inputs." }
-///     fn input_schema(&self) -> Value { json!({"type": "object"}) }
-///     fn outputs(&self) -> &'static [OutputSpec] { &[] }
+///     fn describe(&self) -> StepDescription {
+///         StepDescription::new("demo.echo", "Returns its inputs.")
+///             .input_schema(json!({"type": "object"}))
+///     }
 ///     async fn execute(&self, _ctx: &StepContext, inputs: Value) -> Result<Value, StepError> {
 ///         Ok(inputs)
 ///     }
@@ -99,30 +199,9 @@ pub enum Resend {
 /// ```
 #[async_trait]
 pub trait Step: Send + Sync + 'static {
-    /// The name flows use in `"type"`, e.g. `halo.create_ticket`.
-    fn type_name(&self) -> &'static str;
-    /// One line for listings and error hints.
-    fn description(&self) -> &'static str;
-    /// JSON Schema (2020-12) of the rendered inputs; checked at load (templates allowed in
-    /// place of any value) and again on the rendered inputs before each run.
-    fn input_schema(&self) -> Value;
-    /// The outputs `execute` returns as a JSON object.
-    fn outputs(&self) -> &'static [OutputSpec];
-    /// The connection kind the step needs, if any.
-    fn connection_kind(&self) -> Option<ConnectionKind> {
-        None
-    }
-    /// Whether the step's outputs refine the trigger's: each output replaces the trigger output
-    /// of the same name for the steps after it (a step that reads the full record an
-    /// event-only webhook names, say). The step's outputs stay under `steps.<id>` too.
-    fn refines_trigger(&self) -> bool {
-        false
-    }
-    /// Whether the step branches: a branching step's outputs carry `path`, the name of the path
-    /// (in the flow's `"paths"`) that runs next; a name with no path falls back to `default`.
-    fn paths(&self) -> PathRule {
-        PathRule::None
-    }
+    /// What the step is: type name, summary, input schema, outputs, connection kind, paths.
+    /// The registry asks once, when the step is registered, and keeps the answer.
+    fn describe(&self) -> StepDescription;
     /// Runs the step with rendered, schema-checked inputs; returns an object with the outputs.
     async fn execute(&self, ctx: &StepContext, inputs: Value) -> Result<Value, StepError>;
     /// Whether these inputs may be sent again after an attempt whose outcome is unknown (its

@@ -5,28 +5,40 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::Step;
+use super::{Step, StepDescription};
 
-/// A registered step with its input schema compiled twice: as written (for rendered inputs)
-/// and relaxed so that a template string may stand in for any value (for load-time checks).
+/// A registered step: its implementation, its description (asked for once, at registration)
+/// and its input schema compiled twice: as written (for rendered inputs) and relaxed so that a
+/// template string may stand in for any value (for load-time checks).
 #[derive(Clone)]
 pub struct RegisteredStep {
-    pub step: Arc<dyn Step>,
+    step: Arc<dyn Step>,
+    description: Arc<StepDescription>,
     pub(crate) schema: Arc<jsonschema::Validator>,
     pub(crate) relaxed_schema: Arc<jsonschema::Validator>,
 }
 
 impl RegisteredStep {
+    /// The step's implementation.
+    pub fn step(&self) -> &dyn Step {
+        self.step.as_ref()
+    }
+
+    /// What the step is (type name, summary, input schema, outputs, connection kind, paths).
+    pub fn description(&self) -> &StepDescription {
+        &self.description
+    }
+
     /// The input schema as flow files may write it: templates allowed in place of any value.
     pub fn template_tolerant_schema(&self) -> Value {
-        relax_root(&self.step.input_schema())
+        relax_root(&self.description.input_schema)
     }
 }
 
 impl std::fmt::Debug for RegisteredStep {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RegisteredStep")
-            .field("type", &self.step.type_name())
+            .field("type", &self.description.type_name)
             .finish()
     }
 }
@@ -56,24 +68,27 @@ impl StepRegistry {
         self.register_arc(Arc::new(step))
     }
 
+    /// Registers a shared step under its type name.
     pub fn register_arc(&mut self, step: Arc<dyn Step>) -> Result<(), RegistryError> {
-        let name = step.type_name();
+        let description = step.describe();
+        let name = description.type_name;
         if self.steps.contains_key(name) {
             return Err(RegistryError::Duplicate(name.to_owned()));
         }
-        let schema = step.input_schema();
+        let schema = &description.input_schema;
         let compile = |schema: &Value| {
             jsonschema::draft202012::new(schema).map_err(|e| RegistryError::InvalidSchema {
                 name: name.to_owned(),
                 message: e.to_string(),
             })
         };
-        let strict = compile(&schema)?;
-        let relaxed = compile(&relax_root(&schema))?;
+        let strict = compile(schema)?;
+        let relaxed = compile(&relax_root(schema))?;
         self.steps.insert(
             name,
             RegisteredStep {
                 step,
+                description: Arc::new(description),
                 schema: Arc::new(strict),
                 relaxed_schema: Arc::new(relaxed),
             },

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
-use crate::step::{OutputSpec, PathRule, Resend, Step, StepContext, StepError};
+use crate::step::{PathRule, Resend, Step, StepContext, StepDescription, StepError};
 
 /// `core.switch`: the path named like the value, else `default`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -12,41 +12,19 @@ pub struct Switch;
 
 #[async_trait]
 impl Step for Switch {
-    fn type_name(&self) -> &'static str {
-        "core.switch"
-    }
-
-    fn description(&self) -> &'static str {
-        "Run the path named like `value` (paths are the step's \"paths\"), else the `default` path."
-    }
-
-    fn input_schema(&self) -> Value {
-        json!({
-            "type": "object",
-            "required": ["value"],
-            "additionalProperties": false,
-            "properties": {
-                "value": {"description": "The value to switch on; compared as text with the path names (true, 42, \"high\")."}
-            }
-        })
-    }
-
-    fn outputs(&self) -> &'static [OutputSpec] {
-        const OUTPUTS: &[OutputSpec] = &[
-            OutputSpec {
-                name: "value",
-                description: "The value switched on.",
-            },
-            OutputSpec {
-                name: "path",
-                description: "The path name the value selects (the default path runs when none has it).",
-            },
-        ];
-        OUTPUTS
-    }
-
-    fn paths(&self) -> PathRule {
-        PathRule::Any
+    fn describe(&self) -> StepDescription {
+        StepDescription::new("core.switch", "Run the path named like `value` (paths are the step's \"paths\"), else the `default` path.")
+            .input_schema(json!({
+                "type": "object",
+                "required": ["value"],
+                "additionalProperties": false,
+                "properties": {
+                    "value": {"description": "The value to switch on; compared as text with the path names (true, 42, \"high\")."}
+                }
+            }))
+            .output("value", "The value switched on.")
+            .output("path", "The path name the value selects (the default path runs when none has it).")
+            .paths(PathRule::Any)
     }
 
     // Only picks a path: nothing outside the run changes.
@@ -77,56 +55,34 @@ const OPERATORS: &[&str] = &[
 
 #[async_trait]
 impl Step for Condition {
-    fn type_name(&self) -> &'static str {
-        "core.condition"
-    }
-
-    fn description(&self) -> &'static str {
-        "Run the `true` or the `false` path: all (AND) or any (OR) of the comparisons hold."
-    }
-
-    fn input_schema(&self) -> Value {
-        json!({
-            "type": "object",
-            "required": ["conditions"],
-            "additionalProperties": false,
-            "properties": {
-                "match": {"enum": ["all", "any"], "default": "all", "description": "all: every comparison holds (AND); any: at least one (OR)."},
-                "conditions": {
-                    "type": "array",
-                    "minItems": 1,
-                    "description": "Comparisons of `left` with `right`. Read a value that may be missing as {{default path null}}.",
-                    "items": {
-                        "type": "object",
-                        "required": ["left", "op"],
-                        "additionalProperties": false,
-                        "properties": {
-                            "left": {"description": "The value tested, usually a template."},
-                            "op": {"enum": OPERATORS, "description": "equals, not_equals, contains (text or list), starts_with, greater_than, less_than (numbers, else text), is_empty (null, \"\", [] or {}), exists (not null)."},
-                            "right": {"description": "The value compared with (not used by is_empty and exists)."}
+    fn describe(&self) -> StepDescription {
+        StepDescription::new("core.condition", "Run the `true` or the `false` path: all (AND) or any (OR) of the comparisons hold.")
+            .input_schema(json!({
+                "type": "object",
+                "required": ["conditions"],
+                "additionalProperties": false,
+                "properties": {
+                    "match": {"enum": ["all", "any"], "default": "all", "description": "all: every comparison holds (AND); any: at least one (OR)."},
+                    "conditions": {
+                        "type": "array",
+                        "minItems": 1,
+                        "description": "Comparisons of `left` with `right`. Read a value that may be missing as {{default path null}}.",
+                        "items": {
+                            "type": "object",
+                            "required": ["left", "op"],
+                            "additionalProperties": false,
+                            "properties": {
+                                "left": {"description": "The value tested, usually a template."},
+                                "op": {"enum": OPERATORS, "description": "equals, not_equals, contains (text or list), starts_with, greater_than, less_than (numbers, else text), is_empty (null, \"\", [] or {}), exists (not null)."},
+                                "right": {"description": "The value compared with (not used by is_empty and exists)."}
+                            }
                         }
                     }
                 }
-            }
-        })
-    }
-
-    fn outputs(&self) -> &'static [OutputSpec] {
-        const OUTPUTS: &[OutputSpec] = &[
-            OutputSpec {
-                name: "result",
-                description: "Whether the condition holds.",
-            },
-            OutputSpec {
-                name: "path",
-                description: "\"true\" or \"false\": the path that runs.",
-            },
-        ];
-        OUTPUTS
-    }
-
-    fn paths(&self) -> PathRule {
-        PathRule::Named(&["true", "false"])
+            }))
+            .output("result", "Whether the condition holds.")
+            .output("path", "\"true\" or \"false\": the path that runs.")
+            .paths(PathRule::Named(&["true", "false"]))
     }
 
     // Only picks a path: nothing outside the run changes.

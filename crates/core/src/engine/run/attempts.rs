@@ -115,7 +115,7 @@ enum Next {
 
 impl StepRun<'_> {
     fn type_name(&self) -> &'static str {
-        self.step.implementation().type_name()
+        self.step.description().type_name
     }
 
     /// Runs the step's attempts until it succeeds, fails for good, or the engine shuts down.

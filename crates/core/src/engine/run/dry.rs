@@ -96,7 +96,7 @@ impl StepRunner for DryRun<'_> {
         fill_placeholders(data.data_mut(), step, &self.placeholder_steps);
         let mut report = DryRunStep {
             id: step.id.clone(),
-            step_type: step.implementation().type_name().to_owned(),
+            step_type: step.description().type_name.to_owned(),
             inputs: None,
             requests: Vec::new(),
             outputs: None,
@@ -174,8 +174,8 @@ fn fill_placeholders(data: &mut Value, step: &ValidatedStep, placeholder_steps: 
 /// `{"ticket_id": "{{steps.create.ticket_id}}", ...}`: a real run fills these in.
 fn placeholders(step: &ValidatedStep) -> Value {
     Value::Object(
-        step.implementation()
-            .outputs()
+        step.description()
+            .outputs
             .iter()
             .map(|o| {
                 (
