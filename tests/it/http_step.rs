@@ -177,6 +177,7 @@ async fn urls_must_stay_under_the_connection() {
             "http.request",
             Some("snow"),
             json!({"url": "/api/now/table/incident"}),
+            "list-incidents",
         )
         .await
         .unwrap();
@@ -214,7 +215,12 @@ async fn look_alike_urls_do_not_get_the_connection_credentials() {
     ] {
         let error = input_error(
             engine
-                .run_step("http.request", Some(connection), json!({"url": url}))
+                .run_step(
+                    "http.request",
+                    Some(connection),
+                    json!({"url": url}),
+                    "look-alike",
+                )
                 .await,
             url,
         );
@@ -232,7 +238,12 @@ async fn look_alike_urls_do_not_get_the_connection_credentials() {
     let userinfo = format!("{}@{evil_host}/api/now/table/incident", running.base_url());
     let error = input_error(
         engine
-            .run_step("http.request", Some("snow"), json!({"url": userinfo}))
+            .run_step(
+                "http.request",
+                Some("snow"),
+                json!({"url": userinfo}),
+                "userinfo",
+            )
             .await,
         &userinfo,
     );
@@ -244,6 +255,7 @@ async fn look_alike_urls_do_not_get_the_connection_credentials() {
             "http.request",
             Some("snow"),
             json!({"url": format!("{}/api/now/table/incident", running.base_url())}),
+            "absolute-url",
         )
         .await
         .unwrap();
@@ -261,6 +273,7 @@ async fn credential_headers_are_refused_before_sending() {
                 "http.request",
                 Some("snow"),
                 json!({"url": "/api/now/table/incident", "headers": {"cookie": "session=abc"}}),
+                "cookie",
             )
             .await,
         "cookie",

@@ -708,3 +708,69 @@ async fn an_outcome_left_unknown_says_so_and_a_replay_looks_before_it_creates() 
         "the replay made no second ticket"
     );
 }
+
+/// `Engine::run_step` attempts a step as a served run does: a create that meets a 429 and then
+/// loses its answer (Halo made the ticket) is retried and the ticket found, not made twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_run_on_its_own_is_retried_and_finds_what_a_lost_answer_created() {
+    let h = Harness::start_with(Options {
+        configure: fast_retries,
+        ..Options::default()
+    })
+    .await;
+    h.partner.fail_next("POST", "/api/Tickets", 429, 1, Some(1));
+    h.partner
+        .inject("POST", "/api/Tickets", Fault::ResetAfterProcessing, 1);
+    let inputs = json!({"summary": "Printer on fire", "client_id": 12});
+    let outputs = h
+        .engine
+        .run_step(
+            "halo.create_ticket",
+            Some("partner_halo"),
+            inputs,
+            "order-17",
+        )
+        .await
+        .expect("retried until it succeeded");
+    let tickets = h.partner.tickets();
+    assert_eq!(tickets.len(), 1, "{tickets:#?}");
+    assert_eq!(outputs["ticket_id"], tickets[0]["id"]);
+    assert_eq!(
+        tickets[0]["third_party_id_string"],
+        "haloflow:order-17:halo.create_ticket"
+    );
+    let posts = (h.partner.requests().iter())
+        .filter(|r| r.method == "POST" && r.path.starts_with("/api/Tickets"))
+        .count();
+    assert_eq!(posts, 2, "the 429, then the create whose answer was lost");
+}
+
+/// A second call with the same idempotency key finds what the first made and makes nothing
+/// new; another key makes another ticket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_run_again_with_the_same_key_creates_nothing_new() {
+    let h = Harness::start_with(Options {
+        configure: fast_retries,
+        ..Options::default()
+    })
+    .await;
+    let create = |key: &'static str| {
+        let engine = h.engine.clone();
+        async move {
+            let inputs = json!({"summary": "Printer on fire", "client_id": 12});
+            engine
+                .run_step("halo.create_ticket", Some("partner_halo"), inputs, key)
+                .await
+                .unwrap()
+        }
+    };
+    // The caller cannot tell whether its first call took effect (it crashed, say) and calls
+    // again with the same key.
+    let first = create("order-18").await;
+    let again = create("order-18").await;
+    assert_eq!(again["ticket_id"], first["ticket_id"]);
+    assert_eq!(h.partner.tickets().len(), 1, "{:#?}", h.partner.tickets());
+    let other = create("order-19").await;
+    assert_ne!(other["ticket_id"], first["ticket_id"]);
+    assert_eq!(h.partner.tickets().len(), 2);
+}

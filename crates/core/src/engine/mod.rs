@@ -544,10 +544,14 @@ impl Engine {
         self.accept(&flow, query, &body_text, payload).await
     }
 
-    /// [`Engine::trigger`], then waits for every run it started. The answer says what the
-    /// request became: a payload whose delivery id was seen before starts no run and is listed
-    /// in `accepted.duplicates` with the request that first carried it; events flood control
-    /// suppressed are in `accepted.suppressed`.
+    /// [`Engine::trigger`], then waits for every run it started: the path of a request served
+    /// at the flow's trigger URL, without its authentication. The request is stored, a
+    /// delivery id seen before starts no run (it is listed in `accepted.duplicates` with the
+    /// request that first carried it, and `runs` is empty), flood control applies (suppressed
+    /// events are in `accepted.suppressed`), and each run's steps are attempted as a served
+    /// run's: recorded in the run history, retried by the retry policy and `Retry-After`,
+    /// looked up before being sent again after a lost answer ([`Resend`](crate::step::Resend)),
+    /// replayable. `runs` holds every run it started, finished.
     pub async fn run_to_completion(
         &self,
         flow_id: &str,
@@ -560,56 +564,6 @@ impl Engine {
             runs.push(self.wait_for_run(run_id).await?);
         }
         Ok(Completion { accepted, runs })
-    }
-
-    /// Runs one step of the engine's registry directly, outside any flow, with inputs already
-    /// rendered. `connection` names a connection of the step's kind (the kind's default when
-    /// `None`).
-    ///
-    /// Unlike a run's steps this is ONE attempt, recorded nowhere: no retries, no look-up of an
-    /// earlier attempt's effect (each call has a fresh run id, so a fresh
-    /// [`StepContext::idempotency_key`](crate::step::StepContext::idempotency_key)), no run
-    /// history. After an error whose outcome is unknown (a timeout, a 5xx) a step that creates
-    /// something may have done so: do not simply call again. For the served semantics
-    /// (retries, look-up first, duplicate detection, history and replay) put the step in a
-    /// flow and use [`Engine::run_to_completion`].
-    pub async fn run_step(
-        &self,
-        step_type: &str,
-        connection: Option<&str>,
-        inputs: Value,
-    ) -> Result<Value, crate::step::StepError> {
-        let registry = &self.inner.source.registry;
-        let registered = registry.get(step_type).ok_or_else(|| {
-            crate::step::StepError::Failed(format!("no step type `{step_type}` is registered"))
-        })?;
-        let errors: Vec<String> = registered
-            .schema
-            .iter_errors(&inputs)
-            .map(|e| format!("{}: {}", e.instance_path(), e.masked()))
-            .collect();
-        if !errors.is_empty() {
-            return Err(crate::step::StepError::Input {
-                pointer: String::new(),
-                message: errors.join("; "),
-            });
-        }
-        let context = crate::step::StepContext {
-            flow_id: String::new(),
-            run_id: new_id(),
-            step_id: step_type.to_owned(),
-            connection: registered.description().connection_kind.and_then(|kind| {
-                connection
-                    .map(str::to_owned)
-                    .or(kind.default_name().map(str::to_owned))
-            }),
-            connections: self.inner.connections.clone(),
-            http: crate::outbound::Outbound::live(self.inner.http.clone()),
-            shutdown: self.inner.shutdown.subscribe(),
-            storage: self.inner.storage.clone(),
-            first_attempt_at_ms: None,
-        };
-        registered.step().execute(&context, inputs).await
     }
 
     /// Starts a graceful shutdown: steps already sending finish, no further step starts, runs

@@ -3,7 +3,9 @@
 //! records and retries every step ([`attempts`]); a dry run previews them ([`dry`]).
 
 mod attempts;
+mod direct;
 mod dry;
+mod recorded;
 mod retry;
 
 use std::collections::{HashMap, VecDeque};
@@ -21,8 +23,8 @@ use crate::storage::{
     StorageError, now_ms,
 };
 use crate::template::CompiledValue;
-use attempts::StepRun;
 use handlebars::Context;
+use recorded::StepRun;
 
 pub use dry::{DryRunReport, DryRunStep};
 pub use retry::RetryPolicy;
@@ -471,10 +473,14 @@ impl Engine {
 
     /// The retry policy of one step: the flow's settings, then the config's, then built-in.
     fn retry_policy(&self, step: &ValidatedStep) -> RetryPolicy {
-        let type_name = step.description().type_name;
+        self.retry_policy_of(step.description().type_name, step.retry)
+    }
+
+    /// The retry policy of a step of `type_name` with `own` settings: those, then the config's
+    /// (`[retry.by_type]`, then `[retry]`), then built-in.
+    fn retry_policy_of(&self, type_name: &str, own: crate::config::RetrySettings) -> RetryPolicy {
         RetryPolicy::from_settings(
-            step.retry
-                .or(self.inner.retry.for_type(type_name))
+            own.or(self.inner.retry.for_type(type_name))
                 .or(RetryPolicy::BUILT_IN),
         )
     }

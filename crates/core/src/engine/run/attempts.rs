@@ -1,23 +1,25 @@
-//! A served step's attempts: each recorded before it sends and after it ends, retried by its
-//! policy, the claim kept alive, and after a lost answer looked up before anything is sent again.
+//! A step's attempts, shared by served runs and [`Engine::run_step`]: retried by the step's
+//! policy (and `Retry-After`), and after a lost answer looked up before anything is sent again
+//! ([`Resend`]). What each attempt leaves behind is the [`Ledger`]'s: a served run records
+//! every attempt and keeps its claim alive ([`recorded`](super::recorded)); a step run on its
+//! own records nothing.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
-use handlebars::Context;
 use serde_json::Value;
 
-use super::{RetryPolicy, RunState, StepEnd, StepFailure, Unwritten, prepare_inputs};
 use crate::engine::Engine;
 use crate::flow::{ValidatedFlow, ValidatedStep};
-use crate::outbound::{ExchangeRecord, Outbound};
-use crate::step::{Resend, StepContext, StepError};
-use crate::storage::{
-    AttemptOutcome, AttemptRecord, StepOutcome, StepRunRecord, StepStart, StepStatus, StorageError,
-    now_ms,
-};
+use crate::outbound::Outbound;
+use crate::step::{RegisteredStep, Resend, Step, StepContext, StepError};
+use crate::storage::{AttemptOutcome, AttemptRecord, StorageError, now_ms};
 
-/// A run whose attempts of a step may have made something, and when its first attempt began.
-type EarlierRun = (String, Option<i64>);
+use super::RetryPolicy;
+
+/// A run whose attempts of a step may have made something, and when its first attempt began
+/// (`None`: no time bound on the look-up).
+pub(super) type EarlierRun = (String, Option<i64>);
 
 /// The longest wait before the look-up after a lost last answer: a slow server may still be
 /// finishing the request.
@@ -32,33 +34,19 @@ enum AttemptMode<'a> {
     Refuse,
 }
 
-/// One step of a served run, with what its attempts need to know.
-pub(super) struct StepRun<'a> {
-    pub(super) engine: &'a Engine,
-    pub(super) flow: &'a ValidatedFlow,
-    pub(super) run_id: &'a str,
-    pub(super) step: &'a ValidatedStep,
-    /// The step's place in the run's record.
-    pub(super) position: usize,
-    /// The step's record from before an interruption, if any.
-    pub(super) before: Option<&'a StepRunRecord>,
-    /// The run this one replays.
-    pub(super) replay_of: Option<&'a str>,
-}
-
 /// What a step's attempts carry from one to the next.
-struct Attempts {
-    policy: RetryPolicy,
-    resend: Resend,
+pub(super) struct Attempts {
+    pub(super) policy: RetryPolicy,
+    pub(super) resend: Resend,
     /// The number of the last attempt made (a resumed step counts its earlier ones).
-    number: u32,
+    pub(super) number: u32,
     /// The runs this one replays whose same step may have taken effect unseen: their keys
     /// are looked up too, so a replay adopts what they created instead of creating again.
-    ancestors: Vec<EarlierRun>,
+    pub(super) ancestors: Vec<EarlierRun>,
     /// An earlier attempt may have taken effect unseen.
-    uncertain: bool,
-    exchanges: Vec<ExchangeRecord>,
-    first_attempt_at_ms: Option<i64>,
+    pub(super) uncertain: bool,
+    pub(super) exchanges: Vec<crate::outbound::ExchangeRecord>,
+    pub(super) first_attempt_at_ms: Option<i64>,
 }
 
 impl Attempts {
@@ -79,7 +67,7 @@ impl Attempts {
 }
 
 /// How one attempt ended.
-struct Answer {
+pub(super) struct Answer {
     result: Result<Value, StepError>,
     /// What an earlier attempt made was found and adopted.
     adopted: bool,
@@ -108,141 +96,172 @@ impl Answer {
 }
 
 /// What follows an attempt.
-enum Next {
-    End(StepEnd),
+enum Next<End> {
+    End(End),
     RetryAfter(Duration),
 }
 
-impl StepRun<'_> {
-    fn type_name(&self) -> &'static str {
-        self.step.description().type_name
+/// Where a step's attempts keep what they did: a served run writes each attempt before it
+/// sends and after it ends and keeps its claim on the run; a step run on its own keeps
+/// nothing. `End` is how the step ends for whoever asked.
+pub(super) trait Ledger {
+    type End;
+    /// Before attempt `number` sends (fencing, the intent written): `Some` stops the step.
+    async fn begin(
+        &mut self,
+        inputs: &Value,
+        number: u32,
+        started_at_ms: i64,
+    ) -> Result<Option<Self::End>, StorageError>;
+    /// Runs the attempt's `work` to its answer (a served run renews its claim meanwhile), or
+    /// stops the step.
+    async fn during<F: Future<Output = Answer>>(
+        &mut self,
+        work: F,
+    ) -> Result<Result<Answer, Self::End>, StorageError>;
+    /// The step succeeded (or adopted what an earlier attempt made).
+    fn succeeded(&mut self, outputs: Value, record: AttemptRecord, a: &mut Attempts) -> Self::End;
+    /// The step failed and is not tried again; `message` names where.
+    fn failed(
+        &mut self,
+        error: StepError,
+        message: String,
+        record: AttemptRecord,
+        a: &mut Attempts,
+    ) -> Self::End;
+    /// A failed attempt that is tried again.
+    async fn retrying(&mut self, record: &AttemptRecord) -> Result<(), StorageError>;
+    /// Waits `delay` before the next attempt; `Some` stops the step (a shutdown, say).
+    async fn wait(&mut self, delay: Duration) -> Result<Option<Self::End>, StorageError>;
+}
+
+/// The step whose attempts run, and where its contexts come from.
+pub(super) struct Target<'a> {
+    pub(super) engine: &'a Engine,
+    pub(super) place: Place<'a>,
+    /// The run whose key the step's own attempts carry (for a step run on its own: the
+    /// caller's idempotency key).
+    pub(super) run_id: &'a str,
+}
+
+/// A step of a flow, or a step run on its own.
+pub(super) enum Place<'a> {
+    Flow {
+        flow: &'a ValidatedFlow,
+        step: &'a ValidatedStep,
+    },
+    Alone {
+        registered: &'a RegisteredStep,
+        connection: Option<String>,
+    },
+}
+
+impl Target<'_> {
+    fn implementation(&self) -> &dyn Step {
+        match &self.place {
+            Place::Flow { step, .. } => step.implementation(),
+            Place::Alone { registered, .. } => registered.step(),
+        }
     }
 
-    /// Runs the step's attempts until it succeeds, fails for good, or the engine shuts down.
-    /// Every attempt is recorded before it sends (the intent, written with what was
-    /// unwritten) and after it ends (the step's end is left unwritten, for the next write).
-    pub(super) async fn execute(
+    pub(super) fn type_name(&self) -> &'static str {
+        match &self.place {
+            Place::Flow { step, .. } => step.description().type_name,
+            Place::Alone { registered, .. } => registered.description().type_name,
+        }
+    }
+
+    fn step_id(&self) -> &str {
+        match &self.place {
+            Place::Flow { step, .. } => &step.id,
+            Place::Alone { registered, .. } => registered.description().type_name,
+        }
+    }
+
+    /// The step's context for an attempt carrying `run_id`'s key.
+    fn context(
         &self,
-        data: &Context,
-        state: &mut RunState,
-    ) -> Result<StepEnd, StorageError> {
-        let inputs = match prepare_inputs(self.flow, self.step, data, false) {
-            Ok(inputs) => inputs,
-            Err(failure) => return self.fail_unprepared(failure, state).await,
+        run_id: &str,
+        http: Outbound,
+        first_attempt_at_ms: Option<i64>,
+    ) -> StepContext {
+        match &self.place {
+            Place::Flow { flow, step } => {
+                (self.engine).step_context(flow, run_id, step, http, first_attempt_at_ms)
+            }
+            Place::Alone { connection, .. } => StepContext {
+                flow_id: String::new(),
+                run_id: run_id.to_owned(),
+                step_id: self.step_id().to_owned(),
+                connection: connection.clone(),
+                connections: self.engine.inner.connections.clone(),
+                http,
+                shutdown: self.engine.inner.shutdown.subscribe(),
+                storage: self.engine.inner.storage.clone(),
+                first_attempt_at_ms,
+            },
+        }
+    }
+
+    /// What a failed attempt's record and the step's failure say.
+    fn failure_message(&self, error: &StepError, settled: bool) -> String {
+        let mut message = match &self.place {
+            Place::Flow { flow, step } => {
+                format!("flow `{}`, step `{}`: {error}", flow.id(), step.id)
+            }
+            Place::Alone { .. } => format!("step `{}`: {error}", self.type_name()),
         };
-        let mut attempts = self.attempts(&inputs).await?;
+        if settled {
+            message.push_str(" (a look-up found nothing it made: nothing was done)");
+        }
+        message
+    }
+
+    /// The step's attempts until it succeeds, fails for good, or the ledger stops it.
+    pub(super) async fn run<L: Ledger>(
+        &self,
+        a: &mut Attempts,
+        inputs: &Value,
+        ledger: &mut L,
+    ) -> Result<L::End, StorageError> {
         loop {
-            let delay = match self.attempt(&mut attempts, &inputs, state).await? {
+            let delay = match self.attempt(a, inputs, ledger).await? {
                 Next::End(end) => return Ok(end),
                 Next::RetryAfter(delay) => delay,
             };
-            if let Some(end) = self.wait(delay, &mut state.claim).await? {
+            if let Some(end) = ledger.wait(delay).await? {
                 return Ok(end);
             }
         }
     }
 
-    /// Inputs that could not be rendered or do not fit: the step is recorded as started and
-    /// failed, without an attempt.
-    async fn fail_unprepared(
-        &self,
-        failure: StepFailure,
-        state: &mut RunState,
-    ) -> Result<StepEnd, StorageError> {
-        self.record_start(&Value::Null, 1, now_ms(), state).await?;
-        let outcome = StepOutcome {
-            status: StepStatus::Failed,
-            outputs: None,
-            error: Some((failure.code.to_owned(), failure.message.clone())),
-            exchanges: Vec::new(),
-            finished_at_ms: now_ms(),
-            attempt: None,
-        };
-        state.unwritten.step_finished = Some((self.step.id.clone(), outcome));
-        Ok(StepEnd::Failed(failure.message))
-    }
-
-    /// Writes an attempt's intent, with whatever was unwritten, before anything is sent.
-    async fn record_start(
-        &self,
-        inputs: &Value,
-        attempt: u32,
-        at_ms: i64,
-        state: &mut RunState,
-    ) -> Result<(), StorageError> {
-        let start = StepStart {
-            step_id: &self.step.id,
-            position: self.position,
-            step_type: self.type_name(),
-            inputs,
-            attempt,
-            at_ms,
-        };
-        let progress = state.unwritten.with(Some(start), None);
-        (self.engine.inner.storage)
-            .record_progress(self.run_id, &progress)
-            .await?;
-        state.unwritten = Unwritten::default();
-        Ok(())
-    }
-
-    /// The attempts' starting point: the step's policy, and what an interrupted run of it
-    /// (or the runs this one replays) may already have done.
-    async fn attempts(&self, inputs: &Value) -> Result<Attempts, StorageError> {
-        let resend = self.step.implementation().resend(inputs);
-        let ancestors = match (resend, self.replay_of) {
-            (Resend::LookUpFirst, Some(replay_of)) => {
-                (self.engine)
-                    .uncertain_ancestors(replay_of, &self.step.id)
-                    .await?
-            }
-            _ => Vec::new(),
-        };
-        let before = self.before;
-        Ok(Attempts {
-            policy: self.engine.retry_policy(self.step),
-            resend,
-            number: before.map_or(0, |s| s.attempts),
-            uncertain: before.is_some_and(left_uncertain) || !ancestors.is_empty(),
-            ancestors,
-            exchanges: before.map(|s| s.exchanges.clone()).unwrap_or_default(),
-            first_attempt_at_ms: before.map(first_attempt_of),
-        })
-    }
-
-    /// One attempt: the claim renewed (fencing), the intent written, the request sent (or
-    /// looked up first, or refused), a lost last answer settled, the attempt recorded.
-    async fn attempt(
+    /// One attempt: begun in the ledger, the request sent (or looked up first, or refused), a
+    /// lost last answer settled, the attempt's end handed to the ledger.
+    async fn attempt<L: Ledger>(
         &self,
         a: &mut Attempts,
         inputs: &Value,
-        state: &mut RunState,
-    ) -> Result<Next, StorageError> {
-        // Fencing: a node whose claim was taken over must not send anything more.
-        if !self
-            .engine
-            .renew_claim(self.run_id, &mut state.claim)
-            .await?
-        {
-            return Ok(Next::End(StepEnd::LostClaim));
+        ledger: &mut L,
+    ) -> Result<Next<L::End>, StorageError> {
+        let started_at_ms = now_ms();
+        if let Some(end) = ledger.begin(inputs, a.number + 1, started_at_ms).await? {
+            return Ok(Next::End(end));
         }
         a.number += 1;
-        let started_at_ms = now_ms();
         let first_attempt_at_ms = *a.first_attempt_at_ms.get_or_insert(started_at_ms);
         let clock = Instant::now();
-        self.record_start(inputs, a.number, started_at_ms, state)
-            .await?;
         let http = Outbound::live(self.engine.inner.http.clone());
-        let sending = self.send(a, inputs, &http, first_attempt_at_ms, &mut state.claim);
-        let Some(answer) = sending.await? else {
-            return Ok(Next::End(StepEnd::LostClaim));
+        let sending = self.send(a, inputs, &http, first_attempt_at_ms);
+        let answer = match ledger.during(sending).await? {
+            Ok(answer) => answer,
+            Err(end) => return Ok(Next::End(end)),
         };
         let answer = (self.settle(a, answer, &http, inputs, first_attempt_at_ms, clock)).await;
         let sent = http.exchanges();
         a.exchanges.extend(sent.iter().cloned());
         let succeeded = answer.result.is_ok();
         (self.engine.inner.metrics).observe_attempt(self.type_name(), succeeded, clock.elapsed());
-        let record = AttemptRecord {
+        let mut record = AttemptRecord {
             number: a.number,
             started_at_ms,
             finished_at_ms: now_ms(),
@@ -254,41 +273,63 @@ impl StepRun<'_> {
             exchanges: sent,
         };
         match answer.result {
-            Ok(outputs) => Ok(Next::End(self.succeeded(
-                outputs,
-                answer.adopted,
-                record,
-                a,
-                state,
-            ))),
+            Ok(outputs) => {
+                if answer.adopted {
+                    record.outcome = AttemptOutcome::Adopted;
+                    self.engine.inner.metrics.count_adopted(self.type_name());
+                    tracing::info!(run_id = %self.run_id, step = %self.step_id(), "Found what an earlier attempt created; adopted it instead of sending again.");
+                }
+                Ok(Next::End(ledger.succeeded(outputs, record, a)))
+            }
             Err(error) => {
                 // A failed lookup leaves the earlier outcome as unknown as it was.
                 a.uncertain = !answer.settled
                     && (answer.lookup_failed
                         || error.outcome_unknown()
                         || matches!(error, StepError::OutcomeUnknown(_)));
-                (self.failed(error, answer.settled, record, a, clock, state)).await
+                self.failed(error, answer.settled, record, a, clock, ledger)
+                    .await
             }
         }
     }
 
-    /// Sends (or looks up first, or refuses) while keeping the claim alive: renewed every
-    /// quarter lease while the attempt runs. `None` when another node took the run over.
+    /// A failed attempt: the step's failure when it is not tried again, else the attempt
+    /// handed to the ledger and the wait before the next one.
+    async fn failed<L: Ledger>(
+        &self,
+        error: StepError,
+        settled: bool,
+        mut record: AttemptRecord,
+        a: &mut Attempts,
+        clock: Instant,
+        ledger: &mut L,
+    ) -> Result<Next<L::End>, StorageError> {
+        let message = self.failure_message(&error, settled);
+        let delay = a.may_retry(&error).then(|| a.retry_delay(&error, clock));
+        record.outcome = AttemptOutcome::Failed;
+        record.error_code = Some(error.code().to_owned());
+        record.error = Some(message.clone());
+        record.retry_in_ms = delay.map(|d| d.as_millis() as u64);
+        record.outcome_unknown = a.uncertain;
+        let Some(delay) = delay else {
+            return Ok(Next::End(ledger.failed(error, message, record, a)));
+        };
+        ledger.retrying(&record).await?;
+        self.engine.inner.metrics.count_retry(self.type_name());
+        tracing::info!(run_id = %self.run_id, step = %self.step_id(), attempt = a.number, delay_ms = delay.as_millis() as u64, "{message}; trying again");
+        Ok(Next::RetryAfter(delay))
+    }
+
+    /// Sends, looks up first, or refuses, by the step's [`Resend`] and whether an earlier
+    /// attempt may have taken effect.
     async fn send(
         &self,
         a: &Attempts,
         inputs: &Value,
         http: &Outbound,
         first_attempt_at_ms: i64,
-        claim: &mut Instant,
-    ) -> Result<Option<Answer>, StorageError> {
-        let context = (self.engine).step_context(
-            self.flow,
-            self.run_id,
-            self.step,
-            http.clone(),
-            Some(first_attempt_at_ms),
-        );
+    ) -> Answer {
+        let context = self.context(self.run_id, http.clone(), Some(first_attempt_at_ms));
         let lookups = self.lookups(a, first_attempt_at_ms, a.number > 1);
         let mode = match a.resend {
             _ if !a.uncertain => AttemptMode::Send,
@@ -296,24 +337,14 @@ impl StepRun<'_> {
             Resend::LookUpFirst => AttemptMode::LookUpFirst(&lookups),
             Resend::Never => AttemptMode::Refuse,
         };
-        let work = self.send_once(&context, inputs, mode);
-        tokio::pin!(work);
-        loop {
-            tokio::select! {
-                done = &mut work => return Ok(Some(done)),
-                () = tokio::time::sleep(self.engine.inner.lease / 4) => {
-                    if !self.engine.renew_claim(self.run_id, claim).await? {
-                        return Ok(None);
-                    }
-                }
-            }
-        }
+        self.send_once(&context, inputs, mode).await
     }
 
-    /// The runs whose keys a look-up searches, nearest first: this run's own (`with_own`),
-    /// then those of the replayed runs.
+    /// The runs whose keys a look-up searches, nearest first: this run's own (`with_own`,
+    /// unless an earlier run carried the same key), then those of the earlier runs.
     fn lookups(&self, a: &Attempts, first_attempt_at_ms: i64, with_own: bool) -> Vec<EarlierRun> {
-        let own = with_own.then(|| (self.run_id.to_owned(), Some(first_attempt_at_ms)));
+        let own = (with_own && !a.ancestors.iter().any(|(id, _)| id == self.run_id))
+            .then(|| (self.run_id.to_owned(), Some(first_attempt_at_ms)));
         own.into_iter().chain(a.ancestors.iter().cloned()).collect()
     }
 
@@ -324,7 +355,7 @@ impl StepRun<'_> {
         inputs: &Value,
         mode: AttemptMode<'_>,
     ) -> Answer {
-        let send = || self.step.implementation().execute(context, inputs.clone());
+        let send = || self.implementation().execute(context, inputs.clone());
         match mode {
             AttemptMode::Send => Answer::of(send().await),
             AttemptMode::LookUpFirst(lookups) => {
@@ -414,183 +445,13 @@ impl StepRun<'_> {
     ) -> Result<Option<Value>, StepError> {
         let mut failure = None;
         for (run_id, first_attempt_at_ms) in lookups {
-            let context = (self.engine).step_context(
-                self.flow,
-                run_id,
-                self.step,
-                http.clone(),
-                *first_attempt_at_ms,
-            );
-            match self
-                .step
-                .implementation()
-                .find_previous(&context, inputs)
-                .await
-            {
+            let context = self.context(run_id, http.clone(), *first_attempt_at_ms);
+            match self.implementation().find_previous(&context, inputs).await {
                 Ok(Some(outputs)) => return Ok(Some(outputs)),
                 Ok(None) => {}
                 Err(e) => failure = Some(e),
             }
         }
         failure.map_or(Ok(None), Err)
-    }
-
-    /// The step's end: its outputs, left unwritten with the attempt for the run's next write.
-    fn succeeded(
-        &self,
-        outputs: Value,
-        adopted: bool,
-        mut record: AttemptRecord,
-        a: &mut Attempts,
-        state: &mut RunState,
-    ) -> StepEnd {
-        if adopted {
-            record.outcome = AttemptOutcome::Adopted;
-            self.engine.inner.metrics.count_adopted(self.type_name());
-            tracing::info!(run_id = %self.run_id, step = %self.step.id, "Found what an earlier attempt created; adopted it instead of sending again.");
-        }
-        // The attempt goes into the log with the step's end, which is written with whatever
-        // the run does next.
-        let outcome = StepOutcome {
-            status: StepStatus::Succeeded,
-            outputs: Some(outputs.clone()),
-            error: None,
-            exchanges: std::mem::take(&mut a.exchanges),
-            finished_at_ms: record.finished_at_ms,
-            attempt: Some(record),
-        };
-        state.unwritten.step_finished = Some((self.step.id.clone(), outcome));
-        StepEnd::Succeeded(outputs)
-    }
-
-    /// A failed attempt: the step's failure when it is not tried again, else the attempt
-    /// recorded and the wait before the next one.
-    async fn failed(
-        &self,
-        error: StepError,
-        settled: bool,
-        mut record: AttemptRecord,
-        a: &mut Attempts,
-        clock: Instant,
-        state: &mut RunState,
-    ) -> Result<Next, StorageError> {
-        let mut message = format!(
-            "flow `{}`, step `{}`: {error}",
-            self.flow.id(),
-            self.step.id
-        );
-        if settled {
-            message.push_str(" (a look-up found nothing it made: nothing was done)");
-        }
-        let delay = a.may_retry(&error).then(|| a.retry_delay(&error, clock));
-        record.outcome = AttemptOutcome::Failed;
-        record.error_code = Some(error.code().to_owned());
-        record.error = Some(message.clone());
-        record.retry_in_ms = delay.map(|d| d.as_millis() as u64);
-        record.outcome_unknown = a.uncertain;
-        let Some(delay) = delay else {
-            let end = self.failed_for_good(&error, message, record, a, state);
-            return Ok(Next::End(end));
-        };
-        (self.engine.inner.storage)
-            .record_attempt(self.run_id, &self.step.id, &record)
-            .await?;
-        self.engine.inner.metrics.count_retry(self.type_name());
-        tracing::info!(run_id = %self.run_id, step = %self.step.id, attempt = a.number, delay_ms = delay.as_millis() as u64, "{message}; trying again");
-        Ok(Next::RetryAfter(delay))
-    }
-
-    /// The step failed and is not tried again: its end is left unwritten for the run's end.
-    fn failed_for_good(
-        &self,
-        error: &StepError,
-        message: String,
-        record: AttemptRecord,
-        a: &mut Attempts,
-        state: &mut RunState,
-    ) -> StepEnd {
-        let message = if a.number > 1 {
-            format!(
-                "{message} (attempt {} of {})",
-                a.number, a.policy.max_attempts
-            )
-        } else {
-            message
-        };
-        tracing::warn!(run_id = %self.run_id, step = %self.step.id, code = error.code(), "{message}");
-        let outcome = StepOutcome {
-            status: StepStatus::Failed,
-            outputs: None,
-            error: Some((error.code().to_owned(), message.clone())),
-            exchanges: std::mem::take(&mut a.exchanges),
-            finished_at_ms: now_ms(),
-            attempt: Some(record),
-        };
-        state.unwritten.step_finished = Some((self.step.id.clone(), outcome));
-        StepEnd::Failed(message)
-    }
-
-    /// Waits before the next attempt; a long wait keeps the claim alive, renewed every half
-    /// lease. An end when the engine shuts down or another node takes the run over meanwhile.
-    async fn wait(
-        &self,
-        delay: Duration,
-        claim: &mut Instant,
-    ) -> Result<Option<StepEnd>, StorageError> {
-        let deadline = tokio::time::Instant::now() + delay;
-        loop {
-            let nap = (self.engine.inner.lease / 2)
-                .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
-            tokio::select! {
-                () = tokio::time::sleep(nap) => {}
-                () = self.engine.shutting_down() => return Ok(Some(StepEnd::Interrupted)),
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Ok(None);
-            }
-            if !self.engine.renew_claim(self.run_id, claim).await? {
-                return Ok(Some(StepEnd::LostClaim));
-            }
-        }
-    }
-}
-
-/// An attempt that started but never recorded its end (a crash) may have taken effect, as
-/// may one that ended with a lost answer.
-fn left_uncertain(step: &StepRunRecord) -> bool {
-    step.attempts as usize > step.attempt_log.len()
-        || step.attempt_log.last().is_some_and(|a| a.outcome_unknown)
-}
-
-/// When a step's first attempt started, across restarts.
-fn first_attempt_of(step: &StepRunRecord) -> i64 {
-    (step.attempt_log.iter().map(|a| a.started_at_ms)).fold(step.started_at_ms, i64::min)
-}
-
-impl Engine {
-    /// The runs `replay_of` and its own ancestors whose step `step_id` was left with an
-    /// unknown outcome, nearest first; the walk stops at the first run where it was known.
-    async fn uncertain_ancestors(
-        &self,
-        replay_of: &str,
-        step_id: &str,
-    ) -> Result<Vec<EarlierRun>, StorageError> {
-        let mut found = Vec::new();
-        let mut next = Some(replay_of.to_owned());
-        // Bounded: a replay of a replay of ... is rare, and each hop is a read.
-        while let Some(run_id) = next.take().filter(|_| found.len() < 8) {
-            let Some(detail) = self.inner.storage.get_run(&run_id).await? else {
-                break;
-            };
-            let Some(earlier) = detail.steps.iter().find(|s| s.step_id == step_id) else {
-                break;
-            };
-            if !left_uncertain(earlier) {
-                break;
-            }
-            found.push((run_id, Some(first_attempt_of(earlier))));
-            next = detail.summary.replay_of;
-        }
-        Ok(found)
     }
 }
