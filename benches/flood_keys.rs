@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use haloflow::flood::{FloodClock, FloodControl, MemoryFloodControl};
-use haloflow::flow::FloodControlDef;
+use haloflow::internals::flood::{FloodClock, FloodControl, MemoryFloodControl};
+use haloflow::internals::flow::FloodControlDef;
 
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();

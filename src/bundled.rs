@@ -2,7 +2,7 @@
 //! every one its features turned on. An embedder picks integrations one by one instead with
 //! [`crate::engine::EngineBuilder::integration`] (e.g. Halo alone, or its own).
 
-use crate::engine::integration::Integrations;
+use crate::engine::Integrations;
 
 /// Halo, then ServiceNow (which syncs back into Halo connections): those of the two whose
 /// features (`halo`, `servicenow`) are on.

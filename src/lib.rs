@@ -35,19 +35,122 @@
 //! Steps implement [`step::Step`] and are registered by type name in a [`step::StepRegistry`]
 //! (`examples/custom_step.rs`); the built-in steps are registered the same way.
 //!
-//! The core (crate `haloflow-core`, re-exported here module by module) names no vendor: Halo
+//! The modules here are the stable API: [`engine`], [`step`], [`connections`], [`outbound`],
+//! [`config`], [`flow`], [`server`], [`storage`], [`secrets`], [`trigger`], gathered for the
+//! usual program in [`prelude`].
+//!
+//! The core (crate `haloflow-core`) names no vendor: Halo
 //! (`halo::Halo`, crate `haloflow-halo`, the `halo` feature) and ServiceNow
 //! (`servicenow::ServiceNow`, crate `haloflow-servicenow`, the `servicenow` feature) are
 //! integrations, each adding its config section, connections, steps, routes and jobs through
-//! one interface ([`integration::Integration`]) that an embedder's integration implements the
+//! one interface ([`engine::Integration`]) that an embedder's integration implements the
 //! same way. An engine runs the integrations it is given. All features are on by default; an
 //! embedder takes `default-features = false` and the integrations it runs.
 
-// The core, module by module: `haloflow::engine` is `haloflow_core::engine`, and so on.
-pub use haloflow_core::{
-    admission, config, connections, engine, flood, flow, integration, json, outbound, secrets,
-    server, step, steps, storage, template, trigger,
-};
+// The stable embedder API: each module below re-exports the core items an embedder uses;
+// everything else of the core is in the hidden `internals` module.
+
+pub mod engine {
+    //! The engine: built from a config, integrations, flows and storage; accepts trigger
+    //! requests, runs flows ([`Engine::run_to_completion`]) and single steps
+    //! ([`Engine::run_step`]) with retries, look-ups and history, replays and dry-runs them.
+    pub use haloflow_core::engine::integration::{Integration, Integrations};
+    pub use haloflow_core::engine::{
+        AcceptError, Accepted, Completion, DryRunReport, DryRunStep, DuplicateEvent, Engine,
+        EngineBuilder, EngineError, LoadedFlow, ReplayError, ReplayFrom, SuppressedEvent,
+    };
+}
+
+pub mod step {
+    //! The step contract: what a step is ([`StepDescription`]), what it does ([`Step`]), what
+    //! it may use while it runs ([`StepContext`]), how it fails ([`StepError`]) and whether it
+    //! may be sent again after a lost answer ([`Resend`]); the registry steps are found in.
+    pub use haloflow_core::step::{
+        OutputSpec, PathRule, RegisteredStep, RegistryError, Resend, Step, StepContext,
+        StepDescription, StepError, StepRegistry, is_placeholder,
+    };
+}
+
+pub mod connections {
+    //! Connections to target systems: kinds (one config table each, open to integrations),
+    //! the built set an engine holds, and the `[http.<name>]` connection with its request
+    //! helper ([`HttpConnection::request`]).
+    pub use haloflow_core::connections::{
+        ConnectionKind, Connections, ConnectionsBuilder, HttpConnection, MissingSecret, Needed,
+        NoConnection,
+    };
+}
+
+pub mod outbound {
+    //! Outbound HTTP as steps see it: requests built from a connection, sent through
+    //! [`StepContext::send`](crate::step::StepContext::send) (recorded in the run history,
+    //! previewed in a dry run), and their answers.
+    pub use haloflow_core::outbound::{
+        Field, Outbound, OutboundRequest, OutboundResponse, TransportError,
+    };
+}
+
+pub mod config {
+    //! The config file: the core's sections, and the tables integrations own (read with
+    //! [`Config::section`], checked with [`Problems`]).
+    pub use haloflow_core::config::{
+        ApiAuthConfig, Config, ConfigError, ConfigProblem, Durability, HttpConnectionConfig,
+        Problems, RetentionConfig, RetryConfig, RetrySettings, Section, ServerConfig,
+    };
+}
+
+pub mod flow {
+    //! Flows: validated from their JSON documents, every problem reported at its place.
+    pub use haloflow_core::flow::{
+        FlowValidator, Problem, ProblemCode, ValidatedFlow, ValidatedStep,
+    };
+}
+
+pub mod server {
+    //! The HTTP server: trigger URLs, the API and the integrations' routes as one axum
+    //! router, to mount in an app of your own ([`router`]) or serve as it is ([`serve`]).
+    pub use haloflow_core::server::{
+        ApiError, ErrorCode, Listeners, router, serve, serve_listeners,
+    };
+}
+
+pub mod storage {
+    //! Where requests, runs and their history live: [`open`] picks a backend from the
+    //! settings; the store traits and the records they read and write.
+    #[cfg(feature = "postgres")]
+    pub use haloflow_core::storage::PostgresStorage;
+    #[cfg(feature = "sqlite")]
+    pub use haloflow_core::storage::SqliteStorage;
+    // The stores.
+    pub use haloflow_core::storage::{
+        Backend, FloodStore, LeaseStore, LinkStore, RunStore, RunStoreExt, Storage, SyncStore,
+    };
+    // What they read and write.
+    pub use haloflow_core::storage::{
+        AttemptOutcome, AttemptRecord, FloodRecord, Link, LinkOrigin, NewRequest, NewRun,
+        NewSuppressed, Progress, RequestFilter, RequestRecord, RunCount, RunDetail, RunFilter,
+        RunFinish, RunStatus, RunSummary, StepOutcome, StepRunRecord, StepStart, StepStatus,
+        SyncFailure, WriteStats,
+    };
+    pub use haloflow_core::storage::{BackendError, StorageError, StorageSettings, open};
+}
+
+pub mod secrets {
+    //! Secrets, by name: never in a flow, a log, an error or the history.
+    pub use haloflow_core::secrets::{Secret, SecretStore};
+}
+
+pub mod trigger {
+    //! What a trigger URL's query carries (recipients and other parameters).
+    pub use haloflow_core::trigger::TriggerQuery;
+}
+
+/// Everything of the core, module by module, for the `haloflow` binary, the tests and
+/// integrations: not a stable API (the modules above are).
+#[doc(hidden)]
+pub mod internals {
+    pub use haloflow_core::*;
+}
 
 /// The Halo integration (crate `haloflow-halo`; the `halo` feature).
 #[cfg(feature = "halo")]

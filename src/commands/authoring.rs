@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 
 use super::{CommandError, render};
-use crate::flow::{self, FlowValidator, TriggerAuth, ValidatedFlow};
-use crate::secrets::SecretStore;
+use crate::internals::flow::{self, FlowValidator, TriggerAuth, ValidatedFlow};
+use crate::internals::secrets::SecretStore;
 
 /// Options of `haloflow trigger-url`.
 #[derive(Debug, Clone, clap::Args)]
@@ -43,7 +43,7 @@ pub(super) fn find_flow(reference: &str, flows: &Path) -> Result<ValidatedFlow, 
     if path.is_file() {
         return validator
             .validate_file(path)
-            .map_err(|p| crate::engine::EngineError::Flows(p).into());
+            .map_err(|p| crate::internals::engine::EngineError::Flows(p).into());
     }
     let files = flow::flow_files(flows).map_err(|e| CommandError::Input {
         path: flows.to_owned(),
@@ -296,7 +296,7 @@ pub fn new_flow(options: &NewOptions, out: &mut dyn Write) -> Result<PathBuf, Co
     let registry = crate::bundled::integrations().registry();
     FlowValidator::new(&registry)
         .validate_str(&text, Some(&path))
-        .map_err(crate::engine::EngineError::Flows)?;
+        .map_err(crate::internals::engine::EngineError::Flows)?;
     std::fs::create_dir_all(&options.dir)?;
     std::fs::write(&path, text)?;
     let secret = document["trigger"]["auth"]["secret_name"]

@@ -5,10 +5,10 @@ use std::io::Write;
 use std::path::Path;
 
 use super::{CommandError, require_config};
-use crate::connections::Needed;
 use crate::halo::HaloConnections;
-use crate::outbound::Outbound;
-use crate::secrets::SecretStore;
+use crate::internals::connections::Needed;
+use crate::internals::outbound::Outbound;
+use crate::internals::secrets::SecretStore;
 use crate::servicenow::ServiceNowConnections;
 
 /// Options of `haloflow connections check`.
@@ -20,10 +20,10 @@ pub struct ConnectionsCheckOptions {
 
 /// The bundled integrations' connections that `needed` names; every missing secret at once.
 pub(super) fn build_connections(
-    config: &crate::config::Config,
+    config: &crate::internals::config::Config,
     secrets: &SecretStore,
     needed: &Needed,
-) -> Result<crate::connections::Connections, CommandError> {
+) -> Result<crate::internals::connections::Connections, CommandError> {
     (super::integrations().connections(config, secrets, needed)).map_err(|missing| {
         let lines: Vec<String> = missing.iter().map(ToString::to_string).collect();
         CommandError::Failed(lines.join("\n"))

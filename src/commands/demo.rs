@@ -12,12 +12,12 @@ use serde_json::Value;
 use tokio::task::JoinHandle;
 
 use super::{CommandError, render};
-use crate::config::Config;
-use crate::engine::Engine;
-use crate::flow::{TriggerAuth, ValidatedFlow};
 use crate::halo::{HaloConfig, HaloConnectionConfig};
-use crate::secrets::SecretStore;
-use crate::storage::StorageSettings;
+use crate::internals::config::Config;
+use crate::internals::engine::Engine;
+use crate::internals::flow::{TriggerAuth, ValidatedFlow};
+use crate::internals::secrets::SecretStore;
+use crate::internals::storage::StorageSettings;
 use haloflow_emulators::RunningEmulator;
 use haloflow_emulators::halo::{HaloEmulator, HaloEmulatorConfig};
 use haloflow_emulators::servicenow::{ServiceNowEmulator, ServiceNowEmulatorConfig};
@@ -107,7 +107,10 @@ pub async fn demo(options: &DemoOptions, out: &mut dyn Write) -> Result<(), Comm
     writeln!(
         out,
         "haloflow serving on {base}, run history in {}\n",
-        (options.data_dir.join(crate::storage::DATABASE_FILE)).display()
+        (options
+            .data_dir
+            .join(crate::internals::storage::DATABASE_FILE))
+        .display()
     )?;
     let client = reqwest::Client::new();
     let mut curl_lines = Vec::new();
@@ -220,18 +223,19 @@ async fn build_engine(
     secrets: &mut SecretStore,
 ) -> Result<Engine, CommandError> {
     let registry = super::integrations().registry();
-    let (flows, problems) = crate::flow::FlowValidator::new(&registry)
+    let (flows, problems) = crate::internals::flow::FlowValidator::new(&registry)
         .with_config(config)
-        .validate_files(&crate::flow::flow_files(&options.flows)?);
+        .validate_files(&crate::internals::flow::flow_files(&options.flows)?);
     if !problems.is_empty() {
-        return Err(crate::engine::EngineError::Flows(problems).into());
+        return Err(crate::internals::engine::EngineError::Flows(problems).into());
     }
     for flow in &flows {
         if let Some(name) = flow.document.trigger.auth.secret_name() {
             secrets.insert(name, random_secret());
         }
     }
-    let storage = crate::storage::open(&StorageSettings::new(&options.data_dir, None)).await?;
+    let storage =
+        crate::internals::storage::open(&StorageSettings::new(&options.data_dir, None)).await?;
     let mut builder = Engine::builder()
         .config(config.clone())
         .integrations(super::integrations())
@@ -258,7 +262,8 @@ async fn start_server(
             ))
         })?;
     let base = format!("http://{}", listener.local_addr()?);
-    let server = crate::server::serve(engine.clone(), listener, super::shutdown_signal());
+    let server =
+        crate::internals::server::serve(engine.clone(), listener, super::shutdown_signal());
     Ok((base, tokio::spawn(server)))
 }
 

@@ -6,12 +6,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{CommandError, require_config};
-use crate::connections::Needed;
-use crate::flow::ValidatedFlow;
 use crate::halo::setup::{self, Desired, Existing, HaloRequest, Target};
 use crate::halo::{HALO, HaloConnection, HaloConnections};
-use crate::outbound::Outbound;
-use crate::secrets::SecretStore;
+use crate::internals::connections::Needed;
+use crate::internals::flow::ValidatedFlow;
+use crate::internals::outbound::Outbound;
+use crate::internals::secrets::SecretStore;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum HaloCommand {

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{CommandError, render};
-use crate::storage::{RequestFilter, RunFilter, RunStatus, Storage, StorageSettings, format_ms};
+use crate::internals::storage::{
+    RequestFilter, RunFilter, RunStatus, Storage, StorageSettings, format_ms,
+};
 
 /// Where the run history is: a database URL, else SQLite in the data directory.
 #[derive(Debug, Clone, clap::Args)]
@@ -17,7 +19,7 @@ pub struct Store {
     pub database: Option<String>,
     /// SQLite's durability when the store creates the database.
     #[arg(skip)]
-    pub durability: crate::storage::Durability,
+    pub durability: crate::internals::storage::Durability,
 }
 
 impl Store {
@@ -31,7 +33,7 @@ impl Store {
 
     /// Opens an existing history (never creates an empty SQLite file by mistake).
     pub async fn open_existing(&self) -> Result<Arc<dyn Storage>, CommandError> {
-        let file = self.data_dir.join(crate::storage::DATABASE_FILE);
+        let file = self.data_dir.join(crate::internals::storage::DATABASE_FILE);
         if self.database.is_none() && !file.exists() {
             return Err(CommandError::Failed(format!(
                 "no run history at {}; runs are stored by `haloflow serve` or `haloflow run` with the same --data (or --database)",
@@ -47,7 +49,7 @@ impl Store {
             durability: self.durability,
             ..StorageSettings::new(&self.data_dir, self.database.clone())
         };
-        Ok(crate::storage::open(&settings).await?)
+        Ok(crate::internals::storage::open(&settings).await?)
     }
 }
 
@@ -95,7 +97,7 @@ fn parse_status(text: &str) -> Result<RunStatus, String> {
 }
 
 fn parse_time(text: &str) -> Result<i64, String> {
-    crate::storage::parse_time(text).ok_or_else(|| {
+    crate::internals::storage::parse_time(text).ok_or_else(|| {
         format!("`{text}` is not a time; use RFC 3339 (2026-11-23T10:00:00Z) or unix milliseconds")
     })
 }

@@ -29,13 +29,13 @@ pub use history::{
 };
 
 pub use crate::bundled::integrations;
-use crate::config::Config;
-use crate::engine::{Engine, EngineError};
-use crate::flow::{self, FlowValidator};
+use crate::internals::config::Config;
+use crate::internals::engine::{Engine, EngineError};
+use crate::internals::flow::{self, FlowValidator};
+use crate::internals::step::StepRegistry;
+use crate::internals::storage::{RunDetail, StorageError, StorageSettings};
+use crate::internals::trigger::TriggerQuery;
 use crate::servicenow::{ServiceNowConnections, ServiceNowEngine};
-use crate::step::StepRegistry;
-use crate::storage::{RunDetail, StorageError, StorageSettings};
-use crate::trigger::TriggerQuery;
 
 /// The `haloflow` commands, each with its own options.
 #[derive(Debug, clap::Subcommand)]
@@ -142,7 +142,7 @@ impl Command {
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] crate::internals::config::ConfigError),
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error("{0}")]
@@ -166,7 +166,7 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, CommandError> {
 
 /// Loads the config file a command cannot work without (its connections).
 pub fn require_config(path: Option<&Path>, command: &'static str) -> Result<Config, CommandError> {
-    let path = path.ok_or(crate::config::ConfigError::NotGiven { command })?;
+    let path = path.ok_or(crate::internals::config::ConfigError::NotGiven { command })?;
     Ok(integrations().load_config(path)?)
 }
 
@@ -428,7 +428,7 @@ pub async fn run(options: &RunOptions, out: &mut dyn Write) -> Result<bool, Comm
     let query = TriggerQuery::parse(options.query.as_deref(), None);
     if options.dry_run {
         // A dry run stores nothing; a throwaway in-memory database keeps the engine whole.
-        let storage = crate::storage::open_in_memory().await?;
+        let storage = crate::internals::storage::open_in_memory().await?;
         let engine = engine_for(config, registry, flow, storage, true)?;
         let reports = engine
             .dry_run(&flow_id, &query, payload)
@@ -440,7 +440,8 @@ pub async fn run(options: &RunOptions, out: &mut dyn Write) -> Result<bool, Comm
         let steps = reports.iter().flat_map(|r| &r.steps);
         return Ok(steps.into_iter().all(|s| s.error.is_none()));
     }
-    let storage = crate::storage::open(&StorageSettings::new(&options.data_dir, None)).await?;
+    let storage =
+        crate::internals::storage::open(&StorageSettings::new(&options.data_dir, None)).await?;
     let engine = engine_for(config, registry, flow, storage, false)?;
     let loaded = engine.flow(&flow_id).expect("the flow was just loaded");
     let accepted = engine
@@ -454,7 +455,8 @@ pub async fn run(options: &RunOptions, out: &mut dyn Write) -> Result<bool, Comm
     show(&details[..], options.json, out, |details, out| {
         details.iter().try_for_each(|d| render::run(d, out))
     })?;
-    let succeeded = |d: &RunDetail| d.summary.status == crate::storage::RunStatus::Succeeded;
+    let succeeded =
+        |d: &RunDetail| d.summary.status == crate::internals::storage::RunStatus::Succeeded;
     Ok(details.iter().all(succeeded))
 }
 
@@ -499,11 +501,12 @@ fn engine_for(
     config: Config,
     registry: StepRegistry,
     mut flow: flow::ValidatedFlow,
-    storage: Arc<dyn crate::storage::Storage>,
+    storage: Arc<dyn crate::internals::storage::Storage>,
     dry_run: bool,
 ) -> Result<Engine, CommandError> {
     flow.document.trigger.auth = flow::TriggerAuth::None;
-    let mut secrets = crate::secrets::SecretStore::from_environment(config.secrets.clone());
+    let mut secrets =
+        crate::internals::secrets::SecretStore::from_environment(config.secrets.clone());
     if dry_run {
         // A dry run sends nothing: connections whose secret is unset still preview (masked).
         for name in vendor_secret_names(&config) {
@@ -566,8 +569,8 @@ pub struct ReplayOptions {
 
 impl ReplayOptions {
     /// Where the replay starts: the named step, the trigger, else the failed step.
-    pub fn from(&self) -> crate::engine::ReplayFrom {
-        use crate::engine::ReplayFrom;
+    pub fn from(&self) -> crate::internals::engine::ReplayFrom {
+        use crate::internals::engine::ReplayFrom;
         match (&self.from_step, self.from_trigger) {
             (Some(step), _) => ReplayFrom::Step(step.clone()),
             (None, true) => ReplayFrom::Trigger,
@@ -596,7 +599,7 @@ pub async fn runs_replay(
         .map_err(|e| CommandError::Failed(e.to_string()))?;
     let detail = engine.wait_for_run(&run_id).await?;
     show(&detail, options.json, out, render::run)?;
-    Ok(detail.summary.status == crate::storage::RunStatus::Succeeded)
+    Ok(detail.summary.status == crate::internals::storage::RunStatus::Succeeded)
 }
 
 /// Options of `haloflow integrator run`.
@@ -765,11 +768,11 @@ pub async fn serve(options: &ServeOptions, out: &mut dyn Write) -> Result<(), Co
     }
     // Best effort: a server keeps serving when nobody reads its standard output.
     let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
-    let listeners = crate::server::Listeners {
+    let listeners = crate::internals::server::Listeners {
         public,
         admin: Some(admin),
     };
-    crate::server::serve_listeners(engine.clone(), listeners, shutdown_signal()).await?;
+    crate::internals::server::serve_listeners(engine.clone(), listeners, shutdown_signal()).await?;
     stop(&engine, &config.server, out).await;
     Ok(())
 }
@@ -793,7 +796,7 @@ impl ServeOptions {
 
 /// The public listener (`server.listen`) and the admin one (`server.admin_listen`).
 async fn bind_listeners(
-    server: &crate::config::ServerConfig,
+    server: &crate::internals::config::ServerConfig,
 ) -> Result<(tokio::net::TcpListener, tokio::net::TcpListener), CommandError> {
     let public = tokio::net::TcpListener::bind(server.listen)
         .await
@@ -817,10 +820,12 @@ fn banner(
 ) -> String {
     let base = (config.server.public_url.clone()).unwrap_or_else(|| format!("http://{addr}"));
     let shown_database = match database {
-        Some(url) => crate::outbound::redact_url(url),
-        None => (options.data_dir.join(crate::storage::DATABASE_FILE))
-            .display()
-            .to_string(),
+        Some(url) => crate::internals::outbound::redact_url(url),
+        None => (options
+            .data_dir
+            .join(crate::internals::storage::DATABASE_FILE))
+        .display()
+        .to_string(),
     };
     let mut banner = format!(
         "haloflow listening on http://{addr} (database {shown_database}, node {})\n",
@@ -843,7 +848,11 @@ fn banner(
 
 /// Stops the engine after the listeners closed: new requests are refused from here; steps
 /// already sending may finish (within `server.shutdown_timeout_secs`), then stop.
-async fn stop(engine: &Engine, server: &crate::config::ServerConfig, out: &mut dyn Write) {
+async fn stop(
+    engine: &Engine,
+    server: &crate::internals::config::ServerConfig,
+    out: &mut dyn Write,
+) {
     engine.shutdown();
     let timeout = std::time::Duration::from_secs(server.shutdown_timeout_secs);
     let left = engine.drain(timeout).await;
@@ -861,7 +870,7 @@ async fn stop(engine: &Engine, server: &crate::config::ServerConfig, out: &mut d
 /// Binds `server.admin_listen`; without API credentials it must be a loopback address, as
 /// it then serves the API to anyone who reaches it.
 async fn bind_admin(
-    server: &crate::config::ServerConfig,
+    server: &crate::internals::config::ServerConfig,
 ) -> Result<tokio::net::TcpListener, CommandError> {
     let addr = server.admin_listen;
     if !server.api.is_configured() && !addr.ip().is_loopback() {

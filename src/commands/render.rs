@@ -4,13 +4,13 @@ use std::io::{self, Write};
 
 use serde_json::Value;
 
-use crate::engine::DryRunReport;
-use crate::flow::Problem;
-use crate::outbound::ExchangeRecord;
-use crate::storage::{AttemptOutcome, AttemptRecord, StepRunRecord};
-use crate::storage::{RunDetail, format_ms};
+use crate::internals::engine::DryRunReport;
+use crate::internals::flow::Problem;
+use crate::internals::outbound::ExchangeRecord;
+use crate::internals::storage::{AttemptOutcome, AttemptRecord, StepRunRecord};
+use crate::internals::storage::{RunDetail, format_ms};
 
-pub use crate::trigger::{trigger_url, with_recipients};
+pub use crate::internals::trigger::{trigger_url, with_recipients};
 
 fn indented_json(value: &Value, indent: &str) -> String {
     serde_json::to_string_pretty(value)
@@ -218,7 +218,7 @@ pub fn dry_run(report: &DryRunReport, out: &mut dyn Write) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flow::{FlowValidator, ValidatedFlow};
+    use crate::internals::flow::{FlowValidator, ValidatedFlow};
 
     fn flow(auth: serde_json::Value) -> ValidatedFlow {
         let doc = serde_json::json!({

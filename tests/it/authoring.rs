@@ -147,7 +147,8 @@ fn new_writes_a_valid_flow_for_each_template() {
 
 #[test]
 fn the_editor_schema_is_generated_from_the_steps_and_checks_inputs() {
-    let generated = haloflow::flow::editor_schema(&haloflow::bundled::integrations().registry());
+    let generated =
+        haloflow::internals::flow::editor_schema(&haloflow::bundled::integrations().registry());
     let shipped: Value =
         serde_json::from_str(&std::fs::read_to_string("schemas/flow.schema.json").unwrap())
             .unwrap();
@@ -158,7 +159,7 @@ fn the_editor_schema_is_generated_from_the_steps_and_checks_inputs() {
 
     // An editor validating with the schema alone: every shipped flow passes, a misspelt input fails.
     let editor = jsonschema::draft202012::new(&shipped).unwrap();
-    for file in haloflow::flow::flow_files(std::path::Path::new("flows")).unwrap() {
+    for file in haloflow::internals::flow::flow_files(std::path::Path::new("flows")).unwrap() {
         let flow: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
         let errors: Vec<String> = editor.iter_errors(&flow).map(|e| e.to_string()).collect();
         assert!(errors.is_empty(), "{}: {errors:?}", file.display());

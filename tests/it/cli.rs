@@ -22,7 +22,7 @@ fn the_demo_sends_a_sample_to_every_flow_and_shows_the_runs() {
     .unwrap();
     let out = text(&output);
     assert!(output.status.success(), "{out}");
-    let flows = haloflow::flow::flow_files(std::path::Path::new("flows"))
+    let flows = haloflow::internals::flow::flow_files(std::path::Path::new("flows"))
         .unwrap()
         .len();
     assert_eq!(

@@ -4,8 +4,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::common::{Harness, Options, api_calls, sample_payload};
-use haloflow::flood::{Admission, FloodClock, FloodControl, MemoryFloodControl};
-use haloflow::flow::FloodControlDef;
+use haloflow::internals::flood::{Admission, FloodClock, FloodControl, MemoryFloodControl};
+use haloflow::internals::flow::FloodControlDef;
 use haloflow::storage::{
     NewRequest, NewRun, NewSuppressed, RequestFilter, RunStore, SqliteStorage,
 };
@@ -389,7 +389,7 @@ async fn sustained_flood_stays_suppressed() {
 /// Writes one accepted request to `storage` as the trigger would have, `ago` before now.
 async fn record(storage: &SqliteStorage, key: &str, ago: Duration, parent: Option<&str>) -> String {
     let id = uuid::Uuid::now_v7().to_string();
-    let at = haloflow::storage::now_ms() - ago.as_millis() as i64;
+    let at = haloflow::internals::storage::now_ms() - ago.as_millis() as i64;
     let request = NewRequest {
         id: id.clone(),
         flow_id: "f".into(),

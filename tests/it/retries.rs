@@ -398,7 +398,7 @@ async fn metrics_parse_as_prometheus_text() {
         count
     );
     let mut last = 0.0;
-    for bound in haloflow::engine::LATENCY_BUCKETS {
+    for bound in haloflow::internals::engine::LATENCY_BUCKETS {
         let n = get(&format!(
             "haloflow_step_attempt_duration_seconds_bucket{{{labels},le=\"{bound}\"}}"
         ));
@@ -417,7 +417,7 @@ async fn metrics_parse_as_prometheus_text() {
 #[tokio::test]
 async fn run_history_filters_by_time_and_health_checks_the_database() {
     let h = Harness::start().await;
-    let before = haloflow::storage::now_ms();
+    let before = haloflow::internals::storage::now_ms();
     let run = h
         .wait(escalate(&h).await["run_ids"][0].as_str().unwrap())
         .await;

@@ -658,7 +658,7 @@ async fn a_link_write_that_fails_once_is_retried_and_the_record_adopted() {
         "sqlite://{}",
         w._dir
             .path()
-            .join(haloflow::storage::DATABASE_FILE)
+            .join(haloflow::internals::storage::DATABASE_FILE)
             .display()
     ))
     .await

@@ -2,7 +2,7 @@
 //! and for PostgreSQL alike.
 
 use crate::common::backends::backends;
-use haloflow::flood::Admission;
+use haloflow::internals::flood::Admission;
 use haloflow::storage::{
     AttemptOutcome, AttemptRecord, Link, LinkOrigin, NewRequest, NewRun, NewSuppressed, Progress,
     RequestFilter, RunFilter, RunFinish, RunStatus, RunStoreExt, StepOutcome, StepStart,

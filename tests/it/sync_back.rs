@@ -298,7 +298,7 @@ webhook = {{ secret_name = "HOOK_SECRET", ticket_type_id = 5 }}
             .unwrap();
         self.engine
             .sync_back()
-            .scan(&acme, haloflow::storage::now_ms() - 3_600_000)
+            .scan(&acme, haloflow::internals::storage::now_ms() - 3_600_000)
             .await
             .unwrap()
     }
@@ -707,7 +707,7 @@ async fn a_failed_scan_resumes_without_duplicates_and_runs_on_one_node_at_a_time
     assert_eq!(w.halo.tickets().len(), 4, "no duplicates after the repeat");
 
     // Another node holds the integrator lease: this one does not scan.
-    let now = haloflow::storage::now_ms();
+    let now = haloflow::internals::storage::now_ms();
     assert!(
         w.storage
             .try_lease("integrator:customers/12", "other-node", now + 60_000, now)
@@ -1261,7 +1261,8 @@ async fn a_webhook_whose_node_died_is_synced_by_the_next() {
         ..NamedRecord::default()
     };
     let query = haloflow::trigger::TriggerQuery::default();
-    let trigger = haloflow::trigger::outputs("req-dead", "now", &query, named.to_event());
+    let trigger =
+        haloflow::internals::trigger::outputs("req-dead", "now", &query, named.to_event());
     let flow_id = "servicenow:customers/12";
     let request = NewRequest {
         id: "req-dead".into(),

@@ -422,7 +422,8 @@ async fn a_missing_value_fails_the_run_naming_flow_step_input_and_path() {
     let error = run.summary.error.unwrap();
     // The place in the flow file, then flow, step, input and path.
     let text = std::fs::read_to_string("flows/escalate-to-partner.json").unwrap();
-    let (line, column) = haloflow::flow::locate(&text, "/steps/0/inputs/summary").unwrap();
+    let (line, column) =
+        haloflow::internals::flow::locate(&text, "/steps/0/inputs/summary").unwrap();
     assert_eq!(
         error,
         format!(
@@ -444,7 +445,8 @@ async fn a_rendered_input_that_breaks_the_step_schema_names_its_place() {
     assert_eq!(run.steps[0].error_code.as_deref(), Some("invalid_input"));
     let error = run.summary.error.unwrap();
     let text = std::fs::read_to_string("flows/escalate-to-partner.json").unwrap();
-    let (line, column) = haloflow::flow::locate(&text, "/steps/0/inputs/impact").unwrap();
+    let (line, column) =
+        haloflow::internals::flow::locate(&text, "/steps/0/inputs/impact").unwrap();
     assert!(
         error.starts_with(&format!(
             "flows/escalate-to-partner.json:{line}:{column}: flow `escalate-to-partner`, step `create`: input /impact:"
@@ -625,7 +627,7 @@ async fn runs_accepted_before_a_stop_start_on_the_next_start() {
     use haloflow::storage::{NewRequest, NewRun};
     let h = Harness::start().await;
     // A request and run written as the previous process would have, never started.
-    let trigger = haloflow::trigger::outputs(
+    let trigger = haloflow::internals::trigger::outputs(
         "req-before-stop",
         "2026-11-23T00:00:00Z",
         &haloflow::trigger::TriggerQuery::parse(Some("recipients=a"), None),

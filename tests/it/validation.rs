@@ -215,7 +215,7 @@ fn the_shipped_flows_are_valid() {
     let config = haloflow::bundled::integrations()
         .load_config(Path::new("examples/haloflow.toml"))
         .unwrap();
-    let files = haloflow::flow::flow_files(Path::new("flows")).unwrap();
+    let files = haloflow::internals::flow::flow_files(Path::new("flows")).unwrap();
     assert!(files.len() >= 2);
     let (flows, problems) = FlowValidator::new(&registry)
         .with_config(&config)

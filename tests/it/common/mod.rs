@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use haloflow::config::Config;
 use haloflow::engine::Engine;
-use haloflow::flood::FloodClock;
 use haloflow::halo::{HaloConfig, HaloConnectionConfig};
+use haloflow::internals::flood::FloodClock;
 use haloflow::secrets::SecretStore;
 use haloflow::storage::{RunDetail, SqliteStorage, Storage};
 use haloflow_emulators::RunningEmulator;
@@ -196,7 +196,8 @@ impl Harness {
     }
 
     pub fn db_path(&self) -> PathBuf {
-        self.data_dir.join(haloflow::storage::DATABASE_FILE)
+        self.data_dir
+            .join(haloflow::internals::storage::DATABASE_FILE)
     }
 
     pub fn escalate_url(&self, recipients: &str) -> String {

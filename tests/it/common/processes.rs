@@ -272,7 +272,9 @@ impl Server {
 }
 
 pub fn database(world: &World) -> PathBuf {
-    world.path("data").join(haloflow::storage::DATABASE_FILE)
+    world
+        .path("data")
+        .join(haloflow::internals::storage::DATABASE_FILE)
 }
 
 pub fn exists(path: &Path) -> bool {
