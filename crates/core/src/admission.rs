@@ -23,7 +23,7 @@ pub enum Admission {
 /// At most `max_requests` correlated requests within `length`, in whatever unit the arrivals
 /// are counted in (the caller's clock).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Window {
+pub(crate) struct Window {
     pub length: i64,
     pub max_requests: u32,
 }
@@ -37,7 +37,7 @@ impl Window {
 
 /// What flood control remembers of one correlation key; `P` is how the parent's id is held.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyState<P> {
+pub(crate) struct KeyState<P> {
     /// When the correlated requests (run or suppressed) of the last window arrived, in arrival
     /// order; at most [`Window::capacity`] of them.
     pub arrivals: VecDeque<i64>,

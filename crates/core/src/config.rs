@@ -43,7 +43,7 @@ pub struct Config {
 }
 
 /// The top-level tables the core reads itself.
-pub const CORE_SECTIONS: [&str; 5] = ["server", "http", "secrets", "retry", "retention"];
+pub(crate) const CORE_SECTIONS: [&str; 5] = ["server", "http", "secrets", "retry", "retention"];
 
 /// The per-request timeout of a connection that sets none (seconds).
 pub fn default_timeout_secs() -> u64 {

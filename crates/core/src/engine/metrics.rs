@@ -31,7 +31,7 @@ pub struct Histogram {
 }
 
 #[derive(Debug, Default)]
-pub struct EngineMetrics {
+pub(crate) struct EngineMetrics {
     inner: Mutex<MetricsState>,
 }
 

@@ -15,8 +15,9 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 pub use builder::{EngineBuilder, EngineError};
-pub use metrics::{EngineMetrics, Exposition, Histogram, LATENCY_BUCKETS, MetricsState};
-pub use run::{DryRunReport, DryRunStep, RetryPolicy};
+pub(crate) use metrics::EngineMetrics;
+pub use metrics::{Exposition, Histogram, LATENCY_BUCKETS, MetricsState};
+pub use run::{DryRunReport, DryRunStep};
 
 use crate::config::{RetentionConfig, RetryConfig, ServerConfig};
 use crate::connections::Connections;

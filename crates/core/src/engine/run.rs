@@ -27,7 +27,7 @@ use handlebars::Context;
 use recorded::StepRun;
 
 pub use dry::{DryRunReport, DryRunStep};
-pub use retry::RetryPolicy;
+pub(crate) use retry::RetryPolicy;
 
 /// How a run's execution ended in this process.
 pub(super) enum RunEnd {

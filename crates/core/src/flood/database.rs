@@ -13,7 +13,7 @@ use crate::flow::FloodControlDef;
 use crate::storage::{Storage, StorageError, now_ms};
 
 #[derive(Debug)]
-pub struct DatabaseFloodControl {
+pub(crate) struct DatabaseFloodControl {
     storage: Arc<dyn Storage>,
     settings: RwLock<HashMap<String, FloodControlDef>>,
     /// Keys per flow as of the last sweep (for `/metrics`).

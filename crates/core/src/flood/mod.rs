@@ -9,7 +9,7 @@
 //! [`FloodControl`] so that a database-backed implementation can replace the in-memory one when
 //! several nodes share PostgreSQL.
 //!
-//! The rate limit is a governor limiter ([`quota`]); flood control reads governor's clock, whose
+//! The rate limit is a governor limiter (`quota`); flood control reads governor's clock, whose
 //! fake variant lets tests move time. Flood control itself is a sliding window, not governor's
 //! GCRA: GCRA spreads the window (a burst of 4, then one every 15 s), so a steady request every
 //! 5 s would get a fifth run 20 s into the flood and one every 15 s after that.
@@ -28,7 +28,7 @@ use governor::nanos::Nanos;
 use serde_json::Value;
 
 pub use crate::admission::Admission;
-pub use database::DatabaseFloodControl;
+pub(crate) use database::DatabaseFloodControl;
 pub use memory::MemoryFloodControl;
 
 use crate::flow::FloodControlDef;
@@ -57,7 +57,7 @@ pub trait FloodControl: Send + Sync + fmt::Debug + 'static {
 
 /// `max_requests` per `window` for the rate limit: a burst of `max_requests`, one more every
 /// `window / max_requests`.
-pub fn quota(max_requests: u32, window: Duration) -> Quota {
+pub(crate) fn quota(max_requests: u32, window: Duration) -> Quota {
     let burst = NonZeroU32::new(max_requests.max(1)).expect("at least one");
     let period = (window / burst.get()).max(Duration::from_nanos(1));
     Quota::with_period(period)

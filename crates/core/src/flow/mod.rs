@@ -22,7 +22,7 @@ use crate::step::RegisteredStep;
 use crate::template::{CompiledValue, Reference, TemplateSet};
 
 /// The flow schema, as shipped in `schemas/flow.schema.json`.
-pub const FLOW_SCHEMA: &str = include_str!("../../../../schemas/flow.schema.json");
+pub(crate) const FLOW_SCHEMA: &str = include_str!("../../../../schemas/flow.schema.json");
 
 /// A flow that passed every check, with its templates compiled and its steps resolved.
 #[derive(Debug, Clone)]

@@ -9,7 +9,7 @@ use crate::outbound::{Field, OutboundBody, OutboundRequest};
 use crate::step::{ConnectionKind, Resend, Step, StepContext, StepDescription, StepError};
 
 #[derive(Debug, Clone, Copy, Default)]
-pub struct HttpRequest;
+pub(crate) struct HttpRequest;
 
 /// Request headers that carry credentials. Secrets are by reference only: a flow file (or a
 /// payload a template copies) must not hold them, and run history records inputs unmasked.

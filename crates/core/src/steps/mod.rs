@@ -10,15 +10,15 @@ use std::sync::Arc;
 use crate::step::{Step, StepRegistry};
 
 pub use self::core::{Condition, Switch};
-pub use http::HttpRequest;
+pub(crate) use http::HttpRequest;
 
 /// Every built-in step of the core, for [`StepRegistry::with_builtins`].
-pub fn builtins() -> Vec<Arc<dyn Step>> {
+pub(crate) fn builtins() -> Vec<Arc<dyn Step>> {
     vec![Arc::new(Switch), Arc::new(Condition), Arc::new(HttpRequest)]
 }
 
 /// Registers every built-in step of the core in `registry`.
-pub fn register_builtins(registry: &mut StepRegistry) {
+pub(crate) fn register_builtins(registry: &mut StepRegistry) {
     for step in builtins() {
         registry
             .register_arc(step)

@@ -9,12 +9,9 @@ use handlebars::template::{HelperTemplate, Parameter, TemplateElement};
 use handlebars::{Context, Handlebars, Path, PathSeg, RenderErrorReason, Template, TemplateError};
 use serde_json::Value;
 
-/// The roots a template may start from.
-pub const ROOTS: &[&str] = &["trigger", "steps", "constants"];
-
 /// A step's inputs, compiled.
 #[derive(Debug, Clone)]
-pub enum CompiledValue {
+pub(crate) enum CompiledValue {
     /// No template anywhere below: used as is.
     Literal(Value),
     /// Exactly `{{a.b.c}}`: the referenced value, with its JSON type.
@@ -54,14 +51,14 @@ impl Reference {
 
 /// A template that cannot be compiled.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TemplateProblem {
+pub(crate) enum TemplateProblem {
     Syntax { pointer: String, message: String },
     UnknownHelper { pointer: String, name: String },
 }
 
 /// A template that failed to render at run time.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RenderFailure {
+pub(crate) struct RenderFailure {
     pub pointer: String,
     /// The data path that was missing, when that was the cause.
     pub missing_path: Option<String>,
@@ -70,7 +67,7 @@ pub struct RenderFailure {
 
 /// The compiled templates of one flow, with the shared helpers.
 #[derive(Clone, Debug)]
-pub struct TemplateSet {
+pub(crate) struct TemplateSet {
     hb: Handlebars<'static>,
 }
 
@@ -234,11 +231,6 @@ impl TemplateSet {
                 .collect::<Result<Vec<_>, _>>()
                 .map(Value::Array),
         }
-    }
-
-    /// The handlebars context for `data`.
-    pub fn context(data: &Value) -> Context {
-        Context::from(data.clone())
     }
 }
 
@@ -431,7 +423,7 @@ mod tests {
     fn render(value: Value, data: Value) -> Result<Value, RenderFailure> {
         let (set, compiled, _, problems) = compile(value);
         assert!(problems.is_empty(), "{problems:?}");
-        set.render(&compiled, &data, &TemplateSet::context(&data))
+        set.render(&compiled, &data, &Context::from(data.clone()))
     }
 
     #[test]

@@ -116,7 +116,7 @@ impl TriggerAuthenticator {
 
 /// The decoded `user:password` of a Basic `Authorization` value. The scheme is matched
 /// case-insensitively, as RFC 9110 §11.1 says (`BASIC`, `basic` and `Basic` are one scheme).
-pub fn basic_credentials(value: &str) -> Option<Vec<u8>> {
+pub(crate) fn basic_credentials(value: &str) -> Option<Vec<u8>> {
     let (scheme, rest) = value.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
@@ -127,7 +127,7 @@ pub fn basic_credentials(value: &str) -> Option<Vec<u8>> {
 }
 
 /// The token of a Bearer `Authorization` value, the scheme matched case-insensitively.
-pub fn bearer_token(value: &str) -> Option<&str> {
+pub(crate) fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, rest) = value.trim().split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
 }

@@ -6,14 +6,15 @@ mod url;
 
 use serde_json::{Map, Value, json};
 
-pub use auth::{AuthFailure, TriggerAuthenticator, basic_credentials, bearer_token, equal};
+pub use auth::{AuthFailure, TriggerAuthenticator, equal};
+pub(crate) use auth::{basic_credentials, bearer_token};
 pub use url::{trigger_url, with_recipients};
 
 use crate::json::id_of;
 use crate::step::OutputSpec;
 
 /// The outputs templates reach as `trigger.<name>`.
-pub const TRIGGER_OUTPUTS: &[OutputSpec] = &[
+pub(crate) const TRIGGER_OUTPUTS: &[OutputSpec] = &[
     OutputSpec {
         name: "request_id",
         description: "Id of the HTTP request that delivered the event.",

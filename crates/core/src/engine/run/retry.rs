@@ -6,7 +6,7 @@ use crate::config::RetrySettings;
 
 /// Attempts and backoff of one step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
+pub(crate) struct RetryPolicy {
     pub max_attempts: u32,
     pub initial_delay: Duration,
     pub max_delay: Duration,
