@@ -325,20 +325,23 @@ pub struct GetTicket;
 #[async_trait]
 impl Step for GetTicket {
     fn describe(&self) -> StepDescription {
-        StepDescription::new("halo.get_ticket", "Read a Halo ticket; the steps after it see it as trigger.ticket (with trigger.agent_assigned), for webhooks that carry only the ticket's id.")
-            .input_schema(json!({
-                "type": "object",
-                "required": ["ticket_id"],
-                "additionalProperties": false,
-                "properties": {
-                    "ticket_id": id_schema("The ticket to read, usually {{trigger.ticket_id}}.")
-                }
-            }))
-            .output("ticket_id", "The ticket's id.")
-            .output("ticket", "The ticket as Halo answers GET /Tickets/{id}.")
-            .output("agent_assigned", "True when the ticket has an agent (agent_id > 0).")
-            .connection_kind(HALO)
-            .refining_trigger()
+        StepDescription::new(
+            "halo.get_ticket",
+            "Read a Halo ticket; the steps after it see it as trigger.ticket (with trigger.agent_assigned), for webhooks that carry only the ticket's id.",
+        )
+        .input_schema(json!({
+            "type": "object",
+            "required": ["ticket_id"],
+            "additionalProperties": false,
+            "properties": {
+                "ticket_id": id_schema("The ticket to read, usually {{trigger.ticket_id}}.")
+            }
+        }))
+        .output("ticket_id", "The ticket's id.")
+        .output("ticket", "The ticket as Halo answers GET /Tickets/{id}.")
+        .output("agent_assigned", "True when the ticket has an agent (agent_id > 0).")
+        .connection_kind(HALO)
+        .refining_trigger()
     }
 
     // A read.
@@ -369,31 +372,34 @@ pub struct AddAction;
 #[async_trait]
 impl Step for AddAction {
     fn describe(&self) -> StepDescription {
-        StepDescription::new("halo.add_action", "Add an action with an outcome (and optionally a new status) to a Halo ticket.")
-            .input_schema(json!({
-                "type": "object",
-                "required": ["ticket_id"],
-                "anyOf": [{"required": ["outcome"]}, {"required": ["outcome_id"]}],
-                "additionalProperties": false,
-                "properties": {
-                    "ticket_id": id_schema("The ticket the action is added to."),
-                    "outcome": {"type": "string", "description": "Outcome name, e.g. \"Note\"; Halo requires an outcome."},
-                    "outcome_id": id_schema("Outcome id (7 is \"Internal Note\" on a stock Halo); ids differ per tenant."),
-                    "note": {"type": "string", "description": "The note as plain text."},
-                    "note_html": {"type": "string", "description": "The note as HTML."},
-                    "private": {"type": "boolean", "default": true, "description": "Hide the action from the end user (Halo's hiddenfromuser). Default true."},
-                    "new_status": id_schema("Status id the ticket moves to."),
-                    "send_email": {"type": "boolean", "default": false, "description": "Email the action."},
-                    "email_to": {"type": "string", "description": "Recipients when send_email is true."},
-                    "email_cc": {"type": "string", "description": "Copy recipients."},
-                    "email_subject": {"type": "string", "description": "Email subject."},
-                    "fields": {"type": "object", "description": "Further Halo action fields sent as they are."}
-                }
-            }))
-            .output("action_id", "The new action's id (null if Halo did not answer one).")
-            .output("ticket_id", "The ticket the action was added to.")
-            .output("action", "The action object Halo answered with.")
-            .connection_kind(HALO)
+        StepDescription::new(
+            "halo.add_action",
+            "Add an action with an outcome (and optionally a new status) to a Halo ticket.",
+        )
+        .input_schema(json!({
+            "type": "object",
+            "required": ["ticket_id"],
+            "anyOf": [{"required": ["outcome"]}, {"required": ["outcome_id"]}],
+            "additionalProperties": false,
+            "properties": {
+                "ticket_id": id_schema("The ticket the action is added to."),
+                "outcome": {"type": "string", "description": "Outcome name, e.g. \"Note\"; Halo requires an outcome."},
+                "outcome_id": id_schema("Outcome id (7 is \"Internal Note\" on a stock Halo); ids differ per tenant."),
+                "note": {"type": "string", "description": "The note as plain text."},
+                "note_html": {"type": "string", "description": "The note as HTML."},
+                "private": {"type": "boolean", "default": true, "description": "Hide the action from the end user (Halo's hiddenfromuser). Default true."},
+                "new_status": id_schema("Status id the ticket moves to."),
+                "send_email": {"type": "boolean", "default": false, "description": "Email the action."},
+                "email_to": {"type": "string", "description": "Recipients when send_email is true."},
+                "email_cc": {"type": "string", "description": "Copy recipients."},
+                "email_subject": {"type": "string", "description": "Email subject."},
+                "fields": {"type": "object", "description": "Further Halo action fields sent as they are."}
+            }
+        }))
+        .output("action_id", "The new action's id (null if Halo did not answer one).")
+        .output("ticket_id", "The ticket the action was added to.")
+        .output("action", "The action object Halo answered with.")
+        .connection_kind(HALO)
     }
 
     async fn execute(&self, ctx: &StepContext, inputs: Value) -> Result<Value, StepError> {

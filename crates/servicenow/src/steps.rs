@@ -806,28 +806,31 @@ fn field_for(private: bool) -> &'static str {
 #[async_trait]
 impl Step for SyncNote {
     fn describe(&self) -> StepDescription {
-        StepDescription::new("servicenow.sync_note", "Add a Halo note to the ticket's linked ServiceNow record: private as a work note, public as a comment.")
-            .input_schema(json!({
-                "type": "object",
-                "required": ["ticket_id"],
-                "anyOf": [{"required": ["note"]}, {"required": ["note_html"]}, {"required": ["action_id"]}],
-                "additionalProperties": false,
-                "properties": {
-                    "ticket_id": id_schema("The linked Halo ticket."),
-                    "action_id": id_schema("A Halo action whose note and visibility are read from Halo."),
-                    "note": {"type": "string", "description": "The note as plain text (instead of action_id)."},
-                    "note_html": {"type": "string", "description": "The note as HTML, sent inside [code] tags."},
-                    "private": {"type": "boolean", "default": true, "description": "Hidden from the user: a work note; else a comment. Default true."},
-                    "sync": {"type": "boolean", "default": true, "description": "The action's \"Sync to ServiceNow\": customer records get the note only when true; supplier records always."}
-                }
-            }))
-            .output("sys_id", "The linked record's sys_id.")
-            .output("table", "The linked record's table.")
-            .output("field", "work_notes or comments.")
-            .output("note", "The text written, marker included.")
-            .output("skipped", "True when nothing was written.")
-            .output("reason", "Why nothing was written.")
-            .connection_kind(HALO)
+        StepDescription::new(
+            "servicenow.sync_note",
+            "Add a Halo note to the ticket's linked ServiceNow record: private as a work note, public as a comment.",
+        )
+        .input_schema(json!({
+            "type": "object",
+            "required": ["ticket_id"],
+            "anyOf": [{"required": ["note"]}, {"required": ["note_html"]}, {"required": ["action_id"]}],
+            "additionalProperties": false,
+            "properties": {
+                "ticket_id": id_schema("The linked Halo ticket."),
+                "action_id": id_schema("A Halo action whose note and visibility are read from Halo."),
+                "note": {"type": "string", "description": "The note as plain text (instead of action_id)."},
+                "note_html": {"type": "string", "description": "The note as HTML, sent inside [code] tags."},
+                "private": {"type": "boolean", "default": true, "description": "Hidden from the user: a work note; else a comment. Default true."},
+                "sync": {"type": "boolean", "default": true, "description": "The action's \"Sync to ServiceNow\": customer records get the note only when true; supplier records always."}
+            }
+        }))
+        .output("sys_id", "The linked record's sys_id.")
+        .output("table", "The linked record's table.")
+        .output("field", "work_notes or comments.")
+        .output("note", "The text written, marker included.")
+        .output("skipped", "True when nothing was written.")
+        .output("reason", "Why nothing was written.")
+        .connection_kind(HALO)
     }
 
     async fn execute(&self, ctx: &StepContext, inputs: Value) -> Result<Value, StepError> {

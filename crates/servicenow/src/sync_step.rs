@@ -144,29 +144,32 @@ pub struct SyncRecord;
 impl Step for SyncRecord {
     fn describe(&self) -> StepDescription {
         let name = |description: &str| json!({"type": "string", "description": description});
-        StepDescription::new(SYNC_RECORD, "Syncs a ServiceNow record back to Halo: reads it again, creates or updates its linked ticket, and turns its new notes into actions (what a ServiceNow webhook runs).")
-            .input_schema(json!({
-                "type": "object",
-                "required": ["servicenow", "record"],
-                "additionalProperties": false,
-                "properties": {
-                    "servicenow": {"type": "string", "pattern": "^(customers|suppliers)/.+$",
-                                   "description": "The connection, e.g. customers/12 ([servicenow.customers.\"12\"])."},
-                    "record": {
-                        "type": "object",
-                        "additionalProperties": false,
-                        "description": "The record: table and sys_id, or number (in table, else across every task table).",
-                        "properties": {
-                            "table": name("The table, e.g. incident."),
-                            "sys_id": name("The record's sys_id."),
-                            "number": name("The record's number, e.g. INC0010001."),
-                            "note": {"type": "object",
-                                     "description": "A note to sync as it is: a sys_journal_field row (element, sys_created_on, sys_created_by, value)."}
-                        }
+        StepDescription::new(
+            SYNC_RECORD,
+            "Syncs a ServiceNow record back to Halo: reads it again, creates or updates its linked ticket, and turns its new notes into actions (what a ServiceNow webhook runs).",
+        )
+        .input_schema(json!({
+            "type": "object",
+            "required": ["servicenow", "record"],
+            "additionalProperties": false,
+            "properties": {
+                "servicenow": {"type": "string", "pattern": "^(customers|suppliers)/.+$",
+                               "description": "The connection, e.g. customers/12 ([servicenow.customers.\"12\"])."},
+                "record": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "description": "The record: table and sys_id, or number (in table, else across every task table).",
+                    "properties": {
+                        "table": name("The table, e.g. incident."),
+                        "sys_id": name("The record's sys_id."),
+                        "number": name("The record's number, e.g. INC0010001."),
+                        "note": {"type": "object",
+                                 "description": "A note to sync as it is: a sys_journal_field row (element, sys_created_on, sys_created_by, value)."}
                     }
                 }
-            }))
-            .outputs(OUTPUTS)
+            }
+        }))
+        .outputs(OUTPUTS)
     }
 
     /// Sending again is what sync back is built for: each record version is claimed once, a

@@ -13,14 +13,15 @@
 //! use async_trait::async_trait;
 //! use haloflow_core::integration::{Integration, Integrations};
 //! use haloflow_core::step::{Resend, Step, StepContext, StepDescription, StepError};
-//! use serde_json::{Value, json};
+//! use serde_json::Value;
 //!
 //! struct Echo;
 //!
 //! #[async_trait]
 //! impl Step for Echo {
 //!     fn describe(&self) -> StepDescription {
-//!         StepDescription::new("echo.say", "Returns its inputs.").input_schema(json!({"type": "object"}))
+//!         // Inputs: any object (the default schema).
+//!         StepDescription::new("echo.say", "Returns its inputs.")
 //!     }
 //!     fn resend(&self, _inputs: &Value) -> Resend { Resend::Safe }
 //!     async fn execute(&self, _ctx: &StepContext, inputs: Value) -> Result<Value, StepError> {

@@ -47,8 +47,12 @@ pub enum PathRule {
 /// use haloflow_core::step::{ConnectionKind, StepDescription};
 /// use serde_json::json;
 ///
-/// let description = StepDescription::new("chat.post_message", "Post a message to a chat channel.")
-///     .input_schema(json!({"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}}))
+/// let description = StepDescription::new("chat.post_message", "Post a message to a channel.")
+///     .input_schema(json!({
+///         "type": "object",
+///         "required": ["text"],
+///         "properties": {"text": {"type": "string"}}
+///     }))
 ///     .output("status", "The chat service's answer status.")
 ///     .connection_kind(ConnectionKind::HTTP);
 /// assert_eq!(description.type_name, "chat.post_message");

@@ -13,18 +13,21 @@ pub struct Switch;
 #[async_trait]
 impl Step for Switch {
     fn describe(&self) -> StepDescription {
-        StepDescription::new("core.switch", "Run the path named like `value` (paths are the step's \"paths\"), else the `default` path.")
-            .input_schema(json!({
-                "type": "object",
-                "required": ["value"],
-                "additionalProperties": false,
-                "properties": {
-                    "value": {"description": "The value to switch on; compared as text with the path names (true, 42, \"high\")."}
-                }
-            }))
-            .output("value", "The value switched on.")
-            .output("path", "The path name the value selects (the default path runs when none has it).")
-            .paths(PathRule::Any)
+        StepDescription::new(
+            "core.switch",
+            "Run the path named like `value` (paths are the step's \"paths\"), else the `default` path.",
+        )
+        .input_schema(json!({
+            "type": "object",
+            "required": ["value"],
+            "additionalProperties": false,
+            "properties": {
+                "value": {"description": "The value to switch on; compared as text with the path names (true, 42, \"high\")."}
+            }
+        }))
+        .output("value", "The value switched on.")
+        .output("path", "The path name the value selects (the default path runs when none has it).")
+        .paths(PathRule::Any)
     }
 
     // Only picks a path: nothing outside the run changes.
@@ -56,33 +59,36 @@ const OPERATORS: &[&str] = &[
 #[async_trait]
 impl Step for Condition {
     fn describe(&self) -> StepDescription {
-        StepDescription::new("core.condition", "Run the `true` or the `false` path: all (AND) or any (OR) of the comparisons hold.")
-            .input_schema(json!({
-                "type": "object",
-                "required": ["conditions"],
-                "additionalProperties": false,
-                "properties": {
-                    "match": {"enum": ["all", "any"], "default": "all", "description": "all: every comparison holds (AND); any: at least one (OR)."},
-                    "conditions": {
-                        "type": "array",
-                        "minItems": 1,
-                        "description": "Comparisons of `left` with `right`. Read a value that may be missing as {{default path null}}.",
-                        "items": {
-                            "type": "object",
-                            "required": ["left", "op"],
-                            "additionalProperties": false,
-                            "properties": {
-                                "left": {"description": "The value tested, usually a template."},
-                                "op": {"enum": OPERATORS, "description": "equals, not_equals, contains (text or list), starts_with, greater_than, less_than (numbers, else text), is_empty (null, \"\", [] or {}), exists (not null)."},
-                                "right": {"description": "The value compared with (not used by is_empty and exists)."}
-                            }
+        StepDescription::new(
+            "core.condition",
+            "Run the `true` or the `false` path: all (AND) or any (OR) of the comparisons hold.",
+        )
+        .input_schema(json!({
+            "type": "object",
+            "required": ["conditions"],
+            "additionalProperties": false,
+            "properties": {
+                "match": {"enum": ["all", "any"], "default": "all", "description": "all: every comparison holds (AND); any: at least one (OR)."},
+                "conditions": {
+                    "type": "array",
+                    "minItems": 1,
+                    "description": "Comparisons of `left` with `right`. Read a value that may be missing as {{default path null}}.",
+                    "items": {
+                        "type": "object",
+                        "required": ["left", "op"],
+                        "additionalProperties": false,
+                        "properties": {
+                            "left": {"description": "The value tested, usually a template."},
+                            "op": {"enum": OPERATORS, "description": "equals, not_equals, contains (text or list), starts_with, greater_than, less_than (numbers, else text), is_empty (null, \"\", [] or {}), exists (not null)."},
+                            "right": {"description": "The value compared with (not used by is_empty and exists)."}
                         }
                     }
                 }
-            }))
-            .output("result", "Whether the condition holds.")
-            .output("path", "\"true\" or \"false\": the path that runs.")
-            .paths(PathRule::Named(&["true", "false"]))
+            }
+        }))
+        .output("result", "Whether the condition holds.")
+        .output("path", "\"true\" or \"false\": the path that runs.")
+        .paths(PathRule::Named(&["true", "false"]))
     }
 
     // Only picks a path: nothing outside the run changes.

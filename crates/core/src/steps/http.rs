@@ -40,27 +40,30 @@ impl HttpRequest {
 #[async_trait]
 impl Step for HttpRequest {
     fn describe(&self) -> StepDescription {
-        StepDescription::new("http.request", "Send an HTTP request; with a connection, its URL is relative to the connection's base URL and its credentials are added.")
-            .input_schema(json!({
-                "type": "object",
-                "required": ["url"],
-                "additionalProperties": false,
-                "not": {"required": ["json", "text"]},
-                "properties": {
-                    "method": {"enum": ["GET", "POST", "PUT", "PATCH", "DELETE"], "default": "GET", "description": "The HTTP method."},
-                    "url": {"type": "string", "minLength": 1, "description": "Absolute URL, or a path relative to the connection's base_url."},
-                    "query": {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}, "description": "Query parameters, URL-encoded for you."},
-                    "headers": {"type": "object", "additionalProperties": {"type": "string"}, "description": "Request headers. Put credentials in a connection, not here."},
-                    "json": {"description": "A JSON body (sent as application/json)."},
-                    "text": {"type": "string", "description": "A text body."},
-                    "content_type": {"type": "string", "default": "text/plain", "description": "Content type of a text body."},
-                    "expected_status": {"type": "array", "items": {"type": "integer", "minimum": 100, "maximum": 599}, "minItems": 1, "description": "Statuses that count as success (default: any 2xx)."}
-                }
-            }))
-            .output("status", "The response status.")
-            .output("json", "The response body parsed as JSON (null when it is not JSON).")
-            .output("body", "The response body as text.")
-            .connection_kind(ConnectionKind::HTTP)
+        StepDescription::new(
+            "http.request",
+            "Send an HTTP request; with a connection, its URL is relative to the connection's base URL and its credentials are added.",
+        )
+        .input_schema(json!({
+            "type": "object",
+            "required": ["url"],
+            "additionalProperties": false,
+            "not": {"required": ["json", "text"]},
+            "properties": {
+                "method": {"enum": ["GET", "POST", "PUT", "PATCH", "DELETE"], "default": "GET", "description": "The HTTP method."},
+                "url": {"type": "string", "minLength": 1, "description": "Absolute URL, or a path relative to the connection's base_url."},
+                "query": {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}, "description": "Query parameters, URL-encoded for you."},
+                "headers": {"type": "object", "additionalProperties": {"type": "string"}, "description": "Request headers. Put credentials in a connection, not here."},
+                "json": {"description": "A JSON body (sent as application/json)."},
+                "text": {"type": "string", "description": "A text body."},
+                "content_type": {"type": "string", "default": "text/plain", "description": "Content type of a text body."},
+                "expected_status": {"type": "array", "items": {"type": "integer", "minimum": 100, "maximum": 599}, "minItems": 1, "description": "Statuses that count as success (default: any 2xx)."}
+            }
+        }))
+        .output("status", "The response status.")
+        .output("json", "The response body parsed as JSON (null when it is not JSON).")
+        .output("body", "The response body as text.")
+        .connection_kind(ConnectionKind::HTTP)
     }
 
     /// GET, PUT and DELETE mean the same when sent twice; a POST or PATCH whose answer was lost
