@@ -174,7 +174,49 @@ fn relax(schema: &Value, wrap: bool) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::step::{Resend, StepContext, StepError};
     use serde_json::json;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Counts how often it is asked for its description.
+    #[derive(Default)]
+    struct Counted(AtomicUsize);
+
+    #[async_trait::async_trait]
+    impl Step for Counted {
+        fn describe(&self) -> StepDescription {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            StepDescription::new("test.counted", "Counts its descriptions.")
+                .input_schema(json!({"type": "object", "properties": {"n": {"type": "integer"}}}))
+                .output("n", "The number.")
+        }
+        fn resend(&self, _inputs: &Value) -> Resend {
+            Resend::Safe
+        }
+        async fn execute(&self, _: &StepContext, inputs: Value) -> Result<Value, StepError> {
+            Ok(inputs)
+        }
+    }
+
+    #[test]
+    fn the_registry_asks_for_a_description_once_and_keeps_it() {
+        let step = Arc::new(Counted::default());
+        let mut registry = StepRegistry::new();
+        registry.register_arc(step.clone()).unwrap();
+        let registered = registry.get("test.counted").unwrap();
+        for _ in 0..3 {
+            assert_eq!(registered.description().outputs[0].name, "n");
+            let _ = registered.template_tolerant_schema();
+        }
+        assert!(registered.schema.is_valid(&json!({"n": 1})));
+        assert!(!registered.schema.is_valid(&json!({"n": "one"})));
+        // A second registration under the same name is refused, after one more question.
+        assert!(matches!(
+            registry.register_arc(step.clone()),
+            Err(RegistryError::Duplicate(_))
+        ));
+        assert_eq!(step.0.load(Ordering::SeqCst), 2);
+    }
 
     #[test]
     fn relaxed_schema_accepts_templates_in_place_of_values() {
