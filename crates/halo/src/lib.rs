@@ -7,11 +7,12 @@ mod integration;
 pub mod setup;
 pub mod steps;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 
 pub use config::{HaloConfig, HaloConnectionConfig, IdempotencyField};
 pub use haloflow_core::json::id_of;
@@ -154,13 +155,40 @@ struct BearerToken {
 }
 
 /// Paces requests to at most `limit` in any rolling `window`, Halo's own rule (§6). A sliding
-/// log of send times, exact where a token bucket would let up to twice the limit through a
-/// window that straddles a burst.
+/// log, exact where a token bucket would let up to twice the limit through a window that
+/// straddles a burst. Halo counts a request when it arrives, which is some time between its
+/// sending and its answer: a request holds a slot while it is in flight and counts from its
+/// answer after, so no window of Halo's can see more than `limit` however long the network or
+/// a busy machine delays a request.
 #[derive(Debug)]
 struct Pacer {
     limit: usize,
     window: Duration,
-    sent: std::sync::Mutex<std::collections::VecDeque<Instant>>,
+    state: std::sync::Mutex<PacerState>,
+    /// Told when a request is answered, for those waiting while every slot is in flight.
+    answered: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct PacerState {
+    in_flight: usize,
+    /// When the requests of the last window were answered, oldest first.
+    answered: std::collections::VecDeque<Instant>,
+}
+
+/// A request's place in the window; dropping it (answered, failed or cancelled) counts it
+/// from that moment.
+struct PaceSlot<'a>(&'a Pacer);
+
+impl Drop for PaceSlot<'_> {
+    fn drop(&mut self) {
+        let pacer = self.0;
+        let mut state = pacer.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.in_flight -= 1;
+        state.answered.push_back(Instant::now());
+        drop(state);
+        pacer.answered.notify_waiters();
+    }
 }
 
 impl Pacer {
@@ -168,29 +196,38 @@ impl Pacer {
         (limit > 0 && !window.is_zero()).then(|| Pacer {
             limit: limit as usize,
             window,
-            sent: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(limit as usize)),
+            state: Default::default(),
+            answered: tokio::sync::Notify::new(),
         })
     }
 
-    /// Waits until one more request fits in the window, and counts it.
-    async fn acquire(&self) {
+    /// Waits until one more request fits in the window, and holds its slot.
+    async fn acquire(&self) -> PaceSlot<'_> {
         loop {
+            // Registered before the state is read, so an answer in between is not missed.
+            let answered = self.answered.notified();
+            tokio::pin!(answered);
+            answered.as_mut().enable();
             let wait = {
-                let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+                let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
                 let now = Instant::now();
-                while sent
-                    .front()
+                while (state.answered.front())
                     .is_some_and(|t| now.duration_since(*t) >= self.window)
                 {
-                    sent.pop_front();
+                    state.answered.pop_front();
                 }
-                if sent.len() < self.limit {
-                    sent.push_back(now);
-                    return;
+                if state.in_flight + state.answered.len() < self.limit {
+                    state.in_flight += 1;
+                    return PaceSlot(self);
                 }
-                self.window - now.duration_since(*sent.front().expect("the window is full"))
+                (state.answered.front()).map(|t| self.window - now.duration_since(*t))
             };
-            tokio::time::sleep(wait).await;
+            match wait {
+                // The oldest answer leaves the window then.
+                Some(wait) => tokio::time::sleep(wait).await,
+                // Every slot is in flight: the first answer starts a window to wait out.
+                None => answered.await,
+            }
         }
     }
 }
@@ -363,12 +400,11 @@ impl HaloConnection {
         }
     }
 
-    /// Waits for a slot under the rate limit (nothing in a dry run).
-    async fn pace(&self, http: &Outbound) {
-        if http.dry_run_recorder().is_none()
-            && let Some(pacer) = &self.pacer
-        {
-            pacer.acquire().await;
+    /// Waits for a slot under the rate limit (none in a dry run); hold it until the answer.
+    async fn pace(&self, http: &Outbound) -> Option<PaceSlot<'_>> {
+        match &self.pacer {
+            Some(pacer) if http.dry_run_recorder().is_none() => Some(pacer.acquire().await),
+            _ => None,
         }
     }
 
@@ -441,7 +477,7 @@ impl HaloConnection {
         let mut refreshed = false;
         loop {
             let token = self.token(http, refreshed).await?;
-            self.pace(http).await;
+            let slot = self.pace(http).await;
             let mut request = OutboundRequest::new(method.clone(), url.clone())
                 .header(Field::secret(
                     "Authorization",
@@ -453,7 +489,9 @@ impl HaloConnection {
             if let Some(body) = &body {
                 request = request.json(body.clone());
             }
-            let response = http.send(request).await?;
+            let response = http.send(request).await;
+            drop(slot);
+            let response = response?;
             // One refresh on 401: the token may have been revoked before its expiry. Some Halo
             // versions answer an expired token with 400 (halo-api.md §1, n8n #16857), so a 400
             // to a cached token refreshes too; a 400 means nothing was done, so sending the
@@ -493,9 +531,10 @@ impl HaloConnection {
     async fn fetch_token(&self, http: &Outbound) -> Result<(Secret, u64), StepError> {
         let request = self.token_request();
         let url = request.url.clone();
-        self.pace(http).await;
-        let response = http.send(request).await?;
-        let body = parse_answer(&Method::POST, &url, response).map_err(|e| {
+        let slot = self.pace(http).await;
+        let response = http.send(request).await;
+        drop(slot);
+        let body = parse_answer(&Method::POST, &url, response?).map_err(|e| {
             e.with_credentials_hint(|| {
                 format!(
                     "Check client_id and the secret `{}` of [halo.{}] (the Client ID changes when the Halo application is saved)",
@@ -605,4 +644,46 @@ fn truncate(text: &str) -> String {
         end -= 1;
     }
     format!("{}...", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Halo counts a request when it arrives, at the latest when it is answered: a request
+    /// answered late keeps its place in the window until a window after its answer.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_counts_in_the_window_from_its_answer() {
+        let pacer = Pacer::new(2, Duration::from_secs(10)).unwrap();
+        let start = Instant::now();
+        let slow = pacer.acquire().await;
+        drop(pacer.acquire().await);
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        drop(slow); // answered 4 s after it was sent
+        drop(pacer.acquire().await);
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(10),
+            "the quick one left"
+        );
+        drop(pacer.acquire().await);
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(14),
+            "the slow one left"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_every_slot_in_flight_the_next_waits_for_an_answer_and_a_window() {
+        let pacer = Pacer::new(1, Duration::from_secs(10)).unwrap();
+        let start = Instant::now();
+        let first = pacer.acquire().await;
+        let answer_later = async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            drop(first);
+        };
+        let (_, _second) = tokio::join!(answer_later, pacer.acquire());
+        assert_eq!(start.elapsed(), Duration::from_secs(13));
+    }
 }

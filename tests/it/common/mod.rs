@@ -329,3 +329,21 @@ pub fn contains(haystack: &[u8], needle: &str) -> bool {
         .windows(needle.len())
         .any(|w| w == needle.as_bytes())
 }
+
+/// Runs the `#[ignore]`d test `name` (its full path, e.g. `secrets::x`) alone in a new process
+/// of this test binary, and fails with its output when it fails. For a test that needs the
+/// process to itself (process-wide state such as tracing's callsite interest).
+pub fn in_own_process(name: &str) {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let output = std::process::Command::new(exe)
+        .args(["--exact", name, "--ignored", "--test-threads=1"])
+        .output()
+        .expect("the test binary starts");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "{name} in a process of its own: {}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
