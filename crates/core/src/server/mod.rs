@@ -2,6 +2,7 @@
 //! `Router` that tests drive directly and embedders mount under their own prefix.
 
 mod api;
+mod console;
 mod error;
 mod guard;
 mod listener;
@@ -55,6 +56,7 @@ fn public_router(engine: Engine, rejections: Arc<Rejections>) -> Router {
 fn private_router(engine: Engine, rejections: Arc<Rejections>) -> Router {
     let app = Router::new()
         .route("/health", get(api::health))
+        .merge(console::routes())
         .merge(api_routes(&engine, true));
     finish(app, engine, rejections)
 }
