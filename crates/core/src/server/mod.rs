@@ -2,7 +2,6 @@
 //! `Router` that tests drive directly and embedders mount under their own prefix.
 
 mod api;
-mod console;
 mod error;
 mod guard;
 mod listener;
@@ -56,7 +55,6 @@ fn public_router(engine: Engine, rejections: Arc<Rejections>) -> Router {
 fn private_router(engine: Engine, rejections: Arc<Rejections>) -> Router {
     let app = Router::new()
         .route("/health", get(api::health))
-        .merge(console::routes())
         .merge(api_routes(&engine, true));
     finish(app, engine, rejections)
 }
