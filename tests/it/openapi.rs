@@ -134,6 +134,8 @@ async fn answers_match_the_documented_schemas() {
     check(&doc, "/api/requests", "get", status, &requests);
     let (status, flows) = get("/api/flows".into()).await;
     check(&doc, "/api/flows", "get", status, &flows);
+    let (status, session) = get("/api/session".into()).await;
+    check(&doc, "/api/session", "get", status, &session);
     let (status, health) = get("/health".into()).await;
     check(&doc, "/health", "get", status, &health);
     let (status, bad) = get("/api/runs?status=done".into()).await;

@@ -2,6 +2,7 @@
 //! `Router` that tests drive directly and embedders mount under their own prefix.
 
 mod api;
+mod console;
 mod error;
 mod guard;
 mod listener;
@@ -72,9 +73,11 @@ fn metrics_routes() -> Router<Engine> {
         .route("/metrics", get(api::metrics))
 }
 
-/// The API behind its guard; `/metrics` too unless `server.metrics_public`.
+/// The API behind its guard, and the console signing in to it; `/metrics` too unless
+/// `server.metrics_public`.
 fn api_routes(engine: &Engine, open: bool) -> Router<Engine> {
     let guarded = Router::new()
+        .route("/api/session", get(console::session))
         .route("/api/integrator", get(api::integrator))
         .route("/api/flows", get(api::flows))
         .route("/api/runs", get(api::runs))
@@ -89,14 +92,15 @@ fn api_routes(engine: &Engine, open: bool) -> Router<Engine> {
     };
     let guard = guard::ApiGuard::new(engine, open);
     let guarded = guarded.route_layer(middleware::from_fn_with_state(
-        guard,
+        guard.clone(),
         guard::require_api_auth,
     ));
-    if public_metrics {
+    let guarded = if public_metrics {
         guarded.merge(metrics_routes())
     } else {
         guarded
-    }
+    };
+    guarded.merge(console::routes(engine, guard))
 }
 
 fn finish(app: Router<Engine>, engine: Engine, rejections: Arc<Rejections>) -> Router {

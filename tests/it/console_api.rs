@@ -1,0 +1,377 @@
+//! The console's backend (issue 19): signing in for a session cookie, CSRF on every change
+//! made with it, the anonymous surface, and the API additions the console's pages read.
+
+use hmac::{KeyInit, Mac};
+use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};
+use serde_json::{Value, json};
+
+use crate::common::{API_PASSWORD, API_TOKEN, Harness, Options, sample_payload};
+use haloflow::config::Config;
+
+fn with_credentials(config: &mut Config) {
+    config.server.api.token_secret_name = Some("HALOFLOW_API_TOKEN".into());
+    config.server.api.basic_username = Some("ops".into());
+    config.server.api.password_secret_name = Some("HALOFLOW_API_PASSWORD".into());
+}
+
+fn with_https_credentials(config: &mut Config) {
+    with_credentials(config);
+    config.server.public_url = Some("https://flows.example.com".into());
+}
+
+async fn start(configure: fn(&mut Config)) -> Harness {
+    Harness::start_with(Options {
+        configure,
+        ..Options::default()
+    })
+    .await
+}
+
+/// A client that shows redirects instead of following them.
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+async fn sign_in(base: &str, form: &[(&str, &str)]) -> reqwest::Response {
+    browser()
+        .post(format!("{base}/console/login"))
+        .form(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `name=value` of the session cookie a sign-in set.
+fn session_cookie(headers: &HeaderMap) -> String {
+    let set = headers[SET_COOKIE].to_str().unwrap();
+    set.split(';').next().unwrap().to_owned()
+}
+
+async fn get_with_cookie(url: &str, cookie: &str) -> (u16, Value) {
+    let response = browser()
+        .get(url)
+        .header("Cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+    headers.get(name).map_or("", |v| v.to_str().unwrap_or(""))
+}
+
+#[tokio::test]
+async fn a_stranger_reaches_only_the_sign_in_page_and_static_files() {
+    let h = start(with_credentials).await;
+    for base in [&h.base, &h.api] {
+        let page = browser()
+            .get(format!("{base}/console/"))
+            .header("Accept", "text/html,application/xhtml+xml")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), 303);
+        assert_eq!(
+            page.headers()[LOCATION],
+            "/console/login?next=%2Fconsole%2F"
+        );
+        let deeper = browser()
+            .get(format!("{base}/console/anything?x=1"))
+            .header("Accept", "text/html")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(deeper.status(), 303);
+        let (status, body) = get_with_cookie(&format!("{base}/console/"), "").await;
+        assert_eq!(status, 401, "a non-browser client gets the API's answer");
+        assert_eq!(body["error"]["code"], "invalid_auth");
+
+        let login = browser()
+            .get(format!("{base}/console/login?next=/console/%23/runs"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(login.status(), 200);
+        let headers = login.headers().clone();
+        assert_eq!(header(&headers, "cache-control"), "no-store");
+        assert_eq!(header(&headers, "x-content-type-options"), "nosniff");
+        assert_eq!(header(&headers, "referrer-policy"), "same-origin");
+        assert!(header(&headers, "content-security-policy").contains("frame-ancestors 'none'"));
+        let text = login.text().await.unwrap();
+        assert!(text.contains("name=\"password\"") && text.contains("value=\"/console/#/runs\""));
+
+        let css = browser()
+            .get(format!("{base}/console/assets/console.css"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(css.status(), 200);
+        assert_eq!(
+            header(css.headers(), "content-type"),
+            "text/css; charset=utf-8"
+        );
+        let missing = browser()
+            .get(format!("{base}/console/assets/nope.js"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(missing.status(), 404);
+    }
+}
+
+#[tokio::test]
+async fn wrong_credentials_get_the_form_again_and_no_cookie() {
+    let h = start(with_credentials).await;
+    for form in [
+        &[("username", "ops"), ("password", "wrong")][..],
+        &[("username", "other"), ("password", API_PASSWORD)][..],
+        &[("token", "wrong-token")][..],
+        &[("token", API_PASSWORD)][..],
+        &[][..],
+    ] {
+        let response = sign_in(&h.base, form).await;
+        assert_eq!(response.status(), 401, "{form:?}");
+        assert!(!response.headers().contains_key(SET_COOKIE), "{form:?}");
+        let text = response.text().await.unwrap();
+        assert!(
+            text.contains("Wrong user name, password or token."),
+            "{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_session_reads_the_api_and_changes_only_with_its_csrf_token() {
+    let h = start(with_https_credentials).await;
+    let signed_in = sign_in(
+        &h.base,
+        &[
+            ("username", "ops"),
+            ("password", API_PASSWORD),
+            ("next", "/console/#/runs"),
+        ],
+    )
+    .await;
+    assert_eq!(signed_in.status(), 303);
+    assert_eq!(signed_in.headers()[LOCATION], "/console/#/runs");
+    let set = header(signed_in.headers(), "set-cookie").to_owned();
+    for attribute in [
+        "HttpOnly",
+        "SameSite=Strict",
+        "Path=/",
+        "Max-Age=43200",
+        "Secure",
+    ] {
+        assert!(
+            set.split("; ").any(|a| a == attribute),
+            "{attribute} in {set}"
+        );
+    }
+    let cookie = session_cookie(signed_in.headers());
+    assert!(cookie.starts_with("haloflow_session=v1."), "{cookie}");
+
+    let (status, runs) = get_with_cookie(&format!("{}/api/runs", h.base), &cookie).await;
+    assert_eq!(status, 200, "{runs}");
+    let (status, session) = get_with_cookie(&format!("{}/api/session", h.base), &cookie).await;
+    assert_eq!(status, 200);
+    assert_eq!(session["via"], "session");
+    assert_eq!(session["user"], "ops");
+    let csrf = session["csrf_token"].as_str().unwrap().to_owned();
+    assert!(session["expires_at_ms"].as_i64().unwrap() > haloflow::storage::now_ms());
+    let shell = browser()
+        .get(format!("{}/console/", h.base))
+        .header("Cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(shell.status(), 200);
+    assert!(
+        shell
+            .text()
+            .await
+            .unwrap()
+            .contains("/console/assets/app.js")
+    );
+
+    let failed = failed_run(&h).await;
+    let replay = |token: Option<&str>| {
+        let mut request = browser()
+            .post(format!("{}/api/runs/{failed}/replay", h.base))
+            .header("Cookie", &cookie)
+            .json(&json!({}));
+        if let Some(token) = token {
+            request = request.header("X-CSRF-Token", token);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    for wrong in [None, Some("0123"), Some(&csrf[..63])] {
+        let (status, body) = replay(wrong).await;
+        assert_eq!(status, 403, "{wrong:?}: {body}");
+        assert_eq!(body["error"]["code"], "csrf_failed");
+    }
+    let (status, body) = replay(Some(&csrf)).await;
+    assert_eq!(status, 202, "{body}");
+
+    let logout = |token: Option<&str>| {
+        let mut request = browser()
+            .post(format!("{}/console/logout", h.base))
+            .header("Cookie", &cookie);
+        if let Some(token) = token {
+            request = request.header("X-CSRF-Token", token);
+        }
+        request.send()
+    };
+    assert_eq!(logout(None).await.unwrap().status(), 403);
+    let out = logout(Some(&csrf)).await.unwrap();
+    assert_eq!(out.status(), 303);
+    assert_eq!(out.headers()[LOCATION], "/console/login");
+    assert!(header(out.headers(), "set-cookie").contains("Max-Age=0"));
+}
+
+/// A run that failed (Halo refuses the ticket), to replay.
+async fn failed_run(h: &Harness) -> String {
+    h.halo.fail_next("POST", "/api/Tickets", 400, 2, None);
+    let (_, accepted) = h
+        .post_json(
+            &h.escalate_url("ops"),
+            &sample_payload("halo-new-ticket.json"),
+        )
+        .await;
+    let run = h.wait(accepted["run_ids"][0].as_str().unwrap()).await;
+    assert_eq!(run.summary.status.as_str(), "failed");
+    run.summary.id
+}
+
+/// The session format of the contract, signed as another node with the same secrets would.
+fn signed_session(expires_at_ms: i64, nonce: &str, token: &str) -> String {
+    type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+    let mac = |key: &[u8], message: &[u8]| {
+        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key).unwrap();
+        mac.update(message);
+        mac.finalize().into_bytes().to_vec()
+    };
+    let mut secret = Vec::new();
+    for part in ["token", token, "basic", "ops", API_PASSWORD] {
+        secret.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        secret.extend_from_slice(part.as_bytes());
+    }
+    let key = mac(&secret, b"haloflow console session");
+    let signed = format!("v1.{expires_at_ms}.{nonce}");
+    let hex: String = mac(&key, signed.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("haloflow_session={signed}.{hex}")
+}
+
+#[tokio::test]
+async fn forged_and_expired_cookies_are_refused_and_headers_work_as_before() {
+    let h = start(with_credentials).await;
+    let runs = format!("{}/api/runs", h.base);
+    let later = haloflow::storage::now_ms() + 60_000;
+    let valid = signed_session(later, "abc", API_TOKEN);
+    assert_eq!(
+        get_with_cookie(&runs, &valid).await.0,
+        200,
+        "the documented format"
+    );
+    for refused in [
+        signed_session(haloflow::storage::now_ms() - 1, "abc", API_TOKEN),
+        signed_session(later, "abc", "another-token"),
+        valid.replace(".abc.", ".abd."),
+        "haloflow_session=v1.99999999999999.abc.00".to_owned(),
+        "haloflow_session=".to_owned(),
+        "other=1".to_owned(),
+    ] {
+        let (status, body) = get_with_cookie(&runs, &refused).await;
+        assert_eq!(status, 401, "{refused}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_auth");
+    }
+    let bearer = h
+        .client
+        .get(&runs)
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bearer.status(), 200);
+    let session: Value = h
+        .client
+        .get(format!("{}/api/session", h.base))
+        .basic_auth("ops", Some(API_PASSWORD))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        session,
+        json!({"authenticated": true, "via": "credentials", "user": "ops",
+               "csrf_token": null, "expires_at_ms": null})
+    );
+    // A client with credentials in its header needs no CSRF token.
+    let failed = failed_run(&h).await;
+    let replay = h
+        .client
+        .post(format!("{}/api/runs/{failed}/replay", h.base))
+        .bearer_auth(API_TOKEN)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 202);
+}
+
+#[tokio::test]
+async fn sign_in_attempts_beyond_the_limit_are_refused() {
+    let h = start(with_credentials).await;
+    let wrong = [("username", "ops"), ("password", "guess")];
+    for _ in 0..10 {
+        assert_eq!(sign_in(&h.base, &wrong).await.status(), 401);
+    }
+    let limited = sign_in(&h.base, &[("username", "ops"), ("password", API_PASSWORD)]).await;
+    assert_eq!(limited.status(), 429);
+    assert!(limited.headers().contains_key("retry-after"));
+    assert!(!limited.headers().contains_key(SET_COOKIE));
+}
+
+#[tokio::test]
+async fn the_open_admin_listener_needs_no_sign_in_and_the_public_one_has_no_console() {
+    let h = Harness::start().await;
+    let login = browser()
+        .get(format!("{}/console/login", h.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 303);
+    assert_eq!(login.headers()[LOCATION], "/console/");
+    let shell = browser()
+        .get(format!("{}/console/", h.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(shell.status(), 200);
+    assert_eq!(
+        header(shell.headers(), "content-type"),
+        "text/html; charset=utf-8"
+    );
+    let (status, session) = get_with_cookie(&format!("{}/api/session", h.api), "").await;
+    assert_eq!(status, 200);
+    assert_eq!(session["via"], "open");
+    let public = browser()
+        .get(format!("{}/console/", h.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(public.status(), 404);
+}
