@@ -60,18 +60,19 @@ export function json(value) {
 }
 
 /** A copy button for `text` that says when it copied. */
-export function copyButton(label, getText) {
+export function copyButton(name, getText) {
   const status = h("span", { class: "copy-status", role: "status", "aria-live": "polite" });
   const button = h("button", {
     type: "button",
     class: "copy",
+    "aria-label": name,
     onclick: async () => {
       const text = typeof getText === "function" ? getText() : getText;
       const ok = await copyText(text);
       status.textContent = ok ? "Copied" : "Select the text and copy it (the browser refused)";
       setTimeout(() => { status.textContent = ""; }, 2500);
     },
-  }, label);
+  }, "Copy");
   return h("span", { class: "copy-wrap" }, button, status);
 }
 
@@ -97,7 +98,7 @@ export function copyField(label, value, id) {
     h("label", { for: id }, label),
     h("div", { class: "copy-row" },
       h("input", { id, type: "text", readonly: true, value, class: "mono", spellcheck: "false" }),
-      copyButton(`Copy ${label.toLowerCase()}`, () => document.getElementById(id)?.value ?? value)));
+      copyButton(`Copy the ${label.replace(/^[A-Z][a-z]/, (c) => c.toLowerCase())}`, () => document.getElementById(id)?.value ?? value)));
 }
 
 /** A plain message box: kind is "error", "note" or "ok". */

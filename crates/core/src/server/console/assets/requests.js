@@ -77,7 +77,7 @@ function requestRow(request, child, position) {
   return h("tr", attrs,
     h("td", {}, child ? h("span", { class: "tree", "aria-hidden": "true" }, "└ ") : null, time(request.received_at_ms),
       h("div", { class: "mono muted small" }, request.id)),
-    h("td", {}, request.flow_id),
+    h("td", { class: "nowrap" }, request.flow_id),
     h("td", {}, badge(word),
       child ? h("span", { class: "muted" }, ` #${position} under ${shortId(request.suppressed_under)}`) : null,
       !child && request.suppressed_under ? h("span", { class: "muted" }, ` under ${shortId(request.suppressed_under)}`) : null,

@@ -90,11 +90,13 @@ export async function runPage(main, context) {
   const [id] = context.params;
   const body = h("div", {});
   const dialog = h("dialog", { id: "replay-dialog", "aria-labelledby": "replay-title" });
+  const heading = h("h1", {}, `Run ${shortId(id)}`);
   fill(main, h("nav", { class: "crumbs", "aria-label": "Breadcrumb" }, link("/runs", "Runs"), " / ", id),
-    h("h1", {}, `Run ${shortId(id)}`), body, dialog);
+    heading, body, dialog);
   const flows = await get("/api/flows").then((a) => a.flows ?? []).catch(() => []);
   const update = whenChanged((run) => fill(body, runView(run, flows, dialog)));
   const first = await get(`/api/runs/${encodeURIComponent(id)}`);
+  heading.textContent = `Run ${shortId(id)} of ${first.flow_id}`;
   update(first);
   context.live(async () => {
     if (dialog.open) return;
@@ -126,7 +128,19 @@ function runView(run, flows, dialog) {
       h("details", {}, h("summary", {}, "What the trigger gave the steps"), json(run.trigger))),
     h("section", { "aria-labelledby": "steps-heading" },
       h("h2", { id: "steps-heading" }, "Steps"),
-      (run.steps ?? []).length ? run.steps.map((step) => stepView(step, run)) : message("note", "No step has started yet.")));
+      (run.steps ?? []).length ? run.steps.map((step) => stepView(step, run)) : message("note", "No step has started yet."),
+      notRun(run, flow)));
+}
+
+// The flow's steps this run did not reach (or whose path it did not take).
+function notRun(run, flow) {
+  const seen = new Set((run.steps ?? []).map((s) => s.step_id));
+  const rest = flattenSteps(flow?.steps).filter((s) => !seen.has(s.id));
+  if (!rest.length) return null;
+  const why = run.status === "queued" || run.status === "running" ? "not run yet" : "not run";
+  return h("div", { class: "card step step-pending" },
+    h("h3", {}, `Steps ${why}`),
+    h("ul", {}, rest.map((s) => h("li", {}, h("span", { class: "mono" }, s.id), " ", h("span", { class: "mono muted" }, s.type ?? "")))));
 }
 
 function stepView(step, run) {
