@@ -375,3 +375,109 @@ async fn the_open_admin_listener_needs_no_sign_in_and_the_public_one_has_no_cons
         .unwrap();
     assert_eq!(public.status(), 404);
 }
+
+#[tokio::test]
+async fn flows_show_their_trigger_nested_steps_and_runs_of_the_last_day() {
+    let h = Harness::start().await;
+    let failed = failed_run(&h).await;
+    let (status, body) = get_with_cookie(&format!("{}/api/flows", h.api), "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["reload"], Value::Null, "no reload yet");
+    let flow = |id: &str| {
+        body["flows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    let escalate = flow("escalate-to-partner");
+    let trigger = &escalate["trigger"];
+    assert_eq!(trigger["type"], "halo.incidents");
+    assert_eq!(
+        trigger["auth"],
+        json!({"type": "url_key", "param": "apiKey"})
+    );
+    assert_eq!(trigger["recipients_separator"], "&");
+    let url = trigger["url"].as_str().unwrap();
+    assert!(
+        url.ends_with("/triggers/escalate-to-partner?apiKey=<HALOFLOW_ESCALATE_KEY>"),
+        "{url}"
+    );
+    assert!(!body.to_string().contains(crate::common::ESCALATE_KEY));
+    assert_eq!(
+        escalate["runs_24h"],
+        json!({"queued": 0, "running": 0, "succeeded": 0, "failed": 1}),
+        "{failed}"
+    );
+    let routing = flow("new-ticket-routing");
+    assert_eq!(routing["trigger"]["auth"]["type"], "basic");
+    assert_eq!(routing["trigger"]["recipients_separator"], "?");
+    assert_eq!(routing["runs_24h"]["failed"], 0);
+
+    let triage = flow("triage-by-agent");
+    let top: Vec<&str> = (triage["steps"].as_array().unwrap().iter())
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        top,
+        ["assigned", "report"],
+        "nested steps stay in their paths"
+    );
+    let assigned = &triage["steps"][0];
+    assert_eq!(assigned["type"], "core.condition");
+    assert_eq!(assigned["name"], "Is an agent assigned?");
+    assert_eq!(assigned["paths"]["true"][0]["id"], "tell_agent");
+    let by_priority = &assigned["paths"]["false"][0];
+    assert_eq!(by_priority["paths"]["1"][0]["id"], "escalate");
+    assert_eq!(triage["steps"][1]["paths"], Value::Null);
+}
+
+#[tokio::test]
+async fn a_reload_is_reported_with_the_problems_that_kept_the_running_flows() {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir("flows").unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let h = Harness::start_with(Options {
+        flows: dir.path().to_owned(),
+        ..Options::default()
+    })
+    .await;
+    let reload = || async {
+        let response = h
+            .client
+            .post(format!("{}/api/flows/reload", h.api))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.json::<Value>().await.unwrap()
+    };
+    let ok = reload().await;
+    assert_eq!(
+        (ok["ok"].clone(), ok["problems"].clone()),
+        (json!(true), json!([]))
+    );
+    assert!(ok["at_ms"].as_i64().unwrap() > 0);
+    let broken = dir.path().join("broken.json");
+    std::fs::write(&broken, r#"{"id": "broken", "name": "Broken", "trigger": {"type": "halo.incidents", "auth": {"type": "none"}}, "steps": [{"id": "x", "type": "no.such_step"}]}"#).unwrap();
+    let refused = reload().await;
+    assert_eq!(refused["ok"], false, "{refused}");
+    let problems = refused["problems"].as_array().unwrap();
+    assert!(!problems.is_empty());
+    assert!(
+        problems[0].as_str().unwrap().contains("broken.json"),
+        "{refused}"
+    );
+    let (_, flows) = get_with_cookie(&format!("{}/api/flows", h.api), "").await;
+    assert_eq!(flows["reload"], refused);
+    assert_eq!(
+        flows["flows"].as_array().unwrap().len(),
+        6,
+        "the running flows stay"
+    );
+}

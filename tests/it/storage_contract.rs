@@ -238,8 +238,11 @@ async fn steps_keep_every_attempt_and_replays_reuse_outputs() {
         );
         assert_eq!(copied.steps[0].reused_from.as_deref(), Some("r1"));
         assert_eq!(copied.steps[0].outputs, Some(json!({"ticket_id": 7})));
-        let counts = s.run_counts().await.unwrap();
+        let counts = s.run_counts(None).await.unwrap();
         assert_eq!(counts.len(), 2, "{}: {counts:?}", b.name);
+        let recent = s.run_counts(Some(1500)).await.unwrap();
+        assert_eq!(recent.len(), 1, "{}: {recent:?}", b.name);
+        assert_eq!((recent[0].count, recent[0].status), (1, RunStatus::Queued));
 
         // Retention keeps r1 while r2 replays it; r2 is unfinished and stays.
         assert_eq!(s.prune_finished(10_000).await.unwrap(), 0, "{}", b.name);

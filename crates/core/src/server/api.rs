@@ -26,23 +26,6 @@ pub(super) async fn health(State(engine): State<Engine>) -> Response {
     }
 }
 
-pub(super) async fn flows(State(engine): State<Engine>) -> Response {
-    let flows: Vec<_> = engine
-        .flows()
-        .iter()
-        .map(|loaded| {
-            let flow = &loaded.flow;
-            json!({
-                "id": flow.id(),
-                "name": flow.document.name,
-                "trigger_url": format!("/triggers/{}", flow.id()),
-                "steps": flow.steps.iter().map(|s| json!({"id": s.id, "type": s.implementation().type_name()})).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    Json(json!({"flows": flows})).into_response()
-}
-
 fn limit(params: &HashMap<String, String>) -> Result<u32, ApiError> {
     match params.get("limit") {
         None => Ok(50),
@@ -72,7 +55,7 @@ fn time_param(params: &HashMap<String, String>, name: &str) -> Result<Option<i64
     })
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
+pub(super) fn internal(e: impl std::fmt::Display) -> ApiError {
     tracing::error!(error = %e, "Run history query failed; check the database (server.database_url).");
     ApiError::new(
         ErrorCode::StorageUnavailable,
@@ -278,7 +261,7 @@ fn trigger_requests(engine: &Engine, exposition: &mut Exposition) {
 
 /// Runs in the database by flow and status (none when the database does not answer).
 async fn run_counts(engine: &Engine, exposition: &mut Exposition) {
-    let counts = engine.storage().run_counts().await.unwrap_or_else(|e| {
+    let counts = engine.storage().run_counts(None).await.unwrap_or_else(|e| {
         tracing::warn!(error = %e, "Metrics: could not count runs; check the database (server.database_url).");
         Vec::new()
     });

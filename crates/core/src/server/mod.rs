@@ -4,6 +4,7 @@
 mod api;
 mod console;
 mod error;
+mod flows;
 mod guard;
 mod listener;
 mod rejections;
@@ -79,7 +80,8 @@ fn api_routes(engine: &Engine, open: bool) -> Router<Engine> {
     let guarded = Router::new()
         .route("/api/session", get(console::session))
         .route("/api/integrator", get(api::integrator))
-        .route("/api/flows", get(api::flows))
+        .route("/api/flows", get(flows::flows))
+        .route("/api/flows/reload", post(flows::reload))
         .route("/api/runs", get(api::runs))
         .route("/api/runs/{run_id}", get(api::run))
         .route("/api/runs/{run_id}/replay", post(api::replay))

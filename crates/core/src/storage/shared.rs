@@ -302,8 +302,11 @@ impl<B: Sql> RunStore for B {
         Ok(deleted.len() as u64)
     }
 
-    async fn run_counts(&self) -> Result<Vec<RunCount>, StorageError> {
-        let rows = self.fetch_all(sql::RUN_COUNTS, args![]).await?;
+    async fn run_counts(&self, since_ms: Option<i64>) -> Result<Vec<RunCount>, StorageError> {
+        let rows = match since_ms {
+            None => self.fetch_all(sql::RUN_COUNTS, args![]).await?,
+            Some(since) => self.fetch_all(sql::RUN_COUNTS_SINCE, args![since]).await?,
+        };
         rows.iter().map(run_count).collect()
     }
 }

@@ -349,6 +349,11 @@ pub(super) const FLOOD_HISTORY: &str = "SELECT r.correlation_key, r.request_id, 
 
 pub(super) const RUN_COUNTS: &str = "SELECT flow_id, status, count(*) AS n FROM runs GROUP BY flow_id, status ORDER BY flow_id, status";
 
+/// since.
+pub(super) const RUN_COUNTS_SINCE: &str =
+    "SELECT flow_id, status, count(*) AS n FROM runs WHERE created_at_ms >= $1
+     GROUP BY flow_id, status ORDER BY flow_id, status";
+
 // Claims and leases.
 
 /// owner, now, limit.
