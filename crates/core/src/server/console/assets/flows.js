@@ -6,6 +6,12 @@ import { get, post } from "./api.js";
 
 const DAY_MS = 24 * 60 * 60 * 1000;
 const STATUSES = ["queued", "running", "succeeded", "failed"];
+const AUTH_WORDS = {
+  url_key: "key in the URL",
+  basic: "Basic authentication",
+  header: "key in a header",
+  none: "no authentication",
+};
 
 export async function flowsPage(main, context) {
   const answer = await get("/api/flows");
@@ -103,7 +109,7 @@ export function graph(flow) {
   const byId = new Map();
   collect(flow.steps ?? [], byId);
   const trigger = flow.trigger ?? {};
-  const auth = trigger.auth?.type ? `, ${trigger.auth.type.replace("_", " ")}` : "";
+  const auth = AUTH_WORDS[trigger.auth?.type] ?? "";
   return h("ol", { class: "graph", "aria-label": `Steps of ${flow.id}` },
     h("li", { class: "node trigger" },
       h("div", { class: "box" }, h("span", { class: "kind" }, "Trigger"), h("strong", {}, trigger.type ?? "trigger"), h("span", { class: "muted" }, auth))),

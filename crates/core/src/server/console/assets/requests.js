@@ -14,6 +14,8 @@ export function verdict(request) {
   return "duplicate";
 }
 
+const VERDICTS = ["run", "suppressed", "duplicate", "rejected"];
+
 export async function requestsPage(main, context) {
   const q = context.query;
   const flows = await get("/api/flows").then((a) => a.flows ?? []).catch(() => []);
@@ -42,10 +44,10 @@ function filterForm(q, flows) {
   h("div", { class: "field" }, h("label", { for: "req-flow" }, "Flow"),
     h("select", { id: "req-flow", name: "flow" }, h("option", { value: "" }, "All flows"),
       flows.map((f) => h("option", { value: f.id, selected: f.id === q.flow }, f.id)))),
-  h("div", { class: "field" }, h("label", { for: "req-suppressed" }, "Show"),
-    h("select", { id: "req-suppressed", name: "suppressed" },
-      h("option", { value: "" }, "All requests"),
-      h("option", { value: "true", selected: q.suppressed === "true" }, "Only suppressed"))),
+  h("div", { class: "field" }, h("label", { for: "req-verdict" }, "Verdict"),
+    h("select", { id: "req-verdict", name: "verdict" },
+      h("option", { value: "" }, "Any verdict"),
+      VERDICTS.map((v) => h("option", { value: v, selected: v === q.verdict || (v === "suppressed" && q.suppressed === "true") }, v)))),
   h("div", { class: "filter-buttons" }, h("button", { type: "submit" }, "Show requests"),
     h("a", { href: "#/requests", class: "button secondary" }, "Clear")));
   return form;
