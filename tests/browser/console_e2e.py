@@ -99,6 +99,8 @@ def flows_page(c):
     expect(card.locator("li.node.trigger")).to_be_visible()
     assert card.locator("li.node[data-step]").count() >= 1, "the flow's steps are drawn"
     expect(card.locator(".counts")).to_contain_text("failed")
+    c.page.get_by_role("button", name="Reload flows from disk").click()
+    expect(c.page.locator("#reload")).to_contain_text("all flows valid")
     c.shot("flows", full_page=True)
 
 
@@ -196,6 +198,7 @@ def suppressed(c):
 def sync_page(c):
     c.open("/sync")
     expect(c.page.locator("#sn-scans")).to_be_visible()
+    expect(c.page.locator("main .loading")).to_have_count(0)
     c.shot("sync")
 
 

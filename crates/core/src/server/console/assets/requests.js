@@ -91,13 +91,14 @@ function requestRow(request, child, position) {
 }
 
 export async function syncPage(main, context) {
-  const webhooks = h("div", {});
-  const scans = h("div", {});
-  const links = h("div", {});
+  const loading = () => h("p", { class: "muted loading" }, "Loading…");
+  const webhooks = h("div", {}, loading());
+  const scans = h("div", {}, loading());
+  const links = h("div", {}, loading());
   fill(main, h("h1", {}, "Sync back"),
     h("section", { "aria-labelledby": "sn-webhooks" }, h("h2", { id: "sn-webhooks" }, "ServiceNow webhooks received"), webhooks),
     h("section", { "aria-labelledby": "sn-scans" }, h("h2", { id: "sn-scans" }, "Integrator scans"), scans),
-    h("section", { "aria-labelledby": "sn-links" }, h("h2", { id: "sn-links" }, "Halo tickets linked to ServiceNow records"), links));
+    h("section", { "aria-labelledby": "sn-links", id: "links" }, h("h2", { id: "sn-links" }, "Halo tickets linked to ServiceNow records"), links));
   const showWebhooks = whenChanged((answer) => fill(webhooks, syncRequests(answer.requests ?? [])));
   const showScans = whenChanged((answer) => fill(scans, scansTable(answer.scans ?? [])));
   const refresh = async () => {

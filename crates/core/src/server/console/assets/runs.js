@@ -75,7 +75,7 @@ export function runsTable(runs) {
     h("tbody", {}, runs.map((run) => h("tr", { "data-run": run.id, "data-status": run.status },
       h("td", {}, link(`/runs/${encodeURIComponent(run.id)}`, h("span", { class: "mono" }, shortId(run.id))),
         run.replay_of ? h("span", { class: "muted" }, " (replay)") : null),
-      h("td", {}, link(route("/runs", { flow: run.flow_id }), run.flow_id)),
+      h("td", { class: "nowrap" }, link(route("/runs", { flow: run.flow_id }), run.flow_id)),
       h("td", {}, badge(run.status)),
       h("td", {}, time(run.created_at_ms)),
       h("td", {}, run.finished_at_ms && run.started_at_ms ? duration(run.finished_at_ms - run.started_at_ms) : "—"),
