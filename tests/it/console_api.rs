@@ -481,3 +481,129 @@ async fn a_reload_is_reported_with_the_problems_that_kept_the_running_flows() {
         "the running flows stay"
     );
 }
+
+#[tokio::test]
+async fn trigger_setup_spells_out_the_url_auth_and_halo_webhooks_without_secrets() {
+    let h = Harness::start().await;
+    let setup = |path: &str| {
+        let url = format!("{}/api/flows/{path}", h.api);
+        async move { get_with_cookie(&url, "").await }
+    };
+    let (status, keyed) =
+        setup("escalate-to-partner/setup?recipients=ops,Jane%20Doe&recipients=x").await;
+    assert_eq!(status, 200, "{keyed}");
+    assert_eq!(keyed["flow"], "escalate-to-partner");
+    let url = keyed["trigger_url"].as_str().unwrap();
+    assert!(
+        url.ends_with("/triggers/escalate-to-partner?apiKey=<HALOFLOW_ESCALATE_KEY>&recipients=ops,Jane%20Doe,x"),
+        "{url}"
+    );
+    let auth = &keyed["auth"];
+    assert_eq!(auth["type"], "url_key");
+    assert_eq!(auth["param"], "apiKey");
+    assert_eq!(auth["secret_name"], "HALOFLOW_ESCALATE_KEY");
+    assert!(auth["halo_setting"].as_str().unwrap().starts_with("None"));
+    let webhooks = keyed["webhooks"].as_array().unwrap();
+    let described: Vec<(&str, &str, &str)> = webhooks
+        .iter()
+        .map(|w| {
+            assert_eq!(w["url"], url);
+            assert_eq!(w["halo"]["webhook"]["url"], url);
+            (
+                w["route"].as_str().unwrap(),
+                w["event"].as_str().unwrap(),
+                w["rule"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        described,
+        [
+            ("assigned", "New Ticket Logged", "Agent is not Unassigned"),
+            ("unassigned", "New Ticket Logged", "Agent is Unassigned"),
+        ]
+    );
+
+    let (status, basic) = setup("new-ticket-routing/setup").await;
+    assert_eq!(status, 200);
+    assert!(
+        basic["trigger_url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/triggers/new-ticket-routing")
+    );
+    assert_eq!(basic["auth"]["username"], "halo");
+    assert_eq!(basic["auth"]["secret_name"], "HALOFLOW_ROUTING_PASSWORD");
+    assert_eq!(basic["webhooks"][0]["authentication"], "Basic");
+    assert_eq!(
+        basic["webhooks"][0]["halo"]["webhook"]["basic_username"],
+        "halo"
+    );
+    for body in [&keyed, &basic] {
+        for secret in crate::common::all_secrets() {
+            assert!(!body.to_string().contains(secret), "{secret} in {body}");
+        }
+    }
+    let (status, missing) = setup("nope/setup").await;
+    assert_eq!(status, 404);
+    assert_eq!(missing["error"]["code"], "unknown_flow");
+}
+
+#[tokio::test]
+async fn a_test_webhook_goes_through_the_trigger_path_and_starts_a_run() {
+    let h = Harness::start().await;
+    let test = |body: Value| {
+        let request = h
+            .client
+            .post(format!("{}/api/flows/escalate-to-partner/test", h.api))
+            .json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, started) = test(json!({"recipients": ["ops", "Jane Doe"]})).await;
+    assert_eq!(status, 202, "{started}");
+    assert_eq!(
+        (started["suppressed"].clone(), started["duplicates"].clone()),
+        (json!(0), json!(0))
+    );
+    let run = h.wait(started["run_ids"][0].as_str().unwrap()).await;
+    assert_eq!(run.summary.status.as_str(), "succeeded", "{run:?}");
+    assert_eq!(run.trigger["recipients"], json!(["ops", "Jane Doe"]));
+    let (_, requests) = get_with_cookie(&format!("{}/api/requests", h.api), "").await;
+    assert_eq!(
+        requests["requests"][0]["id"], started["request_id"],
+        "stored as a trigger request"
+    );
+
+    // The same ticket again: flood control applies as to any trigger request.
+    let (status, again) = test(json!({})).await;
+    assert_eq!(status, 202, "{again}");
+    let handled =
+        again["run_ids"].as_array().unwrap().len() as u64 + again["suppressed"].as_u64().unwrap();
+    assert_eq!(handled, 1, "{again}");
+
+    let mut own = sample_payload("halo-new-ticket-unassigned.json");
+    own["id"] = json!(uuid::Uuid::new_v4().to_string());
+    let (status, given) = test(json!({"payload": own})).await;
+    assert_eq!(status, 202, "{given}");
+    for (bad, code) in [
+        (json!({"payload": {"x": 1}, "extra": 1}), "invalid_payload"),
+        (json!({"recipients": "ops"}), "invalid_payload"),
+        (json!({"payload": 7}), "invalid_payload"),
+    ] {
+        let (status, body) = test(bad.clone()).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(body["error"]["code"], code, "{bad}");
+    }
+    let missing = h
+        .client
+        .post(format!("{}/api/flows/nope/test", h.api))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+}

@@ -82,6 +82,8 @@ fn api_routes(engine: &Engine, open: bool) -> Router<Engine> {
         .route("/api/integrator", get(api::integrator))
         .route("/api/flows", get(flows::flows))
         .route("/api/flows/reload", post(flows::reload))
+        .route("/api/flows/{flow_id}/setup", get(flows::setup))
+        .route("/api/flows/{flow_id}/test", post(flows::test))
         .route("/api/runs", get(api::runs))
         .route("/api/runs/{run_id}", get(api::run))
         .route("/api/runs/{run_id}/replay", post(api::replay))
