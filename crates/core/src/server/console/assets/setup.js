@@ -1,8 +1,8 @@
 // Trigger setup: what to enter in Halo for a flow (its trigger URL with recipients, the
 // authentication, the two webhooks and their event rules), with a test webhook.
 
-import { h, fill, message, errorBox, copyField, facts, link } from "./dom.js";
-import { get, post, query } from "./api.js";
+import { h, fill, message, errorBox, copyField, facts, link, json } from "./dom.js";
+import { get, post } from "./api.js";
 
 export async function setupPage(main, context) {
   const [id] = context.params;
@@ -50,7 +50,9 @@ export async function setupPage(main, context) {
 
 async function loadSetup(id, recipients) {
   try {
-    return await get(`/api/flows/${encodeURIComponent(id)}/setup${query({ recipients: recipients.join(",") })}`);
+    // One `recipients=` per name: a comma inside a name stays part of it.
+    const search = new URLSearchParams(recipients.map((r) => ["recipients", r])).toString();
+    return await get(`/api/flows/${encodeURIComponent(id)}/setup${search ? `?${search}` : ""}`);
   } catch (error) {
     if (error.status !== 404 || error.message.includes(id)) throw error;
     return fallbackSetup(id, recipients);
@@ -72,7 +74,11 @@ function setupView(setup) {
     h("section", { "aria-labelledby": "url-heading" },
       h("h2", { id: "url-heading" }, "2. Trigger URL"),
       h("p", {}, "In Halo, under Configuration › Integrations › Webhooks, create the webhook with this URL (method POST, content type JSON)."),
-      copyField("Trigger URL", setup.trigger_url, "trigger-url")),
+      copyField("Trigger URL", setup.trigger_url, "trigger-url"),
+      /<[A-Za-z0-9_]+>/.test(setup.trigger_url)
+        ? h("p", { class: "muted", id: "secret-placeholder" }, "Replace ", h("code", {}, setup.trigger_url.match(/<[A-Za-z0-9_]+>/)[0]),
+          " with the value of that secret: haloflow never shows secret values.")
+        : null),
     h("section", { "aria-labelledby": "auth-heading" },
       h("h2", { id: "auth-heading" }, "3. Authentication"),
       authView(setup.auth)),
@@ -102,23 +108,40 @@ function webhooksView(webhooks) {
   return h("div", { class: "cards" }, webhooks.map((webhook, index) => webhookCard(webhook, index)));
 }
 
-// The webhook plan comes from the trigger's integration: show its fields as they come,
-// with a copy button for each text value.
+// The webhook plan comes from the trigger's integration. Known fields are laid out as Halo's
+// form asks for them; any other field is shown as it comes.
+const WEBHOOK_FIELDS = [
+  ["name", "Name", true],
+  ["url", "URL", true],
+  ["method", "Method", false],
+  ["content_type", "Content type", false],
+  ["authentication", "Authentication", false],
+  ["username", "User name", true],
+];
+
 function webhookCard(webhook, index) {
-  const title = webhook.name ?? webhook.title ?? webhook.route ?? `Webhook ${index + 1}`;
+  const route = webhook.route ? ` (${String(webhook.route).replace(/_/g, " ")} agent)` : "";
   const rows = [];
-  for (const [key, value] of Object.entries(webhook)) {
-    if (key === "name" || key === "title") continue;
-    const label = key.replace(/_/g, " ").replace(/^./, (c) => c.toUpperCase());
-    if (typeof value === "string" || typeof value === "number") {
-      rows.push(copyField(label, String(value), `webhook-${index}-${key}`));
-    } else if (Array.isArray(value) && value.every((v) => typeof v === "string")) {
-      rows.push(h("div", { class: "copy-field" }, h("span", { class: "label" }, label), h("ul", {}, value.map((v) => h("li", {}, v)))));
-    } else if (value !== null && value !== undefined) {
-      rows.push(h("div", { class: "copy-field" }, h("span", { class: "label" }, label), eventView(value)));
-    }
+  const plain = [];
+  for (const [key, label, copy] of WEBHOOK_FIELDS) {
+    const value = webhook[key];
+    if (value === null || value === undefined) continue;
+    if (copy) rows.push(copyField(label, String(value), `webhook-${index}-${key}`));
+    else plain.push([label, h("span", { class: "mono" }, String(value))]);
   }
-  return h("article", { class: "card webhook" }, h("h3", {}, title), rows);
+  const rule = webhook.event || webhook.rule
+    ? h("div", { class: "event-rule" },
+      h("h4", {}, "Event"),
+      h("p", {}, "Fires on ", h("strong", {}, webhook.event ?? "the event"),
+        webhook.rule ? [" when ", h("strong", {}, webhook.rule)] : null, "."))
+    : null;
+  const known = new Set([...WEBHOOK_FIELDS.map(([k]) => k), "title", "route", "event", "rule", "halo"]);
+  const other = Object.entries(webhook).filter(([k, v]) => !known.has(k) && v !== null && v !== undefined);
+  return h("article", { class: "card webhook", "data-route": webhook.route ?? null },
+    h("h3", {}, `Webhook ${index + 1}${route}`),
+    rows, facts(plain), rule,
+    other.length ? facts(other.map(([k, v]) => [k.replace(/_/g, " "), typeof v === "object" ? eventView(v) : String(v)])) : null,
+    webhook.halo ? h("details", {}, h("summary", {}, "What `haloflow halo setup` sends to Halo's API for it"), json(webhook.halo)) : null);
 }
 
 function eventView(value) {
