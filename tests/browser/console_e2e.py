@@ -34,7 +34,7 @@ def parse_args():
     parser.add_argument("--recipients", default="epearson, Antares Team", help="recipients to enter in the setup form")
     parser.add_argument("--chromium", default="/usr/bin/chromium", help="the Chromium executable")
     parser.add_argument("--only", help="comma-separated scenarios to run (after logging in): "
-                        "flows, failed-run, replay (needs failed-run), setup, requests, sync")
+                        "flows, failed-run, replay (needs failed-run), paging, setup, requests, sync")
     parser.add_argument("--assets", help="serve the console's files from this directory instead of the server's "
                         "(to try front-end edits without rebuilding)")
     return parser.parse_args()
@@ -99,6 +99,16 @@ def flows_page(c):
     expect(card.locator("li.node.trigger")).to_be_visible()
     assert card.locator("li.node[data-step]").count() >= 1, "the flow's steps are drawn"
     expect(card.locator(".counts")).to_contain_text("failed")
+    # Keyboard: the skip link shows when focused, the navigation follows it, and Enter on it
+    # moves the focus to the content without leaving the page.
+    c.page.locator("a.skip").focus()
+    expect(c.page.locator("a.skip")).to_be_in_viewport()
+    c.page.keyboard.press("Tab")
+    expect(c.page.get_by_role("link", name="Flows", exact=True)).to_be_focused()
+    c.page.keyboard.press("Shift+Tab")
+    c.page.keyboard.press("Enter")
+    expect(c.page.locator("#main")).to_be_focused()
+    expect(c.page.locator("main h1")).to_have_text("Flows")
     c.page.get_by_role("button", name="Reload flows from disk").click()
     expect(c.page.locator("#reload")).to_contain_text("all flows valid")
     c.shot("flows", full_page=True)
@@ -145,6 +155,20 @@ def replay(c):
     assert page.evaluate("window.__noReload === true"), "the page reloaded"
     expect(page.locator("dt", has_text="Replay of")).to_be_visible()
     print(f"  replay succeeded: {page.url}")
+
+
+def paging(c):
+    page = c.page
+    c.open(f"/runs?flow={c.args.flow}&limit=2")
+    rows = page.locator("tr[data-run]")
+    expect(rows).to_have_count(2)
+    first = rows.evaluate_all("rows => rows.map(r => r.dataset.run)")
+    page.click("#older")
+    expect(page.get_by_role("link", name="Newest")).to_be_visible()
+    expect(rows.first).not_to_have_attribute("data-run", first[0])
+    older = rows.evaluate_all("rows => rows.map(r => r.dataset.run)")
+    assert older and not set(older) & set(first), f"the older page repeats runs: {first} then {older}"
+    print(f"  newest {first}, then older {older}")
 
 
 def setup(c):
@@ -221,6 +245,7 @@ SCENARIOS = [
     ("flows", "flows and their graphs", flows_page),
     ("failed-run", "a failed run shows its failing request", failed_run),
     ("replay", "replay from the failed step; the new run succeeds", replay),
+#PAGING
     ("setup", "trigger setup, copy and test webhook", setup),
     ("requests", "a suppressed request under its parent", suppressed),
     ("sync", "sync back", sync_page),

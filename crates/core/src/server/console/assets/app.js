@@ -29,6 +29,8 @@ function parseHash() {
 }
 
 async function show() {
+  // An in-page anchor (#main) is not a route: the page on screen stays.
+  if (location.hash && !location.hash.startsWith("#/")) return;
   const { path, query } = parseHash();
   const main = document.getElementById("main");
   const page = { id: current.id + 1, pollers: [] };
@@ -118,6 +120,11 @@ async function start() {
     logoutButton.hidden = session.via !== "session";
   }
   logoutButton.addEventListener("click", logout);
+  // The skip link moves the focus without changing the route in the hash.
+  document.querySelector(".skip")?.addEventListener("click", (event) => {
+    event.preventDefault();
+    document.getElementById("main").focus();
+  });
   window.addEventListener("hashchange", show);
   document.addEventListener("visibilitychange", poll);
   setInterval(poll, POLL_MS);

@@ -24,7 +24,7 @@ export async function requestsPage(main, context) {
   fill(main, h("h1", {}, "Requests"),
     h("p", { class: "muted" }, "Trigger requests as they arrived, newest first. Events that flood control suppressed are listed under the request whose run they were folded into."),
     filterForm(q, flows), table, more);
-  const params = { flow: q.flow, suppressed: q.suppressed, verdict: q.verdict, before: q.before, limit: 50 };
+  const params = { flow: q.flow, suppressed: q.suppressed, verdict: q.verdict, before: q.before, limit: q.limit ?? 50 };
   const update = whenChanged((answer) => {
     fill(table, requestsTable(answer.requests ?? []));
     fill(more, answer.next_cursor

@@ -12,7 +12,7 @@ export async function runsPage(main, context) {
   const table = h("div", { id: "runs-table" });
   const more = h("div", { class: "pager" });
   fill(main, h("h1", {}, "Runs"), filterForm(q, flows), table, more);
-  const params = { flow: q.flow, status: q.status, since: toMs(q.since), until: toMs(q.until), before: q.before, request: q.request, limit: 50 };
+  const params = { flow: q.flow, status: q.status, since: toMs(q.since), until: toMs(q.until), before: q.before, request: q.request, limit: q.limit ?? 50 };
   const update = whenChanged((answer) => {
     fill(table, runsTable(answer.runs ?? []));
     fill(more, pager(q, answer.next_cursor));
