@@ -34,7 +34,7 @@ def parse_args():
     parser.add_argument("--recipients", default="epearson, Antares Team", help="recipients to enter in the setup form")
     parser.add_argument("--chromium", default="/usr/bin/chromium", help="the Chromium executable")
     parser.add_argument("--only", help="comma-separated scenarios to run (after logging in): "
-                        "flows, failed-run, replay (needs failed-run), paging, setup, requests, sync")
+                        "flows, failed-run, replay (needs failed-run), paging, setup, requests, sync, logout")
     parser.add_argument("--assets", help="serve the console's files from this directory instead of the server's "
                         "(to try front-end edits without rebuilding)")
     return parser.parse_args()
@@ -240,6 +240,26 @@ def serve_assets(context, args):
     context.route(re.compile(r".*/console/assets/[^/?#]+([?#].*)?$"), fulfil)
 
 
+def log_out(c):
+    page = c.page
+    logout = page.get_by_role("button", name="Log out")
+    if not c.args.user and not c.args.password:
+        expect(logout).to_be_hidden()
+        return
+    logout.click()
+    page.wait_for_url(re.compile(r"/console/login"))
+    page.goto(f"{c.base}/console/#/runs")
+    expect(page).to_have_url(re.compile(r"/console/login\?next="))
+    expect(page.locator("#password")).to_be_visible()
+    if c.args.user:
+        # Signing in again lands on the page asked for, route included.
+        page.fill("#username", c.args.user)
+        page.fill("#password", c.args.password)
+        page.click("button[type=submit]")
+        expect(page).to_have_url(re.compile(r"/console/#/runs$"))
+        expect(page.locator("main h1")).to_have_text("Runs")
+
+
 SCENARIOS = [
     ("login", "log in", log_in),
     ("flows", "flows and their graphs", flows_page),
@@ -249,6 +269,7 @@ SCENARIOS = [
     ("setup", "trigger setup, copy and test webhook", setup),
     ("requests", "a suppressed request under its parent", suppressed),
     ("sync", "sync back", sync_page),
+    ("logout", "log out", log_out),
 ]
 
 

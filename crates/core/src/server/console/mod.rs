@@ -33,6 +33,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("setup.js", JS, include_str!("assets/setup.js")),
     ("runs.js", JS, include_str!("assets/runs.js")),
     ("requests.js", JS, include_str!("assets/requests.js")),
+    ("login.js", JS, include_str!("assets/login.js")),
 ];
 
 const HTML: &str = "text/html; charset=utf-8";
