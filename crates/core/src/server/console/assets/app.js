@@ -53,12 +53,15 @@ async function show() {
     live: (refresh) => page.pollers.push(refresh),
     isCurrent: () => current === page,
   };
-  fill(main, h("p", { class: "muted", role: "status" }, "Loading…"));
+  // Each page renders into a view of its own: a slow page that finishes after the user has
+  // moved on writes into a detached view, not over the page on screen.
+  const view = h("div", { class: "view" }, h("p", { class: "muted", role: "status" }, "Loading…"));
+  fill(main, view);
   try {
-    await render(main, context);
+    await render(view, context);
   } catch (error) {
     if (current !== page) return;
-    fill(main, h("h1", { tabindex: "-1" }, "Could not load this page"), errorBox(error));
+    fill(view, h("h1", { tabindex: "-1" }, "Could not load this page"), errorBox(error));
   }
   if (current === page) focusHeading(main);
 }
