@@ -607,3 +607,88 @@ async fn a_test_webhook_goes_through_the_trigger_path_and_starts_a_run() {
         .unwrap();
     assert_eq!(missing.status(), 404);
 }
+
+#[tokio::test]
+async fn runs_and_requests_are_paged_by_cursor_with_verdicts() {
+    use haloflow::storage::{NewRequest, NewRun};
+    let h = Harness::start().await;
+    for i in 0..5i64 {
+        let request = NewRequest {
+            id: format!("req-{i}"),
+            flow_id: "paged".into(),
+            received_at_ms: 1_000 + i,
+            http_status: 202,
+            error: None,
+            query: None,
+            body: Some("{}".into()),
+            event_count: 1,
+            outcome: None,
+        };
+        let run = NewRun {
+            id: format!("run-{i}"),
+            flow_id: "paged".into(),
+            event_index: 0,
+            trigger: json!({}),
+            created_at_ms: 1_000 + i,
+            correlation_key: None,
+            delivery_id: None,
+            owner: None,
+            lease_until_ms: None,
+        };
+        h.engine
+            .storage()
+            .accept_request(&request, &[run], &[])
+            .await
+            .unwrap();
+    }
+    let get = |query: String| {
+        let url = format!("{}/api/{query}", h.api);
+        async move { get_with_cookie(&url, "").await }
+    };
+    let mut ids = Vec::new();
+    let mut before = String::new();
+    loop {
+        let (status, page) = get(format!("runs?flow=paged&limit=2{before}")).await;
+        assert_eq!(status, 200, "{page}");
+        ids.extend(
+            page["runs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["id"].clone()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(cursor) => before = format!("&before={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(ids, ["run-4", "run-3", "run-2", "run-1", "run-0"]);
+    let (_, last) = get("runs?flow=paged&limit=5".into()).await;
+    assert_eq!(
+        last["next_cursor"],
+        Value::Null,
+        "no empty page after a full one"
+    );
+    let (_, first) = get("requests?flow=paged&limit=2&verdict=run".into()).await;
+    assert_eq!(first["requests"][0]["verdict"], "run");
+    assert_eq!(first["next_cursor"], "1003.req-3");
+    let (_, rest) = get("requests?flow=paged&before=1003.req-3&until=1002".into()).await;
+    let rest: Vec<&Value> = rest["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["id"])
+        .collect();
+    assert_eq!(rest, [&json!("req-1"), &json!("req-0")]);
+    let (_, of_request) = get("runs?request=req-2".into()).await;
+    assert_eq!(of_request["runs"][0]["id"], "run-2");
+    for bad in [
+        "runs?before=yesterday",
+        "requests?verdict=maybe",
+        "requests?since=soon",
+    ] {
+        let (status, body) = get(bad.into()).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_query");
+    }
+}
