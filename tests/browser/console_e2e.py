@@ -265,7 +265,7 @@ SCENARIOS = [
     ("flows", "flows and their graphs", flows_page),
     ("failed-run", "a failed run shows its failing request", failed_run),
     ("replay", "replay from the failed step; the new run succeeds", replay),
-#PAGING
+    ("paging", "runs page by page (Older)", paging),
     ("setup", "trigger setup, copy and test webhook", setup),
     ("requests", "a suppressed request under its parent", suppressed),
     ("sync", "sync back", sync_page),
