@@ -65,6 +65,9 @@ class Console:
         expect(self.page.locator("main h1")).to_be_visible()
 
     def shot(self, name, full_page=False):
+        # Usable on a laptop: nothing wider than the 1366 px window.
+        width = self.page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+        assert width[0] <= width[1], f"the {name} page is {width[0]} px wide in a {width[1]} px window"
         path = self.shots / f"{name}.png"
         self.page.screenshot(path=str(path), full_page=full_page)
         print(f"  screenshot {path}")
