@@ -33,6 +33,9 @@ def parse_args():
     parser.add_argument("--flow", default="escalate-to-partner", help="the flow with a failed run and suppressed requests")
     parser.add_argument("--recipients", default="epearson, Antares Team", help="recipients to enter in the setup form")
     parser.add_argument("--chromium", default="/usr/bin/chromium", help="the Chromium executable")
+    parser.add_argument("--held-replay", action="store_true",
+                        help="the server holds the replay's first request until this script prints "
+                        "'waiting: release the replay' (tests/it/console.rs does): check the run is shown running first")
     parser.add_argument("--only", help="comma-separated scenarios to run (after logging in): "
                         "flows, failed-run, replay (needs failed-run), paging, setup, requests, sync, logout")
     parser.add_argument("--assets", help="serve the console's files from this directory instead of the server's "
@@ -154,6 +157,12 @@ def replay(c):
     c.shot("replay-dialog")
     page.click("#replay-confirm")
     page.wait_for_url(lambda url: url != run_url)
+    if c.args.held_replay:
+        # The server holds the new run's request: the page shows it unfinished, then, once
+        # released, finished by itself (live update).
+        expect(page.locator("#run-status")).to_have_text(re.compile("queued|running"))
+        print("  the replay is shown running", flush=True)
+        print("  waiting: release the replay", flush=True)
     expect(page.locator("#run-status")).to_have_text("succeeded", timeout=TIMEOUT_MS)
     assert page.evaluate("window.__noReload === true"), "the page reloaded"
     expect(page.locator("dt", has_text="Replay of")).to_be_visible()
@@ -278,6 +287,7 @@ SCENARIOS = [
 
 def main():
     args = parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # the driver reads progress line by line
     expect.set_options(timeout=TIMEOUT_MS)
     only = set(args.only.split(",")) if args.only else None
     with sync_playwright() as playwright:

@@ -3,10 +3,14 @@
 //! replay, trigger setup and test webhook, a suppressed request under its parent).
 //! Without python3, Playwright or Chromium it reports that it skipped, unless `CI` is set.
 
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use haloflow::halo::HaloConfig;
+use haloflow_emulators::{Fault, Hold};
 use serde_json::{Value, json};
 
 use crate::common::{API_PASSWORD, Harness, Options, sample_payload};
@@ -37,9 +41,22 @@ fn missing_browser() -> Option<String> {
         .then(|| format!("Chromium is not installed at {CHROMIUM} (apt-get install chromium)"))
 }
 
-fn with_credentials(config: &mut haloflow::config::Config) {
+/// What the script prints when the replayed run is seen running: the test then lets the
+/// partner Halo answer the request it holds, and the page must show the run succeed by itself.
+const RELEASE_MARKER: &str = "waiting: release the replay";
+
+/// API credentials (the console asks to sign in), and a partner Halo that may take as long as
+/// the browser needs to see the held replay running.
+fn configure(config: &mut haloflow::config::Config) {
     config.server.api.basic_username = Some("ops".into());
     config.server.api.password_secret_name = Some("HALOFLOW_API_PASSWORD".into());
+    config
+        .edit_section(|halo: &mut HaloConfig| {
+            if let Some(partner) = halo.get_mut("partner_halo") {
+                partner.timeout_secs = 120;
+            }
+        })
+        .unwrap();
 }
 
 /// A run that fails (the partner Halo refuses the ticket), and a flood of requests about one
@@ -79,40 +96,73 @@ async fn history(h: &Harness) {
     }
 }
 
-fn run_browser(base: &str, screenshots: &Path) -> (bool, String) {
+/// Runs the scenarios; releases `hold` when the script says the replay is seen running.
+fn run_browser(base: &str, screenshots: &Path, hold: &Hold) -> (bool, String) {
     let mut child = Command::new("python3")
         .arg(SCRIPT)
         .args(["--base", base, "--user", "ops", "--password", API_PASSWORD])
         .arg("--screenshots")
         .arg(screenshots)
-        .args(["--chromium", CHROMIUM])
+        .args(["--chromium", CHROMIUM, "--held-replay"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("python3 starts");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
+    let stdout = child.stdout.take().expect("piped stdout");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = BufReader::new(stderr).read_to_string(&mut text);
+        text
+    });
+    let watchdog = Watchdog::start(child);
+    let mut text = String::new();
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        if line.contains(RELEASE_MARKER) {
+            hold.release();
         }
-        if started.elapsed() > BROWSER_LIMIT {
-            let _ = child.kill();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let output = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    match status {
-        Some(status) => (status.success(), text),
-        None => (
-            false,
-            format!("{text}\nthe browser did not finish within {BROWSER_LIMIT:?}"),
-        ),
+        text.push_str(&line);
+        text.push('\n');
+    }
+    // The held request must not outlive the script (a failed scenario never asks).
+    hold.release();
+    let passed = watchdog.finish();
+    text.push_str(&errors.join().unwrap_or_default());
+    if passed.is_none() {
+        text.push_str(&format!(
+            "\nthe browser did not finish within {BROWSER_LIMIT:?}"
+        ));
+    }
+    (passed == Some(true), text)
+}
+
+/// Kills the script if it runs past [`BROWSER_LIMIT`] (a hung browser must not hang the test
+/// run); its output then ends and the reader above stops.
+struct Watchdog {
+    thread: std::thread::JoinHandle<Option<bool>>,
+}
+
+impl Watchdog {
+    fn start(mut child: Child) -> Watchdog {
+        let thread = std::thread::spawn(move || {
+            let started = Instant::now();
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Some(status.success());
+                }
+                if started.elapsed() > BROWSER_LIMIT {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        Watchdog { thread }
+    }
+
+    fn finish(self) -> Option<bool> {
+        self.thread.join().unwrap_or(None)
     }
 }
 
@@ -128,16 +178,26 @@ async fn an_administrator_finds_a_failed_run_replays_it_sets_up_a_trigger_and_fi
         return;
     }
     let h = Harness::start_with(Options {
-        configure: with_credentials,
+        configure,
         ..Options::default()
     })
     .await;
     history(&h).await;
+    // The next ticket the partner Halo is asked to create is the replay's: it waits until the
+    // browser has shown the replayed run running.
+    let hold: Arc<Hold> = Hold::new();
+    h.partner.inject(
+        "POST",
+        "/api/Tickets",
+        Fault::HoldBeforeProcessing(hold.clone()),
+        1,
+    );
     let screenshots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
     let base = h.api.clone();
-    let (passed, output) = tokio::task::spawn_blocking(move || run_browser(&base, &screenshots))
-        .await
-        .unwrap();
+    let (passed, output) =
+        tokio::task::spawn_blocking(move || run_browser(&base, &screenshots, &hold))
+            .await
+            .unwrap();
     println!("{output}");
     assert!(passed, "the console's browser scenarios failed:\n{output}");
 }
