@@ -165,6 +165,8 @@ def replay(c):
         print("  waiting: release the replay", flush=True)
     expect(page.locator("#run-status")).to_have_text("succeeded", timeout=TIMEOUT_MS)
     assert page.evaluate("window.__noReload === true"), "the page reloaded"
+    if c.args.held_replay:
+        expect(page.locator("main p.offscreen[role=status]")).to_have_text("The run is now succeeded.")
     expect(page.locator("dt", has_text="Replay of")).to_be_visible()
     print(f"  replay succeeded: {page.url}")
 

@@ -94,7 +94,15 @@ export async function runPage(main, context) {
   fill(main, h("nav", { class: "crumbs", "aria-label": "Breadcrumb" }, link("/runs", "Runs"), " / ", id),
     heading, body, dialog);
   const flows = await get("/api/flows").then((a) => a.flows ?? []).catch(() => []);
-  const update = whenChanged((run) => fill(body, runView(run, flows, dialog)));
+  // Screen readers hear the status change that a live update brings.
+  const announcer = h("p", { class: "offscreen", role: "status", "aria-live": "polite" });
+  main.append(announcer);
+  let shownStatus = null;
+  const update = whenChanged((run) => {
+    if (shownStatus && shownStatus !== run.status) announcer.textContent = `The run is now ${run.status}.`;
+    shownStatus = run.status;
+    fill(body, runView(run, flows, dialog));
+  });
   const first = await get(`/api/runs/${encodeURIComponent(id)}`);
   heading.textContent = `Run ${shortId(id)} of ${first.flow_id}`;
   update(first);
