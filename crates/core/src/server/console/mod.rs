@@ -4,10 +4,11 @@
 
 pub(super) mod session;
 
+use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
-use axum::extract::{Query, Request, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -19,6 +20,7 @@ use serde_json::json;
 
 use super::error::{ApiError, ErrorCode};
 use super::guard::{ApiGuard, Authenticated, check_csrf, needs_credentials};
+use super::rejections::{API, Rejected, Rejections};
 use crate::engine::Engine;
 
 /// Every file of `assets/`, as (name, content type, content). A new file takes one line.
@@ -176,6 +178,7 @@ struct LoginForm {
 
 async fn login(
     State(console): State<Arc<Console>>,
+    refused: Refused,
     headers: HeaderMap,
     form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
@@ -201,6 +204,10 @@ async fn login(
     if let Err(wait) = console.logins.check() {
         let seconds = wait.wait_time_from(DefaultClock::default().now()).as_secs() + 1;
         let message = format!("Too many sign-in attempts; try again in {seconds} seconds.");
+        refused.count(
+            ErrorCode::RateLimited,
+            "console sign-in over the attempt limit",
+        );
         let mut response = login_form(StatusCode::TOO_MANY_REQUESTS, Some(&message), &next);
         response
             .headers_mut()
@@ -219,9 +226,50 @@ async fn login(
             )
         }
         _ => {
-            tracing::warn!("Console sign-in refused: wrong user name, password or token.");
+            refused.count(
+                ErrorCode::InvalidAuth,
+                "console sign-in with wrong credentials",
+            );
             login_form(StatusCode::UNAUTHORIZED, Some(WRONG_CREDENTIALS), &next)
         }
+    }
+}
+
+/// Counts a refused sign-in with the API's refusals (`/metrics`, `flow="api"`) and logs it
+/// within their budget, with the client's address.
+struct Refused {
+    rejections: Option<Arc<Rejections>>,
+    peer: Option<SocketAddr>,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Refused {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Refused {
+            rejections: parts.extensions.get::<Arc<Rejections>>().cloned(),
+            peer: (parts.extensions.get::<ConnectInfo<SocketAddr>>()).map(|ConnectInfo(a)| *a),
+        })
+    }
+}
+
+impl Refused {
+    fn count(&self, code: ErrorCode, detail: &str) {
+        let Some(rejections) = &self.rejections else {
+            return;
+        };
+        let error = ApiError::new(code, detail);
+        rejections.count_and_log(&Rejected {
+            flow: API,
+            error: &error,
+            detail,
+            peer: self.peer,
+            bytes: 0,
+            store: false,
+        });
     }
 }
 
