@@ -78,12 +78,13 @@ export function runsTable(runs) {
       h("td", { class: "nowrap" }, link(route("/runs", { flow: run.flow_id }), run.flow_id)),
       h("td", {}, badge(run.status)),
       h("td", {}, time(run.created_at_ms)),
-      h("td", {}, run.finished_at_ms && run.started_at_ms ? duration(run.finished_at_ms - run.started_at_ms) : "—"),
+      h("td", { class: "nowrap" }, run.finished_at_ms && run.started_at_ms ? duration(run.finished_at_ms - run.started_at_ms) : "—"),
       h("td", { class: "error-cell" }, run.failed_step ? h("span", { class: "mono" }, `${run.failed_step}: `) : null, run.error ?? "")))));
 }
 
+/** The end of an id: time-ordered ids (UUIDv7) share their beginning, not their end. */
 export function shortId(id) {
-  return id.length > 13 ? `${id.slice(0, 8)}…` : id;
+  return id.length > 13 ? `…${id.slice(-12)}` : id;
 }
 
 export async function runPage(main, context) {
@@ -179,7 +180,7 @@ function attemptsView(step) {
         h("td", {}, String(a.number)),
         h("td", {}, time(a.started_at_ms)),
         h("td", {}, badge(a.outcome), a.outcome_unknown ? h("span", { class: "muted" }, " (may have taken effect)") : null),
-        h("td", {}, duration(a.finished_at_ms - a.started_at_ms)),
+        h("td", { class: "nowrap" }, duration(a.finished_at_ms - a.started_at_ms)),
         h("td", {}, a.retry_in_ms !== null && a.retry_in_ms !== undefined ? duration(a.retry_in_ms) : "—"),
         h("td", { class: "error-cell" }, a.error_code ? h("span", { class: "mono" }, `${a.error_code}: `) : null, a.error ?? ""))))));
 }
@@ -202,7 +203,7 @@ function exchangesView(step) {
         h("td", { class: "mono" }, x.method),
         h("td", { class: "mono url" }, x.url),
         h("td", { class: "mono" }, x.status === null || x.status === undefined ? "no answer" : String(x.status)),
-        h("td", {}, duration(x.duration_ms)),
+        h("td", { class: "nowrap" }, duration(x.duration_ms)),
         h("td", { class: "error-cell" }, x.error ?? ""))))));
 }
 
