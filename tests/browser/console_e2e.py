@@ -88,6 +88,7 @@ def log_in(c):
         page.fill("#password", c.args.password + "-wrong")
         page.click("button[type=submit]")
         expect(page.get_by_text("Wrong user name, password or token.")).to_be_visible()
+        c.shot("login")
         page.fill("#username", c.args.user)
         page.fill("#password", c.args.password)
     else:
