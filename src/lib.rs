@@ -127,10 +127,10 @@ pub mod storage {
     };
     // What they read and write.
     pub use haloflow_core::storage::{
-        AttemptOutcome, AttemptRecord, FloodRecord, Link, LinkOrigin, NewRequest, NewRun,
+        AttemptOutcome, AttemptRecord, Cursor, FloodRecord, Link, LinkOrigin, NewRequest, NewRun,
         NewSuppressed, Progress, RequestFilter, RequestRecord, RunCount, RunDetail, RunFilter,
         RunFinish, RunStatus, RunSummary, StepOutcome, StepRunRecord, StepStart, StepStatus,
-        SyncFailure, WriteStats,
+        SyncFailure, Verdict, WriteStats,
     };
     pub use haloflow_core::storage::{BackendError, StorageError, StorageSettings, open};
 }

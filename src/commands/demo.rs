@@ -103,7 +103,11 @@ pub async fn demo(options: &DemoOptions, out: &mut dyn Write) -> Result<(), Comm
     // The webhooks talk about tickets that exist in the sending Halo.
     seed_source_halo(&emulators.halos[0].1, &options.examples)?;
     let engine = build_engine(options, &config, &mut secrets).await?;
-    let (base, server) = start_server(options, &engine).await?;
+    let Served {
+        base,
+        console,
+        server,
+    } = start_server(options, &engine).await?;
     writeln!(
         out,
         "haloflow serving on {base}, run history in {}\n",
@@ -130,7 +134,7 @@ pub async fn demo(options: &DemoOptions, out: &mut dyn Write) -> Result<(), Comm
         server.abort();
         return Ok(());
     }
-    serve_until_stopped(options, server, &curl_lines, out).await
+    serve_until_stopped(options, server, &curl_lines, &console, out).await
 }
 
 /// One Halo emulator per demo connection, each with the connection's config and secret.
@@ -249,22 +253,47 @@ async fn build_engine(
 }
 
 /// Serves the engine on `--listen`: its base URL and the server's task.
-async fn start_server(
-    options: &DemoOptions,
-    engine: &Engine,
-) -> Result<(String, JoinHandle<std::io::Result<()>>), CommandError> {
-    let listener = tokio::net::TcpListener::bind(options.listen)
-        .await
-        .map_err(|e| {
+/// Where the demo serves: trigger URLs at `base`, and the console (with the API) on the
+/// loopback admin listener, open there as `serve` has it without `[server.api]` credentials.
+struct Served {
+    base: String,
+    console: String,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+async fn start_server(options: &DemoOptions, engine: &Engine) -> Result<Served, CommandError> {
+    let bind = |address: SocketAddr| async move {
+        tokio::net::TcpListener::bind(address).await.map_err(|e| {
             CommandError::Failed(format!(
-                "cannot listen on {}: {e}; pick a free address with --listen 127.0.0.1:0",
-                options.listen
+                "cannot listen on {address}: {e}; pick a free address with --listen 127.0.0.1:0"
             ))
-        })?;
-    let base = format!("http://{}", listener.local_addr()?);
+        })
+    };
+    let public = bind(options.listen).await?;
+    let admin = bind(admin_address(options.listen)).await?;
+    let base = format!("http://{}", public.local_addr()?);
+    let console = format!("http://{}/console/", admin.local_addr()?);
+    let listeners = crate::server::Listeners {
+        public,
+        admin: Some(admin),
+    };
     let server =
-        crate::internals::server::serve(engine.clone(), listener, super::shutdown_signal());
-    Ok((base, tokio::spawn(server)))
+        crate::server::serve_listeners(engine.clone(), listeners, super::shutdown_signal());
+    Ok(Served {
+        base,
+        console,
+        server: tokio::spawn(server),
+    })
+}
+
+/// The admin listener next to `--listen`: loopback, the port after it (8081 for the default
+/// 8080), or any free port when `--listen` asks for one.
+fn admin_address(listen: SocketAddr) -> SocketAddr {
+    let port = match listen.port() {
+        0 => 0,
+        port => port.checked_add(1).unwrap_or(0),
+    };
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 /// A flow's sample webhook: its trigger URL (with recipients and, for a URL key, the key),
@@ -387,6 +416,7 @@ async fn serve_until_stopped(
     options: &DemoOptions,
     server: JoinHandle<std::io::Result<()>>,
     curl_lines: &[String],
+    console: &str,
     out: &mut dyn Write,
 ) -> Result<(), CommandError> {
     writeln!(
@@ -400,6 +430,10 @@ async fn serve_until_stopped(
         out,
         "Then: haloflow runs list --data {}",
         options.data_dir.display()
+    )?;
+    writeln!(
+        out,
+        "\nConsole: {console}\n  Open it in a browser on this machine: no sign-in here (the admin listener is\n  loopback only). Find a run, see why a step failed, replay it, copy a trigger URL."
     )?;
     writeln!(out, "Serving until Ctrl-C.")?;
     out.flush()?;

@@ -87,6 +87,7 @@ impl RunsListOptions {
             since_ms: self.since,
             until_ms: self.until,
             limit: Some(self.limit),
+            ..Default::default()
         }
     }
 }
@@ -184,6 +185,7 @@ pub async fn requests_list(
         flow_id: options.flow.clone(),
         suppressed_only: options.suppressed,
         limit: Some(options.limit),
+        ..Default::default()
     };
     let requests = open(&options.store).await?.list_requests(&filter).await?;
     if options.json {

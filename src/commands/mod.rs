@@ -839,6 +839,14 @@ fn banner(
             " (this machine only; configure [server.api] credentials to serve it publicly)"
         }
     ));
+    banner.push_str(&format!(
+        "Console on http://{admin_addr}/console/{}\n",
+        if config.server.api.is_configured() {
+            " and on the public listener: sign in with the [server.api] credentials"
+        } else {
+            " (this machine only, no sign-in)"
+        }
+    ));
     for loaded in engine.flows() {
         let url = render::trigger_url(&base, &loaded.flow, None);
         banner.push_str(&format!("  {url}  {}\n", loaded.flow.document.name));

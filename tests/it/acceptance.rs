@@ -105,8 +105,8 @@ impl RunStore for Gated {
     async fn prune_finished(&self, before_ms: i64) -> Result<u64, StorageError> {
         self.inner.prune_finished(before_ms).await
     }
-    async fn run_counts(&self) -> Result<Vec<RunCount>, StorageError> {
-        self.inner.run_counts().await
+    async fn run_counts(&self, since_ms: Option<i64>) -> Result<Vec<RunCount>, StorageError> {
+        self.inner.run_counts(since_ms).await
     }
 }
 

@@ -429,6 +429,25 @@ async fn serve_reloads_on_sighup_and_keeps_serving_an_invalid_edit() {
         name().await.starts_with("Route tickets v2"),
         "an invalid edit is rejected and the old version kept"
     );
+    // The console shows why: the last reload's problems, from the API.
+    let mut reload = Value::Null;
+    for _ in 0..100 {
+        let flows: Value = (client.get(format!("{base}/api/flows")).send().await)
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        reload = flows["reload"].clone();
+        if reload["ok"] == false {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(reload["ok"], false, "{reload}");
+    assert!(
+        reload["problems"].to_string().contains("halo.nope"),
+        "{reload}"
+    );
     let accepted = client
         .post(format!("{public}/triggers/new-ticket-routing"))
         .basic_auth("halo", Some("pw"))

@@ -250,8 +250,19 @@ fn the_demos_printed_lines_start_runs_with_fresh_delivery_ids() {
         let output = Command::new("sh").args(["-c", line]).output().unwrap();
         String::from_utf8_lossy(&output.stdout).into_owned()
     };
+    let console = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("Console: "))
+        .map(str::to_owned);
     let result = std::panic::catch_unwind(|| {
         assert!(!sends.is_empty(), "{lines:#?}");
+        // The printed console opens without signing in, on this machine.
+        let console = console.clone().expect("the demo prints the console's URL");
+        assert!(console.starts_with("http://127.0.0.1:"), "{console}");
+        let status = send(&format!(
+            "curl -s -o /dev/null -w '%{{http_code}}' '{console}'"
+        ));
+        assert_eq!(status, "200", "{console}");
         for line in &sends {
             let first = send(line);
             assert!(

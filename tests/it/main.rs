@@ -8,6 +8,8 @@ mod authoring;
 mod branching;
 mod cli;
 mod config_check;
+mod console;
+mod console_api;
 mod crash;
 mod emulators;
 mod examples;

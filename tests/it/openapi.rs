@@ -134,6 +134,10 @@ async fn answers_match_the_documented_schemas() {
     check(&doc, "/api/requests", "get", status, &requests);
     let (status, flows) = get("/api/flows".into()).await;
     check(&doc, "/api/flows", "get", status, &flows);
+    let (status, setup) = get("/api/flows/new-ticket-routing/setup?recipients=ops".into()).await;
+    check(&doc, "/api/flows/{flow_id}/setup", "get", status, &setup);
+    let (status, session) = get("/api/session".into()).await;
+    check(&doc, "/api/session", "get", status, &session);
     let (status, health) = get("/health".into()).await;
     check(&doc, "/health", "get", status, &health);
     let (status, bad) = get("/api/runs?status=done".into()).await;
@@ -150,6 +154,14 @@ async fn answers_match_the_documented_schemas() {
             )
         }
     };
+    for path in ["/api/flows/escalate-to-partner/test", "/api/flows/reload"] {
+        let url = format!("{}{path}", h.api);
+        let response = h.client.post(url).json(&json!({})).send().await.unwrap();
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        let documented = path.replace("escalate-to-partner", "{flow_id}");
+        check(&doc, &documented, "post", status, &body);
+    }
     let (status, started) = replay(json!({"from_step": "link_back"})).await;
     check(&doc, "/api/runs/{run_id}/replay", "post", status, &started);
     let (status, refused) = replay(json!({"from": "somewhere"})).await;

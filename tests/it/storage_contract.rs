@@ -4,9 +4,9 @@
 use crate::common::backends::backends;
 use haloflow::internals::flood::Admission;
 use haloflow::storage::{
-    AttemptOutcome, AttemptRecord, Link, LinkOrigin, NewRequest, NewRun, NewSuppressed, Progress,
-    RequestFilter, RunFilter, RunFinish, RunStatus, RunStoreExt, StepOutcome, StepStart,
-    StepStatus, Storage, StorageError,
+    AttemptOutcome, AttemptRecord, Cursor, Link, LinkOrigin, NewRequest, NewRun, NewSuppressed,
+    Progress, RequestFilter, RunFilter, RunFinish, RunStatus, RunStoreExt, StepOutcome, StepStart,
+    StepStatus, Storage, StorageError, Verdict,
 };
 use serde_json::json;
 
@@ -238,8 +238,11 @@ async fn steps_keep_every_attempt_and_replays_reuse_outputs() {
         );
         assert_eq!(copied.steps[0].reused_from.as_deref(), Some("r1"));
         assert_eq!(copied.steps[0].outputs, Some(json!({"ticket_id": 7})));
-        let counts = s.run_counts().await.unwrap();
+        let counts = s.run_counts(None).await.unwrap();
         assert_eq!(counts.len(), 2, "{}: {counts:?}", b.name);
+        let recent = s.run_counts(Some(1500)).await.unwrap();
+        assert_eq!(recent.len(), 1, "{}: {recent:?}", b.name);
+        assert_eq!((recent[0].count, recent[0].status), (1, RunStatus::Queued));
 
         // Retention keeps r1 while r2 replays it; r2 is unfinished and stays.
         assert_eq!(s.prune_finished(10_000).await.unwrap(), 0, "{}", b.name);
@@ -579,5 +582,182 @@ async fn a_request_keeps_the_outcome_its_run_led_to() {
         let requests = s.list_requests(&RequestFilter::default()).await.unwrap();
         assert_eq!(requests[0].id, "req-r1", "{}", b.name);
         assert_eq!(requests[0].outcome, Some(again), "{}", b.name);
+    }
+}
+
+/// A page of a listing: the rows before a cursor.
+type Page<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Vec<T>> + 'a>>;
+
+/// Every page of a listing, following the cursor of each page's last row: the ids in order.
+async fn pages<'a, T>(
+    mut page: impl FnMut(Option<Cursor>) -> Page<'a, T>,
+    key: impl Fn(&T) -> Cursor,
+    size: usize,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let rows = page(before.clone()).await;
+        seen.extend(rows.iter().map(|r| key(r).id));
+        if rows.len() < size {
+            return seen;
+        }
+        before = rows.last().map(&key);
+    }
+}
+
+#[tokio::test]
+async fn listings_page_by_keyset_and_filter_by_flow_prefix_request_verdict_and_time() {
+    for b in backends().await {
+        let s = b.storage.as_ref();
+        // Seven runs of `f`, two at the same millisecond; two of a built-in flow.
+        for (id, at) in [
+            ("r1", 1000),
+            ("r2", 1001),
+            ("r3a", 1003),
+            ("r3b", 1003),
+            ("r4", 1004),
+            ("r5", 1005),
+            ("r6", 1006),
+        ] {
+            accept(s, id, at, None).await;
+        }
+        for (id, at) in [("n1", 1010), ("n2", 1011)] {
+            let mut request = request(&format!("req-{id}"), at);
+            request.flow_id = "servicenow:customers/1".into();
+            let mut event = run(id, at, None);
+            event.flow_id = request.flow_id.clone();
+            s.accept_request(&request, &[event], &[]).await.unwrap();
+        }
+        let newest_first = ["n2", "n1", "r6", "r5", "r4", "r3b", "r3a", "r2", "r1"];
+        let ids = pages(
+            |before| {
+                Box::pin(async move {
+                    let filter = RunFilter {
+                        limit: Some(2),
+                        before,
+                        ..Default::default()
+                    };
+                    s.list_runs(&filter).await.unwrap()
+                })
+            },
+            |r| Cursor {
+                at_ms: r.created_at_ms,
+                id: r.id.clone(),
+            },
+            2,
+        )
+        .await;
+        assert_eq!(ids, newest_first, "{}", b.name);
+
+        let runs_of = |filter: RunFilter| async move {
+            let runs = s.list_runs(&filter).await.unwrap();
+            runs.into_iter().map(|r| r.id).collect::<Vec<_>>()
+        };
+        let prefix = RunFilter {
+            flow_prefix: Some("servicenow:".into()),
+            ..Default::default()
+        };
+        assert_eq!(runs_of(prefix).await, ["n2", "n1"], "{}", b.name);
+        let by_request = RunFilter {
+            request_id: Some("req-r4".into()),
+            ..Default::default()
+        };
+        assert_eq!(runs_of(by_request).await, ["r4"], "{}", b.name);
+        let after_tie = RunFilter {
+            flow_id: Some("f".into()),
+            before: Some(Cursor {
+                at_ms: 1003,
+                id: "r3b".into(),
+            }),
+            since_ms: Some(1001),
+            ..Default::default()
+        };
+        assert_eq!(runs_of(after_tie).await, ["r3a", "r2"], "{}", b.name);
+
+        // A suppressed request, a duplicate delivery (no run, nothing suppressed), a refusal.
+        let suppressed = NewSuppressed {
+            event_index: 0,
+            flow_id: "f".into(),
+            correlation_key: "[1]".into(),
+            parent_request_id: "req-r6".into(),
+            received_at_ms: 1020,
+            delivery_id: None,
+        };
+        s.accept_request(&request("req-sup", 1020), &[], &[suppressed])
+            .await
+            .unwrap();
+        s.accept_request(&request("req-dup", 1021), &[], &[])
+            .await
+            .unwrap();
+        s.record_rejected(&request("req-bad", 1022)).await.unwrap();
+        let requests_of = |filter: RequestFilter| async move {
+            let requests = s.list_requests(&filter).await.unwrap();
+            requests.into_iter().map(|r| r.id).collect::<Vec<_>>()
+        };
+        for (verdict, expected) in [
+            (Verdict::Suppressed, vec!["req-sup"]),
+            (Verdict::Duplicate, vec!["req-dup"]),
+            (Verdict::Rejected, vec!["req-bad"]),
+        ] {
+            let filter = RequestFilter {
+                verdict: Some(verdict),
+                ..Default::default()
+            };
+            assert_eq!(
+                requests_of(filter).await,
+                expected,
+                "{} {verdict:?}",
+                b.name
+            );
+        }
+        let ran = RequestFilter {
+            verdict: Some(Verdict::Run),
+            since_ms: Some(1004),
+            until_ms: Some(1011),
+            ..Default::default()
+        };
+        assert_eq!(
+            requests_of(ran).await,
+            ["req-n1", "req-r6", "req-r5", "req-r4"],
+            "{}",
+            b.name
+        );
+        let prefix = RequestFilter {
+            flow_prefix: Some("servicenow:".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            requests_of(prefix).await,
+            ["req-n2", "req-n1"],
+            "{}",
+            b.name
+        );
+        let all = pages(
+            |before| {
+                Box::pin(async move {
+                    let filter = RequestFilter {
+                        limit: Some(3),
+                        before,
+                        ..Default::default()
+                    };
+                    s.list_requests(&filter).await.unwrap()
+                })
+            },
+            |r| Cursor {
+                at_ms: r.received_at_ms,
+                id: r.id.clone(),
+            },
+            3,
+        )
+        .await;
+        assert_eq!(all.len(), 12, "{}: {all:?}", b.name);
+        assert_eq!(
+            &all[..4],
+            ["req-bad", "req-dup", "req-sup", "req-n2"],
+            "{}",
+            b.name
+        );
+        assert_eq!(all.last().map(String::as_str), Some("req-r1"), "{}", b.name);
     }
 }

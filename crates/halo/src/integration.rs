@@ -9,7 +9,9 @@ use super::steps::{AddAction, CreateTicket, GetTicket, UpdateTicket};
 use haloflow_core::config::{Config, Problems, Section};
 use haloflow_core::connections::{ConnectionKind, Connections, ConnectionsBuilder};
 use haloflow_core::engine::integration::Integration;
+use haloflow_core::flow::{TriggerAuth, TriggerKind, ValidatedFlow};
 use haloflow_core::step::{Step, StepError};
+use serde_json::Value;
 
 /// `[halo.<name>]`; steps without `"connection"` use `halo`.
 pub const HALO: ConnectionKind = ConnectionKind::new("halo", "Halo").with_default("halo");
@@ -50,6 +52,43 @@ impl Integration for Halo {
             Arc::new(GetTicket),
         ]
     }
+
+    /// The two webhooks of the seed (tickets with an agent and unassigned ones), and what to
+    /// choose as the webhook's Authentication in Halo.
+    fn trigger_setup(&self, flow: &ValidatedFlow, url: &str) -> Option<Value> {
+        if !is_halo_trigger(flow) {
+            return None;
+        }
+        let setting = match &flow.document.trigger.auth {
+            TriggerAuth::UrlKey { .. } => "None (the key is in the URL)",
+            TriggerAuth::Basic { .. } => "Basic, with the user name and the password below",
+            TriggerAuth::Header { .. } => {
+                "Halo's webhooks cannot send a key header: change the trigger's auth to url_key or basic"
+            }
+            TriggerAuth::None => "None",
+        };
+        Some(serde_json::json!({
+            "auth": {"halo_setting": setting},
+            "webhooks": crate::setup::describe(flow, url),
+        }))
+    }
+
+    /// The seed's new-ticket webhook (`examples/halo-new-ticket.json`) with a fresh delivery
+    /// id, so each test is a new delivery.
+    fn sample_payload(&self, flow: &ValidatedFlow) -> Option<Value> {
+        if !is_halo_trigger(flow) {
+            return None;
+        }
+        let mut payload: Value = serde_json::from_str(NEW_TICKET_SAMPLE).ok()?;
+        payload["id"] = Value::String(haloflow_core::engine::new_id());
+        Some(payload)
+    }
+}
+
+const NEW_TICKET_SAMPLE: &str = include_str!("../../../examples/halo-new-ticket.json");
+
+fn is_halo_trigger(flow: &ValidatedFlow) -> bool {
+    matches!(flow.document.trigger.kind, TriggerKind::HaloIncidents)
 }
 
 /// Builds Halo connection `name` of `halo` unless it is built already; another integration

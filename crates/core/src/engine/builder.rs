@@ -252,6 +252,7 @@ impl EngineBuilder {
                 node_id: self.config.server.node_id(),
                 integrations,
                 lease: Duration::from_secs(self.config.server.run_lease_secs.max(1)),
+                last_reload: Default::default(),
             }),
         };
         spawn_pruner(&engine);

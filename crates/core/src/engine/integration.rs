@@ -97,6 +97,24 @@ pub trait Integration: Send + Sync + 'static {
     /// Starts its background jobs; [`Engine::start`] calls it once the engine serves.
     /// [`Engine::spawn_every`] runs a job on a schedule while the engine lives.
     fn start(&self, _engine: &Engine) {}
+
+    /// What to set up in the system that sends `flow`'s trigger requests, for the console's
+    /// trigger setup (`GET /api/flows/{id}/setup`): a JSON object merged into the answer
+    /// (objects field by field), e.g. `{"webhooks": [...], "auth": {...}}` with the webhooks
+    /// to create there spelled out for a person. `url` is the trigger URL with its recipients
+    /// (a URL key shown as `<SECRET_NAME>`). None when `flow`'s trigger is not this
+    /// integration's.
+    fn trigger_setup(&self, _flow: &ValidatedFlow, _url: &str) -> Option<serde_json::Value> {
+        None
+    }
+
+    /// A sample trigger request body for `flow`'s trigger, as its sender posts it, for the
+    /// console's "send a test webhook". Each call is a new delivery (a delivery id the
+    /// sender sets is fresh), so it is never taken for a re-send. None when `flow`'s trigger
+    /// is not this integration's.
+    fn sample_payload(&self, _flow: &ValidatedFlow) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// The integrations an engine runs, in the order they were registered.
@@ -209,6 +227,16 @@ impl Integrations {
     /// Every integration's routes, merged.
     pub fn routes(&self) -> Router<Engine> {
         (self.list.iter()).fold(Router::new(), |routes, i| routes.merge(i.routes()))
+    }
+
+    /// The first integration's [`Integration::trigger_setup`] for `flow`.
+    pub fn trigger_setup(&self, flow: &ValidatedFlow, url: &str) -> Option<serde_json::Value> {
+        self.list.iter().find_map(|i| i.trigger_setup(flow, url))
+    }
+
+    /// The first integration's [`Integration::sample_payload`] for `flow`.
+    pub fn sample_payload(&self, flow: &ValidatedFlow) -> Option<serde_json::Value> {
+        self.list.iter().find_map(|i| i.sample_payload(flow))
     }
 
     /// Starts every integration's background jobs.

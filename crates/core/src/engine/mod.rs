@@ -123,6 +123,18 @@ struct Inner {
     lease: Duration,
     /// What the integrations add: their routes and background jobs.
     integrations: Integrations,
+    /// How the last [`Engine::reload`] went; None before any.
+    last_reload: std::sync::Mutex<Option<ReloadState>>,
+}
+
+/// How the last reload of the flows went: when, and the problems that made it keep the
+/// running flows.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReloadState {
+    pub at_ms: i64,
+    pub ok: bool,
+    /// One line per problem: `<file>:<line>:<column>: <pointer>: [code] <message>. <hint>`.
+    pub problems: Vec<String>,
 }
 
 /// What an in-process trigger ([`Engine::run_to_completion`]) became once its runs ended.
@@ -263,6 +275,37 @@ impl Engine {
     /// the problems are returned: the old version keeps serving. Requests in flight finish on
     /// the version they started with.
     pub fn reload(&self) -> Result<usize, EngineError> {
+        let result = self.swap_flows();
+        let problems = match &result {
+            Err(EngineError::Invalid { problems, .. }) => {
+                problems.iter().map(ToString::to_string).collect()
+            }
+            Err(other) => vec![other.to_string()],
+            Ok(_) => Vec::new(),
+        };
+        let state = ReloadState {
+            at_ms: crate::storage::now_ms(),
+            ok: result.is_ok(),
+            problems,
+        };
+        *self
+            .inner
+            .last_reload
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(state);
+        result
+    }
+
+    /// How the last [`Engine::reload`] went; None before any.
+    pub fn last_reload(&self) -> Option<ReloadState> {
+        self.inner
+            .last_reload
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn swap_flows(&self) -> Result<usize, EngineError> {
         let current = self.flow_table();
         let table =
             self.inner

@@ -182,6 +182,7 @@ async fn suppressed_parents(
                 flow_id: Some(flow_id.to_owned()),
                 suppressed_only: true,
                 limit: Some(limit),
+                ..Default::default()
             })
             .await?;
         let complete = requests.len() < limit as usize

@@ -5,11 +5,11 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::error::{ApiError, ErrorCode};
 use crate::engine::{Engine, Exposition, ReplayError, ReplayFrom};
-use crate::storage::{RequestFilter, RunFilter, RunStatus};
+use crate::storage::{Cursor, RequestFilter, RequestRecord, RunFilter, RunStatus, Verdict};
 
 pub(super) async fn health(State(engine): State<Engine>) -> Response {
     match engine.storage().ping().await {
@@ -24,23 +24,6 @@ pub(super) async fn health(State(engine): State<Engine>) -> Response {
             .into_response()
         }
     }
-}
-
-pub(super) async fn flows(State(engine): State<Engine>) -> Response {
-    let flows: Vec<_> = engine
-        .flows()
-        .iter()
-        .map(|loaded| {
-            let flow = &loaded.flow;
-            json!({
-                "id": flow.id(),
-                "name": flow.document.name,
-                "trigger_url": format!("/triggers/{}", flow.id()),
-                "steps": flow.steps.iter().map(|s| json!({"id": s.id, "type": s.description().type_name})).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    Json(json!({"flows": flows})).into_response()
 }
 
 fn limit(params: &HashMap<String, String>) -> Result<u32, ApiError> {
@@ -72,7 +55,7 @@ fn time_param(params: &HashMap<String, String>, name: &str) -> Result<Option<i64
     })
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
+pub(super) fn internal(e: impl std::fmt::Display) -> ApiError {
     tracing::error!(error = %e, "Run history query failed; check the database (server.database_url).");
     ApiError::new(
         ErrorCode::StorageUnavailable,
@@ -94,22 +77,61 @@ pub(super) async fn runs(
                 )
             })?),
         };
+        let limit = limit(&params)?;
         let filter = RunFilter {
             flow_id: params.get("flow").cloned(),
             status,
             since_ms: time_param(&params, "since")?,
             until_ms: time_param(&params, "until")?,
-            limit: Some(limit(&params)?),
+            limit: Some(limit + 1),
+            request_id: params.get("request").cloned(),
+            flow_prefix: params.get("flow_prefix").cloned(),
+            before: cursor(&params)?,
         };
-        let runs = engine
+        let mut runs = engine
             .storage()
             .list_runs(&filter)
             .await
             .map_err(internal)?;
-        Ok::<_, ApiError>(Json(json!({"runs": runs})))
+        let next = next_cursor(&mut runs, limit, |r| (r.created_at_ms, &r.id));
+        Ok::<_, ApiError>(Json(json!({"runs": runs, "next_cursor": next})))
     }
     .await;
     result.into_response()
+}
+
+/// The `before` cursor of a page after the first.
+fn cursor(params: &HashMap<String, String>) -> Result<Option<Cursor>, ApiError> {
+    let Some(text) = params.get("before") else {
+        return Ok(None);
+    };
+    Cursor::parse(text).map(Some).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::InvalidQuery,
+            format!("before: `{text}` is not a cursor; pass the `next_cursor` of the page before"),
+        )
+    })
+}
+
+/// Keeps the page's `limit` rows (one more was read to learn whether more follow) and returns
+/// the cursor of the next page, if there is one.
+fn next_cursor<T>(
+    rows: &mut Vec<T>,
+    limit: u32,
+    key: impl Fn(&T) -> (i64, &String),
+) -> Option<String> {
+    if rows.len() <= limit as usize {
+        return None;
+    }
+    rows.truncate(limit as usize);
+    rows.last().map(|row| {
+        let (at_ms, id) = key(row);
+        Cursor {
+            at_ms,
+            id: id.clone(),
+        }
+        .to_string()
+    })
 }
 
 pub(super) async fn run(State(engine): State<Engine>, Path(run_id): Path<String>) -> Response {
@@ -205,20 +227,44 @@ pub(super) async fn requests(
                 ));
             }
         };
+        let verdict = match params.get("verdict") {
+            None => None,
+            Some(text) => Some(Verdict::parse(text).ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::InvalidQuery,
+                    format!("verdict: `{text}` is not one of run, suppressed, duplicate, rejected"),
+                )
+            })?),
+        };
+        let limit = limit(&params)?;
         let filter = RequestFilter {
             flow_id: params.get("flow").cloned(),
             suppressed_only,
-            limit: Some(limit(&params)?),
+            limit: Some(limit + 1),
+            flow_prefix: params.get("flow_prefix").cloned(),
+            verdict,
+            since_ms: time_param(&params, "since")?,
+            until_ms: time_param(&params, "until")?,
+            before: cursor(&params)?,
         };
-        let requests = engine
+        let mut requests = engine
             .storage()
             .list_requests(&filter)
             .await
             .map_err(internal)?;
-        Ok::<_, ApiError>(Json(json!({"requests": requests})))
+        let next = next_cursor(&mut requests, limit, |r| (r.received_at_ms, &r.id));
+        let requests: Vec<Value> = requests.iter().map(with_verdict).collect();
+        Ok::<_, ApiError>(Json(json!({"requests": requests, "next_cursor": next})))
     }
     .await;
     result.into_response()
+}
+
+/// A listed request with the verdict the console shows it with.
+fn with_verdict(request: &RequestRecord) -> Value {
+    let mut value = json!(request);
+    value["verdict"] = json!(Verdict::of(request).as_str());
+    value
 }
 
 /// Prometheus text (format 0.0.4): trigger requests by outcome, runs by status, step latency,
@@ -278,7 +324,7 @@ fn trigger_requests(engine: &Engine, exposition: &mut Exposition) {
 
 /// Runs in the database by flow and status (none when the database does not answer).
 async fn run_counts(engine: &Engine, exposition: &mut Exposition) {
-    let counts = engine.storage().run_counts().await.unwrap_or_else(|e| {
+    let counts = engine.storage().run_counts(None).await.unwrap_or_else(|e| {
         tracing::warn!(error = %e, "Metrics: could not count runs; check the database (server.database_url).");
         Vec::new()
     });

@@ -13,6 +13,8 @@ pub enum ErrorCode {
     InvalidAuth,
     /// A state-changing API call from a web page of another origin.
     ForbiddenOrigin,
+    /// A change made with a console session cookie without its CSRF token.
+    CsrfFailed,
     UnsupportedMediaType,
     UriTooLong,
     HeadersTooLarge,
@@ -47,6 +49,7 @@ impl ErrorCode {
             ErrorCode::UnknownFlow => ("unknown_flow", StatusCode::NOT_FOUND),
             ErrorCode::InvalidAuth => ("invalid_auth", StatusCode::UNAUTHORIZED),
             ErrorCode::ForbiddenOrigin => ("forbidden_origin", StatusCode::FORBIDDEN),
+            ErrorCode::CsrfFailed => ("csrf_failed", StatusCode::FORBIDDEN),
             ErrorCode::UriTooLong => ("uri_too_long", StatusCode::URI_TOO_LONG),
             ErrorCode::RequestTimeout => ("request_timeout", StatusCode::REQUEST_TIMEOUT),
             ErrorCode::HeadersTooLarge => (

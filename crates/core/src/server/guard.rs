@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::console::session::{self, Session, SessionKey};
 use super::error::{ApiError, ErrorCode};
 use super::rejections::{API, Rejected, Rejections};
 use crate::engine::Engine;
@@ -22,8 +23,21 @@ pub(super) struct ApiGuard {
     open: bool,
     token: Option<Secret>,
     basic: Option<(String, Secret)>,
+    /// Signs console sessions; None when no credential's secret is set (nobody signs in).
+    session_key: Option<SessionKey>,
     /// The server's own origin from `server.public_url`, besides the request's Host.
     public_origin: Option<String>,
+}
+
+/// How a request was let in; handlers find it in the request's extensions.
+#[derive(Debug, Clone)]
+pub(super) enum Authenticated {
+    /// The listener asks for no credentials.
+    Open,
+    /// The `Authorization` header carried the API's credentials.
+    Credentials,
+    /// A console session cookie.
+    Session(Session),
 }
 
 impl ApiGuard {
@@ -44,39 +58,72 @@ impl ApiGuard {
             let user = api.basic_username.clone().unwrap_or_default();
             resolve(name).map(|password| (user, password))
         });
+        let session_key = SessionKey::derive(
+            token.as_ref(),
+            basic
+                .as_ref()
+                .map(|(user, password)| (user.as_str(), password)),
+        );
         Arc::new(ApiGuard {
             open: open && !api.is_configured(),
             token,
             basic,
+            session_key,
             public_origin: server.public_url.as_deref().and_then(origin_of),
         })
     }
 
-    /// Every configured credential is checked, so the time taken does not say which matched.
-    fn allows(&self, headers: &HeaderMap) -> bool {
+    pub(super) fn is_open(&self) -> bool {
+        self.open
+    }
+
+    pub(super) fn session_key(&self) -> Option<&SessionKey> {
+        self.session_key.as_ref()
+    }
+
+    /// The configured Basic user name, if any.
+    pub(super) fn basic_username(&self) -> Option<&str> {
+        self.basic.as_ref().map(|(user, _)| user.as_str())
+    }
+
+    /// How the request gets in: the open listener, the `Authorization` header, or a console
+    /// session cookie; None if by none of them.
+    pub(super) fn authenticate(&self, headers: &HeaderMap) -> Option<Authenticated> {
         if self.open {
-            return true;
+            return Some(Authenticated::Open);
         }
-        let Some(value) = headers
+        let authorization = headers
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-        else {
-            return false;
-        };
-        let token_ok = match (&self.token, bearer_token(value)) {
+            .and_then(|v| v.to_str().ok());
+        if let Some(value) = authorization {
+            return self
+                .credentials_match(bearer_token(value), basic_credentials(value).as_deref())
+                .then_some(Authenticated::Credentials);
+        }
+        let key = self.session_key.as_ref()?;
+        let value = session::cookie(headers, session::COOKIE)?;
+        key.verify(value, crate::storage::now_ms())
+            .map(Authenticated::Session)
+    }
+
+    /// Whether a bearer token or a Basic `user:password` pair is one of the configured
+    /// credentials. Every configured credential is checked, so the time taken does not say
+    /// which matched.
+    pub(super) fn credentials_match(&self, token: Option<&str>, basic: Option<&[u8]>) -> bool {
+        let token_ok = match (&self.token, token) {
             (Some(token), Some(given)) => equal(given.as_bytes(), token.expose().as_bytes()),
             _ => false,
         };
-        let basic_ok = match (&self.basic, basic_credentials(value)) {
+        let basic_ok = match (&self.basic, basic) {
             (Some((user, password)), Some(given)) => {
-                equal(&given, format!("{user}:{}", password.expose()).as_bytes())
+                equal(given, format!("{user}:{}", password.expose()).as_bytes())
             }
             _ => false,
         };
         token_ok | basic_ok
     }
 
-    fn same_origin(&self, origin: &str, headers: &HeaderMap) -> bool {
+    pub(super) fn same_origin(&self, origin: &str, headers: &HeaderMap) -> bool {
         let Some(given) = origin_of(origin) else {
             return false;
         };
@@ -91,11 +138,15 @@ impl ApiGuard {
 /// content type nor a matching Origin without the browser's consent.
 pub(super) async fn require_api_auth(
     State(guard): State<Arc<ApiGuard>>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     match check_api_call(&guard, &request) {
-        Ok(()) => next.run(request).await,
+        Ok(authenticated) => {
+            request.extensions_mut().insert(authenticated);
+            request.extensions_mut().insert(guard.clone());
+            next.run(request).await
+        }
         Err(error) => {
             if let Some(rejections) = request.extensions().get::<Arc<Rejections>>() {
                 let peer = request
@@ -122,21 +173,23 @@ pub(super) async fn require_api_auth(
     }
 }
 
-fn check_api_call(guard: &ApiGuard, request: &Request) -> Result<(), ApiError> {
-    if !guard.allows(request.headers()) {
-        let mut error = ApiError::new(
-            ErrorCode::InvalidAuth,
-            "the API needs credentials: send Authorization: Bearer <token> or Basic credentials from [server.api]",
-        );
-        error.www_authenticate =
-            Some("Bearer realm=\"haloflow-api\", Basic realm=\"haloflow-api\"");
-        return Err(error);
-    }
-    if !matches!(
-        *request.method(),
-        Method::GET | Method::HEAD | Method::OPTIONS
-    ) {
+/// The 401 of a request without valid credentials.
+pub(super) fn needs_credentials() -> ApiError {
+    let mut error = ApiError::new(
+        ErrorCode::InvalidAuth,
+        "the API needs credentials: send Authorization: Bearer <token> or Basic credentials from [server.api], or sign in at /console/login",
+    );
+    error.www_authenticate = Some("Bearer realm=\"haloflow-api\", Basic realm=\"haloflow-api\"");
+    error
+}
+
+fn check_api_call(guard: &ApiGuard, request: &Request) -> Result<Authenticated, ApiError> {
+    let authenticated = guard
+        .authenticate(request.headers())
+        .ok_or_else(needs_credentials)?;
+    if !is_safe(request.method()) {
         let headers = request.headers();
+        check_csrf(guard, &authenticated, headers)?;
         if let Some(origin) = headers.get(header::ORIGIN) {
             let origin = origin.to_str().unwrap_or("");
             if !guard.same_origin(origin, headers) {
@@ -157,8 +210,40 @@ fn check_api_call(guard: &ApiGuard, request: &Request) -> Result<(), ApiError> {
             ));
         }
     }
-    Ok(())
+    Ok(authenticated)
 }
+
+/// Methods that change nothing, and so need no CSRF token.
+pub(super) fn is_safe(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// A change made with a session cookie must carry the session's `X-CSRF-Token`: the browser
+/// sends the cookie with any request to this site, but only the console's own pages can read
+/// the token (from `/api/session`).
+pub(super) fn check_csrf(
+    guard: &ApiGuard,
+    authenticated: &Authenticated,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    let Authenticated::Session(session) = authenticated else {
+        return Ok(());
+    };
+    let given = headers
+        .get(CSRF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    match guard.session_key() {
+        Some(key) if key.csrf_ok(session, given) => Ok(()),
+        _ => Err(ApiError::new(
+            ErrorCode::CsrfFailed,
+            "a change made with a console session needs the X-CSRF-Token header from GET /api/session; reload the console",
+        )),
+    }
+}
+
+/// The header a console page sends its CSRF token in.
+pub(super) const CSRF_HEADER: &str = "x-csrf-token";
 
 /// `scheme://host[:port]` of a URL or Origin value, lowercased; None for `null` or garbage.
 fn origin_of(url: &str) -> Option<String> {

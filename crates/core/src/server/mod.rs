@@ -2,7 +2,9 @@
 //! `Router` that tests drive directly and embedders mount under their own prefix.
 
 mod api;
+mod console;
 mod error;
+mod flows;
 mod guard;
 mod listener;
 mod rejections;
@@ -72,11 +74,16 @@ fn metrics_routes() -> Router<Engine> {
         .route("/metrics", get(api::metrics))
 }
 
-/// The API behind its guard; `/metrics` too unless `server.metrics_public`.
+/// The API behind its guard, and the console signing in to it; `/metrics` too unless
+/// `server.metrics_public`.
 fn api_routes(engine: &Engine, open: bool) -> Router<Engine> {
     let guarded = Router::new()
+        .route("/api/session", get(console::session))
         .route("/api/integrator", get(api::integrator))
-        .route("/api/flows", get(api::flows))
+        .route("/api/flows", get(flows::flows))
+        .route("/api/flows/reload", post(flows::reload))
+        .route("/api/flows/{flow_id}/setup", get(flows::setup))
+        .route("/api/flows/{flow_id}/test", post(flows::test))
         .route("/api/runs", get(api::runs))
         .route("/api/runs/{run_id}", get(api::run))
         .route("/api/runs/{run_id}/replay", post(api::replay))
@@ -89,14 +96,15 @@ fn api_routes(engine: &Engine, open: bool) -> Router<Engine> {
     };
     let guard = guard::ApiGuard::new(engine, open);
     let guarded = guarded.route_layer(middleware::from_fn_with_state(
-        guard,
+        guard.clone(),
         guard::require_api_auth,
     ));
-    if public_metrics {
+    let guarded = if public_metrics {
         guarded.merge(metrics_routes())
     } else {
         guarded
-    }
+    };
+    guarded.merge(console::routes(engine, guard))
 }
 
 fn finish(app: Router<Engine>, engine: Engine, rejections: Arc<Rejections>) -> Router {

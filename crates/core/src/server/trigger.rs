@@ -213,25 +213,35 @@ async fn respond(
             let error = ApiError::new(ErrorCode::InvalidPayload, problem.message());
             rejected.reject(flow, error).await
         }
-        Err(AcceptError::UnknownFlow(id)) => {
-            ApiError::new(ErrorCode::UnknownFlow, format!("no flow with id `{id}`")).into_response()
+        Err(error) => accept_error(error, flow_id).into_response(),
+    }
+}
+
+/// What a trigger request that could not be accepted is answered (the payload's problems are
+/// the caller's to report).
+pub(super) fn accept_error(error: AcceptError, flow_id: &str) -> ApiError {
+    match error {
+        AcceptError::Payload(problem) => {
+            ApiError::new(ErrorCode::InvalidPayload, problem.message())
         }
-        Err(AcceptError::Overloaded(active)) => {
+        AcceptError::UnknownFlow(id) => {
+            ApiError::new(ErrorCode::UnknownFlow, format!("no flow with id `{id}`"))
+        }
+        AcceptError::Overloaded(active) => {
             tracing::warn!(flow_id = %flow_id, active, "Overloaded: a trigger request was turned away (Halo sends it again). Raise server.max_active_runs if the machine has room.");
             let mut error = ApiError::new(
                 ErrorCode::Overloaded,
                 "this server is running as many flows as it takes at once (server.max_active_runs); the request was not accepted, send it again",
             );
             error.retry_after = Some(1);
-            error.into_response()
+            error
         }
-        Err(AcceptError::Storage(e)) => {
+        AcceptError::Storage(e) => {
             tracing::error!(flow_id = %flow_id, error = %e, "Could not store a trigger request, which was answered 503 (Halo sends it again); check the database (disk space, connection).");
             ApiError::new(
                 ErrorCode::StorageUnavailable,
                 "the request could not be stored and was not accepted; send it again",
             )
-            .into_response()
         }
     }
 }

@@ -21,6 +21,9 @@ mod sql;
 
 #[cfg(feature = "sqlite")]
 mod group_commit;
+/// The list queries' plans: each filter is served by an index (a documented check, not a timing).
+#[cfg(all(test, feature = "sqlite"))]
+mod plans;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -35,10 +38,10 @@ pub use error::{BackendError, StorageError};
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStorage;
 pub use records::{
-    AttemptOutcome, AttemptRecord, FloodRecord, Link, LinkOrigin, NewRequest, NewRun,
+    AttemptOutcome, AttemptRecord, Cursor, FloodRecord, Link, LinkOrigin, NewRequest, NewRun,
     NewSuppressed, Progress, RequestFilter, RequestRecord, RunCount, RunDetail, RunFilter,
     RunFinish, RunStatus, RunSummary, StepOutcome, StepRunRecord, StepStart, StepStatus,
-    SyncFailure, WriteStats,
+    SyncFailure, Verdict, WriteStats,
 };
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStorage;

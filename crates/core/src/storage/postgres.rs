@@ -75,6 +75,13 @@ impl Sql for PostgresStorage {
             .map_err(database)
     }
 
+    async fn fetch_listing(&self, sql: String, args: Vec<Arg>) -> Result<Vec<PgRow>, StorageError> {
+        sqlx::query_with(sqlx::AssertSqlSafe(sql), arguments::<sqlx::Postgres>(args)?)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(database)
+    }
+
     async fn execute(&self, sql: &'static str, args: Vec<Arg>) -> Result<u64, StorageError> {
         let done = query(sql, args)?.execute(&self.pool).await;
         Ok(done.map_err(write_error)?.rows_affected())

@@ -68,6 +68,84 @@ pub struct RequestFilter {
     /// Only requests whose events were suppressed.
     pub suppressed_only: bool,
     pub limit: Option<u32>,
+    /// Flows whose id starts with this (e.g. `servicenow:`).
+    pub flow_prefix: Option<String>,
+    pub verdict: Option<Verdict>,
+    /// Received at or after (unix ms).
+    pub since_ms: Option<i64>,
+    /// Received before (unix ms).
+    pub until_ms: Option<i64>,
+    /// Only requests after this one in the listing's order (keyset paging).
+    pub before: Option<Cursor>,
+}
+
+/// What became of a trigger request: it started runs, its events were suppressed by flood
+/// control, it was a delivery received before, or it was refused. A batch may be several.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Run,
+    Suppressed,
+    Duplicate,
+    Rejected,
+}
+
+impl Verdict {
+    pub fn parse(text: &str) -> Option<Verdict> {
+        match text {
+            "run" => Some(Verdict::Run),
+            "suppressed" => Some(Verdict::Suppressed),
+            "duplicate" => Some(Verdict::Duplicate),
+            "rejected" => Some(Verdict::Rejected),
+            _ => None,
+        }
+    }
+
+    /// The verdict a listed request is shown with: the first of rejected, run, suppressed,
+    /// duplicate that applies.
+    pub fn of(request: &RequestRecord) -> Verdict {
+        if request.status == "rejected" {
+            Verdict::Rejected
+        } else if !request.run_ids.is_empty() {
+            Verdict::Run
+        } else if request.suppressed_under.is_some() {
+            Verdict::Suppressed
+        } else {
+            Verdict::Duplicate
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Run => "run",
+            Verdict::Suppressed => "suppressed",
+            Verdict::Duplicate => "duplicate",
+            Verdict::Rejected => "rejected",
+        }
+    }
+}
+
+/// A place in a newest-first listing: `<time_ms>.<id>` of the last row of a page; the next
+/// page starts after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub at_ms: i64,
+    pub id: String,
+}
+
+impl Cursor {
+    pub fn parse(text: &str) -> Option<Cursor> {
+        let (at, id) = text.split_once('.')?;
+        Some(Cursor {
+            at_ms: at.parse().ok()?,
+            id: id.to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.at_ms, self.id)
+    }
 }
 
 #[non_exhaustive]
@@ -248,6 +326,12 @@ pub struct RunFilter {
     /// Created before (unix ms).
     pub until_ms: Option<i64>,
     pub limit: Option<u32>,
+    /// The runs of this trigger request.
+    pub request_id: Option<String>,
+    /// Flows whose id starts with this (e.g. `servicenow:`).
+    pub flow_prefix: Option<String>,
+    /// Only runs after this one in the listing's order (keyset paging).
+    pub before: Option<Cursor>,
 }
 
 /// How one attempt of a step ended.

@@ -11,8 +11,8 @@ use super::rows::{
 use super::sql::{self, Arg, Sql, Statement, args};
 use super::{
     AttemptRecord, FloodRecord, LeaseStore, Link, LinkStore, NewRequest, NewRun, NewSuppressed,
-    Progress, RequestFilter, RequestRecord, RunCount, RunDetail, RunFilter, RunStatus, RunStore,
-    RunSummary, StepOutcome, StepRunRecord, StepStart, StorageError, SyncFailure, SyncStore,
+    Progress, RequestFilter, RequestRecord, RunCount, RunDetail, RunFilter, RunStore, RunSummary,
+    StepOutcome, StepRunRecord, StepStart, StorageError, SyncFailure, SyncStore,
 };
 
 /// Listings without a limit show this many.
@@ -211,14 +211,8 @@ impl<B: Sql> RunStore for B {
     }
 
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StorageError> {
-        let args = args![
-            filter.flow_id.as_deref(),
-            filter.status.map(RunStatus::as_str),
-            i64::from(filter.limit.unwrap_or(DEFAULT_LIMIT)),
-            filter.since_ms,
-            filter.until_ms,
-        ];
-        let rows = self.fetch_all(sql::LIST_RUNS, args).await?;
+        let (text, args) = sql::list_runs(filter, filter.limit.unwrap_or(DEFAULT_LIMIT));
+        let rows = self.fetch_listing(text, args).await?;
         rows.iter().map(run_summary).collect()
     }
 
@@ -240,12 +234,8 @@ impl<B: Sql> RunStore for B {
         &self,
         filter: &RequestFilter,
     ) -> Result<Vec<RequestRecord>, StorageError> {
-        let args = args![
-            filter.flow_id.as_deref(),
-            filter.suppressed_only,
-            i64::from(filter.limit.unwrap_or(DEFAULT_LIMIT)),
-        ];
-        let rows = self.fetch_all(sql::LIST_REQUESTS, args).await?;
+        let (text, args) = sql::list_requests(filter, filter.limit.unwrap_or(DEFAULT_LIMIT));
+        let rows = self.fetch_listing(text, args).await?;
         rows.iter().map(request_record).collect()
     }
 
@@ -302,8 +292,11 @@ impl<B: Sql> RunStore for B {
         Ok(deleted.len() as u64)
     }
 
-    async fn run_counts(&self) -> Result<Vec<RunCount>, StorageError> {
-        let rows = self.fetch_all(sql::RUN_COUNTS, args![]).await?;
+    async fn run_counts(&self, since_ms: Option<i64>) -> Result<Vec<RunCount>, StorageError> {
+        let rows = match since_ms {
+            None => self.fetch_all(sql::RUN_COUNTS, args![]).await?,
+            Some(since) => self.fetch_all(sql::RUN_COUNTS_SINCE, args![since]).await?,
+        };
         rows.iter().map(run_count).collect()
     }
 }

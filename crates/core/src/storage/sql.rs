@@ -15,8 +15,8 @@ use std::borrow::Cow;
 use async_trait::async_trait;
 use sqlx::Arguments as _;
 
-use super::StorageError;
 use super::rows::Columns;
+use super::{Cursor, RequestFilter, RunFilter, StorageError, Verdict};
 
 /// One statement argument, owned: a write may run after the caller's borrows ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -151,6 +151,12 @@ pub(super) trait Sql: Send + Sync + 'static {
     async fn fetch_all(
         &self,
         sql: &'static str,
+        args: Vec<Arg>,
+    ) -> Result<Vec<Self::Row>, StorageError>;
+    /// Reads rows with a statement built at run time from fixed fragments ([`Listing`]).
+    async fn fetch_listing(
+        &self,
+        sql: String,
         args: Vec<Arg>,
     ) -> Result<Vec<Self::Row>, StorageError>;
     /// One write; returns the rows it changed. A unique-index violation is
@@ -297,15 +303,6 @@ pub(super) const PRUNE: [&str; 4] = [
 // Requests, runs and steps: reads.
 
 /// flow id, status, limit, since, until.
-pub(super) const LIST_RUNS: &str = concat!(
-    "SELECT ",
-    run_columns!(),
-    " FROM runs
-     WHERE ($1 IS NULL OR flow_id = $1) AND ($2 IS NULL OR status = $2)
-       AND ($4 IS NULL OR created_at_ms >= $4) AND ($5 IS NULL OR created_at_ms < $5)
-     ORDER BY created_at_ms DESC, id DESC LIMIT $3"
-);
-
 pub(super) const GET_RUN: &str = concat!(
     "SELECT ",
     run_columns!(),
@@ -318,19 +315,144 @@ pub(super) const RUN_STEPS: &str = concat!(
     " FROM step_runs WHERE run_id = $1 ORDER BY position"
 );
 
-/// flow id, suppressed only, limit. `run_ids` and `children` are comma-separated lists.
-pub(super) const LIST_REQUESTS: &str = "SELECT r.id, r.flow_id, r.received_at_ms, r.status, r.http_status, r.error_code, r.error_message,
+/// The columns `rows::request_record` reads; `run_ids` and `children` are comma-separated
+/// lists.
+const REQUEST_COLUMNS: &str = "r.id, r.flow_id, r.received_at_ms, r.status, r.http_status, r.error_code, r.error_message,
         r.query, r.event_count, r.outcome,
         (SELECT string_agg(id, ',' ORDER BY event_index) FROM runs WHERE request_id = r.id) AS run_ids,
         (SELECT string_agg(request_id, ',' ORDER BY first_ms, request_id)
            FROM (SELECT request_id, min(received_at_ms) AS first_ms FROM suppressed_events
                  WHERE parent_request_id = r.id GROUP BY request_id) AS c) AS children,
         (SELECT count(*) FROM suppressed_events WHERE parent_request_id = r.id) AS suppressed_count,
-        (SELECT parent_request_id FROM suppressed_events WHERE request_id = r.id ORDER BY event_index LIMIT 1) AS suppressed_under
-     FROM trigger_requests r
-     WHERE ($1 IS NULL OR r.flow_id = $1)
-       AND (NOT $2 OR EXISTS (SELECT 1 FROM suppressed_events s WHERE s.request_id = r.id))
-     ORDER BY r.received_at_ms DESC, r.id DESC LIMIT $3";
+        (SELECT parent_request_id FROM suppressed_events WHERE request_id = r.id ORDER BY event_index LIMIT 1) AS suppressed_under";
+
+const SUPPRESSED: &str = "EXISTS (SELECT 1 FROM suppressed_events s WHERE s.request_id = r.id)";
+const HAS_RUNS: &str = "EXISTS (SELECT 1 FROM runs x WHERE x.request_id = r.id)";
+
+/// A listing's statement, built from the filters given, so that it names only the columns it
+/// filters on and the planner picks their index (a `($1 IS NULL OR flow_id = $1)` form
+/// defeats it). The text is made of fixed fragments; every value is an argument.
+#[derive(Debug, Default)]
+pub(super) struct Listing {
+    clauses: Vec<String>,
+    pub args: Vec<Arg>,
+}
+
+impl Listing {
+    /// The next parameter, `$n`, bound to `value`.
+    fn arg(&mut self, value: impl Into<Arg>) -> String {
+        self.args.push(value.into());
+        format!("${}", self.args.len())
+    }
+
+    /// A condition with `{}` standing for one parameter bound to `value`.
+    fn clause(&mut self, template: &str, value: impl Into<Arg>) {
+        let parameter = self.arg(value);
+        self.clauses.push(template.replace("{}", &parameter));
+    }
+
+    /// `time` and `id` of rows newest first: after the cursor, and within since/until.
+    fn keyset(
+        &mut self,
+        (time, id): (&str, &str),
+        before: Option<&Cursor>,
+        since_ms: Option<i64>,
+        until_ms: Option<i64>,
+    ) {
+        if let Some(since) = since_ms {
+            self.clause(&format!("{time} >= {{}}"), since);
+        }
+        if let Some(until) = until_ms {
+            self.clause(&format!("{time} < {{}}"), until);
+        }
+        if let Some(cursor) = before {
+            let at = self.arg(cursor.at_ms);
+            let after = self.arg(cursor.id.as_str());
+            // A row value: both backends read it as one range of the (time, id) index.
+            self.clauses
+                .push(format!("({time}, {id}) < ({at}, {after})"));
+        }
+    }
+
+    fn flow(&mut self, column: &str, flow_id: Option<&str>, prefix: Option<&str>) {
+        if let Some(flow) = flow_id {
+            self.clause(&format!("{column} = {{}}"), flow);
+        }
+        if let Some(prefix) = prefix {
+            self.clause(&format!("substr({column}, 1, length({{}})) = {{}}"), prefix);
+        }
+    }
+
+    fn finish(mut self, select: &str, order: &str, limit: u32) -> (String, Vec<Arg>) {
+        let limit = self.arg(i64::from(limit));
+        let filter = if self.clauses.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", self.clauses.join(" AND "))
+        };
+        (
+            format!("{select}{filter} ORDER BY {order} LIMIT {limit}"),
+            self.args,
+        )
+    }
+}
+
+/// Runs newest first, as `filter` says.
+pub(super) fn list_runs(filter: &RunFilter, limit: u32) -> (String, Vec<Arg>) {
+    let mut listing = Listing::default();
+    listing.flow(
+        "flow_id",
+        filter.flow_id.as_deref(),
+        filter.flow_prefix.as_deref(),
+    );
+    if let Some(status) = filter.status {
+        listing.clause("status = {}", status.as_str());
+    }
+    if let Some(request) = &filter.request_id {
+        listing.clause("request_id = {}", request.as_str());
+    }
+    let (since, until) = (filter.since_ms, filter.until_ms);
+    listing.keyset(
+        ("created_at_ms", "id"),
+        filter.before.as_ref(),
+        since,
+        until,
+    );
+    let select = concat!("SELECT ", run_columns!(), " FROM runs");
+    listing.finish(select, "created_at_ms DESC, id DESC", limit)
+}
+
+/// Trigger requests newest first, as `filter` says.
+pub(super) fn list_requests(filter: &RequestFilter, limit: u32) -> (String, Vec<Arg>) {
+    let mut listing = Listing::default();
+    listing.flow(
+        "r.flow_id",
+        filter.flow_id.as_deref(),
+        filter.flow_prefix.as_deref(),
+    );
+    if filter.suppressed_only {
+        listing.clauses.push(SUPPRESSED.to_owned());
+    }
+    let verdict = match filter.verdict {
+        None => None,
+        Some(Verdict::Rejected) => Some("r.status = 'rejected'".to_owned()),
+        Some(Verdict::Run) => Some(format!("r.status = 'accepted' AND {HAS_RUNS}")),
+        Some(Verdict::Suppressed) => Some(SUPPRESSED.to_owned()),
+        Some(Verdict::Duplicate) => Some(format!(
+            "r.status = 'accepted' AND NOT {HAS_RUNS} AND NOT {SUPPRESSED}"
+        )),
+    };
+    listing.clauses.extend(verdict);
+    let (since, until) = (filter.since_ms, filter.until_ms);
+    listing.keyset(
+        ("r.received_at_ms", "r.id"),
+        filter.before.as_ref(),
+        since,
+        until,
+    );
+    let select = format!("SELECT {REQUEST_COLUMNS} FROM trigger_requests r");
+    listing.finish(&select, "r.received_at_ms DESC, r.id DESC", limit)
+}
 
 /// flow id, delivery id.
 pub(super) const FIND_DELIVERY: &str =
@@ -348,6 +470,11 @@ pub(super) const FLOOD_HISTORY: &str = "SELECT r.correlation_key, r.request_id, 
      ORDER BY r.created_at_ms, r.id";
 
 pub(super) const RUN_COUNTS: &str = "SELECT flow_id, status, count(*) AS n FROM runs GROUP BY flow_id, status ORDER BY flow_id, status";
+
+/// since.
+pub(super) const RUN_COUNTS_SINCE: &str =
+    "SELECT flow_id, status, count(*) AS n FROM runs WHERE created_at_ms >= $1
+     GROUP BY flow_id, status ORDER BY flow_id, status";
 
 // Claims and leases.
 

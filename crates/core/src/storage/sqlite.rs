@@ -34,6 +34,12 @@ pub struct SqliteStorage {
 impl SqliteStorage {
     /// Opens (creating if needed) `haloflow.db` in `data_dir` and applies migrations; commits
     /// survive a process crash.
+    /// The pool, for tests that read query plans.
+    #[cfg(test)]
+    pub(super) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     pub async fn open_dir(data_dir: &Path) -> Result<Self, StorageError> {
         SqliteStorage::open_dir_with(data_dir, Durability::default()).await
     }
@@ -203,6 +209,17 @@ impl Sql for SqliteStorage {
         args: Vec<Arg>,
     ) -> Result<Vec<SqliteRow>, StorageError> {
         sqlx::query_with(sql, arguments::<sqlx::Sqlite>(args)?)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(database)
+    }
+
+    async fn fetch_listing(
+        &self,
+        sql: String,
+        args: Vec<Arg>,
+    ) -> Result<Vec<SqliteRow>, StorageError> {
+        sqlx::query_with(sqlx::AssertSqlSafe(sql), arguments::<sqlx::Sqlite>(args)?)
             .fetch_all(&self.pool)
             .await
             .map_err(database)

@@ -105,8 +105,9 @@ pub trait RunStore: Send + Sync {
     /// Deletes runs finished before `before_ms` (with their steps), and trigger requests
     /// received before it that no longer have runs. Returns the number of runs deleted.
     async fn prune_finished(&self, before_ms: i64) -> Result<u64, StorageError>;
-    /// Runs per flow and status.
-    async fn run_counts(&self) -> Result<Vec<RunCount>, StorageError>;
+    /// Runs per flow and status: all of them, or those created at or after `since_ms` (one
+    /// grouped query over the creation-time index).
+    async fn run_counts(&self, since_ms: Option<i64>) -> Result<Vec<RunCount>, StorageError>;
 }
 
 /// One part of a run's progress at a time: each method is [`RunStore::record_progress`] with

@@ -208,6 +208,45 @@ fn webhook_body(
     }
 }
 
+/// The flow's webhooks as a person sets them up in Halo (the console's trigger setup): for
+/// each route its name, URL, authentication, event and rule in words, and the bodies `setup`
+/// would send. `url` is shown as given; no secret's value is added (a Basic password is left
+/// out of the body).
+pub fn describe(flow: &ValidatedFlow, url: &str) -> Vec<Value> {
+    let id = flow.id();
+    let auth = &flow.document.trigger.auth;
+    let (authentication, username) = match auth {
+        TriggerAuth::Basic { username, .. } => ("Basic", Some(username.as_str())),
+        _ => ("None", None),
+    };
+    Route::ALL
+        .into_iter()
+        .map(|route| {
+            let mut webhook = webhook_body(id, route, url, auth, None, "-");
+            if let Some(username) = username {
+                webhook.insert("authentication_type".into(), json!(AUTH_BASIC));
+                webhook.insert("basic_username".into(), json!(username));
+            }
+            let rule = match route {
+                Route::Assigned => "Agent is not Unassigned",
+                Route::Unassigned => "Agent is Unassigned",
+            };
+            json!({
+                "route": route.as_str(),
+                "name": name(id, route),
+                "url": url,
+                "method": "POST",
+                "content_type": "application/json",
+                "authentication": authentication,
+                "username": username,
+                "event": "New Ticket Logged",
+                "rule": rule,
+                "halo": {"webhook": webhook, "event": event_body(id, route)},
+            })
+        })
+        .collect()
+}
+
 fn name(flow: &str, route: Route) -> String {
     format!("haloflow - {flow} - {}", route.title())
 }

@@ -1,0 +1,157 @@
+//! Console sessions: a stateless signed cookie `v1.<expiry_ms>.<nonce>.<mac>`, so every node
+//! sharing the API's secrets accepts it, and the CSRF token bound to its nonce.
+
+use hmac::{KeyInit, Mac};
+
+use crate::secrets::Secret;
+use crate::trigger::equal;
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+/// The cookie's name.
+pub(in crate::server) const COOKIE: &str = "haloflow_session";
+/// How long a session lasts: 12 hours.
+pub(in crate::server) const LIFETIME_SECS: i64 = 12 * 60 * 60;
+
+/// The key sessions and CSRF tokens are signed with, derived from the API's credentials:
+/// changing any of them ends every session.
+#[derive(Clone)]
+pub(in crate::server) struct SessionKey([u8; 32]);
+
+/// A valid session cookie's contents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(in crate::server) struct Session {
+    pub expires_at_ms: i64,
+    pub nonce: String,
+}
+
+impl SessionKey {
+    /// `HMAC(secret, "haloflow console session")` with the configured credentials (each
+    /// length-prefixed, so no two sets run together alike) as the HMAC key; None without any.
+    pub(in crate::server) fn derive(
+        token: Option<&Secret>,
+        basic: Option<(&str, &Secret)>,
+    ) -> Option<SessionKey> {
+        let mut secret = Vec::new();
+        let mut push = |part: &str| {
+            secret.extend_from_slice(&(part.len() as u64).to_be_bytes());
+            secret.extend_from_slice(part.as_bytes());
+        };
+        if let Some(token) = token {
+            push("token");
+            push(token.expose());
+        }
+        if let Some((user, password)) = basic {
+            push("basic");
+            push(user);
+            push(password.expose());
+        }
+        if secret.is_empty() {
+            return None;
+        }
+        Some(SessionKey(hmac(&secret, b"haloflow console session")))
+    }
+
+    /// A new cookie value valid until `expires_at_ms`.
+    pub(in crate::server) fn issue(&self, expires_at_ms: i64) -> String {
+        let nonce = uuid::Uuid::new_v4().simple().to_string();
+        let signed = format!("v1.{expires_at_ms}.{nonce}");
+        let mac = hex(&hmac(&self.0, signed.as_bytes()));
+        format!("{signed}.{mac}")
+    }
+
+    /// The session of a cookie value signed with this key and not expired at `now_ms`.
+    pub(in crate::server) fn verify(&self, value: &str, now_ms: i64) -> Option<Session> {
+        let (signed, mac) = value.rsplit_once('.')?;
+        let expected = hex(&hmac(&self.0, signed.as_bytes()));
+        if !equal(mac.as_bytes(), expected.as_bytes()) {
+            return None;
+        }
+        let mut parts = signed.split('.');
+        let (Some("v1"), Some(expiry), Some(nonce), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        let expires_at_ms: i64 = expiry.parse().ok()?;
+        (expires_at_ms > now_ms).then(|| Session {
+            expires_at_ms,
+            nonce: nonce.to_owned(),
+        })
+    }
+
+    /// The CSRF token of a session: hex `HMAC(key, "csrf." + nonce)`.
+    pub(in crate::server) fn csrf_token(&self, session: &Session) -> String {
+        hex(&hmac(&self.0, format!("csrf.{}", session.nonce).as_bytes()))
+    }
+
+    /// Whether `given` is the session's CSRF token (constant time).
+    pub(in crate::server) fn csrf_ok(&self, session: &Session, given: &str) -> bool {
+        equal(given.as_bytes(), self.csrf_token(session).as_bytes())
+    }
+}
+
+fn hmac(key: &[u8], message: &[u8]) -> [u8; 32] {
+    // HMAC takes keys of any length, so this never fails.
+    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key)
+        .unwrap_or_else(|_| <HmacSha256 as KeyInit>::new(&Default::default()));
+    mac.update(message);
+    mac.finalize().into_bytes().into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        text.push(DIGITS[usize::from(byte >> 4)] as char);
+        text.push(DIGITS[usize::from(byte & 0xf)] as char);
+    }
+    text
+}
+
+/// The value of cookie `name` in a request's `Cookie` headers.
+pub(in crate::server) fn cookie<'a>(
+    headers: &'a axum::http::HeaderMap,
+    name: &str,
+) -> Option<&'a str> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(token: &str) -> SessionKey {
+        SessionKey::derive(Some(&Secret::new(token)), None).unwrap()
+    }
+
+    #[test]
+    fn a_session_verifies_until_it_expires_and_only_under_its_key() {
+        let key = key("t1");
+        let value = key.issue(2_000);
+        let session = key.verify(&value, 1_000).unwrap();
+        assert_eq!(session.expires_at_ms, 2_000);
+        assert!(key.verify(&value, 2_000).is_none(), "expired");
+        assert!(super::tests::key("t2").verify(&value, 1_000).is_none());
+        let forged = value.replacen("v1.2000.", "v1.9000.", 1);
+        assert!(key.verify(&forged, 1_000).is_none());
+        assert!(key.verify("v1.9000.x", 1_000).is_none());
+        assert!(key.verify("", 1_000).is_none());
+        let token = key.csrf_token(&session);
+        assert_eq!(token.len(), 64);
+        assert!(key.csrf_ok(&session, &token));
+        assert!(!key.csrf_ok(&session, "00"));
+    }
+
+    #[test]
+    fn no_credentials_no_key() {
+        assert!(SessionKey::derive(None, None).is_none());
+    }
+}
