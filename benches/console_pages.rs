@@ -141,6 +141,11 @@ async fn main() {
     let request_cases = [
         ("requests, deep page", None),
         ("rejected requests, deep page", Some(Verdict::Rejected)),
+        // None are stored: the worst case, every older request is looked at.
+        (
+            "suppressed requests (none), deep",
+            Some(Verdict::Suppressed),
+        ),
     ];
     for (what, verdict) in request_cases {
         let filter = RequestFilter {
