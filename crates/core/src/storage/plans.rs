@@ -149,3 +149,17 @@ async fn request_listings_walk_an_index_in_order() {
         assert!(!paged || plan.starts_with("SEARCH"), "{what}:\n{plan}");
     }
 }
+
+#[tokio::test]
+async fn the_day_s_counts_read_one_index_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = SqliteStorage::open_dir(dir.path()).await.unwrap();
+    use super::sql::Sql;
+    let text = <SqliteStorage as Sql>::DIALECT.run_counts_since;
+    let counts = (text.to_owned(), vec![Arg::from(1_000i64)]);
+    let plan = plan(&storage, counts).await;
+    assert!(
+        plan.starts_with("SEARCH runs USING COVERING INDEX runs_by_time"),
+        "{plan}"
+    );
+}

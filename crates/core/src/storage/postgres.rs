@@ -62,6 +62,7 @@ impl Sql for PostgresStorage {
         append_attempt: "UPDATE step_runs
              SET attempt_log = (COALESCE(attempt_log, '[]')::jsonb || jsonb_build_array(?::jsonb))::text
              WHERE run_id = ? AND step_id = ?",
+        run_counts_since: super::sql::run_counts_since!(""),
     };
 
     async fn fetch_all(

@@ -295,7 +295,10 @@ impl<B: Sql> RunStore for B {
     async fn run_counts(&self, since_ms: Option<i64>) -> Result<Vec<RunCount>, StorageError> {
         let rows = match since_ms {
             None => self.fetch_all(sql::RUN_COUNTS, args![]).await?,
-            Some(since) => self.fetch_all(sql::RUN_COUNTS_SINCE, args![since]).await?,
+            Some(since) => {
+                let counts = B::DIALECT.run_counts_since;
+                self.fetch_all(counts, args![since]).await?
+            }
         };
         rows.iter().map(run_count).collect()
     }

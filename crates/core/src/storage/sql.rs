@@ -139,6 +139,9 @@ pub(super) struct Dialect {
     /// An attempt is appended to a step's log (batchable): the attempt record (JSON text), run
     /// id, step id.
     pub append_attempt: &'static str,
+    /// Runs per flow and status created since `$1` (single). SQLite names the time index:
+    /// without statistics its planner scans the flow index whole for the grouping instead.
+    pub run_counts_since: &'static str,
 }
 
 /// What a SQL backend provides. The stores are written once over it (`shared`); a backend
@@ -471,10 +474,18 @@ pub(super) const FLOOD_HISTORY: &str = "SELECT r.correlation_key, r.request_id, 
 
 pub(super) const RUN_COUNTS: &str = "SELECT flow_id, status, count(*) AS n FROM runs GROUP BY flow_id, status ORDER BY flow_id, status";
 
-/// since.
-pub(super) const RUN_COUNTS_SINCE: &str =
-    "SELECT flow_id, status, count(*) AS n FROM runs WHERE created_at_ms >= $1
-     GROUP BY flow_id, status ORDER BY flow_id, status";
+/// The runs created since a time per flow and status ([`Dialect::run_counts_since`]), from
+/// `runs_by_time` alone.
+macro_rules! run_counts_since {
+    ($indexed_by:literal) => {
+        concat!(
+            "SELECT flow_id, status, count(*) AS n FROM runs ",
+            $indexed_by,
+            " WHERE created_at_ms >= $1 GROUP BY flow_id, status ORDER BY flow_id, status"
+        )
+    };
+}
+pub(super) use run_counts_since;
 
 // Claims and leases.
 

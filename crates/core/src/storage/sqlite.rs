@@ -201,6 +201,7 @@ impl Sql for SqliteStorage {
              WHERE run_id = ? AND step_id = ?",
         append_attempt: "UPDATE step_runs SET attempt_log = json_insert(coalesce(attempt_log, '[]'), '$[#]', json(?))
              WHERE run_id = ? AND step_id = ?",
+        run_counts_since: super::sql::run_counts_since!("INDEXED BY runs_by_time"),
     };
 
     async fn fetch_all(
