@@ -72,11 +72,11 @@ async fn main() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(1_000_000);
     let dir = tempfile::tempdir().unwrap();
-    let start_ms = haloflow::storage::now_ms() - SPAN_MS;
+    let start_ms = haloflow::internals::storage::now_ms() - SPAN_MS;
     SqliteStorage::open_dir(dir.path()).await.unwrap();
     let filled = Instant::now();
     fill(
-        &dir.path().join(haloflow::storage::DATABASE_FILE),
+        &dir.path().join(haloflow::internals::storage::DATABASE_FILE),
         count,
         start_ms,
     )
@@ -161,7 +161,7 @@ async fn main() {
             time(|| async { storage.list_requests(&filter).await.unwrap().len() }).await;
         println!("{what:<32} {rows:>3} rows  {median:>10.2?}");
     }
-    let since = haloflow::storage::now_ms() - DAY_MS;
+    let since = haloflow::internals::storage::now_ms() - DAY_MS;
     let (median, rows) =
         time(|| async { storage.run_counts(Some(since)).await.unwrap().len() }).await;
     println!(
