@@ -45,8 +45,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use axum::Router;
+pub use futures_core::future::BoxFuture;
 
-use super::Engine;
+use super::{Engine, Exposition};
 use crate::config::{Config, ConfigError, ConfigProblem, Problems};
 use crate::connections::{Connections, ConnectionsBuilder, MissingSecret, Needed};
 use crate::flow::ValidatedFlow;
@@ -92,6 +93,23 @@ pub trait Integration: Send + Sync + 'static {
     /// HTTP routes merged into the public router ([`crate::server::router`]), e.g. a webhook.
     fn routes(&self) -> Router<Engine> {
         Router::new()
+    }
+
+    /// HTTP routes merged into the API, behind the API's guard (its credentials, or the admin
+    /// listener), e.g. a read of the integration's own state under `/api/<name>`.
+    fn api_routes(&self) -> Router<Engine> {
+        Router::new()
+    }
+
+    /// Adds this integration's metric families to a `/metrics` scrape. It may read storage
+    /// (hence a future; `Box::pin(async move { .. })`); a read that fails should add its
+    /// families empty rather than fail the scrape.
+    fn expose_metrics<'a>(
+        &'a self,
+        _engine: &'a Engine,
+        _exposition: &'a mut Exposition,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
     }
 
     /// Starts its background jobs; [`Engine::start`] calls it once the engine serves.
@@ -208,6 +226,18 @@ impl Integrations {
     /// Every integration's routes, merged.
     pub fn routes(&self) -> Router<Engine> {
         (self.list.iter()).fold(Router::new(), |routes, i| routes.merge(i.routes()))
+    }
+
+    /// Every integration's API routes, merged (the caller puts them behind the API's guard).
+    pub fn api_routes(&self) -> Router<Engine> {
+        (self.list.iter()).fold(Router::new(), |routes, i| routes.merge(i.api_routes()))
+    }
+
+    /// Every integration's metric families, in registration order.
+    pub async fn expose_metrics(&self, engine: &Engine, exposition: &mut Exposition) {
+        for integration in &self.list {
+            integration.expose_metrics(engine, exposition).await;
+        }
     }
 
     /// Starts every integration's background jobs.

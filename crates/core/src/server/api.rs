@@ -73,11 +73,7 @@ fn time_param(params: &HashMap<String, String>, name: &str) -> Result<Option<i64
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
-    tracing::error!(error = %e, "Run history query failed; check the database (server.database_url).");
-    ApiError::new(
-        ErrorCode::StorageUnavailable,
-        "the run history could not be read; try again",
-    )
+    ApiError::storage_read(e)
 }
 
 pub(super) async fn runs(
@@ -173,23 +169,6 @@ fn replay_from(body: &[u8]) -> Result<ReplayFrom, ApiError> {
     }
 }
 
-/// `GET /api/integrator`: the last scan of each ServiceNow instance.
-pub(super) async fn integrator(State(engine): State<Engine>) -> Response {
-    match engine.storage().scans().await {
-        Ok(scans) => {
-            let scans: Vec<_> = scans
-                .into_iter()
-                .map(|(connection, started, finished, result)| {
-                    json!({"connection": connection, "started_at_ms": started,
-                           "finished_at_ms": finished, "result": result})
-                })
-                .collect();
-            Json(json!({"scans": scans})).into_response()
-        }
-        Err(e) => internal(e).into_response(),
-    }
-}
-
 pub(super) async fn requests(
     State(engine): State<Engine>,
     Query(params): Query<HashMap<String, String>>,
@@ -240,7 +219,10 @@ pub(super) async fn metrics(
     run_counts(&engine, &mut exposition).await;
     storage_writes(&engine, &mut exposition);
     engine.metrics().expose(&mut exposition);
-    integrator_scans(&engine, &mut exposition).await;
+    engine
+        .integrations()
+        .expose_metrics(&engine, &mut exposition)
+        .await;
     exposition.gauge(
         "haloflow_flood_control_keys",
         "Correlation keys held by flood control.",
@@ -306,43 +288,6 @@ fn storage_writes(engine: &Engine, exposition: &mut Exposition) {
         "haloflow_storage_commits",
         "Database transactions the writes were committed in (group commit), since start.",
         [(Vec::new(), stats.commits)],
-    );
-}
-
-/// When each ServiceNow instance's last integrator scan finished, and what it read.
-async fn integrator_scans(engine: &Engine, exposition: &mut Exposition) {
-    let scans = engine.storage().scans().await.unwrap_or_default();
-    exposition.float_gauge(
-        "haloflow_integrator_last_scan_timestamp_seconds",
-        "When each ServiceNow instance's last integrator scan finished (unix seconds).",
-        (scans.iter()).map(|(connection, _, finished, _)| {
-            (
-                Exposition::labels([("connection", connection)]),
-                *finished as f64 / 1000.0,
-            )
-        }),
-    );
-    let mut samples = Vec::new();
-    for (connection, _, _, result) in &scans {
-        let count = |name: &str| result[name].as_u64().unwrap_or(0);
-        for (kind, value) in [
-            ("records", count("records")),
-            ("created", count("created")),
-            ("updated", count("updated")),
-            ("notes", count("notes")),
-            (
-                "errors",
-                result["errors"].as_array().map_or(0, Vec::len) as u64,
-            ),
-        ] {
-            let labels = [("connection", connection.as_str()), ("kind", kind)];
-            samples.push((Exposition::labels(labels), value as i64));
-        }
-    }
-    exposition.gauge(
-        "haloflow_integrator_last_scan_records",
-        "Records the last integrator scan of each instance read, and its errors.",
-        samples,
     );
 }
 

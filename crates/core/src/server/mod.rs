@@ -72,15 +72,16 @@ fn metrics_routes() -> Router<Engine> {
         .route("/metrics", get(api::metrics))
 }
 
-/// The API behind its guard; `/metrics` too unless `server.metrics_public`.
+/// The API behind its guard (the integrations' API routes too); `/metrics` too unless
+/// `server.metrics_public`.
 fn api_routes(engine: &Engine, open: bool) -> Router<Engine> {
     let guarded = Router::new()
-        .route("/api/integrator", get(api::integrator))
         .route("/api/flows", get(api::flows))
         .route("/api/runs", get(api::runs))
         .route("/api/runs/{run_id}", get(api::run))
         .route("/api/runs/{run_id}/replay", post(api::replay))
-        .route("/api/requests", get(api::requests));
+        .route("/api/requests", get(api::requests))
+        .merge(engine.integrations().api_routes());
     let public_metrics = engine.server_config().metrics_public;
     let guarded = if public_metrics {
         guarded
