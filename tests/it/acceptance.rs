@@ -217,8 +217,8 @@ impl SyncStore for Gated {
     async fn scans(&self) -> Result<Vec<(String, i64, i64, Value)>, StorageError> {
         self.inner.scans().await
     }
-    async fn integrator_start(&self, remote: &str, at_ms: i64) -> Result<i64, StorageError> {
-        self.inner.integrator_start(remote, at_ms).await
+    async fn first_scan_start(&self, remote: &str, at_ms: i64) -> Result<i64, StorageError> {
+        self.inner.first_scan_start(remote, at_ms).await
     }
     async fn record_sync_failure(
         &self,

@@ -427,13 +427,13 @@ async fn a_named_lease_is_held_by_one_node_at_a_time() {
 
 fn link(ticket: i64, sys_id: &str) -> Link {
     Link {
-        halo_connection: "halo".into(),
-        halo_ticket_id: ticket,
-        servicenow: "customers/12".into(),
-        table: "incident".into(),
-        sys_id: sys_id.into(),
+        ticket_connection: "halo".into(),
+        ticket_id: ticket,
+        remote: "customers/12".into(),
+        remote_table: "incident".into(),
+        remote_id: sys_id.into(),
         number: Some("INC1".into()),
-        created_by: LinkOrigin::Halo,
+        created_by: LinkOrigin::Ticket,
         created_at_ms: 1,
         updated_at_ms: 1,
     }
@@ -445,7 +445,7 @@ async fn links_are_one_to_one() {
         let s = b.storage.as_ref();
         assert!(s.save_link(&link(1, "a")).await.unwrap().is_none());
         let previous = s.save_link(&link(1, "b")).await.unwrap().unwrap();
-        assert_eq!(previous.sys_id, "a", "{}", b.name);
+        assert_eq!(previous.remote_id, "a", "{}", b.name);
         assert!(
             s.link_for_record("customers/12", "a")
                 .await
@@ -464,7 +464,7 @@ async fn links_are_one_to_one() {
                 .await
                 .unwrap()
                 .unwrap()
-                .halo_ticket_id,
+                .ticket_id,
             2
         );
     }
@@ -522,14 +522,14 @@ async fn flood_control_in_the_database_where_the_backend_keeps_it() {
 async fn the_integrator_keeps_its_start_and_counts_failing_records() {
     for b in backends().await {
         let s = b.storage.as_ref();
-        assert_eq!(s.integrator_start("customers/12", 100).await.unwrap(), 100);
+        assert_eq!(s.first_scan_start("customers/12", 100).await.unwrap(), 100);
         assert_eq!(
-            s.integrator_start("customers/12", 200).await.unwrap(),
+            s.first_scan_start("customers/12", 200).await.unwrap(),
             100,
             "the first start stays: {}",
             b.name
         );
-        assert_eq!(s.integrator_start("customers/13", 300).await.unwrap(), 300);
+        assert_eq!(s.first_scan_start("customers/13", 300).await.unwrap(), 300);
         for (attempt, at) in [(1, 10), (2, 20)] {
             let n = s
                 .record_sync_failure("customers/12", "incident", "a", &format!("boom {at}"), at)
@@ -545,7 +545,7 @@ async fn the_integrator_keeps_its_start_and_counts_failing_records() {
         assert_eq!(
             (
                 failures[0].table.as_str(),
-                failures[0].sys_id.as_str(),
+                failures[0].record_id.as_str(),
                 failures[0].attempts,
                 failures[0].last_error.as_str(),
                 failures[0].updated_at_ms
@@ -560,7 +560,7 @@ async fn the_integrator_keeps_its_start_and_counts_failing_records() {
             .await
             .unwrap()
             .into_iter()
-            .map(|f| f.sys_id)
+            .map(|f| f.record_id)
             .collect();
         assert_eq!(left, ["b"], "{}", b.name);
         assert!(s.sync_failures("customers/13").await.unwrap().is_empty());

@@ -350,8 +350,8 @@ async fn a_new_incident_becomes_one_ticket_with_the_configured_attributes() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(link.created_by, LinkOrigin::Servicenow);
-    assert_eq!(Some(link.halo_ticket_id), t["id"].as_i64());
+    assert_eq!(link.created_by, LinkOrigin::Remote);
+    assert_eq!(Some(link.ticket_id), t["id"].as_i64());
 
     // Delivered twice: still one ticket.
     let (status, again) = w
@@ -611,13 +611,13 @@ async fn field_changes_come_back_only_for_links_halo_created() {
     let record = w.incident(json!({"state": "1", "correlation_id": "HALO-x"}));
     w.storage
         .save_link(&haloflow::storage::Link {
-            halo_connection: "halo".into(),
-            halo_ticket_id: from_halo,
-            servicenow: "customers/12".into(),
-            table: "incident".into(),
-            sys_id: record.clone(),
+            ticket_connection: "halo".into(),
+            ticket_id: from_halo,
+            remote: "customers/12".into(),
+            remote_table: "incident".into(),
+            remote_id: record.clone(),
             number: None,
-            created_by: LinkOrigin::Halo,
+            created_by: LinkOrigin::Ticket,
             created_at_ms: 1,
             updated_at_ms: 1,
         })
@@ -633,7 +633,7 @@ async fn field_changes_come_back_only_for_links_halo_created() {
         .await
         .unwrap()
         .unwrap()
-        .halo_ticket_id;
+        .ticket_id;
 
     w.acme
         .update_as("abel.tuter", "incident", &record, json!({"state": "6"}));
@@ -755,10 +755,7 @@ async fn a_ticket_whose_answer_was_lost_is_adopted_not_created_twice() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(
-        Some(link.halo_ticket_id),
-        w.halo.tickets()[0]["id"].as_i64()
-    );
+    assert_eq!(Some(link.ticket_id), w.halo.tickets()[0]["id"].as_i64());
 }
 
 #[tokio::test]
@@ -901,7 +898,7 @@ async fn a_record_that_keeps_failing_is_recorded_and_skipped() {
     assert_eq!(second.skipped.len(), 1, "{second:#?}");
     let failures = w.storage.sync_failures("customers/12").await.unwrap();
     assert_eq!(failures.len(), 1);
-    let stuck = failures[0].sys_id.clone();
+    let stuck = failures[0].record_id.clone();
     assert_eq!(failures[0].attempts, 2);
     assert!(second.skipped[0].contains(&stuck), "{second:#?}");
     assert!(
@@ -1028,13 +1025,13 @@ async fn the_sys_journal_field_path_needs_audit_viewer() {
     );
     w.storage
         .save_link(&haloflow::storage::Link {
-            halo_connection: "halo".into(),
-            halo_ticket_id: ticket,
-            servicenow: "suppliers/7".into(),
-            table: "incident".into(),
-            sys_id: record.clone(),
+            ticket_connection: "halo".into(),
+            ticket_id: ticket,
+            remote: "suppliers/7".into(),
+            remote_table: "incident".into(),
+            remote_id: record.clone(),
             number: None,
-            created_by: LinkOrigin::Halo,
+            created_by: LinkOrigin::Ticket,
             created_at_ms: 1,
             updated_at_ms: 1,
         })

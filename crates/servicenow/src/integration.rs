@@ -231,7 +231,7 @@ impl ServiceNowEngine for Engine {
         // The integrator starts now: records created before it never become tickets unless
         // the connection's filter and create_existing say so (the first scan still looks
         // `every` back for changes to linked records).
-        (self.storage().integrator_start(&sn.key(), now).await)
+        (self.storage().first_scan_start(&sn.key(), now).await)
             .map_err(|e| StepError::storage("the integrator start", e))?;
         let report = self
             .sync_back()

@@ -278,20 +278,21 @@ pub struct AttemptRecord {
     pub exchanges: Vec<ExchangeRecord>,
 }
 
-/// Which side created the linked pair: the ticket's (`Halo`) or the remote record's
-/// (`Servicenow`). The names are the stored and serialized ones.
+/// Which side created the linked pair: the ticket's (its record was created from the ticket)
+/// or the remote record's (the ticket was created from it). The names are the stored and
+/// serialized ones (`ticket`, `remote`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LinkOrigin {
-    Halo,
-    Servicenow,
+    Ticket,
+    Remote,
 }
 
 impl LinkOrigin {
     pub fn as_str(self) -> &'static str {
         match self {
-            LinkOrigin::Halo => "halo",
-            LinkOrigin::Servicenow => "servicenow",
+            LinkOrigin::Ticket => "ticket",
+            LinkOrigin::Remote => "remote",
         }
     }
 }
@@ -301,26 +302,26 @@ impl LinkOrigin {
 pub struct SyncFailure {
     pub table: String,
     /// The record's id in the remote system.
-    pub sys_id: String,
+    pub record_id: String,
     pub attempts: u32,
     pub last_error: String,
     pub updated_at_ms: i64,
 }
 
 /// The 1-1 pairing of a ticket with a record in a remote system. The field names are the
-/// stored columns and the serialized form, older than the split into integrations.
+/// stored columns and the serialized form.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Link {
     /// The connection the ticket lives in.
-    pub halo_connection: String,
+    pub ticket_connection: String,
     /// The ticket's id there.
-    pub halo_ticket_id: i64,
+    pub ticket_id: i64,
     /// The remote connection the record lives in (e.g. `customers/<client id>`).
-    pub servicenow: String,
+    pub remote: String,
     /// The remote table the record is in.
-    pub table: String,
+    pub remote_table: String,
     /// The record's id in the remote system.
-    pub sys_id: String,
+    pub remote_id: String,
     /// The record's readable number, when it has one.
     pub number: Option<String>,
     pub created_by: LinkOrigin,

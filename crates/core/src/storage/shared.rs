@@ -369,13 +369,13 @@ impl<B: Sql> LeaseStore for B {
 #[async_trait]
 impl<B: Sql> LinkStore for B {
     async fn save_link(&self, link: &Link) -> Result<Option<Link>, StorageError> {
-        let (connection, ticket) = (link.halo_connection.as_str(), link.halo_ticket_id);
-        let (remote, record) = (link.servicenow.as_str(), link.sys_id.as_str());
+        let (connection, ticket) = (link.ticket_connection.as_str(), link.ticket_id);
+        let (remote, record) = (link.remote.as_str(), link.remote_id.as_str());
         let save = args![
             connection,
             ticket,
             remote,
-            link.table.as_str(),
+            link.remote_table.as_str(),
             record,
             link.number.as_deref(),
             link.created_by.as_str(),
@@ -487,10 +487,10 @@ impl<B: Sql> SyncStore for B {
         rows.iter().map(scan).collect()
     }
 
-    async fn integrator_start(&self, remote: &str, at_ms: i64) -> Result<i64, StorageError> {
+    async fn first_scan_start(&self, remote: &str, at_ms: i64) -> Result<i64, StorageError> {
         let args = args![remote, at_ms];
-        self.execute(sql::RECORD_INTEGRATOR_START, args).await?;
-        let row = self.fetch_one(sql::INTEGRATOR_START, args![remote]).await?;
+        self.execute(sql::RECORD_FIRST_SCAN_START, args).await?;
+        let row = self.fetch_one(sql::FIRST_SCAN_START, args![remote]).await?;
         row.int("started_at_ms")
     }
 

@@ -298,7 +298,7 @@ pub trait SyncStore: Send + Sync {
     async fn scans(&self) -> Result<Vec<(String, i64, i64, Value)>, StorageError>;
     /// Records `at_ms` as when scanning `remote` started, unless a start is recorded already;
     /// returns the recorded start.
-    async fn integrator_start(&self, remote: &str, at_ms: i64) -> Result<i64, StorageError>;
+    async fn first_scan_start(&self, remote: &str, at_ms: i64) -> Result<i64, StorageError>;
     /// Counts one failed attempt to sync a record in a scan; returns the attempts so far.
     async fn record_sync_failure(
         &self,
