@@ -24,6 +24,5 @@ pub use crate::storage::{Link, LinkOrigin, RunDetail, RunStatus, Storage, Storag
 pub use crate::trigger::TriggerQuery;
 // The storage traits' methods, callable on a backend's own type too (e.g. `SqliteStorage`).
 pub use crate::storage::{
-    Backend as _, FloodStore as _, LeaseStore as _, LinkStore as _, RunStore as _,
-    RunStoreExt as _, SyncStore as _,
+    Backend as _, FloodStore as _, LeaseStore as _, LinkStore as _, RunStore as _, SyncStore as _,
 };

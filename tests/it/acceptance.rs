@@ -7,10 +7,10 @@ use std::time::Duration;
 use crate::common::{Harness, Options, sample_payload};
 use async_trait::async_trait;
 use haloflow::storage::{
-    AttemptRecord, Backend, BackendError, FloodRecord, FloodStore, LeaseStore, Link, LinkStore,
-    NewRequest, NewRun, NewSuppressed, Progress, RequestFilter, RequestRecord, RunCount, RunDetail,
-    RunFilter, RunStore, RunSummary, SqliteStorage, StepRunRecord, Storage, StorageError,
-    SyncFailure, SyncStore,
+    AttemptRecord, Backend, BackendError, FloodRecord, LeaseStore, Link, LinkStore, NewRequest,
+    NewRun, NewSuppressed, Progress, RequestFilter, RequestRecord, RunCount, RunDetail, RunFilter,
+    RunStore, RunSummary, SqliteStorage, StepRunRecord, Storage, StorageError, SyncFailure,
+    SyncStore,
 };
 use serde_json::Value;
 use tokio::sync::Semaphore;
@@ -153,9 +153,6 @@ impl LeaseStore for Gated {
     ) -> Result<bool, StorageError> {
         self.inner.try_lease(name, owner, until_ms, now_ms).await
     }
-    async fn release_lease(&self, name: &str, owner: &str) -> Result<(), StorageError> {
-        self.inner.release_lease(name, owner).await
-    }
 }
 
 #[async_trait]
@@ -260,9 +257,6 @@ impl LinkStore for Gated {
         self.inner.link_for_record(remote, record_id).await
     }
 }
-
-/// Flood control stays in memory, as with SQLite.
-impl FloodStore for Gated {}
 
 #[async_trait]
 impl Backend for Gated {

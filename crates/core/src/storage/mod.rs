@@ -42,9 +42,7 @@ pub use records::{
 };
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStorage;
-pub use stores::{
-    Backend, FloodStore, LeaseStore, LinkStore, RunStore, RunStoreExt, Storage, SyncStore,
-};
+pub use stores::{Backend, FloodStore, LeaseStore, LinkStore, RunStore, Storage, SyncStore};
 
 /// Where the run history lives. [`open`] reads it; the CLI fills it from `--data`,
 /// `--database` (`HALOFLOW_DATABASE_URL`) and `[server]`.
@@ -158,7 +156,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = open(&StorageSettings::new(dir.path(), None)).await.unwrap();
         storage.ping().await.unwrap();
-        assert!(!storage.is_shared());
+        assert!(storage.flood_store().is_none(), "flood control in memory");
         assert!(
             dir.path().join(DATABASE_FILE).exists(),
             "SQLite in the data directory"

@@ -359,11 +359,6 @@ impl<B: Sql> LeaseStore for B {
         let args = args![name, owner, until_ms, now_ms];
         Ok(self.execute(sql::TRY_LEASE, args).await? == 1)
     }
-
-    async fn release_lease(&self, name: &str, owner: &str) -> Result<(), StorageError> {
-        let args = args![name, owner];
-        self.execute(sql::RELEASE_LEASE, args).await.map(drop)
-    }
 }
 
 #[async_trait]
@@ -518,4 +513,15 @@ impl<B: Sql> SyncStore for B {
         let rows = self.fetch_all(sql::SYNC_FAILURES, args![remote]).await?;
         rows.iter().map(sync_failure).collect()
     }
+}
+
+/// Gives the named lease back, so another owner can take it at once: each backend's
+/// `release_lease` (nothing in the runtime gives a lease back; leases expire).
+pub(super) async fn release_lease<B: Sql>(
+    backend: &B,
+    name: &str,
+    owner: &str,
+) -> Result<(), StorageError> {
+    let args = args![name, owner];
+    backend.execute(sql::RELEASE_LEASE, args).await.map(drop)
 }
