@@ -7,10 +7,10 @@ use std::time::Duration;
 use crate::common::{Harness, Options, sample_payload};
 use async_trait::async_trait;
 use haloflow::storage::{
-    AttemptRecord, Backend, BackendError, FloodRecord, LeaseStore, Link, LinkStore, NewRequest,
-    NewRun, NewSuppressed, Progress, RequestFilter, RequestRecord, RunCount, RunDetail, RunFilter,
-    RunStore, RunSummary, SqliteStorage, StepRunRecord, Storage, StorageError, SyncFailure,
-    SyncStore,
+    AttemptRecord, Backend, BackendError, FloodRecord, LeaseStore, Link, LinkFilter, LinkPage,
+    LinkStore, NewRequest, NewRun, NewSuppressed, Progress, RequestFilter, RequestRecord, RunCount,
+    RunDetail, RunFilter, RunStore, RunSummary, SqliteStorage, StepRunRecord, Storage,
+    StorageError, SyncFailure, SyncStore,
 };
 use serde_json::Value;
 use tokio::sync::Semaphore;
@@ -255,6 +255,9 @@ impl LinkStore for Gated {
         record_id: &str,
     ) -> Result<Option<Link>, StorageError> {
         self.inner.link_for_record(remote, record_id).await
+    }
+    async fn list_links(&self, filter: &LinkFilter) -> Result<LinkPage, StorageError> {
+        self.inner.list_links(filter).await
     }
 }
 

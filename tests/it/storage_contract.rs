@@ -5,9 +5,9 @@ use crate::common::backends::backends;
 use crate::common::progress::RunStoreExt;
 use haloflow::flood::Admission;
 use haloflow::storage::{
-    AttemptOutcome, AttemptRecord, Link, LinkOrigin, NewRequest, NewRun, NewSuppressed, Progress,
-    RequestFilter, RunFilter, RunFinish, RunStatus, StepOutcome, StepStart, StepStatus, Storage,
-    StorageError,
+    AttemptOutcome, AttemptRecord, Link, LinkCursor, LinkFilter, LinkOrigin, NewRequest, NewRun,
+    NewSuppressed, Progress, RequestFilter, RunFilter, RunFinish, RunStatus, StepOutcome,
+    StepStart, StepStatus, Storage, StorageError,
 };
 use serde_json::json;
 
@@ -468,6 +468,94 @@ async fn links_are_one_to_one() {
                 .ticket_id,
             2
         );
+    }
+}
+
+/// A link of `connection`/`ticket` to `remote`, created at `at`.
+fn link_at(connection: &str, ticket: i64, remote: &str, at: i64) -> Link {
+    Link {
+        ticket_connection: connection.into(),
+        ticket_id: ticket,
+        remote: remote.into(),
+        remote_id: format!("rec-{connection}-{ticket}"),
+        created_at_ms: at,
+        updated_at_ms: at,
+        ..link(ticket, "")
+    }
+}
+
+/// Every page of `filter`, as (connection, ticket id) per page.
+async fn pages(s: &dyn Storage, mut filter: LinkFilter) -> Vec<Vec<(String, i64)>> {
+    let mut pages = Vec::new();
+    loop {
+        let page = s.list_links(&filter).await.unwrap();
+        pages.push(
+            (page.links.iter())
+                .map(|l| (l.ticket_connection.clone(), l.ticket_id))
+                .collect(),
+        );
+        let Some(cursor) = page.next_cursor else {
+            return pages;
+        };
+        assert_eq!(LinkCursor::parse(&cursor.to_string()), Some(cursor.clone()));
+        filter.before = Some(cursor);
+    }
+}
+
+#[tokio::test]
+async fn links_are_listed_newest_first_page_by_page() {
+    for b in backends().await {
+        let s = b.storage.as_ref();
+        for ticket in 1..=5 {
+            s.save_link(&link_at("halo", ticket, "customers/12", 10 * ticket))
+                .await
+                .unwrap();
+        }
+        // Created at the same time as halo/3: the ticket orders them.
+        s.save_link(&link_at("other", 3, "suppliers/7", 30))
+            .await
+            .unwrap();
+        let id = |c: &str, t: i64| (c.to_owned(), t);
+        let all = LinkFilter {
+            limit: Some(2),
+            ..LinkFilter::default()
+        };
+        assert_eq!(
+            pages(s, all).await,
+            [
+                vec![id("halo", 5), id("halo", 4)],
+                vec![id("other", 3), id("halo", 3)],
+                vec![id("halo", 2), id("halo", 1)],
+            ],
+            "{}",
+            b.name
+        );
+        let supplier = LinkFilter {
+            remote: Some("suppliers/7".into()),
+            ..LinkFilter::default()
+        };
+        assert_eq!(
+            pages(s, supplier).await,
+            [vec![id("other", 3)]],
+            "{}",
+            b.name
+        );
+        let ticket = LinkFilter {
+            ticket_id: Some(3),
+            limit: Some(1),
+            ..LinkFilter::default()
+        };
+        assert_eq!(
+            pages(s, ticket).await,
+            [vec![id("other", 3)], vec![id("halo", 3)]],
+            "{}",
+            b.name
+        );
+        let none = LinkFilter {
+            remote: Some("customers/99".into()),
+            ..LinkFilter::default()
+        };
+        assert_eq!(pages(s, none).await, [vec![]], "{}", b.name);
     }
 }
 

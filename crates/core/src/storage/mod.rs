@@ -35,9 +35,9 @@ pub use error::{BackendError, StorageError};
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStorage;
 pub use records::{
-    AttemptOutcome, AttemptRecord, FloodRecord, Link, LinkOrigin, NewRequest, NewRun,
-    NewSuppressed, Progress, RequestFilter, RequestRecord, RunCount, RunDetail, RunFilter,
-    RunFinish, RunStatus, RunSummary, StepOutcome, StepRunRecord, StepStart, StepStatus,
+    AttemptOutcome, AttemptRecord, FloodRecord, Link, LinkCursor, LinkFilter, LinkOrigin, LinkPage,
+    NewRequest, NewRun, NewSuppressed, Progress, RequestFilter, RequestRecord, RunCount, RunDetail,
+    RunFilter, RunFinish, RunStatus, RunSummary, StepOutcome, StepRunRecord, StepStart, StepStatus,
     SyncFailure, WriteStats,
 };
 #[cfg(feature = "sqlite")]

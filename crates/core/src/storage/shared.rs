@@ -10,9 +10,10 @@ use super::rows::{
 };
 use super::sql::{self, Arg, Sql, Statement, args};
 use super::{
-    AttemptRecord, FloodRecord, LeaseStore, Link, LinkStore, NewRequest, NewRun, NewSuppressed,
-    Progress, RequestFilter, RequestRecord, RunCount, RunDetail, RunFilter, RunStatus, RunStore,
-    RunSummary, StepOutcome, StepRunRecord, StepStart, StorageError, SyncFailure, SyncStore,
+    AttemptRecord, FloodRecord, LeaseStore, Link, LinkCursor, LinkFilter, LinkPage, LinkStore,
+    NewRequest, NewRun, NewSuppressed, Progress, RequestFilter, RequestRecord, RunCount, RunDetail,
+    RunFilter, RunStatus, RunStore, RunSummary, StepOutcome, StepRunRecord, StepStart,
+    StorageError, SyncFailure, SyncStore,
 };
 
 /// Listings without a limit show this many.
@@ -408,6 +409,26 @@ impl<B: Sql> LinkStore for B {
         let args = args![remote, record_id];
         let row = self.fetch_optional(sql::LINK_FOR_RECORD, args).await?;
         row.as_ref().map(link_row).transpose()
+    }
+
+    async fn list_links(&self, filter: &LinkFilter) -> Result<LinkPage, StorageError> {
+        let limit = (filter.limit.unwrap_or(DEFAULT_LIMIT)).clamp(1, LinkFilter::MAX_LIMIT);
+        let before = filter.before.as_ref();
+        let args = args![
+            filter.remote.as_deref(),
+            filter.ticket_id,
+            before.map(|c| c.created_at_ms),
+            before.map(|c| c.ticket_connection.as_str()),
+            before.map(|c| c.ticket_id),
+            // One more than the page: whether there is a next one.
+            i64::from(limit) + 1,
+        ];
+        let rows = self.fetch_all(sql::LIST_LINKS, args).await?;
+        let mut links = rows.iter().map(link_row).collect::<Result<Vec<_>, _>>()?;
+        let more = links.len() > limit as usize;
+        links.truncate(limit as usize);
+        let next_cursor = links.last().filter(|_| more).map(LinkCursor::after);
+        Ok(LinkPage { links, next_cursor })
     }
 }
 

@@ -394,6 +394,17 @@ pub(super) const LINK_FOR_RECORD: &str = concat!(
     " FROM links WHERE remote = $1 AND remote_id = $2"
 );
 
+/// remote, ticket id, before (created at, ticket connection, ticket id), limit. Newest first;
+/// a page starts after its cursor (keyset paging).
+pub(super) const LIST_LINKS: &str = concat!(
+    "SELECT ",
+    link_columns!(),
+    " FROM links
+     WHERE ($1 IS NULL OR remote = $1) AND ($2 IS NULL OR ticket_id = $2)
+       AND ($3 IS NULL OR (created_at_ms, ticket_connection, ticket_id) < ($3, $4, $5))
+     ORDER BY created_at_ms DESC, ticket_connection DESC, ticket_id DESC LIMIT $6"
+);
+
 /// 1-1: the record loses any other ticket's link (batchable): remote, record id, connection,
 /// ticket id.
 pub(super) const UNLINK_RECORD: &str = "DELETE FROM links WHERE remote = ? AND remote_id = ?

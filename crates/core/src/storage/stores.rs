@@ -12,9 +12,9 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use super::{
-    AttemptRecord, FloodRecord, Link, NewRequest, NewRun, NewSuppressed, Progress, RequestFilter,
-    RequestRecord, RunCount, RunDetail, RunFilter, RunSummary, StepRunRecord, StorageError,
-    SyncFailure, WriteStats,
+    AttemptRecord, FloodRecord, Link, LinkFilter, LinkPage, NewRequest, NewRun, NewSuppressed,
+    Progress, RequestFilter, RequestRecord, RunCount, RunDetail, RunFilter, RunSummary,
+    StepRunRecord, StorageError, SyncFailure, WriteStats,
 };
 use crate::admission::Admission;
 
@@ -161,6 +161,8 @@ pub trait LinkStore: Send + Sync {
         remote: &str,
         record_id: &str,
     ) -> Result<Option<Link>, StorageError>;
+    /// Links, newest first (by creation, then ticket), one page of `filter.limit` at a time.
+    async fn list_links(&self, filter: &LinkFilter) -> Result<LinkPage, StorageError>;
 }
 
 /// What syncing from a remote system remembers, per remote connection (`remote`): which
