@@ -602,6 +602,65 @@ async fn the_integrator_creates_what_missed_webhooks_should_have_and_then_nothin
 }
 
 #[tokio::test]
+async fn links_are_listed_newest_first_page_by_page_behind_the_api_guard() {
+    let w = World::new(100).await;
+    for (ticket, remote, at) in [
+        (1, "customers/12", 10),
+        (2, "suppliers/7", 20),
+        (3, "customers/12", 30),
+    ] {
+        w.storage
+            .save_link(&haloflow::storage::Link {
+                ticket_connection: "halo".into(),
+                ticket_id: ticket,
+                remote: remote.into(),
+                remote_table: "incident".into(),
+                remote_id: format!("rec-{ticket}"),
+                number: None,
+                created_by: LinkOrigin::Ticket,
+                created_at_ms: at,
+                updated_at_ms: at,
+            })
+            .await
+            .unwrap();
+    }
+    let get = |base: &str, query: &[(&str, &str)]| {
+        let request = (w.client.get(format!("{base}/api/servicenow/links"))).query(query);
+        async move {
+            let response = request.send().await.unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+    let tickets = |page: &Value| -> Vec<i64> {
+        let links = page["links"].as_array().unwrap().iter();
+        links.map(|l| l["ticket_id"].as_i64().unwrap()).collect()
+    };
+    let (status, first) = get(&w.api, &[("limit", "2")]).await;
+    assert_eq!((status, tickets(&first)), (200, vec![3, 2]), "{first}");
+    assert_eq!(first["links"][0]["remote_id"], "rec-3");
+    assert_eq!(first["links"][0]["created_by"], "ticket");
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let (_, second) = get(&w.api, &[("limit", "2"), ("before", cursor)]).await;
+    assert_eq!(tickets(&second), vec![1], "{second}");
+    assert!(second["next_cursor"].is_null(), "the last page: {second}");
+    let (_, supplier) = get(&w.api, &[("remote", "suppliers/7")]).await;
+    assert_eq!(tickets(&supplier), vec![2], "{supplier}");
+    let (_, ticket) = get(&w.api, &[("ticket", "3")]).await;
+    assert_eq!(tickets(&ticket), vec![3], "{ticket}");
+    for bad in [("ticket", "three"), ("before", "banana"), ("limit", "0")] {
+        let (status, error) = get(&w.api, &[bad]).await;
+        assert_eq!(status, 400, "{bad:?}: {error}");
+        assert_eq!(error["error"]["code"], "invalid_query");
+    }
+    // Without [server.api] credentials the API is only on the admin listener.
+    let public = w.client.get(format!("{}/api/servicenow/links", w.base));
+    assert_eq!(public.send().await.unwrap().status().as_u16(), 404);
+}
+
+#[tokio::test]
 async fn field_changes_come_back_only_for_links_halo_created() {
     let w = World::new(100).await;
     // A ticket Halo sent: linked with created_by = halo.

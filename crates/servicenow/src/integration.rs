@@ -108,6 +108,7 @@ impl Integration for ServiceNow {
     fn api_routes(&self) -> Router<Engine> {
         Router::new()
             .route("/api/integrator", get(api::integrator))
+            .route("/api/servicenow/links", get(api::links))
     }
 
     fn expose_metrics<'a>(

@@ -43,7 +43,8 @@ pub(super) async fn flows(State(engine): State<Engine>) -> Response {
     Json(json!({"flows": flows})).into_response()
 }
 
-fn limit(params: &HashMap<String, String>) -> Result<u32, ApiError> {
+/// The `limit` query parameter of a listing: 1 to 1000, 50 when not given.
+pub fn limit(params: &HashMap<String, String>) -> Result<u32, ApiError> {
     match params.get("limit") {
         None => Ok(50),
         Some(text) => text

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use axum::routing::{get, post};
 use axum::{Router, middleware};
 
+pub use api::limit as limit_param;
 pub use error::{ApiError, ErrorCode};
 pub use rejections::{Rejected, Rejections, UNKNOWN};
 pub use trigger::answer as accepted_answer;
