@@ -1,5 +1,6 @@
 //! The one interface through which an integration plugs into the core: the config section it
-//! owns, the connections it builds, the steps it adds, the HTTP routes it serves and the
+//! owns, the connections it builds, the steps it adds, the HTTP routes it serves (public ones,
+//! and API ones behind the API's guard), the metric families it adds to `/metrics` and the
 //! background jobs it runs. Halo (`haloflow::halo::Halo`) and ServiceNow
 //! (`haloflow::servicenow::ServiceNow`) use it exactly as an embedder's integration does; the
 //! core knows neither.
