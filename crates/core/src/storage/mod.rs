@@ -1,8 +1,9 @@
 //! Persistence of trigger requests, runs and their steps, links and sync state.
 //!
 //! The contract is a handful of focused traits ([`RunStore`], [`LeaseStore`], [`LinkStore`],
-//! [`SyncStore`], [`FloodStore`], [`Backend`]); [`Storage`] is all of them, the one object
-//! callers hold (`Arc<dyn Storage>`). [`open`] picks the backend from [`StorageSettings`]:
+//! [`SyncStore`], [`Backend`]); [`Storage`] is all of them, the one object callers hold
+//! (`Arc<dyn Storage>`). A backend several nodes share also keeps flood control
+//! ([`FloodStore`], handed out by [`Backend::flood_store`]). [`open`] picks the backend from [`StorageSettings`]:
 //! SQLite, the embedded default, or PostgreSQL for several nodes. Both backends run the same
 //! statements (`sql`, `shared`), each with its own migrations folder; the driver stays inside
 //! this module ([`StorageError`] carries an opaque [`BackendError`]).

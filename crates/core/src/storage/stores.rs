@@ -3,7 +3,8 @@
 //! method is callable without importing the traits; on a backend's own type, import the trait
 //! (or `haloflow::prelude::*`).
 //!
-//! A backend of your own implements each trait; [`Storage`] then comes with them.
+//! A backend of your own implements each trait; [`Storage`] then comes with them. Only a
+//! backend several nodes may share implements [`FloodStore`] too.
 
 use std::fmt;
 use std::sync::Arc;
