@@ -73,10 +73,6 @@ fn time_param(params: &HashMap<String, String>, name: &str) -> Result<Option<i64
     })
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::storage_read(e)
-}
-
 pub(super) async fn runs(
     State(engine): State<Engine>,
     Query(params): Query<HashMap<String, String>>,
@@ -102,7 +98,7 @@ pub(super) async fn runs(
             .storage()
             .list_runs(&filter)
             .await
-            .map_err(internal)?;
+            .map_err(ApiError::storage_read)?;
         Ok::<_, ApiError>(Json(json!({"runs": runs})))
     }
     .await;
@@ -115,7 +111,7 @@ pub(super) async fn run(State(engine): State<Engine>, Path(run_id): Path<String>
         Ok(None) => {
             ApiError::new(ErrorCode::NotFound, format!("no run with id `{run_id}`")).into_response()
         }
-        Err(e) => internal(e).into_response(),
+        Err(e) => ApiError::storage_read(e).into_response(),
     }
 }
 
@@ -139,7 +135,7 @@ pub(super) async fn replay(
         Err(ReplayError::NotFound(_)) => {
             ApiError::new(ErrorCode::NotFound, format!("no run with id `{run_id}`")).into_response()
         }
-        Err(ReplayError::Storage(e)) => internal(e).into_response(),
+        Err(ReplayError::Storage(e)) => ApiError::storage_read(e).into_response(),
         Err(e) => ApiError::new(ErrorCode::InvalidReplay, e.to_string()).into_response(),
     }
 }
@@ -194,7 +190,7 @@ pub(super) async fn requests(
             .storage()
             .list_requests(&filter)
             .await
-            .map_err(internal)?;
+            .map_err(ApiError::storage_read)?;
         Ok::<_, ApiError>(Json(json!({"requests": requests})))
     }
     .await;
