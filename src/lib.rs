@@ -123,14 +123,14 @@ pub mod storage {
     pub use haloflow_core::storage::SqliteStorage;
     // The stores.
     pub use haloflow_core::storage::{
-        Backend, FloodStore, LeaseStore, LinkStore, RunStore, RunStoreExt, Storage, SyncStore,
+        Backend, FloodStore, LeaseStore, LinkStore, RunStore, Storage, SyncStore,
     };
     // What they read and write.
     pub use haloflow_core::storage::{
-        AttemptOutcome, AttemptRecord, Cursor, FloodRecord, Link, LinkOrigin, NewRequest, NewRun,
-        NewSuppressed, Progress, RequestFilter, RequestRecord, RunCount, RunDetail, RunFilter,
-        RunFinish, RunStatus, RunSummary, StepOutcome, StepRunRecord, StepStart, StepStatus,
-        SyncFailure, Verdict, WriteStats,
+        AttemptOutcome, AttemptRecord, Cursor, FloodRecord, Link, LinkCursor, LinkFilter,
+        LinkOrigin, LinkPage, NewRequest, NewRun, NewSuppressed, Progress, RequestFilter,
+        RequestRecord, RunCount, RunDetail, RunFilter, RunFinish, RunStatus, RunSummary,
+        StepOutcome, StepRunRecord, StepStart, StepStatus, SyncFailure, Verdict, WriteStats,
     };
     pub use haloflow_core::storage::{BackendError, StorageError, StorageSettings, open};
 }

@@ -40,6 +40,5 @@ pub use crate::trigger::TriggerQuery;
 // The storage traits' methods, callable on a backend's own type too (e.g. `SqliteStorage`).
 #[doc(no_inline)]
 pub use crate::storage::{
-    Backend as _, FloodStore as _, LeaseStore as _, LinkStore as _, RunStore as _,
-    RunStoreExt as _, SyncStore as _,
+    Backend as _, FloodStore as _, LeaseStore as _, LinkStore as _, RunStore as _, SyncStore as _,
 };

@@ -7,10 +7,10 @@ use std::time::Duration;
 use crate::common::{Harness, Options, sample_payload};
 use async_trait::async_trait;
 use haloflow::storage::{
-    AttemptRecord, Backend, BackendError, FloodRecord, FloodStore, LeaseStore, Link, LinkStore,
-    NewRequest, NewRun, NewSuppressed, Progress, RequestFilter, RequestRecord, RunCount, RunDetail,
-    RunFilter, RunStore, RunSummary, SqliteStorage, StepRunRecord, Storage, StorageError,
-    SyncFailure, SyncStore,
+    AttemptRecord, Backend, BackendError, FloodRecord, LeaseStore, Link, LinkFilter, LinkPage,
+    LinkStore, NewRequest, NewRun, NewSuppressed, Progress, RequestFilter, RequestRecord, RunCount,
+    RunDetail, RunFilter, RunStore, RunSummary, SqliteStorage, StepRunRecord, Storage,
+    StorageError, SyncFailure, SyncStore,
 };
 use serde_json::Value;
 use tokio::sync::Semaphore;
@@ -153,9 +153,6 @@ impl LeaseStore for Gated {
     ) -> Result<bool, StorageError> {
         self.inner.try_lease(name, owner, until_ms, now_ms).await
     }
-    async fn release_lease(&self, name: &str, owner: &str) -> Result<(), StorageError> {
-        self.inner.release_lease(name, owner).await
-    }
 }
 
 #[async_trait]
@@ -217,8 +214,8 @@ impl SyncStore for Gated {
     async fn scans(&self) -> Result<Vec<(String, i64, i64, Value)>, StorageError> {
         self.inner.scans().await
     }
-    async fn integrator_start(&self, remote: &str, at_ms: i64) -> Result<i64, StorageError> {
-        self.inner.integrator_start(remote, at_ms).await
+    async fn first_scan_start(&self, remote: &str, at_ms: i64) -> Result<i64, StorageError> {
+        self.inner.first_scan_start(remote, at_ms).await
     }
     async fn record_sync_failure(
         &self,
@@ -259,10 +256,10 @@ impl LinkStore for Gated {
     ) -> Result<Option<Link>, StorageError> {
         self.inner.link_for_record(remote, record_id).await
     }
+    async fn list_links(&self, filter: &LinkFilter) -> Result<LinkPage, StorageError> {
+        self.inner.list_links(filter).await
+    }
 }
-
-/// Flood control stays in memory, as with SQLite.
-impl FloodStore for Gated {}
 
 #[async_trait]
 impl Backend for Gated {

@@ -23,6 +23,7 @@ mod retries;
 mod secrets;
 mod servicenow;
 mod storage_contract;
+mod storage_migrations;
 mod surface;
 mod sync_back;
 mod trigger;

@@ -292,11 +292,11 @@ async fn every_mapping_is_applied_and_the_caller_is_matched_by_email() {
         .unwrap();
     assert_eq!(
         (
-            link.servicenow.as_str(),
-            link.table.as_str(),
+            link.remote.as_str(),
+            link.remote_table.as_str(),
             link.created_by
         ),
-        ("customers/12", "incident", LinkOrigin::Halo)
+        ("customers/12", "incident", LinkOrigin::Ticket)
     );
     assert_eq!(link.number.as_deref(), out["number"].as_str());
 
@@ -467,8 +467,8 @@ async fn sending_again_to_another_record_overwrites_the_link() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(link.sys_id, second["sys_id"].as_str().unwrap());
-    assert_eq!(link.table, "sc_task");
+    assert_eq!(link.remote_id, second["sys_id"].as_str().unwrap());
+    assert_eq!(link.remote_table, "sc_task");
     assert!(
         w.storage
             .link_for_record("customers/12", first["sys_id"].as_str().unwrap())
@@ -498,7 +498,7 @@ async fn log_to_supplier_sends_skips_or_refuses() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(link.servicenow, "suppliers/7");
+    assert_eq!(link.remote, "suppliers/7");
 
     w.ticket(151, json!({"supplier_id": 8}));
     let out = w.send("supplier", 151).await;
@@ -801,13 +801,13 @@ async fn a_ticket_that_came_from_servicenow_is_not_sent_back_as_a_new_record() {
     let id = w.ticket(130, json!({}));
     w.storage
         .save_link(&haloflow::storage::Link {
-            halo_connection: "halo".into(),
-            halo_ticket_id: id,
-            servicenow: "customers/12".into(),
-            table: "incident".into(),
-            sys_id: sys_id.clone(),
+            ticket_connection: "halo".into(),
+            ticket_id: id,
+            remote: "customers/12".into(),
+            remote_table: "incident".into(),
+            remote_id: sys_id.clone(),
             number: Some("INC0010001".into()),
-            created_by: LinkOrigin::Servicenow,
+            created_by: LinkOrigin::Remote,
             created_at_ms: 1,
             updated_at_ms: 1,
         })
@@ -830,7 +830,7 @@ async fn a_ticket_that_came_from_servicenow_is_not_sent_back_as_a_new_record() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(link.created_by, LinkOrigin::Servicenow, "the link is kept");
+    assert_eq!(link.created_by, LinkOrigin::Remote, "the link is kept");
 }
 
 #[tokio::test]

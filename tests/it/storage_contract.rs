@@ -2,11 +2,12 @@
 //! and for PostgreSQL alike.
 
 use crate::common::backends::backends;
+use crate::common::progress::RunStoreExt;
 use haloflow::internals::flood::Admission;
 use haloflow::storage::{
-    AttemptOutcome, AttemptRecord, Cursor, Link, LinkOrigin, NewRequest, NewRun, NewSuppressed,
-    Progress, RequestFilter, RunFilter, RunFinish, RunStatus, RunStoreExt, StepOutcome, StepStart,
-    StepStatus, Storage, StorageError, Verdict,
+    AttemptOutcome, AttemptRecord, Cursor, Link, LinkCursor, LinkFilter, LinkOrigin, NewRequest,
+    NewRun, NewSuppressed, Progress, RequestFilter, RunFilter, RunFinish, RunStatus, StepOutcome,
+    StepStart, StepStatus, Storage, StorageError, Verdict,
 };
 use serde_json::json;
 
@@ -423,20 +424,20 @@ async fn a_named_lease_is_held_by_one_node_at_a_time() {
             "{}: expired",
             b.name
         );
-        s.release_lease("integrator", "b").await.unwrap();
+        b.release_lease("integrator", "b").await.unwrap();
         assert!(s.try_lease("integrator", "a", 6000, 3002).await.unwrap());
     }
 }
 
 fn link(ticket: i64, sys_id: &str) -> Link {
     Link {
-        halo_connection: "halo".into(),
-        halo_ticket_id: ticket,
-        servicenow: "customers/12".into(),
-        table: "incident".into(),
-        sys_id: sys_id.into(),
+        ticket_connection: "halo".into(),
+        ticket_id: ticket,
+        remote: "customers/12".into(),
+        remote_table: "incident".into(),
+        remote_id: sys_id.into(),
         number: Some("INC1".into()),
-        created_by: LinkOrigin::Halo,
+        created_by: LinkOrigin::Ticket,
         created_at_ms: 1,
         updated_at_ms: 1,
     }
@@ -448,7 +449,7 @@ async fn links_are_one_to_one() {
         let s = b.storage.as_ref();
         assert!(s.save_link(&link(1, "a")).await.unwrap().is_none());
         let previous = s.save_link(&link(1, "b")).await.unwrap().unwrap();
-        assert_eq!(previous.sys_id, "a", "{}", b.name);
+        assert_eq!(previous.remote_id, "a", "{}", b.name);
         assert!(
             s.link_for_record("customers/12", "a")
                 .await
@@ -467,23 +468,110 @@ async fn links_are_one_to_one() {
                 .await
                 .unwrap()
                 .unwrap()
-                .halo_ticket_id,
+                .ticket_id,
             2
         );
+    }
+}
+
+/// A link of `connection`/`ticket` to `remote`, created at `at`.
+fn link_at(connection: &str, ticket: i64, remote: &str, at: i64) -> Link {
+    Link {
+        ticket_connection: connection.into(),
+        ticket_id: ticket,
+        remote: remote.into(),
+        remote_id: format!("rec-{connection}-{ticket}"),
+        created_at_ms: at,
+        updated_at_ms: at,
+        ..link(ticket, "")
+    }
+}
+
+/// Every page of `filter`, as (connection, ticket id) per page.
+async fn link_pages(s: &dyn Storage, mut filter: LinkFilter) -> Vec<Vec<(String, i64)>> {
+    let mut pages = Vec::new();
+    loop {
+        let page = s.list_links(&filter).await.unwrap();
+        pages.push(
+            (page.links.iter())
+                .map(|l| (l.ticket_connection.clone(), l.ticket_id))
+                .collect(),
+        );
+        let Some(cursor) = page.next_cursor else {
+            return pages;
+        };
+        assert_eq!(LinkCursor::parse(&cursor.to_string()), Some(cursor.clone()));
+        filter.before = Some(cursor);
+    }
+}
+
+#[tokio::test]
+async fn links_are_listed_newest_first_page_by_page() {
+    for b in backends().await {
+        let s = b.storage.as_ref();
+        for ticket in 1..=5 {
+            s.save_link(&link_at("halo", ticket, "customers/12", 10 * ticket))
+                .await
+                .unwrap();
+        }
+        // Created at the same time as halo/3: the ticket orders them.
+        s.save_link(&link_at("other", 3, "suppliers/7", 30))
+            .await
+            .unwrap();
+        let id = |c: &str, t: i64| (c.to_owned(), t);
+        let all = LinkFilter {
+            limit: Some(2),
+            ..LinkFilter::default()
+        };
+        assert_eq!(
+            link_pages(s, all).await,
+            [
+                vec![id("halo", 5), id("halo", 4)],
+                vec![id("other", 3), id("halo", 3)],
+                vec![id("halo", 2), id("halo", 1)],
+            ],
+            "{}",
+            b.name
+        );
+        let supplier = LinkFilter {
+            remote: Some("suppliers/7".into()),
+            ..LinkFilter::default()
+        };
+        assert_eq!(
+            link_pages(s, supplier).await,
+            [vec![id("other", 3)]],
+            "{}",
+            b.name
+        );
+        let ticket = LinkFilter {
+            ticket_id: Some(3),
+            limit: Some(1),
+            ..LinkFilter::default()
+        };
+        assert_eq!(
+            link_pages(s, ticket).await,
+            [vec![id("other", 3)], vec![id("halo", 3)]],
+            "{}",
+            b.name
+        );
+        let none = LinkFilter {
+            remote: Some("customers/99".into()),
+            ..LinkFilter::default()
+        };
+        assert_eq!(link_pages(s, none).await, [vec![]], "{}", b.name);
     }
 }
 
 #[tokio::test]
 async fn flood_control_in_the_database_where_the_backend_keeps_it() {
     for b in backends().await {
-        let s = b.storage.as_ref();
-        if !s.is_shared() {
-            assert!(matches!(
-                s.flood_admit("f", "k", "r", 0, 60_000, 4).await,
-                Err(StorageError::Unsupported(_))
-            ));
+        let Some(s) = b.storage.clone().flood_store() else {
+            assert_eq!(
+                b.name, "sqlite",
+                "only SQLite keeps flood control in memory"
+            );
             continue;
-        }
+        };
         let mut verdicts = Vec::new();
         for i in 0..6 {
             verdicts.push(
@@ -525,14 +613,14 @@ async fn flood_control_in_the_database_where_the_backend_keeps_it() {
 async fn the_integrator_keeps_its_start_and_counts_failing_records() {
     for b in backends().await {
         let s = b.storage.as_ref();
-        assert_eq!(s.integrator_start("customers/12", 100).await.unwrap(), 100);
+        assert_eq!(s.first_scan_start("customers/12", 100).await.unwrap(), 100);
         assert_eq!(
-            s.integrator_start("customers/12", 200).await.unwrap(),
+            s.first_scan_start("customers/12", 200).await.unwrap(),
             100,
             "the first start stays: {}",
             b.name
         );
-        assert_eq!(s.integrator_start("customers/13", 300).await.unwrap(), 300);
+        assert_eq!(s.first_scan_start("customers/13", 300).await.unwrap(), 300);
         for (attempt, at) in [(1, 10), (2, 20)] {
             let n = s
                 .record_sync_failure("customers/12", "incident", "a", &format!("boom {at}"), at)
@@ -548,7 +636,7 @@ async fn the_integrator_keeps_its_start_and_counts_failing_records() {
         assert_eq!(
             (
                 failures[0].table.as_str(),
-                failures[0].sys_id.as_str(),
+                failures[0].record_id.as_str(),
                 failures[0].attempts,
                 failures[0].last_error.as_str(),
                 failures[0].updated_at_ms
@@ -563,7 +651,7 @@ async fn the_integrator_keeps_its_start_and_counts_failing_records() {
             .await
             .unwrap()
             .into_iter()
-            .map(|f| f.sys_id)
+            .map(|f| f.record_id)
             .collect();
         assert_eq!(left, ["b"], "{}", b.name);
         assert!(s.sync_failures("customers/13").await.unwrap().is_empty());

@@ -350,8 +350,8 @@ async fn a_new_incident_becomes_one_ticket_with_the_configured_attributes() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(link.created_by, LinkOrigin::Servicenow);
-    assert_eq!(Some(link.halo_ticket_id), t["id"].as_i64());
+    assert_eq!(link.created_by, LinkOrigin::Remote);
+    assert_eq!(Some(link.ticket_id), t["id"].as_i64());
 
     // Delivered twice: still one ticket.
     let (status, again) = w
@@ -602,6 +602,65 @@ async fn the_integrator_creates_what_missed_webhooks_should_have_and_then_nothin
 }
 
 #[tokio::test]
+async fn links_are_listed_newest_first_page_by_page_behind_the_api_guard() {
+    let w = World::new(100).await;
+    for (ticket, remote, at) in [
+        (1, "customers/12", 10),
+        (2, "suppliers/7", 20),
+        (3, "customers/12", 30),
+    ] {
+        w.storage
+            .save_link(&haloflow::storage::Link {
+                ticket_connection: "halo".into(),
+                ticket_id: ticket,
+                remote: remote.into(),
+                remote_table: "incident".into(),
+                remote_id: format!("rec-{ticket}"),
+                number: None,
+                created_by: LinkOrigin::Ticket,
+                created_at_ms: at,
+                updated_at_ms: at,
+            })
+            .await
+            .unwrap();
+    }
+    let get = |base: &str, query: &[(&str, &str)]| {
+        let request = (w.client.get(format!("{base}/api/servicenow/links"))).query(query);
+        async move {
+            let response = request.send().await.unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+    let tickets = |page: &Value| -> Vec<i64> {
+        let links = page["links"].as_array().unwrap().iter();
+        links.map(|l| l["ticket_id"].as_i64().unwrap()).collect()
+    };
+    let (status, first) = get(&w.api, &[("limit", "2")]).await;
+    assert_eq!((status, tickets(&first)), (200, vec![3, 2]), "{first}");
+    assert_eq!(first["links"][0]["remote_id"], "rec-3");
+    assert_eq!(first["links"][0]["created_by"], "ticket");
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let (_, second) = get(&w.api, &[("limit", "2"), ("before", cursor)]).await;
+    assert_eq!(tickets(&second), vec![1], "{second}");
+    assert!(second["next_cursor"].is_null(), "the last page: {second}");
+    let (_, supplier) = get(&w.api, &[("remote", "suppliers/7")]).await;
+    assert_eq!(tickets(&supplier), vec![2], "{supplier}");
+    let (_, ticket) = get(&w.api, &[("ticket", "3")]).await;
+    assert_eq!(tickets(&ticket), vec![3], "{ticket}");
+    for bad in [("ticket", "three"), ("before", "banana"), ("limit", "0")] {
+        let (status, error) = get(&w.api, &[bad]).await;
+        assert_eq!(status, 400, "{bad:?}: {error}");
+        assert_eq!(error["error"]["code"], "invalid_query");
+    }
+    // Without [server.api] credentials the API is only on the admin listener.
+    let public = w.client.get(format!("{}/api/servicenow/links", w.base));
+    assert_eq!(public.send().await.unwrap().status().as_u16(), 404);
+}
+
+#[tokio::test]
 async fn field_changes_come_back_only_for_links_halo_created() {
     let w = World::new(100).await;
     // A ticket Halo sent: linked with created_by = halo.
@@ -611,13 +670,13 @@ async fn field_changes_come_back_only_for_links_halo_created() {
     let record = w.incident(json!({"state": "1", "correlation_id": "HALO-x"}));
     w.storage
         .save_link(&haloflow::storage::Link {
-            halo_connection: "halo".into(),
-            halo_ticket_id: from_halo,
-            servicenow: "customers/12".into(),
-            table: "incident".into(),
-            sys_id: record.clone(),
+            ticket_connection: "halo".into(),
+            ticket_id: from_halo,
+            remote: "customers/12".into(),
+            remote_table: "incident".into(),
+            remote_id: record.clone(),
             number: None,
-            created_by: LinkOrigin::Halo,
+            created_by: LinkOrigin::Ticket,
             created_at_ms: 1,
             updated_at_ms: 1,
         })
@@ -633,7 +692,7 @@ async fn field_changes_come_back_only_for_links_halo_created() {
         .await
         .unwrap()
         .unwrap()
-        .halo_ticket_id;
+        .ticket_id;
 
     w.acme
         .update_as("abel.tuter", "incident", &record, json!({"state": "6"}));
@@ -755,10 +814,7 @@ async fn a_ticket_whose_answer_was_lost_is_adopted_not_created_twice() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(
-        Some(link.halo_ticket_id),
-        w.halo.tickets()[0]["id"].as_i64()
-    );
+    assert_eq!(Some(link.ticket_id), w.halo.tickets()[0]["id"].as_i64());
 }
 
 #[tokio::test]
@@ -901,7 +957,7 @@ async fn a_record_that_keeps_failing_is_recorded_and_skipped() {
     assert_eq!(second.skipped.len(), 1, "{second:#?}");
     let failures = w.storage.sync_failures("customers/12").await.unwrap();
     assert_eq!(failures.len(), 1);
-    let stuck = failures[0].sys_id.clone();
+    let stuck = failures[0].record_id.clone();
     assert_eq!(failures[0].attempts, 2);
     assert!(second.skipped[0].contains(&stuck), "{second:#?}");
     assert!(
@@ -1028,13 +1084,13 @@ async fn the_sys_journal_field_path_needs_audit_viewer() {
     );
     w.storage
         .save_link(&haloflow::storage::Link {
-            halo_connection: "halo".into(),
-            halo_ticket_id: ticket,
-            servicenow: "suppliers/7".into(),
-            table: "incident".into(),
-            sys_id: record.clone(),
+            ticket_connection: "halo".into(),
+            ticket_id: ticket,
+            remote: "suppliers/7".into(),
+            remote_table: "incident".into(),
+            remote_id: record.clone(),
             number: None,
-            created_by: LinkOrigin::Halo,
+            created_by: LinkOrigin::Ticket,
             created_at_ms: 1,
             updated_at_ms: 1,
         })

@@ -7,17 +7,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::Router;
-use axum::routing::post;
+use axum::routing::{get, post};
 
 use super::config::{self, ServiceNowConfig};
 use super::integrator::{ScanReport, log_scan};
 use super::steps::{LOG_TO_SUPPLIER, SEND_TICKET, SyncNote};
 use super::sync::SyncBack;
-use super::{ServiceNowConnection, Side, webhook};
+use super::{ServiceNowConnection, Side, api, webhook};
 use haloflow_core::config::{Config, Problems, Section};
 use haloflow_core::connections::{ConnectionKind, Connections, ConnectionsBuilder};
-use haloflow_core::engine::Engine;
-use haloflow_core::engine::integration::Integration;
+use haloflow_core::engine::integration::{BoxFuture, Integration};
+use haloflow_core::engine::{Engine, Exposition};
 use haloflow_core::flow::ValidatedFlow;
 use haloflow_core::step::{Step, StepError};
 use haloflow_core::storage::now_ms;
@@ -101,6 +101,22 @@ impl Integration for ServiceNow {
     fn routes(&self) -> Router<Engine> {
         Router::new()
             .route("/servicenow/{side}/{id}/webhook", post(webhook::receive))
+    }
+
+    // One `.route(` per line: tests/openapi.rs reads the routes from this file.
+    #[rustfmt::skip]
+    fn api_routes(&self) -> Router<Engine> {
+        Router::new()
+            .route("/api/integrator", get(api::integrator))
+            .route("/api/servicenow/links", get(api::links))
+    }
+
+    fn expose_metrics<'a>(
+        &'a self,
+        engine: &'a Engine,
+        exposition: &'a mut Exposition,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(api::expose_scans(engine, exposition))
     }
 
     fn start(&self, engine: &Engine) {
@@ -216,7 +232,7 @@ impl ServiceNowEngine for Engine {
         // The integrator starts now: records created before it never become tickets unless
         // the connection's filter and create_existing say so (the first scan still looks
         // `every` back for changes to linked records).
-        (self.storage().integrator_start(&sn.key(), now).await)
+        (self.storage().first_scan_start(&sn.key(), now).await)
             .map_err(|e| StepError::storage("the integrator start", e))?;
         let report = self
             .sync_back()

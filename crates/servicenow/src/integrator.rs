@@ -89,7 +89,7 @@ impl SyncBack {
         };
         let start = self
             .storage
-            .integrator_start(&key, first_scan_since_ms)
+            .first_scan_start(&key, first_scan_since_ms)
             .await
             .map_err(storage_error)?;
         let state = ScanState {
@@ -100,7 +100,7 @@ impl SyncBack {
                 .await
                 .map_err(storage_error)?
                 .into_iter()
-                .map(|f| f.sys_id)
+                .map(|f| f.record_id)
                 .collect(),
         };
         for imported in &sn.config.imported_types {

@@ -2,6 +2,7 @@
 //! (`../shared/reference/servicenow-api.md`): Basic or OAuth client credentials (token cached by
 //! `expires_in`, refreshed once on 401), the `{"result": ...}` envelope and its error shape.
 
+mod api;
 pub mod config;
 mod integration;
 pub mod integrator;

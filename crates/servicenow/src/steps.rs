@@ -154,7 +154,7 @@ impl Sent {
             "sys_id": self.record.get("sys_id").cloned().unwrap_or(Value::Null),
             "number": self.record.get("number").cloned().unwrap_or(Value::Null),
             "table": self.table,
-            "link": self.link,
+            "link": link_output(&self.link),
             "caller_matched": self.caller_matched,
             "attachments": self.attachments,
             "children": self.children,
@@ -162,6 +162,21 @@ impl Sent {
             "reason": Value::Null,
         })
     }
+}
+
+/// A link as the `link` output: the field names and origins flows have always read (a Halo
+/// ticket and a ServiceNow record), whatever the storage calls them.
+fn link_output(link: &Link) -> Value {
+    let created_by = match link.created_by {
+        LinkOrigin::Ticket => "halo",
+        LinkOrigin::Remote => "servicenow",
+    };
+    json!({
+        "halo_connection": link.ticket_connection, "halo_ticket_id": link.ticket_id,
+        "servicenow": link.remote, "table": link.remote_table, "sys_id": link.remote_id,
+        "number": link.number, "created_by": created_by,
+        "created_at_ms": link.created_at_ms, "updated_at_ms": link.updated_at_ms,
+    })
 }
 
 fn skipped(reason: String) -> Value {
@@ -217,14 +232,14 @@ impl Sender<'_> {
         // 1-1: sending again to another record replaces the ticket's link.
         self.ctx.save_link(&link).await?;
         let attachments = if self.sn.sync_attachments() {
-            self.send_attachments(ticket_id, &table, &link.sys_id)
+            self.send_attachments(ticket_id, &table, &link.remote_id)
                 .await?
         } else {
             Vec::new()
         };
         let children =
             if table == "problem" && self.sn.config.sync_child_tickets && parent.is_none() {
-                self.send_children(ticket_id, &link.sys_id).await?
+                self.send_children(ticket_id, &link.remote_id).await?
             } else {
                 Vec::new()
             };
@@ -266,16 +281,16 @@ impl Sender<'_> {
             .ok_or_else(|| StepError::Response("ServiceNow's record has no sys_id".into()))?;
         let now = now_ms();
         Ok(Link {
-            halo_connection: self.ctx.connection.clone().unwrap_or_else(|| "halo".into()),
-            halo_ticket_id: ticket_id,
-            servicenow: self.sn.key(),
-            table: table.to_owned(),
-            sys_id: sys_id.to_owned(),
+            ticket_connection: self.ctx.connection.clone().unwrap_or_else(|| "halo".into()),
+            ticket_id,
+            remote: self.sn.key(),
+            remote_table: table.to_owned(),
+            remote_id: sys_id.to_owned(),
             number: record
                 .get("number")
                 .and_then(Value::as_str)
                 .map(str::to_owned),
-            created_by: LinkOrigin::Halo,
+            created_by: LinkOrigin::Ticket,
             created_at_ms: now,
             updated_at_ms: now,
         })
@@ -301,7 +316,7 @@ impl Sender<'_> {
             if let Some(sent) = sent {
                 children.push(json!({
                     "ticket_id": child_id, "table": sent.table,
-                    "sys_id": sent.link.sys_id, "number": sent.link.number,
+                    "sys_id": sent.link.remote_id, "number": sent.link.number,
                 }));
             }
         }
@@ -405,11 +420,11 @@ impl Sender<'_> {
     ) -> Result<(), StepError> {
         if let Some(parent_id) = ticket.get("parent_id").and_then(to_id).filter(|id| *id > 0)
             && let Some(link) = self.ctx.link_for_ticket(parent_id).await?
-            && link.servicenow == self.sn.key()
+            && link.remote == self.sn.key()
         {
-            fields.insert("parent".into(), json!(link.sys_id));
-            if let Some(field) = mapping::parent_field(table, &link.table) {
-                fields.insert(field.into(), json!(link.sys_id));
+            fields.insert("parent".into(), json!(link.remote_id));
+            if let Some(field) = mapping::parent_field(table, &link.remote_table) {
+                fields.insert(field.into(), json!(link.remote_id));
             }
         }
         Ok(())
@@ -499,21 +514,21 @@ async fn from_servicenow(
     Ok(ctx
         .link_for_ticket(ticket_id)
         .await?
-        .filter(|link| link.created_by == LinkOrigin::Servicenow && link.servicenow == sn.key()))
+        .filter(|link| link.created_by == LinkOrigin::Remote && link.remote == sn.key()))
 }
 
 /// The outputs for a ticket that came from the instance: skipped, naming its record.
 fn came_from(ticket_id: i64, link: &Link) -> Value {
     let mut outputs = skipped(format!(
         "ticket {ticket_id} came from ServiceNow ({} {} {}) and is linked to that record; it is not sent again",
-        link.servicenow,
-        link.table,
-        link.number.as_deref().unwrap_or(&link.sys_id)
+        link.remote,
+        link.remote_table,
+        link.number.as_deref().unwrap_or(&link.remote_id)
     ));
-    outputs["sys_id"] = json!(link.sys_id);
+    outputs["sys_id"] = json!(link.remote_id);
     outputs["number"] = json!(link.number);
-    outputs["table"] = json!(link.table);
-    outputs["link"] = json!(link);
+    outputs["table"] = json!(link.remote_table);
+    outputs["link"] = link_output(link);
     outputs
 }
 
@@ -738,8 +753,8 @@ impl SyncNote {
     }
 
     fn outputs(note: &NoteToSync, field: &str, text: &str) -> Value {
-        json!({"skipped": false, "reason": null, "sys_id": note.link.sys_id,
-               "table": note.link.table, "field": field, "note": text})
+        json!({"skipped": false, "reason": null, "sys_id": note.link.remote_id,
+               "table": note.link.remote_table, "field": field, "note": text})
     }
 }
 
@@ -749,7 +764,7 @@ fn linked_connection(
     ticket_id: i64,
     link: &Link,
 ) -> Result<(Side, Arc<ServiceNowConnection>), StepError> {
-    let (side, id) = link.servicenow.split_once('/').unwrap_or(("", ""));
+    let (side, id) = link.remote.split_once('/').unwrap_or(("", ""));
     let side = if side == Side::Supplier.as_str() {
         Side::Supplier
     } else {
@@ -758,7 +773,7 @@ fn linked_connection(
     let sn = ctx.connections().servicenow(side, id).ok_or_else(|| {
         StepError::Connection(format!(
             "ticket {ticket_id} is linked to {} but the config file has no [servicenow.{}.\"{id}\"]",
-            link.servicenow,
+            link.remote,
             side.as_str()
         ))
     })?;
@@ -795,7 +810,7 @@ fn note_or_html(note: Option<&str>, html: Option<&str>) -> String {
 
 /// The outputs of a note that is not written, and why.
 fn skipped_note(link: &Link, reason: &str) -> Value {
-    json!({"skipped": true, "reason": reason, "sys_id": link.sys_id, "table": link.table,
+    json!({"skipped": true, "reason": reason, "sys_id": link.remote_id, "table": link.remote_table,
            "field": null})
 }
 
@@ -843,8 +858,8 @@ impl Step for SyncNote {
         note.sn
             .patch(
                 ctx.http(),
-                &note.link.table,
-                &note.link.sys_id,
+                &note.link.remote_table,
+                &note.link.remote_id,
                 json!({ field: text }),
             )
             .await?;
@@ -870,8 +885,13 @@ impl Step for SyncNote {
         // Read by the connection's journal path: `sys_journal_field` hides every row from a
         // user without audit_viewer, and a retry would write the note twice.
         let run_digest = digest(&ctx.idempotency_key());
-        let entries =
-            notes::read(&note.sn, ctx.http(), &note.link.table, &note.link.sys_id).await?;
+        let entries = notes::read(
+            &note.sn,
+            ctx.http(),
+            &note.link.remote_table,
+            &note.link.remote_id,
+        )
+        .await?;
         let found: Vec<_> = entries
             .into_iter()
             .filter(|e| e.element == field && e.value.contains(&run_digest))

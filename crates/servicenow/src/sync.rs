@@ -190,7 +190,7 @@ impl SyncBack {
                 .map_err(storage_error)?;
             if let Some(link) = link.filter(|_| !given.is_empty()) {
                 let http = self.outbound();
-                outcome.ticket_id = Some(link.halo_ticket_id);
+                outcome.ticket_id = Some(link.ticket_id);
                 outcome.notes = self
                     .post_notes(sn, (table, &sys_id, record), &link, given.to_vec(), &http)
                     .await?;
@@ -243,13 +243,13 @@ impl SyncBack {
             .map_err(storage_error)?;
         let link = match link {
             Some(link) => {
-                if link.created_by == LinkOrigin::Halo {
+                if link.created_by == LinkOrigin::Ticket {
                     // Field updates come back only for records Halo created (the seed).
                     let fields = mapping::halo_fields(&sn.config, table, record);
                     if !fields.is_empty() {
                         outcome.fields = fields.keys().cloned().collect();
                         let mut body = fields;
-                        body.insert("id".into(), json!(link.halo_ticket_id));
+                        body.insert("id".into(), json!(link.ticket_id));
                         halo.post_one(&http, "Tickets", Value::Object(body)).await?;
                         outcome.action = SyncAction::UpdatedTicket;
                     }
@@ -269,7 +269,7 @@ impl SyncBack {
                 }
             },
         };
-        outcome.ticket_id = Some(link.halo_ticket_id);
+        outcome.ticket_id = Some(link.ticket_id);
         // New notes: those the webhook carried, and those read by the connection's path.
         let mut entries = given.to_vec();
         entries.extend(notes::read(sn, &http, table, sys_id).await?);
@@ -360,13 +360,13 @@ impl SyncBack {
             .ok_or_else(|| StepError::Response("Halo's answer has no ticket id".into()))?;
         let now = now_ms();
         let link = Link {
-            halo_connection: sn.config.halo_connection.clone(),
-            halo_ticket_id: ticket_id,
-            servicenow: sn.key(),
-            table: table.to_owned(),
-            sys_id: sys_id.to_owned(),
+            ticket_connection: sn.config.halo_connection.clone(),
+            ticket_id,
+            remote: sn.key(),
+            remote_table: table.to_owned(),
+            remote_id: sys_id.to_owned(),
             number: text(record, "number"),
-            created_by: LinkOrigin::Servicenow,
+            created_by: LinkOrigin::Remote,
             created_at_ms: now,
             updated_at_ms: now,
         };
@@ -447,7 +447,7 @@ impl SyncBack {
             let work_note = entry.element == "work_notes";
             let kind = if work_note { "work note" } else { "comment" };
             let mut action = json!({
-                "ticket_id": link.halo_ticket_id,
+                "ticket_id": link.ticket_id,
                 "note": format!("{FROM_SERVICENOW}{number} {kind} by {}]\n{}", entry.author, entry.value),
                 "hiddenfromuser": work_note,
                 "sendemail": false,

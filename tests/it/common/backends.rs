@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use haloflow::storage::{PostgresStorage, SqliteStorage, Storage};
+use haloflow::storage::{PostgresStorage, SqliteStorage, Storage, StorageError};
 use sqlx::Connection;
 
 /// The server's maintenance database; override with `HALOFLOW_TEST_POSTGRES`.
@@ -75,25 +75,45 @@ impl Drop for TestDatabase {
 pub struct Backend {
     pub name: &'static str,
     pub storage: Arc<dyn Storage>,
+    /// The same storage as its own type, for what only the backend types offer.
+    concrete: Concrete,
     _dir: Option<tempfile::TempDir>,
     _database: Option<TestDatabase>,
+}
+
+enum Concrete {
+    Sqlite(Arc<SqliteStorage>),
+    Postgres(Arc<PostgresStorage>),
+}
+
+impl Backend {
+    /// The backend's `release_lease` (not part of the storage traits: the runtime never
+    /// gives a lease back).
+    pub async fn release_lease(&self, name: &str, owner: &str) -> Result<(), StorageError> {
+        match &self.concrete {
+            Concrete::Sqlite(s) => s.release_lease(name, owner).await,
+            Concrete::Postgres(s) => s.release_lease(name, owner).await,
+        }
+    }
 }
 
 /// SQLite in a temporary file, and PostgreSQL in a fresh database when a server answers.
 pub async fn backends() -> Vec<Backend> {
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = SqliteStorage::open_dir(dir.path()).await.unwrap();
+    let sqlite = Arc::new(SqliteStorage::open_dir(dir.path()).await.unwrap());
     let mut all = vec![Backend {
         name: "sqlite",
-        storage: Arc::new(sqlite),
+        storage: sqlite.clone(),
+        concrete: Concrete::Sqlite(sqlite),
         _dir: Some(dir),
         _database: None,
     }];
     if let Some(database) = TestDatabase::create().await {
-        let postgres = PostgresStorage::connect(&database.url).await.unwrap();
+        let postgres = Arc::new(PostgresStorage::connect(&database.url).await.unwrap());
         all.push(Backend {
             name: "postgres",
-            storage: Arc::new(postgres),
+            storage: postgres.clone(),
+            concrete: Concrete::Postgres(postgres),
             _dir: None,
             _database: Some(database),
         });

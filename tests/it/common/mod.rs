@@ -3,6 +3,7 @@
 pub mod backends;
 pub mod cli;
 pub mod processes;
+pub mod progress;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -286,10 +286,9 @@ fn default_flood_control(
     let settings = loaded
         .values()
         .map(|l| (l.flow.id(), &l.flow.document.trigger.flood_control));
-    if storage.is_shared() {
-        Arc::new(DatabaseFloodControl::new(storage.clone(), settings))
-    } else {
-        Arc::new(MemoryFloodControl::new(settings, clock.clone()))
+    match storage.clone().flood_store() {
+        Some(store) => Arc::new(DatabaseFloodControl::new(store, settings)),
+        None => Arc::new(MemoryFloodControl::new(settings, clock.clone())),
     }
 }
 

@@ -1,5 +1,6 @@
 //! The one interface through which an integration plugs into the core: the config section it
-//! owns, the connections it builds, the steps it adds, the HTTP routes it serves and the
+//! owns, the connections it builds, the steps it adds, the HTTP routes it serves (public ones,
+//! and API ones behind the API's guard), the metric families it adds to `/metrics` and the
 //! background jobs it runs. Halo (`haloflow::halo::Halo`) and ServiceNow
 //! (`haloflow::servicenow::ServiceNow`) use it exactly as an embedder's integration does; the
 //! core knows neither.
@@ -45,8 +46,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use axum::Router;
+pub use futures_core::future::BoxFuture;
 
-use super::Engine;
+use super::{Engine, Exposition};
 use crate::config::{Config, ConfigError, ConfigProblem, Problems};
 use crate::connections::{Connections, ConnectionsBuilder, MissingSecret, Needed};
 use crate::flow::ValidatedFlow;
@@ -92,6 +94,23 @@ pub trait Integration: Send + Sync + 'static {
     /// HTTP routes merged into the public router ([`crate::server::router`]), e.g. a webhook.
     fn routes(&self) -> Router<Engine> {
         Router::new()
+    }
+
+    /// HTTP routes merged into the API, behind the API's guard (its credentials, or the admin
+    /// listener), e.g. a read of the integration's own state under `/api/<name>`.
+    fn api_routes(&self) -> Router<Engine> {
+        Router::new()
+    }
+
+    /// Adds this integration's metric families to a `/metrics` scrape. It may read storage
+    /// (hence a future; `Box::pin(async move { .. })`); a read that fails should add its
+    /// families empty rather than fail the scrape.
+    fn expose_metrics<'a>(
+        &'a self,
+        _engine: &'a Engine,
+        _exposition: &'a mut Exposition,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
     }
 
     /// Starts its background jobs; [`Engine::start`] calls it once the engine serves.
@@ -237,6 +256,18 @@ impl Integrations {
     /// The first integration's [`Integration::sample_payload`] for `flow`.
     pub fn sample_payload(&self, flow: &ValidatedFlow) -> Option<serde_json::Value> {
         self.list.iter().find_map(|i| i.sample_payload(flow))
+    }
+
+    /// Every integration's API routes, merged (the caller puts them behind the API's guard).
+    pub fn api_routes(&self) -> Router<Engine> {
+        (self.list.iter()).fold(Router::new(), |routes, i| routes.merge(i.api_routes()))
+    }
+
+    /// Every integration's metric families, in registration order.
+    pub async fn expose_metrics(&self, engine: &Engine, exposition: &mut Exposition) {
+        for integration in &self.list {
+            integration.expose_metrics(engine, exposition).await;
+        }
     }
 
     /// Starts every integration's background jobs.

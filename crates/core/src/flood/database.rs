@@ -10,11 +10,11 @@ use async_trait::async_trait;
 
 use super::{Admission, FloodControl};
 use crate::flow::FloodControlDef;
-use crate::storage::{Storage, StorageError, now_ms};
+use crate::storage::{FloodStore, Storage, StorageError, now_ms};
 
 #[derive(Debug)]
 pub(crate) struct DatabaseFloodControl {
-    storage: Arc<dyn Storage>,
+    storage: Arc<dyn FloodStore>,
     settings: RwLock<HashMap<String, FloodControlDef>>,
     /// Keys per flow as of the last sweep (for `/metrics`).
     keys: Arc<Mutex<Vec<(String, usize)>>>,
@@ -22,7 +22,7 @@ pub(crate) struct DatabaseFloodControl {
 
 impl DatabaseFloodControl {
     pub fn new<'a>(
-        storage: Arc<dyn Storage>,
+        storage: Arc<dyn FloodStore>,
         flows: impl IntoIterator<Item = (&'a str, &'a FloodControlDef)>,
     ) -> Self {
         DatabaseFloodControl {

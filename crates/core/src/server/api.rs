@@ -26,7 +26,8 @@ pub(super) async fn health(State(engine): State<Engine>) -> Response {
     }
 }
 
-fn limit(params: &HashMap<String, String>) -> Result<u32, ApiError> {
+/// The `limit` query parameter of a listing: 1 to 1000, 50 when not given.
+pub fn limit(params: &HashMap<String, String>) -> Result<u32, ApiError> {
     match params.get("limit") {
         None => Ok(50),
         Some(text) => text
@@ -53,14 +54,6 @@ fn time_param(params: &HashMap<String, String>, name: &str) -> Result<Option<i64
             format!("{name}: `{text}` is not a time; use RFC 3339 (2026-11-23T10:00:00Z) or unix milliseconds"),
         )
     })
-}
-
-pub(super) fn internal(e: impl std::fmt::Display) -> ApiError {
-    tracing::error!(error = %e, "Run history query failed; check the database (server.database_url).");
-    ApiError::new(
-        ErrorCode::StorageUnavailable,
-        "the run history could not be read; try again",
-    )
 }
 
 pub(super) async fn runs(
@@ -92,7 +85,7 @@ pub(super) async fn runs(
             .storage()
             .list_runs(&filter)
             .await
-            .map_err(internal)?;
+            .map_err(ApiError::storage_read)?;
         let next = next_cursor(&mut runs, limit, |r| (r.created_at_ms, &r.id));
         Ok::<_, ApiError>(Json(json!({"runs": runs, "next_cursor": next})))
     }
@@ -140,7 +133,7 @@ pub(super) async fn run(State(engine): State<Engine>, Path(run_id): Path<String>
         Ok(None) => {
             ApiError::new(ErrorCode::NotFound, format!("no run with id `{run_id}`")).into_response()
         }
-        Err(e) => internal(e).into_response(),
+        Err(e) => ApiError::storage_read(e).into_response(),
     }
 }
 
@@ -164,7 +157,7 @@ pub(super) async fn replay(
         Err(ReplayError::NotFound(_)) => {
             ApiError::new(ErrorCode::NotFound, format!("no run with id `{run_id}`")).into_response()
         }
-        Err(ReplayError::Storage(e)) => internal(e).into_response(),
+        Err(ReplayError::Storage(e)) => ApiError::storage_read(e).into_response(),
         Err(e) => ApiError::new(ErrorCode::InvalidReplay, e.to_string()).into_response(),
     }
 }
@@ -192,23 +185,6 @@ fn replay_from(body: &[u8]) -> Result<ReplayFrom, ApiError> {
         _ => Err(bad(
             "body: send {\"from_step\": \"<id>\"}, {\"from\": \"trigger\"} or nothing (from the failed step)".to_owned(),
         )),
-    }
-}
-
-/// `GET /api/integrator`: the last scan of each ServiceNow instance.
-pub(super) async fn integrator(State(engine): State<Engine>) -> Response {
-    match engine.storage().scans().await {
-        Ok(scans) => {
-            let scans: Vec<_> = scans
-                .into_iter()
-                .map(|(connection, started, finished, result)| {
-                    json!({"connection": connection, "started_at_ms": started,
-                           "finished_at_ms": finished, "result": result})
-                })
-                .collect();
-            Json(json!({"scans": scans})).into_response()
-        }
-        Err(e) => internal(e).into_response(),
     }
 }
 
@@ -251,7 +227,7 @@ pub(super) async fn requests(
             .storage()
             .list_requests(&filter)
             .await
-            .map_err(internal)?;
+            .map_err(ApiError::storage_read)?;
         let next = next_cursor(&mut requests, limit, |r| (r.received_at_ms, &r.id));
         let requests: Vec<Value> = requests.iter().map(with_verdict).collect();
         Ok::<_, ApiError>(Json(json!({"requests": requests, "next_cursor": next})))
@@ -286,7 +262,10 @@ pub(super) async fn metrics(
     run_counts(&engine, &mut exposition).await;
     storage_writes(&engine, &mut exposition);
     engine.metrics().expose(&mut exposition);
-    integrator_scans(&engine, &mut exposition).await;
+    engine
+        .integrations()
+        .expose_metrics(&engine, &mut exposition)
+        .await;
     exposition.gauge(
         "haloflow_flood_control_keys",
         "Correlation keys held by flood control.",
@@ -352,43 +331,6 @@ fn storage_writes(engine: &Engine, exposition: &mut Exposition) {
         "haloflow_storage_commits",
         "Database transactions the writes were committed in (group commit), since start.",
         [(Vec::new(), stats.commits)],
-    );
-}
-
-/// When each ServiceNow instance's last integrator scan finished, and what it read.
-async fn integrator_scans(engine: &Engine, exposition: &mut Exposition) {
-    let scans = engine.storage().scans().await.unwrap_or_default();
-    exposition.float_gauge(
-        "haloflow_integrator_last_scan_timestamp_seconds",
-        "When each ServiceNow instance's last integrator scan finished (unix seconds).",
-        (scans.iter()).map(|(connection, _, finished, _)| {
-            (
-                Exposition::labels([("connection", connection)]),
-                *finished as f64 / 1000.0,
-            )
-        }),
-    );
-    let mut samples = Vec::new();
-    for (connection, _, _, result) in &scans {
-        let count = |name: &str| result[name].as_u64().unwrap_or(0);
-        for (kind, value) in [
-            ("records", count("records")),
-            ("created", count("created")),
-            ("updated", count("updated")),
-            ("notes", count("notes")),
-            (
-                "errors",
-                result["errors"].as_array().map_or(0, Vec::len) as u64,
-            ),
-        ] {
-            let labels = [("connection", connection.as_str()), ("kind", kind)];
-            samples.push((Exposition::labels(labels), value as i64));
-        }
-    }
-    exposition.gauge(
-        "haloflow_integrator_last_scan_records",
-        "Records the last integrator scan of each instance read, and its errors.",
-        samples,
     );
 }
 

@@ -96,6 +96,15 @@ impl ApiError {
             retry_after: None,
         }
     }
+
+    /// A read of stored state failed: the cause is logged, the client gets 503 and no detail.
+    pub fn storage_read(error: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %error, "Run history query failed; check the database (server.database_url).");
+        ApiError::new(
+            ErrorCode::StorageUnavailable,
+            "the run history could not be read; try again",
+        )
+    }
 }
 
 impl IntoResponse for ApiError {

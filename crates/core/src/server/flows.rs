@@ -9,7 +9,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::api::internal;
 use super::error::{ApiError, ErrorCode};
 use super::trigger::accept_error;
 use crate::engine::Engine;
@@ -24,7 +23,7 @@ pub(super) async fn flows(State(engine): State<Engine>) -> Response {
     let since = crate::storage::now_ms() - DAY_MS;
     let counts = match engine.storage().run_counts(Some(since)).await {
         Ok(counts) => counts,
-        Err(e) => return internal(e).into_response(),
+        Err(e) => return ApiError::storage_read(e).into_response(),
     };
     let mut recent: HashMap<&str, Value> = HashMap::new();
     for count in &counts {

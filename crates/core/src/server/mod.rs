@@ -16,6 +16,7 @@ use std::sync::Arc;
 use axum::routing::{get, post};
 use axum::{Router, middleware};
 
+pub use api::limit as limit_param;
 pub use error::{ApiError, ErrorCode};
 pub use rejections::{Rejected, Rejections, UNKNOWN};
 pub use trigger::answer as accepted_answer;
@@ -74,12 +75,11 @@ fn metrics_routes() -> Router<Engine> {
         .route("/metrics", get(api::metrics))
 }
 
-/// The API behind its guard, and the console signing in to it; `/metrics` too unless
-/// `server.metrics_public`.
+/// The API behind its guard (the integrations' API routes too), and the console signing in
+/// to it; `/metrics` too unless `server.metrics_public`.
 fn api_routes(engine: &Engine, open: bool) -> Router<Engine> {
     let guarded = Router::new()
         .route("/api/session", get(console::session))
-        .route("/api/integrator", get(api::integrator))
         .route("/api/flows", get(flows::flows))
         .route("/api/flows/reload", post(flows::reload))
         .route("/api/flows/{flow_id}/setup", get(flows::setup))
@@ -87,7 +87,8 @@ fn api_routes(engine: &Engine, open: bool) -> Router<Engine> {
         .route("/api/runs", get(api::runs))
         .route("/api/runs/{run_id}", get(api::run))
         .route("/api/runs/{run_id}/replay", post(api::replay))
-        .route("/api/requests", get(api::requests));
+        .route("/api/requests", get(api::requests))
+        .merge(engine.integrations().api_routes());
     let public_metrics = engine.server_config().metrics_public;
     let guarded = if public_metrics {
         guarded

@@ -1,8 +1,9 @@
 //! Persistence of trigger requests, runs and their steps, links and sync state.
 //!
 //! The contract is a handful of focused traits ([`RunStore`], [`LeaseStore`], [`LinkStore`],
-//! [`SyncStore`], [`FloodStore`], [`Backend`]); [`Storage`] is all of them, the one object
-//! callers hold (`Arc<dyn Storage>`). [`open`] picks the backend from [`StorageSettings`]:
+//! [`SyncStore`], [`Backend`]); [`Storage`] is all of them, the one object callers hold
+//! (`Arc<dyn Storage>`). A backend several nodes share also keeps flood control
+//! ([`FloodStore`], handed out by [`Backend::flood_store`]). [`open`] picks the backend from [`StorageSettings`]:
 //! SQLite, the embedded default, or PostgreSQL for several nodes. Both backends run the same
 //! statements (`sql`, `shared`), each with its own migrations folder; the driver stays inside
 //! this module ([`StorageError`] carries an opaque [`BackendError`]).
@@ -38,16 +39,14 @@ pub use error::{BackendError, StorageError};
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStorage;
 pub use records::{
-    AttemptOutcome, AttemptRecord, Cursor, FloodRecord, Link, LinkOrigin, NewRequest, NewRun,
-    NewSuppressed, Progress, RequestFilter, RequestRecord, RunCount, RunDetail, RunFilter,
-    RunFinish, RunStatus, RunSummary, StepOutcome, StepRunRecord, StepStart, StepStatus,
-    SyncFailure, Verdict, WriteStats,
+    AttemptOutcome, AttemptRecord, Cursor, FloodRecord, Link, LinkCursor, LinkFilter, LinkOrigin,
+    LinkPage, NewRequest, NewRun, NewSuppressed, Progress, RequestFilter, RequestRecord, RunCount,
+    RunDetail, RunFilter, RunFinish, RunStatus, RunSummary, StepOutcome, StepRunRecord, StepStart,
+    StepStatus, SyncFailure, Verdict, WriteStats,
 };
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStorage;
-pub use stores::{
-    Backend, FloodStore, LeaseStore, LinkStore, RunStore, RunStoreExt, Storage, SyncStore,
-};
+pub use stores::{Backend, FloodStore, LeaseStore, LinkStore, RunStore, Storage, SyncStore};
 
 /// Where the run history lives. [`open`] reads it; the CLI fills it from `--data`,
 /// `--database` (`HALOFLOW_DATABASE_URL`) and `[server]`.
@@ -161,7 +160,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = open(&StorageSettings::new(dir.path(), None)).await.unwrap();
         storage.ping().await.unwrap();
-        assert!(!storage.is_shared());
+        assert!(storage.flood_store().is_none(), "flood control in memory");
         assert!(
             dir.path().join(DATABASE_FILE).exists(),
             "SQLite in the data directory"

@@ -3,6 +3,8 @@
 //! runs against both), and flood-control state kept in the database so every node sees the
 //! same counts.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
@@ -34,6 +36,12 @@ impl PostgresStorage {
             .map_err(database)?;
         MIGRATOR.run(&pool).await.map_err(migration)?;
         Ok(PostgresStorage { pool })
+    }
+
+    /// Gives the named lease back at once (the runtime lets leases expire; for tools and
+    /// tests).
+    pub async fn release_lease(&self, name: &str, owner: &str) -> Result<(), StorageError> {
+        super::shared::release_lease(self, name, owner).await
     }
 }
 
@@ -106,8 +114,9 @@ impl Backend for PostgresStorage {
         self.fetch_all("SELECT 1", Vec::new()).await.map(drop)
     }
 
-    fn is_shared(&self) -> bool {
-        true
+    /// Several nodes share it: flood control lives in it.
+    fn flood_store(self: Arc<Self>) -> Option<Arc<dyn FloodStore>> {
+        Some(self)
     }
 }
 

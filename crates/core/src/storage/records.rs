@@ -362,20 +362,21 @@ pub struct AttemptRecord {
     pub exchanges: Vec<ExchangeRecord>,
 }
 
-/// Which side created the linked pair: the ticket's (`Halo`) or the remote record's
-/// (`Servicenow`). The names are the stored and serialized ones.
+/// Which side created the linked pair: the ticket's (its record was created from the ticket)
+/// or the remote record's (the ticket was created from it). The names are the stored and
+/// serialized ones (`ticket`, `remote`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LinkOrigin {
-    Halo,
-    Servicenow,
+    Ticket,
+    Remote,
 }
 
 impl LinkOrigin {
     pub fn as_str(self) -> &'static str {
         match self {
-            LinkOrigin::Halo => "halo",
-            LinkOrigin::Servicenow => "servicenow",
+            LinkOrigin::Ticket => "ticket",
+            LinkOrigin::Remote => "remote",
         }
     }
 }
@@ -385,31 +386,121 @@ impl LinkOrigin {
 pub struct SyncFailure {
     pub table: String,
     /// The record's id in the remote system.
-    pub sys_id: String,
+    pub record_id: String,
     pub attempts: u32,
     pub last_error: String,
     pub updated_at_ms: i64,
 }
 
 /// The 1-1 pairing of a ticket with a record in a remote system. The field names are the
-/// stored columns and the serialized form, older than the split into integrations.
+/// stored columns and the serialized form.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Link {
     /// The connection the ticket lives in.
-    pub halo_connection: String,
+    pub ticket_connection: String,
     /// The ticket's id there.
-    pub halo_ticket_id: i64,
+    pub ticket_id: i64,
     /// The remote connection the record lives in (e.g. `customers/<client id>`).
-    pub servicenow: String,
+    pub remote: String,
     /// The remote table the record is in.
-    pub table: String,
+    pub remote_table: String,
     /// The record's id in the remote system.
-    pub sys_id: String,
+    pub remote_id: String,
     /// The record's readable number, when it has one.
     pub number: Option<String>,
     pub created_by: LinkOrigin,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+}
+
+/// Which links [`LinkStore::list_links`](super::LinkStore::list_links) lists: newest first
+/// (by creation), one page at a time.
+#[derive(Debug, Clone, Default)]
+pub struct LinkFilter {
+    /// Only links to records of this remote connection.
+    pub remote: Option<String>,
+    /// Only links of tickets with this id (in any ticket connection).
+    pub ticket_id: Option<i64>,
+    /// The page's size: 1 to [`LinkFilter::MAX_LIMIT`], 50 when not given (kept in range).
+    pub limit: Option<u32>,
+    /// Only links after this cursor in the order, i.e. the page after the one that returned
+    /// it ([`LinkPage::next_cursor`]).
+    pub before: Option<LinkCursor>,
+}
+
+impl LinkFilter {
+    /// The largest page.
+    pub const MAX_LIMIT: u32 = 1000;
+}
+
+/// One page of links, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LinkPage {
+    pub links: Vec<Link>,
+    /// Where the next page starts ([`LinkFilter::before`]); `None` on the last page.
+    pub next_cursor: Option<LinkCursor>,
+}
+
+/// A position in the order links are listed in: a link's creation time and ticket (the keyset
+/// the listing pages by, so a page never repeats or skips links written meanwhile). Written as
+/// text, `<created at ms>.<ticket id>.<ticket connection>` ([`LinkCursor::parse`]); clients
+/// pass it back as they got it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkCursor {
+    pub created_at_ms: i64,
+    pub ticket_id: i64,
+    pub ticket_connection: String,
+}
+
+impl LinkCursor {
+    /// The cursor just after `link`.
+    pub fn after(link: &Link) -> Self {
+        LinkCursor {
+            created_at_ms: link.created_at_ms,
+            ticket_id: link.ticket_id,
+            ticket_connection: link.ticket_connection.clone(),
+        }
+    }
+
+    /// Reads the text [`LinkCursor`]'s `Display` writes; `None` for anything else (numbers of
+    /// 1 to 18 digits with an optional `-`, a connection of one line).
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.splitn(3, '.');
+        let (created, ticket, connection) = (parts.next()?, parts.next()?, parts.next()?);
+        let line_break = |c: char| matches!(c, '\n' | '\r' | '\u{2028}' | '\u{2029}');
+        if connection.is_empty() || connection.contains(line_break) {
+            return None;
+        }
+        Some(LinkCursor {
+            created_at_ms: cursor_number(created)?,
+            ticket_id: cursor_number(ticket)?,
+            ticket_connection: connection.to_owned(),
+        })
+    }
+}
+
+/// A cursor's number: an optional `-` and 1 to 18 digits (what always fits an `i64`).
+fn cursor_number(text: &str) -> Option<i64> {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    let plain = (1..=18).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit());
+    plain.then(|| text.parse().ok()).flatten()
+}
+
+impl std::fmt::Display for LinkCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let LinkCursor {
+            created_at_ms,
+            ticket_id,
+            ticket_connection,
+        } = self;
+        write!(f, "{created_at_ms}.{ticket_id}.{ticket_connection}")
+    }
+}
+
+impl Serialize for LinkCursor {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 /// A run's status count, for `/metrics`.
@@ -426,4 +517,33 @@ pub struct RunCount {
 pub struct WriteStats {
     pub writes: u64,
     pub commits: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_cursor_reads_back_what_it_writes_and_nothing_else() {
+        let cursor = LinkCursor {
+            created_at_ms: 1_700_000_000_000,
+            ticket_id: -4,
+            ticket_connection: "eu.halo".into(),
+        };
+        assert_eq!(cursor.to_string(), "1700000000000.-4.eu.halo");
+        assert_eq!(LinkCursor::parse(&cursor.to_string()), Some(cursor));
+        for text in [
+            "",
+            "banana",
+            "1.5",
+            "1.2.",
+            "+1.2.x",
+            "1.+2.x",
+            "1..x",
+            "1.2.a\nb",
+            "1234567890123456789.1.x",
+        ] {
+            assert_eq!(LinkCursor::parse(text), None, "{text:?}");
+        }
+    }
 }

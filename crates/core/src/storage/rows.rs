@@ -142,16 +142,16 @@ pub(super) fn flood_record(row: &impl Columns) -> Result<FloodRecord, StorageErr
 
 pub(super) fn link(row: &impl Columns) -> Result<Link, StorageError> {
     Ok(Link {
-        halo_connection: row.text("halo_connection")?,
-        halo_ticket_id: row.int("halo_ticket_id")?,
-        servicenow: row.text("servicenow")?,
-        table: row.text("table_name")?,
-        sys_id: row.text("sys_id")?,
+        ticket_connection: row.text("ticket_connection")?,
+        ticket_id: row.int("ticket_id")?,
+        remote: row.text("remote")?,
+        remote_table: row.text("remote_table")?,
+        remote_id: row.text("remote_id")?,
         number: row.text_opt("number")?,
-        created_by: if row.text("created_by")? == "servicenow" {
-            LinkOrigin::Servicenow
+        created_by: if row.text("created_by")? == LinkOrigin::Remote.as_str() {
+            LinkOrigin::Remote
         } else {
-            LinkOrigin::Halo
+            LinkOrigin::Ticket
         },
         created_at_ms: row.int("created_at_ms")?,
         updated_at_ms: row.int("updated_at_ms")?,
@@ -161,7 +161,7 @@ pub(super) fn link(row: &impl Columns) -> Result<Link, StorageError> {
 pub(super) fn sync_failure(row: &impl Columns) -> Result<SyncFailure, StorageError> {
     Ok(SyncFailure {
         table: row.text("table_name")?,
-        sys_id: row.text("sys_id")?,
+        record_id: row.text("record_id")?,
         attempts: u32::try_from(row.int("attempts")?).unwrap_or(u32::MAX),
         last_error: row.text("last_error")?,
         updated_at_ms: row.int("updated_at_ms")?,
@@ -179,7 +179,7 @@ pub(super) fn run_count(row: &impl Columns) -> Result<RunCount, StorageError> {
 /// A scan as (remote, started, finished, result).
 pub(super) fn scan(row: &impl Columns) -> Result<(String, i64, i64, Value), StorageError> {
     Ok((
-        row.text("servicenow")?,
+        row.text("remote")?,
         row.int("started_at_ms")?,
         row.int("finished_at_ms")?,
         parse_json(row.text_opt("result")?, "scan result")?.unwrap_or(Value::Null),

@@ -10,9 +10,10 @@ use super::rows::{
 };
 use super::sql::{self, Arg, Sql, Statement, args};
 use super::{
-    AttemptRecord, FloodRecord, LeaseStore, Link, LinkStore, NewRequest, NewRun, NewSuppressed,
-    Progress, RequestFilter, RequestRecord, RunCount, RunDetail, RunFilter, RunStore, RunSummary,
-    StepOutcome, StepRunRecord, StepStart, StorageError, SyncFailure, SyncStore,
+    AttemptRecord, FloodRecord, LeaseStore, Link, LinkCursor, LinkFilter, LinkPage, LinkStore,
+    NewRequest, NewRun, NewSuppressed, Progress, RequestFilter, RequestRecord, RunCount, RunDetail,
+    RunFilter, RunStore, RunSummary, StepOutcome, StepRunRecord, StepStart, StorageError,
+    SyncFailure, SyncStore,
 };
 
 /// Listings without a limit show this many.
@@ -355,23 +356,18 @@ impl<B: Sql> LeaseStore for B {
         let args = args![name, owner, until_ms, now_ms];
         Ok(self.execute(sql::TRY_LEASE, args).await? == 1)
     }
-
-    async fn release_lease(&self, name: &str, owner: &str) -> Result<(), StorageError> {
-        let args = args![name, owner];
-        self.execute(sql::RELEASE_LEASE, args).await.map(drop)
-    }
 }
 
 #[async_trait]
 impl<B: Sql> LinkStore for B {
     async fn save_link(&self, link: &Link) -> Result<Option<Link>, StorageError> {
-        let (connection, ticket) = (link.halo_connection.as_str(), link.halo_ticket_id);
-        let (remote, record) = (link.servicenow.as_str(), link.sys_id.as_str());
+        let (connection, ticket) = (link.ticket_connection.as_str(), link.ticket_id);
+        let (remote, record) = (link.remote.as_str(), link.remote_id.as_str());
         let save = args![
             connection,
             ticket,
             remote,
-            link.table.as_str(),
+            link.remote_table.as_str(),
             record,
             link.number.as_deref(),
             link.created_by.as_str(),
@@ -409,6 +405,26 @@ impl<B: Sql> LinkStore for B {
         let args = args![remote, record_id];
         let row = self.fetch_optional(sql::LINK_FOR_RECORD, args).await?;
         row.as_ref().map(link_row).transpose()
+    }
+
+    async fn list_links(&self, filter: &LinkFilter) -> Result<LinkPage, StorageError> {
+        let limit = (filter.limit.unwrap_or(DEFAULT_LIMIT)).clamp(1, LinkFilter::MAX_LIMIT);
+        let before = filter.before.as_ref();
+        let args = args![
+            filter.remote.as_deref(),
+            filter.ticket_id,
+            before.map(|c| c.created_at_ms),
+            before.map(|c| c.ticket_connection.as_str()),
+            before.map(|c| c.ticket_id),
+            // One more than the page: whether there is a next one.
+            i64::from(limit) + 1,
+        ];
+        let rows = self.fetch_all(sql::LIST_LINKS, args).await?;
+        let mut links = rows.iter().map(link_row).collect::<Result<Vec<_>, _>>()?;
+        let more = links.len() > limit as usize;
+        links.truncate(limit as usize);
+        let next_cursor = links.last().filter(|_| more).map(LinkCursor::after);
+        Ok(LinkPage { links, next_cursor })
     }
 }
 
@@ -483,10 +499,10 @@ impl<B: Sql> SyncStore for B {
         rows.iter().map(scan).collect()
     }
 
-    async fn integrator_start(&self, remote: &str, at_ms: i64) -> Result<i64, StorageError> {
+    async fn first_scan_start(&self, remote: &str, at_ms: i64) -> Result<i64, StorageError> {
         let args = args![remote, at_ms];
-        self.execute(sql::RECORD_INTEGRATOR_START, args).await?;
-        let row = self.fetch_one(sql::INTEGRATOR_START, args![remote]).await?;
+        self.execute(sql::RECORD_FIRST_SCAN_START, args).await?;
+        let row = self.fetch_one(sql::FIRST_SCAN_START, args![remote]).await?;
         row.int("started_at_ms")
     }
 
@@ -514,4 +530,15 @@ impl<B: Sql> SyncStore for B {
         let rows = self.fetch_all(sql::SYNC_FAILURES, args![remote]).await?;
         rows.iter().map(sync_failure).collect()
     }
+}
+
+/// Gives the named lease back, so another owner can take it at once: each backend's
+/// `release_lease` (nothing in the runtime gives a lease back; leases expire).
+pub(super) async fn release_lease<B: Sql>(
+    backend: &B,
+    name: &str,
+    owner: &str,
+) -> Result<(), StorageError> {
+    let args = args![name, owner];
+    backend.execute(sql::RELEASE_LEASE, args).await.map(drop)
 }

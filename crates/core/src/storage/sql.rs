@@ -220,14 +220,14 @@ macro_rules! step_columns {
 /// The columns `rows::link` reads.
 macro_rules! link_columns {
     () => {
-        "halo_connection, halo_ticket_id, servicenow, table_name, sys_id, number, created_by, created_at_ms, updated_at_ms"
+        "ticket_connection, ticket_id, remote, remote_table, remote_id, number, created_by, created_at_ms, updated_at_ms"
     };
 }
 
 /// The columns `rows::sync_failure` reads.
 macro_rules! failure_columns {
     () => {
-        "table_name, sys_id, attempts, last_error, updated_at_ms"
+        "table_name, record_id, attempts, last_error, updated_at_ms"
     };
 }
 
@@ -516,105 +516,119 @@ pub(super) const TRY_LEASE: &str = "INSERT INTO leases (name, owner, until_ms) V
 /// name, owner.
 pub(super) const RELEASE_LEASE: &str = "DELETE FROM leases WHERE name = $1 AND owner = $2";
 
-// Links. The columns keep the names of the first integration that used them.
+// Links.
 
 /// A ticket's link (batchable): connection, ticket id.
 pub(super) const LINK_FOR_TICKET: &str = concat!(
     "SELECT ",
     link_columns!(),
-    " FROM links WHERE halo_connection = ? AND halo_ticket_id = ?"
+    " FROM links WHERE ticket_connection = ? AND ticket_id = ?"
 );
 
 /// A record's link: remote, record id.
 pub(super) const LINK_FOR_RECORD: &str = concat!(
     "SELECT ",
     link_columns!(),
-    " FROM links WHERE servicenow = $1 AND sys_id = $2"
+    " FROM links WHERE remote = $1 AND remote_id = $2"
+);
+
+/// remote, ticket id, before (created at, ticket connection, ticket id), limit. Newest first;
+/// a page starts after its cursor (keyset paging).
+pub(super) const LIST_LINKS: &str = concat!(
+    "SELECT ",
+    link_columns!(),
+    " FROM links
+     WHERE ($1 IS NULL OR remote = $1) AND ($2 IS NULL OR ticket_id = $2)
+       AND ($3 IS NULL OR (created_at_ms, ticket_connection, ticket_id) < ($3, $4, $5))
+     ORDER BY created_at_ms DESC, ticket_connection DESC, ticket_id DESC LIMIT $6"
 );
 
 /// 1-1: the record loses any other ticket's link (batchable): remote, record id, connection,
 /// ticket id.
-pub(super) const UNLINK_RECORD: &str = "DELETE FROM links WHERE servicenow = ? AND sys_id = ?
-       AND NOT (halo_connection = ? AND halo_ticket_id = ?)";
+pub(super) const UNLINK_RECORD: &str = "DELETE FROM links WHERE remote = ? AND remote_id = ?
+       AND NOT (ticket_connection = ? AND ticket_id = ?)";
 
 /// Batchable: connection, ticket id, remote, table, record id, number, created by, created
 /// at, updated at.
 pub(super) const SAVE_LINK: &str =
-    "INSERT INTO links (halo_connection, halo_ticket_id, servicenow, table_name, sys_id, number,
+    "INSERT INTO links (ticket_connection, ticket_id, remote, remote_table, remote_id, number,
                         created_by, created_at_ms, updated_at_ms)
      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-     ON CONFLICT (halo_connection, halo_ticket_id) DO UPDATE SET
-        servicenow = excluded.servicenow, table_name = excluded.table_name,
-        sys_id = excluded.sys_id, number = excluded.number, created_by = excluded.created_by,
-        created_at_ms = CASE WHEN links.sys_id = excluded.sys_id THEN links.created_at_ms
+     ON CONFLICT (ticket_connection, ticket_id) DO UPDATE SET
+        remote = excluded.remote, remote_table = excluded.remote_table,
+        remote_id = excluded.remote_id, number = excluded.number, created_by = excluded.created_by,
+        created_at_ms = CASE WHEN links.remote_id = excluded.remote_id THEN links.created_at_ms
                              ELSE excluded.created_at_ms END,
         updated_at_ms = excluded.updated_at_ms";
 
-// Sync state. The `servicenow` columns hold the remote connection.
+// Sync state, per remote connection (`remote`).
 
 /// remote, record id, version, at.
 pub(super) const CLAIM_SYNC_EVENT: &str =
-    "INSERT INTO sync_events (servicenow, sys_id, version, received_at_ms) VALUES ($1, $2, $3, $4)
+    "INSERT INTO sync_events (remote, record_id, version, received_at_ms) VALUES ($1, $2, $3, $4)
      ON CONFLICT DO NOTHING";
 
 /// remote, record id, version.
 pub(super) const RELEASE_SYNC_EVENT: &str =
-    "DELETE FROM sync_events WHERE servicenow = $1 AND sys_id = $2 AND version = $3";
+    "DELETE FROM sync_events WHERE remote = $1 AND record_id = $2 AND version = $3";
 
 /// remote, note id, at.
 pub(super) const CLAIM_NOTE: &str =
-    "INSERT INTO synced_notes (servicenow, journal_sys_id, synced_at_ms) VALUES ($1, $2, $3)
+    "INSERT INTO synced_notes (remote, note_id, synced_at_ms) VALUES ($1, $2, $3)
      ON CONFLICT DO NOTHING";
 
 /// remote, note id.
-pub(super) const RELEASE_NOTE: &str =
-    "DELETE FROM synced_notes WHERE servicenow = $1 AND journal_sys_id = $2";
+pub(super) const RELEASE_NOTE: &str = "DELETE FROM synced_notes WHERE remote = $1 AND note_id = $2";
 
 /// remote, table.
 pub(super) const WATERMARK: &str =
-    "SELECT watermark FROM integrator_watermarks WHERE servicenow = $1 AND table_name = $2";
+    "SELECT watermark FROM scan_watermarks WHERE remote = $1 AND table_name = $2";
 
 /// remote, table, watermark.
 pub(super) const SET_WATERMARK: &str =
-    "INSERT INTO integrator_watermarks (servicenow, table_name, watermark) VALUES ($1, $2, $3)
-     ON CONFLICT (servicenow, table_name) DO UPDATE SET watermark = excluded.watermark";
+    "INSERT INTO scan_watermarks (remote, table_name, watermark) VALUES ($1, $2, $3)
+     ON CONFLICT (remote, table_name) DO UPDATE SET watermark = excluded.watermark";
 
 /// remote, started at, finished at, result.
-pub(super) const RECORD_SCAN: &str = "INSERT INTO integrator_scans (servicenow, started_at_ms, finished_at_ms, result) VALUES ($1, $2, $3, $4)
-     ON CONFLICT (servicenow) DO UPDATE SET started_at_ms = excluded.started_at_ms,
+pub(super) const RECORD_SCAN: &str =
+    "INSERT INTO sync_scans (remote, started_at_ms, finished_at_ms, result) VALUES ($1, $2, $3, $4)
+     ON CONFLICT (remote) DO UPDATE SET started_at_ms = excluded.started_at_ms,
         finished_at_ms = excluded.finished_at_ms, result = excluded.result";
 
-pub(super) const SCANS: &str = "SELECT servicenow, started_at_ms, finished_at_ms, result FROM integrator_scans ORDER BY servicenow";
+pub(super) const SCANS: &str =
+    "SELECT remote, started_at_ms, finished_at_ms, result FROM sync_scans ORDER BY remote";
 
 /// remote, at.
-pub(super) const RECORD_INTEGRATOR_START: &str = "INSERT INTO integrator_starts (servicenow, started_at_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING";
+pub(super) const RECORD_FIRST_SCAN_START: &str =
+    "INSERT INTO first_scan_starts (remote, started_at_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING";
 
 /// remote.
-pub(super) const INTEGRATOR_START: &str =
-    "SELECT started_at_ms FROM integrator_starts WHERE servicenow = $1";
+pub(super) const FIRST_SCAN_START: &str =
+    "SELECT started_at_ms FROM first_scan_starts WHERE remote = $1";
 
 /// remote, record id, table, error, at.
-pub(super) const RECORD_SYNC_FAILURE: &str = "INSERT INTO integrator_failures (servicenow, sys_id, table_name, attempts, last_error, updated_at_ms)
+pub(super) const RECORD_SYNC_FAILURE: &str =
+    "INSERT INTO sync_failures (remote, record_id, table_name, attempts, last_error, updated_at_ms)
      VALUES ($1, $2, $3, 1, $4, $5)
-     ON CONFLICT (servicenow, sys_id) DO UPDATE SET attempts = integrator_failures.attempts + 1,
+     ON CONFLICT (remote, record_id) DO UPDATE SET attempts = sync_failures.attempts + 1,
         last_error = excluded.last_error, updated_at_ms = excluded.updated_at_ms";
 
 /// remote, record id.
 pub(super) const SYNC_FAILURE: &str = concat!(
     "SELECT ",
     failure_columns!(),
-    " FROM integrator_failures WHERE servicenow = $1 AND sys_id = $2"
+    " FROM sync_failures WHERE remote = $1 AND record_id = $2"
 );
 
 /// remote, record id.
 pub(super) const CLEAR_SYNC_FAILURE: &str =
-    "DELETE FROM integrator_failures WHERE servicenow = $1 AND sys_id = $2";
+    "DELETE FROM sync_failures WHERE remote = $1 AND record_id = $2";
 
 /// remote.
 pub(super) const SYNC_FAILURES: &str = concat!(
     "SELECT ",
     failure_columns!(),
-    " FROM integrator_failures WHERE servicenow = $1 ORDER BY updated_at_ms, sys_id"
+    " FROM sync_failures WHERE remote = $1 ORDER BY updated_at_ms, record_id"
 );
 
 #[cfg(test)]

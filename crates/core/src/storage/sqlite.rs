@@ -16,7 +16,7 @@ use super::error::{database, migration, write_error};
 use super::group_commit::{GroupCommit, Work};
 use super::rows::columns_for;
 use super::sql::{Arg, Dialect, Sql, Statement, arguments};
-use super::{Backend, DATABASE_FILE, FloodStore, StorageError, WriteStats};
+use super::{Backend, DATABASE_FILE, StorageError, WriteStats};
 use crate::config::Durability;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -84,6 +84,12 @@ impl SqliteStorage {
     pub async fn open_url_with(url: &str, durability: Durability) -> Result<Self, StorageError> {
         let options = SqliteConnectOptions::from_str(url).map_err(database)?;
         SqliteStorage::open(options, durability).await
+    }
+
+    /// Gives the named lease back at once (the runtime lets leases expire; for tools and
+    /// tests).
+    pub async fn release_lease(&self, name: &str, owner: &str) -> Result<(), StorageError> {
+        super::shared::release_lease(self, name, owner).await
     }
 
     async fn open(
@@ -274,9 +280,6 @@ impl Backend for SqliteStorage {
         self.writer.as_ref().map(GroupCommit::stats)
     }
 }
-
-/// Never shared by several nodes: flood control lives in memory.
-impl FloodStore for SqliteStorage {}
 
 #[cfg(test)]
 mod tests {

@@ -3,17 +3,19 @@
 //! method is callable without importing the traits; on a backend's own type, import the trait
 //! (or `haloflow::prelude::*`).
 //!
-//! A backend of your own implements each trait; [`Storage`] then comes with them.
+//! A backend of your own implements each trait; [`Storage`] then comes with them. Only a
+//! backend several nodes may share implements [`FloodStore`] too.
 
 use std::fmt;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::Value;
 
 use super::{
-    AttemptRecord, FloodRecord, Link, NewRequest, NewRun, NewSuppressed, Progress, RequestFilter,
-    RequestRecord, RunCount, RunDetail, RunFilter, RunFinish, RunStatus, RunSummary, StepOutcome,
-    StepRunRecord, StepStart, StorageError, SyncFailure, WriteStats,
+    AttemptRecord, FloodRecord, Link, LinkFilter, LinkPage, NewRequest, NewRun, NewSuppressed,
+    Progress, RequestFilter, RequestRecord, RunCount, RunDetail, RunFilter, RunSummary,
+    StepRunRecord, StorageError, SyncFailure, WriteStats,
 };
 use crate::admission::Admission;
 
@@ -21,20 +23,12 @@ use crate::admission::Admission;
 /// the focused traits (nothing to write for it): [`SqliteStorage`](super::SqliteStorage),
 /// [`PostgresStorage`](super::PostgresStorage), or a backend of your own.
 pub trait Storage:
-    RunStore + LeaseStore + LinkStore + SyncStore + FloodStore + Backend + fmt::Debug + 'static
+    RunStore + LeaseStore + LinkStore + SyncStore + Backend + fmt::Debug + 'static
 {
 }
 
 impl<T> Storage for T where
-    T: RunStore
-        + LeaseStore
-        + LinkStore
-        + SyncStore
-        + FloodStore
-        + Backend
-        + fmt::Debug
-        + 'static
-        + ?Sized
+    T: RunStore + LeaseStore + LinkStore + SyncStore + Backend + fmt::Debug + 'static + ?Sized
 {
 }
 
@@ -110,82 +104,6 @@ pub trait RunStore: Send + Sync {
     async fn run_counts(&self, since_ms: Option<i64>) -> Result<Vec<RunCount>, StorageError>;
 }
 
-/// One part of a run's progress at a time: each method is [`RunStore::record_progress`] with
-/// only that part (the engine writes a step's end with the next step's start). For tests and
-/// tools; every [`RunStore`] has them.
-#[async_trait]
-pub trait RunStoreExt: RunStore {
-    /// A run starts: only that part.
-    async fn start_run(&self, run_id: &str, at_ms: i64) -> Result<(), StorageError> {
-        let progress = Progress {
-            run_started_at_ms: Some(at_ms),
-            ..Progress::default()
-        };
-        self.record_progress(run_id, &progress).await
-    }
-    /// A run ends: only that part.
-    async fn finish_run(
-        &self,
-        run_id: &str,
-        status: RunStatus,
-        failure: Option<(&str, &str)>,
-        at_ms: i64,
-    ) -> Result<(), StorageError> {
-        let finish = RunFinish {
-            status,
-            failure,
-            at_ms,
-        };
-        let progress = Progress {
-            run_finished: Some(finish),
-            ..Progress::default()
-        };
-        self.record_progress(run_id, &progress).await
-    }
-    /// Attempt `attempt` of a step is about to send (its intent, before any request leaves;
-    /// earlier attempts stay in the attempt log): only that part.
-    #[allow(clippy::too_many_arguments)]
-    async fn start_step(
-        &self,
-        run_id: &str,
-        step_id: &str,
-        position: usize,
-        step_type: &str,
-        inputs: &Value,
-        attempt: u32,
-        at_ms: i64,
-    ) -> Result<(), StorageError> {
-        let start = StepStart {
-            step_id,
-            position,
-            step_type,
-            inputs,
-            attempt,
-            at_ms,
-        };
-        let progress = Progress {
-            step_started: Some(start),
-            ..Progress::default()
-        };
-        self.record_progress(run_id, &progress).await
-    }
-    /// A step ends: only that part.
-    async fn finish_step(
-        &self,
-        run_id: &str,
-        step_id: &str,
-        outcome: &StepOutcome,
-    ) -> Result<(), StorageError> {
-        let progress = Progress {
-            step_finished: Some((step_id, outcome)),
-            ..Progress::default()
-        };
-        self.record_progress(run_id, &progress).await
-    }
-}
-
-impl<T: RunStore + ?Sized> RunStoreExt for T {}
-
 /// Who works on what, when several nodes share the database: claims on runs, and named leases
 /// for work one node at a time does. Each is atomic: two nodes never both get it.
 #[async_trait]
@@ -226,8 +144,6 @@ pub trait LeaseStore: Send + Sync {
         until_ms: i64,
         now_ms: i64,
     ) -> Result<bool, StorageError>;
-    /// Gives the named lease back, so another owner can take it at once.
-    async fn release_lease(&self, name: &str, owner: &str) -> Result<(), StorageError>;
 }
 
 /// Links: each joins a ticket (a connection and a ticket id) with one record of a remote
@@ -247,6 +163,8 @@ pub trait LinkStore: Send + Sync {
         remote: &str,
         record_id: &str,
     ) -> Result<Option<Link>, StorageError>;
+    /// Links, newest first (by creation, then ticket), one page of `filter.limit` at a time.
+    async fn list_links(&self, filter: &LinkFilter) -> Result<LinkPage, StorageError>;
 }
 
 /// What syncing from a remote system remembers, per remote connection (`remote`): which
@@ -299,7 +217,7 @@ pub trait SyncStore: Send + Sync {
     async fn scans(&self) -> Result<Vec<(String, i64, i64, Value)>, StorageError>;
     /// Records `at_ms` as when scanning `remote` started, unless a start is recorded already;
     /// returns the recorded start.
-    async fn integrator_start(&self, remote: &str, at_ms: i64) -> Result<i64, StorageError>;
+    async fn first_scan_start(&self, remote: &str, at_ms: i64) -> Result<i64, StorageError>;
     /// Counts one failed attempt to sync a record in a scan; returns the attempts so far.
     async fn record_sync_failure(
         &self,
@@ -315,32 +233,25 @@ pub trait SyncStore: Send + Sync {
     async fn sync_failures(&self, remote: &str) -> Result<Vec<SyncFailure>, StorageError>;
 }
 
-/// Flood control kept in the database, for several nodes ([`Backend::is_shared`]). A backend
-/// that is never shared keeps the defaults, which answer [`StorageError::Unsupported`]: flood
-/// control then lives in memory.
+/// Flood control kept in the database, for several nodes sharing it: only a backend that may
+/// be shared implements it, and hands it out through [`Backend::flood_store`].
 #[async_trait]
-pub trait FloodStore: Send + Sync {
+pub trait FloodStore: Send + Sync + fmt::Debug {
     /// Decides one event of `request_id` under `key` atomically per key, by the rule of
     /// [`crate::admission`].
     async fn flood_admit(
         &self,
-        _flow_id: &str,
-        _key: &str,
-        _request_id: &str,
-        _now_ms: i64,
-        _window_ms: i64,
-        _max_requests: u32,
-    ) -> Result<Admission, StorageError> {
-        Err(StorageError::Unsupported("flood control in the database"))
-    }
+        flow_id: &str,
+        key: &str,
+        request_id: &str,
+        now_ms: i64,
+        window_ms: i64,
+        max_requests: u32,
+    ) -> Result<Admission, StorageError>;
     /// Forgets flood-control keys idle since before `idle_before_ms`; returns how many.
-    async fn flood_sweep(&self, _idle_before_ms: i64) -> Result<u64, StorageError> {
-        Err(StorageError::Unsupported("flood control in the database"))
-    }
+    async fn flood_sweep(&self, idle_before_ms: i64) -> Result<u64, StorageError>;
     /// Flood-control keys held in the database, per flow.
-    async fn flood_keys(&self) -> Result<Vec<(String, usize)>, StorageError> {
-        Err(StorageError::Unsupported("flood control in the database"))
-    }
+    async fn flood_keys(&self) -> Result<Vec<(String, usize)>, StorageError>;
 }
 
 /// The database itself: whether it answers, whether nodes share it, how it commits.
@@ -348,10 +259,11 @@ pub trait FloodStore: Send + Sync {
 pub trait Backend: Send + Sync {
     /// A cheap query that proves the database answers.
     async fn ping(&self) -> Result<(), StorageError>;
-    /// True when several nodes may share this database: flood control then lives in it
-    /// ([`FloodStore`]).
-    fn is_shared(&self) -> bool {
-        false
+    /// The database's flood control when several nodes may share it (flood control must
+    /// then live in it); `None` for a database one node has to itself, whose flood control
+    /// lives in memory.
+    fn flood_store(self: Arc<Self>) -> Option<Arc<dyn FloodStore>> {
+        None
     }
     /// Writes and the commits they took, for a backend that groups commits; `None` otherwise.
     fn write_stats(&self) -> Option<WriteStats> {

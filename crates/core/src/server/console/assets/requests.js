@@ -159,9 +159,9 @@ async function linksTable(out) {
   fill(out, h("table", { class: "list" },
     h("thead", {}, h("tr", {}, ["Halo ticket", "ServiceNow record", "Created by", "Created", "Updated"].map((c) => h("th", { scope: "col" }, c)))),
     h("tbody", {}, links.map((l) => h("tr", {},
-      h("td", {}, h("span", { class: "mono" }, `${l.halo_connection} #${l.halo_ticket_id}`)),
-      h("td", {}, h("span", { class: "mono" }, `${l.number ?? l.sys_id} (${l.table}, ${l.servicenow})`)),
-      h("td", {}, l.created_by),
+      h("td", {}, h("span", { class: "mono" }, `${l.ticket_connection} #${l.ticket_id}`)),
+      h("td", {}, h("span", { class: "mono" }, `${l.number ?? l.remote_id} (${l.remote_table}, ${l.remote})`)),
+      h("td", {}, l.created_by === "ticket" ? "Halo" : "ServiceNow"),
       h("td", {}, time(l.created_at_ms)),
       h("td", {}, time(l.updated_at_ms)))))));
 }
