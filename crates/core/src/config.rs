@@ -284,10 +284,11 @@ fn default_run_lease_secs() -> u64 {
 }
 
 impl ServerConfig {
-    /// The node name used in run claims.
+    /// The node name used in run claims; never empty (an empty name means the default).
     pub fn node_id(&self) -> String {
         self.node_id
             .clone()
+            .filter(|id| !id.is_empty())
             .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
             .unwrap_or_else(|| "haloflow".to_owned())
     }

@@ -95,7 +95,10 @@ impl Engine {
             }
             let asked = slots.len();
             self.inner.waiting.store(false, Ordering::SeqCst);
-            let (found, started) = self.start_claimable(slots).await.inspect_err(|_| {
+            // Only runs no node holds: this node's own are resumed by
+            // `resume_unfinished_runs`, so a look reads no more rows than it has slots.
+            let found = self.start_claimable(slots, false).await;
+            let (found, started) = found.inspect_err(|_| {
                 self.inner.waiting.store(true, Ordering::SeqCst);
             })?;
             if found < asked {
@@ -109,19 +112,24 @@ impl Engine {
         Ok(())
     }
 
-    /// Claims and starts the oldest unfinished runs no live node holds, one per slot (unused
-    /// slots are given back). Returns how many such runs were found (at most one per slot)
-    /// and how many started here.
+    /// Claims and starts the oldest unfinished runs no live node holds (with `own`, this
+    /// node's too: after a restart), one per slot (unused slots are given back). Returns how
+    /// many such runs were found (at most one per slot) and how many started here.
     pub(super) async fn start_claimable(
         &self,
         slots: Vec<Slot>,
+        own: bool,
     ) -> Result<(usize, usize), StorageError> {
         let storage = &self.inner.storage;
         let node = &self.inner.node_id;
-        // The runs executing here are this node's and come back too: ask for them on top.
-        let limit = slots.len() + self.running_here();
+        // The runs executing here are this node's and come back too: ask for them on top. No
+        // node is named "" (see `ServerConfig::node_id`).
+        let (owner, limit) = match own {
+            true => (node.as_str(), slots.len() + self.running_here()),
+            false => ("", slots.len()),
+        };
         let claimable = storage
-            .claimable_runs(node, now_ms(), limit.min(u32::MAX as usize) as u32)
+            .claimable_runs(owner, now_ms(), limit.min(u32::MAX as usize) as u32)
             .await?;
         let mut slots = slots.into_iter();
         let (mut found, mut started) = (0, 0);
