@@ -130,7 +130,8 @@ pub mod storage {
         AttemptOutcome, AttemptRecord, Cursor, FloodRecord, Link, LinkCursor, LinkFilter,
         LinkOrigin, LinkPage, NewRequest, NewRun, NewSuppressed, Progress, RequestFilter,
         RequestRecord, RunCount, RunDetail, RunFilter, RunFinish, RunStatus, RunSummary,
-        StepOutcome, StepRunRecord, StepStart, StepStatus, SyncFailure, Verdict, WriteStats,
+        StepOutcome, StepRunRecord, StepStart, StepStatus, SyncFailure, Verdict, WriteQueue,
+        WriteStats,
     };
     pub use haloflow_core::storage::{BackendError, StorageError, StorageSettings, open};
 }

@@ -2,6 +2,7 @@
 //! cannot take is refused with 503 (Halo sends it again) rather than half accepted.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::common::{Harness, Options, sample_payload};
@@ -10,17 +11,19 @@ use haloflow::storage::{
     AttemptRecord, Backend, BackendError, FloodRecord, LeaseStore, Link, LinkFilter, LinkPage,
     LinkStore, NewRequest, NewRun, NewSuppressed, Progress, RequestFilter, RequestRecord, RunCount,
     RunDetail, RunFilter, RunStore, RunSummary, SqliteStorage, StepRunRecord, Storage,
-    StorageError, SyncFailure, SyncStore,
+    StorageError, SyncFailure, SyncStore, WriteQueue,
 };
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-/// SQLite with a gate in front of `accept_request`: it waits for a permit, or fails.
+/// SQLite with a gate in front of `accept_request`: it waits for a permit, or fails; and a
+/// write queue reported as far behind while `behind` is set.
 #[derive(Debug)]
 struct Gated {
     inner: Arc<SqliteStorage>,
     gate: Arc<Semaphore>,
     fail: bool,
+    behind: Arc<AtomicBool>,
 }
 
 #[async_trait]
@@ -266,12 +269,32 @@ impl Backend for Gated {
     async fn ping(&self) -> Result<(), StorageError> {
         self.inner.ping().await
     }
+    fn write_queue(&self) -> Option<WriteQueue> {
+        let real = self.inner.write_queue();
+        match self.behind.load(Ordering::SeqCst) {
+            true => real.map(|q| WriteQueue {
+                waiting: q.capacity,
+                ..q
+            }),
+            false => real,
+        }
+    }
 }
 
 fn gated(gate: Arc<Semaphore>, fail: bool) -> Options {
+    gated_behind(gate, fail, Arc::default())
+}
+
+fn gated_behind(gate: Arc<Semaphore>, fail: bool, behind: Arc<AtomicBool>) -> Options {
     Options {
         wrap_storage: Some(Box::new(move |inner| {
-            Arc::new(Gated { inner, gate, fail }) as Arc<dyn Storage>
+            let gated = Gated {
+                inner,
+                gate,
+                fail,
+                behind,
+            };
+            Arc::new(gated) as Arc<dyn Storage>
         })),
         ..Options::default()
     }
@@ -361,4 +384,41 @@ async fn in_process_a_delivery_seen_before_is_reported_with_its_first_request() 
         again.accepted.duplicates[0].first_request_id,
         first.accepted.request_id
     );
+}
+
+/// The one overload that turns a request away: the database's write queue too far behind.
+/// The answer is 503 with Retry-After, nothing is stored, and once the queue drains the same
+/// webhook is accepted.
+#[tokio::test]
+async fn a_database_that_cannot_keep_up_answers_503_with_retry_after_and_stores_nothing() {
+    let behind = Arc::new(AtomicBool::new(true));
+    let gate = Arc::new(Semaphore::new(Semaphore::MAX_PERMITS));
+    let h = Harness::start_with(gated_behind(gate, false, behind.clone())).await;
+    let payload = sample_payload("halo-new-ticket.json");
+    let response = (h.client.post(h.escalate_url("ops")).json(&payload))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], "overloaded", "{answer}");
+    let storage = h.engine.storage();
+    let stored = storage.list_requests(&RequestFilter::default()).await;
+    assert!(stored.unwrap().is_empty(), "nothing was stored");
+    let metrics = (h.client.get(format!("{}/metrics", h.api)).send().await)
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("haloflow_storage_write_queue 4096"),
+        "{metrics}"
+    );
+
+    behind.store(false, Ordering::SeqCst);
+    let (status, answer) = h.post_json(&h.escalate_url("ops"), &payload).await;
+    assert_eq!(status, 202, "{answer}");
+    let run = h.wait(answer["run_ids"][0].as_str().unwrap()).await;
+    assert_eq!(run.summary.status, haloflow::storage::RunStatus::Succeeded);
 }

@@ -170,3 +170,47 @@ async fn runs_replay_on_the_command_line() {
     assert_eq!(replay["steps"][0]["reused_from"], json!(run_id));
     world.assert_exactly_once(&replay);
 }
+
+/// Runs queued for a free slot live in the database: a crash while they wait loses none, and
+/// the restarted server runs every one, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_with_runs_queued_for_a_slot_loses_none() {
+    let world = World::with_server_settings("max_active_runs = 1").await;
+    let hold = Hold::new();
+    world.partner.inject(
+        "POST",
+        "/api/Tickets",
+        Fault::HoldBeforeProcessing(hold.clone()),
+        1,
+    );
+    let server = world.serve().await;
+    let mut run_ids = vec![world.webhook(&server).await];
+    hold.arrived().await;
+    for ticket_id in 7001..=7005 {
+        let mut payload = crate::common::sample_payload("halo-new-ticket.json");
+        payload["object_id"] = json!(ticket_id);
+        let mut ticket = payload["ticket"].clone();
+        ticket["id"] = json!(ticket_id);
+        world.halo.insert_ticket(ticket);
+        let (status, answer) = world.send(&server, &payload).await;
+        assert_eq!(status, 202, "{answer}");
+        run_ids.push(answer["run_ids"][0].as_str().unwrap().to_owned());
+    }
+    for run_id in &run_ids[1..] {
+        assert_eq!(world.run(&server, run_id).await["status"], "queued");
+    }
+    server.kill();
+
+    let server = world.serve().await;
+    for run_id in &run_ids {
+        let run = world.finished(&server, run_id).await;
+        assert_eq!(run["status"], "succeeded", "{run:#}");
+    }
+    assert_eq!(
+        world.partner.tickets().len(),
+        run_ids.len(),
+        "one ticket per run"
+    );
+    assert_eq!(world.partner.actions().len(), run_ids.len());
+    server.kill();
+}

@@ -221,3 +221,44 @@ fn trigger_url(server: &Server) -> String {
         crate::common::ESCALATE_KEY
     )
 }
+
+/// Runs queued on a node without a free slot are not tied to it: another node with room takes
+/// them (each once), while the first node's only run still waits on Halo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_nodes_queued_runs_run_on_a_node_with_room() {
+    let Some(database) = TestDatabase::create().await else {
+        return;
+    };
+    // The default claim (60 s): node 0's held run is never taken over.
+    let world = World::with_server_settings("max_active_runs = 1").await;
+    let mut servers = nodes(&world, &database, 1).await;
+    let hold = Hold::new();
+    world.partner.inject(
+        "POST",
+        "/api/Tickets",
+        Fault::HoldBeforeProcessing(hold.clone()),
+        1,
+    );
+    let (status, first) = world.send(&servers[0], &payload(&world, 6500)).await;
+    assert_eq!(status, 202, "{first}");
+    hold.arrived().await;
+    let mut queued = Vec::new();
+    for i in 1..=4 {
+        let (status, answer) = world.send(&servers[0], &payload(&world, 6500 + i)).await;
+        assert_eq!(status, 202, "{answer}");
+        queued.push(answer["run_ids"][0].as_str().unwrap().to_owned());
+    }
+    // A second node starts, finds the queued runs and runs them while node 0's one slot is
+    // still held.
+    let args = ["--database", &database.url, "--node-id", "node-1"];
+    servers.push(world.serve_with(&args).await);
+    wait_all(&world, &servers[1], &queued).await;
+    hold.release();
+    let mut run_ids = vec![first["run_ids"][0].as_str().unwrap().to_owned()];
+    run_ids.extend(queued);
+    wait_all(&world, &servers[0], &run_ids).await;
+    assert_one_ticket_per_run(&world, &run_ids);
+    for server in servers {
+        server.kill();
+    }
+}

@@ -562,8 +562,32 @@ async fn halo_requests_are_paced_under_its_rolling_window() {
     assert!(statuses.contains(&RunStatus::Failed));
 }
 
+/// How many webhooks the burst tests send beyond the one that holds the only slot.
+const BURST: i64 = 24;
+
+/// A new-ticket webhook for `ticket_id`, its source ticket in the Halo emulator.
+fn ticket_payload(h: &Harness, ticket_id: i64) -> Value {
+    let mut payload = sample_payload("halo-new-ticket.json");
+    payload["object_id"] = json!(ticket_id);
+    let mut ticket = payload["ticket"].clone();
+    ticket["id"] = json!(ticket_id);
+    h.halo.insert_ticket(ticket);
+    payload
+}
+
+/// Ticket creates the partner Halo received.
+fn ticket_posts(h: &Harness) -> usize {
+    let calls = api_calls(&h.partner).into_iter();
+    calls
+        .filter(|(method, path, _)| method == "POST" && path.eq_ignore_ascii_case("/api/Tickets"))
+        .count()
+}
+
+/// Executing load never turns a webhook away (Halo does not send a failed delivery again):
+/// with one run executing and no slot left, a burst is stored whole and waits in the
+/// database, then runs one at a time, oldest first, each once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_server_answers_503_with_retry_after_and_stores_nothing() {
+async fn a_burst_beyond_max_active_runs_is_accepted_whole_and_runs_one_at_a_time() {
     let h = Harness::start_with(Options {
         configure: |config| config.server.max_active_runs = 1,
         ..Options::default()
@@ -578,38 +602,81 @@ async fn a_full_server_answers_503_with_retry_after_and_stores_nothing() {
     );
     let first = escalate_ticket(&h, 9100).await;
     hold.arrived().await;
-    let mut payload = sample_payload("halo-new-ticket.json");
-    payload["object_id"] = json!(9101);
-    let response = h
-        .client
-        .post(h.escalate_url("ops"))
-        .json(&payload)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 503);
-    assert_eq!(response.headers()["retry-after"], "1");
-    let error: Value = response.json().await.unwrap();
-    assert_eq!(error["error"]["code"], "overloaded");
-    let stored = h
-        .engine
-        .storage()
-        .list_requests(&haloflow::storage::RequestFilter::default())
-        .await
-        .unwrap();
-    assert_eq!(stored.len(), 1, "the turned-away request was not stored");
-    hold.release();
-    h.wait(first["run_ids"][0].as_str().unwrap()).await;
-    // Room again: the same webhook sent again (as Retry-After says) is accepted.
-    let mut status = 0;
-    for _ in 0..50 {
-        status = h.post_json(&h.escalate_url("ops"), &payload).await.0;
-        if status != 503 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut sends = Vec::new();
+    for ticket_id in 9101..=9100 + BURST {
+        let payload = ticket_payload(&h, ticket_id);
+        let (client, url) = (h.client.clone(), h.escalate_url("ops"));
+        sends.push(tokio::spawn(async move {
+            let response = client.post(url).json(&payload).send().await.unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        }));
     }
-    assert_eq!(status, 202);
+    let mut run_ids = vec![first["run_ids"][0].as_str().unwrap().to_owned()];
+    for send in sends {
+        let (status, answer) = send.await.unwrap();
+        assert_eq!(status, 202, "{answer}");
+        run_ids.push(answer["run_ids"][0].as_str().unwrap().to_owned());
+    }
+    let storage = h.engine.storage();
+    let requests = (storage.list_requests(&Default::default()).await).unwrap();
+    assert_eq!(
+        requests.len(),
+        1 + BURST as usize,
+        "every webhook is stored"
+    );
+    let runs = storage.list_runs(&Default::default()).await.unwrap();
+    let queued = runs.iter().filter(|r| r.status == RunStatus::Queued);
+    assert_eq!(queued.count(), BURST as usize, "{runs:#?}");
+    assert_eq!(h.engine.active_runs(), 1);
+    assert!(ticket_posts(&h) <= 1, "only the held run has started");
+
+    hold.release();
+    let mut finished = Vec::new();
+    for run_id in &run_ids {
+        finished.push(h.wait(run_id).await);
+    }
+    for run in &finished {
+        assert_eq!(run.summary.status, RunStatus::Succeeded, "{run:#?}");
+    }
+    let tickets = h.partner.tickets();
+    assert_eq!(tickets.len(), 1 + BURST as usize, "one ticket per run");
+    let created: HashSet<_> = (finished.iter())
+        .map(|r| r.steps[0].outputs.as_ref().unwrap()["ticket_id"].clone())
+        .collect();
+    assert_eq!(
+        created.len(),
+        tickets.len(),
+        "no run created a ticket twice"
+    );
+    assert_eq!(
+        ticket_posts(&h),
+        1 + BURST as usize,
+        "no create was sent twice"
+    );
+    assert_one_at_a_time_oldest_first(finished.iter().map(|r| &r.summary).collect());
+}
+
+/// Each run started after the one before it finished, in the order they were stored.
+fn assert_one_at_a_time_oldest_first(mut runs: Vec<&haloflow::storage::RunSummary>) {
+    runs.sort_by_key(|r| r.started_at_ms);
+    for pair in runs.windows(2) {
+        let (before, after) = (pair[0], pair[1]);
+        assert!(
+            after.started_at_ms >= before.finished_at_ms,
+            "{} started before {} finished",
+            after.id,
+            before.id
+        );
+        assert!(
+            (after.created_at_ms, &after.id) > (before.created_at_ms, &before.id),
+            "{} (stored later) started before {}",
+            before.id,
+            after.id
+        );
+    }
 }
 
 /// One attempt only: the last attempt is the first.

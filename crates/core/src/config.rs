@@ -186,8 +186,9 @@ pub struct ServerConfig {
     /// data directory. `--database` and `HALOFLOW_DATABASE_URL` override it.
     #[serde(default)]
     pub database_url: Option<String>,
-    /// The most runs executing at once in this process; above it the trigger answers 503 with
-    /// Retry-After (nothing is stored), so a burst waits in Halo's retries instead of memory.
+    /// The most runs executing at once in this process. It bounds execution, not acceptance:
+    /// runs accepted beyond it are stored `queued` and wait in the database (not in memory)
+    /// until a run ends and frees a slot, here or on another node sharing the database.
     #[serde(default = "default_max_active_runs")]
     pub max_active_runs: usize,
     /// SQLite: what an accepted request survives, `process_crash` (default) or `power_loss`
@@ -283,10 +284,11 @@ fn default_run_lease_secs() -> u64 {
 }
 
 impl ServerConfig {
-    /// The node name used in run claims.
+    /// The node name used in run claims; never empty (an empty name means the default).
     pub fn node_id(&self) -> String {
         self.node_id
             .clone()
+            .filter(|id| !id.is_empty())
             .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
             .unwrap_or_else(|| "haloflow".to_owned())
     }

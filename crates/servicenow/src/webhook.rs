@@ -29,7 +29,9 @@ use crate::sync_step::{check_name, flow_id};
 use crate::{ServiceNowConnections, Side, WebhookConfig};
 use haloflow_core::engine::{AcceptError, Engine};
 use haloflow_core::secrets::SecretStore;
-use haloflow_core::server::{ApiError, ErrorCode, Rejected, Rejections, UNKNOWN, accepted_answer};
+use haloflow_core::server::{
+    ApiError, ErrorCode, Rejected, Rejections, UNKNOWN, accepted_answer, overloaded,
+};
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
@@ -104,14 +106,9 @@ async fn accept(engine: &Engine, flow_id: &str, body: &[u8], named: &NamedRecord
             let answer = accepted_answer(&accepted);
             (StatusCode::ACCEPTED, Json(answer)).into_response()
         }
-        Err(AcceptError::Overloaded(active)) => {
-            tracing::warn!(%flow_id, active, "Overloaded: a ServiceNow webhook was turned away; ServiceNow may send it again and the integrator catches up. Raise server.max_active_runs if the machine has room.");
-            let mut error = ApiError::new(
-                ErrorCode::Overloaded,
-                "this server is running as many flows as it takes at once (server.max_active_runs); the webhook was not accepted, send it again",
-            );
-            error.retry_after = Some(1);
-            error.into_response()
+        Err(AcceptError::Overloaded(waiting)) => {
+            tracing::warn!(%flow_id, waiting, "The database cannot keep up: a ServiceNow webhook was turned away with 503 and Retry-After; ServiceNow may send it again and the integrator catches up. Check the disk (or the database server) and the write load.");
+            overloaded("webhook").into_response()
         }
         Err(e) => {
             tracing::error!(%flow_id, error = %e, "Could not store a ServiceNow webhook, which was answered 503; check the database (disk space, connection). The integrator catches the record up.");

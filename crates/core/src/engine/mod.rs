@@ -4,6 +4,7 @@
 mod builder;
 pub mod integration;
 mod metrics;
+mod queue;
 mod run;
 
 use std::sync::Arc;
@@ -114,8 +115,15 @@ struct Inner {
     retry: RetryConfig,
     retention: RetentionConfig,
     metrics: EngineMetrics,
-    /// Runs executing in this process, for a graceful shutdown.
+    /// Slots taken: runs executing in this process (at most `server.max_active_runs`, see
+    /// `queue`), watched for a graceful shutdown.
     active_runs: tokio::sync::watch::Sender<usize>,
+    /// Runs may wait in the database for a slot (see `queue`).
+    waiting: std::sync::atomic::AtomicBool,
+    /// The dispatcher that starts waiting runs was spawned.
+    dispatching: std::sync::atomic::AtomicBool,
+    /// Wakes the dispatcher: a run was queued or a slot freed.
+    wake: Arc<tokio::sync::Notify>,
     /// Runs executing in this process by id, so a run is never executed twice at once here.
     running: std::sync::Mutex<std::collections::HashSet<String>>,
     /// This node's name in run claims, and how long a claim holds.
@@ -230,8 +238,11 @@ pub enum AcceptError {
     Payload(PayloadProblem),
     #[error(transparent)]
     Storage(#[from] StorageError),
-    /// As many runs as `server.max_active_runs` are executing: come back later.
-    #[error("{0} runs are executing, the most this server takes at once; send it again shortly")]
+    /// The database cannot keep up: this many writes wait in its queue
+    /// ([`WriteQueue::refuses_requests`](crate::storage::WriteQueue::refuses_requests)).
+    /// Nothing was stored; come back later. Executing runs never cause it: runs beyond
+    /// `server.max_active_runs` wait in the database.
+    #[error("{0} writes wait for the database, more than it takes at once; send it again shortly")]
     Overloaded(usize),
 }
 
@@ -368,7 +379,7 @@ impl Engine {
         body_text: &str,
         body: Value,
     ) -> Result<Accepted, AcceptError> {
-        self.check_room()?;
+        self.check_storage()?;
         let events = trigger::events(body).map_err(AcceptError::Payload)?;
         match self.accept_events(flow, query, body_text, events).await {
             // The same delivery arrived twice at once: the other copy won; look again. The
@@ -394,19 +405,18 @@ impl Engine {
         body_text: &str,
         event: serde_json::Map<String, Value>,
     ) -> Result<Accepted, AcceptError> {
-        self.check_room()?;
+        self.check_storage()?;
         let query = TriggerQuery::default();
         self.accept_events(flow, &query, body_text, vec![event])
             .await
     }
 
-    /// `Overloaded` when as many runs as `server.max_active_runs` are executing.
-    fn check_room(&self) -> Result<(), AcceptError> {
-        let active = *self.inner.active_runs.borrow();
-        if active >= self.inner.server.max_active_runs {
-            return Err(AcceptError::Overloaded(active));
+    /// `Overloaded` while the database's write queue is too full to take another request.
+    fn check_storage(&self) -> Result<(), AcceptError> {
+        match self.inner.storage.write_queue() {
+            Some(queue) if queue.refuses_requests() => Err(AcceptError::Overloaded(queue.waiting)),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     async fn accept_events(
@@ -425,7 +435,7 @@ impl Engine {
             .sort_events(flow, query, (&request_id, received_at_ms), events)
             .await?;
         let Sorted {
-            runs,
+            mut runs,
             stored_suppressed,
             suppressed,
             duplicates,
@@ -443,6 +453,17 @@ impl Engine {
             event_count,
             outcome: None,
         };
+        // Runs without a slot are stored unclaimed, to start when one frees; behind runs
+        // already waiting, so the oldest start first.
+        let slots = if self.runs_are_waiting() {
+            Vec::new()
+        } else {
+            self.take_slots(runs.len())
+        };
+        for run in runs.iter_mut().skip(slots.len()) {
+            run.owner = None;
+            run.lease_until_ms = None;
+        }
         self.inner
             .storage
             .accept_request(&request, &runs, &stored_suppressed)
@@ -456,9 +477,13 @@ impl Engine {
         };
         TriggerCounters::count(counter);
         let run_ids = runs.iter().map(|r| r.id.clone()).collect();
-        for run in runs {
+        let queued = runs.len() > slots.len();
+        for (run, slot) in runs.into_iter().zip(slots) {
             // Just stored: no step has run, nothing to read back.
-            self.spawn_run(flow.clone(), run.id, run.trigger, claimed, true);
+            self.spawn_run(slot, flow.clone(), run.id, run.trigger, claimed, true);
+        }
+        if queued {
+            self.runs_wait();
         }
         Ok(Accepted {
             request_id,
@@ -634,12 +659,13 @@ impl Engine {
         }
     }
 
-    /// Executes a run in the background, unless this process is already executing it.
-    /// `claimed`: when this node's claim on the run was taken (no later than the moment its
+    /// Executes a run in the background in `slot`, unless this process is already executing
+    /// it. `claimed`: when this node's claim on the run was taken (no later than the moment its
     /// lease was computed), so the run knows how long the claim holds without renewing it.
     /// `fresh`: the run was just accepted, so it has no recorded steps to read back.
     fn spawn_run(
         &self,
+        slot: queue::Slot,
         flow: Arc<LoadedFlow>,
         run_id: String,
         trigger: Value,
@@ -655,7 +681,6 @@ impl Engine {
         {
             return false;
         }
-        self.inner.active_runs.send_modify(|n| *n += 1);
         let engine = self.clone();
         tokio::spawn(async move {
             let finished = engine
@@ -670,7 +695,8 @@ impl Engine {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&run_id);
-            engine.inner.active_runs.send_modify(|n| *n -= 1);
+            drop(slot);
+            engine.slot_freed();
             // Told last, so whoever waits for the run finds its room freed too.
             let _ = engine.inner.finished.send(run_id);
         });
@@ -678,44 +704,23 @@ impl Engine {
     }
 
     /// Continues every run no live node holds: runs a previous process (this node before a
-    /// restart, or a node whose claim expired) accepted and did not finish. Queued runs start;
-    /// interrupted ones resume after their last finished step. Returns how many started here.
+    /// restart, or a node whose claim expired) accepted and did not finish, and runs queued
+    /// for a free slot. Queued runs start; interrupted ones resume after their last finished
+    /// step. As many start as this node has free slots, oldest first; the rest start as slots
+    /// free. Returns how many started here.
     pub async fn resume_unfinished_runs(&self) -> Result<usize, StorageError> {
-        let storage = &self.inner.storage;
-        let node = &self.inner.node_id;
-        // Only as many as this node has room for; the rest wait for another tick or node.
-        let room = self
-            .inner
-            .server
-            .max_active_runs
-            .saturating_sub(*self.inner.active_runs.borrow());
-        let claimable = storage
-            .claimable_runs(node, now_ms(), room.min(1000) as u32)
-            .await?;
-        let mut resumed = 0;
-        for (run_id, flow_id) in claimable {
-            if self.is_running_here(&run_id) {
-                continue;
-            }
-            let Some(flow) = self.runnable_flow(&flow_id) else {
-                tracing::warn!(%run_id, %flow_id, "An unfinished run's flow is not loaded; it waits until the flow is back.");
-                continue;
-            };
-            let claimed = std::time::Instant::now();
-            if !storage
-                .claim_run(&run_id, node, self.lease_until(), now_ms())
-                .await?
-            {
-                continue; // another node was quicker
-            }
-            let Some(detail) = storage.get_run(&run_id).await? else {
-                continue;
-            };
-            if self.spawn_run(flow, run_id, detail.trigger, claimed, false) {
-                resumed += 1;
-            }
+        let slots = self.take_slots(1000);
+        let asked = slots.len();
+        if asked == 0 {
+            // No room to look with: a slot freed looks instead.
+            self.runs_wait();
+            return Ok(0);
         }
-        Ok(resumed)
+        let (found, started) = self.start_claimable(slots, true).await?;
+        if found == asked {
+            self.runs_wait(); // there may be more
+        }
+        Ok(started)
     }
 
     /// Starts the background work of a serving engine, after it is built and before it takes
@@ -781,6 +786,15 @@ impl Engine {
         });
     }
 
+    /// How many runs this process executes.
+    fn running_here(&self) -> usize {
+        self.inner
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
     fn is_running_here(&self, run_id: &str) -> bool {
         self.inner
             .running
@@ -844,7 +858,8 @@ impl Engine {
         storage
             .create_replay(&run, old.summary.request_id.as_deref(), run_id, &reused)
             .await?;
-        self.spawn_run(flow, run.id.clone(), run.trigger, claimed, false);
+        let slot = self.extra_slot();
+        self.spawn_run(slot, flow, run.id.clone(), run.trigger, claimed, false);
         Ok(run.id)
     }
 

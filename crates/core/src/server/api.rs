@@ -317,8 +317,21 @@ async fn run_counts(engine: &Engine, exposition: &mut Exposition) {
     );
 }
 
-/// Writes and group commits, for a database that counts them.
+/// Writes and group commits, for a database that counts them; runs executing and writes
+/// waiting, the two bounds on load.
 fn storage_writes(engine: &Engine, exposition: &mut Exposition) {
+    exposition.gauge(
+        "haloflow_active_runs",
+        "Runs executing in this process (at most server.max_active_runs; the rest wait in the database as queued runs).",
+        [(Vec::new(), engine.active_runs() as i64)],
+    );
+    if let Some(queue) = engine.storage().write_queue() {
+        exposition.gauge(
+            "haloflow_storage_write_queue",
+            "Writes waiting for the database writer; at three quarters of its capacity trigger requests are answered 503 with Retry-After.",
+            [(Vec::new(), queue.waiting as i64)],
+        );
+    }
     let Some(stats) = engine.storage().write_stats() else {
         return;
     };

@@ -20,6 +20,7 @@ pub use api::limit as limit_param;
 pub use error::{ApiError, ErrorCode};
 pub use rejections::{Rejected, Rejections, UNKNOWN};
 pub use trigger::answer as accepted_answer;
+pub use trigger::overloaded;
 
 use crate::engine::Engine;
 

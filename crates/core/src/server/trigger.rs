@@ -227,23 +227,31 @@ pub(super) fn accept_error(error: AcceptError, flow_id: &str) -> ApiError {
         AcceptError::UnknownFlow(id) => {
             ApiError::new(ErrorCode::UnknownFlow, format!("no flow with id `{id}`"))
         }
-        AcceptError::Overloaded(active) => {
-            tracing::warn!(flow_id = %flow_id, active, "Overloaded: a trigger request was turned away (Halo sends it again). Raise server.max_active_runs if the machine has room.");
-            let mut error = ApiError::new(
-                ErrorCode::Overloaded,
-                "this server is running as many flows as it takes at once (server.max_active_runs); the request was not accepted, send it again",
-            );
-            error.retry_after = Some(1);
-            error
+        AcceptError::Overloaded(waiting) => {
+            tracing::warn!(flow_id = %flow_id, waiting, "The database cannot keep up: a trigger request was turned away with 503 and Retry-After. Check the disk (or the database server) and the write load.");
+            overloaded("request")
         }
         AcceptError::Storage(e) => {
-            tracing::error!(flow_id = %flow_id, error = %e, "Could not store a trigger request, which was answered 503 (Halo sends it again); check the database (disk space, connection).");
+            tracing::error!(flow_id = %flow_id, error = %e, "Could not store a trigger request, which was answered 503 (Halo does not send it again on its own: re-send it from the webhook's Deliveries tab); check the database (disk space, connection).");
             ApiError::new(
                 ErrorCode::StorageUnavailable,
                 "the request could not be stored and was not accepted; send it again",
             )
         }
     }
+}
+
+/// The 503 answer for a request (or webhook: `what`) refused because the database's write
+/// queue is too full; nothing was stored.
+pub fn overloaded(what: &str) -> ApiError {
+    let mut error = ApiError::new(
+        ErrorCode::Overloaded,
+        format!(
+            "the database cannot keep up at the moment; the {what} was not stored, send it again after Retry-After"
+        ),
+    );
+    error.retry_after = Some(1);
+    error
 }
 
 /// The 202 body: request and run ids; for a suppressed request, the request it is listed under

@@ -17,7 +17,7 @@ use sqlx::SqliteConnection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::error::{BackendError, database};
-use super::{StorageError, WriteStats};
+use super::{StorageError, WriteQueue, WriteStats};
 
 /// The most writes committed in one transaction: bounds one batch's latency.
 const MAX_BATCH: usize = 512;
@@ -65,6 +65,15 @@ impl GroupCommit {
         WriteStats {
             writes: self.counters.writes.load(Ordering::Relaxed),
             commits: self.counters.commits.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Writes waiting for the writer (sent, not yet taken into a batch), of the most that
+    /// wait before callers wait for room.
+    pub(super) fn queue(&self) -> WriteQueue {
+        WriteQueue {
+            waiting: self.jobs.max_capacity() - self.jobs.capacity(),
+            capacity: self.jobs.max_capacity(),
         }
     }
 
@@ -402,6 +411,65 @@ mod tests {
             "300 concurrent writes took {} commits",
             stats.commits
         );
+    }
+
+    /// Holds the writer inside a write until `release` is sent; `started` says it is there.
+    fn blocking(started: oneshot::Sender<()>, release: oneshot::Receiver<()>) -> Work<()> {
+        Box::new(move |_conn| {
+            Box::pin(async move {
+                let _ = started.send(());
+                let _ = release.await;
+                Ok(())
+            })
+        })
+    }
+
+    /// Waits (without a clock) until `waiting` writes wait for the writer.
+    async fn until_waiting(writer: &GroupCommit, waiting: usize) {
+        while writer.queue().waiting < waiting {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_queue_refuses_requests_when_three_quarters_full_and_drains() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, pool) = open(dir.path()).await;
+        let (started, is_started) = oneshot::channel();
+        let (release, released) = oneshot::channel();
+        let held = tokio::spawn({
+            let writer = writer.clone();
+            async move { writer.write(false, blocking(started, released)).await }
+        });
+        is_started.await.unwrap();
+        let threshold = QUEUE - QUEUE / 4;
+        let mut tasks = Vec::new();
+        for k in 0..QUEUE as i64 {
+            if k as usize == threshold - 1 {
+                until_waiting(&writer, threshold - 1).await;
+                assert!(!writer.queue().refuses_requests(), "{:?}", writer.queue());
+            }
+            let writer = writer.clone();
+            tasks.push(tokio::spawn(async move {
+                writer.write(false, insert(k, Some("q"))).await
+            }));
+        }
+        until_waiting(&writer, QUEUE).await;
+        let queue = writer.queue();
+        assert_eq!((queue.waiting, queue.capacity), (QUEUE, QUEUE));
+        assert!(queue.refuses_requests());
+        release.send(()).unwrap();
+        held.await.unwrap().unwrap();
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        assert_eq!(writer.queue().waiting, 0);
+        assert!(!writer.queue().refuses_requests());
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM t WHERE v = 'q'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(rows, QUEUE as i64, "every queued write committed");
     }
 
     #[tokio::test]

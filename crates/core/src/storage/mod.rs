@@ -42,7 +42,7 @@ pub use records::{
     AttemptOutcome, AttemptRecord, Cursor, FloodRecord, Link, LinkCursor, LinkFilter, LinkOrigin,
     LinkPage, NewRequest, NewRun, NewSuppressed, Progress, RequestFilter, RequestRecord, RunCount,
     RunDetail, RunFilter, RunFinish, RunStatus, RunSummary, StepOutcome, StepRunRecord, StepStart,
-    StepStatus, SyncFailure, Verdict, WriteStats,
+    StepStatus, SyncFailure, Verdict, WriteQueue, WriteStats,
 };
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStorage;

@@ -163,3 +163,15 @@ async fn the_day_s_counts_read_one_index_alone() {
         "{plan}"
     );
 }
+
+/// Looking for runs to start (each time a slot frees while runs wait) walks the unfinished
+/// runs oldest first and stops at the limit: its cost does not grow with the runs waiting.
+#[tokio::test]
+async fn claimable_runs_walk_the_unfinished_oldest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = SqliteStorage::open_dir(dir.path()).await.unwrap();
+    let args = super::sql::args!["node", 1_i64, 10_i64];
+    let text = <SqliteStorage as super::sql::Sql>::DIALECT.claimable_runs;
+    let plan = plan(&storage, (text.to_owned(), args)).await;
+    assert_ordered_by(&plan, "runs_waiting", "claimable runs");
+}

@@ -71,6 +71,7 @@ impl Sql for PostgresStorage {
              SET attempt_log = (COALESCE(attempt_log, '[]')::jsonb || jsonb_build_array(?::jsonb))::text
              WHERE run_id = ? AND step_id = ?",
         run_counts_since: super::sql::run_counts_since!(""),
+        claimable_runs: super::sql::claimable_runs!(""),
     };
 
     async fn fetch_all(

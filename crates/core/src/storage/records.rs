@@ -519,6 +519,22 @@ pub struct WriteStats {
     pub commits: u64,
 }
 
+/// How full a backend's write queue is: writes waiting for the writer, and how many it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteQueue {
+    pub waiting: usize,
+    pub capacity: usize,
+}
+
+impl WriteQueue {
+    /// True when the database is too far behind to take another trigger request: three
+    /// quarters of the queue wait. The last quarter stays for the writes of runs executing
+    /// (at most one each), so they go on and the queue drains.
+    pub fn refuses_requests(&self) -> bool {
+        self.waiting >= self.capacity - self.capacity / 4
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

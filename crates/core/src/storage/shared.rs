@@ -314,7 +314,7 @@ impl<B: Sql> LeaseStore for B {
         limit: u32,
     ) -> Result<Vec<(String, String)>, StorageError> {
         let args = args![owner, now_ms, i64::from(limit)];
-        let rows = self.fetch_all(sql::CLAIMABLE_RUNS, args).await?;
+        let rows = self.fetch_all(B::DIALECT.claimable_runs, args).await?;
         rows.iter()
             .map(|row| Ok((row.text("id")?, row.text("flow_id")?)))
             .collect()

@@ -142,6 +142,10 @@ pub(super) struct Dialect {
     /// Runs per flow and status created since `$1` (single). SQLite names the time index:
     /// without statistics its planner scans the flow index whole for the grouping instead.
     pub run_counts_since: &'static str,
+    /// Unfinished runs an owner may claim, oldest first (single): owner, now, limit. SQLite
+    /// names the index of unfinished runs in that order: without statistics its planner takes
+    /// the status index and sorts every unfinished run instead.
+    pub claimable_runs: &'static str,
 }
 
 /// What a SQL backend provides. The stores are written once over it (`shared`); a backend
@@ -489,11 +493,20 @@ pub(super) use run_counts_since;
 
 // Claims and leases.
 
-/// owner, now, limit.
-pub(super) const CLAIMABLE_RUNS: &str = "SELECT id, flow_id FROM runs
-     WHERE status IN ('queued', 'running')
-       AND (owner IS NULL OR owner = $1 OR lease_until_ms < $2)
-     ORDER BY created_at_ms, id LIMIT $3";
+/// owner, now, limit. `$indexed_by` names the index for SQLite (see
+/// [`Dialect::claimable_runs`]).
+macro_rules! claimable_runs {
+    ($indexed_by:literal) => {
+        concat!(
+            "SELECT id, flow_id FROM runs ",
+            $indexed_by,
+            " WHERE status IN ('queued', 'running')
+               AND (owner IS NULL OR owner = $1 OR lease_until_ms < $2)
+             ORDER BY created_at_ms, id LIMIT $3"
+        )
+    };
+}
+pub(super) use claimable_runs;
 
 /// run id, owner, lease until, now.
 pub(super) const CLAIM_RUN: &str = "UPDATE runs SET owner = $2, lease_until_ms = $3

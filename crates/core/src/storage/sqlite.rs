@@ -16,7 +16,7 @@ use super::error::{database, migration, write_error};
 use super::group_commit::{GroupCommit, Work};
 use super::rows::columns_for;
 use super::sql::{Arg, Dialect, Sql, Statement, arguments};
-use super::{Backend, DATABASE_FILE, StorageError, WriteStats};
+use super::{Backend, DATABASE_FILE, StorageError, WriteQueue, WriteStats};
 use crate::config::Durability;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -208,6 +208,7 @@ impl Sql for SqliteStorage {
         append_attempt: "UPDATE step_runs SET attempt_log = json_insert(coalesce(attempt_log, '[]'), '$[#]', json(?))
              WHERE run_id = ? AND step_id = ?",
         run_counts_since: super::sql::run_counts_since!("INDEXED BY runs_by_time"),
+        claimable_runs: super::sql::claimable_runs!("INDEXED BY runs_waiting"),
     };
 
     async fn fetch_all(
@@ -278,6 +279,10 @@ impl Backend for SqliteStorage {
 
     fn write_stats(&self) -> Option<WriteStats> {
         self.writer.as_ref().map(GroupCommit::stats)
+    }
+
+    fn write_queue(&self) -> Option<WriteQueue> {
+        self.writer.as_ref().map(GroupCommit::queue)
     }
 }
 

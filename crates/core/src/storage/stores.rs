@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::{
     AttemptRecord, FloodRecord, Link, LinkFilter, LinkPage, NewRequest, NewRun, NewSuppressed,
     Progress, RequestFilter, RequestRecord, RunCount, RunDetail, RunFilter, RunSummary,
-    StepRunRecord, StorageError, SyncFailure, WriteStats,
+    StepRunRecord, StorageError, SyncFailure, WriteQueue, WriteStats,
 };
 use crate::admission::Admission;
 
@@ -267,6 +267,12 @@ pub trait Backend: Send + Sync {
     }
     /// Writes and the commits they took, for a backend that groups commits; `None` otherwise.
     fn write_stats(&self) -> Option<WriteStats> {
+        None
+    }
+    /// How full the write queue is, for a backend that queues its writes; `None` otherwise.
+    /// The engine refuses trigger requests with 503 and `Retry-After` while
+    /// [`WriteQueue::refuses_requests`]: the one overload that turns requests away.
+    fn write_queue(&self) -> Option<WriteQueue> {
         None
     }
 }
