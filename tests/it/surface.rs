@@ -216,6 +216,109 @@ async fn replay_takes_only_json_from_the_servers_own_origin() {
     }
 }
 
+/// A page of another site whose name was re-pointed to 127.0.0.1 (DNS rebinding) sends its
+/// own name as Host (and Origin): the open admin listener answers it nothing but health.
+#[tokio::test]
+async fn the_open_listener_answers_only_to_loopback_names() {
+    let h = Harness::start().await;
+    let port = h.api.rsplit(':').next().unwrap().to_owned();
+    let send = |method: reqwest::Method, path: &str, host: &str| {
+        let mut request = h
+            .client
+            .request(method.clone(), format!("{}{path}", h.api))
+            .header("Host", host);
+        if method == reqwest::Method::POST {
+            let origin = format!("http://{host}");
+            request = request
+                .header("Origin", origin)
+                .json(&serde_json::json!({}));
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    for host in [
+        format!("attacker.example:{port}"),
+        "attacker.example".to_owned(),
+        format!("127.0.0.1.attacker.example:{port}"),
+        format!("ops@127.0.0.1:{port}"),
+    ] {
+        for (method, path) in [
+            (reqwest::Method::GET, "/api/runs"),
+            (reqwest::Method::GET, "/api/session"),
+            (reqwest::Method::GET, "/console/"),
+            (reqwest::Method::GET, "/metrics"),
+            (reqwest::Method::POST, "/api/flows/escalate-to-partner/test"),
+        ] {
+            let (status, body) = send(method, path, &host).await;
+            assert_eq!(status, 421, "{host} {path}: {body}");
+            assert_eq!(body["error"]["code"], "forbidden_host", "{host} {path}");
+        }
+        let (status, _) = send(reqwest::Method::GET, "/health", &host).await;
+        assert_eq!(status, 200, "health answers any name");
+    }
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("LocalHost:{port}"),
+        "[::1]:9".to_owned(),
+        "127.0.0.2".to_owned(),
+    ] {
+        let (status, body) = send(reqwest::Method::GET, "/api/runs", &host).await;
+        assert_eq!(status, 200, "{host}: {body}");
+    }
+    // A page of this machine at the listener's port may change things; a page on another
+    // local port may not, whatever Host it names.
+    let origin_from = |origin: String| {
+        h.client
+            .post(format!("{}/api/runs/no-such-run/replay", h.api))
+            .header("Origin", origin)
+            .json(&serde_json::json!({}))
+            .send()
+    };
+    let local = origin_from(format!("http://localhost:{port}"))
+        .await
+        .unwrap();
+    assert_eq!(local.status(), 404);
+    let other_port = origin_from("http://localhost:1".to_owned()).await.unwrap();
+    assert_eq!(other_port.status(), 403);
+}
+
+/// The Origin check compares with the server's own addresses, never with the Host the request
+/// names (which a page of another site chooses).
+#[tokio::test]
+async fn an_origin_that_matches_only_the_requests_own_host_is_refused() {
+    let h = Harness::start_with(Options {
+        configure: with_credentials,
+        ..Options::default()
+    })
+    .await;
+    let port = h.base.rsplit(':').next().unwrap().to_owned();
+    let replay = |host: String, origin: String| {
+        h.client
+            .post(format!("{}/api/runs/no-such-run/replay", h.base))
+            .bearer_auth(API_TOKEN)
+            .header("Host", host)
+            .header("Origin", origin)
+            .json(&serde_json::json!({}))
+            .send()
+    };
+    let evil = format!("evil.example:{port}");
+    let refused = replay(evil.clone(), format!("http://{evil}"))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "forbidden_origin");
+    let own = replay(evil, h.base.clone()).await.unwrap();
+    assert_eq!(own.status(), 404, "the listener's own address");
+}
+
 #[tokio::test]
 async fn connections_over_the_cap_wait_until_one_closes() {
     let h = Harness::start_with(Options {

@@ -13,6 +13,8 @@ pub enum ErrorCode {
     InvalidAuth,
     /// A state-changing API call from a web page of another origin.
     ForbiddenOrigin,
+    /// A request to the open (loopback) listener naming another host (DNS rebinding).
+    ForbiddenHost,
     /// A change made with a console session cookie without its CSRF token.
     CsrfFailed,
     UnsupportedMediaType,
@@ -49,6 +51,7 @@ impl ErrorCode {
             ErrorCode::UnknownFlow => ("unknown_flow", StatusCode::NOT_FOUND),
             ErrorCode::InvalidAuth => ("invalid_auth", StatusCode::UNAUTHORIZED),
             ErrorCode::ForbiddenOrigin => ("forbidden_origin", StatusCode::FORBIDDEN),
+            ErrorCode::ForbiddenHost => ("forbidden_host", StatusCode::MISDIRECTED_REQUEST),
             ErrorCode::CsrfFailed => ("csrf_failed", StatusCode::FORBIDDEN),
             ErrorCode::UriTooLong => ("uri_too_long", StatusCode::URI_TOO_LONG),
             ErrorCode::RequestTimeout => ("request_timeout", StatusCode::REQUEST_TIMEOUT),

@@ -1,16 +1,18 @@
 //! What stands before the handlers: API credentials, the origin and media type of
 //! state-changing API calls, and the size of a request's head.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
+use axum::http::uri::Authority;
 use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::console::session::{self, Session, SessionKey};
 use super::error::{ApiError, ErrorCode};
+use super::listener::LocalAddr;
 use super::rejections::{API, Rejected, Rejections};
 use crate::engine::Engine;
 use crate::secrets::Secret;
@@ -25,8 +27,10 @@ pub(super) struct ApiGuard {
     basic: Option<(String, Secret)>,
     /// Signs console sessions; None when no credential's secret is set (nobody signs in).
     session_key: Option<SessionKey>,
-    /// The server's own origin from `server.public_url`, besides the request's Host.
+    /// The server's own origin from `server.public_url`.
     public_origin: Option<String>,
+    /// Where this listener is configured to listen (`server.listen` or `server.admin_listen`).
+    listen: SocketAddr,
 }
 
 /// How a request was let in; handlers find it in the request's extensions.
@@ -41,9 +45,10 @@ pub(super) enum Authenticated {
 }
 
 impl ApiGuard {
-    /// `open` only applies when no credentials are configured. A credential whose secret is
-    /// not set lets nobody in (fail closed) and says so in the log.
-    pub(super) fn new(engine: &Engine, open: bool) -> Arc<ApiGuard> {
+    /// The guard of the admin listener (`admin`) or the public one. The admin listener is open
+    /// when no credentials are configured. A credential whose secret is not set lets nobody in
+    /// (fail closed) and says so in the log.
+    pub(super) fn new(engine: &Engine, admin: bool) -> Arc<ApiGuard> {
         let server = engine.server_config();
         let api = &server.api;
         let resolve = |name: &String| {
@@ -65,11 +70,16 @@ impl ApiGuard {
                 .map(|(user, password)| (user.as_str(), password)),
         );
         Arc::new(ApiGuard {
-            open: open && !api.is_configured(),
+            open: admin && !api.is_configured(),
             token,
             basic,
             session_key,
             public_origin: server.public_url.as_deref().and_then(origin_of),
+            listen: if admin {
+                server.admin_listen
+            } else {
+                server.listen
+            },
         })
     }
 
@@ -123,14 +133,78 @@ impl ApiGuard {
         token_ok | basic_ok
     }
 
-    pub(super) fn same_origin(&self, origin: &str, headers: &HeaderMap) -> bool {
+    /// Whether `origin` is one of this server's own: `server.public_url`, or plain http at the
+    /// address this listener is configured on or bound to (`local`), or, on the open listener,
+    /// a loopback name at that port. Never the request's own Host, which a page of another site
+    /// whose name points here (DNS rebinding) chooses.
+    pub(super) fn same_origin(&self, origin: &str, local: Option<SocketAddr>) -> bool {
         let Some(given) = origin_of(origin) else {
             return false;
         };
-        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-        host.is_some_and(|h| given.split_once("://").is_some_and(|(_, a)| a == h))
-            || self.public_origin.as_deref() == Some(given.as_str())
+        if self.public_origin.as_deref() == Some(given.as_str()) {
+            return true;
+        }
+        let Some(authority) = given.strip_prefix("http://").and_then(authority) else {
+            return false;
+        };
+        let port = authority.port_u16().unwrap_or(80);
+        let host = authority.host();
+        [Some(self.listen), local]
+            .into_iter()
+            .flatten()
+            .any(|ours| {
+                port == ours.port()
+                    && (ip_of(host) == Some(ours.ip()) || self.open && is_loopback(host))
+            })
     }
+
+    /// Whether a request's Host names this machine as the open listener expects: a loopback
+    /// name or address, or the configured address. Any port, for SSH port forwards.
+    fn host_allowed(&self, host: Option<&str>) -> bool {
+        host.and_then(authority).is_some_and(|authority| {
+            let host = authority.host();
+            is_loopback(host) || ip_of(host) == Some(self.listen.ip())
+        })
+    }
+}
+
+/// `host[:port]` without user info.
+fn authority(text: &str) -> Option<Authority> {
+    (!text.contains('@')).then(|| text.parse().ok())?
+}
+
+/// The address of an IP literal host (`[::1]` included).
+fn ip_of(host: &str) -> Option<IpAddr> {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    bare.parse().ok()
+}
+
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost") || ip_of(host).is_some_and(|ip| ip.is_loopback())
+}
+
+/// On the open listener, a request must name this machine in its Host: a page of another site
+/// whose name was re-pointed to 127.0.0.1 (DNS rebinding) sends its own name and is refused
+/// (421), so it can neither read nor change anything.
+pub(super) async fn require_local_host(
+    State(guard): State<Arc<ApiGuard>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let host = (request.headers().get(header::HOST))
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| request.uri().authority().map(Authority::as_str));
+    if !guard.open || guard.host_allowed(host) {
+        return next.run(request).await;
+    }
+    let error = ApiError::new(
+        ErrorCode::ForbiddenHost,
+        "this listener answers only to this machine's loopback names; open it as http://127.0.0.1:<port>/ or http://localhost:<port>/",
+    );
+    refuse(&request, error)
 }
 
 /// Refuses API calls without valid credentials (401), and state-changing calls from another
@@ -147,30 +221,38 @@ pub(super) async fn require_api_auth(
             request.extensions_mut().insert(guard.clone());
             next.run(request).await
         }
-        Err(error) => {
-            if let Some(rejections) = request.extensions().get::<Arc<Rejections>>() {
-                let peer = request
-                    .extensions()
-                    .get::<ConnectInfo<SocketAddr>>()
-                    .map(|ConnectInfo(addr)| *addr);
-                let detail = format!(
-                    "{} {}: {}",
-                    request.method(),
-                    request.uri().path(),
-                    error.message
-                );
-                rejections.count_and_log(&Rejected {
-                    flow: API,
-                    error: &error,
-                    detail: &detail,
-                    peer,
-                    bytes: 0,
-                    store: false,
-                });
-            }
-            error.into_response()
-        }
+        Err(error) => refuse(&request, error),
     }
+}
+
+/// Answers a refused API call, counted and logged (within budget) with the API's refusals.
+fn refuse(request: &Request, error: ApiError) -> Response {
+    if let Some(rejections) = request.extensions().get::<Arc<Rejections>>() {
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| *addr);
+        let detail = format!(
+            "{} {}: {}",
+            request.method(),
+            request.uri().path(),
+            error.message
+        );
+        rejections.count_and_log(&Rejected {
+            flow: API,
+            error: &error,
+            detail: &detail,
+            peer,
+            bytes: 0,
+            store: false,
+        });
+    }
+    error.into_response()
+}
+
+/// The address of the listener a request came in on, if it was served by ours.
+pub(super) fn local_addr(request: &axum::http::Extensions) -> Option<SocketAddr> {
+    request.get::<LocalAddr>().map(|LocalAddr(addr)| *addr)
 }
 
 /// The 401 of a request without valid credentials.
@@ -192,7 +274,7 @@ fn check_api_call(guard: &ApiGuard, request: &Request) -> Result<Authenticated, 
         check_csrf(guard, &authenticated, headers)?;
         if let Some(origin) = headers.get(header::ORIGIN) {
             let origin = origin.to_str().unwrap_or("");
-            if !guard.same_origin(origin, headers) {
+            if !guard.same_origin(origin, local_addr(request.extensions())) {
                 return Err(ApiError::new(
                     ErrorCode::ForbiddenOrigin,
                     "cross-origin API calls are refused; call the API from a client, not a web page of another site",

@@ -194,7 +194,7 @@ async fn login(
     let origin = headers
         .get(header::ORIGIN)
         .map(|o| o.to_str().unwrap_or(""));
-    if origin.is_some_and(|origin| !console.guard.same_origin(origin, &headers)) {
+    if origin.is_some_and(|origin| !console.guard.same_origin(origin, refused.local)) {
         return ApiError::new(
             ErrorCode::ForbiddenOrigin,
             "sign in from the console's own page",
@@ -240,6 +240,8 @@ async fn login(
 struct Refused {
     rejections: Option<Arc<Rejections>>,
     peer: Option<SocketAddr>,
+    /// The listener's address, for the Origin check.
+    local: Option<SocketAddr>,
 }
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Refused {
@@ -252,6 +254,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Refused {
         Ok(Refused {
             rejections: parts.extensions.get::<Arc<Rejections>>().cloned(),
             peer: (parts.extensions.get::<ConnectInfo<SocketAddr>>()).map(|ConnectInfo(a)| *a),
+            local: super::guard::local_addr(&parts.extensions),
         })
     }
 }
