@@ -185,7 +185,7 @@ async fn a_session_reads_the_api_and_changes_only_with_its_csrf_token() {
     assert!(session["expires_at_ms"].as_i64().unwrap() > haloflow::internals::storage::now_ms());
     let shell = browser()
         .get(format!("{}/console/", h.base))
-        .header("Cookie", &cookie)
+        .header("Cookie", cookie.as_str())
         .send()
         .await
         .unwrap();
@@ -202,7 +202,7 @@ async fn a_session_reads_the_api_and_changes_only_with_its_csrf_token() {
     let replay = |token: Option<&str>| {
         let mut request = browser()
             .post(format!("{}/api/runs/{failed}/replay", h.base))
-            .header("Cookie", &cookie)
+            .header("Cookie", cookie.as_str())
             .json(&json!({}));
         if let Some(token) = token {
             request = request.header("X-CSRF-Token", token);
@@ -224,7 +224,7 @@ async fn a_session_reads_the_api_and_changes_only_with_its_csrf_token() {
     let logout = |token: Option<&str>| {
         let mut request = browser()
             .post(format!("{}/console/logout", h.base))
-            .header("Cookie", &cookie);
+            .header("Cookie", cookie.as_str());
         if let Some(token) = token {
             request = request.header("X-CSRF-Token", token);
         }
@@ -358,6 +358,148 @@ async fn sign_in_attempts_beyond_the_limit_are_refused() {
         "haloflow_rejected_requests_total{flow=\"api\",reason=\"rate_limited\"} 1",
     ] {
         assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+}
+
+/// A client whose connections come from `ip` (any 127.x address reaches the listeners).
+fn client_at(ip: [u8; 4]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from(ip))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Guessing is limited by failures only, per client address, and shared by the sign-in form
+/// and the API's `Authorization` and cookie checks: a user who signs in often is never locked
+/// out, and a stranger's guesses lock out only the stranger's address.
+#[tokio::test]
+async fn failed_attempts_are_limited_per_address_and_successes_are_free() {
+    let h = start(with_credentials).await;
+    let right = [("username", "ops"), ("password", API_PASSWORD)];
+    let user = client_at([127, 0, 0, 2]);
+    let login = format!("{}/console/login", h.base);
+    for _ in 0..12 {
+        let response = user.post(&login).form(&right).send().await.unwrap();
+        assert_eq!(response.status(), 303, "successes are not counted");
+    }
+    let runs = format!("{}/api/runs", h.base);
+    let stranger = client_at([127, 0, 0, 3]);
+    for i in 0..10 {
+        let guess = stranger.get(&runs);
+        let guess = if i % 2 == 0 {
+            guess.bearer_auth("guess")
+        } else {
+            guess.header("Cookie", "haloflow_session=v1.99999999999999.abc.00")
+        };
+        assert_eq!(guess.send().await.unwrap().status(), 401);
+    }
+    let limited = stranger
+        .get(&runs)
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        limited.status(),
+        429,
+        "even the right token, from the guessing address"
+    );
+    assert!(
+        header(limited.headers(), "retry-after")
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    let body: Value = limited.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    let form = stranger.post(&login).form(&right).send().await.unwrap();
+    assert_eq!(form.status(), 429, "the sign-in form shares the limit");
+    assert!(!form.headers().contains_key(SET_COOKIE));
+
+    let elsewhere = user.get(&runs).bearer_auth(API_TOKEN).send().await.unwrap();
+    assert_eq!(elsewhere.status(), 200, "another address is not locked out");
+    let signed_in = user.post(&login).form(&right).send().await.unwrap();
+    assert_eq!(signed_in.status(), 303);
+}
+
+/// A browser may send several `haloflow_session` cookies (an old one for another path): any
+/// that verifies lets it in.
+#[tokio::test]
+async fn any_session_cookie_that_verifies_is_accepted() {
+    let h = start(with_credentials).await;
+    let signed_in = sign_in(&h.base, &[("username", "ops"), ("password", API_PASSWORD)]).await;
+    let cookie = session_cookie(signed_in.headers());
+    let both = format!("haloflow_session=v1.1.stale.00; {cookie}");
+    let (status, body) = get_with_cookie(&format!("{}/api/runs", h.base), &both).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// An expired session while the console polls must not make the browser ask for a password
+/// in its own box: no Basic challenge for a request with the cookie or from a script.
+#[tokio::test]
+async fn a_401_to_the_console_carries_no_basic_challenge() {
+    let h = start(with_credentials).await;
+    let runs = format!("{}/api/runs", h.base);
+    let challenge = |request: reqwest::RequestBuilder| async move {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401);
+        header(response.headers(), "www-authenticate").to_owned()
+    };
+    let plain = challenge(h.client.get(&runs)).await;
+    assert!(plain.contains("Basic"), "{plain}");
+    for request in [
+        h.client
+            .get(&runs)
+            .header("Cookie", "haloflow_session=v1.1.expired.00"),
+        h.client.get(&runs).header("Sec-Fetch-Mode", "cors"),
+    ] {
+        let value = challenge(request).await;
+        assert!(
+            !value.contains("Basic") && value.contains("Bearer"),
+            "{value}"
+        );
+    }
+}
+
+/// Signing out takes the session's CSRF token or the browser's word that the console's own
+/// page sent it; another site's form cannot sign a user out.
+#[tokio::test]
+async fn another_site_cannot_sign_a_user_out() {
+    let h = start(with_credentials).await;
+    let signed_in = sign_in(&h.base, &[("username", "ops"), ("password", API_PASSWORD)]).await;
+    let cookie = session_cookie(signed_in.headers());
+    let logout = |headers: &[(&str, &str)]| {
+        let mut request = browser().post(format!("{}/console/logout", h.base));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send()
+    };
+    for refused in [
+        &[][..],
+        &[("Cookie", cookie.as_str())][..],
+        &[
+            ("Cookie", cookie.as_str()),
+            ("Origin", "https://evil.example"),
+        ][..],
+        &[
+            ("Cookie", cookie.as_str()),
+            ("Sec-Fetch-Site", "cross-site"),
+        ][..],
+        &[("Origin", "null")][..],
+    ] {
+        let response = logout(refused).await.unwrap();
+        assert_eq!(response.status(), 403, "{refused:?}");
+        assert!(!response.headers().contains_key(SET_COOKIE), "{refused:?}");
+    }
+    for accepted in [
+        &[("Sec-Fetch-Site", "same-origin")][..],
+        &[("Cookie", cookie.as_str()), ("Origin", h.base.as_str())][..],
+    ] {
+        let response = logout(accepted).await.unwrap();
+        assert_eq!(response.status(), 303, "{accepted:?}");
+        assert!(header(response.headers(), "set-cookie").contains("Max-Age=0"));
     }
 }
 

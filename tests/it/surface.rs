@@ -33,13 +33,12 @@ fn with_credentials(config: &mut Config) {
 }
 
 async fn call(
-    h: &Harness,
+    client: &reqwest::Client,
     base: &str,
     (method, path): &(reqwest::Method, String),
     authorization: Option<&str>,
 ) -> (u16, reqwest::header::HeaderMap, Value) {
-    let mut request = h
-        .client
+    let mut request = client
         .request(method.clone(), format!("{base}{path}"))
         .header("Content-Type", "application/json");
     if *method == reqwest::Method::POST {
@@ -71,14 +70,21 @@ async fn with_credentials_every_api_path_refuses_anonymous_calls_on_both_listene
         format!("{scheme} {pair}")
     };
     for base in [h.base.clone(), h.api.clone()] {
-        for operation in api_operations() {
+        for (i, operation) in api_operations().into_iter().enumerate() {
+            // Each operation's wrong guesses from an address of their own: failures are
+            // limited per address.
+            let stranger = reqwest::Client::builder()
+                .local_address(std::net::IpAddr::from([127, 0, 1, i as u8 + 1]))
+                .build()
+                .unwrap();
             for refused in [
                 None,
                 Some("Bearer wrong-token".to_owned()),
                 Some(basic("Basic", "wrong")),
                 Some(format!("Basic {API_TOKEN}")),
             ] {
-                let (status, headers, body) = call(&h, &base, &operation, refused.as_deref()).await;
+                let (status, headers, body) =
+                    call(&stranger, &base, &operation, refused.as_deref()).await;
                 assert_eq!(status, 401, "{base} {operation:?} {refused:?}: {body}");
                 assert_eq!(body["error"]["code"], "invalid_auth", "{operation:?}");
                 assert!(headers.contains_key("www-authenticate"), "{operation:?}");
@@ -89,7 +95,7 @@ async fn with_credentials_every_api_path_refuses_anonymous_calls_on_both_listene
                 basic("Basic", API_PASSWORD),
                 basic("BASIC", API_PASSWORD),
             ] {
-                let (status, _, body) = call(&h, &base, &operation, Some(&accepted)).await;
+                let (status, _, body) = call(&h.client, &base, &operation, Some(&accepted)).await;
                 let missing = ["not_found", "unknown_flow"];
                 assert!(
                     status == 200
@@ -120,10 +126,10 @@ async fn with_credentials_every_api_path_refuses_anonymous_calls_on_both_listene
 async fn without_credentials_the_api_is_served_on_the_loopback_admin_listener_only() {
     let h = Harness::start().await;
     for operation in api_operations() {
-        let (status, _, body) = call(&h, &h.base, &operation, None).await;
+        let (status, _, body) = call(&h.client, &h.base, &operation, None).await;
         assert_eq!(status, 404, "public {operation:?}: {body}");
         assert_eq!(body["error"]["code"], "not_found");
-        let (status, _, body) = call(&h, &h.api, &operation, None).await;
+        let (status, _, body) = call(&h.client, &h.api, &operation, None).await;
         assert!(
             status == 200
                 || ["no run", "no flow"]

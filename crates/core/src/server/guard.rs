@@ -10,8 +10,9 @@ use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::console::session::{self, Session, SessionKey};
+use super::console::session::{self, Invalid, Session, SessionKey};
 use super::error::{ApiError, ErrorCode};
+use super::guesses::Guesses;
 use super::listener::LocalAddr;
 use super::rejections::{API, Rejected, Rejections};
 use crate::engine::Engine;
@@ -20,7 +21,6 @@ use crate::trigger::{basic_credentials, bearer_token, equal};
 
 /// The API's credentials, resolved once; `open` lets every caller in (the loopback admin
 /// listener when no credentials are configured).
-#[derive(Clone)]
 pub(super) struct ApiGuard {
     open: bool,
     token: Option<Secret>,
@@ -31,6 +31,8 @@ pub(super) struct ApiGuard {
     public_origin: Option<String>,
     /// Where this listener is configured to listen (`server.listen` or `server.admin_listen`).
     listen: SocketAddr,
+    /// Failed attempts by client address.
+    guesses: Guesses,
 }
 
 /// How a request was let in; handlers find it in the request's extensions.
@@ -42,6 +44,34 @@ pub(super) enum Authenticated {
     Credentials,
     /// A console session cookie.
     Session(Session),
+}
+
+/// Why a request was not let in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refusal {
+    /// No credentials, or only an expired session: not a guess.
+    Anonymous,
+    /// Wrong credentials or a forged cookie, counted against the client.
+    Wrong,
+    /// The client failed too often: seconds until it may try again.
+    TooMany(u64),
+}
+
+impl Refusal {
+    /// The API's answer: 401 (see [`needs_credentials`]) or 429 with `Retry-After`.
+    pub(super) fn error(self, headers: &HeaderMap) -> ApiError {
+        match self {
+            Refusal::TooMany(seconds) => {
+                let mut error = ApiError::new(
+                    ErrorCode::RateLimited,
+                    format!("too many failed sign-ins from this address; try again in {seconds} s"),
+                );
+                error.retry_after = Some(seconds);
+                error
+            }
+            Refusal::Anonymous | Refusal::Wrong => needs_credentials(headers),
+        }
+    }
 }
 
 impl ApiGuard {
@@ -80,6 +110,7 @@ impl ApiGuard {
             } else {
                 server.listen
             },
+            guesses: Guesses::default(),
         })
     }
 
@@ -96,24 +127,58 @@ impl ApiGuard {
         self.basic.as_ref().map(|(user, _)| user.as_str())
     }
 
-    /// How the request gets in: the open listener, the `Authorization` header, or a console
-    /// session cookie; None if by none of them.
-    pub(super) fn authenticate(&self, headers: &HeaderMap) -> Option<Authenticated> {
+    /// How the request from `peer` gets in: the open listener, the `Authorization` header, or
+    /// a console session cookie (any of several that verifies).
+    pub(super) fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<IpAddr>,
+    ) -> Result<Authenticated, Refusal> {
         if self.open {
-            return Some(Authenticated::Open);
+            return Ok(Authenticated::Open);
         }
         let authorization = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
         if let Some(value) = authorization {
-            return self
-                .credentials_match(bearer_token(value), basic_credentials(value).as_deref())
-                .then_some(Authenticated::Credentials);
+            let basic = basic_credentials(value);
+            return self.attempt(peer, || {
+                (self.credentials_match(bearer_token(value), basic.as_deref()))
+                    .then_some(Ok(Authenticated::Credentials))
+            })?;
         }
-        let key = self.session_key.as_ref()?;
-        let value = session::cookie(headers, session::COOKIE)?;
-        key.verify(value, crate::storage::now_ms())
-            .map(Authenticated::Session)
+        let mut cookies = session::cookies(headers, session::COOKIE).peekable();
+        let (Some(key), Some(_)) = (self.session_key.as_ref(), cookies.peek()) else {
+            return Err(Refusal::Anonymous);
+        };
+        let now_ms = crate::storage::now_ms();
+        self.attempt(peer, || {
+            let mut expired = false;
+            for value in cookies {
+                match key.verify(value, now_ms) {
+                    Ok(session) => return Some(Ok(Authenticated::Session(session))),
+                    Err(Invalid::Expired) => expired = true,
+                    Err(Invalid::Forged) => {}
+                }
+            }
+            expired.then_some(Err(Refusal::Anonymous))
+        })?
+    }
+
+    /// Runs `check` of credentials `peer` presented, unless `peer` failed too often; None from
+    /// it is a failure counted against `peer`.
+    pub(super) fn attempt<T>(
+        &self,
+        peer: Option<IpAddr>,
+        check: impl FnOnce() -> Option<T>,
+    ) -> Result<T, Refusal> {
+        if let Some(seconds) = self.guesses.wait(peer) {
+            return Err(Refusal::TooMany(seconds));
+        }
+        check().ok_or_else(|| {
+            self.guesses.failed(peer);
+            Refusal::Wrong
+        })
     }
 
     /// Whether a bearer token or a Basic `user:password` pair is one of the configured
@@ -255,22 +320,36 @@ pub(super) fn local_addr(request: &axum::http::Extensions) -> Option<SocketAddr>
     request.get::<LocalAddr>().map(|LocalAddr(addr)| *addr)
 }
 
-/// The 401 of a request without valid credentials.
-pub(super) fn needs_credentials() -> ApiError {
+/// The 401 of a request without valid credentials. The Basic challenge makes a browser ask
+/// for a password in its own box, so it is left out for the console's own calls (a session
+/// cookie, or a script's `fetch`): their page sends the user to sign in instead.
+pub(super) fn needs_credentials(headers: &HeaderMap) -> ApiError {
     let mut error = ApiError::new(
         ErrorCode::InvalidAuth,
         "the API needs credentials: send Authorization: Bearer <token> or Basic credentials from [server.api], or sign in at /console/login",
     );
-    error.www_authenticate = Some("Bearer realm=\"haloflow-api\", Basic realm=\"haloflow-api\"");
+    let from_script = (headers.get("sec-fetch-mode"))
+        .is_some_and(|mode| mode.as_bytes().eq_ignore_ascii_case(b"cors"));
+    let with_cookie = session::cookies(headers, session::COOKIE).next().is_some();
+    error.www_authenticate = Some(if from_script || with_cookie {
+        "Bearer realm=\"haloflow-api\""
+    } else {
+        "Bearer realm=\"haloflow-api\", Basic realm=\"haloflow-api\""
+    });
     error
 }
 
+/// The client's address, if the request was served by our listener.
+pub(super) fn peer_ip(extensions: &axum::http::Extensions) -> Option<IpAddr> {
+    (extensions.get::<ConnectInfo<SocketAddr>>()).map(|ConnectInfo(addr)| addr.ip())
+}
+
 fn check_api_call(guard: &ApiGuard, request: &Request) -> Result<Authenticated, ApiError> {
+    let headers = request.headers();
     let authenticated = guard
-        .authenticate(request.headers())
-        .ok_or_else(needs_credentials)?;
+        .authenticate(headers, peer_ip(request.extensions()))
+        .map_err(|refusal| refusal.error(headers))?;
     if !is_safe(request.method()) {
-        let headers = request.headers();
         check_csrf(guard, &authenticated, headers)?;
         if let Some(origin) = headers.get(header::ORIGIN) {
             let origin = origin.to_str().unwrap_or("");
@@ -317,11 +396,16 @@ pub(super) fn check_csrf(
         .unwrap_or("");
     match guard.session_key() {
         Some(key) if key.csrf_ok(session, given) => Ok(()),
-        _ => Err(ApiError::new(
-            ErrorCode::CsrfFailed,
-            "a change made with a console session needs the X-CSRF-Token header from GET /api/session; reload the console",
-        )),
+        _ => Err(csrf_failed()),
     }
+}
+
+/// The 403 of a change made with a session but without its CSRF token.
+pub(super) fn csrf_failed() -> ApiError {
+    ApiError::new(
+        ErrorCode::CsrfFailed,
+        "a change made with a console session needs the X-CSRF-Token header from GET /api/session; reload the console",
+    )
 }
 
 /// The header a console page sends its CSRF token in.

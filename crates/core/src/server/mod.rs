@@ -6,6 +6,7 @@ mod console;
 mod error;
 mod flows;
 mod guard;
+mod guesses;
 mod listener;
 mod rejections;
 mod trigger;

@@ -18,6 +18,14 @@ pub(in crate::server) const LIFETIME_SECS: i64 = 12 * 60 * 60;
 #[derive(Clone)]
 pub(in crate::server) struct SessionKey([u8; 32]);
 
+/// Why a cookie value is no session: an expired one was ours (a console left open), a forged
+/// one a guess.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::server) enum Invalid {
+    Expired,
+    Forged,
+}
+
 /// A valid session cookie's contents.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(in crate::server) struct Session {
@@ -61,20 +69,23 @@ impl SessionKey {
     }
 
     /// The session of a cookie value signed with this key and not expired at `now_ms`.
-    pub(in crate::server) fn verify(&self, value: &str, now_ms: i64) -> Option<Session> {
-        let (signed, mac) = value.rsplit_once('.')?;
+    pub(in crate::server) fn verify(&self, value: &str, now_ms: i64) -> Result<Session, Invalid> {
+        let (signed, mac) = value.rsplit_once('.').ok_or(Invalid::Forged)?;
         let expected = hex(&hmac(&self.0, signed.as_bytes()));
         if !equal(mac.as_bytes(), expected.as_bytes()) {
-            return None;
+            return Err(Invalid::Forged);
         }
         let mut parts = signed.split('.');
         let (Some("v1"), Some(expiry), Some(nonce), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return None;
+            return Err(Invalid::Forged);
         };
-        let expires_at_ms: i64 = expiry.parse().ok()?;
-        (expires_at_ms > now_ms).then(|| Session {
+        let expires_at_ms: i64 = expiry.parse().map_err(|_| Invalid::Forged)?;
+        if expires_at_ms <= now_ms {
+            return Err(Invalid::Expired);
+        }
+        Ok(Session {
             expires_at_ms,
             nonce: nonce.to_owned(),
         })
@@ -109,18 +120,19 @@ fn hex(bytes: &[u8]) -> String {
     text
 }
 
-/// The value of cookie `name` in a request's `Cookie` headers.
-pub(in crate::server) fn cookie<'a>(
+/// The values of every cookie `name` in a request's `Cookie` headers (a browser may send
+/// several, e.g. one set for another path).
+pub(in crate::server) fn cookies<'a>(
     headers: &'a axum::http::HeaderMap,
-    name: &str,
-) -> Option<&'a str> {
+    name: &'a str,
+) -> impl Iterator<Item = &'a str> + 'a {
     headers
         .get_all(axum::http::header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
+        .filter(move |(key, _)| *key == name)
         .map(|(_, value)| value.trim())
 }
 
@@ -138,12 +150,13 @@ mod tests {
         let value = key.issue(2_000);
         let session = key.verify(&value, 1_000).unwrap();
         assert_eq!(session.expires_at_ms, 2_000);
-        assert!(key.verify(&value, 2_000).is_none(), "expired");
-        assert!(super::tests::key("t2").verify(&value, 1_000).is_none());
-        let forged = value.replacen("v1.2000.", "v1.9000.", 1);
-        assert!(key.verify(&forged, 1_000).is_none());
-        assert!(key.verify("v1.9000.x", 1_000).is_none());
-        assert!(key.verify("", 1_000).is_none());
+        assert_eq!(key.verify(&value, 2_000), Err(Invalid::Expired));
+        let forged = Err(Invalid::Forged);
+        assert_eq!(super::tests::key("t2").verify(&value, 1_000), forged);
+        let later = value.replacen("v1.2000.", "v1.9000.", 1);
+        assert_eq!(key.verify(&later, 1_000), forged);
+        assert_eq!(key.verify("v1.9000.x", 1_000), forged);
+        assert_eq!(key.verify("", 1_000), forged);
         let token = key.csrf_token(&session);
         assert_eq!(token.len(), 64);
         assert!(key.csrf_ok(&session, &token));
