@@ -251,26 +251,94 @@ async fn failed_run(h: &Harness) -> String {
     run.summary.id
 }
 
-/// The session format of the contract, signed as another node with the same secrets would.
-fn signed_session(expires_at_ms: i64, nonce: &str, token: &str) -> String {
-    type HmacSha256 = hmac::Hmac<sha2::Sha256>;
-    let mac = |key: &[u8], message: &[u8]| {
-        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key).unwrap();
-        mac.update(message);
-        mac.finalize().into_bytes().to_vec()
-    };
-    let mut secret = Vec::new();
-    for part in ["token", token, "basic", "ops", API_PASSWORD] {
-        secret.extend_from_slice(&(part.len() as u64).to_be_bytes());
-        secret.extend_from_slice(part.as_bytes());
+/// The key material of the API's credentials as the README documents it: each part
+/// length-prefixed.
+fn material(parts: &[&str]) -> Vec<u8> {
+    let mut material = Vec::new();
+    for part in parts {
+        material.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        material.extend_from_slice(part.as_bytes());
     }
-    let key = mac(&secret, b"haloflow console session");
+    material
+}
+
+fn credentials_material(token: &str) -> Vec<u8> {
+    material(&["token", token, "basic", "ops", API_PASSWORD])
+}
+
+/// The session key as the README documents it: PBKDF2-HMAC-SHA256 of the material, 300 000
+/// rounds, salt `haloflow console session`.
+fn slow_key(material: &[u8]) -> Vec<u8> {
+    let mut key = [0u8; 32];
+    pbkdf2::pbkdf2_hmac::<sha2::Sha256>(material, b"haloflow console session", 300_000, &mut key);
+    key.to_vec()
+}
+
+fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
+    type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key).unwrap();
+    mac.update(message);
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// The session format of the contract, signed with `key` as another node would.
+fn signed_with(key: &[u8], expires_at_ms: i64, nonce: &str) -> String {
     let signed = format!("v1.{expires_at_ms}.{nonce}");
-    let hex: String = mac(&key, signed.as_bytes())
+    let hex: String = hmac_sha256(key, signed.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
     format!("haloflow_session={signed}.{hex}")
+}
+
+/// A session signed as another node with the same secrets would.
+fn signed_session(expires_at_ms: i64, nonce: &str, token: &str) -> String {
+    static KEYS: std::sync::Mutex<Vec<(String, Vec<u8>)>> = std::sync::Mutex::new(Vec::new());
+    let mut keys = KEYS.lock().unwrap();
+    if !keys.iter().any(|(t, _)| t == token) {
+        keys.push((token.to_owned(), slow_key(&credentials_material(token))));
+    }
+    let key = &keys.iter().find(|(t, _)| t == token).unwrap().1;
+    signed_with(key, expires_at_ms, nonce)
+}
+
+/// One cookie lets nobody test password guesses at HMAC speed: the key comes from a slow KDF,
+/// and a key from the old fast derivation is refused.
+#[tokio::test]
+async fn the_session_key_comes_from_a_slow_kdf() {
+    let h = start(with_credentials).await;
+    let runs = format!("{}/api/runs", h.base);
+    let later = haloflow::internals::storage::now_ms() + 60_000;
+    let fast = hmac_sha256(
+        &credentials_material(API_TOKEN),
+        b"haloflow console session",
+    );
+    let (status, _) = get_with_cookie(&runs, &signed_with(&fast, later, "abc")).await;
+    assert_eq!(status, 401, "a key derived at HMAC speed");
+    let (status, body) = get_with_cookie(&runs, &signed_session(later, "abc", API_TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+fn with_session_secret(config: &mut Config) {
+    with_credentials(config);
+    config.server.api.session_secret_name = Some("HALOFLOW_SESSION_SECRET".into());
+}
+
+/// With `session_secret_name`, sessions are signed with that shared secret (every node with it
+/// accepts them), no longer with the credentials.
+#[tokio::test]
+async fn a_shared_session_secret_signs_the_sessions_instead() {
+    let h = start(with_session_secret).await;
+    let runs = format!("{}/api/runs", h.base);
+    let later = haloflow::internals::storage::now_ms() + 60_000;
+    let shared = slow_key(&material(&["session", crate::common::SESSION_SECRET]));
+    let (status, body) = get_with_cookie(&runs, &signed_with(&shared, later, "n1")).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = get_with_cookie(&runs, &signed_session(later, "n1", API_TOKEN)).await;
+    assert_eq!(status, 401, "the credentials no longer sign sessions");
+    let signed_in = sign_in(&h.base, &[("token", API_TOKEN)]).await;
+    let cookie = session_cookie(signed_in.headers());
+    assert_eq!(get_with_cookie(&runs, &cookie).await.0, 200);
 }
 
 #[tokio::test]

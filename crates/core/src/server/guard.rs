@@ -93,7 +93,15 @@ impl ApiGuard {
             let user = api.basic_username.clone().unwrap_or_default();
             resolve(name).map(|password| (user, password))
         });
+        let shared = api.session_secret_name.as_ref().and_then(|name| {
+            let secret = engine.secrets().get(name);
+            if secret.is_none() {
+                tracing::error!(secret = %name, "The console's session secret ([server.api] session_secret_name) is not set, so nobody can sign in to the console; set it in the environment or [secrets].");
+            }
+            secret
+        });
         let session_key = SessionKey::derive(
+            shared.as_ref(),
             token.as_ref(),
             basic
                 .as_ref()

@@ -34,30 +34,35 @@ pub(in crate::server) struct Session {
 }
 
 impl SessionKey {
-    /// `HMAC(secret, "haloflow console session")` with the configured credentials (each
-    /// length-prefixed, so no two sets run together alike) as the HMAC key; None without any.
+    /// The key from the key material: `[server.api] session_secret_name` when set (shared by
+    /// all nodes; rotating it signs everyone out), else the API's credentials (changing them
+    /// ends every session). Each part is length-prefixed, so no two sets run together alike.
+    /// None without any.
     pub(in crate::server) fn derive(
+        shared: Option<&Secret>,
         token: Option<&Secret>,
         basic: Option<(&str, &Secret)>,
     ) -> Option<SessionKey> {
-        let mut secret = Vec::new();
+        let mut material = Vec::new();
         let mut push = |part: &str| {
-            secret.extend_from_slice(&(part.len() as u64).to_be_bytes());
-            secret.extend_from_slice(part.as_bytes());
+            material.extend_from_slice(&(part.len() as u64).to_be_bytes());
+            material.extend_from_slice(part.as_bytes());
         };
-        if let Some(token) = token {
-            push("token");
-            push(token.expose());
+        if let Some(shared) = shared {
+            push("session");
+            push(shared.expose());
+        } else {
+            if let Some(token) = token {
+                push("token");
+                push(token.expose());
+            }
+            if let Some((user, password)) = basic {
+                push("basic");
+                push(user);
+                push(password.expose());
+            }
         }
-        if let Some((user, password)) = basic {
-            push("basic");
-            push(user);
-            push(password.expose());
-        }
-        if secret.is_empty() {
-            return None;
-        }
-        Some(SessionKey(hmac(&secret, b"haloflow console session")))
+        (!material.is_empty()).then(|| SessionKey(slow_hash(&material)))
     }
 
     /// A new cookie value valid until `expires_at_ms`.
@@ -102,6 +107,30 @@ impl SessionKey {
     }
 }
 
+/// PBKDF2-HMAC-SHA256 iterations: about 60 ms on a current server core, once at startup.
+pub(in crate::server) const KDF_ROUNDS: u32 = 300_000;
+/// The application's fixed salt: the material is unique to the deployment already.
+pub(in crate::server) const KDF_SALT: &[u8] = b"haloflow console session";
+
+/// The key of `material` by a slow KDF, so a cookie does not let anyone test guesses of the
+/// API's password offline at HMAC speed. The last result is kept: a server builds a guard per
+/// listener (and tests many servers) from the same credentials.
+fn slow_hash(material: &[u8]) -> [u8; 32] {
+    static LAST: std::sync::Mutex<Option<(Vec<u8>, [u8; 32])>> = std::sync::Mutex::new(None);
+    let mut last = LAST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((known, key)) = last.as_ref()
+        && equal(known, material)
+    {
+        return *key;
+    }
+    let mut key = [0u8; 32];
+    pbkdf2::pbkdf2_hmac::<sha2::Sha256>(material, KDF_SALT, KDF_ROUNDS, &mut key);
+    *last = Some((material.to_vec(), key));
+    key
+}
+
 fn hmac(key: &[u8], message: &[u8]) -> [u8; 32] {
     // HMAC takes keys of any length, so this never fails.
     let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key)
@@ -141,7 +170,7 @@ mod tests {
     use super::*;
 
     fn key(token: &str) -> SessionKey {
-        SessionKey::derive(Some(&Secret::new(token)), None).unwrap()
+        SessionKey::derive(None, Some(&Secret::new(token)), None).unwrap()
     }
 
     #[test]
@@ -165,6 +194,6 @@ mod tests {
 
     #[test]
     fn no_credentials_no_key() {
-        assert!(SessionKey::derive(None, None).is_none());
+        assert!(SessionKey::derive(None, None, None).is_none());
     }
 }
