@@ -570,6 +570,48 @@ async fn over_long_urls_and_headers_get_json_errors() {
     );
 }
 
+/// What axum refuses before a handler runs (a path segment or query that does not decode, a
+/// repeated parameter, a body over the limit) is answered as JSON too.
+#[tokio::test]
+async fn undecodable_paths_queries_and_bodies_get_json_errors() {
+    let h = Harness::start().await;
+    for (path, code) in [
+        ("/api/flows/%FF/setup", "invalid_path"),
+        ("/api/runs/%FF", "invalid_path"),
+        ("/console/assets/%FF", "invalid_path"),
+        (
+            "/console/login?next=/console/&next=/console/x",
+            "invalid_query",
+        ),
+    ] {
+        let response = h
+            .client
+            .get(format!("{}{path}", h.api))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], code, "{path}: {body}");
+    }
+    for path in [
+        "/api/flows/escalate-to-partner/test",
+        "/api/runs/no-such-run/replay",
+    ] {
+        let response = h
+            .client
+            .post(format!("{}{path}", h.api))
+            .header("Content-Type", "application/json")
+            .body(vec![b' '; 2 * 1024 * 1024])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 413, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "payload_too_large", "{path}");
+    }
+}
+
 /// Starts `haloflow serve` with the routing flow and `env`, sends a health check and a request
 /// with a wrong password, stops it, and returns its stderr.
 async fn served_logs(env: &[(&str, &str)]) -> String {

@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::error::{ApiError, ErrorCode};
+use super::error::{ApiError, ErrorCode, Valid};
 use super::trigger::accept_error;
 use crate::engine::Engine;
 use crate::flow::{StepDef, TriggerAuth, ValidatedFlow};
@@ -123,7 +123,7 @@ fn step_json(step: &StepDef) -> Value {
 /// it authenticates, and what the trigger's integration says to set up at the sender.
 pub(super) async fn setup(
     State(engine): State<Engine>,
-    Path(flow_id): Path<String>,
+    Valid(Path(flow_id)): Valid<Path<String>>,
     RawQuery(query): RawQuery,
 ) -> Response {
     let Some(loaded) = engine.flow(&flow_id) else {
@@ -166,8 +166,8 @@ fn unknown_flow(flow_id: &str) -> ApiError {
 /// flood control, runs); without a payload the trigger's integration provides a sample.
 pub(super) async fn test(
     State(engine): State<Engine>,
-    Path(flow_id): Path<String>,
-    body: axum::body::Bytes,
+    Valid(Path(flow_id)): Valid<Path<String>>,
+    Valid(body): Valid<axum::body::Bytes>,
 ) -> Response {
     let Some(loaded) = engine.flow(&flow_id) else {
         return unknown_flow(&flow_id).into_response();

@@ -16,7 +16,7 @@ use axum::{Extension, Form, Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::error::{ApiError, ErrorCode};
+use super::error::{ApiError, ErrorCode, Valid};
 use super::guard::{ApiGuard, Authenticated, Refusal, check_csrf, csrf_failed, peer_ip};
 use super::rejections::{API, Rejected, Rejections};
 use crate::engine::Engine;
@@ -74,7 +74,7 @@ fn find_asset(name: &str) -> Option<(&'static str, &'static str)> {
         .map(|(_, content_type, body)| (*content_type, *body))
 }
 
-async fn asset(axum::extract::Path(file): axum::extract::Path<String>) -> Response {
+async fn asset(Valid(axum::extract::Path(file)): Valid<axum::extract::Path<String>>) -> Response {
     match find_asset(&file) {
         Some((content_type, body)) => (
             [
@@ -149,7 +149,7 @@ async fn login_page(
     State(console): State<Arc<Console>>,
     caller: Caller,
     headers: HeaderMap,
-    Query(params): Query<NextParam>,
+    Valid(Query(params)): Valid<Query<NextParam>>,
 ) -> Response {
     let next = safe_next(params.next.as_deref());
     if console.guard.authenticate(&headers, caller.ip()).is_ok() {
