@@ -834,6 +834,47 @@ async fn a_test_webhook_goes_through_the_trigger_path_and_starts_a_run() {
     assert_eq!(missing.status(), 404);
 }
 
+/// A test webhook is a trigger request: the trigger's rate limit applies to it, and the
+/// history shows it was a test.
+#[tokio::test]
+async fn a_test_webhook_keeps_to_the_triggers_rate_limit_and_is_marked() {
+    let flows = tempfile::tempdir().unwrap();
+    let mut flow: Value =
+        serde_json::from_str(&std::fs::read_to_string("flows/escalate-to-partner.json").unwrap())
+            .unwrap();
+    flow["trigger"]["rate_limit"] = json!({"requests": 1, "per_secs": 60});
+    std::fs::write(flows.path().join("escalate.json"), flow.to_string()).unwrap();
+    let h = Harness::start_with(Options {
+        flows: flows.path().to_owned(),
+        ..Options::default()
+    })
+    .await;
+    let test = || {
+        h.client
+            .post(format!("{}/api/flows/escalate-to-partner/test", h.api))
+            .json(&json!({}))
+            .send()
+    };
+    let first = test().await.unwrap();
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    let limited = test().await.unwrap();
+    assert_eq!(limited.status(), 429);
+    assert!(
+        header(limited.headers(), "retry-after")
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    let body: Value = limited.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    let (_, requests) = get_with_cookie(&format!("{}/api/requests", h.api), "").await;
+    let stored = &requests["requests"][0];
+    assert_eq!(stored["id"], first["request_id"]);
+    assert_eq!(stored["query"]["params"]["test"], true, "{stored}");
+    assert_eq!(requests["requests"].as_array().unwrap().len(), 1);
+}
+
 #[tokio::test]
 async fn runs_and_requests_are_paged_by_cursor_with_verdicts() {
     use haloflow::storage::{NewRequest, NewRun};
