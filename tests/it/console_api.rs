@@ -438,6 +438,15 @@ fn client_at(ip: [u8; 4]) -> reqwest::Client {
         .unwrap()
 }
 
+/// A 429 JSON answer with a `Retry-After` of at least a second.
+async fn assert_rate_limited(response: reqwest::Response) {
+    assert_eq!(response.status(), 429);
+    let retry_after = header(response.headers(), "retry-after").parse::<u64>();
+    assert!(retry_after.unwrap() >= 1);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+}
+
 /// Guessing is limited by failures only, per client address, and shared by the sign-in form
 /// and the API's `Authorization` and cookie checks: a user who signs in often is never locked
 /// out, and a stranger's guesses lock out only the stranger's address.
@@ -468,19 +477,7 @@ async fn failed_attempts_are_limited_per_address_and_successes_are_free() {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        limited.status(),
-        429,
-        "even the right token, from the guessing address"
-    );
-    assert!(
-        header(limited.headers(), "retry-after")
-            .parse::<u64>()
-            .unwrap()
-            >= 1
-    );
-    let body: Value = limited.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "rate_limited");
+    assert_rate_limited(limited).await; // even the right token, from the guessing address
     let form = stranger.post(&login).form(&right).send().await.unwrap();
     assert_eq!(form.status(), 429, "the sign-in form shares the limit");
     assert!(!form.headers().contains_key(SET_COOKIE));
@@ -858,16 +855,7 @@ async fn a_test_webhook_keeps_to_the_triggers_rate_limit_and_is_marked() {
     let first = test().await.unwrap();
     assert_eq!(first.status(), 202);
     let first: Value = first.json().await.unwrap();
-    let limited = test().await.unwrap();
-    assert_eq!(limited.status(), 429);
-    assert!(
-        header(limited.headers(), "retry-after")
-            .parse::<u64>()
-            .unwrap()
-            >= 1
-    );
-    let body: Value = limited.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "rate_limited");
+    assert_rate_limited(test().await.unwrap()).await;
     let (_, requests) = get_with_cookie(&format!("{}/api/requests", h.api), "").await;
     let stored = &requests["requests"][0];
     assert_eq!(stored["id"], first["request_id"]);

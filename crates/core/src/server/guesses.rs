@@ -9,6 +9,8 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::rejections::lock;
+
 /// Failed attempts a client may make at once; then one more per [`PERIOD`].
 const BURST: u32 = 10;
 const PERIOD: Duration = Duration::from_secs(6);
@@ -84,12 +86,6 @@ fn key_of(peer: Option<IpAddr>) -> Option<IpAddr> {
         }
         v4 => Some(v4),
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

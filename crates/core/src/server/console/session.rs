@@ -117,9 +117,7 @@ pub(in crate::server) const KDF_SALT: &[u8] = b"haloflow console session";
 /// listener (and tests many servers) from the same credentials.
 fn slow_hash(material: &[u8]) -> [u8; 32] {
     static LAST: std::sync::Mutex<Option<(Vec<u8>, [u8; 32])>> = std::sync::Mutex::new(None);
-    let mut last = LAST
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut last = crate::server::rejections::lock(&LAST);
     if let Some((known, key)) = last.as_ref()
         && equal(known, material)
     {
