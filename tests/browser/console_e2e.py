@@ -37,7 +37,7 @@ def parse_args():
                         help="the server holds the replay's first request until this script prints "
                         "'waiting: release the replay' (tests/it/console.rs does): check the run is shown running first")
     parser.add_argument("--only", help="comma-separated scenarios to run (after logging in): "
-                        "flows, failed-run, replay (needs failed-run), paging, setup, requests, sync, logout")
+                        "flows, failed-run, replay (needs failed-run), paging, setup, requests, sync, bad-route, logout")
     parser.add_argument("--assets", help="serve the console's files from this directory instead of the server's "
                         "(to try front-end edits without rebuilding)")
     return parser.parse_args()
@@ -241,6 +241,15 @@ def sync_page(c):
     c.shot("sync")
 
 
+def bad_route(c):
+    # A route that does not decode is not found (no script error), and the console still
+    # navigates after it.
+    c.page.goto(f"{c.base}/console/#/runs/%E0")
+    expect(c.page.locator("main h1")).to_have_text("Not found")
+    c.open("/flows")
+    expect(c.page.locator("main h1")).to_have_text("Flows")
+
+
 def serve_assets(context, args):
     folder = Path(args.assets)
     types = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
@@ -284,6 +293,7 @@ SCENARIOS = [
     ("setup", "trigger setup, copy and test webhook", setup),
     ("requests", "a suppressed request under its parent", suppressed),
     ("sync", "sync back", sync_page),
+    ("bad-route", "a route that does not decode", bad_route),
     ("logout", "log out", log_out),
 ]
 

@@ -185,7 +185,7 @@ async fn a_session_reads_the_api_and_changes_only_with_its_csrf_token() {
     assert!(session["expires_at_ms"].as_i64().unwrap() > haloflow::internals::storage::now_ms());
     let shell = browser()
         .get(format!("{}/console/", h.base))
-        .header("Cookie", &cookie)
+        .header("Cookie", cookie.as_str())
         .send()
         .await
         .unwrap();
@@ -202,7 +202,7 @@ async fn a_session_reads_the_api_and_changes_only_with_its_csrf_token() {
     let replay = |token: Option<&str>| {
         let mut request = browser()
             .post(format!("{}/api/runs/{failed}/replay", h.base))
-            .header("Cookie", &cookie)
+            .header("Cookie", cookie.as_str())
             .json(&json!({}));
         if let Some(token) = token {
             request = request.header("X-CSRF-Token", token);
@@ -224,7 +224,7 @@ async fn a_session_reads_the_api_and_changes_only_with_its_csrf_token() {
     let logout = |token: Option<&str>| {
         let mut request = browser()
             .post(format!("{}/console/logout", h.base))
-            .header("Cookie", &cookie);
+            .header("Cookie", cookie.as_str());
         if let Some(token) = token {
             request = request.header("X-CSRF-Token", token);
         }
@@ -251,26 +251,94 @@ async fn failed_run(h: &Harness) -> String {
     run.summary.id
 }
 
-/// The session format of the contract, signed as another node with the same secrets would.
-fn signed_session(expires_at_ms: i64, nonce: &str, token: &str) -> String {
-    type HmacSha256 = hmac::Hmac<sha2::Sha256>;
-    let mac = |key: &[u8], message: &[u8]| {
-        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key).unwrap();
-        mac.update(message);
-        mac.finalize().into_bytes().to_vec()
-    };
-    let mut secret = Vec::new();
-    for part in ["token", token, "basic", "ops", API_PASSWORD] {
-        secret.extend_from_slice(&(part.len() as u64).to_be_bytes());
-        secret.extend_from_slice(part.as_bytes());
+/// The key material of the API's credentials as the README documents it: each part
+/// length-prefixed.
+fn material(parts: &[&str]) -> Vec<u8> {
+    let mut material = Vec::new();
+    for part in parts {
+        material.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        material.extend_from_slice(part.as_bytes());
     }
-    let key = mac(&secret, b"haloflow console session");
+    material
+}
+
+fn credentials_material(token: &str) -> Vec<u8> {
+    material(&["token", token, "basic", "ops", API_PASSWORD])
+}
+
+/// The session key as the README documents it: PBKDF2-HMAC-SHA256 of the material, 300 000
+/// rounds, salt `haloflow console session`.
+fn slow_key(material: &[u8]) -> Vec<u8> {
+    let mut key = [0u8; 32];
+    pbkdf2::pbkdf2_hmac::<sha2::Sha256>(material, b"haloflow console session", 300_000, &mut key);
+    key.to_vec()
+}
+
+fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
+    type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key).unwrap();
+    mac.update(message);
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// The session format of the contract, signed with `key` as another node would.
+fn signed_with(key: &[u8], expires_at_ms: i64, nonce: &str) -> String {
     let signed = format!("v1.{expires_at_ms}.{nonce}");
-    let hex: String = mac(&key, signed.as_bytes())
+    let hex: String = hmac_sha256(key, signed.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
     format!("haloflow_session={signed}.{hex}")
+}
+
+/// A session signed as another node with the same secrets would.
+fn signed_session(expires_at_ms: i64, nonce: &str, token: &str) -> String {
+    static KEYS: std::sync::Mutex<Vec<(String, Vec<u8>)>> = std::sync::Mutex::new(Vec::new());
+    let mut keys = KEYS.lock().unwrap();
+    if !keys.iter().any(|(t, _)| t == token) {
+        keys.push((token.to_owned(), slow_key(&credentials_material(token))));
+    }
+    let key = &keys.iter().find(|(t, _)| t == token).unwrap().1;
+    signed_with(key, expires_at_ms, nonce)
+}
+
+/// One cookie lets nobody test password guesses at HMAC speed: the key comes from a slow KDF,
+/// and a key from the old fast derivation is refused.
+#[tokio::test]
+async fn the_session_key_comes_from_a_slow_kdf() {
+    let h = start(with_credentials).await;
+    let runs = format!("{}/api/runs", h.base);
+    let later = haloflow::internals::storage::now_ms() + 60_000;
+    let fast = hmac_sha256(
+        &credentials_material(API_TOKEN),
+        b"haloflow console session",
+    );
+    let (status, _) = get_with_cookie(&runs, &signed_with(&fast, later, "abc")).await;
+    assert_eq!(status, 401, "a key derived at HMAC speed");
+    let (status, body) = get_with_cookie(&runs, &signed_session(later, "abc", API_TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+fn with_session_secret(config: &mut Config) {
+    with_credentials(config);
+    config.server.api.session_secret_name = Some("HALOFLOW_SESSION_SECRET".into());
+}
+
+/// With `session_secret_name`, sessions are signed with that shared secret (every node with it
+/// accepts them), no longer with the credentials.
+#[tokio::test]
+async fn a_shared_session_secret_signs_the_sessions_instead() {
+    let h = start(with_session_secret).await;
+    let runs = format!("{}/api/runs", h.base);
+    let later = haloflow::internals::storage::now_ms() + 60_000;
+    let shared = slow_key(&material(&["session", crate::common::SESSION_SECRET]));
+    let (status, body) = get_with_cookie(&runs, &signed_with(&shared, later, "n1")).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = get_with_cookie(&runs, &signed_session(later, "n1", API_TOKEN)).await;
+    assert_eq!(status, 401, "the credentials no longer sign sessions");
+    let signed_in = sign_in(&h.base, &[("token", API_TOKEN)]).await;
+    let cookie = session_cookie(signed_in.headers());
+    assert_eq!(get_with_cookie(&runs, &cookie).await.0, 200);
 }
 
 #[tokio::test]
@@ -358,6 +426,145 @@ async fn sign_in_attempts_beyond_the_limit_are_refused() {
         "haloflow_rejected_requests_total{flow=\"api\",reason=\"rate_limited\"} 1",
     ] {
         assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+}
+
+/// A client whose connections come from `ip` (any 127.x address reaches the listeners).
+fn client_at(ip: [u8; 4]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from(ip))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// A 429 JSON answer with a `Retry-After` of at least a second.
+async fn assert_rate_limited(response: reqwest::Response) {
+    assert_eq!(response.status(), 429);
+    let retry_after = header(response.headers(), "retry-after").parse::<u64>();
+    assert!(retry_after.unwrap() >= 1);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+}
+
+/// Guessing is limited by failures only, per client address, and shared by the sign-in form
+/// and the API's `Authorization` and cookie checks: a user who signs in often is never locked
+/// out, and a stranger's guesses lock out only the stranger's address.
+#[tokio::test]
+async fn failed_attempts_are_limited_per_address_and_successes_are_free() {
+    let h = start(with_credentials).await;
+    let right = [("username", "ops"), ("password", API_PASSWORD)];
+    let user = client_at([127, 0, 0, 2]);
+    let login = format!("{}/console/login", h.base);
+    for _ in 0..12 {
+        let response = user.post(&login).form(&right).send().await.unwrap();
+        assert_eq!(response.status(), 303, "successes are not counted");
+    }
+    let runs = format!("{}/api/runs", h.base);
+    let stranger = client_at([127, 0, 0, 3]);
+    for i in 0..10 {
+        let guess = stranger.get(&runs);
+        let guess = if i % 2 == 0 {
+            guess.bearer_auth("guess")
+        } else {
+            guess.header("Cookie", "haloflow_session=v1.99999999999999.abc.00")
+        };
+        assert_eq!(guess.send().await.unwrap().status(), 401);
+    }
+    let limited = stranger
+        .get(&runs)
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_rate_limited(limited).await; // even the right token, from the guessing address
+    let form = stranger.post(&login).form(&right).send().await.unwrap();
+    assert_eq!(form.status(), 429, "the sign-in form shares the limit");
+    assert!(!form.headers().contains_key(SET_COOKIE));
+
+    let elsewhere = user.get(&runs).bearer_auth(API_TOKEN).send().await.unwrap();
+    assert_eq!(elsewhere.status(), 200, "another address is not locked out");
+    let signed_in = user.post(&login).form(&right).send().await.unwrap();
+    assert_eq!(signed_in.status(), 303);
+}
+
+/// A browser may send several `haloflow_session` cookies (an old one for another path): any
+/// that verifies lets it in.
+#[tokio::test]
+async fn any_session_cookie_that_verifies_is_accepted() {
+    let h = start(with_credentials).await;
+    let signed_in = sign_in(&h.base, &[("username", "ops"), ("password", API_PASSWORD)]).await;
+    let cookie = session_cookie(signed_in.headers());
+    let both = format!("haloflow_session=v1.1.stale.00; {cookie}");
+    let (status, body) = get_with_cookie(&format!("{}/api/runs", h.base), &both).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// An expired session while the console polls must not make the browser ask for a password
+/// in its own box: no Basic challenge for a request with the cookie or from a script.
+#[tokio::test]
+async fn a_401_to_the_console_carries_no_basic_challenge() {
+    let h = start(with_credentials).await;
+    let runs = format!("{}/api/runs", h.base);
+    let challenge = |request: reqwest::RequestBuilder| async move {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401);
+        header(response.headers(), "www-authenticate").to_owned()
+    };
+    let plain = challenge(h.client.get(&runs)).await;
+    assert!(plain.contains("Basic"), "{plain}");
+    for request in [
+        h.client
+            .get(&runs)
+            .header("Cookie", "haloflow_session=v1.1.expired.00"),
+        h.client.get(&runs).header("Sec-Fetch-Mode", "cors"),
+    ] {
+        let value = challenge(request).await;
+        assert!(
+            !value.contains("Basic") && value.contains("Bearer"),
+            "{value}"
+        );
+    }
+}
+
+/// Signing out takes the session's CSRF token or the browser's word that the console's own
+/// page sent it; another site's form cannot sign a user out.
+#[tokio::test]
+async fn another_site_cannot_sign_a_user_out() {
+    let h = start(with_credentials).await;
+    let signed_in = sign_in(&h.base, &[("username", "ops"), ("password", API_PASSWORD)]).await;
+    let cookie = session_cookie(signed_in.headers());
+    let logout = |headers: &[(&str, &str)]| {
+        let mut request = browser().post(format!("{}/console/logout", h.base));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send()
+    };
+    for refused in [
+        &[][..],
+        &[("Cookie", cookie.as_str())][..],
+        &[
+            ("Cookie", cookie.as_str()),
+            ("Origin", "https://evil.example"),
+        ][..],
+        &[
+            ("Cookie", cookie.as_str()),
+            ("Sec-Fetch-Site", "cross-site"),
+        ][..],
+        &[("Origin", "null")][..],
+    ] {
+        let response = logout(refused).await.unwrap();
+        assert_eq!(response.status(), 403, "{refused:?}");
+        assert!(!response.headers().contains_key(SET_COOKIE), "{refused:?}");
+    }
+    for accepted in [
+        &[("Sec-Fetch-Site", "same-origin")][..],
+        &[("Cookie", cookie.as_str()), ("Origin", h.base.as_str())][..],
+    ] {
+        let response = logout(accepted).await.unwrap();
+        assert_eq!(response.status(), 303, "{accepted:?}");
+        assert!(header(response.headers(), "set-cookie").contains("Max-Age=0"));
     }
 }
 
@@ -622,6 +829,38 @@ async fn a_test_webhook_goes_through_the_trigger_path_and_starts_a_run() {
         .await
         .unwrap();
     assert_eq!(missing.status(), 404);
+}
+
+/// A test webhook is a trigger request: the trigger's rate limit applies to it, and the
+/// history shows it was a test.
+#[tokio::test]
+async fn a_test_webhook_keeps_to_the_triggers_rate_limit_and_is_marked() {
+    let flows = tempfile::tempdir().unwrap();
+    let mut flow: Value =
+        serde_json::from_str(&std::fs::read_to_string("flows/escalate-to-partner.json").unwrap())
+            .unwrap();
+    flow["trigger"]["rate_limit"] = json!({"requests": 1, "per_secs": 60});
+    std::fs::write(flows.path().join("escalate.json"), flow.to_string()).unwrap();
+    let h = Harness::start_with(Options {
+        flows: flows.path().to_owned(),
+        ..Options::default()
+    })
+    .await;
+    let test = || {
+        h.client
+            .post(format!("{}/api/flows/escalate-to-partner/test", h.api))
+            .json(&json!({}))
+            .send()
+    };
+    let first = test().await.unwrap();
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    assert_rate_limited(test().await.unwrap()).await;
+    let (_, requests) = get_with_cookie(&format!("{}/api/requests", h.api), "").await;
+    let stored = &requests["requests"][0];
+    assert_eq!(stored["id"], first["request_id"]);
+    assert_eq!(stored["query"]["params"]["test"], true, "{stored}");
+    assert_eq!(requests["requests"].as_array().unwrap().len(), 1);
 }
 
 #[tokio::test]

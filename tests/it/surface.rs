@@ -33,13 +33,12 @@ fn with_credentials(config: &mut Config) {
 }
 
 async fn call(
-    h: &Harness,
+    client: &reqwest::Client,
     base: &str,
     (method, path): &(reqwest::Method, String),
     authorization: Option<&str>,
 ) -> (u16, reqwest::header::HeaderMap, Value) {
-    let mut request = h
-        .client
+    let mut request = client
         .request(method.clone(), format!("{base}{path}"))
         .header("Content-Type", "application/json");
     if *method == reqwest::Method::POST {
@@ -71,14 +70,21 @@ async fn with_credentials_every_api_path_refuses_anonymous_calls_on_both_listene
         format!("{scheme} {pair}")
     };
     for base in [h.base.clone(), h.api.clone()] {
-        for operation in api_operations() {
+        for (i, operation) in api_operations().into_iter().enumerate() {
+            // Each operation's wrong guesses from an address of their own: failures are
+            // limited per address.
+            let stranger = reqwest::Client::builder()
+                .local_address(std::net::IpAddr::from([127, 0, 1, i as u8 + 1]))
+                .build()
+                .unwrap();
             for refused in [
                 None,
                 Some("Bearer wrong-token".to_owned()),
                 Some(basic("Basic", "wrong")),
                 Some(format!("Basic {API_TOKEN}")),
             ] {
-                let (status, headers, body) = call(&h, &base, &operation, refused.as_deref()).await;
+                let (status, headers, body) =
+                    call(&stranger, &base, &operation, refused.as_deref()).await;
                 assert_eq!(status, 401, "{base} {operation:?} {refused:?}: {body}");
                 assert_eq!(body["error"]["code"], "invalid_auth", "{operation:?}");
                 assert!(headers.contains_key("www-authenticate"), "{operation:?}");
@@ -89,7 +95,7 @@ async fn with_credentials_every_api_path_refuses_anonymous_calls_on_both_listene
                 basic("Basic", API_PASSWORD),
                 basic("BASIC", API_PASSWORD),
             ] {
-                let (status, _, body) = call(&h, &base, &operation, Some(&accepted)).await;
+                let (status, _, body) = call(&h.client, &base, &operation, Some(&accepted)).await;
                 let missing = ["not_found", "unknown_flow"];
                 assert!(
                     status == 200
@@ -120,10 +126,10 @@ async fn with_credentials_every_api_path_refuses_anonymous_calls_on_both_listene
 async fn without_credentials_the_api_is_served_on_the_loopback_admin_listener_only() {
     let h = Harness::start().await;
     for operation in api_operations() {
-        let (status, _, body) = call(&h, &h.base, &operation, None).await;
+        let (status, _, body) = call(&h.client, &h.base, &operation, None).await;
         assert_eq!(status, 404, "public {operation:?}: {body}");
         assert_eq!(body["error"]["code"], "not_found");
-        let (status, _, body) = call(&h, &h.api, &operation, None).await;
+        let (status, _, body) = call(&h.client, &h.api, &operation, None).await;
         assert!(
             status == 200
                 || ["no run", "no flow"]
@@ -214,6 +220,109 @@ async fn replay_takes_only_json_from_the_servers_own_origin() {
             format!("haloflow_rejected_requests_total{{flow=\"api\",reason=\"{reason}\"}} 3");
         assert!(metrics.contains(&line), "{line} in {metrics}");
     }
+}
+
+/// A page of another site whose name was re-pointed to 127.0.0.1 (DNS rebinding) sends its
+/// own name as Host (and Origin): the open admin listener answers it nothing but health.
+#[tokio::test]
+async fn the_open_listener_answers_only_to_loopback_names() {
+    let h = Harness::start().await;
+    let port = h.api.rsplit(':').next().unwrap().to_owned();
+    let send = |method: reqwest::Method, path: &str, host: &str| {
+        let mut request = h
+            .client
+            .request(method.clone(), format!("{}{path}", h.api))
+            .header("Host", host);
+        if method == reqwest::Method::POST {
+            let origin = format!("http://{host}");
+            request = request
+                .header("Origin", origin)
+                .json(&serde_json::json!({}));
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    for host in [
+        format!("attacker.example:{port}"),
+        "attacker.example".to_owned(),
+        format!("127.0.0.1.attacker.example:{port}"),
+        format!("ops@127.0.0.1:{port}"),
+    ] {
+        for (method, path) in [
+            (reqwest::Method::GET, "/api/runs"),
+            (reqwest::Method::GET, "/api/session"),
+            (reqwest::Method::GET, "/console/"),
+            (reqwest::Method::GET, "/metrics"),
+            (reqwest::Method::POST, "/api/flows/escalate-to-partner/test"),
+        ] {
+            let (status, body) = send(method, path, &host).await;
+            assert_eq!(status, 421, "{host} {path}: {body}");
+            assert_eq!(body["error"]["code"], "forbidden_host", "{host} {path}");
+        }
+        let (status, _) = send(reqwest::Method::GET, "/health", &host).await;
+        assert_eq!(status, 200, "health answers any name");
+    }
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("LocalHost:{port}"),
+        "[::1]:9".to_owned(),
+        "127.0.0.2".to_owned(),
+    ] {
+        let (status, body) = send(reqwest::Method::GET, "/api/runs", &host).await;
+        assert_eq!(status, 200, "{host}: {body}");
+    }
+    // A page of this machine at the listener's port may change things; a page on another
+    // local port may not, whatever Host it names.
+    let origin_from = |origin: String| {
+        h.client
+            .post(format!("{}/api/runs/no-such-run/replay", h.api))
+            .header("Origin", origin)
+            .json(&serde_json::json!({}))
+            .send()
+    };
+    let local = origin_from(format!("http://localhost:{port}"))
+        .await
+        .unwrap();
+    assert_eq!(local.status(), 404);
+    let other_port = origin_from("http://localhost:1".to_owned()).await.unwrap();
+    assert_eq!(other_port.status(), 403);
+}
+
+/// The Origin check compares with the server's own addresses, never with the Host the request
+/// names (which a page of another site chooses).
+#[tokio::test]
+async fn an_origin_that_matches_only_the_requests_own_host_is_refused() {
+    let h = Harness::start_with(Options {
+        configure: with_credentials,
+        ..Options::default()
+    })
+    .await;
+    let port = h.base.rsplit(':').next().unwrap().to_owned();
+    let replay = |host: String, origin: String| {
+        h.client
+            .post(format!("{}/api/runs/no-such-run/replay", h.base))
+            .bearer_auth(API_TOKEN)
+            .header("Host", host)
+            .header("Origin", origin)
+            .json(&serde_json::json!({}))
+            .send()
+    };
+    let evil = format!("evil.example:{port}");
+    let refused = replay(evil.clone(), format!("http://{evil}"))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "forbidden_origin");
+    let own = replay(evil, h.base.clone()).await.unwrap();
+    assert_eq!(own.status(), 404, "the listener's own address");
 }
 
 #[tokio::test]
@@ -459,6 +568,48 @@ async fn over_long_urls_and_headers_get_json_errors() {
             .len(),
         0
     );
+}
+
+/// What axum refuses before a handler runs (a path segment or query that does not decode, a
+/// repeated parameter, a body over the limit) is answered as JSON too.
+#[tokio::test]
+async fn undecodable_paths_queries_and_bodies_get_json_errors() {
+    let h = Harness::start().await;
+    for (path, code) in [
+        ("/api/flows/%FF/setup", "invalid_path"),
+        ("/api/runs/%FF", "invalid_path"),
+        ("/console/assets/%FF", "invalid_path"),
+        (
+            "/console/login?next=/console/&next=/console/x",
+            "invalid_query",
+        ),
+    ] {
+        let response = h
+            .client
+            .get(format!("{}{path}", h.api))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], code, "{path}: {body}");
+    }
+    for path in [
+        "/api/flows/escalate-to-partner/test",
+        "/api/runs/no-such-run/replay",
+    ] {
+        let response = h
+            .client
+            .post(format!("{}{path}", h.api))
+            .header("Content-Type", "application/json")
+            .body(vec![b' '; 2 * 1024 * 1024])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 413, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "payload_too_large", "{path}");
+    }
 }
 
 /// Starts `haloflow serve` with the routing flow and `env`, sends a health check and a request

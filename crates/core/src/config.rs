@@ -239,6 +239,10 @@ pub struct ApiAuthConfig {
     pub basic_username: Option<String>,
     #[serde(default)]
     pub password_secret_name: Option<String>,
+    /// A secret (random, shared by every node) that console sessions are signed with instead
+    /// of a key derived from the credentials above; rotating it signs everyone out.
+    #[serde(default)]
+    pub session_secret_name: Option<String>,
 }
 
 impl ApiAuthConfig {

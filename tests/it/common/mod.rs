@@ -29,6 +29,9 @@ pub const PARTNER_SECRET: &str = "CS-partner-5d7f3b19";
 /// `HALOFLOW_API_TOKEN`, or `HALOFLOW_API_PASSWORD` for Basic.
 pub const API_TOKEN: &str = "TOKEN-api-8a2f6d13";
 pub const API_PASSWORD: &str = "PW-api-4c7e9b25";
+/// The console's session secret, for tests that set `session_secret_name` to
+/// `HALOFLOW_SESSION_SECRET`.
+pub const SESSION_SECRET: &str = "SS-console-e1d3a7f2";
 
 pub fn all_secrets() -> [&'static str; 5] {
     [
@@ -161,6 +164,7 @@ impl Harness {
             ("PARTNER_SECRET", PARTNER_SECRET),
             ("HALOFLOW_API_TOKEN", API_TOKEN),
             ("HALOFLOW_API_PASSWORD", API_PASSWORD),
+            ("HALOFLOW_SESSION_SECRET", SESSION_SECRET),
         ]);
         let dir = tempfile::tempdir().unwrap();
         let data_dir = options

@@ -7,7 +7,7 @@ use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::error::{ApiError, ErrorCode};
+use super::error::{ApiError, ErrorCode, Valid};
 use crate::engine::{Engine, Exposition, ReplayError, ReplayFrom};
 use crate::storage::{Cursor, RequestFilter, RequestRecord, RunFilter, RunStatus, Verdict};
 
@@ -58,7 +58,7 @@ fn time_param(params: &HashMap<String, String>, name: &str) -> Result<Option<i64
 
 pub(super) async fn runs(
     State(engine): State<Engine>,
-    Query(params): Query<HashMap<String, String>>,
+    Valid(Query(params)): Valid<Query<HashMap<String, String>>>,
 ) -> Response {
     let result = async {
         let status = match params.get("status") {
@@ -127,7 +127,10 @@ fn next_cursor<T>(
     })
 }
 
-pub(super) async fn run(State(engine): State<Engine>, Path(run_id): Path<String>) -> Response {
+pub(super) async fn run(
+    State(engine): State<Engine>,
+    Valid(Path(run_id)): Valid<Path<String>>,
+) -> Response {
     match engine.storage().get_run(&run_id).await {
         Ok(Some(run)) => Json(run).into_response(),
         Ok(None) => {
@@ -141,8 +144,8 @@ pub(super) async fn run(State(engine): State<Engine>, Path(run_id): Path<String>
 /// `{"from": "trigger"}`; without one, a failed run replays from its failed step.
 pub(super) async fn replay(
     State(engine): State<Engine>,
-    Path(run_id): Path<String>,
-    body: axum::body::Bytes,
+    Valid(Path(run_id)): Valid<Path<String>>,
+    Valid(body): Valid<axum::body::Bytes>,
 ) -> Response {
     let from = match replay_from(&body) {
         Ok(from) => from,
@@ -190,7 +193,7 @@ fn replay_from(body: &[u8]) -> Result<ReplayFrom, ApiError> {
 
 pub(super) async fn requests(
     State(engine): State<Engine>,
-    Query(params): Query<HashMap<String, String>>,
+    Valid(Query(params)): Valid<Query<HashMap<String, String>>>,
 ) -> Response {
     let result = async {
         let suppressed_only = match params.get("suppressed").map(String::as_str) {

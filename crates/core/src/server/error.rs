@@ -13,6 +13,8 @@ pub enum ErrorCode {
     InvalidAuth,
     /// A state-changing API call from a web page of another origin.
     ForbiddenOrigin,
+    /// A request to the open (loopback) listener naming another host (DNS rebinding).
+    ForbiddenHost,
     /// A change made with a console session cookie without its CSRF token.
     CsrfFailed,
     UnsupportedMediaType,
@@ -24,6 +26,8 @@ pub enum ErrorCode {
     InvalidJson,
     InvalidPayload,
     InvalidQuery,
+    /// A path segment that does not decode (not UTF-8, or not the expected type).
+    InvalidPath,
     /// A replay that cannot start (run not finished, step not in the run, flow not loaded).
     InvalidReplay,
     RateLimited,
@@ -49,6 +53,7 @@ impl ErrorCode {
             ErrorCode::UnknownFlow => ("unknown_flow", StatusCode::NOT_FOUND),
             ErrorCode::InvalidAuth => ("invalid_auth", StatusCode::UNAUTHORIZED),
             ErrorCode::ForbiddenOrigin => ("forbidden_origin", StatusCode::FORBIDDEN),
+            ErrorCode::ForbiddenHost => ("forbidden_host", StatusCode::MISDIRECTED_REQUEST),
             ErrorCode::CsrfFailed => ("csrf_failed", StatusCode::FORBIDDEN),
             ErrorCode::UriTooLong => ("uri_too_long", StatusCode::URI_TOO_LONG),
             ErrorCode::RequestTimeout => ("request_timeout", StatusCode::REQUEST_TIMEOUT),
@@ -63,6 +68,7 @@ impl ErrorCode {
             ErrorCode::InvalidJson => ("invalid_json", StatusCode::BAD_REQUEST),
             ErrorCode::InvalidPayload => ("invalid_payload", StatusCode::BAD_REQUEST),
             ErrorCode::InvalidQuery => ("invalid_query", StatusCode::BAD_REQUEST),
+            ErrorCode::InvalidPath => ("invalid_path", StatusCode::BAD_REQUEST),
             ErrorCode::InvalidReplay => ("invalid_replay", StatusCode::CONFLICT),
             ErrorCode::RateLimited => ("rate_limited", StatusCode::TOO_MANY_REQUESTS),
             ErrorCode::NotFound => ("not_found", StatusCode::NOT_FOUND),
@@ -123,5 +129,80 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
+    }
+}
+
+/// An extractor whose refusal is answered as the API answers errors (JSON of the table above)
+/// instead of axum's plain text: `Valid<Path<String>>`, `Valid<Query<...>>`, `Valid<Bytes>`.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Valid<T>(pub T);
+
+impl<S: Send + Sync, T> axum::extract::FromRequestParts<S> for Valid<T>
+where
+    T: axum::extract::FromRequestParts<S>,
+    T::Rejection: Into<ApiError>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        T::from_request_parts(parts, state)
+            .await
+            .map(Valid)
+            .map_err(Into::into)
+    }
+}
+
+impl<S: Send + Sync, T> axum::extract::FromRequest<S> for Valid<T>
+where
+    T: axum::extract::FromRequest<S>,
+    T::Rejection: Into<ApiError>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        T::from_request(request, state)
+            .await
+            .map(Valid)
+            .map_err(Into::into)
+    }
+}
+
+/// axum's refusal as an error of the table: a body over the limit is 413, a fault of ours
+/// (5xx) is logged and told as `internal`, the rest is the request's fault as `code`.
+fn rejected(status: StatusCode, text: String, code: ErrorCode) -> ApiError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            "the body is larger than the limit (server.max_body_bytes)",
+        )
+    } else if status.is_server_error() {
+        tracing::error!(error = %text, "A request could not be read.");
+        ApiError::new(ErrorCode::Internal, "the request could not be read")
+    } else {
+        ApiError::new(code, text)
+    }
+}
+
+impl From<axum::extract::rejection::PathRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::PathRejection) -> Self {
+        let text = rejection.body_text();
+        rejected(rejection.status(), text, ErrorCode::InvalidPath)
+    }
+}
+
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::QueryRejection) -> Self {
+        let text = rejection.body_text();
+        rejected(rejection.status(), text, ErrorCode::InvalidQuery)
+    }
+}
+
+impl From<axum::extract::rejection::BytesRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::BytesRejection) -> Self {
+        let text = rejection.body_text();
+        rejected(rejection.status(), text, ErrorCode::InvalidPayload)
     }
 }

@@ -9,8 +9,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::error::{ApiError, ErrorCode};
-use super::trigger::accept_error;
+use super::error::{ApiError, ErrorCode, Valid};
+use super::trigger::{accept_error, rate_limit};
 use crate::engine::Engine;
 use crate::flow::{StepDef, TriggerAuth, ValidatedFlow};
 use crate::storage::RunStatus;
@@ -123,7 +123,7 @@ fn step_json(step: &StepDef) -> Value {
 /// it authenticates, and what the trigger's integration says to set up at the sender.
 pub(super) async fn setup(
     State(engine): State<Engine>,
-    Path(flow_id): Path<String>,
+    Valid(Path(flow_id)): Valid<Path<String>>,
     RawQuery(query): RawQuery,
 ) -> Response {
     let Some(loaded) = engine.flow(&flow_id) else {
@@ -162,16 +162,21 @@ fn unknown_flow(flow_id: &str) -> ApiError {
 }
 
 /// `POST /api/flows/{flow_id}/test` with an optional `{"payload": {...}, "recipients": [...]}`:
-/// a trigger request through the engine's accept, as if the sender had posted it (stored,
-/// flood control, runs); without a payload the trigger's integration provides a sample.
+/// a trigger request through the engine's accept, as if the sender had posted it (rate limit,
+/// stored with `"test": true` among its query's params, flood control, runs); without a
+/// payload the trigger's integration provides a sample.
 pub(super) async fn test(
     State(engine): State<Engine>,
-    Path(flow_id): Path<String>,
-    body: axum::body::Bytes,
+    Valid(Path(flow_id)): Valid<Path<String>>,
+    Valid(body): Valid<axum::body::Bytes>,
 ) -> Response {
     let Some(loaded) = engine.flow(&flow_id) else {
         return unknown_flow(&flow_id).into_response();
     };
+    // A test costs what a request from the sender costs: the trigger's rate limit applies.
+    if let Err(error) = rate_limit(&loaded) {
+        return error.into_response();
+    }
     let (payload, recipients) = match test_request(&body) {
         Ok(parts) => parts,
         Err(error) => return error.into_response(),
@@ -184,9 +189,10 @@ pub(super) async fn test(
         )
         .into_response();
     };
+    // Marked in the stored query, so the history shows the request was a test.
     let query = TriggerQuery {
         recipients,
-        ..TriggerQuery::default()
+        params: [("test".to_owned(), json!(true))].into_iter().collect(),
     };
     let text = payload.to_string();
     match engine.accept(&loaded, &query, &text, payload).await {

@@ -53,6 +53,7 @@ pub(super) async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let local = listener.local_addr()?;
     let mut http = hyper::server::conn::http1::Builder::new();
     // hyper answers a head larger than its buffer with an empty 431; a buffer twice our limit
     // lets `guard::limit_head` answer the usual oversize with JSON first.
@@ -71,7 +72,7 @@ pub(super) async fn run(
         let idled = idle.fired.clone();
         let connection = http.serve_connection(
             TokioIo::new(idle),
-            service(app.clone(), peer, served.clone()),
+            service(app.clone(), (peer, local), served.clone()),
         );
         let stop = shutdown.clone();
         let rejections = rejections.clone();
@@ -93,10 +94,16 @@ pub(super) async fn run(
     Ok(())
 }
 
-/// The router for one connection: the client's address goes into each request's extensions.
+/// The address a listener is bound to, in each request's extensions: the guard takes pages
+/// of this address as the server's own.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LocalAddr(pub SocketAddr);
+
+/// The router for one connection: the client's address and the listener's go into each
+/// request's extensions.
 fn service(
     app: Router,
-    peer: SocketAddr,
+    (peer, local): (SocketAddr, SocketAddr),
     served: Arc<AtomicBool>,
 ) -> impl hyper::service::Service<
     hyper::Request<hyper::body::Incoming>,
@@ -107,6 +114,7 @@ fn service(
     let app = TowerToHyperService::new(app);
     hyper::service::service_fn(move |mut request: hyper::Request<_>| {
         request.extensions_mut().insert(ConnectInfo(peer));
+        request.extensions_mut().insert(LocalAddr(local));
         served.store(true, Ordering::Relaxed);
         // The path only: a query may carry a trigger's key.
         let seen = tracing::enabled!(tracing::Level::DEBUG)

@@ -6,6 +6,7 @@ mod console;
 mod error;
 mod flows;
 mod guard;
+mod guesses;
 mod listener;
 mod rejections;
 mod trigger;
@@ -77,8 +78,9 @@ fn metrics_routes() -> Router<Engine> {
 }
 
 /// The API behind its guard (the integrations' API routes too), and the console signing in
-/// to it; `/metrics` too unless `server.metrics_public`.
-fn api_routes(engine: &Engine, open: bool) -> Router<Engine> {
+/// to it; `/metrics` too unless `server.metrics_public`. On the open admin listener all of it
+/// answers only to a loopback Host (health, routed apart, answers any).
+fn api_routes(engine: &Engine, admin: bool) -> Router<Engine> {
     let guarded = Router::new()
         .route("/api/session", get(console::session))
         .route("/api/flows", get(flows::flows))
@@ -96,7 +98,7 @@ fn api_routes(engine: &Engine, open: bool) -> Router<Engine> {
     } else {
         guarded.merge(metrics_routes())
     };
-    let guard = guard::ApiGuard::new(engine, open);
+    let guard = guard::ApiGuard::new(engine, admin);
     let guarded = guarded.route_layer(middleware::from_fn_with_state(
         guard.clone(),
         guard::require_api_auth,
@@ -106,7 +108,12 @@ fn api_routes(engine: &Engine, open: bool) -> Router<Engine> {
     } else {
         guarded
     };
-    guarded.merge(console::routes(engine, guard))
+    guarded
+        .merge(console::routes(engine, guard.clone()))
+        .route_layer(middleware::from_fn_with_state(
+            guard,
+            guard::require_local_host,
+        ))
 }
 
 fn finish(app: Router<Engine>, engine: Engine, rejections: Arc<Rejections>) -> Router {

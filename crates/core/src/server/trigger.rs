@@ -104,7 +104,7 @@ fn authenticate(flow: &LoadedFlow, uri: &Uri, headers: &HeaderMap) -> Result<(),
         })
 }
 
-fn rate_limit(flow: &LoadedFlow) -> Result<(), ApiError> {
+pub(super) fn rate_limit(flow: &LoadedFlow) -> Result<(), ApiError> {
     flow.check_rate_limit().map_err(|wait| {
         TriggerCounters::count(&flow.counters.rate_limited);
         let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);

@@ -5,7 +5,6 @@
 pub(super) mod session;
 
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Query, Request, State};
@@ -14,12 +13,11 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Form, Json, Router};
-use governor::clock::{Clock, DefaultClock};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::error::{ApiError, ErrorCode};
-use super::guard::{ApiGuard, Authenticated, check_csrf, needs_credentials};
+use super::error::{ApiError, ErrorCode, Valid};
+use super::guard::{ApiGuard, Authenticated, Refusal, check_csrf, csrf_failed, peer_ip};
 use super::rejections::{API, Rejected, Rejections};
 use crate::engine::Engine;
 
@@ -44,30 +42,19 @@ const JS: &str = "text/javascript; charset=utf-8";
 
 const CSP: &str = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'";
 
-/// Sign-in attempts per listener: a burst of this many, then one per 6 s.
-const LOGIN_ATTEMPTS_PER_MINUTE: u32 = 10;
-
 const WRONG_CREDENTIALS: &str = "Wrong user name, password or token.";
-
-type Limiter = governor::DefaultDirectRateLimiter;
 
 struct Console {
     guard: Arc<ApiGuard>,
-    logins: Limiter,
     /// `Secure` cookies when the server's public URL is https.
     secure: bool,
 }
 
 /// The console's routes on a listener that serves the API, guarded as the API is by `guard`.
 pub(super) fn routes(engine: &Engine, guard: Arc<ApiGuard>) -> Router<Engine> {
-    let per_minute = NonZeroU32::new(LOGIN_ATTEMPTS_PER_MINUTE).unwrap_or(NonZeroU32::MIN);
     let secure = (engine.server_config().public_url.as_deref())
         .is_some_and(|url| url.trim().to_ascii_lowercase().starts_with("https://"));
-    let console = Arc::new(Console {
-        guard,
-        logins: governor::RateLimiter::direct(governor::Quota::per_minute(per_minute)),
-        secure,
-    });
+    let console = Arc::new(Console { guard, secure });
     Router::new()
         .route("/console", get(to_shell))
         .route("/console/", get(shell))
@@ -87,7 +74,7 @@ fn find_asset(name: &str) -> Option<(&'static str, &'static str)> {
         .map(|(_, content_type, body)| (*content_type, *body))
 }
 
-async fn asset(axum::extract::Path(file): axum::extract::Path<String>) -> Response {
+async fn asset(Valid(axum::extract::Path(file)): Valid<axum::extract::Path<String>>) -> Response {
     match find_asset(&file) {
         Some((content_type, body)) => (
             [
@@ -109,34 +96,39 @@ async fn to_shell() -> Response {
 }
 
 async fn shell(State(console): State<Arc<Console>>, request: Request) -> Response {
-    match console.guard.authenticate(request.headers()) {
-        Some(_) => html(
+    match authenticate(&console, &request) {
+        Ok(_) => html(
             StatusCode::OK,
             find_asset("index.html").map_or("", |(_, body)| body),
         ),
-        None => sign_in_first(&request),
+        Err(refusal) => sign_in_first(&request, refusal),
     }
 }
 
 /// Any other path under `/console/`: a stranger is sent to sign in, as for the shell.
 async fn elsewhere(State(console): State<Arc<Console>>, request: Request) -> Response {
-    match console.guard.authenticate(request.headers()) {
-        Some(_) => ApiError::new(
+    match authenticate(&console, &request) {
+        Ok(_) => ApiError::new(
             ErrorCode::NotFound,
             "no such console page; the console is at /console/",
         )
         .into_response(),
-        None => sign_in_first(&request),
+        Err(refusal) => sign_in_first(&request, refusal),
     }
 }
 
-/// A browser goes to the sign-in page and comes back after; other clients get the API's 401.
-fn sign_in_first(request: &Request) -> Response {
+fn authenticate(console: &Console, request: &Request) -> Result<Authenticated, Refusal> {
+    (console.guard).authenticate(request.headers(), peer_ip(request.extensions()))
+}
+
+/// A browser goes to the sign-in page and comes back after; other clients get the API's 401
+/// (or 429 after too many failures).
+fn sign_in_first(request: &Request, refusal: Refusal) -> Response {
     let wants_html = (request.headers().get(header::ACCEPT))
         .and_then(|v| v.to_str().ok())
         .is_some_and(|accept| accept.contains("text/html"));
-    if !wants_html {
-        return needs_credentials().into_response();
+    if !wants_html || matches!(refusal, Refusal::TooMany(_)) {
+        return refusal.error(request.headers()).into_response();
     }
     let here = request
         .uri()
@@ -155,11 +147,12 @@ struct NextParam {
 
 async fn login_page(
     State(console): State<Arc<Console>>,
+    caller: Caller,
     headers: HeaderMap,
-    Query(params): Query<NextParam>,
+    Valid(Query(params)): Valid<Query<NextParam>>,
 ) -> Response {
     let next = safe_next(params.next.as_deref());
-    if console.guard.authenticate(&headers).is_some() {
+    if console.guard.authenticate(&headers, caller.ip()).is_ok() {
         return see_other(next);
     }
     login_form(StatusCode::OK, None, next)
@@ -178,7 +171,7 @@ struct LoginForm {
 
 async fn login(
     State(console): State<Arc<Console>>,
-    refused: Refused,
+    caller: Caller,
     headers: HeaderMap,
     form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
@@ -194,28 +187,21 @@ async fn login(
     let origin = headers
         .get(header::ORIGIN)
         .map(|o| o.to_str().unwrap_or(""));
-    if origin.is_some_and(|origin| !console.guard.same_origin(origin, &headers)) {
+    if origin.is_some_and(|origin| !console.guard.same_origin(origin, caller.local)) {
         return ApiError::new(
             ErrorCode::ForbiddenOrigin,
             "sign in from the console's own page",
         )
         .into_response();
     }
-    if let Err(wait) = console.logins.check() {
-        let seconds = wait.wait_time_from(DefaultClock::default().now()).as_secs() + 1;
-        let message = format!("Too many sign-in attempts; try again in {seconds} seconds.");
-        refused.count(
-            ErrorCode::RateLimited,
-            "console sign-in over the attempt limit",
-        );
-        let mut response = login_form(StatusCode::TOO_MANY_REQUESTS, Some(&message), &next);
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        return response;
-    }
-    match (form, console.guard.session_key()) {
-        (Ok(Form(form)), Some(key)) if credentials_ok(&console.guard, &form) => {
+    let form = form.ok();
+    let signed_in = console.guard.attempt(caller.ip(), || {
+        let Form(form) = form.as_ref()?;
+        credentials_ok(&console.guard, form).then_some(())?;
+        console.guard.session_key()
+    });
+    match signed_in {
+        Ok(key) => {
             let expires_at_ms = crate::storage::now_ms() + session::LIFETIME_SECS * 1000;
             let value = key.issue(expires_at_ms);
             with_cookie(
@@ -225,8 +211,20 @@ async fn login(
                 console.secure,
             )
         }
-        _ => {
-            refused.count(
+        Err(Refusal::TooMany(seconds)) => {
+            let message = format!("Too many sign-in attempts; try again in {seconds} seconds.");
+            caller.count(
+                ErrorCode::RateLimited,
+                "console sign-in over the attempt limit",
+            );
+            let mut response = login_form(StatusCode::TOO_MANY_REQUESTS, Some(&message), &next);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            response
+        }
+        Err(_) => {
+            caller.count(
                 ErrorCode::InvalidAuth,
                 "console sign-in with wrong credentials",
             );
@@ -235,28 +233,35 @@ async fn login(
     }
 }
 
-/// Counts a refused sign-in with the API's refusals (`/metrics`, `flow="api"`) and logs it
-/// within their budget, with the client's address.
-struct Refused {
+/// Who is calling: the client's and the listener's addresses; counts a refused sign-in with
+/// the API's refusals (`/metrics`, `flow="api"`) and logs it within their budget.
+struct Caller {
     rejections: Option<Arc<Rejections>>,
     peer: Option<SocketAddr>,
+    /// The listener's address, for the Origin check.
+    local: Option<SocketAddr>,
 }
 
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Refused {
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(
         parts: &mut axum::http::request::Parts,
         _: &S,
     ) -> Result<Self, Self::Rejection> {
-        Ok(Refused {
+        Ok(Caller {
             rejections: parts.extensions.get::<Arc<Rejections>>().cloned(),
             peer: (parts.extensions.get::<ConnectInfo<SocketAddr>>()).map(|ConnectInfo(a)| *a),
+            local: super::guard::local_addr(&parts.extensions),
         })
     }
 }
 
-impl Refused {
+impl Caller {
+    fn ip(&self) -> Option<std::net::IpAddr> {
+        self.peer.map(|peer| peer.ip())
+    }
+
     fn count(&self, code: ErrorCode, detail: &str) {
         let Some(rejections) = &self.rejections else {
             return;
@@ -283,11 +288,28 @@ fn credentials_ok(guard: &ApiGuard, form: &LoginForm) -> bool {
     }
 }
 
-/// Clears the cookie. A session must show its CSRF token, so no other site can sign a user out.
-async fn logout(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    let authenticated = console.guard.authenticate(&headers);
-    if let Some(Err(error)) = authenticated.map(|a| check_csrf(&console.guard, &a, &headers)) {
-        return error.into_response();
+/// Clears the cookie, for the console's own page only, so no other site can sign a user out:
+/// the request carries the session's CSRF token, or the browser says it comes from this
+/// server's own origin (`Origin`, or `Sec-Fetch-Site: same-origin` once the session expired).
+async fn logout(
+    State(console): State<Arc<Console>>,
+    caller: Caller,
+    headers: HeaderMap,
+) -> Response {
+    let guard = &console.guard;
+    let with_token = guard.authenticate(&headers, caller.ip()).is_ok_and(|a| {
+        matches!(a, Authenticated::Session(_)) && check_csrf(guard, &a, &headers).is_ok()
+    });
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    let own_origin =
+        text(header::ORIGIN.as_str()).is_some_and(|origin| guard.same_origin(origin, caller.local));
+    let same_site = text("sec-fetch-site") == Some("same-origin");
+    if !(with_token || own_origin || same_site) {
+        return csrf_failed().into_response();
     }
     with_cookie(see_other("/console/login"), "", 0, console.secure)
 }

@@ -38,14 +38,21 @@ async function show() {
   const match = ROUTES.map(([pattern, render, section]) => [pattern.exec(path), render, section])
     .find(([found]) => found);
   markNav(match ? match[2] : null);
-  if (!match) {
+  const [found, render] = match ?? [];
+  let params = null;
+  try {
+    // A route such as #/runs/%E0 does not decode: it is not found, rather than an exception
+    // out of the hash handler that leaves the page stuck.
+    params = found?.slice(1).map(decodeURIComponent);
+  } catch {
+    params = null;
+  }
+  if (!params) {
     fill(main, h("h1", { tabindex: "-1" }, "Not found"),
       message("error", `There is no console page ${path}. `, h("a", { href: "#/flows" }, "Go to the flows.")));
     focusHeading(main);
     return;
   }
-  const [found, render] = match;
-  const params = found.slice(1).map(decodeURIComponent);
   const context = {
     params,
     query,
