@@ -256,7 +256,7 @@ pub(super) async fn metrics(
     trigger_requests(&engine, &mut exposition);
     exposition.counter(
         "haloflow_rejected_requests",
-        "Rejected trigger and ServiceNow webhook requests by flow (or connection) and reason, since start; `unknown` for ids that do not exist.",
+        "Rejected trigger and integration webhook requests by flow (or connection) and reason, since start; `unknown` for ids that do not exist.",
         (rejections.counts().into_iter())
             .map(|(flow, reason, n)| {
                 (Exposition::labels([("flow", &flow), ("reason", reason)]), n)

@@ -135,7 +135,7 @@ async fn request_listings_walk_an_index_in_order() {
         (
             "a flow prefix",
             RequestFilter {
-                flow_prefix: Some("servicenow:".into()),
+                flow_prefix: Some("integration:".into()),
                 before: cursor(),
                 ..Default::default()
             },
