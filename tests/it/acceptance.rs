@@ -406,11 +406,7 @@ async fn a_database_that_cannot_keep_up_answers_503_with_retry_after_and_stores_
     let storage = h.engine.storage();
     let stored = storage.list_requests(&RequestFilter::default()).await;
     assert!(stored.unwrap().is_empty(), "nothing was stored");
-    let metrics = (h.client.get(format!("{}/metrics", h.api)).send().await)
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.metrics().await;
     assert!(
         metrics.contains("haloflow_storage_write_queue 4096"),
         "{metrics}"

@@ -411,16 +411,7 @@ async fn sign_in_attempts_beyond_the_limit_are_refused() {
     assert_eq!(limited.status(), 429);
     assert!(limited.headers().contains_key("retry-after"));
     assert!(!limited.headers().contains_key(SET_COOKIE));
-    let metrics = h
-        .client
-        .get(format!("{}/metrics", h.api))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.metrics().await;
     for line in [
         "haloflow_rejected_requests_total{flow=\"api\",reason=\"invalid_auth\"} 10",
         "haloflow_rejected_requests_total{flow=\"api\",reason=\"rate_limited\"} 1",

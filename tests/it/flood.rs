@@ -133,15 +133,7 @@ async fn six_correlated_requests_give_four_runs_and_two_suppressed_under_the_fou
         .await
         .unwrap();
     assert_eq!(api["requests"].as_array().unwrap().len(), 2);
-    let metrics = h
-        .client
-        .get(format!("{}/metrics", h.api))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.metrics().await;
     assert!(
         metrics.contains(
             "haloflow_trigger_requests_total{flow=\"escalate-to-partner\",outcome=\"accepted\"} 8"
@@ -245,15 +237,7 @@ async fn over_the_rate_limit_requests_get_429_with_retry_after_and_are_not_store
         202,
         "allowed again after Retry-After"
     );
-    let metrics = h
-        .client
-        .get(format!("{}/metrics", h.api))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.metrics().await;
     assert!(metrics.contains("outcome=\"rate_limited\"} 1"), "{metrics}");
 }
 

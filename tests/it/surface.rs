@@ -105,16 +105,7 @@ async fn with_credentials_every_api_path_refuses_anonymous_calls_on_both_listene
             }
         }
     }
-    let metrics = h
-        .client
-        .get(format!("{}/metrics", h.api))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.metrics().await;
     let refused = 2 * 4 * api_operations().len();
     let line = format!(
         "haloflow_rejected_requests_total{{flow=\"api\",reason=\"invalid_auth\"}} {refused}"
@@ -208,13 +199,7 @@ async fn replay_takes_only_json_from_the_servers_own_origin() {
     assert_eq!(status, 404, "{body}");
     let (status, body) = send("application/json", None).await;
     assert_eq!(status, 404, "{body}");
-    let metrics = h
-        .client
-        .get(format!("{}/metrics", h.api))
-        .send()
-        .await
-        .unwrap();
-    let metrics = metrics.text().await.unwrap();
+    let metrics = h.metrics().await;
     for reason in ["forbidden_origin", "unsupported_media_type"] {
         let line =
             format!("haloflow_rejected_requests_total{{flow=\"api\",reason=\"{reason}\"}} 3");
@@ -450,15 +435,7 @@ async fn a_flood_of_rejected_requests_costs_a_bounded_amount_of_storage() {
         stored_rejections >= 1 && stored_rejections <= 5 * (seconds + 1) && stored_rejections < 500,
         "a few summaries per second are kept: {stored_rejections} in {seconds} s"
     );
-    let metrics = h
-        .client
-        .get(format!("{}/metrics", h.api))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.metrics().await;
     let line = "haloflow_rejected_requests_total{flow=\"escalate-to-partner\",reason=\"invalid_auth\"} 500";
     assert!(metrics.contains(line), "{metrics}");
 }
@@ -520,13 +497,7 @@ async fn slow_clients_are_cut_off() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(took < std::time::Duration::from_secs(4), "{took:?}");
     // The two that never sent a whole request are counted (and logged) as rejections.
-    let metrics = h
-        .client
-        .get(format!("{}/metrics", h.api))
-        .send()
-        .await
-        .unwrap();
-    let metrics = metrics.text().await.unwrap();
+    let metrics = h.metrics().await;
     let line = "haloflow_rejected_requests_total{flow=\"connection\",reason=\"request_timeout\"} 2";
     assert!(metrics.contains(line), "{line} in {metrics}");
 }

@@ -128,6 +128,14 @@ pub async fn serve(engine: &Engine) -> (String, String) {
 }
 
 impl Harness {
+    /// `/metrics` of the admin listener as text, with the API token (an open listener, with no
+    /// credentials configured, lets every caller in and ignores it).
+    pub async fn metrics(&self) -> String {
+        let response = self.client.get(format!("{}/metrics", self.api));
+        let response = response.bearer_auth(API_TOKEN).send().await.unwrap();
+        response.text().await.unwrap()
+    }
+
     pub async fn start() -> Harness {
         Harness::start_with(Options::default()).await
     }
