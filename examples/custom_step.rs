@@ -95,9 +95,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let inbox: Inbox = Arc::default();
     let chat_url = start_chat_service(inbox.clone()).await?;
 
-    // The integrations this program runs: its own, and neither Halo nor ServiceNow. The
-    // registry holds the core's built-in steps and the integrations'.
-    let integrations = Integrations::new().with(Chat);
+    // The integrations this program runs: its own, and Halo for the `halo.incidents` trigger
+    // type its flow reacts to (no Halo connection is configured: no step calls Halo), not
+    // ServiceNow. The registry holds the core's built-in steps and trigger type (`webhook`)
+    // and the integrations'.
+    let integrations = Integrations::new().with(Chat).with(Halo);
     let registry = integrations.registry();
     let config = integrations.parse_config(&format!(
         "[http.chat]\nbase_url = \"{chat_url}\"\nheader_name = \"X-Chat-Token\"\nheader_secret_name = \"CHAT_TOKEN\"\n"

@@ -142,8 +142,13 @@ pub mod secrets {
 }
 
 pub mod trigger {
-    //! What a trigger URL's query carries (recipients and other parameters).
-    pub use haloflow_core::trigger::TriggerQuery;
+    //! Triggers: what a trigger URL's query carries (recipients and other parameters), and
+    //! the trigger-type contract a flow's `"trigger": {"type": ...}` names: the core's
+    //! [`Webhook`], Halo's `halo.incidents`, or an integration's own
+    //! (`Integration::trigger_types`).
+    pub use haloflow_core::trigger::{
+        REQUEST_OUTPUTS, TriggerDescription, TriggerEvent, TriggerQuery, TriggerType, Webhook,
+    };
 }
 
 /// Everything of the core, module by module, for the `haloflow` binary, the tests and

@@ -15,7 +15,7 @@ pub use crate::engine::{Integration, Integrations};
 pub use crate::flow::{FlowValidator, Problem, ValidatedFlow};
 #[cfg(feature = "halo")]
 #[doc(no_inline)]
-pub use crate::halo::{HALO, Halo, HaloConnection, HaloConnections};
+pub use crate::halo::{HALO, Halo, HaloConnection, HaloConnections, HaloIncidents};
 #[doc(no_inline)]
 pub use crate::outbound::{Field, OutboundRequest};
 #[doc(no_inline)]
@@ -36,7 +36,7 @@ pub use crate::storage::SqliteStorage;
 #[doc(no_inline)]
 pub use crate::storage::{Link, LinkOrigin, RunDetail, RunStatus, Storage, StorageSettings};
 #[doc(no_inline)]
-pub use crate::trigger::TriggerQuery;
+pub use crate::trigger::{TriggerDescription, TriggerEvent, TriggerQuery, TriggerType, Webhook};
 // The storage traits' methods, callable on a backend's own type too (e.g. `SqliteStorage`).
 #[doc(no_inline)]
 pub use crate::storage::{

@@ -10,7 +10,7 @@ use crate::internals::outbound::ExchangeRecord;
 use crate::internals::storage::{AttemptOutcome, AttemptRecord, StepRunRecord};
 use crate::internals::storage::{RunDetail, format_ms};
 
-pub use crate::internals::trigger::{trigger_url, with_recipients};
+pub use crate::internals::flow::{trigger_url, with_recipients};
 
 fn indented_json(value: &Value, indent: &str) -> String {
     serde_json::to_string_pretty(value)

@@ -27,4 +27,5 @@ mod storage_migrations;
 mod surface;
 mod sync_back;
 mod trigger;
+mod trigger_types;
 mod validation;

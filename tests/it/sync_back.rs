@@ -12,6 +12,7 @@ use haloflow::storage::{
     LeaseStore, LinkOrigin, LinkStore, NewRequest, NewRun, RequestFilter, RunStatus, RunStore,
     SqliteStorage, SyncStore,
 };
+use haloflow::trigger::{TriggerEvent, TriggerType, Webhook};
 use haloflow_emulators::RunningEmulator;
 use haloflow_emulators::halo::{HaloEmulator, HaloEmulatorConfig};
 use haloflow_emulators::servicenow::{ServiceNowEmulator, ServiceNowEmulatorConfig};
@@ -1317,8 +1318,12 @@ async fn a_webhook_whose_node_died_is_synced_by_the_next() {
         ..NamedRecord::default()
     };
     let query = haloflow::trigger::TriggerQuery::default();
-    let trigger =
-        haloflow::internals::trigger::outputs("req-dead", "now", &query, named.to_event());
+    let trigger = Webhook.outputs(TriggerEvent {
+        request_id: "req-dead",
+        received_at: "now",
+        query: &query,
+        event: named.to_event(),
+    });
     let flow_id = "servicenow:customers/12";
     let request = NewRequest {
         id: "req-dead".into(),

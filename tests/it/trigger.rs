@@ -2,7 +2,9 @@
 //! the emulators receive exactly the expected requests, bad requests get JSON 4xx answers.
 
 use crate::common::{ESCALATE_KEY, Harness, Options, ROUTING_PASSWORD, api_calls, sample_payload};
+use haloflow::halo::HaloIncidents;
 use haloflow::storage::{RequestFilter, RunStatus, StepStatus};
+use haloflow::trigger::{TriggerEvent, TriggerType};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -627,15 +629,15 @@ async fn runs_accepted_before_a_stop_start_on_the_next_start() {
     use haloflow::storage::{NewRequest, NewRun};
     let h = Harness::start().await;
     // A request and run written as the previous process would have, never started.
-    let trigger = haloflow::internals::trigger::outputs(
-        "req-before-stop",
-        "2026-11-23T00:00:00Z",
-        &haloflow::trigger::TriggerQuery::parse(Some("recipients=a"), None),
-        sample_payload("halo-new-ticket.json")
+    let trigger = HaloIncidents.outputs(TriggerEvent {
+        request_id: "req-before-stop",
+        received_at: "2026-11-23T00:00:00Z",
+        query: &haloflow::trigger::TriggerQuery::parse(Some("recipients=a"), None),
+        event: sample_payload("halo-new-ticket.json")
             .as_object()
             .unwrap()
             .clone(),
-    );
+    });
     let storage = h.engine.storage();
     let request = NewRequest {
         id: "req-before-stop".into(),

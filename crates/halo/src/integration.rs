@@ -1,16 +1,18 @@
 //! Halo as an integration of the core: the `[halo.<name>]` section, its connections (kind
-//! [`HALO`]) and the `halo.*` steps.
+//! [`HALO`]), the `halo.*` steps and the `halo.incidents` trigger type.
 
 use std::sync::Arc;
 
 use super::HaloConnection;
 use super::config::{self, HaloConfig};
 use super::steps::{AddAction, CreateTicket, GetTicket, UpdateTicket};
+use super::trigger::HaloIncidents;
 use haloflow_core::config::{Config, Problems, Section};
 use haloflow_core::connections::{ConnectionKind, Connections, ConnectionsBuilder};
 use haloflow_core::engine::integration::Integration;
-use haloflow_core::flow::{TriggerAuth, TriggerKind, ValidatedFlow};
+use haloflow_core::flow::{TriggerAuth, ValidatedFlow};
 use haloflow_core::step::{Step, StepError};
+use haloflow_core::trigger::TriggerType;
 use serde_json::Value;
 
 /// `[halo.<name>]`; steps without `"connection"` use `halo`.
@@ -53,6 +55,10 @@ impl Integration for Halo {
         ]
     }
 
+    fn trigger_types(&self) -> Vec<Arc<dyn TriggerType>> {
+        vec![Arc::new(HaloIncidents)]
+    }
+
     /// The two webhooks of the seed (tickets with an agent and unassigned ones), and what to
     /// choose as the webhook's Authentication in Halo.
     fn trigger_setup(&self, flow: &ValidatedFlow, url: &str) -> Option<Value> {
@@ -88,7 +94,7 @@ impl Integration for Halo {
 const NEW_TICKET_SAMPLE: &str = include_str!("../../../examples/halo-new-ticket.json");
 
 fn is_halo_trigger(flow: &ValidatedFlow) -> bool {
-    matches!(flow.document.trigger.kind, TriggerKind::HaloIncidents)
+    flow.document.trigger.type_name == HaloIncidents::TYPE
 }
 
 /// Builds Halo connection `name` of `halo` unless it is built already; another integration

@@ -6,6 +6,7 @@ pub mod config;
 mod integration;
 pub mod setup;
 pub mod steps;
+mod trigger;
 
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use haloflow_core::outbound::{Field, Outbound, OutboundRequest, OutboundResponse
 use haloflow_core::secrets::Secret;
 use haloflow_core::step::StepError;
 pub use integration::{HALO, Halo, HaloConnections, build_connection};
+pub use trigger::HaloIncidents;
 
 /// Halo's largest page (`page_size`: "Maximum size: 100").
 const PAGE_SIZE: usize = 100;

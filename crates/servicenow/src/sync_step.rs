@@ -17,6 +17,7 @@ use haloflow_core::flow::{FlowValidator, ValidatedFlow};
 use haloflow_core::step::{
     OutputSpec, Resend, Step, StepContext, StepDescription, StepError, StepRegistry,
 };
+use haloflow_core::trigger::Webhook;
 
 /// The step's type name.
 pub const SYNC_RECORD: &str = "servicenow.sync_record";
@@ -211,11 +212,14 @@ pub fn flow(sn: &ServiceNowConnection) -> ValidatedFlow {
     registry
         .register(SyncRecord)
         .expect("one step with a valid schema");
+    registry
+        .register_trigger(Arc::new(Webhook))
+        .expect("one trigger type");
     let document = json!({
         "id": "servicenow-sync-back",
         "name": format!("Sync back from ServiceNow {}", sn.key()),
         "description": "Built in: what the connection's webhook runs.",
-        "trigger": {"type": "halo.incidents", "auth": {"type": "none"}, "flood_control": {"enabled": false}},
+        "trigger": {"type": Webhook::TYPE, "auth": {"type": "none"}, "flood_control": {"enabled": false}},
         "steps": [{"id": "sync", "type": SYNC_RECORD,
                    "inputs": {"servicenow": sn.key(), "record": "{{trigger.body}}"}}]
     });

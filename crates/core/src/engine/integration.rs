@@ -1,5 +1,5 @@
 //! The one interface through which an integration plugs into the core: the config section it
-//! owns, the connections it builds, the steps it adds, the HTTP routes it serves (public ones,
+//! owns, the connections it builds, the steps and trigger types it adds, the HTTP routes it serves (public ones,
 //! and API ones behind the API's guard), the metric families it adds to `/metrics` and the
 //! background jobs it runs. Halo (`haloflow::halo::Halo`) and ServiceNow
 //! (`haloflow::servicenow::ServiceNow`) use it exactly as an embedder's integration does; the
@@ -54,6 +54,7 @@ use crate::connections::{Connections, ConnectionsBuilder, MissingSecret, Needed}
 use crate::flow::ValidatedFlow;
 use crate::secrets::SecretStore;
 use crate::step::{RegistryError, Step, StepRegistry};
+use crate::trigger::TriggerType;
 
 /// An integration: what one target system adds to the core. Every method but [`name`] has a
 /// default that adds nothing, so an integration implements only what it has.
@@ -80,6 +81,12 @@ pub trait Integration: Send + Sync + 'static {
 
     /// The steps it adds, registered by type name next to the core's.
     fn steps(&self) -> Vec<Arc<dyn Step>> {
+        Vec::new()
+    }
+
+    /// The trigger types it adds (flows name one in `"trigger": {"type": ...}`), registered
+    /// next to the core's `webhook`.
+    fn trigger_types(&self) -> Vec<Arc<dyn TriggerType>> {
         Vec::new()
     }
 
@@ -208,12 +215,18 @@ impl Integrations {
         registry
     }
 
-    /// Registers the integrations' steps `registry` lacks (a step of the same type name
-    /// registered before, e.g. an embedder's replacement, is kept).
+    /// Registers the integrations' steps and trigger types `registry` lacks (one of the same
+    /// type name registered before, e.g. an embedder's replacement, is kept).
     pub fn complete(&self, registry: &mut StepRegistry) -> Result<(), RegistryError> {
         for step in self.list.iter().flat_map(|i| i.steps()) {
             match registry.register_arc(step) {
                 Ok(()) | Err(RegistryError::Duplicate(_)) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        for trigger in self.list.iter().flat_map(|i| i.trigger_types()) {
+            match registry.register_trigger(trigger) {
+                Ok(()) | Err(RegistryError::DuplicateTrigger(_)) => {}
                 Err(error) => return Err(error),
             }
         }

@@ -29,7 +29,7 @@ use crate::storage::{
     NewRequest, NewRun, NewSuppressed, RunDetail, RunStatus, StepStatus, Storage, StorageError,
     format_ms, now_ms,
 };
-use crate::trigger::{self, PayloadProblem, TriggerAuthenticator, TriggerQuery};
+use crate::trigger::{self, PayloadProblem, TriggerAuthenticator, TriggerEvent, TriggerQuery};
 
 /// A flow ready to serve: validated, with its trigger secret resolved.
 #[derive(Debug)]
@@ -162,7 +162,7 @@ pub struct Accepted {
     pub run_ids: Vec<String>,
     /// Events flood control suppressed (empty when every event runs).
     pub suppressed: Vec<SuppressedEvent>,
-    /// Events whose Halo delivery id was received before: they start no second run.
+    /// Events whose delivery id (the trigger type's) was received before: they start no second run.
     pub duplicates: Vec<DuplicateEvent>,
 }
 
@@ -175,7 +175,7 @@ struct Sorted {
     duplicates: Vec<DuplicateEvent>,
 }
 
-/// An event Halo delivered before (the same delivery GUID), and the request that carried it.
+/// An event delivered before (the same delivery id), and the request that carried it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DuplicateEvent {
     pub event_index: usize,
@@ -504,7 +504,9 @@ impl Engine {
         events: Vec<serde_json::Map<String, Value>>,
     ) -> Result<Sorted, StorageError> {
         let received_at = format_ms(received_at_ms);
-        let delivery_ids: Vec<Option<String>> = events.iter().map(trigger::delivery_id).collect();
+        let trigger_type = flow.flow.trigger.trigger_type();
+        let delivery_ids: Vec<Option<String>> =
+            events.iter().map(|e| trigger_type.delivery_id(e)).collect();
         let mut seen: std::collections::HashMap<String, String> = self
             .inner
             .storage
@@ -531,7 +533,12 @@ impl Engine {
                 }
                 seen.insert(id.clone(), request_id.to_owned());
             }
-            let outputs = trigger::outputs(request_id, &received_at, query, event);
+            let outputs = trigger_type.outputs(TriggerEvent {
+                request_id,
+                received_at: &received_at,
+                query,
+                event,
+            });
             let event = (i, delivery_id, outputs);
             self.admit(flow, (request_id, received_at_ms), event, &mut sorted)
                 .await;

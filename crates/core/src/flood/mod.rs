@@ -131,7 +131,11 @@ mod tests {
 
     #[test]
     fn keys_are_the_values_at_the_chosen_outputs() {
-        let settings = FloodControlDef::default();
+        // Halo's default correlation (its trigger type's; the core's default is none).
+        let settings = FloodControlDef {
+            correlate_on: vec!["ticket_id".into(), "event".into()],
+            ..FloodControlDef::default()
+        };
         let outputs =
             json!({"ticket_id": 42, "event": "new ticket logged", "ticket": {"client_id": 7}});
         assert_eq!(

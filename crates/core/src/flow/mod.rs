@@ -6,19 +6,22 @@ mod editor_schema;
 mod locate;
 mod model;
 mod problem;
+mod trigger_checks;
+mod url;
 mod validate;
 
 use std::path::{Path, PathBuf};
 
 pub use editor_schema::editor_schema;
 pub use locate::locate;
-pub use model::{
-    FloodControlDef, FlowDocument, RateLimitDef, StepDef, TriggerAuth, TriggerDef, TriggerKind,
-};
+pub use model::{FloodControlDef, FlowDocument, RateLimitDef, StepDef, TriggerDef};
+pub use url::{trigger_url, with_recipients};
+
+pub use crate::trigger::TriggerAuth;
 pub use problem::{Problem, ProblemCode};
 pub use validate::FlowValidator;
 
-use crate::step::RegisteredStep;
+use crate::step::{RegisteredStep, RegisteredTrigger};
 use crate::template::{CompiledValue, Reference, TemplateSet};
 
 /// The flow schema, as shipped in `schemas/flow.schema.json`.
@@ -30,6 +33,8 @@ pub struct ValidatedFlow {
     pub document: FlowDocument,
     pub source: Option<PathBuf>,
     pub steps: Vec<ValidatedStep>,
+    /// The registered trigger type `"trigger": {"type": ...}` names.
+    pub trigger: RegisteredTrigger,
     pub(crate) templates: TemplateSet,
     /// Line and column of every template in the file, by JSON pointer, for run-time errors.
     pub(crate) positions: std::collections::HashMap<String, (usize, usize)>,
@@ -55,9 +60,10 @@ impl ValidatedFlow {
             .map(|s| format!("{} ({})", s.id, s.description().type_name))
             .collect();
         format!(
-            "flow `{}` ({}): halo.incidents trigger at /triggers/{}, {} step{}: {}",
+            "flow `{}` ({}): {} trigger at /triggers/{}, {} step{}: {}",
             self.document.id,
             self.document.name,
+            self.document.trigger.type_name,
             self.document.id,
             steps.len(),
             if steps.len() == 1 { "" } else { "s" },

@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::trigger::TriggerAuth;
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FlowDocument {
@@ -21,8 +23,9 @@ pub struct FlowDocument {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TriggerDef {
+    /// The registered trigger type, e.g. `webhook` (checked at validation).
     #[serde(rename = "type")]
-    pub kind: TriggerKind,
+    pub type_name: String,
     pub auth: TriggerAuth,
     #[serde(default)]
     pub flood_control: FloodControlDef,
@@ -38,7 +41,8 @@ pub struct FloodControlDef {
     #[serde(default = "default_true")]
     pub enabled: bool,
     /// Trigger outputs (dotted paths allowed, e.g. `ticket.client_id`) whose values correlate.
-    #[serde(default = "default_correlate_on")]
+    /// Left out, validation fills in the trigger type's default.
+    #[serde(default)]
     pub correlate_on: Vec<String>,
     #[serde(default = "default_max_requests")]
     pub max_requests: u32,
@@ -50,7 +54,7 @@ impl Default for FloodControlDef {
     fn default() -> Self {
         FloodControlDef {
             enabled: true,
-            correlate_on: default_correlate_on(),
+            correlate_on: Vec::new(),
             max_requests: default_max_requests(),
             window_secs: default_window_secs(),
         }
@@ -59,10 +63,6 @@ impl Default for FloodControlDef {
 
 fn default_true() -> bool {
     true
-}
-
-fn default_correlate_on() -> Vec<String> {
-    vec!["ticket_id".to_owned(), "event".to_owned()]
 }
 
 fn default_max_requests() -> u32 {
@@ -79,57 +79,6 @@ fn default_window_secs() -> u64 {
 pub struct RateLimitDef {
     pub requests: u32,
     pub per_secs: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-pub enum TriggerKind {
-    #[serde(rename = "halo.incidents")]
-    HaloIncidents,
-}
-
-/// How a trigger authenticates requests; every secret is a name, resolved at start.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum TriggerAuth {
-    UrlKey {
-        #[serde(default = "default_key_param")]
-        param: String,
-        secret_name: String,
-    },
-    Basic {
-        username: String,
-        password_secret_name: String,
-    },
-    Header {
-        #[serde(default = "default_key_header")]
-        header: String,
-        secret_name: String,
-    },
-    None,
-}
-
-fn default_key_param() -> String {
-    "apiKey".to_owned()
-}
-
-fn default_key_header() -> String {
-    "X-API-Key".to_owned()
-}
-
-impl TriggerAuth {
-    /// The secret names this auth needs.
-    pub fn secret_name(&self) -> Option<&str> {
-        match self {
-            TriggerAuth::UrlKey { secret_name, .. } | TriggerAuth::Header { secret_name, .. } => {
-                Some(secret_name)
-            }
-            TriggerAuth::Basic {
-                password_secret_name,
-                ..
-            } => Some(password_secret_name),
-            TriggerAuth::None => None,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

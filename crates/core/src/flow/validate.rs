@@ -8,11 +8,12 @@ use std::sync::LazyLock;
 use jsonschema::error::ValidationErrorKind;
 use serde_json::Value;
 
+use super::trigger_checks::{check_correlation, registered_trigger, unknown_trigger_output};
 use super::{FLOW_SCHEMA, FlowDocument, Problem, ProblemCode, ValidatedFlow, ValidatedStep};
 use crate::config::Config;
+use crate::step::RegisteredTrigger;
 use crate::step::{ConnectionKind, PathRule, RegisteredStep, StepRegistry};
 use crate::template::{CompiledValue, Reference, TemplateProblem, TemplateSet, escape_pointer};
-use crate::trigger::TRIGGER_OUTPUTS;
 
 static FLOW_SCHEMA_VALIDATOR: LazyLock<jsonschema::Validator> = LazyLock::new(|| {
     let schema: Value = serde_json::from_str(FLOW_SCHEMA).expect("the flow schema is JSON");
@@ -114,13 +115,16 @@ impl<'a> FlowValidator<'a> {
             located(vec![problem])
         })?;
         let mut problems = flow_schema_problems(&value);
-        check_correlation(&value, &mut problems);
-        let mut templates = TemplateSet::new();
-        let compiled = self.check_steps(&value, &mut templates, &mut problems);
-        if !problems.is_empty() {
-            return Err(located(problems));
+        let trigger = registered_trigger(self.registry, &value, &mut problems);
+        if let Some(trigger) = trigger {
+            check_correlation(&value, trigger, &mut problems);
         }
-        let document: FlowDocument = serde_json::from_value(value).map_err(|e| {
+        let mut templates = TemplateSet::new();
+        let compiled = self.check_steps(&value, trigger, &mut templates, &mut problems);
+        let Some(trigger) = trigger.filter(|_| problems.is_empty()) else {
+            return Err(located(problems));
+        };
+        let mut document: FlowDocument = serde_json::from_value(value).map_err(|e| {
             located(vec![Problem::new(
                 "",
                 ProblemCode::SchemaViolation,
@@ -128,9 +132,15 @@ impl<'a> FlowValidator<'a> {
                 "compare the flow with schemas/flow.schema.json",
             )])
         })?;
+        let flood = &mut document.trigger.flood_control;
+        if flood.correlate_on.is_empty() {
+            let defaults = &trigger.description().default_correlate_on;
+            flood.correlate_on = defaults.iter().map(|&o| o.to_owned()).collect();
+        }
         let steps = build_steps(&document.steps, compiled);
         Ok(ValidatedFlow {
             document,
+            trigger: trigger.clone(),
             source: file.map(Path::to_owned),
             positions: template_positions(text, &steps),
             steps,
@@ -143,6 +153,7 @@ impl<'a> FlowValidator<'a> {
     fn check_steps(
         &self,
         flow: &Value,
+        trigger: Option<&RegisteredTrigger>,
         templates: &mut TemplateSet,
         problems: &mut Vec<Problem>,
     ) -> Vec<CompiledStep> {
@@ -154,6 +165,7 @@ impl<'a> FlowValidator<'a> {
         let mut check = Check {
             scope: Scope {
                 index,
+                trigger,
                 constants: flow.get("constants").and_then(Value::as_object),
                 seen: HashSet::new(),
             },
@@ -437,17 +449,6 @@ fn template_pointers(compiled: &CompiledValue) -> Vec<String> {
     }
 }
 
-/// `shown` (a path or reference) names a trigger output that does not exist.
-fn unknown_trigger_output(pointer: String, shown: &str, output: &str) -> Problem {
-    let outputs: Vec<&str> = TRIGGER_OUTPUTS.iter().map(|o| o.name).collect();
-    Problem::new(
-        pointer,
-        ProblemCode::UnknownTriggerOutput,
-        format!("`{shown}`: the trigger has no output `{output}`"),
-        format!("trigger outputs: {}", outputs.join(", ")),
-    )
-}
-
 /// A step's `inputs` or below, at the top level (`/steps/<n>/inputs`) or on a path at any depth
 /// (`/steps/<n>/paths/<name>/<m>/inputs`). Walks the pointer rather than searching it for
 /// `/inputs`, since a path may itself be named `inputs`.
@@ -487,27 +488,6 @@ fn check_credential_headers(inputs: &Value, inputs_pointer: &str, problems: &mut
             crate::steps::HttpRequest::credential_header_message(name),
             "remove the header and set \"connection\" on the step; the connection adds its credentials to every request",
         ));
-    }
-}
-
-/// Flood control correlates on trigger outputs; each named output must exist.
-fn check_correlation(flow: &Value, problems: &mut Vec<Problem>) {
-    let Some(paths) = flow
-        .pointer("/trigger/flood_control/correlate_on")
-        .and_then(Value::as_array)
-    else {
-        return;
-    };
-    for (i, path) in paths.iter().enumerate() {
-        let Some(path) = path.as_str() else { continue };
-        let output = path.split('.').next().unwrap_or_default();
-        if !TRIGGER_OUTPUTS.iter().any(|o| o.name == output) {
-            problems.push(unknown_trigger_output(
-                format!("/trigger/flood_control/correlate_on/{i}"),
-                path,
-                output,
-            ));
-        }
     }
 }
 
@@ -559,6 +539,8 @@ fn template_problem(problem: TemplateProblem) -> Problem {
 struct Scope<'v> {
     /// Every step id of the flow (paths included) and its type when known.
     index: HashMap<&'v str, Option<RegisteredStep>>,
+    /// The flow's trigger type, when it is registered.
+    trigger: Option<&'v RegisteredTrigger>,
     constants: Option<&'v serde_json::Map<String, Value>>,
     /// Steps that come before, in document order, whether or not they surely run.
     seen: HashSet<String>,
@@ -674,9 +656,9 @@ fn check_reference(
     };
     let second = reference.path.get(1).map(String::as_str);
     match reference.path[0].as_str() {
-        "trigger" => match second {
-            Some(output) if !TRIGGER_OUTPUTS.iter().any(|o| o.name == output) => Some(
-                unknown_trigger_output(reference.pointer.clone(), &dotted, output),
+        "trigger" => match (second, scope.trigger) {
+            (Some(output), Some(trigger)) if !trigger.has_output(output) => Some(
+                unknown_trigger_output(trigger, reference.pointer.clone(), &dotted, output),
             ),
             _ => None,
         },
@@ -820,7 +802,7 @@ fn schema_problems(
             at,
             problem_code(kind),
             match kind {
-                // The id pattern of the Halo steps: say what it means.
+                // An id pattern (integrations' steps take numeric ids): say what it means.
                 ValidationErrorKind::Pattern { pattern } if pattern.starts_with("^[0-9]+") => {
                     "must be a whole number (an id) or a template".to_owned()
                 }

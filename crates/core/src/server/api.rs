@@ -355,7 +355,7 @@ pub(super) async fn method_not_allowed(
     uri: axum::http::Uri,
 ) -> Response {
     let hint = if uri.path().starts_with("/triggers/") {
-        "trigger URLs take POST with a JSON body; in Halo, set the webhook's method to POST"
+        "trigger URLs take POST with a JSON body; set the webhook's method to POST"
     } else {
         "see schemas/openapi.json for the methods each endpoint takes"
     };

@@ -13,8 +13,9 @@ use super::error::{ApiError, ErrorCode, Valid};
 use super::trigger::{accept_error, rate_limit};
 use crate::engine::Engine;
 use crate::flow::{StepDef, TriggerAuth, ValidatedFlow};
+use crate::flow::{trigger_url, with_recipients};
 use crate::storage::RunStatus;
-use crate::trigger::{TriggerQuery, trigger_url, with_recipients};
+use crate::trigger::TriggerQuery;
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
@@ -99,7 +100,7 @@ pub(super) fn trigger_json(base: &str, flow: &ValidatedFlow) -> Value {
     };
     let url = trigger_url(base, flow, None);
     let separator = if url.contains('?') { "&" } else { "?" };
-    json!({"type": trigger.kind, "url": url, "auth": auth, "recipients_separator": separator})
+    json!({"type": trigger.type_name, "url": url, "auth": auth, "recipients_separator": separator})
 }
 
 /// A step as the document nests it: a branching step lists its paths' steps under `paths`.

@@ -197,8 +197,8 @@ async fn respond(
     match result {
         Ok(accepted) => {
             tracing::info!(flow_id = %accepted.flow_id, request_id = %accepted.request_id, runs = accepted.run_ids.len(), suppressed = accepted.suppressed.len(), "Accepted a trigger request.");
-            // 202 for suppressed requests too, so Halo does not send them again.
-            // A delivery Halo sent before started no run: 200 names the first request.
+            // 202 for suppressed requests too, so the sender does not send them again.
+            // A delivery sent before started no run: 200 names the first request.
             let status = if accepted.run_ids.is_empty()
                 && accepted.suppressed.is_empty()
                 && !accepted.duplicates.is_empty()
@@ -232,7 +232,7 @@ pub(super) fn accept_error(error: AcceptError, flow_id: &str) -> ApiError {
             overloaded("request")
         }
         AcceptError::Storage(e) => {
-            tracing::error!(flow_id = %flow_id, error = %e, "Could not store a trigger request, which was answered 503 (Halo does not send it again on its own: re-send it from the webhook's Deliveries tab); check the database (disk space, connection).");
+            tracing::error!(flow_id = %flow_id, error = %e, "Could not store a trigger request, which was answered 503 (a sender that does not retry on its own, Halo among them, must send it again by hand); check the database (disk space, connection).");
             ApiError::new(
                 ErrorCode::StorageUnavailable,
                 "the request could not be stored and was not accepted; send it again",

@@ -9,19 +9,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::Value;
 
-pub use registry::{RegisteredStep, RegistryError, StepRegistry};
+pub use crate::template::OutputSpec;
+pub use registry::{RegisteredStep, RegisteredTrigger, RegistryError, StepRegistry};
 
 pub use crate::connections::ConnectionKind;
 use crate::connections::{Connections, NoConnection};
 use crate::outbound::{Outbound, OutboundError, TransportError};
 use crate::storage::Link;
-
-/// A named output a step produces; templates reach it as `steps.<id>.<name>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OutputSpec {
-    pub name: &'static str,
-    pub description: &'static str,
-}
 
 /// Which `"paths"` a step may have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

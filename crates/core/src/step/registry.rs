@@ -1,4 +1,5 @@
-//! The explicit step registry: built-ins are registered the same way an embedder's steps are.
+//! The explicit registry of what flows may name: step types and trigger types. Built-ins are
+//! registered the same way an embedder's are.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -6,6 +7,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::{Step, StepDescription};
+use crate::trigger::{TriggerDescription, TriggerType};
 
 /// A registered step: its implementation, its description (asked for once, at registration)
 /// and its input schema compiled twice: as written (for rendered inputs) and relaxed so that a
@@ -43,18 +45,53 @@ impl std::fmt::Debug for RegisteredStep {
     }
 }
 
+/// A registered trigger type, with its description (asked for once, at registration).
+#[derive(Clone)]
+pub struct RegisteredTrigger {
+    trigger: Arc<dyn TriggerType>,
+    description: Arc<TriggerDescription>,
+}
+
+impl RegisteredTrigger {
+    /// The trigger type's implementation.
+    pub fn trigger_type(&self) -> &dyn TriggerType {
+        self.trigger.as_ref()
+    }
+
+    /// What the trigger type is (name, summary, outputs, flood control's default correlation).
+    pub fn description(&self) -> &TriggerDescription {
+        &self.description
+    }
+
+    /// Whether templates may read `trigger.<name>`.
+    pub fn has_output(&self, name: &str) -> bool {
+        self.description.outputs.iter().any(|o| o.name == name)
+    }
+}
+
+impl std::fmt::Debug for RegisteredTrigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisteredTrigger")
+            .field("type", &self.description.type_name)
+            .finish()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("step type `{0}` is registered twice; type names must be unique")]
     Duplicate(String),
+    #[error("trigger type `{0}` is registered twice; type names must be unique")]
+    DuplicateTrigger(String),
     #[error("step type `{name}` has an invalid input schema: {message}")]
     InvalidSchema { name: String, message: String },
 }
 
-/// Step implementations by type name.
+/// Step and trigger implementations by type name: what flows may name.
 #[derive(Debug, Clone, Default)]
 pub struct StepRegistry {
     steps: BTreeMap<&'static str, RegisteredStep>,
+    triggers: BTreeMap<&'static str, RegisteredTrigger>,
 }
 
 impl StepRegistry {
@@ -107,6 +144,34 @@ impl StepRegistry {
 
     pub fn type_names(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.steps.keys().copied()
+    }
+
+    /// Registers a trigger type under its type name.
+    pub fn register_trigger(&mut self, trigger: Arc<dyn TriggerType>) -> Result<(), RegistryError> {
+        let description = trigger.describe();
+        let name = description.type_name;
+        if self.triggers.contains_key(name) {
+            return Err(RegistryError::DuplicateTrigger(name.to_owned()));
+        }
+        let description = Arc::new(description);
+        self.triggers.insert(
+            name,
+            RegisteredTrigger {
+                trigger,
+                description,
+            },
+        );
+        Ok(())
+    }
+
+    /// The trigger type named `type_name`.
+    pub fn trigger(&self, type_name: &str) -> Option<&RegisteredTrigger> {
+        self.triggers.get(type_name)
+    }
+
+    /// Every registered trigger type, by type name.
+    pub fn triggers(&self) -> impl Iterator<Item = &RegisteredTrigger> + '_ {
+        self.triggers.values()
     }
 }
 

@@ -34,6 +34,14 @@ pub(crate) enum CompiledValue {
     Array(Vec<CompiledValue>),
 }
 
+/// A named value templates reach: a trigger output (`trigger.<name>`) or a step output
+/// (`steps.<id>.<name>`), as a trigger type or step describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputSpec {
+    pub name: &'static str,
+    pub description: &'static str,
+}
+
 /// A data path a template reads, found in the input at `pointer`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reference {

@@ -1,10 +1,55 @@
 //! Trigger authentication, resolved once when the engine starts and compared in constant time.
 
 use base64::Engine as _;
+use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
-use crate::flow::TriggerAuth;
 use crate::secrets::{Secret, SecretStore};
+
+/// How a trigger authenticates requests; every secret is a name, resolved at start.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TriggerAuth {
+    UrlKey {
+        #[serde(default = "default_key_param")]
+        param: String,
+        secret_name: String,
+    },
+    Basic {
+        username: String,
+        password_secret_name: String,
+    },
+    Header {
+        #[serde(default = "default_key_header")]
+        header: String,
+        secret_name: String,
+    },
+    None,
+}
+
+fn default_key_param() -> String {
+    "apiKey".to_owned()
+}
+
+fn default_key_header() -> String {
+    "X-API-Key".to_owned()
+}
+
+impl TriggerAuth {
+    /// The secret names this auth needs.
+    pub fn secret_name(&self) -> Option<&str> {
+        match self {
+            TriggerAuth::UrlKey { secret_name, .. } | TriggerAuth::Header { secret_name, .. } => {
+                Some(secret_name)
+            }
+            TriggerAuth::Basic {
+                password_secret_name,
+                ..
+            } => Some(password_secret_name),
+            TriggerAuth::None => None,
+        }
+    }
+}
 
 /// A flow's trigger authentication with its secret resolved.
 #[derive(Debug, Clone)]
@@ -93,7 +138,7 @@ impl TriggerAuthenticator {
             TriggerAuthenticator::Basic { username, password } => {
                 let Some(value) = header("authorization") else {
                     return Err(AuthFailure(
-                        "missing Basic credentials; set Basic Authentication on the Halo webhook"
+                        "missing Basic credentials; set Basic Authentication on the webhook that calls this URL"
                             .into(),
                     ));
                 };

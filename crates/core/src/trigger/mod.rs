@@ -1,65 +1,18 @@
-//! The HaloITSM Incidents trigger: turns one webhook request into trigger outputs, one set per
-//! event (Halo batches events as a JSON array). See `../shared/reference/halo-api.md` §5.
+//! Triggers: how a webhook request becomes runs. The server authenticates it
+//! ([`TriggerAuthenticator`]), parses its query ([`TriggerQuery`]) and splits its body into
+//! events ([`events`]); the flow's [`TriggerType`] turns each event into the outputs templates
+//! read as `trigger.<name>` and says which delivery it is, for de-duplication.
 
 mod auth;
-mod url;
+mod trigger_type;
+mod webhook;
 
 use serde_json::{Map, Value, json};
 
-pub use auth::{AuthFailure, TriggerAuthenticator, equal};
+pub use auth::{AuthFailure, TriggerAuth, TriggerAuthenticator, equal};
 pub(crate) use auth::{basic_credentials, bearer_token};
-pub use url::{trigger_url, with_recipients};
-
-use crate::json::id_of;
-use crate::step::OutputSpec;
-
-/// The outputs templates reach as `trigger.<name>`.
-pub(crate) const TRIGGER_OUTPUTS: &[OutputSpec] = &[
-    OutputSpec {
-        name: "request_id",
-        description: "Id of the HTTP request that delivered the event.",
-    },
-    OutputSpec {
-        name: "delivery_id",
-        description: "Halo's delivery GUID (`id` in the body), or null.",
-    },
-    OutputSpec {
-        name: "event",
-        description: "Halo's event name, lower case (e.g. \"new ticket logged\"), or null.",
-    },
-    OutputSpec {
-        name: "ticket_id",
-        description: "The ticket id (`object_id`, else `ticket.id`), or null.",
-    },
-    OutputSpec {
-        name: "ticket",
-        description: "The ticket object from the body (empty object when absent).",
-    },
-    OutputSpec {
-        name: "agent_assigned",
-        description: "True when the ticket has an agent (agent_id > 0).",
-    },
-    OutputSpec {
-        name: "recipients",
-        description: "The `recipients` query parameter as a list of names.",
-    },
-    OutputSpec {
-        name: "params",
-        description: "Every other query parameter (the URL key excluded).",
-    },
-    OutputSpec {
-        name: "received_at",
-        description: "When the request arrived, RFC 3339 UTC.",
-    },
-    OutputSpec {
-        name: "message",
-        description: "Halo's message text, or null.",
-    },
-    OutputSpec {
-        name: "body",
-        description: "This event's JSON object as received.",
-    },
-];
+pub use trigger_type::{TriggerDescription, TriggerEvent, TriggerType};
+pub use webhook::{REQUEST_OUTPUTS, Webhook};
 
 /// The query string of a trigger request, parsed.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -149,7 +102,7 @@ impl PayloadProblem {
     }
 }
 
-/// Splits a body into events: an object is one event, an array (Halo batching) one per element.
+/// Splits a body into events: an object is one event, an array (a batch) one per element.
 pub fn events(body: Value) -> Result<Vec<Map<String, Value>>, PayloadProblem> {
     match body {
         Value::Object(event) => Ok(vec![event]),
@@ -164,68 +117,6 @@ pub fn events(body: Value) -> Result<Vec<Map<String, Value>>, PayloadProblem> {
             .collect(),
         _ => Err(PayloadProblem::NotAnObject { index: None }),
     }
-}
-
-/// The trigger outputs for one event.
-pub fn outputs(
-    request_id: &str,
-    received_at: &str,
-    query: &TriggerQuery,
-    event: Map<String, Value>,
-) -> Value {
-    let ticket = match event.get("ticket") {
-        Some(Value::Object(t)) => Value::Object(t.clone()),
-        _ => Value::Object(Map::new()),
-    };
-    let ticket_id = event
-        .get("object_id")
-        .and_then(id_of)
-        .or_else(|| ticket.get("id").and_then(id_of));
-    let agent_assigned = ticket
-        .get("agent_id")
-        .and_then(id_of)
-        .is_some_and(|id| id > 0);
-    let text = |key: &str| {
-        event
-            .get(key)
-            .and_then(Value::as_str)
-            .map_or(Value::Null, |t| Value::String(t.to_owned()))
-    };
-    let event_name = match text("event") {
-        Value::String(e) => Value::String(e.to_lowercase()),
-        other => other,
-    };
-    let message = text("message");
-    crate::json::object([
-        ("request_id", Value::String(request_id.to_owned())),
-        (
-            "delivery_id",
-            delivery_id(&event).map_or(Value::Null, Value::String),
-        ),
-        ("event", event_name),
-        ("ticket_id", ticket_id.map_or(Value::Null, Value::from)),
-        ("ticket", ticket),
-        ("agent_assigned", Value::Bool(agent_assigned)),
-        ("recipients", json!(query.recipients)),
-        ("params", json!(query.params)),
-        ("received_at", Value::String(received_at.to_owned())),
-        ("message", message),
-        ("body", Value::Object(event)),
-    ])
-}
-
-/// Halo's delivery GUID: `id` of a default webhook body (one with `event` or `object_id`).
-/// A re-send from Halo's Deliveries tab or a retry carries the same one.
-pub fn delivery_id(event: &Map<String, Value>) -> Option<String> {
-    if !event.contains_key("event") && !event.contains_key("object_id") {
-        return None;
-    }
-    event
-        .get("id")
-        .and_then(Value::as_str)
-        .map(str::trim)
-        .filter(|id| !id.is_empty())
-        .map(str::to_owned)
 }
 
 #[cfg(test)]
@@ -249,33 +140,6 @@ mod tests {
             json!({"team": "Service Desk"})
         );
         assert!(!q.to_json().to_string().contains("s3cret"));
-    }
-
-    #[test]
-    fn default_payload_outputs() {
-        let q = TriggerQuery::parse(Some("recipients=a"), None);
-        let event = json!({"id": "8e25", "event": "New Ticket Logged", "object_id": "4242.0",
-                           "ticket": {"id": 4242, "agent_id": 3}});
-        let out = outputs(
-            "r1",
-            "2026-01-01T00:00:00Z",
-            &q,
-            event.as_object().unwrap().clone(),
-        );
-        assert_eq!(out["ticket_id"], 4242);
-        assert_eq!(out["event"], "new ticket logged");
-        assert_eq!(out["delivery_id"], "8e25");
-        assert_eq!(out["agent_assigned"], true);
-        assert_eq!(out["recipients"], json!(["a"]));
-        let custom = outputs(
-            "r2",
-            "t",
-            &q,
-            json!({"foo": 1}).as_object().unwrap().clone(),
-        );
-        assert_eq!(custom["ticket_id"], Value::Null);
-        assert_eq!(custom["agent_assigned"], false);
-        assert_eq!(custom["body"], json!({"foo": 1}));
     }
 
     #[test]

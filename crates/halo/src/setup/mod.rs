@@ -15,10 +15,10 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use haloflow_core::flow::{TriggerAuth, ValidatedFlow};
+use haloflow_core::flow::{trigger_url, with_recipients};
 use haloflow_core::outbound::Outbound;
 use haloflow_core::secrets::Secret;
 use haloflow_core::step::StepError;
-use haloflow_core::trigger::{trigger_url, with_recipients};
 
 use crate::HaloConnection;
 

@@ -344,6 +344,8 @@ mod tests {
     fn flow(auth: Value) -> haloflow_core::flow::ValidatedFlow {
         let mut registry = StepRegistry::new();
         registry.register(crate::steps::GetTicket).unwrap();
+        let trigger = std::sync::Arc::new(crate::HaloIncidents);
+        registry.register_trigger(trigger).unwrap();
         let document = json!({"id": "f", "name": "n",
             "trigger": {"type": "halo.incidents", "auth": auth},
             "steps": [{"id": "a", "type": "halo.get_ticket", "inputs": {"ticket_id": 1}}]});

@@ -12,6 +12,7 @@ use crate::flow::{ValidatedFlow, ValidatedStep};
 use crate::outbound::{DryRunRecorder, Outbound, RequestPreview};
 use crate::step::StepError;
 use crate::storage::now_ms;
+use crate::trigger::TriggerEvent;
 
 /// One step of a dry run.
 #[derive(Debug, Clone, Serialize)]
@@ -50,7 +51,12 @@ impl Engine {
         let received_at = crate::storage::format_ms(now_ms());
         let mut reports = Vec::new();
         for event in events {
-            let trigger = crate::trigger::outputs(&request_id, &received_at, query, event);
+            let trigger = loaded.flow.trigger.trigger_type().outputs(TriggerEvent {
+                request_id: &request_id,
+                received_at: &received_at,
+                query,
+                event,
+            });
             reports.push(self.dry_run_event(&loaded.flow, trigger).await);
         }
         Ok(reports)

@@ -1,10 +1,10 @@
-//! The trigger URL Halo posts to, with its recipients: what `haloflow trigger-url` prints and
-//! what a Halo webhook set up by haloflow points at.
+//! The trigger URL a sender (a Halo webhook) posts to, with its recipients: what
+//! `haloflow trigger-url` prints and what a Halo webhook set up by haloflow points at.
 
-use crate::flow::{TriggerAuth, ValidatedFlow};
+use super::{TriggerAuth, ValidatedFlow};
 use crate::outbound::encode_component as encode;
 
-/// The trigger URL to paste into Halo. With a URL key the key rides in the query and
+/// The trigger URL to paste into the sender (Halo's webhook URL). With a URL key the key rides in the query and
 /// recipients follow with `&`; otherwise recipients start the query with `?`. `key` is the
 /// key's value when it may be shown, else a placeholder naming its secret.
 pub fn trigger_url(base: &str, flow: &ValidatedFlow, key: Option<&str>) -> String {
