@@ -88,6 +88,19 @@ async fn main() {
         at_ms: start_ms + (SPAN_MS / count).max(1) * (count / 2),
         id: format!("run-{:09}", count / 2),
     };
+    time_run_pages(&storage, &middle, count).await;
+    time_request_pages(&storage, &middle, count).await;
+    let since = haloflow::internals::storage::now_ms() - DAY_MS;
+    let (median, rows) =
+        time(|| async { storage.run_counts(Some(since)).await.unwrap().len() }).await;
+    println!(
+        "{:<32} {rows:>3} rows  {median:>10.2?}",
+        "runs of the last 24 h, counted"
+    );
+}
+
+/// The runs page: first and deep pages, with each filter the console offers.
+async fn time_run_pages(storage: &SqliteStorage, middle: &Cursor, count: i64) {
     let runs = |filter: RunFilter| RunFilter {
         limit: Some(51),
         ..filter
@@ -138,6 +151,10 @@ async fn main() {
             time(|| async { storage.list_runs(&filter).await.unwrap().len() }).await;
         println!("{what:<32} {rows:>3} rows  {median:>10.2?}");
     }
+}
+
+/// The requests page: deep pages by verdict.
+async fn time_request_pages(storage: &SqliteStorage, middle: &Cursor, count: i64) {
     let request_cases = [
         ("requests, deep page", None),
         ("rejected requests, deep page", Some(Verdict::Rejected)),
@@ -161,11 +178,4 @@ async fn main() {
             time(|| async { storage.list_requests(&filter).await.unwrap().len() }).await;
         println!("{what:<32} {rows:>3} rows  {median:>10.2?}");
     }
-    let since = haloflow::internals::storage::now_ms() - DAY_MS;
-    let (median, rows) =
-        time(|| async { storage.run_counts(Some(since)).await.unwrap().len() }).await;
-    println!(
-        "{:<32} {rows:>3} rows  {median:>10.2?}",
-        "runs of the last 24 h, counted"
-    );
 }
