@@ -128,10 +128,10 @@ pub mod storage {
     // What they read and write.
     pub use haloflow_core::storage::{
         AttemptOutcome, AttemptRecord, Cursor, FloodRecord, Link, LinkCursor, LinkFilter,
-        LinkOrigin, LinkPage, NewRequest, NewRun, NewSuppressed, Progress, RequestFilter,
-        RequestRecord, RunCount, RunDetail, RunFilter, RunFinish, RunStatus, RunSummary,
-        StepOutcome, StepRunRecord, StepStart, StepStatus, SyncFailure, Verdict, WriteQueue,
-        WriteStats,
+        LinkOrigin, LinkPage, NewRequest, NewRun, NewSuppressed, Progress, QueuedRun,
+        RequestFilter, RequestRecord, RunCount, RunDetail, RunFilter, RunFinish, RunStatus,
+        RunSummary, StepOutcome, StepRunRecord, StepStart, StepStatus, SyncFailure, Verdict,
+        WriteQueue, WriteStats,
     };
     pub use haloflow_core::storage::{BackendError, StorageError, StorageSettings, open};
 }

@@ -9,9 +9,9 @@ use crate::common::{Harness, Options, sample_payload};
 use async_trait::async_trait;
 use haloflow::storage::{
     AttemptRecord, Backend, BackendError, FloodRecord, LeaseStore, Link, LinkFilter, LinkPage,
-    LinkStore, NewRequest, NewRun, NewSuppressed, Progress, RequestFilter, RequestRecord, RunCount,
-    RunDetail, RunFilter, RunStore, RunSummary, SqliteStorage, StepRunRecord, Storage,
-    StorageError, SyncFailure, SyncStore, WriteQueue,
+    LinkStore, NewRequest, NewRun, NewSuppressed, Progress, QueuedRun, RequestFilter,
+    RequestRecord, RunCount, RunDetail, RunFilter, RunStore, RunSummary, SqliteStorage,
+    StepRunRecord, Storage, StorageError, SyncFailure, SyncStore, WriteQueue,
 };
 use serde_json::Value;
 use tokio::sync::Semaphore;
@@ -122,6 +122,16 @@ impl LeaseStore for Gated {
         limit: u32,
     ) -> Result<Vec<(String, String)>, StorageError> {
         self.inner.claimable_runs(owner, now_ms, limit).await
+    }
+    async fn claim_queued_runs(
+        &self,
+        owner: &str,
+        lease_until_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<QueuedRun>, StorageError> {
+        self.inner
+            .claim_queued_runs(owner, lease_until_ms, limit)
+            .await
     }
     async fn claim_run(
         &self,

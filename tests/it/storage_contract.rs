@@ -404,6 +404,42 @@ async fn a_run_has_one_owner_at_a_time_and_expired_claims_move() {
     }
 }
 
+/// Runs stored unowned (no free slot) are claimed oldest first, as many as asked, in one
+/// write, with what starting them needs; a claimed, owned or started run is not taken again.
+#[tokio::test]
+async fn queued_runs_are_claimed_oldest_first_once() {
+    for b in backends().await {
+        let s = b.storage.as_ref();
+        for (id, at) in [("q3", 1003), ("q1", 1001), ("q2", 1002), ("q4", 1004)] {
+            let mut queued = run(id, at, None);
+            (queued.owner, queued.lease_until_ms) = (None, None);
+            queued.trigger = json!({"ticket_id": at});
+            let request = request(&format!("req-{id}"), at);
+            s.accept_request(&request, &[queued], &[]).await.unwrap();
+        }
+        accept(s, "owned", 1000, None).await; // node-a's: not queued for a slot
+        let first = s.claim_queued_runs("node-b", 9000, 2).await.unwrap();
+        let taken: Vec<_> = first.iter().map(|r| r.run_id.as_str()).collect();
+        assert_eq!(taken, ["q1", "q2"], "{}", b.name);
+        assert_eq!(first[0].flow_id, "f");
+        assert_eq!(first[0].trigger, json!({"ticket_id": 1001}), "{}", b.name);
+        assert_eq!(first[0].replay_of, None);
+        assert!(!s.claim_run("q1", "node-c", 9500, 2000).await.unwrap());
+        assert!(s.renew_run_lease("q2", "node-b", 9999).await.unwrap());
+        // q3 started on node-c: no longer waiting for a slot.
+        assert!(s.claim_run("q3", "node-c", 9500, 2000).await.unwrap());
+        let rest = s.claim_queued_runs("node-c", 9000, 10).await.unwrap();
+        let taken: Vec<_> = rest.iter().map(|r| r.run_id.as_str()).collect();
+        assert_eq!(taken, ["q4"], "{}", b.name);
+        assert!(
+            s.claim_queued_runs("node-c", 9000, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_named_lease_is_held_by_one_node_at_a_time() {
     for b in backends().await {

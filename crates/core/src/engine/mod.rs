@@ -723,7 +723,7 @@ impl Engine {
             self.runs_wait();
             return Ok(0);
         }
-        let (found, started) = self.start_claimable(slots, true).await?;
+        let (found, started) = self.start_claimable(slots).await?;
         if found == asked {
             self.runs_wait(); // there may be more
         }

@@ -96,8 +96,8 @@ impl Engine {
             let asked = slots.len();
             self.inner.waiting.store(false, Ordering::SeqCst);
             // Only runs no node holds: this node's own are resumed by
-            // `resume_unfinished_runs`, so a look reads no more rows than it has slots.
-            let found = self.start_claimable(slots, false).await;
+            // `resume_unfinished_runs`, and one write claims as many as there are slots.
+            let found = self.start_queued(slots).await;
             let (found, started) = found.inspect_err(|_| {
                 self.inner.waiting.store(true, Ordering::SeqCst);
             })?;
@@ -112,24 +112,47 @@ impl Engine {
         Ok(())
     }
 
-    /// Claims and starts the oldest unfinished runs no live node holds (with `own`, this
-    /// node's too: after a restart), one per slot (unused slots are given back). Returns how
-    /// many such runs were found (at most one per slot) and how many started here.
+    /// Claims the oldest queued runs no node holds, one per slot, in one write, and starts
+    /// them (unused slots are given back). Returns how many were claimed and how many started.
+    async fn start_queued(&self, slots: Vec<Slot>) -> Result<(usize, usize), StorageError> {
+        let storage = &self.inner.storage;
+        let node = &self.inner.node_id;
+        let limit = slots.len().min(u32::MAX as usize) as u32;
+        let claimed_at = std::time::Instant::now();
+        let queued = storage
+            .claim_queued_runs(node, self.lease_until(), limit)
+            .await?;
+        let found = queued.len();
+        let mut started = 0;
+        for (run, slot) in queued.into_iter().zip(slots) {
+            let Some(flow) = self.runnable_flow(&run.flow_id) else {
+                tracing::warn!(run_id = %run.run_id, flow_id = %run.flow_id, "A queued run's flow is not loaded; it waits until the flow is back.");
+                storage.release_run(&run.run_id, node).await?;
+                continue;
+            };
+            // A queued run has no steps of its own; a replay's are copied from its original.
+            let fresh = run.replay_of.is_none();
+            if self.spawn_run(slot, flow, run.run_id, run.trigger, claimed_at, fresh) {
+                started += 1;
+            }
+        }
+        Ok((found, started))
+    }
+
+    /// Claims and starts the oldest unfinished runs this node may take (its own after a
+    /// restart, unowned ones, and those whose claim expired), one per slot (unused slots are
+    /// given back). Returns how many such runs were found (at most one per slot) and how many
+    /// started here.
     pub(super) async fn start_claimable(
         &self,
         slots: Vec<Slot>,
-        own: bool,
     ) -> Result<(usize, usize), StorageError> {
         let storage = &self.inner.storage;
         let node = &self.inner.node_id;
-        // The runs executing here are this node's and come back too: ask for them on top. No
-        // node is named "" (see `ServerConfig::node_id`).
-        let (owner, limit) = match own {
-            true => (node.as_str(), slots.len() + self.running_here()),
-            false => ("", slots.len()),
-        };
+        // The runs executing here are this node's and come back too: ask for them on top.
+        let limit = slots.len() + self.running_here();
         let claimable = storage
-            .claimable_runs(owner, now_ms(), limit.min(u32::MAX as usize) as u32)
+            .claimable_runs(node, now_ms(), limit.min(u32::MAX as usize) as u32)
             .await?;
         let mut slots = slots.into_iter();
         let (mut found, mut started) = (0, 0);

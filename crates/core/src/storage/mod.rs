@@ -40,9 +40,9 @@ pub use error::{BackendError, StorageError};
 pub use postgres::PostgresStorage;
 pub use records::{
     AttemptOutcome, AttemptRecord, Cursor, FloodRecord, Link, LinkCursor, LinkFilter, LinkOrigin,
-    LinkPage, NewRequest, NewRun, NewSuppressed, Progress, RequestFilter, RequestRecord, RunCount,
-    RunDetail, RunFilter, RunFinish, RunStatus, RunSummary, StepOutcome, StepRunRecord, StepStart,
-    StepStatus, SyncFailure, Verdict, WriteQueue, WriteStats,
+    LinkPage, NewRequest, NewRun, NewSuppressed, Progress, QueuedRun, RequestFilter, RequestRecord,
+    RunCount, RunDetail, RunFilter, RunFinish, RunStatus, RunSummary, StepOutcome, StepRunRecord,
+    StepStart, StepStatus, SyncFailure, Verdict, WriteQueue, WriteStats,
 };
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStorage;

@@ -164,8 +164,9 @@ async fn the_day_s_counts_read_one_index_alone() {
     );
 }
 
-/// Looking for runs to start (each time a slot frees while runs wait) walks the unfinished
-/// runs oldest first and stops at the limit: its cost does not grow with the runs waiting.
+/// Looking for unfinished runs to resume (at start, and for dead nodes' runs) walks the
+/// unfinished runs oldest first and stops at the limit: its cost does not grow with the runs
+/// waiting.
 #[tokio::test]
 async fn claimable_runs_walk_the_unfinished_oldest_first() {
     let dir = tempfile::tempdir().unwrap();
@@ -174,4 +175,23 @@ async fn claimable_runs_walk_the_unfinished_oldest_first() {
     let text = <SqliteStorage as super::sql::Sql>::DIALECT.claimable_runs;
     let plan = plan(&storage, (text.to_owned(), args)).await;
     assert_ordered_by(&plan, "runs_waiting", "claimable runs");
+}
+
+/// Claiming queued runs (each time a slot frees while runs wait) reads only runs that wait
+/// for a slot, oldest first, up to the limit: not the runs the nodes are executing, and not
+/// sorted.
+#[tokio::test]
+async fn claiming_queued_runs_reads_only_the_queued_oldest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = SqliteStorage::open_dir(dir.path()).await.unwrap();
+    let args = super::sql::args!["node", 1_i64, 10_i64];
+    let text = <SqliteStorage as super::sql::Sql>::DIALECT.claim_queued_runs;
+    let plan = plan(&storage, (text.to_owned(), args)).await;
+    assert!(
+        plan.lines().any(|line| line
+            .trim_start()
+            .starts_with("SCAN runs USING INDEX runs_queued")),
+        "{plan}"
+    );
+    assert!(!plan.contains("ORDER BY"), "sorts:\n{plan}");
 }

@@ -72,6 +72,7 @@ impl Sql for PostgresStorage {
              WHERE run_id = ? AND step_id = ?",
         run_counts_since: super::sql::run_counts_since!(""),
         claimable_runs: super::sql::claimable_runs!(""),
+        claim_queued_runs: super::sql::claim_queued_runs!("", "FOR UPDATE SKIP LOCKED"),
     };
 
     async fn fetch_all(

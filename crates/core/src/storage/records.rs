@@ -511,6 +511,18 @@ pub struct RunCount {
     pub count: i64,
 }
 
+/// A queued run taken by [`LeaseStore::claim_queued_runs`](super::LeaseStore::claim_queued_runs):
+/// what starting it needs, without reading it back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuedRun {
+    pub run_id: String,
+    pub flow_id: String,
+    pub trigger: Value,
+    /// The run it replays: such a run may carry steps copied from it.
+    pub replay_of: Option<String>,
+    pub created_at_ms: i64,
+}
+
 /// Writes committed and the transactions they took, since start (a backend that groups
 /// commits; see [`Backend::write_stats`](super::Backend::write_stats)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,8 +5,8 @@
 use serde_json::Value;
 
 use super::{
-    FloodRecord, Link, LinkOrigin, RequestRecord, RunCount, RunStatus, RunSummary, StepRunRecord,
-    StepStatus, StorageError, SyncFailure,
+    FloodRecord, Link, LinkOrigin, QueuedRun, RequestRecord, RunCount, RunStatus, RunSummary,
+    StepRunRecord, StepStatus, StorageError, SyncFailure,
 };
 
 /// Typed column access for a backend's row.
@@ -173,6 +173,17 @@ pub(super) fn run_count(row: &impl Columns) -> Result<RunCount, StorageError> {
         flow_id: row.text("flow_id")?,
         status: RunStatus::parse(&row.text("status")?).unwrap_or(RunStatus::Failed),
         count: row.int("n")?,
+    })
+}
+
+pub(super) fn queued_run(row: &impl Columns) -> Result<QueuedRun, StorageError> {
+    let trigger = parse_json(row.text_opt("trigger")?, "trigger outputs")?;
+    Ok(QueuedRun {
+        run_id: row.text("id")?,
+        flow_id: row.text("flow_id")?,
+        trigger: trigger.unwrap_or(Value::Null),
+        replay_of: row.text_opt("replay_of")?,
+        created_at_ms: row.int("created_at_ms")?,
     })
 }
 

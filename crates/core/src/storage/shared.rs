@@ -5,15 +5,15 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use super::rows::{
-    Columns, flood_record, link as link_row, parse_json, request_record, run_count, run_summary,
-    scan, step_run, sync_failure, to_json_text,
+    Columns, flood_record, link as link_row, parse_json, queued_run, request_record, run_count,
+    run_summary, scan, step_run, sync_failure, to_json_text,
 };
 use super::sql::{self, Arg, Sql, Statement, args};
 use super::{
     AttemptRecord, FloodRecord, LeaseStore, Link, LinkCursor, LinkFilter, LinkPage, LinkStore,
-    NewRequest, NewRun, NewSuppressed, Progress, RequestFilter, RequestRecord, RunCount, RunDetail,
-    RunFilter, RunStore, RunSummary, StepOutcome, StepRunRecord, StepStart, StorageError,
-    SyncFailure, SyncStore,
+    NewRequest, NewRun, NewSuppressed, Progress, QueuedRun, RequestFilter, RequestRecord, RunCount,
+    RunDetail, RunFilter, RunStore, RunSummary, StepOutcome, StepRunRecord, StepStart,
+    StorageError, SyncFailure, SyncStore,
 };
 
 /// Listings without a limit show this many.
@@ -318,6 +318,21 @@ impl<B: Sql> LeaseStore for B {
         rows.iter()
             .map(|row| Ok((row.text("id")?, row.text("flow_id")?)))
             .collect()
+    }
+
+    async fn claim_queued_runs(
+        &self,
+        owner: &str,
+        lease_until_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<QueuedRun>, StorageError> {
+        let args = args![owner, lease_until_ms, i64::from(limit)];
+        let claim = Statement::new(B::DIALECT.claim_queued_runs, args);
+        let rows = self.execute_atomic(vec![claim]).await?;
+        let mut runs = rows.iter().map(queued_run).collect::<Result<Vec<_>, _>>()?;
+        // RETURNING gives no order.
+        runs.sort_by(|a, b| (a.created_at_ms, &a.run_id).cmp(&(b.created_at_ms, &b.run_id)));
+        Ok(runs)
     }
 
     async fn claim_run(

@@ -146,6 +146,10 @@ pub(super) struct Dialect {
     /// names the index of unfinished runs in that order: without statistics its planner takes
     /// the status index and sorts every unfinished run instead.
     pub claimable_runs: &'static str,
+    /// Claims the oldest queued runs no node holds, in one write (atomic): owner, lease until,
+    /// limit; returns id, flow id, trigger, replay of, created at. SQLite names the index of
+    /// such runs; PostgreSQL skips rows another node is claiming at the same moment.
+    pub claim_queued_runs: &'static str,
 }
 
 /// What a SQL backend provides. The stores are written once over it (`shared`); a backend
@@ -507,6 +511,27 @@ macro_rules! claimable_runs {
     };
 }
 pub(super) use claimable_runs;
+
+/// owner, lease until, limit (see [`Dialect::claim_queued_runs`]). `$indexed_by` names the
+/// index for SQLite, `$skip_locked` is PostgreSQL's row lock clause. The runs are picked once,
+/// in a materialised CTE: as `IN (subquery)`, PostgreSQL may run the subquery again for each
+/// row it updates, and with `SKIP LOCKED` each run finds the next ones, past the limit.
+macro_rules! claim_queued_runs {
+    ($indexed_by:literal, $skip_locked:literal) => {
+        concat!(
+            "WITH picked AS MATERIALIZED (SELECT id AS picked_id FROM runs ",
+            $indexed_by,
+            " WHERE status = 'queued' AND owner IS NULL
+                ORDER BY created_at_ms, id LIMIT $3 ",
+            $skip_locked,
+            ")
+             UPDATE runs SET owner = $1, lease_until_ms = $2 FROM picked
+             WHERE id = picked_id AND status = 'queued' AND owner IS NULL
+             RETURNING id, flow_id, trigger, replay_of, created_at_ms"
+        )
+    };
+}
+pub(super) use claim_queued_runs;
 
 /// run id, owner, lease until, now.
 pub(super) const CLAIM_RUN: &str = "UPDATE runs SET owner = $2, lease_until_ms = $3

@@ -209,6 +209,7 @@ impl Sql for SqliteStorage {
              WHERE run_id = ? AND step_id = ?",
         run_counts_since: super::sql::run_counts_since!("INDEXED BY runs_by_time"),
         claimable_runs: super::sql::claimable_runs!("INDEXED BY runs_waiting"),
+        claim_queued_runs: super::sql::claim_queued_runs!("INDEXED BY runs_queued", ""),
     };
 
     async fn fetch_all(

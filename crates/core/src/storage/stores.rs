@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::{
     AttemptRecord, FloodRecord, Link, LinkFilter, LinkPage, NewRequest, NewRun, NewSuppressed,
-    Progress, RequestFilter, RequestRecord, RunCount, RunDetail, RunFilter, RunSummary,
+    Progress, QueuedRun, RequestFilter, RequestRecord, RunCount, RunDetail, RunFilter, RunSummary,
     StepRunRecord, StorageError, SyncFailure, WriteQueue, WriteStats,
 };
 use crate::admission::Admission;
@@ -116,6 +116,15 @@ pub trait LeaseStore: Send + Sync {
         now_ms: i64,
         limit: u32,
     ) -> Result<Vec<(String, String)>, StorageError>;
+    /// Takes up to `limit` of the oldest queued runs no node holds (runs stored while every
+    /// slot was taken) for `owner` until `lease_until_ms`, in one atomic write, and returns
+    /// them oldest first: a run is taken by one node only.
+    async fn claim_queued_runs(
+        &self,
+        owner: &str,
+        lease_until_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<QueuedRun>, StorageError>;
     /// Takes an unfinished run for `owner` until `lease_until_ms`, when it is unowned, its
     /// lease expired, or it is already `owner`'s.
     async fn claim_run(
