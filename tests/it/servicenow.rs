@@ -147,6 +147,7 @@ auth = "oauth"
 client_id = "globex-client"
 client_secret_name = "GLOBEX_SECRET"
 record_types = {{ "4" = "problem" }}
+caller_cache_secs = 0
 
 [servicenow.suppliers.7]
 instance_url = "{vendor}"
@@ -339,6 +340,46 @@ async fn every_mapping_is_applied_and_the_caller_is_matched_by_email() {
         Vec::<String>::new(),
         "no field the instance would drop"
     );
+}
+
+/// The email lookups a connection sent to `emulator`.
+fn caller_lookups(emulator: &ServiceNowEmulator) -> Vec<String> {
+    emulator
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/api/now/table/sys_user")
+        .filter_map(|r| r.query_param("sysparm_query"))
+        .filter(|q| q.starts_with("active=true^email="))
+        .collect()
+}
+
+/// Tickets from one end user look their caller up once per `caller_cache_secs` (300 by
+/// default), a user found or not; with 0 every record created looks it up.
+#[tokio::test]
+async fn the_caller_found_for_an_email_is_remembered_per_connection() {
+    let w = World::new().await;
+    for id in [120, 121] {
+        assert_eq!(
+            w.send("send", w.ticket(id, json!({}))).await["caller_matched"],
+            true
+        );
+    }
+    for id in [122, 123] {
+        let stranger = json!({"user_email": "stranger@else.example"});
+        let out = w.send("send", w.ticket(id, stranger)).await;
+        assert_eq!(out["caller_matched"], false);
+    }
+    assert_eq!(
+        caller_lookups(&w.acme),
+        [
+            "active=true^email=jo.bloggs@acme.example",
+            "active=true^email=stranger@else.example"
+        ]
+    );
+    for id in [124, 125] {
+        w.send("send", w.ticket(id, json!({"client_id": 13}))).await;
+    }
+    assert_eq!(caller_lookups(&w.globex).len(), 2, "caller_cache_secs = 0");
 }
 
 #[tokio::test]

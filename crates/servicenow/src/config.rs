@@ -176,6 +176,10 @@ pub struct ServiceNowConnectionConfig {
     /// The caller (sys_user sys_id) when the ticket's end user matches no ServiceNow user.
     #[serde(default)]
     pub default_caller: Option<String>,
+    /// How long the ServiceNow user found for an end user's email (or that none was found)
+    /// is remembered, in seconds; 0 looks the user up for every record created.
+    #[serde(default = "default_caller_cache_secs")]
+    pub caller_cache_secs: u64,
     /// The group (sys_user_group sys_id) when the ticket's team matches no mapping.
     #[serde(default)]
     pub default_assignment_group: Option<String>,
@@ -416,6 +420,10 @@ pub fn imported_table(imported: &str) -> &str {
         "task" => "sc_task",
         other => other,
     }
+}
+
+fn default_caller_cache_secs() -> u64 {
+    300
 }
 
 fn default_imported_types() -> Vec<String> {

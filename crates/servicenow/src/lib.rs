@@ -3,6 +3,7 @@
 //! `expires_in`, refreshed once on 401), the `{"result": ...}` envelope and its error shape.
 
 mod api;
+mod callers;
 pub mod config;
 mod integration;
 pub mod integrator;
@@ -80,6 +81,7 @@ pub struct ServiceNowConnection {
     token: haloflow_core::outbound::TokenCache,
     /// The integration user's display name (`sys_user.name`), read once when needed.
     display_name: tokio::sync::OnceCell<Option<String>>,
+    callers: callers::CallerCache,
 }
 
 /// What `haloflow connections check` reports for one connection.
@@ -103,12 +105,13 @@ impl ServiceNowConnection {
         ServiceNowConnection {
             side,
             id,
-            config,
             secret,
             global_sync_attachments: global.sync_attachments,
             note_marker: global.note_marker.clone(),
             token: Default::default(),
             display_name: tokio::sync::OnceCell::new(),
+            callers: callers::CallerCache::new(config.caller_cache_secs),
+            config,
         }
     }
 
@@ -189,6 +192,27 @@ impl ServiceNowConnection {
 
     fn timeout(&self) -> Duration {
         Duration::from_secs(self.config.timeout_secs)
+    }
+
+    /// The sys_id of the active user with this email (trimmed, lower case, no `^`), if any:
+    /// remembered for `caller_cache_secs`, so the tickets of one end user look it up once.
+    pub async fn caller_for_email(
+        &self,
+        http: &Outbound,
+        email: &str,
+    ) -> Result<Option<String>, StepError> {
+        if let Some(known) = self.callers.get(email) {
+            return Ok(known);
+        }
+        let query = format!("active=true^email={email}");
+        let users = self
+            .query(http, "sys_user", &query, Some("sys_id,email"), 2)
+            .await?;
+        let caller = users
+            .into_iter()
+            .find_map(|u| u.get("sys_id").and_then(Value::as_str).map(str::to_owned));
+        self.callers.put(email, caller.clone());
+        Ok(caller)
     }
 
     /// `GET /api/now/table/{table}?sysparm_query=...` with raw values and plain sys_ids.

@@ -396,18 +396,7 @@ impl Sender<'_> {
         let Some(email) = email else {
             return Ok(None);
         };
-        Ok(self
-            .sn
-            .query(
-                self.ctx.http(),
-                "sys_user",
-                &format!("active=true^email={email}"),
-                Some("sys_id,email"),
-                2,
-            )
-            .await?
-            .into_iter()
-            .find_map(|u| u.get("sys_id").and_then(Value::as_str).map(str::to_owned)))
+        self.sn.caller_for_email(self.ctx.http(), &email).await
     }
 
     /// Parent and child stay related: a task under its parent's linked record, by `parent`
