@@ -35,9 +35,11 @@ impl Engine {
     /// Up to `wanted` free slots, taken at once (so concurrent requests never exceed the bound).
     pub(super) fn take_slots(&self, wanted: usize) -> Vec<Slot> {
         let max = self.inner.server.max_active_runs;
+        // Runs taking their slot back after waiting without it go first (see `lending`).
+        let returning = self.inner.returning_runs.load(Ordering::SeqCst);
         let mut got = 0;
         self.inner.active_runs.send_if_modified(|active| {
-            got = wanted.min(max.saturating_sub(*active));
+            got = wanted.min(max.saturating_sub(*active + returning));
             *active += got;
             got > 0
         });
@@ -54,6 +56,20 @@ impl Engine {
         Slot {
             inner: self.inner.clone(),
         }
+    }
+
+    /// A free slot for a run taking its own back after waiting without it (see `lending`),
+    /// including those `take_slots` leaves to such runs.
+    pub(super) fn returning_slot(&self) -> Option<Slot> {
+        let max = self.inner.server.max_active_runs;
+        let taken = (self.inner.active_runs).send_if_modified(|active| {
+            let free = *active < max;
+            *active += usize::from(free);
+            free
+        });
+        taken.then(|| Slot {
+            inner: self.inner.clone(),
+        })
     }
 
     /// Runs executing in this process (and slots taken for runs about to start).
