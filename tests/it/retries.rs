@@ -621,6 +621,43 @@ async fn runs_waiting_on_one_halos_pacing_leave_the_slots_to_other_runs() {
     assert!(metrics.contains("\nhaloflow_active_runs 0\n"), "{metrics}");
 }
 
+/// `server.max_paced_runs` bounds the runs waiting without a slot: beyond it, a run waits
+/// out the pacing in its slot, as before lending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_max_paced_runs_a_paced_run_waits_in_its_slot() {
+    let h = Harness::start_with(Options {
+        configure: |config| {
+            two_slots_and_a_slow_partner(config);
+            config.server.max_paced_runs = 1;
+        },
+        ..Options::default()
+    })
+    .await;
+    let first = escalate_ticket(&h, 9320).await;
+    h.wait(first["run_ids"][0].as_str().unwrap()).await;
+    for ticket_id in 9321..9324 {
+        escalate_ticket(&h, ticket_id).await;
+    }
+    // One run lends its slot, the next two wait in theirs.
+    let settled = || h.engine.active_runs() == 2 && h.engine.paced_runs() == 1;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !settled() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (active, paced) = (h.engine.active_runs(), h.engine.paced_runs());
+    assert_eq!(
+        (active, paced),
+        (2, 1),
+        "runs in slots, runs waiting without"
+    );
+    let runs = h.engine.storage().list_runs(&Default::default()).await;
+    let queued = runs
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.status == RunStatus::Queued);
+    assert_eq!(queued.count(), 0, "all three started");
+}
+
 /// How many webhooks the burst tests send beyond the one that holds the only slot.
 const BURST: i64 = 24;
 
