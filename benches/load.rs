@@ -80,6 +80,28 @@ struct Args {
     /// `server.max_active_runs` for haloflow (default: the server's own default).
     #[arg(long)]
     max_active_runs: Option<usize>,
+    /// `server.max_paced_runs` for haloflow (default: the server's own; 0 turns slot lending
+    /// off, as before it existed).
+    #[arg(long)]
+    max_paced_runs: Option<usize>,
+    /// Delay every answer of the Halo and ServiceNow emulators by this many milliseconds (a
+    /// plain delay before the emulator handles the request, like a distant API).
+    #[arg(long, default_value_t = 0)]
+    api_latency_ms: u64,
+    /// Fairness run instead of the reference workload: this many Halo tenants (one paced
+    /// connection and emulator each, one flow each); tenant 0 sends a backlog far beyond its
+    /// pacing, the others a steady trickle (see benches/load/tenants.rs).
+    #[arg(long, default_value_t = 0)]
+    tenants: usize,
+    /// `--tenants`: webhooks the busy tenant sends at once at the start.
+    #[arg(long, default_value_t = 2000)]
+    tenant_backlog: usize,
+    /// `--tenants`: webhooks per second each other tenant sends during `--duration`.
+    #[arg(long, default_value_t = 1.0)]
+    tenant_rate: f64,
+    /// `--tenants`: each connection's pacing, `requests/seconds` (Halo's default: 280/300).
+    #[arg(long, default_value = "280/300")]
+    tenant_pacing: String,
     /// Skip the plain-axum baseline.
     #[arg(long)]
     no_baseline: bool,
@@ -124,6 +146,9 @@ struct Args {
 /// The load side (generator and emulators) on its own core must keep up with the server.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[path = "load/tenants.rs"]
+mod tenants;
 
 fn main() {
     let args = Args::parse();
@@ -293,19 +318,12 @@ fn flow_document() -> Value {
     })
 }
 
-fn config_text(
-    halo: &str,
-    servicenow: &str,
-    durability: &str,
-    max_active_runs: Option<usize>,
-) -> String {
+fn config_text(halo: &str, servicenow: &str, durability: &str, args: &Args) -> String {
     let mut durability = match durability {
         "default" => String::new(),
         level => format!("durability = \"{level}\"\n"),
     };
-    if let Some(n) = max_active_runs {
-        durability.push_str(&format!("max_active_runs = {n}\n"));
-    }
+    durability.push_str(&args.slot_settings());
     format!(
         r#"# Written by benches/load.rs.
 [server]
@@ -377,15 +395,20 @@ impl Drop for Emulators {
     }
 }
 
+/// Serves an emulator's `router`, counting what completes at it, each answer `latency` late.
 async fn serve_counted(
     router: Router,
     counters: Arc<Counters>,
     epoch: Instant,
+    latency: Duration,
 ) -> (String, tokio::task::JoinHandle<()>) {
     let counted = router.layer(axum::middleware::from_fn(
         move |request: axum::extract::Request, next: axum::middleware::Next| {
             let counters = counters.clone();
             async move {
+                if !latency.is_zero() {
+                    tokio::time::sleep(latency).await;
+                }
                 let post = request.method() == axum::http::Method::POST;
                 let path = request.uri().path().to_ascii_lowercase();
                 let response = next.run(request).await;
@@ -414,7 +437,7 @@ async fn serve_counted(
     (url, task)
 }
 
-async fn start_emulators() -> Emulators {
+async fn start_emulators(latency: Duration) -> Emulators {
     let halo = HaloEmulator::new(HaloEmulatorConfig {
         client_id: HALO_CLIENT.into(),
         client_secret: HALO_SECRET.into(),
@@ -437,9 +460,10 @@ async fn start_emulators() -> Emulators {
     );
     let counters = Arc::new(Counters::default());
     let epoch = Instant::now();
-    let (halo_url, halo_task) = serve_counted(halo.router(), counters.clone(), epoch).await;
+    let (halo_url, halo_task) =
+        serve_counted(halo.router(), counters.clone(), epoch, latency).await;
     let (servicenow_url, sn_task) =
-        serve_counted(servicenow.router(), counters.clone(), epoch).await;
+        serve_counted(servicenow.router(), counters.clone(), epoch, latency).await;
     Emulators {
         halo,
         servicenow,
@@ -1046,7 +1070,7 @@ fn write_inputs(
             &emulators.halo_url,
             &emulators.servicenow_url,
             durability,
-            args.max_active_runs,
+            args,
         ),
     )
     .expect("write config");
@@ -1399,19 +1423,44 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
+impl Args {
+    fn api_latency(&self) -> Duration {
+        Duration::from_millis(self.api_latency_ms)
+    }
+
+    /// The `[server]` lines of the slot options given.
+    fn slot_settings(&self) -> String {
+        let mut lines = String::new();
+        if let Some(n) = self.max_active_runs {
+            lines.push_str(&format!("max_active_runs = {n}\n"));
+        }
+        if let Some(n) = self.max_paced_runs {
+            lines.push_str(&format!("max_paced_runs = {n}\n"));
+        }
+        lines
+    }
+
+    /// Where the temporary directories go.
+    fn work_dir(&self) -> PathBuf {
+        let work =
+            (self.work_dir.clone()).unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
+        std::fs::create_dir_all(&work).expect("work dir");
+        work
+    }
+}
+
 async fn run(args: Args) {
-    let work = args
-        .work_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
-    std::fs::create_dir_all(&work).expect("work dir");
+    if args.tenants > 0 {
+        return tenants::run(&args).await;
+    }
+    let work = args.work_dir();
     print_setup(&args);
     let mut ours: BTreeMap<String, Vec<Figures>> = BTreeMap::new();
     let mut bases = Vec::new();
     for repetition in 1..=args.repeat {
         println!("repetition {repetition}/{}", args.repeat);
         if !args.no_baseline {
-            let emulators = start_emulators().await;
+            let emulators = start_emulators(args.api_latency()).await;
             let dir = tempfile::Builder::new()
                 .prefix("load-baseline-")
                 .tempdir_in(&work)
@@ -1421,7 +1470,7 @@ async fn run(args: Args) {
             bases.push(base);
         }
         for level in &args.durability {
-            let emulators = start_emulators().await;
+            let emulators = start_emulators(args.api_latency()).await;
             let dir = tempfile::Builder::new()
                 .prefix("load-haloflow-")
                 .tempdir_in(&work)
@@ -1463,6 +1512,14 @@ fn print_setup(args: &Args) {
             "unpinned"
         },
         body_bytes
+    );
+    println!(
+        "  emulator latency {} ms per answer; [server] settings: {}",
+        args.api_latency_ms,
+        match args.slot_settings() {
+            lines if lines.is_empty() => "defaults".to_owned(),
+            lines => lines.trim().replace('\n', ", "),
+        }
     );
     for level in &args.durability {
         if !["default", "process_crash", "power_loss"].contains(&level.as_str()) {

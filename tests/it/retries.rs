@@ -562,6 +562,106 @@ async fn halo_requests_are_paced_under_its_rolling_window() {
     assert!(statuses.contains(&RunStatus::Failed));
 }
 
+/// The partner Halo allows four requests a minute (a token, a ticket, the outcome list and
+/// an action: one escalation), and the engine runs two at a time.
+fn two_slots_and_a_slow_partner(config: &mut Config) {
+    config.server.max_active_runs = 2;
+    config
+        .edit_section(|halo: &mut HaloConfig| {
+            let partner = halo.get_mut("partner_halo").unwrap();
+            partner.rate_limit_requests = 4;
+            partner.rate_limit_window_secs = 60;
+        })
+        .unwrap();
+}
+
+/// Fairness between tenants: runs waiting out one Halo's pacing lend their execution slots,
+/// so a backlog at the partner (a minute's wait each) never holds both slots while runs
+/// that only talk to the other Halo queue behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_waiting_on_one_halos_pacing_leave_the_slots_to_other_runs() {
+    let h = Harness::start_with(Options {
+        configure: two_slots_and_a_slow_partner,
+        ..Options::default()
+    })
+    .await;
+    // The first escalation spends the partner's window; the next three wait for the next.
+    let first = escalate_ticket(&h, 9300).await;
+    let first = h.wait(first["run_ids"][0].as_str().unwrap()).await;
+    assert_eq!(first.summary.status, RunStatus::Succeeded);
+    let mut backlog = Vec::new();
+    for ticket_id in 9301..9304 {
+        let answer = escalate_ticket(&h, ticket_id).await;
+        backlog.push(answer["run_ids"][0].as_str().unwrap().to_owned());
+    }
+
+    let mut routed = Vec::new();
+    for ticket_id in 9310..9313 {
+        let payload = ticket_payload(&h, ticket_id);
+        let response = h.routing_request("recipients=ops").json(&payload);
+        let answer: Value = response.send().await.unwrap().json().await.unwrap();
+        routed.push(answer["run_ids"][0].as_str().unwrap().to_owned());
+    }
+    for run_id in &routed {
+        let run = h.wait(run_id).await;
+        assert_eq!(run.summary.status, RunStatus::Succeeded, "{run:#?}");
+    }
+    assert_eq!(
+        ticket_posts(&h),
+        1,
+        "the backlog still waits for the partner"
+    );
+    let storage = h.engine.storage();
+    for run_id in &backlog {
+        let run = storage.get_run(run_id).await.unwrap().unwrap();
+        assert_eq!(run.summary.status, RunStatus::Running, "{run:#?}");
+    }
+    let metrics = h.metrics().await;
+    assert!(metrics.contains("\nhaloflow_paced_runs 3\n"), "{metrics}");
+    assert!(metrics.contains("\nhaloflow_active_runs 0\n"), "{metrics}");
+}
+
+/// `server.max_paced_runs` bounds the runs waiting without a slot: beyond it, a run waits
+/// out the pacing in its slot, as before lending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_max_paced_runs_a_paced_run_waits_in_its_slot() {
+    let h = Harness::start_with(Options {
+        configure: |config| {
+            two_slots_and_a_slow_partner(config);
+            config.server.max_paced_runs = 1;
+        },
+        ..Options::default()
+    })
+    .await;
+    let first = escalate_ticket(&h, 9320).await;
+    h.wait(first["run_ids"][0].as_str().unwrap()).await;
+    for ticket_id in 9321..9324 {
+        escalate_ticket(&h, ticket_id).await;
+    }
+    // One run lends its slot, the next two wait in theirs (a run claimed from the queue
+    // reads `queued` until its first step starts: wait for that too).
+    let queued = || async {
+        let runs = h.engine.storage().list_runs(&Default::default()).await;
+        let runs = runs.unwrap().into_iter();
+        runs.filter(|r| r.status == RunStatus::Queued).count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let settled = h.engine.active_runs() == 2 && h.engine.paced_runs() == 1;
+        if (settled && queued().await == 0) || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (active, paced) = (h.engine.active_runs(), h.engine.paced_runs());
+    assert_eq!(
+        (active, paced),
+        (2, 1),
+        "runs in slots, runs waiting without"
+    );
+    assert_eq!(queued().await, 0, "all three started");
+}
+
 /// How many webhooks the burst tests send beyond the one that holds the only slot.
 const BURST: i64 = 24;
 

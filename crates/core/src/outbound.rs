@@ -219,6 +219,8 @@ pub struct Outbound {
     client: reqwest::Client,
     mode: Mode,
     log: Arc<Mutex<Vec<ExchangeRecord>>>,
+    /// The run's execution slot, lent while the step waits (none outside a served run).
+    slot: Option<crate::engine::RunSlot>,
 }
 
 #[derive(Debug, Clone)]
@@ -260,6 +262,7 @@ impl Outbound {
             client,
             mode: Mode::Live,
             log: Arc::default(),
+            slot: None,
         }
     }
 
@@ -268,6 +271,24 @@ impl Outbound {
             client,
             mode: Mode::DryRun(recorder),
             log: Arc::default(),
+            slot: None,
+        }
+    }
+
+    /// Sends for a run that holds `slot`, which [`Outbound::wait_without_slot`] may lend.
+    pub(crate) fn lending(mut self, slot: Option<crate::engine::RunSlot>) -> Self {
+        self.slot = slot;
+        self
+    }
+
+    /// Awaits `wait` without holding the run's execution slot where the engine allows it:
+    /// for a wait that only time ends (an API's pacing), so runs waiting on one tenant's rate
+    /// limit leave the slots to other runs. The slot is taken again before this returns.
+    /// Check first whether you must wait at all: lending costs a slot hand-off each way.
+    pub async fn wait_without_slot<F: std::future::Future>(&self, wait: F) -> F::Output {
+        match &self.slot {
+            Some(slot) => slot.wait_without_slot(wait).await,
+            None => wait.await,
         }
     }
 

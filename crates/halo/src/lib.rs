@@ -203,6 +203,21 @@ impl Pacer {
         })
     }
 
+    /// One more request's slot if it fits in the window now; else how long until the oldest
+    /// answer leaves the window (None: every slot is in flight, wait for an answer).
+    fn try_acquire(&self) -> Result<PaceSlot<'_>, Option<Duration>> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        while (state.answered.front()).is_some_and(|t| now.duration_since(*t) >= self.window) {
+            state.answered.pop_front();
+        }
+        if state.in_flight + state.answered.len() < self.limit {
+            state.in_flight += 1;
+            return Ok(PaceSlot(self));
+        }
+        Err((state.answered.front()).map(|t| self.window - now.duration_since(*t)))
+    }
+
     /// Waits until one more request fits in the window, and holds its slot.
     async fn acquire(&self) -> PaceSlot<'_> {
         loop {
@@ -210,19 +225,9 @@ impl Pacer {
             let answered = self.answered.notified();
             tokio::pin!(answered);
             answered.as_mut().enable();
-            let wait = {
-                let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                let now = Instant::now();
-                while (state.answered.front())
-                    .is_some_and(|t| now.duration_since(*t) >= self.window)
-                {
-                    state.answered.pop_front();
-                }
-                if state.in_flight + state.answered.len() < self.limit {
-                    state.in_flight += 1;
-                    return PaceSlot(self);
-                }
-                (state.answered.front()).map(|t| self.window - now.duration_since(*t))
+            let wait = match self.try_acquire() {
+                Ok(slot) => return slot,
+                Err(wait) => wait,
             };
             match wait {
                 // The oldest answer leaves the window then.
@@ -403,9 +408,14 @@ impl HaloConnection {
     }
 
     /// Waits for a slot under the rate limit (none in a dry run); hold it until the answer.
+    /// A run that must wait lends its execution slot meanwhile: a tenant's backlog waiting
+    /// out its window leaves the engine's slots to other tenants' runs.
     async fn pace(&self, http: &Outbound) -> Option<PaceSlot<'_>> {
         match &self.pacer {
-            Some(pacer) if http.dry_run_recorder().is_none() => Some(pacer.acquire().await),
+            Some(pacer) if http.dry_run_recorder().is_none() => Some(match pacer.try_acquire() {
+                Ok(slot) => slot,
+                Err(_) => http.wait_without_slot(pacer.acquire()).await,
+            }),
             _ => None,
         }
     }

@@ -248,6 +248,7 @@ impl EngineBuilder {
                 retention: self.config.retention.clone(),
                 metrics: Default::default(),
                 active_runs: tokio::sync::watch::Sender::new(0),
+                paced_runs: Default::default(),
                 waiting: Default::default(),
                 dispatching: Default::default(),
                 wake: Default::default(),

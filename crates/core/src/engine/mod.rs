@@ -3,6 +3,7 @@
 
 mod builder;
 pub mod integration;
+mod lending;
 mod metrics;
 mod queue;
 mod run;
@@ -16,6 +17,7 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 pub use builder::{EngineBuilder, EngineError};
+pub(crate) use lending::RunSlot;
 pub(crate) use metrics::EngineMetrics;
 pub use metrics::{Exposition, Histogram, LATENCY_BUCKETS, MetricsState};
 pub use run::{DryRunReport, DryRunStep};
@@ -118,6 +120,9 @@ struct Inner {
     /// Slots taken: runs executing in this process (at most `server.max_active_runs`, see
     /// `queue`), watched for a graceful shutdown.
     active_runs: tokio::sync::watch::Sender<usize>,
+    /// Runs waiting without their slot, lent to the pool (see `lending`), at most
+    /// `server.max_paced_runs`.
+    paced_runs: std::sync::atomic::AtomicUsize,
     /// Runs may wait in the database for a slot (see `queue`).
     waiting: std::sync::atomic::AtomicBool,
     /// The dispatcher that starts waiting runs was spawned.
@@ -689,9 +694,10 @@ impl Engine {
             return false;
         }
         let engine = self.clone();
+        let slot = lending::RunSlot::new(self.clone(), slot);
         tokio::spawn(async move {
             let finished = engine
-                .execute_run(&flow, &run_id, trigger, claimed, fresh)
+                .execute_run(&flow, &run_id, trigger, claimed, fresh, &slot)
                 .await;
             if finished.is_some() && engine.integration_flow(flow.flow.id()).is_some() {
                 engine.record_request_outcome(&run_id).await;
@@ -825,8 +831,12 @@ impl Engine {
     /// next start, from their last finished step).
     pub async fn drain(&self, timeout: Duration) -> usize {
         let mut active = self.inner.active_runs.subscribe();
-        let _ = tokio::time::timeout(timeout, active.wait_for(|n| *n == 0)).await;
-        *active.borrow()
+        // A paced run takes a slot before it stops waiting without one, so the last change
+        // of `active_runs` comes after the last paced run's.
+        let idle = active.wait_for(|n| *n == 0 && self.paced_runs() == 0);
+        let _ = tokio::time::timeout(timeout, idle).await;
+        let executing = *active.borrow();
+        executing + self.paced_runs()
     }
 
     /// Starts a new run of the same flow and trigger outputs as `run_id`, linked to it.

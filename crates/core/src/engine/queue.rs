@@ -48,7 +48,8 @@ impl Engine {
             .collect()
     }
 
-    /// A slot beyond the bound: a replay an operator asked for starts at once.
+    /// A slot beyond the bound: a replay an operator asked for starts at once, and a run
+    /// whose wait without its slot ended goes on (see `lending`).
     pub(super) fn extra_slot(&self) -> Slot {
         self.inner.active_runs.send_modify(|active| *active += 1);
         Slot {

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use serde_json::{Map, Value};
 
-use super::{Engine, LoadedFlow};
+use super::{Engine, LoadedFlow, RunSlot};
 use crate::flow::{ValidatedFlow, ValidatedStep};
 use crate::outbound::Outbound;
 use crate::step::StepContext;
@@ -124,6 +124,8 @@ struct RunState {
 /// alive; the steps an interrupted or replayed run already finished are reused, not run again.
 struct ServedRun<'a> {
     engine: &'a Engine,
+    /// The run's execution slot, which its steps may lend while they wait.
+    slot: &'a RunSlot,
     flow: &'a ValidatedFlow,
     run_id: &'a str,
     /// The steps this run recorded before, by id.
@@ -171,6 +173,7 @@ impl ServedRun<'_> {
         }
         let step_run = StepRun {
             engine: self.engine,
+            slot: self.slot,
             flow: self.flow,
             run_id: self.run_id,
             step,
@@ -390,9 +393,10 @@ impl Engine {
         trigger: Value,
         claimed: Instant,
         fresh: bool,
+        slot: &RunSlot,
     ) -> Option<RunStatus> {
         match self
-            .try_execute_run(&loaded.flow, run_id, trigger, claimed, fresh)
+            .try_execute_run(&loaded.flow, run_id, trigger, (claimed, fresh), slot)
             .await
         {
             Ok(RunEnd::Finished(status)) => return Some(status),
@@ -425,8 +429,8 @@ impl Engine {
         flow: &ValidatedFlow,
         run_id: &str,
         trigger: Value,
-        claimed: Instant,
-        fresh: bool,
+        (claimed, fresh): (Instant, bool),
+        slot: &RunSlot,
     ) -> Result<RunEnd, StorageError> {
         // A resumed or replayed run reuses the steps it already finished.
         let (earlier, replay_of) = if fresh {
@@ -436,6 +440,7 @@ impl Engine {
         };
         let mut run = ServedRun {
             engine: self,
+            slot,
             flow,
             run_id,
             earlier,

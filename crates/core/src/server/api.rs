@@ -328,6 +328,11 @@ fn storage_writes(engine: &Engine, exposition: &mut Exposition) {
         "Runs executing in this process (at most server.max_active_runs; the rest wait in the database as queued runs).",
         [(Vec::new(), engine.active_runs() as i64)],
     );
+    exposition.gauge(
+        "haloflow_paced_runs",
+        "Runs waiting without their execution slot, lent to other runs while they wait out an API's pacing (at most server.max_paced_runs).",
+        [(Vec::new(), engine.paced_runs() as i64)],
+    );
     if let Some(queue) = engine.storage().write_queue() {
         exposition.gauge(
             "haloflow_storage_write_queue",

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::engine::Engine;
+use crate::engine::{Engine, RunSlot};
 use crate::flow::{ValidatedFlow, ValidatedStep};
 use crate::outbound::Outbound;
 use crate::step::{RegisteredStep, Resend, Step, StepContext, StepError};
@@ -138,6 +138,9 @@ pub(super) trait Ledger {
 /// The step whose attempts run, and where its contexts come from.
 pub(super) struct Target<'a> {
     pub(super) engine: &'a Engine,
+    /// The run's execution slot, which the step may lend while it waits (none for a step
+    /// run on its own, which holds none).
+    pub(super) slot: Option<&'a RunSlot>,
     pub(super) place: Place<'a>,
     /// The run whose key the step's own attempts carry (for a step run on its own: the
     /// caller's idempotency key).
@@ -250,7 +253,7 @@ impl Target<'_> {
         a.number += 1;
         let first_attempt_at_ms = *a.first_attempt_at_ms.get_or_insert(started_at_ms);
         let clock = Instant::now();
-        let http = Outbound::live(self.engine.inner.http.clone());
+        let http = Outbound::live(self.engine.inner.http.clone()).lending(self.slot.cloned());
         let sending = self.send(a, inputs, &http, first_attempt_at_ms);
         let answer = match ledger.during(sending).await? {
             Ok(answer) => answer,

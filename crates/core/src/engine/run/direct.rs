@@ -77,6 +77,7 @@ impl Engine {
             first_attempt_at_ms: None,
         };
         let target = Target {
+            slot: None,
             engine: self,
             place: Place::Alone {
                 registered,

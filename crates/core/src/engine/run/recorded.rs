@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::attempts::{Answer, Attempts, EarlierRun, Ledger, Place, Target};
 use super::{RunState, StepEnd, StepFailure, Unwritten, prepare_inputs};
-use crate::engine::Engine;
+use crate::engine::{Engine, RunSlot};
 use crate::flow::{ValidatedFlow, ValidatedStep};
 use crate::step::{Resend, StepError};
 use crate::storage::{
@@ -20,6 +20,7 @@ use crate::storage::{
 /// One step of a served run, with what its attempts need to know.
 pub(super) struct StepRun<'a> {
     pub(super) engine: &'a Engine,
+    pub(super) slot: &'a RunSlot,
     pub(super) flow: &'a ValidatedFlow,
     pub(super) run_id: &'a str,
     pub(super) step: &'a ValidatedStep,
@@ -53,6 +54,7 @@ impl StepRun<'_> {
         let mut attempts = self.attempts(&inputs).await?;
         let target = Target {
             engine: self.engine,
+            slot: Some(self.slot),
             place: Place::Flow {
                 flow: self.flow,
                 step: self.step,
