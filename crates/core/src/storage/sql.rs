@@ -146,6 +146,9 @@ pub(super) struct Dialect {
     /// names the index of unfinished runs in that order: without statistics its planner takes
     /// the status index and sorts every unfinished run instead.
     pub claimable_runs: &'static str,
+    /// Tells the other nodes, when the transaction commits, that runs wait unowned
+    /// (batchable); `None` where one node has the database to itself.
+    pub runs_waiting_notice: Option<&'static str>,
 }
 
 /// What a SQL backend provides. The stores are written once over it (`shared`); a backend
