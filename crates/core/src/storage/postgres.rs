@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use super::error::{BackendError, database, migration, write_error};
 use super::group_commit::{self, Batches, GroupCommit};
 use super::rows::columns_for;
-use super::sql::{Arg, Dialect, Sql, Statement, arguments, numbered};
+use super::sql::{Arg, Dialect, Sql, Statement, arguments, number, numbered};
 use super::{Backend, FloodStore, StorageError, WriteQueue, WriteStats};
 use crate::admission::{Admission, KeyState, Window};
 
@@ -231,7 +231,7 @@ impl Sql for PostgresStorage {
     /// Without a savepoint (two round trips saved per write): a run's progress touches only
     /// rows its owner writes, so only a lost connection fails it, and with it the batch.
     async fn execute_all(&self, statements: Vec<Statement>) -> Result<(), StorageError> {
-        let queries = queries(statements)?;
+        let queries = progress_queries(statements)?;
         let work: Work<()> = Box::new(move |conn| {
             Box::pin(async move {
                 for query in queries {
@@ -247,6 +247,47 @@ impl Sql for PostgresStorage {
 type Work<T> = group_commit::Work<PgConnection, T>;
 
 type Query = sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// A run's progress in as few statements as it can: all in one (data-modifying `WITH` parts
+/// ahead of the last), one round trip, when each names another table. Two on one table stay
+/// apart: the parts of one statement see one snapshot, so a second change to a row would not
+/// see the first.
+fn progress_queries(statements: Vec<Statement>) -> Result<Vec<Query>, StorageError> {
+    let tables: Vec<_> = statements.iter().map(|s| table(s.sql)).collect();
+    let apart = tables
+        .iter()
+        .enumerate()
+        .all(|(i, t)| t.is_some() && !tables[..i].contains(t));
+    // Numbered once for the whole: only statements with `?` parameters throughout.
+    let unnumbered = statements.iter().all(|s| !s.sql.contains('$'));
+    if statements.len() < 2 || !apart || !unnumbered {
+        return queries(statements);
+    }
+    let last = statements.len() - 1;
+    let mut sql = String::from("WITH ");
+    let mut args = Vec::new();
+    for (i, statement) in statements.into_iter().enumerate() {
+        match i {
+            _ if i == last => sql.push_str(statement.sql),
+            0 => sql.push_str(&format!("w0 AS ({})\n", statement.sql)),
+            _ => sql.push_str(&format!(", w{i} AS ({})\n", statement.sql)),
+        }
+        args.extend(statement.args);
+    }
+    let query = sqlx::query_with(
+        sqlx::AssertSqlSafe(number(&sql)),
+        arguments::<sqlx::Postgres>(args)?,
+    );
+    Ok(vec![query])
+}
+
+/// The table an `UPDATE` or `INSERT` writes.
+fn table(sql: &str) -> Option<&str> {
+    let rest = sql
+        .strip_prefix("UPDATE ")
+        .or_else(|| sql.strip_prefix("INSERT INTO "))?;
+    rest.split_whitespace().next()
+}
 
 fn queries(statements: Vec<Statement>) -> Result<Vec<Query>, StorageError> {
     statements
@@ -369,5 +410,32 @@ impl PostgresStorage {
         .await?;
         tx.commit().await?;
         Ok(admission)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::sql::{self, args};
+    use sqlx::Execute;
+
+    fn sql_of(statements: Vec<Statement>) -> Vec<String> {
+        let queries = progress_queries(statements).unwrap();
+        queries.into_iter().map(|q| q.sql().as_str().to_owned()).collect()
+    }
+
+    #[test]
+    fn progress_on_different_tables_is_one_statement_and_on_one_table_stays_apart() {
+        let start = || Statement::new(sql::START_RUN, args![1_i64, "r"]);
+        let step = || {
+            let args = args!["r", "s", 0_i64, "t", "{}", 1_i64, 1_i64];
+            Statement::new(sql::START_STEP, args)
+        };
+        let one = sql_of(vec![start(), step()]);
+        assert_eq!(one.len(), 1, "{one:?}");
+        assert!(one[0].starts_with("WITH w0 AS (UPDATE runs"), "{}", one[0]);
+        assert!(one[0].contains("$3") && one[0].contains("$9"), "{}", one[0]);
+        assert_eq!(sql_of(vec![step(), step()]).len(), 2);
+        assert_eq!(sql_of(vec![start(), start()]).len(), 2);
     }
 }
