@@ -421,7 +421,10 @@ mod tests {
 
     fn sql_of(statements: Vec<Statement>) -> Vec<String> {
         let queries = progress_queries(statements).unwrap();
-        queries.into_iter().map(|q| q.sql().as_str().to_owned()).collect()
+        queries
+            .into_iter()
+            .map(|q| q.sql().as_str().to_owned())
+            .collect()
     }
 
     #[test]
