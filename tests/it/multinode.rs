@@ -262,3 +262,40 @@ async fn a_full_nodes_queued_runs_run_on_a_node_with_room() {
         server.kill();
     }
 }
+
+/// A node with room hears at once that runs wait on a full node (a PostgreSQL notification)
+/// and starts them, long before its next look for unfinished runs (every 30 s with the default
+/// claim; `finished` gives up after about 15 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_queued_on_a_full_node_start_at_once_on_a_running_node_with_room() {
+    let Some(database) = TestDatabase::create().await else {
+        return;
+    };
+    let world = World::with_server_settings("max_active_runs = 1").await;
+    let servers = nodes(&world, &database, 2).await;
+    let hold = Hold::new();
+    world.partner.inject(
+        "POST",
+        "/api/Tickets",
+        Fault::HoldBeforeProcessing(hold.clone()),
+        1,
+    );
+    let (status, first) = world.send(&servers[0], &payload(&world, 6600)).await;
+    assert_eq!(status, 202, "{first}");
+    hold.arrived().await;
+    let mut queued = Vec::new();
+    for i in 1..=3 {
+        let (status, answer) = world.send(&servers[0], &payload(&world, 6600 + i)).await;
+        assert_eq!(status, 202, "{answer}");
+        queued.push(answer["run_ids"][0].as_str().unwrap().to_owned());
+    }
+    wait_all(&world, &servers[1], &queued).await;
+    hold.release();
+    let mut run_ids = vec![first["run_ids"][0].as_str().unwrap().to_owned()];
+    run_ids.extend(queued);
+    wait_all(&world, &servers[0], &run_ids).await;
+    assert_one_ticket_per_run(&world, &run_ids);
+    for server in servers {
+        server.kill();
+    }
+}

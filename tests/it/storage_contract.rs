@@ -1,15 +1,16 @@
 //! One behaviour suite for every storage backend: what the engine relies on holds for SQLite
 //! and for PostgreSQL alike.
 
-use crate::common::backends::backends;
+use crate::common::backends::{TestDatabase, backends};
 use crate::common::progress::RunStoreExt;
 use haloflow::internals::flood::Admission;
 use haloflow::storage::{
     AttemptOutcome, AttemptRecord, Cursor, Link, LinkCursor, LinkFilter, LinkOrigin, NewRequest,
-    NewRun, NewSuppressed, Progress, RequestFilter, RunFilter, RunFinish, RunStatus, StepOutcome,
-    StepStart, StepStatus, Storage, StorageError, Verdict,
+    NewRun, NewSuppressed, PostgresStorage, Progress, RequestFilter, RunFilter, RunFinish,
+    RunStatus, StepOutcome, StepStart, StepStatus, Storage, StorageError, Verdict,
 };
 use serde_json::json;
+use sqlx::Connection;
 
 fn request(id: &str, at: i64) -> NewRequest {
     NewRequest {
@@ -139,6 +140,96 @@ async fn the_same_delivery_twice_is_a_conflict() {
                 .all(|r| r.id != "req-again"),
             "{}: the conflicting request was rolled back",
             b.name
+        );
+    }
+}
+
+/// Writes sent together share commits (a backend that groups them): one that conflicts fails
+/// alone, the others are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflicting_write_fails_alone_among_concurrent_ones() {
+    for b in backends().await {
+        accept(b.storage.as_ref(), "taken", 1000, Some("d-taken")).await;
+        let mut tasks = Vec::new();
+        for i in 0..60 {
+            let storage = b.storage.clone();
+            let delivery = (i == 30).then_some("d-taken".to_owned());
+            tasks.push(tokio::spawn(async move {
+                let id = format!("c{i}");
+                let new = request(&format!("req-{id}"), 2000 + i);
+                let runs = [run(&id, 2000 + i, delivery.as_deref())];
+                storage.accept_request(&new, &runs, &[]).await
+            }));
+        }
+        let mut failed = Vec::new();
+        for (i, task) in tasks.into_iter().enumerate() {
+            match task.await.unwrap() {
+                Ok(()) => {}
+                Err(StorageError::Conflict) => failed.push(i),
+                Err(e) => panic!("{}: c{i}: {e}", b.name),
+            }
+        }
+        assert_eq!(failed, [30], "{}", b.name);
+        for i in (0..60).filter(|i| *i != 30) {
+            let run = b.storage.get_run(&format!("c{i}")).await.unwrap();
+            assert!(run.is_some(), "{}: c{i} was stored", b.name);
+        }
+        if let Some(stats) = b.storage.write_stats() {
+            assert!(stats.writes > stats.commits, "{}: {stats:?}", b.name);
+        }
+    }
+}
+
+/// PostgreSQL's writer survives losing its connection: the batch in flight fails retryably,
+/// and later writes go on over a new connection.
+#[tokio::test]
+async fn postgres_writes_go_on_after_the_writer_loses_its_connection() {
+    let Some(database) = TestDatabase::create().await else {
+        return;
+    };
+    let postgres = PostgresStorage::connect(&database.url).await.unwrap();
+    let storage: &dyn Storage = &postgres;
+    accept(storage, "before", 1000, None).await;
+    let mut admin = sqlx::PgConnection::connect(&database.url).await.unwrap();
+    let pid: i32 = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = 'haloflow writer'",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert!(ended);
+    // Gone for sure before the next write (terminating only signals the backend).
+    loop {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = $1")
+            .bind(pid)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let lost = storage
+        .accept_request(&request("req-lost", 2000), &[run("lost", 2000, None)], &[])
+        .await;
+    if let Err(e) = lost {
+        assert!(e.is_retryable(), "{e}");
+    }
+    for i in 0..3 {
+        accept(storage, &format!("after-{i}"), 3000 + i, None).await;
+        assert!(
+            storage
+                .get_run(&format!("after-{i}"))
+                .await
+                .unwrap()
+                .is_some()
         );
     }
 }

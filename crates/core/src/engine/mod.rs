@@ -745,6 +745,7 @@ impl Engine {
         let replayed = self.restore_flood_control().await?;
         let resumed = self.resume_unfinished_runs().await?;
         self.spawn_takeover_loop();
+        self.follow_waiting_runs();
         self.inner.integrations.start(self);
         Ok((replayed, resumed))
     }
@@ -795,6 +796,25 @@ impl Engine {
                 Err(e) => {
                     tracing::warn!(error = %e, "Could not look for unfinished runs; trying again.")
                 }
+            }
+        });
+    }
+
+    /// Starts queued runs as soon as any node says some wait in the database (a backend
+    /// several nodes share), not at the next look for unfinished runs.
+    fn follow_waiting_runs(&self) {
+        let Some(mut notices) = self.inner.storage.runs_waiting_notices() else {
+            return;
+        };
+        let inner = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            while notices.changed().await.is_ok() {
+                let Some(inner) = inner.upgrade() else { break };
+                let engine = Engine { inner };
+                if engine.is_shutting_down() {
+                    break;
+                }
+                engine.runs_wait();
             }
         });
     }

@@ -1,22 +1,22 @@
-//! Group commit for SQLite: one task owns the write connection and commits every write that
-//! queued while the previous batch was committing in one transaction, then answers each
-//! writer. SQLite has one write lock per file, so writers on several connections only take
-//! turns at it (and each commit invalidates the other connections' page caches); one writer
-//! that batches turns many commits, fsyncs and lock handoffs into one.
+//! Group commit: one task owns a write connection and commits every write that queued while
+//! the previous batch was committing in one transaction, then answers each writer. SQLite has
+//! one write lock per file, so writers on several connections only take turns at it; on
+//! PostgreSQL each commit is a round trip and a WAL flush. Either way one writer that batches
+//! turns many commits (and fsyncs, lock handoffs) into one. What differs per database (how to
+//! begin, when an error ended the transaction, reconnecting) is the [`Batches`] it drives.
 //!
 //! A write is answered only after its batch committed, so "returned Ok" still means "on
 //! disk (as far as the durability level promises)". A write that fails is rolled back on its
-//! own (a savepoint for a write of several statements) and the rest of its batch commits;
-//! an error that may have ended the transaction fails the whole batch.
+//! own (a savepoint for a write that may fail alone) and the rest of its batch commits;
+//! an error that may have ended the transaction fails the whole batch, retryably.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_core::future::BoxFuture;
-use sqlx::SqliteConnection;
 use tokio::sync::{mpsc, oneshot};
 
-use super::error::{BackendError, database};
+use super::error::BackendError;
 use super::{StorageError, WriteQueue, WriteStats};
 
 /// The most writes committed in one transaction: bounds one batch's latency.
@@ -24,16 +24,51 @@ const MAX_BATCH: usize = 512;
 /// Writes waiting for the writer; callers wait for room beyond this (back-pressure).
 const QUEUE: usize = 4096;
 
+/// The one connection a writer drives, and what its database needs around a batch.
+pub(super) trait Batches: Send + 'static {
+    type Connection: Send;
+    /// Begins a batch's transaction (connecting first if there is no connection).
+    fn begin(&mut self) -> BoxFuture<'_, Result<(), BackendError>>;
+    /// The connection, inside a begun transaction.
+    fn connection(&mut self) -> &mut Self::Connection;
+    /// Runs one fixed statement (`COMMIT`, `SAVEPOINT write`, ...).
+    fn run(&mut self, sql: &'static str) -> BoxFuture<'_, Result<(), BackendError>>;
+    /// Whether `error`, from a write's statements, may have ended the transaction;
+    /// `in_savepoint`: a `ROLLBACK TO` comes next and says for itself whether it could.
+    fn ends_transaction(error: &StorageError, in_savepoint: bool) -> bool;
+    /// A rollback failed: the connection is not trusted with another batch.
+    fn lost(&mut self) {}
+    /// Between two batches (SQLite finishes a WAL checkpoint).
+    fn after_batch(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
 /// The statements of one write, run inside the batch's transaction.
-pub(super) type Work<T> = Box<
-    dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T, StorageError>> + Send,
->;
+pub(super) type Work<C, T> =
+    Box<dyn for<'c> FnOnce(&'c mut C) -> BoxFuture<'c, Result<T, StorageError>> + Send>;
 
 /// A handle to the writer task; clones share it. The task ends when the last handle is gone.
-#[derive(Debug, Clone)]
-pub(super) struct GroupCommit {
-    jobs: mpsc::Sender<Box<dyn Job>>,
+pub(super) struct GroupCommit<B: Batches> {
+    jobs: mpsc::Sender<Box<dyn Job<B>>>,
     counters: Arc<Counters>,
+}
+
+impl<B: Batches> Clone for GroupCommit<B> {
+    fn clone(&self) -> Self {
+        GroupCommit {
+            jobs: self.jobs.clone(),
+            counters: self.counters.clone(),
+        }
+    }
+}
+
+impl<B: Batches> std::fmt::Debug for GroupCommit<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCommit")
+            .field("queue", &self.queue())
+            .finish()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -42,23 +77,19 @@ struct Counters {
     commits: AtomicU64,
 }
 
-impl GroupCommit {
-    /// Starts the writer task on `connection` (which must not be used elsewhere). With
-    /// `checkpoints`, a second connection checkpoints the WAL in the background (the writer's
-    /// own automatic checkpoints must then be off): a checkpoint copies pages and syncs the
-    /// file, and done by the writer at a commit it held every write waiting behind it.
-    pub(super) fn start(
-        connection: SqliteConnection,
-        checkpoints: Option<SqliteConnection>,
-    ) -> GroupCommit {
+impl<B: Batches> GroupCommit<B> {
+    /// Starts the writer task on `batches` (whose connection must not be used elsewhere).
+    pub(super) fn start(batches: B) -> GroupCommit<B> {
         let (jobs, queue) = mpsc::channel(QUEUE);
         let counters = Arc::new(Counters::default());
-        let background = checkpoints.is_some();
-        if let Some(checkpointer) = checkpoints {
-            tokio::spawn(checkpoint(checkpointer, jobs.downgrade()));
-        }
-        tokio::spawn(writer(connection, queue, counters.clone(), background));
+        tokio::spawn(writer(batches, queue, counters.clone()));
         GroupCommit { jobs, counters }
+    }
+
+    /// True while a handle to the writer is left (for helpers that end with it).
+    pub(super) fn alive(&self) -> impl Fn() -> bool + Send + 'static {
+        let weak = self.jobs.downgrade();
+        move || weak.upgrade().is_some()
     }
 
     pub(super) fn stats(&self) -> WriteStats {
@@ -78,18 +109,15 @@ impl GroupCommit {
     }
 
     /// Runs `work` in the next batch and returns its result once the batch committed.
-    /// `atomic`: the work has several statements that must commit together or not at all.
+    /// `alone`: the work runs in a savepoint, so that its failure (several statements, or one
+    /// that may conflict) undoes it alone and the batch goes on.
     pub(super) async fn write<T: Send + 'static>(
         &self,
-        atomic: bool,
-        work: Work<T>,
+        alone: bool,
+        work: Work<B::Connection, T>,
     ) -> Result<T, StorageError> {
         let (reply, answer) = oneshot::channel();
-        let job = Box::new(Write {
-            work,
-            atomic,
-            reply,
-        });
+        let job = Box::new(Write { work, alone, reply });
         self.jobs
             .send(job)
             .await
@@ -99,10 +127,10 @@ impl GroupCommit {
 }
 
 /// A queued write, its result type erased.
-trait Job: Send {
+trait Job<B: Batches>: Send {
     /// Runs the statements; returns how to answer once the batch's fate is known, and
     /// whether the error (if any) may have ended the whole transaction.
-    fn run<'c>(self: Box<Self>, conn: &'c mut SqliteConnection) -> BoxFuture<'c, Ran>;
+    fn run<'c>(self: Box<Self>, batches: &'c mut B) -> BoxFuture<'c, Ran>;
     /// Answers without running (the batch could not begin).
     fn fail(self: Box<Self>, error: StorageError);
 }
@@ -117,9 +145,9 @@ trait Answer: Send {
     fn send(self: Box<Self>, commit: Result<(), &BackendError>);
 }
 
-struct Write<T> {
-    work: Work<T>,
-    atomic: bool,
+struct Write<C, T> {
+    work: Work<C, T>,
+    alone: bool,
     reply: oneshot::Sender<Result<T, StorageError>>,
 }
 
@@ -140,20 +168,20 @@ impl<T: Send + 'static> Answer for Done<T> {
     }
 }
 
-impl<T: Send + 'static> Job for Write<T> {
-    fn run<'c>(self: Box<Self>, conn: &'c mut SqliteConnection) -> BoxFuture<'c, Ran> {
+impl<B: Batches, T: Send + 'static> Job<B> for Write<B::Connection, T> {
+    fn run<'c>(self: Box<Self>, batches: &'c mut B) -> BoxFuture<'c, Ran> {
         Box::pin(async move {
-            let Write {
-                work,
-                atomic,
-                reply,
-            } = *self;
-            let result = if atomic {
-                run_in_savepoint(conn, work).await
+            let Write { work, alone, reply } = *self;
+            let (result, fatal) = if alone {
+                run_in_savepoint(batches, work).await
             } else {
-                work(conn).await
+                let result = work(batches.connection()).await;
+                let fatal = result
+                    .as_ref()
+                    .err()
+                    .is_some_and(|e| B::ends_transaction(e, false));
+                (result, fatal)
             };
-            let fatal = result.as_ref().err().is_some_and(ends_transaction);
             Ran {
                 answer: Box::new(Done { result, reply }),
                 fatal,
@@ -166,98 +194,45 @@ impl<T: Send + 'static> Job for Write<T> {
     }
 }
 
-async fn run_in_savepoint<T>(
-    conn: &mut SqliteConnection,
-    work: Work<T>,
-) -> Result<T, StorageError> {
-    sqlx::raw_sql("SAVEPOINT write")
-        .execute(&mut *conn)
-        .await
-        .map_err(database)?;
-    match work(&mut *conn).await {
-        Ok(value) => {
-            sqlx::raw_sql("RELEASE write")
-                .execute(&mut *conn)
-                .await
-                .map_err(database)?;
-            Ok(value)
-        }
-        Err(error) => {
-            if !ends_transaction(&error) {
-                sqlx::raw_sql("ROLLBACK TO write; RELEASE write")
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(database)?;
-            }
-            Err(error)
-        }
+/// Runs `work` in a savepoint; returns its result and whether the transaction is lost.
+async fn run_in_savepoint<B: Batches, T>(
+    batches: &mut B,
+    work: Work<B::Connection, T>,
+) -> (Result<T, StorageError>, bool) {
+    if let Err(e) = batches.run("SAVEPOINT write").await {
+        return (Err(StorageError::Database(e)), true);
     }
-}
-
-/// Constraint violations (a taken key) and bad stored JSON leave the transaction open; any
-/// other database error (I/O, full disk, busy) may have rolled it back.
-fn ends_transaction(error: &StorageError) -> bool {
-    match error {
-        StorageError::Database(e) => match e.as_sqlx() {
-            Some(sqlx::Error::Database(e)) => !matches!(
-                e.kind(),
-                sqlx::error::ErrorKind::UniqueViolation
-                    | sqlx::error::ErrorKind::ForeignKeyViolation
-                    | sqlx::error::ErrorKind::NotNullViolation
-                    | sqlx::error::ErrorKind::CheckViolation
-            ),
-            _ => true,
+    match work(batches.connection()).await {
+        Ok(value) => match batches.run("RELEASE write").await {
+            Ok(()) => (Ok(value), false),
+            Err(e) => (Err(StorageError::Database(e)), true),
         },
-        StorageError::Batch(_) => true,
-        _ => false,
-    }
-}
-
-/// How often the background checkpointer copies the WAL into the database.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// How often the writer finishes a checkpoint itself, between two batches.
-const WRITER_CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
-
-/// Checkpoints until the writer is gone. PASSIVE: never waits for readers or the writer; what
-/// it cannot copy now it copies next time. Under steady writes it never catches up with the
-/// end of the WAL, though, and SQLite starts the WAL over only after a checkpoint that did
-/// (otherwise the WAL and its index in shared memory grow for ever): so four times a second the
-/// writer, between batches, checkpoints what little the background left.
-async fn checkpoint(mut conn: SqliteConnection, writer: mpsc::WeakSender<Box<dyn Job>>) {
-    loop {
-        tokio::time::sleep(CHECKPOINT_EVERY).await;
-        if writer.upgrade().is_none() {
-            return;
-        }
-        if let Err(e) = sqlx::raw_sql("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&mut conn)
-            .await
-        {
-            tracing::warn!(error = %e, "A background WAL checkpoint failed; the next one tries again.");
+        Err(error) => {
+            if B::ends_transaction(&error, true) {
+                return (Err(error), true);
+            }
+            let undone = batches.run("ROLLBACK TO write; RELEASE write").await;
+            (Err(error), undone.is_err())
         }
     }
 }
 
-async fn writer(
-    mut conn: SqliteConnection,
-    mut queue: mpsc::Receiver<Box<dyn Job>>,
+async fn writer<B: Batches>(
+    mut batches: B,
+    mut queue: mpsc::Receiver<Box<dyn Job<B>>>,
     counters: Arc<Counters>,
-    background_checkpoints: bool,
 ) {
-    let mut last_checkpoint = std::time::Instant::now();
-    let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
+    let mut batch: Vec<Box<dyn Job<B>>> = Vec::with_capacity(MAX_BATCH);
     let mut answers: Vec<Box<dyn Answer>> = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        if let Err(e) = sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut conn).await {
-            tracing::error!(error = %e, "Could not begin a database write; its writes failed.");
-            let error = BackendError::from_sqlx(e);
+        if let Err(error) = batches.begin().await {
+            tracing::error!(%error, "Could not begin a database write; its writes failed.");
             for job in batch.drain(..) {
                 job.fail(StorageError::Batch(error.clone()));
             }
             continue;
         }
-        let outcome = run_batch(&mut conn, &mut batch, &mut answers).await;
+        let outcome = run_batch(&mut batches, &mut batch, &mut answers).await;
         if outcome.is_ok() {
             counters.commits.fetch_add(1, Ordering::Relaxed);
             counters
@@ -267,59 +242,62 @@ async fn writer(
         for answer in answers.drain(..) {
             answer.send(outcome.as_ref().map(|_| ()));
         }
-        if background_checkpoints && last_checkpoint.elapsed() >= WRITER_CHECKPOINT_EVERY {
-            last_checkpoint = std::time::Instant::now();
-            if let Err(e) = sqlx::raw_sql("PRAGMA wal_checkpoint(PASSIVE)")
-                .execute(&mut conn)
-                .await
-            {
-                tracing::warn!(error = %e, "A WAL checkpoint failed; the next one tries again.");
-            }
-        }
+        batches.after_batch().await;
     }
 }
 
 /// Runs the writes of a begun batch, collecting how to answer them, and ends its transaction:
 /// committed, or rolled back when a write's error may have ended it (the writes after that
 /// one fail without running).
-async fn run_batch(
-    conn: &mut SqliteConnection,
-    batch: &mut Vec<Box<dyn Job>>,
+async fn run_batch<B: Batches>(
+    batches: &mut B,
+    batch: &mut Vec<Box<dyn Job<B>>>,
     answers: &mut Vec<Box<dyn Answer>>,
 ) -> Result<(), BackendError> {
     let mut jobs = batch.drain(..);
     for job in jobs.by_ref() {
-        let ran = job.run(conn).await;
+        let ran = job.run(batches).await;
         answers.push(ran.answer);
         if ran.fatal {
             let error = BackendError::new(
                 "a write in the same batch failed and the batch was rolled back",
                 true,
             );
-            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+            rollback(batches).await;
             for job in jobs {
                 job.fail(StorageError::Batch(error.clone()));
             }
             return Err(error);
         }
     }
-    match sqlx::raw_sql("COMMIT").execute(&mut *conn).await {
-        Ok(_) => Ok(()),
-        Err(e) => {
-            tracing::error!(error = %e, "A database commit failed; its writes failed.");
-            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
-            Err(BackendError::from_sqlx(e))
+    match batches.run("COMMIT").await {
+        Ok(()) => Ok(()),
+        Err(error) => {
+            tracing::error!(%error, "A database commit failed; its writes failed.");
+            rollback(batches).await;
+            Err(error)
         }
     }
 }
 
-#[cfg(test)]
+/// Rolls the batch back; a connection that cannot is given up (the next batch reconnects).
+async fn rollback<B: Batches>(batches: &mut B) {
+    if batches.run("ROLLBACK").await.is_err() {
+        batches.lost();
+    }
+}
+
+#[cfg(all(test, feature = "sqlite"))]
 mod tests {
     use super::*;
-    use sqlx::Connection;
+    use crate::storage::sqlite::SqliteBatches;
     use sqlx::sqlite::SqliteConnectOptions;
+    use sqlx::{Connection, SqliteConnection};
 
-    async fn open(dir: &std::path::Path) -> (GroupCommit, sqlx::SqlitePool) {
+    type Writer = GroupCommit<SqliteBatches>;
+    type Work<T> = super::Work<SqliteConnection, T>;
+
+    async fn open(dir: &std::path::Path) -> (Writer, sqlx::SqlitePool) {
         let options = SqliteConnectOptions::new()
             .filename(dir.join("t.db"))
             .create_if_missing(true)
@@ -332,7 +310,7 @@ mod tests {
             .await
             .unwrap();
         let conn = SqliteConnection::connect_with(&options).await.unwrap();
-        (GroupCommit::start(conn, None), pool)
+        (GroupCommit::start(SqliteBatches::new(conn, false)), pool)
     }
 
     fn insert(k: i64, v: Option<&'static str>) -> Work<()> {
@@ -425,7 +403,7 @@ mod tests {
     }
 
     /// Waits (without a clock) until `waiting` writes wait for the writer.
-    async fn until_waiting(writer: &GroupCommit, waiting: usize) {
+    async fn until_waiting(writer: &Writer, waiting: usize) {
         while writer.queue().waiting < waiting {
             tokio::task::yield_now().await;
         }

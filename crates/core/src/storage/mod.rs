@@ -20,7 +20,7 @@ mod shared;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
 
-#[cfg(feature = "sqlite")]
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod group_commit;
 /// The list queries' plans: each filter is served by an index (a documented check, not a timing).
 #[cfg(all(test, feature = "sqlite"))]

@@ -170,6 +170,12 @@ impl<B: Sql> RunStore for B {
             let args = suppressed_args(&request.id, event);
             batch.push(Statement::new(sql::INSERT_SUPPRESSED, args));
         }
+        // A run stored without an owner waits for a slot: any node with one may take it now.
+        if let Some(notice) = B::DIALECT.runs_waiting_notice
+            && runs.iter().any(|run| run.owner.is_none())
+        {
+            batch.push(Statement::new(notice, args![]));
+        }
         self.execute_atomic(batch).await.map(drop)
     }
 

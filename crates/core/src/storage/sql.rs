@@ -116,6 +116,12 @@ pub(super) fn numbered(sql: &'static str) -> Cow<'static, str> {
     if !sql.contains('?') {
         return Cow::Borrowed(sql);
     }
+    Cow::Owned(number(sql))
+}
+
+/// [`numbered`] for a statement built at run time.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+pub(super) fn number(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len() + 16);
     let mut n = 0;
     for c in sql.chars() {
@@ -127,7 +133,7 @@ pub(super) fn numbered(sql: &'static str) -> Cow<'static, str> {
             out.push(c);
         }
     }
-    Cow::Owned(out)
+    out
 }
 
 /// The statements whose text differs between the dialects; each takes the parameters named.
@@ -150,6 +156,9 @@ pub(super) struct Dialect {
     /// limit; returns id, flow id, trigger, replay of, created at. SQLite names the index of
     /// such runs; PostgreSQL skips rows another node is claiming at the same moment.
     pub claim_queued_runs: &'static str,
+    /// Tells the other nodes, when the transaction commits, that runs wait unowned
+    /// (batchable); `None` where one node has the database to itself.
+    pub runs_waiting_notice: Option<&'static str>,
 }
 
 /// What a SQL backend provides. The stores are written once over it (`shared`); a backend

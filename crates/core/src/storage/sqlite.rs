@@ -7,13 +7,14 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_core::future::BoxFuture;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
 
-use super::error::{database, migration, write_error};
-use super::group_commit::{GroupCommit, Work};
+use super::error::{BackendError, database, migration, write_error};
+use super::group_commit::{self, Batches, GroupCommit};
 use super::rows::columns_for;
 use super::sql::{Arg, Dialect, Sql, Statement, arguments};
 use super::{Backend, DATABASE_FILE, StorageError, WriteQueue, WriteStats};
@@ -23,12 +24,116 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
 columns_for!(SqliteRow);
 
+type Work<T> = group_commit::Work<sqlx::SqliteConnection, T>;
+
+/// The group-commit writer's connection. With `background_checkpoints`, another connection
+/// checkpoints the WAL (the writer's own automatic checkpoints are then off): a checkpoint
+/// copies pages and syncs the file, and done by the writer at a commit it held every write
+/// waiting behind it.
+pub(super) struct SqliteBatches {
+    conn: sqlx::SqliteConnection,
+    background_checkpoints: bool,
+    last_checkpoint: std::time::Instant,
+}
+
+impl SqliteBatches {
+    pub(super) fn new(conn: sqlx::SqliteConnection, background_checkpoints: bool) -> Self {
+        SqliteBatches {
+            conn,
+            background_checkpoints,
+            last_checkpoint: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Batches for SqliteBatches {
+    type Connection = sqlx::SqliteConnection;
+
+    fn begin(&mut self) -> BoxFuture<'_, Result<(), BackendError>> {
+        self.run("BEGIN IMMEDIATE")
+    }
+
+    fn connection(&mut self) -> &mut sqlx::SqliteConnection {
+        &mut self.conn
+    }
+
+    fn run(&mut self, sql: &'static str) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            let done = sqlx::raw_sql(sql).execute(&mut self.conn).await;
+            done.map(drop).map_err(BackendError::from_sqlx)
+        })
+    }
+
+    /// Constraint violations (a taken key) and bad stored JSON leave the transaction open;
+    /// any other database error (I/O, full disk, busy) may have rolled it back.
+    fn ends_transaction(error: &StorageError, _in_savepoint: bool) -> bool {
+        match error {
+            StorageError::Database(e) => match e.as_sqlx() {
+                Some(sqlx::Error::Database(e)) => !matches!(
+                    e.kind(),
+                    sqlx::error::ErrorKind::UniqueViolation
+                        | sqlx::error::ErrorKind::ForeignKeyViolation
+                        | sqlx::error::ErrorKind::NotNullViolation
+                        | sqlx::error::ErrorKind::CheckViolation
+                ),
+                _ => true,
+            },
+            StorageError::Batch(_) => true,
+            _ => false,
+        }
+    }
+
+    /// Four times a second the writer checkpoints what little the background checkpointer
+    /// left: under steady writes that one never catches up with the end of the WAL, and SQLite
+    /// starts the WAL over only after a checkpoint that did (otherwise the WAL and its index in
+    /// shared memory grow for ever).
+    fn after_batch(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if !self.background_checkpoints
+                || self.last_checkpoint.elapsed() < WRITER_CHECKPOINT_EVERY
+            {
+                return;
+            }
+            self.last_checkpoint = std::time::Instant::now();
+            if let Err(e) = sqlx::raw_sql("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(&mut self.conn)
+                .await
+            {
+                tracing::warn!(error = %e, "A WAL checkpoint failed; the next one tries again.");
+            }
+        })
+    }
+}
+
+/// How often the background checkpointer copies the WAL into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// How often the writer finishes a checkpoint itself, between two batches.
+const WRITER_CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// Checkpoints until the writer is gone. PASSIVE: never waits for readers or the writer; what
+/// it cannot copy now it copies next time.
+async fn checkpoint(mut conn: sqlx::SqliteConnection, writer_alive: impl Fn() -> bool) {
+    loop {
+        tokio::time::sleep(CHECKPOINT_EVERY).await;
+        if !writer_alive() {
+            return;
+        }
+        if let Err(e) = sqlx::raw_sql("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&mut conn)
+            .await
+        {
+            tracing::warn!(error = %e, "A background WAL checkpoint failed; the next one tries again.");
+        }
+    }
+}
+
 /// Reads go through `pool`; writes through `writer`, one connection that commits them in
 /// batches (see `group_commit`), or, without it (in memory), one transaction each on `pool`.
 #[derive(Debug, Clone)]
 pub struct SqliteStorage {
     pool: SqlitePool,
-    writer: Option<GroupCommit>,
+    writer: Option<GroupCommit<SqliteBatches>>,
 }
 
 impl SqliteStorage {
@@ -122,10 +227,10 @@ impl SqliteStorage {
             // The WAL file is cut back to this when it starts over (it is reused, not shrunk).
             .pragma("journal_size_limit", "67108864");
         let connect = |options| <sqlx::SqliteConnection as sqlx::Connection>::connect_with(options);
-        let writer = GroupCommit::start(
-            connect(&writer_options).await.map_err(database)?,
-            Some(connect(&options).await.map_err(database)?),
-        );
+        let writer_connection = connect(&writer_options).await.map_err(database)?;
+        let writer = GroupCommit::start(SqliteBatches::new(writer_connection, true));
+        let checkpointer = connect(&options).await.map_err(database)?;
+        tokio::spawn(checkpoint(checkpointer, writer.alive()));
         Ok(SqliteStorage {
             pool,
             writer: Some(writer),
@@ -210,6 +315,7 @@ impl Sql for SqliteStorage {
         run_counts_since: super::sql::run_counts_since!("INDEXED BY runs_by_time"),
         claimable_runs: super::sql::claimable_runs!("INDEXED BY runs_waiting"),
         claim_queued_runs: super::sql::claim_queued_runs!("INDEXED BY runs_queued", ""),
+        runs_waiting_notice: None,
     };
 
     async fn fetch_all(

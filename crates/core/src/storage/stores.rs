@@ -278,6 +278,12 @@ pub trait Backend: Send + Sync {
     fn write_stats(&self) -> Option<WriteStats> {
         None
     }
+    /// Changes whenever a node sharing the database stored runs that wait for a slot (this
+    /// one's included), so that nodes with room start them at once; `None` for a database one
+    /// node has to itself (its own free slots start them).
+    fn runs_waiting_notices(&self) -> Option<tokio::sync::watch::Receiver<()>> {
+        None
+    }
     /// How full the write queue is, for a backend that queues its writes; `None` otherwise.
     /// The engine refuses trigger requests with 503 and `Retry-After` while
     /// [`WriteQueue::refuses_requests`]: the one overload that turns requests away.
