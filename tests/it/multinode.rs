@@ -222,6 +222,34 @@ fn trigger_url(server: &Server) -> String {
     )
 }
 
+/// On a node with one slot (`max_active_runs = 1`): a run from ticket `first_ticket` that holds
+/// it (its Halo create is held), then `count` more runs that queue. Returns the hold, the
+/// holding run's id and the queued runs' ids.
+async fn fill_the_slot_and_queue(
+    world: &World,
+    server: &Server,
+    first_ticket: i64,
+    count: i64,
+) -> (std::sync::Arc<Hold>, String, Vec<String>) {
+    let hold = Hold::new();
+    let fault = Fault::HoldBeforeProcessing(hold.clone());
+    world.partner.inject("POST", "/api/Tickets", fault, 1);
+    let (status, first) = world.send(server, &payload(world, first_ticket)).await;
+    assert_eq!(status, 202, "{first}");
+    hold.arrived().await;
+    let mut queued = Vec::new();
+    for i in 1..=count {
+        let (status, answer) = world.send(server, &payload(world, first_ticket + i)).await;
+        assert_eq!(status, 202, "{answer}");
+        queued.push(answer["run_ids"][0].as_str().unwrap().to_owned());
+    }
+    (
+        hold,
+        first["run_ids"][0].as_str().unwrap().to_owned(),
+        queued,
+    )
+}
+
 /// Runs queued on a node without a free slot are not tied to it: another node with room takes
 /// them (each once), while the first node's only run still waits on Halo.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,29 +260,14 @@ async fn a_full_nodes_queued_runs_run_on_a_node_with_room() {
     // The default claim (60 s): node 0's held run is never taken over.
     let world = World::with_server_settings("max_active_runs = 1").await;
     let mut servers = nodes(&world, &database, 1).await;
-    let hold = Hold::new();
-    world.partner.inject(
-        "POST",
-        "/api/Tickets",
-        Fault::HoldBeforeProcessing(hold.clone()),
-        1,
-    );
-    let (status, first) = world.send(&servers[0], &payload(&world, 6500)).await;
-    assert_eq!(status, 202, "{first}");
-    hold.arrived().await;
-    let mut queued = Vec::new();
-    for i in 1..=4 {
-        let (status, answer) = world.send(&servers[0], &payload(&world, 6500 + i)).await;
-        assert_eq!(status, 202, "{answer}");
-        queued.push(answer["run_ids"][0].as_str().unwrap().to_owned());
-    }
+    let (hold, first, queued) = fill_the_slot_and_queue(&world, &servers[0], 6500, 4).await;
     // A second node starts, finds the queued runs and runs them while node 0's one slot is
     // still held.
     let args = ["--database", &database.url, "--node-id", "node-1"];
     servers.push(world.serve_with(&args).await);
     wait_all(&world, &servers[1], &queued).await;
     hold.release();
-    let mut run_ids = vec![first["run_ids"][0].as_str().unwrap().to_owned()];
+    let mut run_ids = vec![first];
     run_ids.extend(queued);
     wait_all(&world, &servers[0], &run_ids).await;
     assert_one_ticket_per_run(&world, &run_ids);
@@ -273,25 +286,10 @@ async fn runs_queued_on_a_full_node_start_at_once_on_a_running_node_with_room() 
     };
     let world = World::with_server_settings("max_active_runs = 1").await;
     let servers = nodes(&world, &database, 2).await;
-    let hold = Hold::new();
-    world.partner.inject(
-        "POST",
-        "/api/Tickets",
-        Fault::HoldBeforeProcessing(hold.clone()),
-        1,
-    );
-    let (status, first) = world.send(&servers[0], &payload(&world, 6600)).await;
-    assert_eq!(status, 202, "{first}");
-    hold.arrived().await;
-    let mut queued = Vec::new();
-    for i in 1..=3 {
-        let (status, answer) = world.send(&servers[0], &payload(&world, 6600 + i)).await;
-        assert_eq!(status, 202, "{answer}");
-        queued.push(answer["run_ids"][0].as_str().unwrap().to_owned());
-    }
+    let (hold, first, queued) = fill_the_slot_and_queue(&world, &servers[0], 6600, 3).await;
     wait_all(&world, &servers[1], &queued).await;
     hold.release();
-    let mut run_ids = vec![first["run_ids"][0].as_str().unwrap().to_owned()];
+    let mut run_ids = vec![first];
     run_ids.extend(queued);
     wait_all(&world, &servers[0], &run_ids).await;
     assert_one_ticket_per_run(&world, &run_ids);

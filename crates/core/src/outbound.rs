@@ -220,7 +220,15 @@ pub struct Outbound {
     mode: Mode,
     log: Arc<Mutex<Vec<ExchangeRecord>>>,
     /// The run's execution slot, lent while the step waits (none outside a served run).
-    slot: Option<crate::engine::RunSlot>,
+    slot: Option<Arc<dyn SlotLender>>,
+}
+
+/// A served run's execution slot, which a step may lend to other runs while it waits (the
+/// engine's; see [`Outbound::wait_without_slot`]).
+pub(crate) trait SlotLender: Send + Sync + std::fmt::Debug {
+    /// Gives the slot back to the pool when the engine allows it; the guard returned takes one
+    /// again when dropped (the wait ended, or was cancelled).
+    fn lend(&self) -> Option<Box<dyn Send>>;
 }
 
 #[derive(Debug, Clone)]
@@ -276,7 +284,7 @@ impl Outbound {
     }
 
     /// Sends for a run that holds `slot`, which [`Outbound::wait_without_slot`] may lend.
-    pub(crate) fn lending(mut self, slot: Option<crate::engine::RunSlot>) -> Self {
+    pub(crate) fn lending(mut self, slot: Option<Arc<dyn SlotLender>>) -> Self {
         self.slot = slot;
         self
     }
@@ -286,10 +294,10 @@ impl Outbound {
     /// limit leave the slots to other runs. The slot is taken again before this returns.
     /// Check first whether you must wait at all: lending costs a slot hand-off each way.
     pub async fn wait_without_slot<F: std::future::Future>(&self, wait: F) -> F::Output {
-        match &self.slot {
-            Some(slot) => slot.wait_without_slot(wait).await,
-            None => wait.await,
-        }
+        let lent = self.slot.as_ref().and_then(|slot| slot.lend());
+        let output = wait.await;
+        drop(lent);
+        output
     }
 
     /// The recorder when this is a dry run.

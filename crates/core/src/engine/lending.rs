@@ -7,15 +7,16 @@
 //! the count is under it): it never waits for one, so runs holding the pacing's places can
 //! never wait on runs holding the slots, and the other way round.
 
-use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use super::Engine;
 use super::queue::Slot;
+use crate::outbound::SlotLender;
 
 /// A run's execution slot, which its steps may lend back while they wait (see
-/// [`Outbound::wait_without_slot`](crate::outbound::Outbound::wait_without_slot)).
+/// [`Outbound::wait_without_slot`](crate::outbound::Outbound::wait_without_slot), through
+/// [`SlotLender`]).
 #[derive(Clone)]
 pub struct RunSlot {
     engine: Engine,
@@ -37,22 +38,13 @@ impl RunSlot {
         }
     }
 
-    /// Awaits `wait` with the slot lent to the pool when the bound on such runs allows, and
-    /// takes a slot again after.
-    pub(crate) async fn wait_without_slot<F: Future>(&self, wait: F) -> F::Output {
-        let lent = self.lend();
-        let output = wait.await;
-        drop(lent);
-        output
-    }
-
     fn held(&self) -> std::sync::MutexGuard<'_, Option<Slot>> {
         self.slot.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Gives the slot back to the pool, unless `server.max_paced_runs` runs already wait
     /// without one (or this run's slot is lent already, by a step waiting beside this one).
-    fn lend(&self) -> Option<Lent<'_>> {
+    fn lend_slot(&self) -> Option<Lent> {
         let inner = &self.engine.inner;
         let max = inner.server.max_paced_runs;
         (inner.paced_runs)
@@ -66,21 +58,27 @@ impl RunSlot {
         };
         drop(slot);
         self.engine.slot_freed();
-        Some(Lent { run: self })
+        Some(Lent { run: self.clone() })
     }
 }
 
 /// A slot lent out; dropped when the wait ends (or is cancelled), it takes a slot at once,
 /// even above the bound, so the run goes on holding a slot as it started.
-struct Lent<'a> {
-    run: &'a RunSlot,
+struct Lent {
+    run: RunSlot,
 }
 
-impl Drop for Lent<'_> {
+impl Drop for Lent {
     fn drop(&mut self) {
         *self.run.held() = Some(self.run.engine.extra_slot());
         // After the slot is taken: `Engine::drain` sees a run either paced or in a slot.
         (self.run.engine.inner.paced_runs).fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl SlotLender for RunSlot {
+    fn lend(&self) -> Option<Box<dyn Send>> {
+        self.lend_slot().map(|lent| Box::new(lent) as Box<dyn Send>)
     }
 }
 

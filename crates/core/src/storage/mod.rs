@@ -22,6 +22,8 @@ mod sql;
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod group_commit;
+#[cfg(all(test, feature = "sqlite"))]
+mod group_commit_tests;
 /// The list queries' plans: each filter is served by an index (a documented check, not a timing).
 #[cfg(all(test, feature = "sqlite"))]
 mod plans;

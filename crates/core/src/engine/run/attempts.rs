@@ -5,13 +5,14 @@
 //! own records nothing.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::engine::{Engine, RunSlot};
 use crate::flow::{ValidatedFlow, ValidatedStep};
-use crate::outbound::Outbound;
+use crate::outbound::{Outbound, SlotLender};
 use crate::step::{RegisteredStep, Resend, Step, StepContext, StepError};
 use crate::storage::{AttemptOutcome, AttemptRecord, StorageError, now_ms};
 
@@ -253,7 +254,10 @@ impl Target<'_> {
         a.number += 1;
         let first_attempt_at_ms = *a.first_attempt_at_ms.get_or_insert(started_at_ms);
         let clock = Instant::now();
-        let http = Outbound::live(self.engine.inner.http.clone()).lending(self.slot.cloned());
+        let lender = self
+            .slot
+            .map(|slot| Arc::new(slot.clone()) as Arc<dyn SlotLender>);
+        let http = Outbound::live(self.engine.inner.http.clone()).lending(lender);
         let sending = self.send(a, inputs, &http, first_attempt_at_ms);
         let answer = match ledger.during(sending).await? {
             Ok(answer) => answer,
