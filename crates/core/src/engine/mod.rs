@@ -807,8 +807,15 @@ impl Engine {
             return;
         };
         let inner = Arc::downgrade(&self.inner);
+        // Ends when the engine stops or is gone (its sender dropped), not at the next notice:
+        // the notices' connection stays open while anyone follows them.
+        let mut shutdown = self.inner.shutdown.subscribe();
         tokio::spawn(async move {
-            while notices.changed().await.is_ok() {
+            loop {
+                tokio::select! {
+                    noticed = notices.changed() => if noticed.is_err() { break },
+                    _ = shutdown.changed() => break,
+                }
                 let Some(inner) = inner.upgrade() else { break };
                 let engine = Engine { inner };
                 if engine.is_shutting_down() {
