@@ -46,6 +46,16 @@ async fn wait_all(world: &World, server: &Server, run_ids: &[String]) {
 }
 
 /// One partner ticket per run, each carrying its run's key.
+/// Every run finished (as `servers[0]` reads them), each created exactly one ticket; then the
+/// nodes stop.
+async fn all_done_once(world: &World, servers: Vec<Server>, run_ids: &[String]) {
+    wait_all(world, &servers[0], run_ids).await;
+    assert_one_ticket_per_run(world, run_ids);
+    for server in servers {
+        server.kill();
+    }
+}
+
 fn assert_one_ticket_per_run(world: &World, run_ids: &[String]) {
     let keys: Vec<String> = world
         .partner
@@ -92,11 +102,7 @@ async fn three_nodes_run_a_burst_exactly_once() {
             a["run_ids"][0].as_str().unwrap().to_owned()
         })
         .collect();
-    wait_all(&world, &servers[0], &run_ids).await;
-    assert_one_ticket_per_run(&world, &run_ids);
-    for server in servers {
-        server.kill();
-    }
+    all_done_once(&world, servers, &run_ids).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,11 +275,7 @@ async fn a_full_nodes_queued_runs_run_on_a_node_with_room() {
     hold.release();
     let mut run_ids = vec![first];
     run_ids.extend(queued);
-    wait_all(&world, &servers[0], &run_ids).await;
-    assert_one_ticket_per_run(&world, &run_ids);
-    for server in servers {
-        server.kill();
-    }
+    all_done_once(&world, servers, &run_ids).await;
 }
 
 /// A node with room hears at once that runs wait on a full node (a PostgreSQL notification)
@@ -291,9 +293,5 @@ async fn runs_queued_on_a_full_node_start_at_once_on_a_running_node_with_room() 
     hold.release();
     let mut run_ids = vec![first];
     run_ids.extend(queued);
-    wait_all(&world, &servers[0], &run_ids).await;
-    assert_one_ticket_per_run(&world, &run_ids);
-    for server in servers {
-        server.kill();
-    }
+    all_done_once(&world, servers, &run_ids).await;
 }
