@@ -290,8 +290,9 @@ fn default_max_active_runs() -> usize {
     512
 }
 
-/// A run waiting without its slot holds its state and a parked task: a few KB each (see
-/// benches/RESULTS.md), so 10 000 cost tens of MB at most.
+/// A run waiting without its slot holds its state and a parked task: about 50 KB each on the
+/// benchmark workload (benches/RESULTS.md), so 10 000 can hold about 500 MB; lower it where
+/// memory is tight.
 fn default_max_paced_runs() -> usize {
     10_000
 }

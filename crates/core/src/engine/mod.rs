@@ -694,7 +694,7 @@ impl Engine {
             return false;
         }
         let engine = self.clone();
-        let slot = lending::RunSlot::new(self.clone(), slot);
+        let slot = Arc::new(lending::RunSlot::new(self.clone(), slot));
         tokio::spawn(async move {
             let finished = engine
                 .execute_run(&flow, &run_id, trigger, claimed, fresh, &slot)

@@ -10,6 +10,7 @@ mod retry;
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::{Map, Value};
@@ -125,7 +126,7 @@ struct RunState {
 struct ServedRun<'a> {
     engine: &'a Engine,
     /// The run's execution slot, which its steps may lend while they wait.
-    slot: &'a RunSlot,
+    slot: &'a Arc<RunSlot>,
     flow: &'a ValidatedFlow,
     run_id: &'a str,
     /// The steps this run recorded before, by id.
@@ -393,7 +394,7 @@ impl Engine {
         trigger: Value,
         claimed: Instant,
         fresh: bool,
-        slot: &RunSlot,
+        slot: &Arc<RunSlot>,
     ) -> Option<RunStatus> {
         match self
             .try_execute_run(&loaded.flow, run_id, trigger, (claimed, fresh), slot)
@@ -430,7 +431,7 @@ impl Engine {
         run_id: &str,
         trigger: Value,
         (claimed, fresh): (Instant, bool),
-        slot: &RunSlot,
+        slot: &Arc<RunSlot>,
     ) -> Result<RunEnd, StorageError> {
         // A resumed or replayed run reuses the steps it already finished.
         let (earlier, replay_of) = if fresh {

@@ -141,7 +141,7 @@ pub(super) struct Target<'a> {
     pub(super) engine: &'a Engine,
     /// The run's execution slot, which the step may lend while it waits (none for a step
     /// run on its own, which holds none).
-    pub(super) slot: Option<&'a RunSlot>,
+    pub(super) slot: Option<&'a Arc<RunSlot>>,
     pub(super) place: Place<'a>,
     /// The run whose key the step's own attempts carry (for a step run on its own: the
     /// caller's idempotency key).
@@ -256,7 +256,7 @@ impl Target<'_> {
         let clock = Instant::now();
         let lender = self
             .slot
-            .map(|slot| Arc::new(slot.clone()) as Arc<dyn SlotLender>);
+            .map(|slot| Arc::clone(slot) as Arc<dyn SlotLender>);
         let http = Outbound::live(self.engine.inner.http.clone()).lending(lender);
         let sending = self.send(a, inputs, &http, first_attempt_at_ms);
         let answer = match ledger.during(sending).await? {

@@ -3,6 +3,7 @@
 //! attempts it made before. The attempts themselves are [`attempts`](super::attempts)'.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use handlebars::Context;
@@ -20,7 +21,7 @@ use crate::storage::{
 /// One step of a served run, with what its attempts need to know.
 pub(super) struct StepRun<'a> {
     pub(super) engine: &'a Engine,
-    pub(super) slot: &'a RunSlot,
+    pub(super) slot: &'a Arc<RunSlot>,
     pub(super) flow: &'a ValidatedFlow,
     pub(super) run_id: &'a str,
     pub(super) step: &'a ValidatedStep,
